@@ -1,0 +1,88 @@
+"""Content fingerprint of a benchmark.
+
+sha256 over a canonical serialisation: tasks sorted by name; for each task its definition
+(modalities, instructions, relevance level), its queries and candidates sorted by id, and its qrels
+sorted by (qid, did). Each record is compact JSON with sorted keys (UTF-8), one per line. An item's
+image enters as the sha256 of the image file's *bytes*, never its path, so the same content stored
+as loose files or inside Parquet gives the same fingerprint on any machine. Benchmark name, version,
+description and split are labels, not content, and are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from mrbench.data.schema import Benchmark, Task
+
+FINGERPRINT_ALGO = "sha256/canonical-jsonl-v1"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact, key-sorted, UTF-8 JSON used for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _task_records(task: Task, image_hash: Callable[[str], str]):
+    yield {
+        "task": task.name,
+        "query_modality": task.query_modality,
+        "candidate_modality": task.candidate_modality,
+        "query_instruction": task.query_instruction,
+        "candidate_instruction": task.candidate_instruction,
+        "relevance_level": task.relevance_level,
+    }
+    for q in sorted(task.queries, key=lambda x: x.id):
+        d = q.to_dict()
+        d["image"] = image_hash(q.image) if q.image else None
+        d["kind"] = "query"
+        yield d
+    for c in sorted(task.candidates, key=lambda x: x.id):
+        d = c.to_dict()
+        d["image"] = image_hash(c.image) if c.image else None
+        d["kind"] = "candidate"
+        yield d
+    for qid in sorted(task.qrels):
+        for did in sorted(task.qrels[qid]):
+            yield ["qrel", qid, did, int(task.qrels[qid][did])]
+
+
+def fingerprint(bench: Benchmark, image_hash: Callable[[str], str] | None = None) -> str:
+    """Return ``"sha256:<hex>"`` for the benchmark's content.
+
+    ``image_hash`` maps an item's image reference to the sha256 hex of its bytes; by default the
+    file under ``bench.root`` is hashed (each distinct path once).
+    """
+    if image_hash is None:
+        cache: dict[str, str] = {}
+
+        def image_hash(rel: str) -> str:
+            if rel not in cache:
+                path = bench.image_path(rel)
+                try:
+                    cache[rel] = file_sha256(path)
+                except OSError as e:
+                    from mrbench.errors import BenchmarkError
+
+                    raise BenchmarkError(
+                        f"{path}: cannot read image ({e.strerror or e}); restore the file or rebuild the benchmark"
+                    ) from None
+            return cache[rel]
+
+    h = hashlib.sha256()
+    h.update(FINGERPRINT_ALGO.encode() + b"\n")
+    for task in sorted(bench.tasks, key=lambda t: t.name):
+        for rec in _task_records(task, image_hash):
+            h.update(canonical_json(rec))
+            h.update(b"\n")
+    return "sha256:" + h.hexdigest()

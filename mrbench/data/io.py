@@ -1,0 +1,346 @@
+"""Reading and writing benchmarks on disk.
+
+Layout of a benchmark directory (``schema_version`` 1)::
+
+    manifest.json                  name, version, split, fingerprint, tasks (modalities, instructions,
+                                   relevance level, file names, counts), metadata
+    tasks/<task>/queries.jsonl     one JSON object per line: id, text, image, grains[{text,type,key}], meta
+    tasks/<task>/candidates.jsonl  id, text, image, meta
+    tasks/<task>/qrels.txt         TREC qrels: "<qid> 0 <did> <grade>" per line
+    images/...                     image files referenced by relative path
+
+Every file is readable by other tools (jq, pandas.read_json(lines=True), trec_eval). Writing goes
+to a temporary sibling directory that is renamed into place, so a failed or interrupted write never
+leaves a half-written benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Query, Task
+from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging directory that replaces ``out`` only if the block finishes without error.
+
+    Refuses an existing non-empty ``out`` unless ``overwrite``.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out}: directory exists and is not empty; pass --overwrite or choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True))
+            f.write("\n")
+
+
+def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:
+    """Write TREC qrels (``qid 0 did grade``), sorted by qid then did."""
+    with open(path, "w", encoding="utf-8") as f:
+        for qid in sorted(qrels):
+            for did in sorted(qrels[qid]):
+                f.write(f"{qid} 0 {did} {int(qrels[qid][did])}\n")
+
+
+def _check_id(kind: str, id_: str, where: str) -> None:
+    if not id_ or any(ch.isspace() for ch in id_):
+        raise BenchmarkError(f"{where}: {kind} id {id_!r} is empty or contains whitespace; ids must be single tokens")
+
+
+def write_benchmark_files(bench: Benchmark, root: Path) -> str:
+    """Write manifest and task files of ``bench`` into ``root`` (images must already be there).
+
+    Validates the benchmark first and returns the fingerprint written to the manifest.
+    """
+    from mrbench.data.fingerprint import FINGERPRINT_ALGO, fingerprint
+
+    root = Path(root)
+    validate(bench, where=str(root))
+    old_root = bench.root
+    bench.root = root
+    try:
+        fp = fingerprint(bench)
+    finally:
+        bench.root = old_root
+    tasks_meta = []
+    for t in bench.tasks:
+        tdir = root / "tasks" / t.name
+        tdir.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(tdir / "queries.jsonl", [q.to_dict() for q in t.queries])
+        _write_jsonl(tdir / "candidates.jsonl", [c.to_dict() for c in t.candidates])
+        write_qrels(tdir / "qrels.txt", t.qrels)
+        tasks_meta.append(
+            {
+                "name": t.name,
+                "description": t.description,
+                "query_modality": t.query_modality,
+                "candidate_modality": t.candidate_modality,
+                "query_instruction": t.query_instruction,
+                "candidate_instruction": t.candidate_instruction,
+                "relevance_level": t.relevance_level,
+                "num_queries": len(t.queries),
+                "num_candidates": len(t.candidates),
+                "files": {
+                    "queries": f"tasks/{t.name}/queries.jsonl",
+                    "candidates": f"tasks/{t.name}/candidates.jsonl",
+                    "qrels": f"tasks/{t.name}/qrels.txt",
+                },
+                "metadata": t.metadata,
+            }
+        )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": bench.name,
+        "version": bench.version,
+        "split": bench.split,
+        "description": bench.description,
+        "fingerprint": fp,
+        "fingerprint_algorithm": FINGERPRINT_ALGO,
+        "tasks": tasks_meta,
+        "metadata": bench.metadata,
+    }
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return fp
+
+
+def save_benchmark(bench: Benchmark, out: Path, overwrite: bool = False) -> Benchmark:
+    """Save ``bench`` as a benchmark directory at ``out`` (atomically), copying its images.
+
+    Returns the benchmark re-pointed at ``out`` with its fingerprint set.
+    """
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as staging:
+        seen: set[str] = set()
+        for t in bench.tasks:
+            for item in [*t.queries, *t.candidates]:
+                rel = item.image
+                if not rel or rel in seen:
+                    continue
+                seen.add(rel)
+                if Path(rel).is_absolute():
+                    raise BenchmarkError(f"item {item.id}: image path {rel!r} is absolute; use a path relative to the benchmark root")
+                src = bench.image_path(rel)
+                dst = staging / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    shutil.copyfile(src, dst)
+                except OSError as e:
+                    raise BenchmarkError(f"{src}: cannot copy image of item {item.id} ({e.strerror or e})") from None
+        fp = write_benchmark_files(bench, staging)
+    bench.root = out
+    bench.fingerprint = fp
+    return bench
+
+
+# --------------------------------------------------------------------------- validation
+def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> None:
+    """Raise :class:`BenchmarkError` on the first structural problem found.
+
+    Checks: at least one task; unique task names; known modalities; non-empty queries and pool;
+    unique query and candidate ids; qrels refer to known ids with non-negative integer grades;
+    items carry what their modality needs; referenced images exist (when ``check_images``).
+    """
+    w = f"{where}: " if where else ""
+    if not bench.tasks:
+        raise BenchmarkError(f"{w}benchmark {bench.name!r} has no tasks")
+    names = [t.name for t in bench.tasks]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise BenchmarkError(f"{w}duplicate task name {sorted(dup)[0]!r}; task names must be unique")
+    for t in bench.tasks:
+        tw = f"{w}task {t.name!r}"
+        for side, mod in (("query_modality", t.query_modality), ("candidate_modality", t.candidate_modality)):
+            if mod not in MODALITIES:
+                raise BenchmarkError(f"{tw}: {side} {mod!r} is not one of {', '.join(MODALITIES)}")
+        if not t.queries:
+            raise BenchmarkError(f"{tw}: no queries; a task needs at least one query")
+        if not t.candidates:
+            raise BenchmarkError(f"{tw}: empty candidate pool; a task needs at least one candidate")
+        for kind, items, mod in (("query", t.queries, t.query_modality), ("candidate", t.candidates, t.candidate_modality)):
+            seen: set[str] = set()
+            for it in items:
+                _check_id(kind, it.id, tw)
+                if it.id in seen:
+                    raise BenchmarkError(f"{tw}: duplicate {kind} id {it.id!r}; ids must be unique within a task")
+                seen.add(it.id)
+                if "text" in mod and mod != "image" and not it.text:
+                    raise BenchmarkError(f"{tw}: {kind} {it.id!r} has no text but the {kind} modality is {mod!r}")
+                if "image" in mod and not it.image:
+                    raise BenchmarkError(f"{tw}: {kind} {it.id!r} has no image but the {kind} modality is {mod!r}")
+                if check_images and it.image and bench.root is not None:
+                    p = bench.image_path(it.image)
+                    if not p.is_file():
+                        raise BenchmarkError(f"{p}: image of {kind} {it.id!r} in task {t.name!r} is missing; restore it or rebuild the benchmark")
+        qids = {q.id for q in t.queries}
+        dids = {c.id for c in t.candidates}
+        for qid, docs in t.qrels.items():
+            if qid not in qids:
+                raise BenchmarkError(f"{tw}: qrels refer to unknown query id {qid!r}; fix or remove that line")
+            for did, grade in docs.items():
+                if did not in dids:
+                    raise BenchmarkError(f"{tw}: qrels of query {qid!r} refer to unknown candidate id {did!r}; fix or remove that line")
+                if not isinstance(grade, int) or isinstance(grade, bool) or grade < 0:
+                    raise BenchmarkError(f"{tw}: qrels grade {grade!r} for ({qid}, {did}) is not a non-negative integer")
+
+
+# --------------------------------------------------------------------------- loading
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchmarkError(f"{path}: not valid JSON ({e}); the file is corrupt, rebuild the benchmark") from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({e.msg}); the file is corrupt, rebuild the benchmark") from None
+                if not isinstance(obj, dict) or "id" not in obj:
+                    raise BenchmarkError(f"{path}:{lineno}: expected a JSON object with an 'id' field")
+                rows.append(obj)
+    except FileNotFoundError:
+        raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
+    except UnicodeDecodeError:
+        raise BenchmarkError(f"{path}: not UTF-8 text; the file is corrupt, rebuild the benchmark") from None
+    return rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """Read TREC qrels (``qid iter did grade``; whitespace separated). Duplicate pairs are an error."""
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 4:
+                    raise BenchmarkError(f"{path}:{lineno}: expected 4 fields 'qid 0 did grade', got {len(parts)}")
+                qid, _, did, grade = parts
+                try:
+                    g = int(grade)
+                except ValueError:
+                    raise BenchmarkError(f"{path}:{lineno}: grade {grade!r} is not an integer") from None
+                if did in qrels.setdefault(qid, {}):
+                    raise BenchmarkError(f"{path}:{lineno}: duplicate qrels line for ({qid}, {did}); keep one")
+                qrels[qid][did] = g
+    except FileNotFoundError:
+        raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
+    return qrels
+
+
+def load_benchmark_dir(root: Path, verify: bool = True) -> Benchmark:
+    """Load a benchmark directory, validate it, and (when ``verify``) check its fingerprint."""
+    from mrbench.data.fingerprint import fingerprint
+
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchmarkError(f"{root}: no such benchmark directory; build one with 'mrbench build synth --output {root}'")
+    man_path = root / MANIFEST
+    man = _read_json(man_path)
+    if not isinstance(man, dict):
+        raise BenchmarkError(f"{man_path}: expected a JSON object")
+    sv = man.get("schema_version")
+    if sv != SCHEMA_VERSION:
+        raise BenchmarkError(f"{man_path}: schema_version {sv!r} is not supported (expected {SCHEMA_VERSION}); rebuild with this mrbench version")
+    for key in ("name", "version", "tasks"):
+        if key not in man:
+            raise BenchmarkError(f"{man_path}: field {key!r} is missing; the manifest is corrupt, rebuild the benchmark")
+    tasks = []
+    for i, tm in enumerate(man["tasks"]):
+        try:
+            files = tm["files"]
+            name = tm["name"]
+            qrows = _read_jsonl(root / files["queries"])
+            crows = _read_jsonl(root / files["candidates"])
+            qrels = read_qrels(root / files["qrels"])
+            tasks.append(
+                Task(
+                    name=name,
+                    query_modality=tm["query_modality"],
+                    candidate_modality=tm["candidate_modality"],
+                    queries=[Query.from_dict(r) for r in qrows],
+                    candidates=[Candidate.from_dict(r) for r in crows],
+                    qrels=qrels,
+                    query_instruction=tm.get("query_instruction"),
+                    candidate_instruction=tm.get("candidate_instruction"),
+                    relevance_level=int(tm.get("relevance_level", 1)),
+                    description=tm.get("description", ""),
+                    metadata=dict(tm.get("metadata") or {}),
+                )
+            )
+        except KeyError as e:
+            raise BenchmarkError(f"{man_path}: task #{i} lacks field {e.args[0]!r}; the manifest is corrupt, rebuild the benchmark") from None
+    bench = Benchmark(
+        name=man["name"],
+        version=str(man["version"]),
+        tasks=tasks,
+        root=root,
+        split=man.get("split", "test"),
+        description=man.get("description", ""),
+        fingerprint=man.get("fingerprint"),
+        metadata=dict(man.get("metadata") or {}),
+    )
+    validate(bench, where=str(root))
+    if verify:
+        actual = fingerprint(bench)
+        if bench.fingerprint != actual:
+            raise FingerprintMismatch(
+                f"{root}: fingerprint mismatch (manifest {bench.fingerprint}, content {actual}); "
+                "the files were changed after the build: rebuild the benchmark, or pass --no-verify to use it as is"
+            )
+    return bench

@@ -1,0 +1,95 @@
+"""The one interface every encoder implements.
+
+An encoder turns a batch of items into a float32 array ``[N, D]``. It is told the role (``"query"`` or
+``"candidate"``) and the task (:class:`~mrbench.data.schema.TaskInfo`) as keyword-only arguments.
+The harness (:mod:`mrbench.encoders.harness`) owns batching, image decoding, instructions, output
+validation (shape, dtype, NaN/Inf, normalisation for cosine) and caching — not the encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL.Image import Image
+
+    from mrbench.data.schema import TaskInfo
+
+Role = Literal["query", "candidate"]
+ROLES: tuple[str, ...] = ("query", "candidate")
+
+
+@dataclass(frozen=True)
+class EncodeInput:
+    """One item as an encoder sees it.
+
+    ``image`` is a decoded RGB ``PIL.Image`` when the encoder's metadata says ``needs_pixels`` and the
+    item has an image, else ``None`` (``image_path`` is still set). ``instruction`` is the resolved
+    instruction for this role and task (``None`` when there is none). ``content_hash`` is a sha256 hex
+    over the item's text and image bytes (not its id), stable across machines. ``meta`` is the item's
+    builder metadata (read-only by convention).
+    """
+
+    id: str
+    text: str | None
+    image: "Image | None"
+    image_path: Path | None
+    instruction: str | None
+    content_hash: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def modality(self) -> str:
+        has_t, has_i = self.text is not None, self.image_path is not None
+        return "image+text" if has_t and has_i else ("image" if has_i else "text")
+
+
+@dataclass(frozen=True)
+class EncoderMeta:
+    """Data-only description of an encoder, recorded in every result.
+
+    similarity: ``"cosine"`` (the harness L2-normalises outputs) or ``"dot"`` (raw inner product).
+    modalities: which of ``"text"``, ``"image"`` the encoder reads; an item carrying a modality the
+    encoder does not read is encoded from what it can read (the *blind baseline* case).
+    native_image_text: whether image+text items are fused by the model itself (else by the
+    encoder's documented fallback).
+    needs_pixels: whether the harness must decode images for it.
+    """
+
+    name: str
+    revision: str = "none"
+    modalities: tuple[str, ...] = ("text", "image")
+    similarity: Literal["cosine", "dot"] = "cosine"
+    dim: int | None = None
+    native_image_text: bool = False
+    needs_pixels: bool = True
+    batch_size: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "modalities": list(self.modalities),
+            "similarity": self.similarity,
+            "dim": self.dim,
+            "native_image_text": self.native_image_text,
+            "needs_pixels": self.needs_pixels,
+            "batch_size": self.batch_size,
+            "extra": self.extra,
+        }
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the harness needs from an encoder: a ``meta`` record and ``encode``."""
+
+    meta: EncoderMeta
+
+    def encode(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> "np.ndarray":
+        """Return a float32 array ``[len(items), D]``; D is the same for every call."""
+        ...

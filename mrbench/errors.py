@@ -1,0 +1,43 @@
+"""Typed exceptions. Every message is one line that names the culprit and says what to do.
+
+The CLI turns any :class:`MrbenchError` into that single line on stderr and a non-zero exit code,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MrbenchError(Exception):
+    """Base class of every error mrbench raises on bad input or bad configuration."""
+
+    exit_code: int = 2
+
+
+class BenchmarkError(MrbenchError):
+    """A benchmark directory or file is missing, corrupt or inconsistent."""
+
+
+class FingerprintMismatch(BenchmarkError):
+    """The content of a benchmark does not hash to the fingerprint its manifest records."""
+
+
+class UnknownNameError(MrbenchError):
+    """An encoder, benchmark or task name is not known."""
+
+
+class EncoderError(MrbenchError):
+    """An encoder is misconfigured or returned invalid embeddings."""
+
+
+class OutputExistsError(MrbenchError):
+    """An output directory already holds results."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
+    """Return ``" (did you mean 'a', 'b'?)"`` for close matches of ``name``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    if not close:
+        return ""
+    return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
