@@ -1,0 +1,3 @@
+from mrbench.cli.app import main
+
+main()

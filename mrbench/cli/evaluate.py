@@ -1,0 +1,94 @@
+"""``mrbench evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mrbench.cli.common import handle_errors, parse_json_kwargs
+
+
+@handle_errors
+def evaluate(
+    encoder: Annotated[
+        list[str],
+        typer.Option("--encoder", "-e", help="Encoder name (see 'mrbench encoders'), 'pkg.module:Class', "
+                     "'path/file.py:Class' or 'family:spec'. Repeat to compare several."),
+    ] = ["random"],
+    benchmark: Annotated[
+        str, typer.Option("--benchmark", "-b", help="Built-in benchmark name (see 'mrbench benchmarks') or a benchmark directory.")
+    ] = "mrbench-synth",
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write results.json, runs/*.trec, per_query.parquet and grains.png here "
+                                     "(one sub-directory per encoder when several are given).")
+    ] = None,
+    k: Annotated[str, typer.Option("--k", help="Cutoffs for hit@k (R@K), recall@k, mrr@k, ndcg@k.")] = "1,5,10",
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task names (default: all).")] = None,
+    encoder_kwargs: Annotated[
+        Optional[str], typer.Option("--encoder-kwargs", help="JSON object passed to the encoder's constructor, e.g. '{\"dim\": 128}'.")
+    ] = None,
+    depth: Annotated[int, typer.Option(help="Length of the ranked lists in the run files.")] = 100,
+    batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call (default: the encoder's own).")] = None,
+    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 2,
+    backend: Annotated[str, typer.Option(help="Exact search backend: auto, torch or faiss.")] = "auto",
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and fill the on-disk embedding cache.")] = True,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE or ~/.cache/mrbench/embeddings).")] = None,
+    sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity", help="Run the drop-one-grain diagnostic.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the benchmark fingerprint on load.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing results in --output.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Evaluate encoders on a benchmark: per-task R@K and per-grain tables, results JSON, TREC runs, chart.
+
+    Ranks use pessimistic ties (a tie never helps the model); queries without a relevant candidate
+    are dropped and counted. Embeddings are cached, so a re-run after an interruption or with other
+    metrics does not encode again.
+    """
+    from mrbench.cli.common import stdout_console
+    from mrbench.errors import MrbenchError
+    from mrbench.evaluate import _check_output, evaluate as run
+    from mrbench.report.progress import NullReporter, RichReporter
+    from mrbench.report.tables import comparison_table, print_result
+
+    kwargs = parse_json_kwargs(encoder_kwargs)
+    encoders = list(dict.fromkeys(encoder))
+    if len(encoders) != len(encoder):
+        raise MrbenchError("--encoder: the same encoder is given twice; give each once")
+    outs: list[Optional[Path]] = [None] * len(encoders)
+    if output is not None:
+        if len(encoders) == 1:
+            outs = [output]
+        else:
+            _check_output(output, overwrite)
+            outs = [output / _slug(e) for e in encoders]
+        for o in outs:
+            _check_output(o, overwrite)
+    console = stdout_console()
+    reporter = NullReporter() if quiet else RichReporter()
+    results = []
+    for enc, out in zip(encoders, outs):
+        res = run(
+            benchmark, enc, encoder_kwargs=kwargs, tasks=tasks.split(",") if tasks else None, ks=k, depth=depth,
+            output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
+            num_workers=workers, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
+        )
+        print_result(res, console)
+        t = res.timings
+        console.print(
+            f"[dim]{enc}: {t['total']:.2f} s total — encode {t['encode']:.2f} s (model {t['encoder_forward']:.2f} s), "
+            f"retrieve {t['retrieve']:.2f} s, score {t['score']:.2f} s, grain sensitivity {t['sensitivity']:.2f} s; "
+            f"cache hits {res.data['cache']['hits']}/{res.data['cache']['items']}[/dim]"
+        )
+        if out is not None:
+            console.print(f"results written to [bold]{out}[/bold] (results.json, runs/, per_query.parquet, grains.png)")
+        results.append(res)
+    if len(results) > 1:
+        console.print(comparison_table(results))
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "encoder"

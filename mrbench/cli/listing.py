@@ -1,0 +1,94 @@
+"""``mrbench encoders``, ``mrbench benchmarks``, ``mrbench info``, ``mrbench check-encoder``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from mrbench.cli.common import handle_errors, parse_json_kwargs, stdout_console
+
+
+@handle_errors
+def encoders() -> None:
+    """List the registered encoders and encoder families, with the extra each needs."""
+    from rich.table import Table
+
+    from mrbench.encoders.registry import list_encoders
+
+    t = Table(title="encoders ('family:spec' for families; any 'pkg.module:Class' or 'file.py:Class' works too)")
+    for col in ("name", "kind", "needs", "description"):
+        t.add_column(col)
+    for s in list_encoders():
+        t.add_row(s.name + (":<spec>" if s.family else ""), "family" if s.family else "encoder",
+                  f"pip install 'mrbench[{s.extra}]'" if s.extra else "–", s.description)
+    stdout_console().print(t)
+
+
+@handle_errors
+def benchmarks() -> None:
+    """List the built-in benchmarks (built on first use, deterministically)."""
+    from rich.table import Table
+
+    from mrbench.data.registry import BUILTIN_BENCHMARKS, builtin_dir
+
+    t = Table(title="built-in benchmarks (or pass any benchmark directory)")
+    for col in ("name", "split", "built", "description"):
+        t.add_column(col)
+    for b in BUILTIN_BENCHMARKS.values():
+        built = (builtin_dir(b.name) / "manifest.json").is_file()
+        t.add_row(b.name, b.split, "yes" if built else "on first use", b.description)
+    stdout_console().print(t)
+
+
+@handle_errors
+def info(
+    benchmark: Annotated[str, typer.Argument(help="Built-in name or benchmark directory.")] = "mrbench-synth",
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the fingerprint.")] = True,
+) -> None:
+    """Describe a benchmark: tasks, modalities, pool sizes, grain counts and types."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from mrbench.data.registry import load_benchmark
+
+    b = load_benchmark(benchmark, verify=verify)
+    c = stdout_console()
+    c.print(f"[bold]{b.name}[/bold] v{b.version} ({b.split}) at {b.root}\nfingerprint {b.fingerprint}")
+    t = Table()
+    for col in ("task", "query → candidate", "queries", "pool", "relevant/q", "grains 2/3/4/5+", "grain types"):
+        t.add_column(col)
+    for task in b.tasks:
+        n = Counter(min(q.n_grains, 5) for q in task.queries)
+        types = Counter(g.type for q in task.queries for g in q.grains)
+        rel = sum(len(task.relevant(q.id)) for q in task.queries) / max(1, len(task.queries))
+        t.add_row(task.name, f"{task.query_modality} → {task.candidate_modality}", str(len(task.queries)),
+                  str(len(task.candidates)), f"{rel:.2f}", "/".join(str(n.get(i, 0)) for i in (2, 3, 4, 5)),
+                  ", ".join(f"{k} {v}" for k, v in types.most_common()))
+    c.print(t)
+
+
+@handle_errors
+def check_encoder(
+    name: Annotated[str, typer.Argument(help="Encoder name, 'pkg.module:Class', 'file.py:Class' or 'family:spec'.")],
+    encoder_kwargs: Annotated[Optional[str], typer.Option("--encoder-kwargs", help="JSON object for the constructor.")] = None,
+    n_items: Annotated[int, typer.Option(help="Items per modality in the probe task.")] = 16,
+) -> None:
+    """Run an encoder through a tiny probe task and report what is wrong (shape, NaN, normalisation,
+    determinism, dimension, speed). Exits non-zero when a check fails."""
+    from rich.table import Table
+
+    from mrbench.encoders.check import check_encoder as run_checks
+    from mrbench.encoders.registry import get_encoder
+
+    enc = get_encoder(name, **parse_json_kwargs(encoder_kwargs))
+    results = run_checks(enc, n_items=n_items)
+    t = Table(title=f"check-encoder {name}")
+    for col in ("check", "result", "detail"):
+        t.add_column(col)
+    for r in results:
+        t.add_row(r.name, "[green]ok[/green]" if r.ok else "[red]FAIL[/red]", r.detail)
+    stdout_console().print(t)
+    if not all(r.ok for r in results):
+        raise typer.Exit(code=1)

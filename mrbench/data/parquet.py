@@ -1,0 +1,264 @@
+"""Benchmarks as Parquet and as Hugging Face ``datasets``, both ways.
+
+Parquet export layout::
+
+    manifest.json                   the benchmark manifest with ``"format": "parquet"``
+    tasks/<task>/queries.parquet    id, text, image (original relative path), image_bytes, grains
+                                    (list of {text, type, key}), meta (JSON string)
+    tasks/<task>/candidates.parquet id, text, image, image_bytes, meta
+    tasks/<task>/qrels.parquet      qid, did, grade
+
+Images travel inside the files, so one directory (or a hub dataset repo) holds everything. Any of
+these files loads with ``datasets.load_dataset("parquet", data_files=...)`` or ``pandas.read_parquet``.
+Importing writes a regular benchmark directory whose fingerprint equals the original's: the
+fingerprint hashes image bytes, not paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mrbench.data.io import MANIFEST, atomic_dir, atomic_write_text, validate, write_benchmark_files
+from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
+from mrbench.errors import BenchmarkError, FingerprintMismatch
+
+PARQUET_FORMAT = "parquet"
+
+
+def _image_bytes(bench: Benchmark, rel: str | None) -> bytes | None:
+    if not rel:
+        return None
+    p = bench.image_path(rel)
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise BenchmarkError(f"{p}: cannot read image ({e.strerror or e})") from None
+
+
+def _task_frames(bench: Benchmark, task: Task) -> dict[str, Any]:
+    import pandas as pd
+
+    q = pd.DataFrame(
+        {
+            "id": [x.id for x in task.queries],
+            "text": [x.text for x in task.queries],
+            "image": [x.image for x in task.queries],
+            "image_bytes": [_image_bytes(bench, x.image) for x in task.queries],
+            "grains": [[{"text": g.text, "type": g.type, "key": g.key} for g in x.grains] for x in task.queries],
+            "meta": [json.dumps(x.meta, sort_keys=True) for x in task.queries],
+        }
+    )
+    c = pd.DataFrame(
+        {
+            "id": [x.id for x in task.candidates],
+            "text": [x.text for x in task.candidates],
+            "image": [x.image for x in task.candidates],
+            "image_bytes": [_image_bytes(bench, x.image) for x in task.candidates],
+            "meta": [json.dumps(x.meta, sort_keys=True) for x in task.candidates],
+        }
+    )
+    rows = [(qid, did, int(g)) for qid, d in sorted(task.qrels.items()) for did, g in sorted(d.items())]
+    r = pd.DataFrame(rows, columns=["qid", "did", "grade"])
+    return {"queries": q, "candidates": c, "qrels": r}
+
+
+def export_parquet(bench: Benchmark, out: Path, overwrite: bool = False) -> Path:
+    """Write ``bench`` as a self-contained Parquet directory (atomically)."""
+    from mrbench.data.fingerprint import fingerprint
+
+    validate(bench)
+    fp = bench.fingerprint or fingerprint(bench)
+    with atomic_dir(Path(out), overwrite=overwrite) as st:
+        tasks_meta = []
+        for t in bench.tasks:
+            tdir = st / "tasks" / t.name
+            tdir.mkdir(parents=True)
+            files = {}
+            for kind, df in _task_frames(bench, t).items():
+                df.to_parquet(tdir / f"{kind}.parquet", index=False)
+                files[kind] = f"tasks/{t.name}/{kind}.parquet"
+            tasks_meta.append(_task_meta(t, files))
+        manifest = _manifest(bench, tasks_meta, fp)
+        atomic_write_text(st / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return Path(out)
+
+
+def _task_meta(t: Task, files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "description": t.description,
+        "query_modality": t.query_modality,
+        "candidate_modality": t.candidate_modality,
+        "query_instruction": t.query_instruction,
+        "candidate_instruction": t.candidate_instruction,
+        "relevance_level": t.relevance_level,
+        "num_queries": len(t.queries),
+        "num_candidates": len(t.candidates),
+        "files": files,
+        "metadata": t.metadata,
+    }
+
+
+def _manifest(bench: Benchmark, tasks_meta: list[dict[str, Any]], fp: str) -> dict[str, Any]:
+    from mrbench.data.fingerprint import FINGERPRINT_ALGO
+    from mrbench.data.io import SCHEMA_VERSION
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": PARQUET_FORMAT,
+        "name": bench.name,
+        "version": bench.version,
+        "split": bench.split,
+        "description": bench.description,
+        "fingerprint": fp,
+        "fingerprint_algorithm": FINGERPRINT_ALGO,
+        "tasks": tasks_meta,
+        "metadata": bench.metadata,
+    }
+
+
+def _materialise(header: dict[str, Any], frames: dict[str, dict[str, Any]], out: Path, overwrite: bool, where: str) -> Benchmark:
+    """Write a benchmark directory from per-task query/candidate/qrels tables (pandas DataFrames)."""
+    with atomic_dir(out, overwrite=overwrite) as st:
+        tasks = []
+        for tm in header["tasks"]:
+            name = tm["name"]
+            fr = frames[name]
+            used: set[str] = set()
+
+            def place(kind: str, item_id: str, rel: Any, data: Any) -> str | None:
+                if data is None or (isinstance(data, float)):
+                    return None
+                rel = str(rel) if isinstance(rel, str) and rel else f"images/{name}/{kind}/{item_id}.img"
+                if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                    raise BenchmarkError(f"{where}: task {name!r} {kind} {item_id!r} has an unsafe image path {rel!r}")
+                dst = st / rel
+                if rel not in used:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.write_bytes(bytes(data))
+                    used.add(rel)
+                return rel
+
+            def none(v: Any) -> Any:
+                return None if v is None or (isinstance(v, float) and v != v) else v
+
+            queries = [
+                Query(
+                    id=str(r["id"]),
+                    text=none(r.get("text")),
+                    image=place("queries", str(r["id"]), r.get("image"), r.get("image_bytes")),
+                    grains=[Grain(text=g["text"], type=g["type"], key=none(g.get("key"))) for g in (r.get("grains") if r.get("grains") is not None else [])],
+                    meta=json.loads(r["meta"]) if none(r.get("meta")) else {},
+                )
+                for r in fr["queries"].to_dict("records")
+            ]
+            cands = [
+                Candidate(
+                    id=str(r["id"]),
+                    text=none(r.get("text")),
+                    image=place("candidates", str(r["id"]), r.get("image"), r.get("image_bytes")),
+                    meta=json.loads(r["meta"]) if none(r.get("meta")) else {},
+                )
+                for r in fr["candidates"].to_dict("records")
+            ]
+            qrels: dict[str, dict[str, int]] = {}
+            for r in fr["qrels"].to_dict("records"):
+                qid, did = str(r["qid"]), str(r["did"])
+                if did in qrels.setdefault(qid, {}):
+                    raise BenchmarkError(f"{where}: task {name!r} has a duplicate qrels row ({qid}, {did}); keep one")
+                qrels[qid][did] = int(r["grade"])
+            tasks.append(
+                Task(
+                    name=name, query_modality=tm["query_modality"], candidate_modality=tm["candidate_modality"],
+                    queries=queries, candidates=cands, qrels=qrels,
+                    query_instruction=tm.get("query_instruction"), candidate_instruction=tm.get("candidate_instruction"),
+                    relevance_level=int(tm.get("relevance_level", 1)), description=tm.get("description", ""),
+                    metadata=dict(tm.get("metadata") or {}),
+                )
+            )
+        bench = Benchmark(
+            name=header["name"], version=str(header["version"]), tasks=tasks, root=st,
+            split=header.get("split", "test"), description=header.get("description", ""),
+            metadata=dict(header.get("metadata") or {}),
+        )
+        fp = write_benchmark_files(bench, st)
+        expected = header.get("fingerprint")
+        if expected and expected != fp:
+            raise FingerprintMismatch(f"{where}: content hashes to {fp} but the source records {expected}; the export was modified or is incomplete")
+    bench.root = Path(out)
+    bench.fingerprint = fp
+    return bench
+
+
+def import_parquet(src: Path, out: Path, overwrite: bool = False) -> Benchmark:
+    """Turn a Parquet export into a regular benchmark directory at ``out``; checks the fingerprint."""
+    import pandas as pd
+
+    src = Path(src)
+    man_path = src / MANIFEST
+    try:
+        header = json.loads(man_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchmarkError(f"{man_path}: file missing; not a Parquet benchmark export") from None
+    except json.JSONDecodeError as e:
+        raise BenchmarkError(f"{man_path}: not valid JSON ({e.msg})") from None
+    frames = {}
+    for tm in header.get("tasks", []):
+        fr = {}
+        for kind in ("queries", "candidates", "qrels"):
+            p = src / tm["files"][kind]
+            try:
+                fr[kind] = pd.read_parquet(p)
+            except FileNotFoundError:
+                raise BenchmarkError(f"{p}: file missing; the export is incomplete") from None
+            except Exception as e:  # pyarrow raises several types for corrupt files
+                raise BenchmarkError(f"{p}: cannot read Parquet ({type(e).__name__}); the file is corrupt, export again") from None
+        frames[tm["name"]] = fr
+    return _materialise(header, frames, Path(out), overwrite, str(src))
+
+
+def to_hf_datasets(bench: Benchmark) -> dict[str, Any]:
+    """Return ``{task_name: datasets.DatasetDict(queries=…, candidates=…, qrels=…)}``; image columns
+    use the ``datasets.Image`` feature (bytes embedded). Benchmark-level fields go in ``info``.
+    """
+    import datasets
+
+    out: dict[str, Any] = {}
+    for t in bench.tasks:
+        fr = _task_frames(bench, t)
+        dd = {}
+        for kind in ("queries", "candidates"):
+            df = fr[kind].copy()
+            df["image_data"] = [None if b is None else {"bytes": b, "path": p} for b, p in zip(df["image_bytes"], df["image"])]
+            df = df.drop(columns=["image_bytes"])
+            ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+            ds = ds.cast_column("image_data", datasets.Image(decode=False))
+            dd[kind] = ds
+        dd["qrels"] = datasets.Dataset.from_pandas(fr["qrels"], preserve_index=False)
+        ddict = datasets.DatasetDict(dd)
+        out[t.name] = ddict
+    return out
+
+
+def hf_header(bench: Benchmark) -> dict[str, Any]:
+    """The manifest fields needed to rebuild ``bench`` from :func:`to_hf_datasets` output."""
+    from mrbench.data.fingerprint import fingerprint
+
+    return _manifest(bench, [_task_meta(t, {}) for t in bench.tasks], bench.fingerprint or fingerprint(bench))
+
+
+def from_hf_datasets(datasets_by_task: dict[str, Any], header: dict[str, Any], out: Path, overwrite: bool = False) -> Benchmark:
+    """Write a benchmark directory from ``{task: DatasetDict}`` (as made by :func:`to_hf_datasets`)."""
+    frames = {}
+    for tm in header["tasks"]:
+        dd = datasets_by_task[tm["name"]]
+        fr = {}
+        for kind in ("queries", "candidates"):
+            df = dd[kind].to_pandas()
+            df["image_bytes"] = [None if v is None else v.get("bytes") for v in df["image_data"]]
+            fr[kind] = df
+        fr["qrels"] = dd["qrels"].to_pandas()
+        frames[tm["name"]] = fr
+    return _materialise(header, frames, Path(out), overwrite, "datasets")

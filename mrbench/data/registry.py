@@ -1,0 +1,114 @@
+"""Built-in benchmark names and :func:`load_benchmark`.
+
+Built-in benchmarks are generated on first use into ``$MRBENCH_HOME/benchmarks`` (default
+``~/.cache/mrbench/benchmarks``) and loaded from there afterwards; the build is deterministic, so
+every machine gets the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mrbench.data.schema import Benchmark
+from mrbench.errors import UnknownNameError, did_you_mean
+
+
+@dataclass(frozen=True)
+class BuiltinBenchmark:
+    name: str
+    description: str
+    size: str
+    split: str
+    seed: int = 0
+
+
+BUILTIN_BENCHMARKS: dict[str, BuiltinBenchmark] = {
+    b.name: b
+    for b in (
+        BuiltinBenchmark("mrbench-synth", "MRBench-Synth test split, ~1k multi-grain queries over 4 tasks (the default)", "default", "test"),
+        BuiltinBenchmark("mrbench-synth-train", "MRBench-Synth training split (disjoint scenes) for trainers", "default", "train"),
+        BuiltinBenchmark("mrbench-synth-tiny", "a tiny MRBench-Synth (a few queries per task) for tests and smoke runs", "tiny", "test"),
+        BuiltinBenchmark("mrbench-synth-tiny-train", "training split of the tiny MRBench-Synth", "tiny", "train"),
+    )
+}
+
+
+def mrbench_home() -> Path:
+    """Root of mrbench's local data: ``$MRBENCH_HOME`` or ``~/.cache/mrbench``."""
+    return Path(os.environ.get("MRBENCH_HOME") or Path.home() / ".cache" / "mrbench")
+
+
+def builtin_dir(name: str) -> Path:
+    from mrbench.builders.synth import GENERATOR_VERSION
+
+    b = BUILTIN_BENCHMARKS[name]
+    return mrbench_home() / "benchmarks" / f"{b.name}-g{GENERATOR_VERSION}-seed{b.seed}"
+
+
+def load_benchmark(
+    name_or_path: str | Path,
+    *,
+    verify: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Benchmark:
+    """Load a benchmark from a directory or by built-in name (building it on first use).
+
+    Raises :class:`~mrbench.errors.UnknownNameError` for a name that is neither a directory nor a
+    built-in benchmark, and :class:`~mrbench.errors.BenchmarkError` for a broken directory.
+    """
+    from mrbench.data.io import load_benchmark_dir
+
+    p = Path(name_or_path)
+    s = str(name_or_path)
+    if s in BUILTIN_BENCHMARKS and not p.exists():
+        d = builtin_dir(s)
+        if not (d / "manifest.json").is_file():
+            from filelock import FileLock
+
+            from mrbench.builders.synth import build_synth
+
+            d.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(d) + ".lock"):
+                if not (d / "manifest.json").is_file():
+                    b = BUILTIN_BENCHMARKS[s]
+                    build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress)
+        return load_benchmark_dir(d, verify=verify)
+    if p.is_dir():
+        if _is_parquet_export(p):
+            return _load_parquet_export(p, verify=verify)
+        return load_benchmark_dir(p, verify=verify)
+    hint = did_you_mean(s, list(BUILTIN_BENCHMARKS))
+    raise UnknownNameError(
+        f"unknown benchmark {s!r}{hint}: pass a benchmark directory or one of {', '.join(BUILTIN_BENCHMARKS)} "
+        "(see 'mrbench benchmarks')"
+    )
+
+
+def _is_parquet_export(p: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("format") == "parquet"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _load_parquet_export(p: Path, verify: bool) -> Benchmark:
+    """Materialise a Parquet export once under ``$MRBENCH_HOME/imported/<fingerprint>`` and load it."""
+    import json
+
+    from filelock import FileLock
+
+    from mrbench.data.io import load_benchmark_dir
+    from mrbench.data.parquet import import_parquet
+
+    fp = str(json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("fingerprint", "unknown"))
+    d = mrbench_home() / "imported" / fp.replace("sha256:", "")[:16]
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d) + ".lock"):
+        if not (d / "manifest.json").is_file():
+            import_parquet(p, d, overwrite=True)
+    return load_benchmark_dir(d, verify=verify)

@@ -1,0 +1,308 @@
+"""The evaluation pipeline: load → encode → retrieve → score → report.
+
+:func:`evaluate` is the Python API behind ``mrbench evaluate``. Per task it encodes queries and the
+candidate pool through the harness (batched, validated, cached on disk), runs exact retrieval,
+ranks every judged candidate with pessimistic ties, computes per-query metrics, measures grain
+sensitivity (one grain dropped at a time), and aggregates per task, per grain count and per grain
+type. With ``output`` it writes the results JSON, one TREC run file per task, the per-query table
+and a per-grain chart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrbench.data.schema import Benchmark, Task
+from mrbench.errors import MrbenchError, OutputExistsError
+from mrbench.report.progress import NullReporter
+from mrbench.report.results import EvaluationResult
+
+
+def _parse_ks(ks: Sequence[int] | str) -> tuple[int, ...]:
+    if isinstance(ks, str):
+        try:
+            vals = [int(x) for x in ks.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise MrbenchError(f"--k {ks!r}: expected comma-separated positive integers such as 1,5,10") from None
+    else:
+        vals = [int(x) for x in ks]
+    if not vals or any(k < 1 for k in vals):
+        raise MrbenchError(f"--k {ks!r}: expected comma-separated positive integers such as 1,5,10")
+    return tuple(sorted(set(vals)))
+
+
+def _check_output(output: Path | None, overwrite: bool) -> None:
+    if output is None:
+        return
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"{output}: exists and is not a directory; choose another --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose another --output")
+
+
+def _judged(task: Task) -> list[dict[int, int]]:
+    index = task.candidate_index()
+    return [{index[d]: g for d, g in task.qrels.get(q.id, {}).items() if g > 0} for q in task.queries]
+
+
+def _hardware(device: str) -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    hw: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": device,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import faiss
+
+        hw["faiss"] = faiss.__version__
+    except ImportError:
+        hw["faiss"] = None
+    return hw
+
+
+def evaluate(
+    benchmark: str | Path | Benchmark = "mrbench-synth",
+    encoder: Any = "random",
+    *,
+    encoder_kwargs: dict[str, Any] | None = None,
+    tasks: Sequence[str] | None = None,
+    ks: Sequence[int] | str = (1, 5, 10),
+    depth: int = 100,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 2,
+    backend: str = "auto",
+    grain_sensitivity: bool = True,
+    verify: bool = True,
+    progress: Any = False,
+) -> EvaluationResult:
+    """Evaluate ``encoder`` on ``benchmark`` and return an :class:`EvaluationResult`.
+
+    Args:
+        benchmark: a built-in name (``mrbench benchmarks``), a benchmark directory, or a loaded
+            :class:`Benchmark`.
+        encoder: a registry name (``"random"``, ``"oracle"``, ``"pkg.mod:Class"``,
+            ``"file.py:Class"``, ``"family:spec"``) or an object implementing the Encoder protocol.
+        encoder_kwargs: keyword arguments for the encoder's constructor (recorded in the results).
+        tasks: subset of task names (default: all).
+        ks: cutoffs for hit@k, recall@k, mrr@k, ndcg@k (list or ``"1,5,10"``).
+        depth: length of the ranked lists written to the run files (≥ max k).
+        output: directory for results.json, runs/, per_query.parquet and grains.png; refused if it
+            already holds files unless ``overwrite``. Written atomically.
+        cache: reuse and fill the on-disk embedding cache (``cache_dir`` or ``$MRBENCH_CACHE``).
+        backend: exact-search backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
+        grain_sensitivity: also run the drop-one-grain diagnostic on text-bearing queries.
+        verify: check the benchmark's fingerprint when loading it from disk.
+        progress: ``True`` for rich progress bars, ``False`` for silence, or a Reporter.
+    """
+    from mrbench.data.registry import load_benchmark
+    from mrbench.encoders.base import Encoder
+    from mrbench.encoders.cache import EmbeddingCache, default_cache_root
+    from mrbench.encoders.harness import EncodeStats, check_dims, encode_items
+    from mrbench.encoders.registry import get_encoder
+    from mrbench.metrics.ranking import score_queries
+    from mrbench.retrieval.search import exact_search
+
+    if progress is True:
+        from mrbench.report.progress import RichReporter
+
+        reporter = RichReporter()
+    elif progress in (False, None):
+        reporter = NullReporter()
+    else:
+        reporter = progress
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    ks_t = _parse_ks(ks)
+    if depth < max(ks_t):
+        raise MrbenchError(f"--depth {depth} is smaller than the largest k ({max(ks_t)}); raise --depth")
+    out_path = Path(output) if output is not None else None
+    _check_output(out_path, overwrite)
+
+    t0 = time.perf_counter()
+    bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(
+        benchmark, verify=verify, progress=reporter.builder_callback()
+    )
+    task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
+    timings["load"] = time.perf_counter() - t0
+
+    if isinstance(encoder, str):
+        spec = encoder
+        enc = get_encoder(encoder, **(encoder_kwargs or {}))
+    else:
+        enc = encoder
+        spec = getattr(getattr(enc, "meta", None), "name", type(enc).__name__)
+        if not isinstance(enc, Encoder):
+            from mrbench.errors import EncoderError
+
+            raise EncoderError(f"{type(enc).__name__}: does not implement the Encoder protocol (needs .meta: EncoderMeta and .encode(items, *, role, task))")
+    meta = enc.meta
+
+    store = None
+    if cache:
+        import hashlib
+
+        kw = json.dumps(encoder_kwargs or {}, sort_keys=True, default=str)
+        ns = f"{meta.name}@{meta.revision}#{hashlib.sha256(kw.encode()).hexdigest()[:8]}"
+        store = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_root(), ns)
+
+    stats = EncodeStats()
+    frames = []
+    runs: dict[str, tuple[Task, Any]] = {}
+    sens_frames = []
+    timings.update(encode=0.0, retrieve=0.0, score=0.0, sensitivity=0.0)
+    device = "cpu"
+    for task in task_list:
+        t0 = time.perf_counter()
+        with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
+            q_emb = encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=store,
+                                 batch_size=batch_size, num_workers=num_workers, progress=adv, stats=stats)
+        with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
+            c_emb = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, cache=store,
+                                 batch_size=batch_size, num_workers=num_workers, progress=adv, stats=stats)
+        check_dims(q_emb, c_emb, meta.name, task.name)
+        timings["encode"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        judged = _judged(task)
+        with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
+            res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
+                               backend=backend, progress=adv)
+        device = res.device
+        runs[task.name] = (task, res)
+        timings["retrieve"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        df = score_queries(res.judged_ranks, judged, ks=ks_t, relevance_level=task.relevance_level,
+                           query_ids=[q.id for q in task.queries])
+        df = df.reset_index(names="qid")
+        df.insert(0, "task", task.name)
+        df["n_grains"] = [q.n_grains for q in task.queries]
+        df["grain_types"] = [sorted(set(q.grain_types)) for q in task.queries]
+        df["ties"] = np.asarray(res.n_ties, dtype=np.int64)
+        frames.append(df)
+        timings["score"] += time.perf_counter() - t0
+
+        if grain_sensitivity and task.query_modality != "image":
+            t0 = time.perf_counter()
+            sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
+                                    num_workers, backend, reporter)
+            if sf is not None:
+                sens_frames.append(sf)
+            timings["sensitivity"] += time.perf_counter() - t0
+
+    import pandas as pd
+
+    per_query = pd.concat(frames, ignore_index=True)
+    sensitivity = pd.concat(sens_frames, ignore_index=True) if sens_frames else None
+    timings["encoder_forward"] = stats.encode_seconds
+    timings["total"] = time.perf_counter() - t_start
+    result = EvaluationResult.build(
+        bench=bench,
+        tasks=[t.name for t in task_list],
+        encoder_meta=meta,
+        encoder_spec=spec,
+        encoder_kwargs=encoder_kwargs or {},
+        settings={
+            "ks": list(ks_t),
+            "depth": depth,
+            "backend": backend,
+            "device": device,
+            "tie_policy": "pessimistic",
+            "batch_size": batch_size or meta.batch_size,
+            "cache": bool(cache),
+            "grain_sensitivity": bool(grain_sensitivity),
+            "verify_fingerprint": bool(verify),
+        },
+        hardware=_hardware(device),
+        timings=timings,
+        cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded},
+        per_query=per_query,
+        sensitivity=sensitivity,
+        runs=runs,
+    )
+    if out_path is not None:
+        t0 = time.perf_counter()
+        result.save(out_path, overwrite=overwrite)
+        result.timings["report"] = time.perf_counter() - t0
+    return result
+
+
+def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size, num_workers,
+                       backend, reporter):
+    """Drop one grain at a time from every text-bearing query, re-encode and re-rank.
+
+    Returns one row per (query, dropped grain) with ``mask_distance`` = 1 − cos(full, reduced)
+    (computed on L2-normalised embeddings whatever the encoder's similarity) and ``rank_change`` =
+    first relevant rank under the reduced query − under the full query, the relevant set being the
+    full query's (positive: the target fell). Queries with no relevant candidate are skipped.
+    """
+    import pandas as pd
+
+    from mrbench.encoders.harness import encode_items
+    from mrbench.grains.masking import drop_grain_text
+    from mrbench.retrieval.search import exact_search
+
+    reduced, owners = [], []
+    for qi, q in enumerate(task.queries):
+        if not any(g >= task.relevance_level for g in judged[qi].values()):
+            continue
+        for gi, grain in enumerate(q.grains):
+            text = drop_grain_text(q, gi)
+            if text is None:
+                continue
+            reduced.append(replace(q, id=f"{q.id}~{gi}", text=text))
+            owners.append((qi, gi, grain.type, grain.text))
+    if not reduced:
+        return None
+    with reporter.stage(f"{task.name}: grain sensitivity", len(reduced)) as adv:
+        r_emb = encode_items(enc, reduced, role="query", task=task, bench=bench, cache=store,
+                             batch_size=batch_size, num_workers=num_workers, progress=adv, stats=stats)
+    qi_arr = np.array([o[0] for o in owners])
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(n == 0, 1, n)
+
+    cos = np.sum(unit(q_emb[qi_arr]) * unit(r_emb), axis=1)
+    r_judged = [judged[i] for i in qi_arr]
+    r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=task.relevance_level, backend=backend)
+
+    def first_rank(ranks: dict[int, int], grades: dict[int, int]) -> int:
+        return min(r for d, r in ranks.items() if grades[d] >= task.relevance_level)
+
+    full_rank = np.array([first_rank(res.judged_ranks[i], judged[i]) for i in qi_arr])
+    red_rank = np.array([first_rank(r_res.judged_ranks[j], r_judged[j]) for j in range(len(owners))])
+    return pd.DataFrame(
+        {
+            "task": task.name,
+            "qid": [task.queries[o[0]].id for o in owners],
+            "grain_index": [o[1] for o in owners],
+            "grain_type": [o[2] for o in owners],
+            "grain_text": [o[3] for o in owners],
+            "mask_distance": (1.0 - cos).astype(np.float64),
+            "rank_full": full_rank,
+            "rank_reduced": red_rank,
+            "rank_change": red_rank - full_rank,
+        }
+    )

@@ -1,0 +1,221 @@
+"""The evaluation result: a versioned JSON document plus tables, run files and a chart.
+
+``results.json`` (``schema_version`` 1) fields:
+
+* ``mrbench_version``, ``created`` (UTC ISO-8601)
+* ``benchmark``: name, version, split, fingerprint, path
+* ``encoder``: the encoder's metadata record, the spec it was created from and its kwargs
+* ``settings``: ks, depth, backend, device, tie_policy, batch_size, cache, grain_sensitivity, tasks
+* ``hardware``: platform, python, cpu_count, torch, faiss, device, cuda
+* ``timings``: seconds per stage (load, encode, encoder_forward, retrieve, score, sensitivity, report, total)
+* ``cache``: items, hits, encoded
+* ``scores``: ``macro`` (each task weighs the same), ``tasks`` (per task), ``grain_count`` (per task
+  and pooled ``all``, buckets "2", "3", "4", "5+"), ``grain_type`` (per task; a query counts under
+  every type it contains), ``grain_sensitivity`` (per task: mean mask_distance, mean rank_change,
+  fraction of drops that worsened the target's rank, count, and the same by grain type)
+* ``files``: relative paths of the run files, per-query table and chart
+
+Metric names: ``hit@k`` (the paper's "R@K": any relevant in the top k), ``recall@k``, ``mrr@k``,
+``ndcg@k``, ``mean_rank`` / ``median_rank`` of the first relevant candidate, ``ties``,
+``queries_with_ties``, ``n_queries``, ``n_dropped``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe conversion: numpy scalars → Python, NaN → None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        f = float(x)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _records(df, key: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for _, row in df.iterrows():
+        d = row.to_dict()
+        k = str(d.pop(key))
+        out[k] = _clean(d)
+    return out
+
+
+def _nested(df, k1: str, k2: str) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for _, row in df.iterrows():
+        d = row.to_dict()
+        a, b = str(d.pop(k1)), str(d.pop(k2))
+        out.setdefault(a, {})[b] = _clean(d)
+    return out
+
+
+def sensitivity_summary(sens) -> dict[str, Any]:
+    """Aggregate drop-one-grain rows per task and per task × grain type."""
+    if sens is None or len(sens) == 0:
+        return {}
+
+    def agg(g) -> dict[str, Any]:
+        return {
+            "mask_distance": float(g["mask_distance"].mean()),
+            "rank_change": float(g["rank_change"].mean()),
+            "worsened": float((g["rank_change"] > 0).mean()),
+            "n": int(len(g)),
+        }
+
+    out: dict[str, Any] = {}
+    for task, g in sens.groupby("task", sort=False):
+        d = agg(g)
+        d["by_type"] = {t: agg(gg) for t, gg in g.groupby("grain_type")}
+        out[str(task)] = d
+    return out
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`mrbench.evaluate` returns. ``data`` is the results JSON document."""
+
+    data: dict[str, Any]
+    per_query: Any  # pandas.DataFrame, one row per query
+    sensitivity: Any = None  # pandas.DataFrame, one row per (query, dropped grain), or None
+    runs: dict[str, Any] = field(default_factory=dict, repr=False)  # task -> (Task, RetrievalResult)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, *, bench, tasks, encoder_meta, encoder_spec, encoder_kwargs, settings, hardware, timings,
+              cache_stats, per_query, sensitivity, runs) -> "EvaluationResult":
+        import mrbench
+        from mrbench.metrics.aggregate import by_grain_count, by_grain_type, by_task, macro
+
+        bt = by_task(per_query)
+        scores = {
+            "macro": _clean(macro(bt)),
+            "tasks": _records(bt, "task"),
+            "grain_count": _nested(by_grain_count(per_query), "task", "grain_count"),
+            "grain_type": _nested(by_grain_type(per_query), "task", "grain_type"),
+            "grain_sensitivity": sensitivity_summary(sensitivity),
+        }
+        data = {
+            "schema_version": RESULTS_SCHEMA_VERSION,
+            "mrbench_version": mrbench.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "benchmark": {
+                "name": bench.name,
+                "version": bench.version,
+                "split": bench.split,
+                "fingerprint": bench.fingerprint,
+                "path": str(bench.root) if bench.root else None,
+            },
+            "encoder": {**encoder_meta.to_dict(), "spec": encoder_spec, "kwargs": encoder_kwargs},
+            "settings": {**settings, "tasks": list(tasks)},
+            "hardware": hardware,
+            "timings": timings,
+            "cache": cache_stats,
+            "scores": scores,
+            "files": {},
+        }
+        return cls(data=_clean(data), per_query=per_query, sensitivity=sensitivity, runs=runs)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def scores(self) -> dict[str, Any]:
+        return self.data["scores"]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.data["timings"]
+
+    def to_pandas(self, level: str = "task"):
+        """Scores as a DataFrame: ``level`` = ``"task"``, ``"grain_count"``, ``"grain_type"``,
+        ``"query"`` (per-query rows) or ``"sensitivity"`` (per dropped grain)."""
+        import pandas as pd
+
+        if level == "query":
+            return self.per_query
+        if level == "sensitivity":
+            return self.sensitivity
+        if level == "task":
+            return pd.DataFrame.from_dict(self.scores["tasks"], orient="index")
+        if level in ("grain_count", "grain_type"):
+            rows = [
+                {"task": t, level: k, **v} for t, d in self.scores[level].items() for k, v in d.items()
+            ]
+            return pd.DataFrame(rows).set_index(["task", level])
+        raise ValueError(f"level {level!r}: choose task, grain_count, grain_type, query or sensitivity")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out: Path, overwrite: bool = False) -> Path:
+        """Write results.json, runs/<task>.trec, per_query.parquet, sensitivity.parquet, grains.png
+        into ``out`` atomically (a staging directory renamed into place)."""
+        from mrbench.data.io import atomic_dir
+        from mrbench.retrieval.runfile import write_trec_run
+
+        out = Path(out)
+        run_name = f"{self.data['encoder']['name']}".replace(" ", "_") or "run"
+        with atomic_dir(out, overwrite=overwrite) as st:
+            files: dict[str, Any] = {"runs": {}}
+            (st / "runs").mkdir()
+            for name, (task, res) in self.runs.items():
+                rel = f"runs/{name}.trec"
+                write_trec_run(st / rel, [q.id for q in task.queries], [c.id for c in task.candidates], res, run_name)
+                files["runs"][name] = rel
+            pq = self.per_query.copy()
+            pq["grain_types"] = pq["grain_types"].map(lambda v: ",".join(v))
+            pq.to_parquet(st / "per_query.parquet", index=False)
+            files["per_query"] = "per_query.parquet"
+            if self.sensitivity is not None:
+                self.sensitivity.to_parquet(st / "sensitivity.parquet", index=False)
+                files["sensitivity"] = "sensitivity.parquet"
+            try:
+                from mrbench.report.charts import grain_chart
+
+                grain_chart(self, st / "grains.png")
+                files["chart"] = "grains.png"
+            except ImportError:  # matplotlib missing: results stay complete without the picture
+                pass
+            self.data["files"] = files
+            (st / RESULTS_FILE).write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: Path) -> "EvaluationResult":
+        """Load ``results.json`` (and the per-query table when present) from a results directory."""
+        import pandas as pd
+
+        from mrbench.errors import MrbenchError
+
+        path = Path(path)
+        f = path / RESULTS_FILE if path.is_dir() else path
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MrbenchError(f"{f}: no results file; pass a directory written by 'mrbench evaluate --output'") from None
+        except json.JSONDecodeError as e:
+            raise MrbenchError(f"{f}: not valid JSON ({e.msg})") from None
+        if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
+            raise MrbenchError(f"{f}: schema_version {data.get('schema_version')!r} is not supported (expected {RESULTS_SCHEMA_VERSION})")
+        pq = f.parent / "per_query.parquet"
+        per_query = pd.read_parquet(pq) if pq.is_file() else None
+        return cls(data=data, per_query=per_query)

@@ -1,0 +1,183 @@
+"""On-disk format, validation, fingerprint, Parquet and HF datasets round trips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mrbench.data.fingerprint import fingerprint
+from mrbench.data.io import atomic_dir, load_benchmark_dir, read_qrels, save_benchmark
+from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError
+
+
+def test_round_trip_keeps_content_and_fingerprint(small_bench):
+    b = load_benchmark_dir(small_bench.root)
+    assert b.fingerprint == small_bench.fingerprint == fingerprint(b)
+    assert b.task_names == ["t2i", "i2t"]
+    t = b.task("t2i")
+    assert t.query_instruction == "Find the image."
+    assert t.queries[0].n_grains == 3 and t.queries[0].grain_types == ["attribute", "entity", "relation"]
+    assert t.qrels == {"q1": {"c_red": 1}, "q2": {"c_blue": 2, "c_green": 1}}
+    assert b.metadata == {"note": "test"}
+    # files other tools read
+    lines = (small_bench.root / "tasks/t2i/qrels.txt").read_text().splitlines()
+    assert lines == ["q1 0 c_red 1", "q2 0 c_blue 2", "q2 0 c_green 1"]
+    rows = [json.loads(x) for x in (small_bench.root / "tasks/t2i/queries.jsonl").read_text().splitlines()]
+    assert rows[0]["grains"][0] == {"text": "red", "type": "attribute"}
+
+
+def test_fingerprint_depends_on_content_not_paths_or_labels(small_bench, tmp_path):
+    b = load_benchmark_dir(small_bench.root)
+    fp = b.fingerprint
+    b.name, b.version, b.description = "other", "9", "x"
+    assert fingerprint(b) == fp
+    # moving an image to another path with the same bytes keeps the fingerprint
+    root2 = tmp_path / "moved"
+    shutil.copytree(small_bench.root, root2)
+    shutil.copyfile(root2 / "images/red.png", root2 / "images/red2.png")
+    b2 = load_benchmark_dir(root2, verify=False)
+    for t in b2.tasks:
+        for it in [*t.queries, *t.candidates]:
+            if it.image == "images/red.png":
+                it.image = "images/red2.png"
+    assert fingerprint(b2) == fp
+    # any content change moves it
+    b2.tasks[0].queries[0].text += "!"
+    assert fingerprint(b2) != fp
+
+
+def test_tampered_image_gives_fingerprint_mismatch(small_bench):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (0, 0, 0)).save(small_bench.root / "images/red.png")
+    with pytest.raises(FingerprintMismatch, match="fingerprint mismatch.*--no-verify"):
+        load_benchmark_dir(small_bench.root)
+    assert load_benchmark_dir(small_bench.root, verify=False).name == "small"
+
+
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (lambda r: (r / "manifest.json").unlink(), r"manifest.json: file missing"),
+        (lambda r: (r / "manifest.json").write_text("{not json"), r"manifest.json: not valid JSON"),
+        (lambda r: (r / "tasks/t2i/queries.jsonl").write_text('{"id": "q1"}\n{oops\n'), r"queries.jsonl:2: not valid JSON"),
+        (lambda r: (r / "tasks/t2i/candidates.jsonl").unlink(), r"candidates.jsonl: file missing"),
+        (lambda r: (r / "images/blue.png").unlink(), r"blue.png: image of candidate 'c_blue'.*missing"),
+        (lambda r: (r / "tasks/t2i/qrels.txt").write_text("q1 0 nope 1\n"), r"unknown candidate id 'nope'"),
+        (lambda r: (r / "tasks/t2i/qrels.txt").write_text("qX 0 c_red 1\n"), r"unknown query id 'qX'"),
+        (lambda r: (r / "tasks/t2i/qrels.txt").write_text("q1 0 c_red 1\nq1 0 c_red 1\n"), r"qrels.txt:2: duplicate"),
+        (lambda r: (r / "tasks/t2i/qrels.txt").write_text("q1 0 c_red\n"), r"qrels.txt:1: expected 4 fields"),
+        (lambda r: (r / "tasks/t2i/qrels.txt").write_text("q1 0 c_red x\n"), r"grade 'x' is not an integer"),
+        (lambda r: (r / "tasks/t2i/candidates.jsonl").write_text(
+            '{"id": "c_red", "image": "images/red.png"}\n{"id": "c_red", "image": "images/blue.png"}\n'),
+         r"duplicate candidate id 'c_red'"),
+        (lambda r: (r / "tasks/t2i/candidates.jsonl").write_text(""), r"empty candidate pool"),
+        (lambda r: (r / "tasks/i2t/queries.jsonl").write_text(""), r"task 'i2t': no queries"),
+    ],
+)
+def test_broken_directories_fail_with_one_line_naming_the_culprit(small_bench, mutate, pattern):
+    mutate(small_bench.root)
+    with pytest.raises(BenchmarkError, match=pattern) as ei:
+        load_benchmark_dir(small_bench.root, verify=False)
+    assert "\n" not in str(ei.value)
+
+
+def test_missing_directory_says_how_to_build(tmp_path):
+    with pytest.raises(BenchmarkError, match="mrbench build synth"):
+        load_benchmark_dir(tmp_path / "nope")
+
+
+def test_save_refuses_existing_output_and_leaves_nothing_half_written(small_bench, tmp_path):
+    b = load_benchmark_dir(small_bench.root)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        save_benchmark(b, small_bench.root)
+    # a failing save leaves neither the target nor a staging directory behind
+    b.tasks[0].candidates[0].image = "images/does-not-exist.png"
+    out = tmp_path / "out"
+    with pytest.raises(BenchmarkError):
+        save_benchmark(b, out)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_atomic_dir_keeps_old_content_on_failure(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, overwrite=True) as st:
+            (st / "new.txt").write_text("new")
+            raise RuntimeError("boom")
+    assert (out / "keep.txt").read_text() == "old" and not (out / "new.txt").exists()
+    with atomic_dir(out, overwrite=True) as st:
+        (st / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+
+
+def test_read_qrels_accepts_trec_whitespace(tmp_path):
+    p = tmp_path / "q.txt"
+    p.write_text("a\t0\tb\t3\n\nc 0 d 0\n")
+    assert read_qrels(p) == {"a": {"b": 3}, "c": {"d": 0}}
+
+
+def test_parquet_round_trip_same_fingerprint_and_readable_by_datasets(small_bench, tmp_path):
+    import datasets
+    import pandas as pd
+
+    from mrbench.data.parquet import export_parquet, import_parquet
+    from mrbench.data.registry import load_benchmark
+
+    exp = export_parquet(load_benchmark_dir(small_bench.root), tmp_path / "pq")
+    q = pd.read_parquet(exp / "tasks/t2i/queries.parquet")
+    assert list(q["id"]) == ["q1", "q2"] and list(q["grains"][0][0].keys()) == ["text", "type", "key"]
+    ds = datasets.load_dataset("parquet", data_files=str(exp / "tasks/t2i/candidates.parquet"), split="train")
+    assert ds.num_rows == 3 and ds[0]["image_bytes"][:4] == b"\x89PNG"
+    back = import_parquet(exp, tmp_path / "back")
+    assert back.fingerprint == small_bench.fingerprint
+    assert load_benchmark_dir(tmp_path / "back").task("t2i").qrels == small_bench.task("t2i").qrels
+    # load_benchmark accepts the export directory directly
+    assert load_benchmark(exp).fingerprint == small_bench.fingerprint
+
+
+def test_parquet_import_detects_tampering(small_bench, tmp_path):
+    import pandas as pd
+
+    from mrbench.data.parquet import export_parquet, import_parquet
+
+    exp = export_parquet(load_benchmark_dir(small_bench.root), tmp_path / "pq")
+    p = exp / "tasks/t2i/qrels.parquet"
+    df = pd.read_parquet(p)
+    df.loc[0, "grade"] = 5
+    df.to_parquet(p, index=False)
+    with pytest.raises(FingerprintMismatch):
+        import_parquet(exp, tmp_path / "back")
+    assert not (tmp_path / "back").exists()
+
+
+def test_hf_datasets_round_trip(small_bench, tmp_path):
+    import datasets
+
+    from mrbench.data.parquet import from_hf_datasets, hf_header, to_hf_datasets
+
+    b = load_benchmark_dir(small_bench.root)
+    dsets = to_hf_datasets(b)
+    assert isinstance(dsets["t2i"], datasets.DatasetDict)
+    assert set(dsets["t2i"]) == {"queries", "candidates", "qrels"}
+    assert isinstance(dsets["t2i"]["candidates"].features["image_data"], datasets.Image)
+    # through the datasets on-disk format and back
+    for name, dd in dsets.items():
+        dd.save_to_disk(str(tmp_path / "hf" / name))
+    loaded = {name: datasets.load_from_disk(str(tmp_path / "hf" / name)) for name in dsets}
+    back = from_hf_datasets(loaded, hf_header(b), tmp_path / "back")
+    assert back.fingerprint == b.fingerprint
+
+
+def test_unknown_builtin_name_suggests(tmp_path):
+    from mrbench.data.registry import load_benchmark
+    from mrbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="did you mean 'mrbench-synth'"):
+        load_benchmark("mrbench-synt")
