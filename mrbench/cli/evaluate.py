@@ -48,7 +48,7 @@ def evaluate(
     """
     from mrbench.cli.common import stdout_console
     from mrbench.errors import MrbenchError
-    from mrbench.evaluate import _check_output, evaluate as run
+    from mrbench.pipeline import _check_output, evaluate as run
     from mrbench.report.progress import NullReporter, RichReporter
     from mrbench.report.tables import comparison_table, print_result
 

@@ -88,7 +88,8 @@ def check_encoder(
     for col in ("check", "result", "detail"):
         t.add_column(col)
     for r in results:
-        t.add_row(r.name, "[green]ok[/green]" if r.ok else "[red]FAIL[/red]", r.detail)
+        verdict = "[red]FAIL[/red]" if not r.ok else ("[yellow]warn[/yellow]" if getattr(r, "warning", False) else "[green]ok[/green]")
+        t.add_row(r.name, verdict, r.detail)
     stdout_console().print(t)
     if not all(r.ok for r in results):
         raise typer.Exit(code=1)

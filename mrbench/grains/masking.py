@@ -12,8 +12,6 @@ import re
 
 from mrbench.data.schema import Query
 
-_CONNECTORS = r"(?:and|with|,)"
-
 
 def drop_grain_text(query: Query, index: int) -> str | None:
     """Return the query text without grain ``index``, or ``None`` if it cannot be removed."""
@@ -31,9 +29,10 @@ def drop_grain_text(query: Query, index: int) -> str | None:
     if n == 0:
         return None
     text = re.sub(r"\s+", " ", text)
-    text = re.sub(rf"\b{_CONNECTORS}\s*(?={_CONNECTORS}\b)", "", text)
+    text = re.sub(r",\s*(?:and|with)\b\s*", ", ", text)
+    text = re.sub(r"\b(?:and|with)\s*(?=,|\band\b|\bwith\b)", "", text)
     text = re.sub(r"\s+([,.;])", r"\1", text)
-    text = re.sub(r"(^|[,;]\s*)(?:and|with)\s*$", "", text)
+    text = re.sub(r"^\s*(?:and|with)\b|\b(?:and|with)\s*$", "", text.strip())
     text = re.sub(r"^\s*[,;]\s*|[,;]\s*$", "", text).strip()
     text = re.sub(r",\s*,", ",", text)
     return text if text and text != query.text else None

@@ -108,8 +108,8 @@ class EvaluationResult:
 
         bt = by_task(per_query)
         scores = {
-            "macro": _clean(macro(bt)),
-            "tasks": _records(bt, "task"),
+            "macro": _records(macro(bt), "task")["macro"],
+            "tasks": {t: v for t, v in sorted(_records(bt, "task").items(), key=lambda kv: list(tasks).index(kv[0]))},
             "grain_count": _nested(by_grain_count(per_query), "task", "grain_count"),
             "grain_type": _nested(by_grain_type(per_query), "task", "grain_type"),
             "grain_sensitivity": sensitivity_summary(sensitivity),

@@ -116,7 +116,7 @@ def evaluate(
     """
     from mrbench.data.registry import load_benchmark
     from mrbench.encoders.base import Encoder
-    from mrbench.encoders.cache import EmbeddingCache, default_cache_root
+    from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
     from mrbench.encoders.harness import EncodeStats, check_dims, encode_items
     from mrbench.encoders.registry import get_encoder
     from mrbench.metrics.ranking import score_queries
@@ -160,11 +160,8 @@ def evaluate(
 
     store = None
     if cache:
-        import hashlib
-
-        kw = json.dumps(encoder_kwargs or {}, sort_keys=True, default=str)
-        ns = f"{meta.name}@{meta.revision}#{hashlib.sha256(kw.encode()).hexdigest()[:8]}"
-        store = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_root(), ns)
+        store = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_root(),
+                               cache_namespace(spec, meta.revision, encoder_kwargs or {}))
 
     stats = EncodeStats()
     frames = []
@@ -271,7 +268,11 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
             text = drop_grain_text(q, gi)
             if text is None:
                 continue
-            reduced.append(replace(q, id=f"{q.id}~{gi}", text=text))
+            meta = dict(q.meta)
+            if isinstance(meta.get("asserts"), list) and grain.key in meta["asserts"]:
+                meta["asserts"] = [a for a in meta["asserts"] if a != grain.key]
+            meta.pop("drop_one_text", None)
+            reduced.append(replace(q, id=f"{q.id}~{gi}", text=text, meta=meta))
             owners.append((qi, gi, grain.type, grain.text))
     if not reduced:
         return None

@@ -1,0 +1,287 @@
+"""On-disk embedding cache: append-only ``.npz`` shards per encoder namespace.
+
+Layout: ``<root>/<namespace dir>/shard-<time>-<pid>-<random>.npz``, each holding two arrays,
+``keys`` (fixed-width unicode, sha256 hex) and ``emb`` (float32 ``[n, D]``). Shards are written to a
+temporary file and moved into place with :func:`os.replace`, so a reader never sees half a shard;
+an interrupted run loses at most the batch in flight and a re-run resumes from the shards on disk.
+Files are read with ``np.load(..., allow_pickle=False)`` (no pickle anywhere).
+
+Keys: ``sha256(namespace, role, instruction or "", content_hash)`` (see :func:`cache_key`) — the
+same content encoded in another role, with another instruction, or by another encoder revision
+or kwargs (both part of the namespace) is a different entry. What is stored is the harness's
+*validated* output (L2-normalised for cosine encoders).
+
+Several processes may write the same namespace at once (shard names are unique); each reads the
+shards present when it first uses the cache plus the ones it writes itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrbench.errors import EncoderError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "MRBENCH_CACHE"
+"""Environment variable overriding the default cache root."""
+
+_SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+_KEY_DTYPE = "<U64"
+
+
+def default_cache_root() -> Path:
+    """``$MRBENCH_CACHE`` if set, else ``$MRBENCH_HOME/embeddings`` (``~/.cache/mrbench/embeddings``)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    from mrbench.data.registry import mrbench_home
+
+    return mrbench_home() / "embeddings"
+
+
+def slug(text: str, max_len: int = 80) -> str:
+    """Filesystem-safe form of ``text``: runs of characters outside ``[A-Za-z0-9._-]`` become ``_``."""
+    s = _SLUG_BAD.sub("_", text).strip("._") or "x"
+    return s[:max_len]
+
+
+def kwargs_digest(kwargs: Mapping[str, Any] | None) -> str:
+    """Short (10 hex) sha256 of the canonical JSON of ``kwargs``; ``""`` when there are none.
+
+    Values JSON cannot express are hashed through ``str()``.
+    """
+    if not kwargs:
+        return ""
+    blob = json.dumps(dict(kwargs), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def cache_namespace(name: str, revision: str, kwargs: Mapping[str, Any] | None = None) -> str:
+    """The cache namespace of an encoder: ``"<name>@<revision>"`` plus ``"#<kwargs digest>"``.
+
+    ``name`` should identify the encoder unambiguously — prefer the spec the user passed to
+    :func:`~mrbench.encoders.registry.get_encoder` (``"openclip:ViT-B-32/laion2b"``,
+    ``"path/enc.py:MyEncoder"``) over ``meta.name`` alone; ``revision`` is ``meta.revision``
+    (encoders should put a checkpoint hash there, or stale embeddings will be reused).
+    """
+    ns = f"{name}@{revision}"
+    d = kwargs_digest(kwargs)
+    return f"{ns}#{d}" if d else ns
+
+
+def cache_key(namespace: str, role: str, instruction: str | None, content_hash: str) -> str:
+    """sha256 hex over ``(namespace, role, instruction or "", content_hash)``, NUL-separated."""
+    blob = "\x00".join((namespace, role, instruction or "", content_hash))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """Lookup counters of one :class:`EmbeddingCache` instance."""
+
+    hits: int = 0
+    misses: int = 0
+    written: int = 0
+
+
+class EmbeddingCache:
+    """Append-only embedding store for one encoder namespace (see the module docstring).
+
+    ``namespace`` is an arbitrary string (see :func:`cache_namespace`); it enters every key and
+    names the directory (slugged, plus a short hash of the raw string when slugging lost anything).
+    """
+
+    def __init__(self, root: Path | str, namespace: str) -> None:
+        if not namespace:
+            raise EncoderError("embedding cache: namespace must be a non-empty string")
+        self.root = Path(root).expanduser()
+        self.namespace = namespace
+        s = slug(namespace)
+        if s != namespace:
+            s = f"{s}-{hashlib.sha256(namespace.encode()).hexdigest()[:8]}"
+        self.path = self.root / s
+        self.stats = CacheStats()
+        self._index: dict[str, tuple[int, int]] | None = None  # key -> (shard number, row)
+        self._shards: list[Path] = []
+        self._arrays: dict[int, np.ndarray] = {}  # shard number -> emb, loaded on demand
+        self._dim: int | None = None
+        self._dim_source: str | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    def key(self, role: str, instruction: str | None, content_hash: str) -> str:
+        """The key of one item in this namespace (see :func:`cache_key`)."""
+        return cache_key(self.namespace, role, instruction, content_hash)
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dimension of the stored entries (``None`` while empty)."""
+        self._ensure_index()
+        return self._dim
+
+    def __len__(self) -> int:
+        return len(self._ensure_index())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ensure_index()
+
+    # ---------------------------------------------------------------------------------------------
+    def _ensure_index(self) -> dict[str, tuple[int, int]]:
+        """Build the key index from every shard's ``keys`` (embeddings are loaded on demand)."""
+        if self._index is not None:
+            return self._index
+        index: dict[str, tuple[int, int]] = {}
+        paths = sorted(self.path.glob("shard-*.npz")) if self.path.is_dir() else []
+        for p in paths:
+            head = self._read_keys(p)
+            if head is None:
+                continue
+            keys, d = head
+            self._check_dim(d, p)
+            n = len(self._shards)
+            self._shards.append(p)
+            for row, k in enumerate(keys.tolist()):
+                index[k] = (n, row)
+        self._index = index
+        return index
+
+    @staticmethod
+    def _warn_corrupt(p: Path, problem: str) -> None:
+        log.warning("embedding cache: skipping corrupt shard %s (%s); delete it to silence this", p, problem)
+
+    @classmethod
+    def _read_keys(cls, p: Path) -> tuple[np.ndarray, int] | None:
+        """Read a shard's keys and its ``emb`` header; ``None`` (one warning line) when unusable."""
+        problem = None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                keys = z["keys"]
+                with z.zip.open("emb.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            if keys.ndim != 1 or keys.dtype.kind != "U":
+                problem = f"'keys' is {keys.dtype}{list(keys.shape)}, expected a 1-d unicode array"
+            elif len(shape) != 2 or dtype != np.float32 or shape[0] != keys.shape[0] or shape[1] < 1:
+                problem = f"'emb' is {dtype}{list(shape)} for {keys.shape[0]} keys"
+        except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError, ...
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        if problem is not None:
+            cls._warn_corrupt(p, problem)
+            return None
+        return keys, int(shape[1])
+
+    def _load_emb(self, n: int) -> np.ndarray | None:
+        """The embeddings of shard ``n`` (memoised); ``None`` when its data turns out corrupt."""
+        if n in self._arrays:
+            return self._arrays[n]
+        p = self._shards[n]
+        problem = None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                emb = z["emb"]
+            if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != self._dim:
+                problem = f"'emb' is {emb.dtype}{list(emb.shape)}"
+            elif not np.isfinite(emb).all():
+                problem = "'emb' holds NaN/Inf"
+        except Exception as e:
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        if problem is not None:
+            self._warn_corrupt(p, problem)
+            index = self._ensure_index()
+            for k in [k for k, (s, _) in index.items() if s == n]:
+                del index[k]
+            return None
+        self._arrays[n] = emb
+        return emb
+
+    def _check_dim(self, d: int, source: Path | str) -> None:
+        if self._dim is None:
+            self._dim, self._dim_source = d, str(source)
+        elif d != self._dim:
+            raise EncoderError(
+                f"embedding cache {self.path}: {source} holds dimension {d} but {self._dim_source} holds "
+                f"{self._dim}; the namespace {self.namespace!r} mixes encoders — delete {self.path} and re-run"
+            )
+
+    # ---------------------------------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Look up ``keys``: ``(mask bool[N], emb float32[N, D])``; rows of misses are zero.
+
+        ``emb`` is ``None`` when nothing was found. Updates :attr:`stats`.
+        """
+        index = self._ensure_index()
+        found = [index.get(k) for k in keys]
+        for s in sorted({h[0] for h in found if h is not None}):
+            if self._load_emb(s) is None:  # corrupt data: its keys left the index
+                found = [h if h is None or h[0] != s else None for h in found]
+        n = len(keys)
+        mask = np.fromiter((h is not None for h in found), dtype=bool, count=n)
+        n_hit = int(mask.sum())
+        self.stats.hits += n_hit
+        self.stats.misses += n - n_hit
+        if n_hit == 0:
+            return mask, None
+        assert self._dim is not None
+        emb = np.zeros((n, self._dim), dtype=np.float32)
+        by_shard: dict[int, tuple[list[int], list[int]]] = {}
+        for i, h in enumerate(found):
+            if h is not None:
+                dst, src = by_shard.setdefault(h[0], ([], []))
+                dst.append(i)
+                src.append(h[1])
+        for s, (dst, src) in by_shard.items():
+            emb[dst] = self._arrays[s][src]
+        return mask, emb
+
+    def put_many(self, keys: Sequence[str], emb: np.ndarray) -> Path | None:
+        """Store ``emb[i]`` under ``keys[i]`` as one new shard (atomic); returns its path.
+
+        Nothing is written for an empty batch. Raises :class:`EncoderError` when the dimension
+        differs from what the namespace already holds.
+        """
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(keys):
+            raise ValueError(f"put_many: {len(keys)} keys for embeddings of shape {emb.shape}")
+        if len(keys) == 0:
+            return None
+        index = self._ensure_index()
+        self._check_dim(emb.shape[1], "the batch being written")
+        key_arr = np.asarray(list(keys), dtype=_KEY_DTYPE)
+        self.path.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.npz"
+        final = self.path / name
+        tmp = self.path / f".{name}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=key_arr, emb=emb)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        n = len(self._shards)
+        self._shards.append(final)
+        self._arrays[n] = emb.copy()
+        for row, k in enumerate(key_arr.tolist()):
+            index[k] = (n, row)
+        self.stats.written += len(keys)
+        return final
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache({str(self.path)!r}, namespace={self.namespace!r})"

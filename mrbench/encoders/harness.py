@@ -1,0 +1,463 @@
+"""The encoding harness: everything between a task's items and a validated ``float32 [N, D]`` array.
+
+The harness — not the encoder — owns:
+
+* **instructions**: role ``"query"`` gets ``task.query_instruction``, ``"candidate"`` gets
+  ``task.candidate_instruction`` (``None`` when unset);
+* **task info**: the encoder sees :class:`TaskInfo` whose ``metadata`` is
+  ``{"fact_vocabulary": bench.metadata["fact_vocabulary"]}`` (when the benchmark has one) updated
+  with ``task.metadata`` (a task's own entries win);
+* **content hashes**: sha256 over the item's text and image *bytes* (never ids or paths);
+* **image decoding**: only when ``encoder.meta.needs_pixels`` and the encoder reads images —
+  Pillow in a thread pool, ``.convert("RGB")``, the next batch decoded while the current one is
+  encoded;
+* **caching**: only cache misses are encoded; each batch is validated and written to the cache at
+  once, so an interrupted run resumes where it stopped. Encoders whose ``meta.extra["cacheable"]``
+  is ``False`` (their output depends on more than content, like the oracle) bypass the cache;
+* **validation** of every batch: array-like (numpy, torch tensors, nested lists) convertible to
+  float32, shape ``[len(batch), D]``, the same ``D`` in every batch and equal to ``meta.dim`` when set,
+  no NaN/Inf; for ``similarity="cosine"`` rows are L2-normalised (a zero row is an error).
+
+Every failure is one line naming the encoder, task, role and the offending item or file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mrbench.encoders.base import ROLES, EncodeInput, Encoder
+from mrbench.errors import BenchmarkError, EncoderError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from mrbench.data.schema import Benchmark, Candidate, Query, Task, TaskInfo
+    from mrbench.encoders.cache import EmbeddingCache
+
+ITEM_HASH_VERSION = b"mrbench-item-v1"
+
+# ----------------------------------------------------------------------------------------------------
+# content hashes
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+_FILE_HASHES_LOCK = threading.Lock()
+_FILE_HASHES_MAX = 1_000_000
+
+
+def file_content_hash(path: Path) -> str:
+    """sha256 hex of a file's bytes, memoised per process by (absolute path, mtime_ns, size).
+
+    Raises :class:`OSError` when the file cannot be read.
+    """
+    st = os.stat(path)
+    memo_key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    with _FILE_HASHES_LOCK:
+        hit = _FILE_HASHES.get(memo_key)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    digest = h.hexdigest()
+    with _FILE_HASHES_LOCK:
+        if len(_FILE_HASHES) >= _FILE_HASHES_MAX:
+            _FILE_HASHES.clear()
+        _FILE_HASHES[memo_key] = digest
+    return digest
+
+
+def _combine_hash(text: str | None, image_digest: str | None) -> str:
+    h = hashlib.sha256(ITEM_HASH_VERSION)
+    if text is None:
+        h.update(b"\x00T-")
+    else:
+        b = text.encode("utf-8")
+        h.update(b"\x00T%d:" % len(b) + b)
+    h.update(b"\x00I-" if image_digest is None else b"\x00I" + image_digest.encode())
+    return h.hexdigest()
+
+
+def item_content_hash(text: str | None, image_path: Path | None) -> str:
+    """sha256 hex identifying an item's content: its text (UTF-8) and its image file's bytes.
+
+    ``None`` and ``""`` texts differ; ids and paths do not enter, so the same content gets the same
+    hash anywhere. Image hashes are memoised by path, mtime and size.
+    """
+    digest = None
+    if image_path is not None:
+        try:
+            digest = file_content_hash(Path(image_path))
+        except OSError as e:
+            raise BenchmarkError(
+                f"{image_path}: cannot read image ({e.strerror or e}); restore the file or rebuild the benchmark"
+            ) from None
+    return _combine_hash(text, digest)
+
+
+# ----------------------------------------------------------------------------------------------------
+# task info, instructions, images
+
+
+def task_info(task: "Task", bench: "Benchmark | None" = None) -> "TaskInfo":
+    """The :class:`TaskInfo` an encoder sees: ``task.info()`` with the benchmark's fact vocabulary
+    merged under the task's own metadata."""
+    from dataclasses import replace
+
+    info = task.info()
+    meta: dict[str, Any] = {}
+    if bench is not None and "fact_vocabulary" in (bench.metadata or {}):
+        meta["fact_vocabulary"] = bench.metadata["fact_vocabulary"]
+    meta.update(task.metadata or {})
+    return replace(info, metadata=meta)
+
+
+def instruction_for(task: "Task", role: str) -> str | None:
+    """``task.query_instruction`` for role ``"query"``, ``task.candidate_instruction`` for ``"candidate"``."""
+    _check_role(role)
+    return task.query_instruction if role == "query" else task.candidate_instruction
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+
+
+def load_rgb(path: Path, item_id: str) -> "Image":
+    """Decode ``path`` with Pillow into an RGB image; one-line :class:`BenchmarkError` when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            rgb.load()
+        return rgb
+    except FileNotFoundError:
+        raise BenchmarkError(f"{path}: image of item {item_id!r} not found; restore it or rebuild the benchmark") from None
+    except Exception as e:  # OSError, UnidentifiedImageError, DecompressionBombError, SyntaxError, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BenchmarkError(
+            f"{path}: cannot decode image of item {item_id!r} ({msg}); replace the file or rebuild the benchmark"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# validation
+
+
+def as_array(raw: Any) -> np.ndarray:
+    """numpy view of an encoder's output (torch tensors via ``.detach().cpu()``; bf16/fp16 upcast)."""
+    if isinstance(raw, np.ndarray):
+        return raw
+    if hasattr(raw, "detach") and hasattr(raw, "cpu") and hasattr(raw, "numpy"):  # a torch tensor
+        t = raw.detach().cpu()
+        if str(getattr(t, "dtype", "")) in ("torch.bfloat16", "torch.float16"):
+            t = t.float()
+        return t.numpy()
+    return np.asarray(raw)
+
+
+def validate_embeddings(
+    raw: Any,
+    *,
+    ids: Sequence[str],
+    encoder_name: str,
+    task_name: str,
+    role: str,
+    expected_dim: int | None = None,
+    normalise: bool = False,
+) -> np.ndarray:
+    """Check one batch of encoder output and return it as C-contiguous float32 ``[len(ids), D]``.
+
+    ``expected_dim`` is the dimension seen in earlier batches or declared in ``meta.dim``. With
+    ``normalise`` rows are L2-normalised (for cosine encoders). Raises a one-line
+    :class:`EncoderError` naming the encoder, task, role and first offending item.
+    """
+    n = len(ids)
+    where = f"in task {task_name!r} (role {role})"
+    want = f"({n}, {expected_dim if expected_dim is not None else 'D'})"
+    if raw is None:
+        raise EncoderError(f"encoder {encoder_name!r} returned None for a batch of {n} items {where}; expected an array {want}")
+    try:
+        arr = as_array(raw)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EncoderError(
+            f"encoder {encoder_name!r} returned a {type(raw).__name__} that is not convertible to an array {where} ({first})"
+        ) from None
+    if arr.dtype.kind not in "fiu":
+        raise EncoderError(
+            f"encoder {encoder_name!r} returned dtype {arr.dtype} {where}; expected a float32 array {want}"
+        )
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 1:
+        raise EncoderError(
+            f"encoder {encoder_name!r} returned shape {tuple(arr.shape)} for a batch of {n} items {where}; expected {want}"
+        )
+    d = arr.shape[1]
+    if expected_dim is not None and d != expected_dim:
+        raise EncoderError(
+            f"encoder {encoder_name!r} returned dimension {d} {where} but {expected_dim} was expected "
+            "(earlier batches or meta.dim); an encoder must return the same D for every call"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        what = "NaN" if np.isnan(out[r, c]) else "Inf"
+        extra = " (float32 overflow)" if np.isfinite(arr[r, c]) else ""
+        raise EncoderError(f"encoder {encoder_name!r} returned {what}{extra} for item {ids[r]!r} {where}")
+    if normalise:
+        norms = np.linalg.norm(out.astype(np.float64), axis=1)
+        bad = np.flatnonzero(~(norms > 0))
+        if bad.size:
+            raise EncoderError(
+                f"encoder {encoder_name!r} returned a zero vector for item {ids[bad[0]]!r} {where}; "
+                "a cosine encoder must return a non-zero vector for every item"
+            )
+        out = (out / norms[:, None]).astype(np.float32, copy=False)
+    return out
+
+
+def check_dims(q: np.ndarray, c: np.ndarray, encoder_name: str, task_name: str) -> None:
+    """Raise a one-line :class:`EncoderError` when query and candidate embedding dimensions differ."""
+    if q.ndim != 2 or c.ndim != 2:
+        raise EncoderError(
+            f"encoder {encoder_name!r} in task {task_name!r}: embeddings must be 2-d, got query {q.shape} and candidate {c.shape}"
+        )
+    if q.shape[1] != c.shape[1]:
+        raise EncoderError(
+            f"encoder {encoder_name!r} in task {task_name!r}: queries have dimension {q.shape[1]} but candidates "
+            f"{c.shape[1]}; queries and candidates must share one embedding space"
+        )
+
+
+def build_inputs(
+    encoder: Encoder,
+    items: Sequence["Query | Candidate"],
+    *,
+    role: str,
+    task: "Task",
+    bench: "Benchmark",
+) -> tuple[list[EncodeInput], "TaskInfo"]:
+    """The exact ``EncodeInput`` list and ``TaskInfo`` :func:`encode_items` would hand the encoder,
+    all at once (images decoded inline when the encoder needs pixels). For probes and debugging."""
+    meta = encoder.meta
+    instruction = instruction_for(task, role)
+    paths = [bench.image_path(it.image) if it.image else None for it in items]
+    hashes = _hash_items(items, paths, None)
+    decode = bool(meta.needs_pixels) and "image" in meta.modalities
+    inputs = [
+        EncodeInput(
+            id=it.id,
+            text=it.text,
+            image=load_rgb(p, it.id) if decode and p is not None else None,
+            image_path=p,
+            instruction=instruction,
+            content_hash=h,
+            meta=MappingProxyType(it.meta or {}),
+        )
+        for it, p, h in zip(items, paths, hashes)
+    ]
+    return inputs, task_info(task, bench)
+
+
+# ----------------------------------------------------------------------------------------------------
+# encoding
+
+
+@dataclass
+class EncodeStats:
+    """Counters accumulated over :func:`encode_items` calls (pass the same object to several).
+
+    ``encode_seconds`` is the time spent inside ``encoder.encode``; ``total_seconds`` the wall time
+    of the harness calls (hashing, cache I/O, decoding not overlapped with encoding, validation
+    included); their difference is the harness overhead.
+    """
+
+    items: int = 0
+    cache_hits: int = 0
+    encoded: int = 0
+    batches: int = 0
+    encode_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def overhead_seconds(self) -> float:
+        return max(0.0, self.total_seconds - self.encode_seconds)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "items": self.items,
+            "cache_hits": self.cache_hits,
+            "encoded": self.encoded,
+            "batches": self.batches,
+            "encode_seconds": self.encode_seconds,
+            "total_seconds": self.total_seconds,
+            "overhead_seconds": self.overhead_seconds,
+        }
+
+
+def _hash_items(
+    items: Sequence["Query | Candidate"],
+    paths: list[Path | None],
+    pool: ThreadPoolExecutor | None,
+) -> list[str]:
+    unique = sorted({p for p in paths if p is not None}, key=str)
+    owner: dict[Path, str] = {}
+    for it, p in zip(items, paths):
+        if p is not None:
+            owner.setdefault(p, it.id)
+
+    def one(p: Path) -> str:
+        try:
+            return file_content_hash(p)
+        except OSError as e:
+            raise BenchmarkError(
+                f"{p}: cannot read image of item {owner[p]!r} ({e.strerror or e}); restore the file or rebuild the benchmark"
+            ) from None
+
+    if pool is not None and len(unique) > 8:
+        digests = dict(zip(unique, pool.map(one, unique)))
+    else:
+        digests = {p: one(p) for p in unique}
+    return [_combine_hash(it.text, digests[p] if p is not None else None) for it, p in zip(items, paths)]
+
+
+def encode_items(
+    encoder: Encoder,
+    items: Sequence["Query | Candidate"],
+    *,
+    role: str,
+    task: "Task",
+    bench: "Benchmark",
+    cache: "EmbeddingCache | None" = None,
+    batch_size: int | None = None,
+    num_workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+    stats: EncodeStats | None = None,
+) -> np.ndarray:
+    """Encode ``items`` in ``role`` for ``task``; returns validated float32 ``[len(items), D]`` (row i = item i).
+
+    Args:
+        encoder: any :class:`Encoder`.
+        items: queries or candidates of ``task`` (any objects with ``id``, ``text``, ``image``, ``meta``).
+        role: ``"query"`` or ``"candidate"`` (selects the instruction and the cache key).
+        task, bench: the task (instructions, metadata) and its benchmark (image root, vocabulary).
+        cache: embedding cache; hits are reused, misses encoded and written batch by batch.
+        batch_size: items per ``encode`` call (default ``encoder.meta.batch_size``).
+        num_workers: threads decoding images (and hashing many files); 0 decodes inline.
+        progress: called with the number of items completed, as they complete.
+        stats: accumulates counters and timings (see :class:`EncodeStats`).
+    """
+    t_start = time.perf_counter()
+    _check_role(role)
+    meta = encoder.meta
+    bs = batch_size if batch_size is not None else meta.batch_size
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise EncoderError(f"batch size must be a positive integer, got {bs!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    stats = stats if stats is not None else EncodeStats()
+    n = len(items)
+    instruction = instruction_for(task, role)
+    info = task_info(task, bench)
+    paths = [bench.image_path(it.image) if it.image else None for it in items]
+    decode = bool(meta.needs_pixels) and "image" in meta.modalities
+    use_cache = cache is not None and meta.extra.get("cacheable", True) is not False
+    ctx = dict(encoder_name=meta.name, task_name=task.name, role=role)
+
+    pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
+    try:
+        hashes = _hash_items(items, paths, pool)
+        dim = meta.dim
+        out: np.ndarray | None = None
+        if use_cache:
+            assert cache is not None
+            keys = [cache.key(role, instruction, h) for h in hashes]
+            mask, cached = cache.get_many(keys)
+            if cached is not None:
+                if dim is not None and cached.shape[1] != dim:
+                    raise EncoderError(
+                        f"encoder {meta.name!r}: the embedding cache {cache.path} holds dimension {cached.shape[1]} "
+                        f"but meta.dim is {dim}; delete that directory and re-run"
+                    )
+                dim = cached.shape[1]
+                out = cached
+        else:
+            keys = []
+            mask = np.zeros(n, dtype=bool)
+        n_hit = int(mask.sum())
+        stats.items += n
+        stats.cache_hits += n_hit
+        if progress is not None and n_hit:
+            progress(n_hit)
+
+        miss = np.flatnonzero(~mask)
+        batches = [miss[i : i + bs] for i in range(0, len(miss), bs)]
+
+        def submit(batch: np.ndarray) -> list[Future | None]:
+            return [
+                pool.submit(load_rgb, paths[i], items[i].id) if pool is not None and paths[i] is not None else None
+                for i in batch
+            ]
+
+        pending = submit(batches[0]) if decode and batches else None
+        for b, batch in enumerate(batches):
+            if decode:
+                assert pending is not None
+                futures = pending
+                images = [
+                    f.result() if f is not None else (load_rgb(paths[i], items[i].id) if paths[i] is not None else None)
+                    for f, i in zip(futures, batch)
+                ]
+                pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
+            else:
+                images = [None] * len(batch)
+            inputs = [
+                EncodeInput(
+                    id=items[i].id,
+                    text=items[i].text,
+                    image=img,
+                    image_path=paths[i],
+                    instruction=instruction,
+                    content_hash=hashes[i],
+                    meta=MappingProxyType(items[i].meta or {}),
+                )
+                for i, img in zip(batch, images)
+            ]
+            t0 = time.perf_counter()
+            raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
+            stats.encode_seconds += time.perf_counter() - t0
+            emb = validate_embeddings(
+                raw, ids=[it.id for it in inputs], expected_dim=dim, normalise=meta.similarity == "cosine", **ctx
+            )
+            dim = emb.shape[1]
+            if out is None:
+                out = np.zeros((n, dim), dtype=np.float32)
+            out[batch] = emb
+            if use_cache:
+                assert cache is not None
+                cache.put_many([keys[i] for i in batch], emb)
+            stats.encoded += len(batch)
+            stats.batches += 1
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        stats.total_seconds += time.perf_counter() - t_start
+    if out is None:  # no items
+        out = np.zeros((0, dim or 0), dtype=np.float32)
+    return out

@@ -1,0 +1,391 @@
+"""Encoder registry: string names resolved lazily to objects implementing :class:`Encoder`.
+
+Name forms accepted by :func:`get_encoder`, tried in this order:
+
+1. ``"random"`` — a registered name (built-ins: ``random``, ``constant``, ``oracle``). Its target
+   (``"module:attr"``) is imported only now and called with the keyword arguments.
+2. ``"family:spec"`` — e.g. ``"openclip:ViT-B-32/laion2b"``: the family's factory (registered with
+   ``family=True``) is called as ``factory(spec="ViT-B-32/laion2b", **kwargs)``. The family name is
+   everything before the first ``":"``; the spec is everything after it (it may contain ``":"``).
+3. ``"path/to/file.py:MyEncoder"`` — a Python file loaded with :mod:`importlib` (the part before the
+   *last* ``":"`` ends in ``.py``).
+4. ``"my_pkg.module:MyEncoder"`` (optionally written ``"py:my_pkg.module:MyEncoder"``) — an
+   importable module and an attribute of it (dotted attributes allowed).
+5. Entry points of the group ``mrbench.encoders`` published by installed packages: ``"name"`` loads
+   the entry point and calls it with the kwargs; ``"name:spec"`` calls it with ``spec=`` too (an
+   entry point may act as a family).
+
+Whatever is resolved is called with the keyword arguments (classes and factory functions) — or,
+when it already is an encoder instance, returned as is (no kwargs allowed). The result must
+satisfy the :class:`~mrbench.encoders.base.Encoder` protocol with an
+:class:`~mrbench.encoders.base.EncoderMeta` ``meta``; otherwise :class:`EncoderError` names the
+target and what is missing. Unknown names raise :class:`UnknownNameError` with close matches.
+
+Registering is data only (a name and a ``"module:attr"`` string): nothing is imported until the
+name is requested, so ``mrbench encoders`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrbench.encoders.base import Encoder, EncoderMeta
+from mrbench.errors import EncoderError, MrbenchError, UnknownNameError, did_you_mean
+
+ENTRY_POINT_GROUP = "mrbench.encoders"
+"""Entry-point group third-party packages use to publish encoders."""
+
+_NAME_FORMS = (
+    "valid forms: a registered name (see `mrbench encoders`), 'family:spec', "
+    "'pkg.module:Class', 'path/to/file.py:Class', or an installed '" + ENTRY_POINT_GROUP + "' entry point"
+)
+_IDENT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One registry entry (data only).
+
+    ``target`` is ``"module:attr"``; ``extra`` the pip extra its imports need (``None`` when the
+    base install suffices); ``family`` marks a prefix whose factory takes ``spec=`` (used as
+    ``"name:spec"``).
+    """
+
+    name: str
+    description: str
+    target: str
+    extra: str | None = None
+    family: bool = False
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(
+    name: str,
+    target: str,
+    *,
+    description: str = "",
+    extra: str | None = None,
+    family: bool = False,
+    overwrite: bool = False,
+) -> EncoderSpec:
+    """Register ``name`` → lazy ``target`` (``"module:attr"``, imported only when requested).
+
+    With ``family=True`` the name is a prefix: ``"name:spec"`` calls the target with ``spec=``.
+    Re-registering a name with an identical entry is a no-op; a different entry needs
+    ``overwrite=True``.
+    """
+    if not name or ":" in name or name.strip() != name:
+        raise EncoderError(f"encoder name {name!r}: must be non-empty, without ':' or surrounding spaces")
+    if name == "py":
+        raise EncoderError("encoder name 'py' is reserved for 'py:pkg.module:Class'")
+    if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
+        raise EncoderError(f"encoder {name!r}: target {target!r} must be a 'module:attr' string")
+    spec = EncoderSpec(name=name, description=description, target=target, extra=extra, family=family)
+    old = _REGISTRY.get(name)
+    if old is not None and old != spec and not overwrite:
+        raise EncoderError(
+            f"encoder {name!r} is already registered (target {old.target!r}); pass overwrite=True to replace it"
+        )
+    _REGISTRY[name] = spec
+    return spec
+
+
+def unregister_encoder(name: str) -> None:
+    """Remove ``name`` from the registry (no error when absent)."""
+    _REGISTRY.pop(name, None)
+
+
+def _entry_points() -> dict[str, Any]:
+    """Installed entry points of :data:`ENTRY_POINT_GROUP`, by name (looked up on every call)."""
+    try:
+        eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # a broken installed distribution must not break the registry
+        return {}
+    return {ep.name: ep for ep in eps}
+
+
+def list_encoders() -> list[EncoderSpec]:
+    """Registered encoders and families plus installed entry points, sorted by name.
+
+    Registered names shadow entry points of the same name.
+    """
+    specs = dict(_REGISTRY)
+    for name, ep in _entry_points().items():
+        if name not in specs:
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            specs[name] = EncoderSpec(
+                name=name,
+                description=f"entry point from {dist}" if dist else "entry point",
+                target=str(ep.value),
+            )
+    return [specs[k] for k in sorted(specs)]
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution
+
+
+def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
+    """Resolve ``name`` (see the module docstring for the forms) and build the encoder with ``kwargs``.
+
+    Raises:
+        UnknownNameError: the name matches no form; the message lists close matches.
+        EncoderError: the target cannot be imported (the message names the pip extra), does not
+            accept the kwargs, or builds something that is not an :class:`Encoder`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownNameError(f"encoder name {name!r} is empty; {_NAME_FORMS}")
+    name = name.strip()
+
+    spec = _REGISTRY.get(name)
+    if spec is not None:
+        if spec.family:
+            raise UnknownNameError(
+                f"{name!r} is an encoder family: pass '{name}:<spec>' (e.g. '{name}:ViT-B-32'), not the bare name"
+            )
+        factory = _load_target(spec.target, label=name, extra=spec.extra)
+        return _build(factory, kwargs, label=name)
+
+    if ":" not in name:
+        eps = _entry_points()
+        if name in eps:
+            return _build(_load_entry_point(eps[name], name), kwargs, label=name)
+        raise _unknown(name, eps)
+
+    prefix, rest = name.split(":", 1)
+    if "spec" in kwargs and (prefix in _REGISTRY or prefix in _entry_points()):
+        raise EncoderError(f"encoder {name!r}: 'spec' comes from the name after ':'; do not pass it as a kwarg")
+    fam = _REGISTRY.get(prefix)
+    if fam is not None:
+        if not fam.family:
+            raise UnknownNameError(f"{prefix!r} is a single encoder, not a family: pass {prefix!r} without ':{rest}'")
+        if not rest:
+            raise UnknownNameError(f"encoder family {prefix!r} needs a spec after ':' (e.g. '{prefix}:ViT-B-32')")
+        factory = _load_target(fam.target, label=name, extra=fam.extra)
+        return _build(factory, {"spec": rest, **kwargs}, label=name)
+
+    left, _, attr = name.rpartition(":")
+    if left.endswith(".py"):
+        return _build(_load_from_file(Path(left).expanduser(), attr, label=name), kwargs, label=name)
+
+    if prefix == "py":
+        left, _, attr = rest.rpartition(":")
+        if not left:
+            raise UnknownNameError(f"{name!r}: expected 'py:pkg.module:Class'")
+
+    eps = _entry_points()
+    if prefix != "py" and prefix in eps:
+        # "ep:spec": an installed entry point acting as a family (entry points shadow modules).
+        return _build(_load_entry_point(eps[prefix], name), {"spec": rest, **kwargs}, label=name)
+
+    if _IDENT_PATH.match(left) and _IDENT_PATH.match(attr):
+        obj = _load_target(f"{left}:{attr}", label=name, extra=None, unknown_if_missing=True, eps=eps)
+        return _build(obj, kwargs, label=name)
+
+    raise _unknown(name, eps)
+
+
+def _unknown(name: str, eps: dict[str, Any]) -> UnknownNameError:
+    singles = [s.name for s in _REGISTRY.values() if not s.family] + [n for n in eps if n not in _REGISTRY]
+    families = [s.name for s in _REGISTRY.values() if s.family]
+    head = name.split(":", 1)[0] if ":" in name else name
+    hint = did_you_mean(head, families) if ":" in name else did_you_mean(name, singles + families)
+    known = ", ".join(sorted(singles)) or "none"
+    fams = ", ".join(f"{f}:<spec>" for f in sorted(families))
+    return UnknownNameError(
+        f"unknown encoder {name!r}{hint}; known: {known}" + (f"; families: {fams}" if fams else "") + f"; {_NAME_FORMS}"
+    )
+
+
+def _install_hint(extra: str | None) -> str:
+    return f"; install it with: pip install 'mrbench[{extra}]'" if extra else "; install the package that provides it"
+
+
+def _load_target(
+    target: str,
+    *,
+    label: str,
+    extra: str | None,
+    unknown_if_missing: bool = False,
+    eps: dict[str, Any] | None = None,
+) -> Any:
+    """Import ``"module:attr"`` and return the attribute (dotted attributes allowed)."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or module_name
+        top = module_name.split(".")[0]
+        if unknown_if_missing and (missing == module_name or missing == top):
+            # "foo:Bar" where foo is not importable at all: most likely a typo of a family name.
+            families = [s.name for s in _REGISTRY.values() if s.family] + list(eps or {})
+            raise UnknownNameError(
+                f"unknown encoder {label!r}: no family {top!r}{did_you_mean(top, families)} and no module "
+                f"{module_name!r} on sys.path; {_NAME_FORMS}"
+            ) from None
+        raise EncoderError(
+            f"encoder {label!r}: cannot import module {module_name!r} (missing {missing!r}){_install_hint(extra)}"
+        ) from None
+    except ImportError as e:
+        raise EncoderError(
+            f"encoder {label!r}: cannot import module {module_name!r} ({_one_line(e)}){_install_hint(extra)}"
+        ) from None
+    except Exception as e:  # the module itself fails while executing
+        raise EncoderError(
+            f"encoder {label!r}: importing {module_name!r} failed with {type(e).__name__}: {_one_line(e)}"
+        ) from None
+    return _getattr_path(module, attr, where=module_name, label=label)
+
+
+def _getattr_path(obj: Any, attr: str, *, where: str, label: str) -> Any:
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise EncoderError(
+                f"encoder {label!r}: {where!r} has no attribute {attr!r}{did_you_mean(part, names)}"
+            ) from None
+    return obj
+
+
+def _load_from_file(path: Path, attr: str, *, label: str) -> Any:
+    """Load ``attr`` from a Python file (the module is cached in ``sys.modules`` per resolved path)."""
+    if not attr or not _IDENT_PATH.match(attr):
+        raise UnknownNameError(f"encoder {label!r}: expected 'path/to/file.py:ClassName'")
+    if not path.is_file():
+        raise EncoderError(f"encoder {label!r}: file {str(path)!r} not found")
+    resolved = path.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    mod_name = f"mrbench_user_{re.sub(r'[^0-9A-Za-z_]', '_', resolved.stem)}_{digest}"
+    module = sys.modules.get(mod_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(mod_name, resolved)
+        if spec is None or spec.loader is None:
+            raise EncoderError(f"encoder {label!r}: cannot load {str(path)!r} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module  # dataclasses and pickling-free introspection need it registered
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(mod_name, None)
+            where = f" (line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else ""
+            raise EncoderError(
+                f"encoder {label!r}: loading {str(path)!r} failed with {type(e).__name__}{where}: {_one_line(e)}"
+            ) from None
+    return _getattr_path(module, attr, where=str(path), label=label)
+
+
+def _load_entry_point(ep: Any, label: str) -> Any:
+    try:
+        return ep.load()
+    except ModuleNotFoundError as e:
+        raise EncoderError(
+            f"encoder {label!r}: entry point {ep.value!r} cannot import {e.name or '?'!r}; "
+            "reinstall the package that provides it"
+        ) from None
+    except Exception as e:
+        raise EncoderError(
+            f"encoder {label!r}: loading entry point {ep.value!r} failed with {type(e).__name__}: {_one_line(e)}"
+        ) from None
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def _build(obj: Any, kwargs: dict[str, Any], *, label: str) -> Encoder:
+    """Call a class/factory with ``kwargs`` (or accept a ready instance) and check the protocol."""
+    if not inspect.isclass(obj) and _missing_protocol(obj) is None:
+        if kwargs:
+            raise EncoderError(
+                f"encoder {label!r} resolves to a ready instance; it takes no kwargs (got {', '.join(sorted(kwargs))})"
+            )
+        return obj
+    if not callable(obj):
+        raise EncoderError(
+            f"encoder {label!r}: target is a {type(obj).__name__}, not a class, factory or encoder instance"
+        )
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            params = [
+                p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            raise EncoderError(
+                f"encoder {label!r}: bad kwargs {sorted(kwargs)} ({_one_line(e)}); accepted: {', '.join(params) or 'none'}"
+            ) from None
+    try:
+        enc = obj(**kwargs)
+    except MrbenchError:
+        raise
+    except Exception as e:
+        raise EncoderError(f"encoder {label!r}: constructor failed with {type(e).__name__}: {_one_line(e)}") from e
+    missing = _missing_protocol(enc)
+    if missing is not None:
+        raise EncoderError(f"encoder {label!r}: {type(enc).__name__} does not implement the Encoder protocol: {missing}")
+    return enc
+
+
+def _missing_protocol(obj: Any) -> str | None:
+    """Return what ``obj`` lacks to be an :class:`Encoder`, or ``None`` when it is one."""
+    if not hasattr(obj, "meta"):
+        return "no 'meta' attribute (an EncoderMeta)"
+    if not isinstance(obj.meta, EncoderMeta):
+        return f"'meta' is a {type(obj.meta).__name__}, not mrbench.encoders.base.EncoderMeta"
+    enc = getattr(obj, "encode", None)
+    if not callable(enc):
+        return "no callable 'encode(items, *, role, task)' method"
+    try:
+        params = inspect.signature(enc).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        lacking = [k for k in ("role", "task") if k not in params]
+        if lacking:
+            return f"'encode' does not accept keyword argument(s) {', '.join(lacking)}"
+    if not isinstance(obj, Encoder):  # pragma: no cover - covered by the checks above
+        return "not an instance of the Encoder protocol"
+    return None
+
+
+def protocol_problem(obj: Any) -> str | None:
+    """Public form of the protocol check: what ``obj`` lacks to be an :class:`Encoder`, or ``None``."""
+    return _missing_protocol(obj)
+
+
+# --------------------------------------------------------------------------------------------------
+# built-in entries (data only: nothing is imported here)
+
+register_encoder(
+    "random",
+    "mrbench.encoders.builtin:RandomEncoder",
+    description="hash-seeded random vectors (chance baseline; kwargs: dim, seed)",
+)
+register_encoder(
+    "constant",
+    "mrbench.encoders.builtin:ConstantEncoder",
+    description="the same unit vector for every item (every candidate ties; kwargs: dim)",
+)
+register_encoder(
+    "oracle",
+    "mrbench.encoders.builtin:OracleEncoder",
+    description="reads the synthetic scene graph: perfect retrieval (full match scores exactly 1.0)",
+)

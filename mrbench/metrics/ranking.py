@@ -1,0 +1,243 @@
+"""Per-query ranking metrics, one function per metric.
+
+Inputs
+------
+Every metric function takes two aligned ``[Q, M]`` arrays (build them with
+:func:`judged_matrix`):
+
+``ranks``
+    1-based rank of each judged candidate of each query in the pessimistic order of
+    :mod:`mrbench.retrieval.search` (exact ties broken against the model). ``inf`` marks a judged
+    candidate that was not ranked (never inside any cutoff) and padding.
+``grades``
+    Its qrels grade (``> 0``); padding is 0.
+
+Conventions (GUIDE §3)
+----------------------
+* **Relevant** means ``grade >= relevance_level`` (binary metrics and ranks).
+* **Queries with no relevant candidate are dropped**: every metric is ``NaN`` for them (never 0,
+  never 1); :func:`score_queries` flags them in ``dropped`` and aggregation counts them.
+* ``hit@k``: 1 if any relevant candidate has rank ``<= k``, else 0 (what CLIP_benchmark, UniIR
+  and the ELVA paper call "Recall@K"; trec_eval's ``success_k``).
+* ``recall@k``: relevant candidates with rank ``<= k`` / relevant candidates in the qrels
+  (trec_eval's ``recall_k``; relevant candidates missing from the pool still count in the
+  denominator).
+* ``mrr@k``: ``1 / first_rank`` if ``first_rank <= k`` else 0 (trec_eval's ``recip_rank`` on a run
+  cut at ``k``).
+* ``ndcg@k``: ``DCG@k / IDCG@k``, linear gain = raw grade of every judged candidate (grade > 0,
+  *including* grades below ``relevance_level``), discount ``1 / log2(rank + 1)``; IDCG from the
+  query's qrels grades sorted descending, cut at ``k`` (trec_eval's ``ndcg_cut_k``, which ignores
+  the relevance level).
+* ``first_rank``: rank of the best-ranked relevant candidate (``inf`` when none was ranked).
+* ``n_relevant``: number of relevant candidates in the qrels.
+
+Because ties are broken against the model (lower grades first within a tie), every metric is
+the worst value over all orderings of tied candidates.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+
+from mrbench.errors import MrbenchError
+
+__all__ = [
+    "METRIC_NAMES",
+    "MetricInputError",
+    "first_rank",
+    "hit_at_k",
+    "judged_matrix",
+    "mrr_at_k",
+    "n_relevant",
+    "ndcg_at_k",
+    "recall_at_k",
+    "score_queries",
+]
+
+METRIC_NAMES: tuple[str, ...] = ("hit", "recall", "mrr", "ndcg")
+"""Cutoff metrics produced by :func:`score_queries`, as ``f"{name}@{k}"`` columns."""
+
+
+class MetricInputError(MrbenchError):
+    """Inconsistent input to a metric function (shapes, cutoffs, grades)."""
+
+
+def _check(ranks: np.ndarray, grades: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(ranks, dtype=np.float64)
+    g = np.asarray(grades, dtype=np.float64)
+    if r.ndim != 2 or r.shape != g.shape:
+        raise MetricInputError(
+            f"ranks and grades must be aligned [queries, judged] arrays, got shapes {r.shape} and {g.shape}; "
+            "build them with judged_matrix()"
+        )
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise MetricInputError(f"cutoff k must be a positive integer, got {k!r}")
+    return r, g
+
+
+def _relevant(g: np.ndarray, relevance_level: int) -> np.ndarray:
+    if relevance_level < 1:
+        raise MetricInputError(f"relevance_level must be >= 1, got {relevance_level}")
+    return g >= relevance_level
+
+
+def n_relevant(ranks: np.ndarray, grades: np.ndarray, *, relevance_level: int = 1) -> np.ndarray:
+    """Number of relevant candidates (``grade >= relevance_level``) per query, int64 ``[Q]``."""
+    _, g = _check(ranks, grades)
+    return _relevant(g, relevance_level).sum(axis=1).astype(np.int64)
+
+
+def _dropped_nan(values: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    out = values.astype(np.float64)
+    out[~rel.any(axis=1)] = np.nan
+    return out
+
+
+def first_rank(ranks: np.ndarray, grades: np.ndarray, *, relevance_level: int = 1) -> np.ndarray:
+    """Rank of the best-ranked relevant candidate per query (``inf`` if none ranked, NaN if dropped)."""
+    r, g = _check(ranks, grades)
+    rel = _relevant(g, relevance_level)
+    best = np.where(rel, r, np.inf).min(axis=1, initial=np.inf)
+    return _dropped_nan(best, rel)
+
+
+def hit_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
+    """``hit@k``: 1.0 if a relevant candidate has rank ``<= k``, else 0.0; NaN for dropped queries."""
+    r, g = _check(ranks, grades, k)
+    rel = _relevant(g, relevance_level)
+    return _dropped_nan((rel & (r <= k)).any(axis=1), rel)
+
+
+def recall_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
+    """``recall@k``: relevant candidates with rank ``<= k`` / all relevant; NaN for dropped queries."""
+    r, g = _check(ranks, grades, k)
+    rel = _relevant(g, relevance_level)
+    n_rel = rel.sum(axis=1)
+    found = (rel & (r <= k)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _dropped_nan(found / np.maximum(n_rel, 1), rel)
+
+
+def mrr_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
+    """``mrr@k``: ``1 / first_rank`` if ``first_rank <= k`` else 0.0; NaN for dropped queries."""
+    r, g = _check(ranks, grades, k)
+    rel = _relevant(g, relevance_level)
+    best = np.where(rel, r, np.inf).min(axis=1, initial=np.inf)
+    return _dropped_nan(np.where(best <= k, 1.0 / best, 0.0), rel)
+
+
+def ndcg_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
+    """``ndcg@k`` with linear gains = raw grades and IDCG from the qrels (trec_eval ``ndcg_cut``).
+
+    All judged grades ``> 0`` are gains, including those below ``relevance_level``;
+    ``relevance_level`` only decides which queries are dropped (no relevant candidate → NaN).
+    """
+    r, g = _check(ranks, grades, k)
+    rel = _relevant(g, relevance_level)
+    gains = np.where(g > 0, g, 0.0)
+    in_k = r <= k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dcg = np.where(in_k & (gains > 0), gains / np.log2(np.where(in_k, r, 1.0) + 1.0), 0.0).sum(axis=1)
+    m = gains.shape[1]
+    kk = min(int(k), m)
+    ideal = -np.sort(-gains, axis=1)[:, :kk]
+    idcg = (ideal / np.log2(np.arange(2, kk + 2, dtype=np.float64))).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        val = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
+    return _dropped_nan(val, rel)
+
+
+def judged_matrix(
+    judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned ``(ranks, grades)`` float64 ``[Q, M]`` arrays from per-query mappings.
+
+    ``grades[q]`` maps a candidate to its qrels grade; entries with grade ``<= 0`` are ignored
+    (negative grades raise). ``judged_ranks[q]`` maps a candidate to its rank; a graded candidate
+    without a rank gets ``inf``; ranks of ungraded candidates are ignored. Padding: rank ``inf``,
+    grade 0.
+    """
+    if len(judged_ranks) != len(grades):
+        raise MetricInputError(
+            f"judged_ranks has {len(judged_ranks)} queries but grades has {len(grades)}; pass one mapping per query for both"
+        )
+    n_q = len(grades)
+    per_q: list[tuple[list[float], list[float]]] = []
+    width = 0
+    for q in range(n_q):
+        gq, rq = grades[q], judged_ranks[q]
+        rs: list[float] = []
+        gs: list[float] = []
+        for cand, grade in gq.items():
+            grade = int(grade)
+            if grade < 0:
+                raise MetricInputError(f"query {q}: candidate {cand!r} has negative grade {grade}; grades must be >= 0")
+            if grade == 0:
+                continue
+            rank = rq.get(cand)
+            if rank is None:
+                rs.append(np.inf)
+            else:
+                rank = int(rank)
+                if rank < 1:
+                    raise MetricInputError(f"query {q}: candidate {cand!r} has rank {rank}; ranks are 1-based")
+                rs.append(float(rank))
+            gs.append(float(grade))
+        per_q.append((rs, gs))
+        width = max(width, len(gs))
+    ranks = np.full((n_q, width), np.inf)
+    grd = np.zeros((n_q, width))
+    for q, (rs, gs) in enumerate(per_q):
+        ranks[q, : len(rs)] = rs
+        grd[q, : len(gs)] = gs
+    return ranks, grd
+
+
+def score_queries(
+    judged_ranks: Sequence[Mapping[int, int]],
+    grades: Sequence[Mapping[int, int]],
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    relevance_level: int = 1,
+    query_ids: Sequence[Hashable] | None = None,
+):
+    """Per-query metrics as a :class:`pandas.DataFrame` (one row per query, index ``qid``).
+
+    Columns: ``hit@k``, ``recall@k``, ``mrr@k``, ``ndcg@k`` for each ``k`` in ``ks`` (in that
+    order), then ``first_rank`` (float), ``n_relevant`` (int) and ``dropped`` (bool). Dropped
+    queries (no candidate with ``grade >= relevance_level``) keep their row with NaN metrics.
+    ``judged_ranks`` is typically :attr:`RetrievalResult.judged_ranks` and ``grades`` the same
+    queries' ``judged`` mappings.
+    """
+    import pandas as pd
+
+    ks = tuple(ks)
+    if not ks:
+        raise MetricInputError("ks is empty; pass at least one cutoff, e.g. ks=(1, 5, 10)")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise MetricInputError(f"cutoff {k!r} in ks is not a positive integer")
+    if len(set(ks)) != len(ks):
+        raise MetricInputError(f"ks {ks} has duplicates; pass each cutoff once")
+    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
+        raise MetricInputError(f"relevance_level must be an integer >= 1, got {relevance_level!r}")
+    ranks, g = judged_matrix(judged_ranks, grades)
+    n_q = ranks.shape[0]
+    if query_ids is None:
+        index = pd.RangeIndex(n_q, name="qid")
+    else:
+        if len(query_ids) != n_q:
+            raise MetricInputError(f"{len(query_ids)} query ids for {n_q} queries; pass one id per query")
+        index = pd.Index(list(query_ids), name="qid")
+    funcs = {"hit": hit_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "ndcg": ndcg_at_k}
+    cols: dict[str, np.ndarray] = {}
+    for name in METRIC_NAMES:
+        for k in ks:
+            cols[f"{name}@{int(k)}"] = funcs[name](ranks, g, int(k), relevance_level=relevance_level)
+    cols["first_rank"] = first_rank(ranks, g, relevance_level=relevance_level)
+    nrel = n_relevant(ranks, g, relevance_level=relevance_level)
+    cols["n_relevant"] = nrel
+    cols["dropped"] = nrel == 0
+    return pd.DataFrame(cols, index=index)

@@ -1,0 +1,211 @@
+"""On-disk embedding cache: round trip, keys, corrupt shards, dimension conflicts, resume after interrupt."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrbench.encoders.cache import (
+    EmbeddingCache,
+    cache_key,
+    cache_namespace,
+    default_cache_root,
+    kwargs_digest,
+)
+from mrbench.encoders.harness import EncodeStats, encode_items
+from mrbench.errors import EncoderError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _load_fixture(name: str):
+    spec = importlib.util.spec_from_file_location(f"_mrbench_test_{name}", FIXTURES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+eb = _load_fixture("encbench")
+
+
+def _keys(n: int, tag: str = "x") -> list[str]:
+    return [cache_key("ns", "query", None, f"{tag}{i}") for i in range(n)]
+
+
+def test_round_trip_and_stats(tmp_path):
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = _keys(5)
+    emb = np.arange(20, dtype=np.float32).reshape(5, 4)
+    mask, got = c.get_many(keys)
+    assert not mask.any() and got is None and c.stats.misses == 5
+    shard = c.put_many(keys[:3], emb[:3])
+    assert shard is not None and shard.suffix == ".npz" and not list(c.path.glob(".*tmp"))
+    with np.load(shard, allow_pickle=False) as z:
+        assert z["keys"].dtype.kind == "U" and z["emb"].dtype == np.float32
+
+    fresh = EmbeddingCache(tmp_path, "enc@r1")  # index rebuilt from disk
+    mask, got = fresh.get_many(keys)
+    assert mask.tolist() == [True, True, True, False, False]
+    np.testing.assert_array_equal(got[:3], emb[:3])
+    assert np.all(got[3:] == 0)
+    assert (fresh.stats.hits, fresh.stats.misses) == (3, 2)
+    assert fresh.dim == 4 and len(fresh) == 3 and keys[0] in fresh
+    fresh.put_many(keys[3:], emb[3:])  # one new shard per call
+    assert len(list(fresh.path.glob("shard-*.npz"))) == 2
+    mask, got = EmbeddingCache(tmp_path, "enc@r1").get_many(keys[::-1])
+    assert mask.all()
+    np.testing.assert_array_equal(got, emb[::-1])
+    assert fresh.put_many([], np.zeros((0, 4), np.float32)) is None
+
+
+def test_namespace_directory_is_slugged(tmp_path):
+    c = EmbeddingCache(tmp_path, "openclip:ViT-B-32/laion2b@abc#123")
+    assert c.path.parent == tmp_path and "/" not in c.path.name and ":" not in c.path.name
+    other = EmbeddingCache(tmp_path, "openclip:ViT-B-32_laion2b@abc#123")
+    assert other.path != c.path  # a lossy slug gets a hash of the raw namespace
+
+
+def test_keys_depend_on_role_instruction_namespace_content():
+    base = cache_key("m@r1", "query", None, "h")
+    assert cache_key("m@r1", "query", "", "h") == base  # no instruction == empty instruction
+    variants = {
+        cache_key("m@r2", "query", None, "h"),
+        cache_key("m@r1", "candidate", None, "h"),
+        cache_key("m@r1", "query", "Find it", "h"),
+        cache_key("m@r1", "query", None, "h2"),
+    }
+    assert base not in variants and len(variants) == 4
+    assert len(base) == 64
+    assert cache_namespace("random", "v1") == "random@v1"
+    assert cache_namespace("random", "v1", {"dim": 8}) != cache_namespace("random", "v1", {"dim": 16})
+    assert kwargs_digest({"a": 1, "b": 2}) == kwargs_digest({"b": 2, "a": 1}) and kwargs_digest({}) == ""
+
+
+def test_revision_change_misses(tmp_path):
+    bench = eb.text_bench(4)
+    task = bench.tasks[0]
+    ns1, ns2 = cache_namespace("scripted", "r1"), cache_namespace("scripted", "r2")
+    enc = eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items))
+    encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=EmbeddingCache(tmp_path, ns1))
+    c2 = EmbeddingCache(tmp_path, ns2)
+    encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=c2)
+    assert c2.stats.hits == 0 and len(enc.calls) == 2
+    c1 = EmbeddingCache(tmp_path, ns1)
+    encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=c1)
+    assert c1.stats.hits == 4 and len(enc.calls) == 2
+    encode_items(enc, task.queries, role="candidate", task=task, bench=bench, cache=c1)  # other role
+    assert len(enc.calls) == 3
+
+
+def test_instruction_change_misses(tmp_path):
+    enc = eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items))
+    cache = EmbeddingCache(tmp_path, "scripted@r1")
+    for instr, expect_calls in ((None, 1), ("Find it", 2), (None, 2), ("Find it", 2)):
+        bench = eb.text_bench(3, query_instruction=instr)
+        task = bench.tasks[0]
+        encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=cache)
+        assert len(enc.calls) == expect_calls
+
+
+def test_corrupt_shard_skipped_with_one_warning(tmp_path, caplog):
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = _keys(4)
+    emb = np.ones((4, 3), np.float32)
+    c.put_many(keys[:2], emb[:2])
+    good2 = c.put_many(keys[2:], emb[2:])
+    (c.path / "shard-00000000000000000000-garbage.npz").write_bytes(b"not a zip file at all")
+    # a truncated copy of a real shard: the header may parse, the data not
+    data = good2.read_bytes()
+    (c.path / "shard-99999999999999999999-trunc.npz").write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="mrbench.encoders.cache"):
+        fresh = EmbeddingCache(tmp_path, "enc@r1")
+        mask, got = fresh.get_many(keys)
+    assert mask.all()
+    np.testing.assert_array_equal(got, emb)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 2 and all("skipping corrupt shard" in m and "\n" not in m for m in msgs)
+
+
+def test_corrupt_shard_data_found_late(tmp_path, caplog):
+    """A shard whose header is fine but whose data is broken is dropped when first read: its keys miss."""
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = _keys(3)
+    shard = c.put_many(keys, np.ones((3, 2), np.float32))
+    with np.load(shard) as z:
+        k = z["keys"]
+    bad = np.ones((3, 2), np.float32)
+    bad[1, 1] = np.nan
+    with open(shard, "wb") as f:
+        np.savez(f, keys=k, emb=bad)
+    with caplog.at_level(logging.WARNING, logger="mrbench.encoders.cache"):
+        fresh = EmbeddingCache(tmp_path, "enc@r1")
+        mask, got = fresh.get_many(keys)
+    assert not mask.any() and got is None and len(caplog.records) == 1 and len(fresh) == 0
+
+
+def test_dimension_conflict(tmp_path):
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    c.put_many(_keys(2), np.ones((2, 4), np.float32))
+    with pytest.raises(EncoderError, match="dimension 8"):
+        c.put_many(_keys(2, "y"), np.ones((2, 8), np.float32))
+    # two shards on disk that disagree: fatal when the index is built
+    with open(c.path / "shard-99999999999999999999-other.npz", "wb") as f:
+        np.savez(f, keys=np.asarray(_keys(1, "z"), dtype="<U64"), emb=np.ones((1, 8), np.float32))
+    with pytest.raises(EncoderError, match=r"mixes encoders .* delete"):
+        EmbeddingCache(tmp_path, "enc@r1").get_many(_keys(1))
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("MRBENCH_CACHE", str(tmp_path / "c"))
+    assert default_cache_root() == tmp_path / "c"
+    monkeypatch.delenv("MRBENCH_CACHE")
+    monkeypatch.setenv("MRBENCH_HOME", str(tmp_path / "home"))
+    assert default_cache_root() == tmp_path / "home" / "embeddings"
+    monkeypatch.delenv("MRBENCH_HOME")
+    assert default_cache_root() == Path.home() / ".cache" / "mrbench" / "embeddings"
+
+
+def test_resume_after_interrupt(tmp_path):
+    """An encoder dies on its 3rd batch; the re-run encodes only what the first run did not store."""
+    bench = eb.text_bench(10)
+    task = bench.tasks[0]
+
+    def dies_on_third(items, role, k):
+        if k == 2:
+            raise KeyboardInterrupt  # simulated Ctrl-C in the middle of a run
+        return eb.hashed(items)
+
+    cache = EmbeddingCache(tmp_path, "scripted@r1")
+    first = eb.ScriptedEncoder(dies_on_third, batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        encode_items(first, task.queries, role="query", task=task, bench=bench, cache=cache)
+    assert [len(c) for c in first.calls] == [3, 3, 3]
+    assert not list(cache.path.glob(".*tmp"))
+
+    second = eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items), batch_size=3)
+    stats = EncodeStats()
+    seen: list[int] = []
+    resumed = encode_items(second, task.queries, role="query", task=task, bench=bench,
+                           cache=EmbeddingCache(tmp_path, "scripted@r1"), stats=stats, progress=seen.append)
+    assert second.calls == [["q6", "q7", "q8"], ["q9"]]
+    assert (stats.items, stats.cache_hits, stats.encoded, stats.batches) == (10, 6, 4, 2)
+    assert seen == [6, 3, 1]
+
+    plain = encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items)), task.queries,
+                         role="query", task=task, bench=bench)
+    np.testing.assert_array_equal(resumed, plain)
+
+
+def test_cache_dim_vs_meta_dim(tmp_path):
+    bench = eb.text_bench(3)
+    task = bench.tasks[0]
+    cache = EmbeddingCache(tmp_path, "scripted@r1")
+    encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items, 8)), task.queries, role="query",
+                 task=task, bench=bench, cache=cache)
+    with pytest.raises(EncoderError, match="meta.dim is 16"):
+        encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items, 16), dim=16), task.queries,
+                     role="query", task=task, bench=bench, cache=EmbeddingCache(tmp_path, "scripted@r1"))

@@ -1,0 +1,125 @@
+"""The CLI, in-process (typer's CliRunner) and once as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mrbench.cli.app import app
+
+runner = CliRunner()
+TINY = "mrbench-synth-tiny"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, pattern: str) -> None:
+    assert result.exit_code != 0, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert pattern in err, err
+    assert "Traceback" not in result.output
+
+
+def test_help_lists_commands():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for cmd in ("evaluate", "build", "check-encoder", "encoders", "benchmarks", "info"):
+        assert cmd in r.stdout
+    r = invoke("evaluate", "--help")
+    assert r.exit_code == 0 and "--encoder" in r.stdout and "pessimistic" in r.stdout
+
+
+def test_evaluate_writes_results_and_prints_tables(tmp_path):
+    out = tmp_path / "out"
+    r = invoke("evaluate", "-b", TINY, "-e", "oracle", "-e", "random", "-o", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    assert "R@5" in r.stdout and "by number of grains" in r.stdout and "comparison" in r.stdout
+    assert "grain sensitivity" in r.stdout
+    for enc in ("oracle", "random"):
+        data = json.loads((out / enc / "results.json").read_text())
+        assert data["encoder"]["name"] == enc
+    assert json.loads((out / "oracle" / "results.json").read_text())["scores"]["macro"]["hit@1"] == 1.0
+
+
+def test_existing_output_is_refused(tmp_path):
+    out = tmp_path / "out"
+    assert invoke("evaluate", "-b", TINY, "-o", str(out), "-q", "--no-sensitivity").exit_code == 0
+    one_line_error(invoke("evaluate", "-b", TINY, "-o", str(out), "-q"), "--overwrite")
+    assert invoke("evaluate", "-b", TINY, "-o", str(out), "-q", "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (("evaluate", "-b", "no-such-bench"), "unknown benchmark 'no-such-bench'"),
+        (("evaluate", "-b", TINY, "-e", "randon"), "did you mean 'random'"),
+        (("evaluate", "-b", TINY, "--encoder-kwargs", "{dim: 3}"), "--encoder-kwargs"),
+        (("evaluate", "-b", TINY, "--tasks", "t2i,zzz"), "no task 'zzz'"),
+        (("evaluate", "-b", TINY, "--k", "0"), "--k"),
+        (("evaluate", "-b", TINY, "-e", "random", "-e", "random"), "twice"),
+        (("build", "synth", "-o", "/tmp/x-mrbench-never", "--size", "huge"), "--size"),
+        (("info", "nope-bench"), "unknown benchmark"),
+    ],
+)
+def test_bad_input_gives_one_line(args, pattern):
+    one_line_error(invoke(*args), pattern)
+
+
+def test_broken_benchmark_directory_gives_one_line(tmp_path):
+    out = tmp_path / "b"
+    assert invoke("build", "synth", "-o", str(out), "--size", "tiny").exit_code == 0
+    assert invoke("info", str(out)).exit_code == 0
+    qrels = out / "tasks/t2i/qrels.txt"
+    good = qrels.read_text()
+    qrels.write_text(good + "nope 0 nope 1\n")
+    one_line_error(invoke("evaluate", "-b", str(out), "-q", "--no-verify"), "unknown query id 'nope'")
+    qrels.write_text(good)
+    # a structurally valid edit is caught by the fingerprint
+    queries = out / "tasks/t2i/queries.jsonl"
+    queries.write_text(queries.read_text().replace("circle", "circles", 1))
+    one_line_error(invoke("evaluate", "-b", str(out), "-q"), "fingerprint mismatch")
+
+
+def test_listings_and_check_encoder():
+    r = invoke("encoders")
+    assert r.exit_code == 0 and "oracle" in r.stdout and "constant" in r.stdout
+    r = invoke("benchmarks")
+    assert r.exit_code == 0 and "mrbench-synth" in r.stdout
+    r = invoke("check-encoder", "random")
+    assert r.exit_code == 0 and "shape" in r.stdout
+    r = invoke("check-encoder", f"{FIXTURES / 'my_encoder.py'}:MyEncoder")
+    assert r.exit_code == 0, r.output
+
+
+def test_check_encoder_reports_a_broken_encoder(tmp_path):
+    p = tmp_path / "bad.py"
+    p.write_text(
+        "import numpy as np\n"
+        "from mrbench.encoders.base import EncoderMeta\n"
+        "class Bad:\n"
+        "    meta = EncoderMeta(name='bad', needs_pixels=False)\n"
+        "    def encode(self, items, *, role, task):\n"
+        "        return np.full((len(items), 4), np.nan, np.float32)\n"
+    )
+    r = invoke("check-encoder", f"{p}:Bad")
+    assert r.exit_code == 1 and "FAIL" in r.stdout
+
+
+def test_real_process_help_and_module_entry():
+    r = subprocess.run([sys.executable, "-m", "mrbench", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "evaluate" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "mrbench", "evaluate", "-b", "nope"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown benchmark") and "Traceback" not in r.stderr
+    # --help must not import the heavy libraries
+    code = "import sys; from mrbench.cli.app import app; print(sorted(m for m in ('torch','faiss','pandas','transformers','open_clip') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[]"

@@ -1,0 +1,196 @@
+"""End-to-end evaluate on the tiny MRBench-Synth with the built-in encoders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mrbench
+from mrbench.encoders.base import EncoderMeta
+from mrbench.errors import EncoderError, MrbenchError, OutputExistsError, UnknownNameError
+
+TINY = "mrbench-synth-tiny"
+
+
+def test_oracle_is_perfect_everywhere():
+    res = mrbench.evaluate(TINY, "oracle")
+    for task, s in res.scores["tasks"].items():
+        assert s["hit@1"] == 1.0 and s["mrr@10"] == 1.0, task
+        assert s["ndcg@10"] == pytest.approx(1.0, abs=1e-9), task
+        assert s["n_dropped"] == 0
+    assert res.scores["macro"]["hit@5"] == 1.0
+    assert set(res.scores["tasks"]) == {"t2i", "i2t", "i2i", "it2i"}
+    # grain sensitivity: the oracle reads every grain, so dropping one always moves the embedding
+    sens = res.scores["grain_sensitivity"]
+    assert set(sens) == {"t2i", "it2i"}
+    for v in sens.values():
+        assert v["mask_distance"] > 0.01 and v["n"] > 0
+
+
+def test_constant_encoder_exposes_pessimistic_ties():
+    res = mrbench.evaluate(TINY, "constant")
+    bench = mrbench.load_benchmark(TINY)
+    pq = res.per_query
+    for task in bench.tasks:
+        n = len(task.candidates)
+        rows = pq[pq.task == task.name]
+        for _, r in rows.iterrows():
+            n_rel = len(task.relevant(r.qid))
+            # every candidate ties: all non-relevant candidates come first
+            assert r.first_rank == n - n_rel + 1
+            assert r.ties == n - 1
+        assert res.scores["tasks"][task.name]["hit@1"] == 0.0
+        assert res.scores["tasks"][task.name]["queries_with_ties"] == len(task.queries)
+    # no grain moves a constant embedding
+    for v in res.scores["grain_sensitivity"].values():
+        assert v["mask_distance"] == pytest.approx(0.0, abs=1e-6) and v["rank_change"] == 0
+
+
+def test_random_is_deterministic_and_outputs_are_complete(tmp_path):
+    out = tmp_path / "res"
+    a = mrbench.evaluate(TINY, "random", output=out)
+    b = mrbench.evaluate(TINY, "random", cache=False)
+    assert a.scores == b.scores
+    data = json.loads((out / "results.json").read_text())
+    assert data["schema_version"] == 1 and data["benchmark"]["fingerprint"].startswith("sha256:")
+    assert data["encoder"]["name"] == "random" and data["encoder"]["spec"] == "random"
+    assert data["settings"]["ks"] == [1, 5, 10] and data["settings"]["tie_policy"] == "pessimistic"
+    for key in ("load", "encode", "retrieve", "score", "total"):
+        assert data["timings"][key] >= 0
+    assert data["hardware"]["torch"]
+    for task, rel in data["files"]["runs"].items():
+        lines = (out / rel).read_text().splitlines()
+        first = lines[0].split()
+        assert len(first) == 6 and first[1] == "Q0" and first[3] == "1" and first[5] == "random"
+    assert (out / "grains.png").stat().st_size > 5000
+    import pandas as pd
+
+    pq = pd.read_parquet(out / "per_query.parquet")
+    assert len(pq) == mrbench.load_benchmark(TINY).n_queries
+    assert {"hit@5", "recall@5", "mrr@5", "ndcg@5", "first_rank", "n_grains", "ties"} <= set(pq.columns)
+    # the run files agree with the per-query ranks (hit@1 recomputed from rank-1 lines)
+    bench = mrbench.load_benchmark(TINY)
+    for task in bench.tasks:
+        top1 = {}
+        for line in (out / "runs" / f"{task.name}.trec").read_text().splitlines():
+            qid, _, did, rank, _, _ = line.split()
+            if rank == "1":
+                top1[qid] = did
+        rows = pq[pq.task == task.name].set_index("qid")
+        for qid, did in top1.items():
+            assert (did in task.relevant(qid)) == (rows.loc[qid, "hit@1"] == 1.0)
+
+
+def test_pandas_views():
+    res = mrbench.evaluate(TINY, "random", grain_sensitivity=False)
+    assert list(res.to_pandas("task").index) == ["t2i", "i2t", "i2i", "it2i"]
+    gc = res.to_pandas("grain_count")
+    assert {"2", "3", "4", "5+"} <= {b for _, b in gc.index}
+    assert "hit@5" in res.to_pandas("grain_type").columns
+    assert res.to_pandas("sensitivity") is None
+    with pytest.raises(ValueError):
+        res.to_pandas("nope")
+
+
+def test_warm_run_encodes_nothing(tmp_path):
+    cold = mrbench.evaluate(TINY, "random", cache_dir=tmp_path / "c")
+    warm = mrbench.evaluate(TINY, "random", cache_dir=tmp_path / "c")
+    assert cold.data["cache"]["encoded"] > 0
+    assert warm.data["cache"]["encoded"] == 0 and warm.data["cache"]["hits"] == warm.data["cache"]["items"]
+    assert warm.scores == cold.scores
+
+
+class Flaky:
+    """Random-like encoder that fails on a chosen call, to simulate an interrupted run."""
+
+    def __init__(self, fail_on: int = -1):
+        self.meta = EncoderMeta(name="flaky", revision="1", dim=16, needs_pixels=False, batch_size=8)
+        self.calls = 0
+        self.fail_on = fail_on
+
+    def encode(self, items, *, role, task):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt
+        out = []
+        for it in items:
+            rng = np.random.default_rng(int(it.content_hash[:8], 16))
+            out.append(rng.standard_normal(16))
+        return np.asarray(out, np.float32)
+
+
+def test_interrupted_run_resumes_from_cache(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        mrbench.evaluate(TINY, Flaky(fail_on=4), cache_dir=tmp_path / "c", grain_sensitivity=False)
+    resumed = mrbench.evaluate(TINY, Flaky(), cache_dir=tmp_path / "c", grain_sensitivity=False)
+    full = mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
+    assert 0 < resumed.data["cache"]["hits"] < resumed.data["cache"]["items"]
+    assert resumed.scores == full.scores
+
+
+def test_output_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "r"
+    mrbench.evaluate(TINY, "random", output=out, grain_sensitivity=False)
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        mrbench.evaluate(TINY, "random", output=out)
+    assert (out / "results.json").read_bytes() == before
+    mrbench.evaluate(TINY, "random", output=out, overwrite=True, ks="1,3")
+    assert json.loads((out / "results.json").read_text())["settings"]["ks"] == [1, 3]
+
+
+class Broken:
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.meta = EncoderMeta(name=f"broken-{mode}", dim=None, needs_pixels=False)
+
+    def encode(self, items, *, role, task):
+        n = len(items)
+        if self.mode == "nan":
+            x = np.ones((n, 4), np.float32)
+            x[0, 0] = np.nan
+            return x
+        if self.mode == "shape":
+            return np.ones((n + 1, 4), np.float32)
+        if self.mode == "dims":
+            return np.ones((n, 4 if role == "query" else 5), np.float32)
+        raise AssertionError
+
+
+@pytest.mark.parametrize("mode, pattern", [("nan", "NaN"), ("shape", "shape"), ("dims", "dimension|differ")])
+def test_broken_encoders_fail_with_one_line(mode, pattern):
+    with pytest.raises(EncoderError, match=pattern) as ei:
+        mrbench.evaluate(TINY, Broken(mode), cache=False)
+    assert "\n" not in str(ei.value)
+
+
+def test_bad_arguments():
+    with pytest.raises(UnknownNameError, match="did you mean 'random'"):
+        mrbench.evaluate(TINY, "randm")
+    with pytest.raises(UnknownNameError, match="no task 't2x'.*did you mean 't2i'"):
+        mrbench.evaluate(TINY, "random", tasks=["t2x"])
+    with pytest.raises(MrbenchError, match="--k"):
+        mrbench.evaluate(TINY, "random", ks="1,x")
+    with pytest.raises(MrbenchError, match="--depth"):
+        mrbench.evaluate(TINY, "random", ks=(1, 50), depth=10)
+
+
+def test_backends_agree():
+    a = mrbench.evaluate(TINY, "random", backend="torch", grain_sensitivity=False)
+    b = mrbench.evaluate(TINY, "random", backend="faiss", grain_sensitivity=False)
+    c = mrbench.evaluate(TINY, "constant", backend="torch", grain_sensitivity=False)
+    d = mrbench.evaluate(TINY, "constant", backend="faiss", grain_sensitivity=False)
+    assert a.scores == b.scores and c.scores == d.scores
+
+
+def test_results_load_back(tmp_path):
+    from mrbench.report.results import EvaluationResult
+
+    mrbench.evaluate(TINY, "random", output=tmp_path / "r", grain_sensitivity=False)
+    back = EvaluationResult.load(tmp_path / "r")
+    assert back.data["encoder"]["name"] == "random" and len(back.per_query) > 0
+    with pytest.raises(MrbenchError, match="no results file"):
+        EvaluationResult.load(tmp_path / "nothing")

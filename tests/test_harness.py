@@ -1,0 +1,265 @@
+"""Encoding harness: content hashes, instructions, image decoding, batching and output validation."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrbench.data.schema import Benchmark, Candidate, Query, Task
+from mrbench.encoders.harness import (
+    EncodeStats,
+    check_dims,
+    encode_items,
+    item_content_hash,
+    task_info,
+    validate_embeddings,
+)
+from mrbench.errors import BenchmarkError, EncoderError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _load_fixture(name: str):
+    spec = importlib.util.spec_from_file_location(f"_mrbench_test_{name}", FIXTURES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+eb = _load_fixture("encbench")
+
+
+def _enc(fn, **kw):
+    return eb.ScriptedEncoder(fn, **kw)
+
+
+def _run(enc, n=10, role="query", **kw):
+    bench = eb.text_bench(n)
+    task = bench.tasks[0]
+    items = task.queries if role == "query" else task.candidates
+    return encode_items(enc, items, role=role, task=task, bench=bench, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# content hashes, instructions, task info
+
+
+def test_item_content_hash(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "sub" / "b.png"
+    b.parent.mkdir()
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    assert item_content_hash("x", a) == item_content_hash("x", b)  # bytes, not paths
+    assert item_content_hash(None, None) != item_content_hash("", None)
+    assert item_content_hash("x", None) != item_content_hash("x", a)
+    assert item_content_hash("ab", None) != item_content_hash("a", None)
+    before = item_content_hash(None, a)
+    a.write_bytes(b"other bytes, longer")
+    os.utime(a, ns=(1, 1))
+    assert item_content_hash(None, a) != before  # memo keyed by mtime and size
+    with pytest.raises(BenchmarkError, match="cannot read image"):
+        item_content_hash(None, tmp_path / "missing.png")
+
+
+def test_instructions_per_role_and_task_info():
+    bench = eb.text_bench(3, query_instruction="Q: find", candidate_instruction="C: represent")
+    bench.metadata["fact_vocabulary"] = ["a", "b"]
+    task = bench.tasks[0]
+    task.metadata["extra"] = 1
+    enc = _enc(lambda items, role, k: eb.hashed(items))
+    encode_items(enc, task.queries, role="query", task=task, bench=bench)
+    encode_items(enc, task.candidates, role="candidate", task=task, bench=bench)
+    assert enc.instructions == ["Q: find"] * 3 + ["C: represent"] * 3
+    info = enc.tasks[0]
+    assert info.name == "t2t" and info.metadata == {"fact_vocabulary": ["a", "b"], "extra": 1}
+    task.metadata["fact_vocabulary"] = ["own"]
+    assert task_info(task, bench).metadata["fact_vocabulary"] == ["own"]  # the task's entry wins
+    with pytest.raises(ValueError, match="role"):
+        encode_items(enc, task.queries, role="document", task=task, bench=bench)
+
+
+# ---------------------------------------------------------------------------------------------------
+# batching, progress, stats
+
+
+def test_batch_splitting_progress_stats():
+    enc = _enc(lambda items, role, k: eb.hashed(items), batch_size=4)
+    stats, seen = EncodeStats(), []
+    out = _run(enc, 10, stats=stats, progress=seen.append)
+    assert [len(c) for c in enc.calls] == [4, 4, 2] and seen == [4, 4, 2]
+    assert out.shape == (10, 8) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)  # cosine → normalised
+    assert (stats.items, stats.encoded, stats.cache_hits, stats.batches) == (10, 10, 0, 3)
+    assert stats.total_seconds >= stats.encode_seconds >= 0 and stats.overhead_seconds >= 0
+    enc2 = _enc(lambda items, role, k: eb.hashed(items))
+    _run(enc2, 10, batch_size=3, stats=stats)
+    assert [len(c) for c in enc2.calls] == [3, 3, 3, 1] and stats.items == 20
+    empty = _run(_enc(lambda items, role, k: eb.hashed(items), dim=8), 0)
+    assert empty.shape == (0, 8)
+    with pytest.raises(EncoderError, match="batch size"):
+        _run(enc, 3, batch_size=0)
+
+
+def test_dot_similarity_not_normalised_zero_allowed():
+    out = _run(_enc(lambda items, role, k: np.zeros((len(items), 3)) + 2.0 * k, similarity="dot"), 4,
+               batch_size=2)
+    np.testing.assert_array_equal(out, [[0, 0, 0], [0, 0, 0], [2, 2, 2], [2, 2, 2]])
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+
+
+def test_wrong_shape_message():
+    enc = _enc(lambda items, role, k: np.ones((len(items) - 1, 5)), name="enc-x")
+    with pytest.raises(EncoderError) as e:
+        _run(enc, 4, role="candidate")
+    assert str(e.value) == (
+        "encoder 'enc-x' returned shape (3, 5) for a batch of 4 items in task 't2t' (role candidate); expected (4, D)"
+    )
+    with pytest.raises(EncoderError, match=r"shape \(4,\)"):
+        _run(_enc(lambda items, role, k: np.ones(len(items))), 4)
+    with pytest.raises(EncoderError, match="returned None"):
+        _run(_enc(lambda items, role, k: None), 2)
+    with pytest.raises(EncoderError, match="dtype"):
+        _run(_enc(lambda items, role, k: np.array([["a"]] * len(items))), 2)
+
+
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "Inf")])
+def test_non_finite_names_item(bad, word):
+    def fn(items, role, k):
+        x = eb.hashed(items)
+        if k == 1:
+            x[1, 3] = bad
+        return x
+
+    with pytest.raises(EncoderError, match=rf"returned {word} for item 'q5' in task 't2t' \(role query\)"):
+        _run(_enc(fn, batch_size=4), 10)
+
+
+def test_float64_overflow_is_named():
+    with pytest.raises(EncoderError, match=r"Inf \(float32 overflow\) for item 'q0'"):
+        _run(_enc(lambda items, role, k: np.full((len(items), 2), 1e300)), 2)
+
+
+def test_dimension_change_between_batches_and_meta_dim():
+    with pytest.raises(EncoderError, match="returned dimension 9 .* but 8 was expected"):
+        _run(_enc(lambda items, role, k: eb.hashed(items, 8 + k), batch_size=3), 6)
+    with pytest.raises(EncoderError, match="but 16 was expected"):
+        _run(_enc(lambda items, role, k: eb.hashed(items, 8), dim=16), 3)
+
+
+def test_zero_vector_cosine():
+    def fn(items, role, k):
+        x = eb.hashed(items)
+        x[2] = 0
+        return x
+
+    with pytest.raises(EncoderError, match="zero vector for item 'c2'"):
+        _run(_enc(fn), 4, role="candidate")
+
+
+def test_torch_and_list_outputs():
+    import torch
+
+    out_t = _run(_enc(lambda items, role, k: torch.from_numpy(eb.hashed(items)).requires_grad_()), 4)
+    out_bf = _run(_enc(lambda items, role, k: torch.from_numpy(eb.hashed(items)).to(torch.bfloat16)), 4)
+    out_l = _run(_enc(lambda items, role, k: eb.hashed(items).tolist()), 4)
+    out_n = _run(_enc(lambda items, role, k: eb.hashed(items)), 4)
+    np.testing.assert_allclose(out_t, out_n, rtol=1e-6)
+    np.testing.assert_allclose(out_l, out_n, rtol=1e-6)
+    np.testing.assert_allclose(out_bf, out_n, atol=2e-2)
+    assert out_t.dtype == out_bf.dtype == np.float32
+
+
+def test_validate_embeddings_direct():
+    x = validate_embeddings(np.array([[3.0, 4.0]]), ids=["a"], encoder_name="e", task_name="t", role="query",
+                            normalise=True)
+    np.testing.assert_allclose(x, [[0.6, 0.8]])
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+
+
+def test_check_dims():
+    check_dims(np.zeros((2, 4)), np.zeros((3, 4)), "e", "t")
+    with pytest.raises(EncoderError, match="queries have dimension 4 but candidates 5"):
+        check_dims(np.zeros((2, 4)), np.zeros((3, 5)), "e", "t")
+
+
+# ---------------------------------------------------------------------------------------------------
+# images
+
+
+def _pixel_encoder(needs_pixels=True):
+    def fn(items, role, k):
+        x = np.zeros((len(items), 4), np.float32)
+        for i, it in enumerate(items):
+            if it.image is not None:
+                assert it.image.mode == "RGB"
+                x[i, :3] = np.asarray(it.image, dtype=np.float32).mean(axis=(0, 1)) + 1
+                x[i, 3] = it.image.size[0]
+            else:
+                x[i, 3] = 1
+        return x
+
+    return _enc(fn, needs_pixels=needs_pixels, batch_size=2, similarity="dot")
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_image_decoding_workers(tmp_path, workers):
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+    enc = _pixel_encoder()
+    out = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=workers)
+    assert [len(c) for c in enc.calls] == [2, 2, 2, 1]
+    ref = encode_items(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench, num_workers=0)
+    np.testing.assert_array_equal(out, ref)
+    assert out[:, 3].tolist() == [8 + i for i in range(7)]  # every image decoded, in order
+
+
+def test_no_pixels_no_decoding(tmp_path):
+    bench = eb.image_bench(tmp_path, n=3)
+    task = bench.tasks[0]
+    (tmp_path / "images" / "c1.png").write_bytes(b"corrupt but never decoded")
+    enc = _enc(lambda items, role, k: (np.array([[it.image is None, 1.0] for it in items])), needs_pixels=False)
+    out = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench)
+    assert out.shape == (3, 2)
+
+
+def test_unreadable_and_missing_image(tmp_path):
+    bench = eb.image_bench(tmp_path, n=4)
+    task = bench.tasks[0]
+    bad = tmp_path / "images" / "c2.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(BenchmarkError) as e:
+        encode_items(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    msg = str(e.value)
+    assert str(bad) in msg and "'c2'" in msg and "\n" not in msg
+    bad.unlink()
+    with pytest.raises(BenchmarkError, match=r"c2.png: cannot read image of item 'c2'"):
+        encode_items(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench)
+
+
+def test_image_text_items_and_relative_paths(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (5, 5), (10, 20, 30)).save(tmp_path / "img" / "a.png")
+    Image.new("RGB", (5, 5), (10, 20, 30)).save(tmp_path / "img" / "b.png")  # same pixels, same bytes
+    qs = [Query(id="q0", text="make it red", image="img/a.png"), Query(id="q1", text="make it red", image="img/b.png")]
+    t = Task(name="it2i", query_modality="image+text", candidate_modality="image", queries=qs,
+             candidates=[Candidate(id="c0", image="img/a.png")], qrels={"q0": {"c0": 1}})
+    bench = Benchmark(name="b", version="1", tasks=[t], root=tmp_path)
+    seen = []
+
+    def fn(items, role, k):
+        seen.extend((it.modality, it.image_path, it.content_hash) for it in items)
+        return eb.hashed(items)
+
+    out = encode_items(_enc(fn, needs_pixels=True), qs, role="query", task=t, bench=bench)
+    assert seen[0][0] == "image+text" and seen[0][1] == tmp_path / "img" / "a.png"
+    assert seen[0][2] == seen[1][2]  # identical content → identical hash
+    np.testing.assert_array_equal(out[0], out[1])

@@ -1,0 +1,521 @@
+"""Exact search (both backends, chunking, pessimistic ties) and TREC run files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrbench.errors import MrbenchError, UnknownNameError
+from mrbench.retrieval.runfile import RunFileError, read_trec_run, write_trec_run
+from mrbench.retrieval.search import (
+    RetrievalResult,
+    SearchError,
+    canonical_scores,
+    exact_search,
+    score_bound,
+)
+
+torch = pytest.importorskip("torch")
+
+HAS_FAISS = importlib.util.find_spec("faiss") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+BACKENDS = [
+    pytest.param(("torch", "cpu"), id="torch-cpu"),
+    pytest.param(("faiss", None), id="faiss", marks=pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")),
+    pytest.param(("torch", "cuda"), id="torch-cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")),
+]
+ALL_RUNNERS = [("torch", "cpu")] + ([("faiss", None)] if HAS_FAISS else []) + ([("torch", "cuda")] if HAS_CUDA else [])
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def naive_search(q: np.ndarray, c: np.ndarray, judged, depth: int, relevance_level: int = 1):
+    """Reference: full python sort of every candidate by (-score, grade, row) on canonical scores."""
+    qt, ct = torch.from_numpy(q), torch.from_numpy(c)
+    n = c.shape[0]
+    ranks, tops, ties, scores = [], [], [], []
+    for i in range(q.shape[0]):
+        s = canonical_scores(qt, ct, np.full(n, i), np.arange(n))
+        grade = [judged[i].get(j, 0) for j in range(n)]
+        order = sorted(range(n), key=lambda j: (-float(s[j]), grade[j], j))
+        pos = {j: p + 1 for p, j in enumerate(order)}
+        ranks.append({j: pos[j] for j, g in judged[i].items() if g > 0})
+        scores.append({j: float(s[j]) for j, g in judged[i].items() if g > 0})
+        tops.append(order[: min(depth, n)])
+        rel = [j for j, g in judged[i].items() if g >= relevance_level]
+        if rel:
+            best = min(rel, key=lambda j: pos[j])
+            # GUIDE §3 formula for the first relevant candidate
+            nonrel_tied = sum(1 for j in range(n) if s[j] == s[best] and grade[j] < relevance_level)
+            assert pos[best] == 1 + int((s > s[best]).sum()) + nonrel_tied
+            ties.append(int((s == s[best]).sum()) - 1)
+        else:
+            ties.append(0)
+    return ranks, tops, ties, scores
+
+
+def assert_same_result(a: RetrievalResult, b: RetrievalResult) -> None:
+    assert a.topk_indices.dtype == np.int64 and a.topk_scores.dtype == np.float32
+    np.testing.assert_array_equal(a.topk_indices, b.topk_indices)
+    # bitwise equality of every score
+    np.testing.assert_array_equal(a.topk_scores.view(np.int32), b.topk_scores.view(np.int32))
+    assert a.judged_ranks == b.judged_ranks
+    assert a.judged_scores == b.judged_scores
+    np.testing.assert_array_equal(a.n_ties, b.n_ties)
+
+
+def random_judged(rng: np.random.Generator, n_q: int, n: int, max_judged: int = 5):
+    out = []
+    for _ in range(n_q):
+        m = int(rng.integers(0, min(n, max_judged) + 1))
+        rows = rng.choice(n, size=m, replace=False)
+        out.append({int(r): int(rng.integers(1, 4)) for r in rows})
+    return out
+
+
+def make_data(kind: str, rng: np.random.Generator, n_q: int, n: int, d: int):
+    if kind == "random":
+        c = rng.standard_normal((n, d)).astype(np.float32)
+        q = rng.standard_normal((n_q, d)).astype(np.float32)
+    elif kind == "unit":  # normalised, queries near candidates (relevant near the top)
+        c = rng.standard_normal((n, d)).astype(np.float32)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        q = c[rng.integers(0, n, n_q)] + 0.2 * rng.standard_normal((n_q, d)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+    elif kind == "identical":  # constant encoder: every score ties
+        c = np.repeat(rng.standard_normal((1, d)).astype(np.float32), n, axis=0)
+        q = rng.standard_normal((n_q, d)).astype(np.float32)
+    elif kind == "duplicated":  # a few distinct rows, each repeated many times
+        base = rng.standard_normal((4, d)).astype(np.float32)
+        c = base[rng.integers(0, 4, n)]
+        q = rng.standard_normal((n_q, d)).astype(np.float32)
+    elif kind == "quantised":  # exact small dot products: ties everywhere
+        c = (rng.integers(-2, 3, (n, d)) / 4).astype(np.float32)
+        q = (rng.integers(-2, 3, (n_q, d)) / 4).astype(np.float32)
+    elif kind == "zero":  # zero queries: every score is exactly 0
+        c = rng.standard_normal((n, d)).astype(np.float32)
+        q = np.zeros((n_q, d), dtype=np.float32)
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return np.ascontiguousarray(q), np.ascontiguousarray(c)
+
+
+def run(runner, q, c, judged, **kw) -> RetrievalResult:
+    backend, device = runner
+    return exact_search(q, c, judged, backend=backend, device=device, **kw)
+
+
+KINDS = ["random", "unit", "identical", "duplicated", "quantised", "zero"]
+
+
+# ------------------------------------------------------------------------------------------------
+# correctness against the naive reference
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_naive_reference_small(runner, kind):
+    rng = np.random.default_rng(hash(kind) % 2**32)
+    for trial in range(12):
+        n_q, n, d = int(rng.integers(1, 6)), int(rng.integers(1, 70)), int(rng.integers(1, 9))
+        q, c = make_data(kind, rng, n_q, n, d)
+        judged = random_judged(rng, n_q, n)
+        depth = int(rng.integers(1, 80))
+        rl = int(rng.integers(1, 3))
+        ref_ranks, ref_tops, ref_ties, ref_scores = naive_search(q, c, judged, depth, rl)
+        res = run(runner, q, c, judged, depth=depth, relevance_level=rl)
+        assert res.judged_ranks == ref_ranks, (kind, trial)
+        assert res.judged_scores == ref_scores
+        assert res.topk_indices.tolist() == ref_tops
+        assert res.n_ties.tolist() == ref_ties
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+@pytest.mark.parametrize("kind", ["random", "unit", "duplicated", "quantised"])
+def test_matches_naive_reference_beyond_top_list(runner, kind):
+    """N well above depth + margin: judged candidates below the list and boundary ties."""
+    rng = np.random.default_rng(7 + len(kind))
+    n_q, n, d = 6, 1500, 16
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = random_judged(rng, n_q, n, max_judged=6)
+    depth = 10
+    ref_ranks, ref_tops, ref_ties, _ = naive_search(q, c, judged, depth)
+    res = run(runner, q, c, judged, depth=depth)
+    assert res.judged_ranks == ref_ranks
+    assert res.topk_indices.tolist() == ref_tops
+    assert res.n_ties.tolist() == ref_ties
+
+
+def test_hand_example_pessimistic_ties():
+    # one-dimensional embeddings make the scores obvious: score = candidate value
+    c = np.array([[0.5], [0.9], [0.5], [0.5], [0.1]], dtype=np.float32)
+    q = np.array([[1.0]], dtype=np.float32)
+    res = exact_search(q, c, [{2: 1}], depth=5, backend="torch", device="cpu")
+    # 0.9 is strictly higher; rows 0 and 3 are non-relevant ties and go first
+    assert res.judged_ranks == [{2: 4}]
+    assert res.n_ties.tolist() == [2]
+    assert res.topk_indices.tolist() == [[1, 0, 3, 2, 4]]
+    np.testing.assert_array_equal(res.topk_scores, np.array([[0.9, 0.5, 0.5, 0.5, 0.1]], dtype=np.float32))
+    # graded ties: grade-1 row 3 (below relevance level 2) precedes grade-2 row 0; both after row 2 (grade 0)
+    res = exact_search(q, c, [{0: 2, 3: 1}], depth=5, relevance_level=2, backend="torch", device="cpu")
+    assert res.judged_ranks == [{0: 4, 3: 3}]
+    assert res.n_ties.tolist() == [2]
+    # relevant candidates tied with each other take consecutive ranks (lower grade, then lower row)
+    res = exact_search(q, c, [{0: 1, 2: 3, 3: 1}], depth=5, backend="torch", device="cpu")
+    assert res.judged_ranks == [{0: 2, 3: 3, 2: 4}]
+    assert res.n_ties.tolist() == [2]
+
+
+def test_topk_cutoff_inside_a_tie_gives_slots_to_lower_grades():
+    c = np.ones((6, 2), dtype=np.float32)  # every score ties
+    q = np.ones((1, 2), dtype=np.float32)
+    judged = [{0: 3, 1: 1, 4: 2}]
+    res = exact_search(q, c, judged, depth=4, backend="torch", device="cpu")
+    # unjudged rows 2, 3, 5 first (grade 0), then grade 1 (row 1); grade 2 and 3 fall off
+    assert res.topk_indices.tolist() == [[2, 3, 5, 1]]
+    assert res.judged_ranks == [{0: 6, 1: 4, 4: 5}]
+    assert res.n_ties.tolist() == [5]
+
+
+def test_topk_positions_agree_with_judged_ranks():
+    rng = np.random.default_rng(3)
+    q, c = make_data("quantised", rng, 20, 300, 4)
+    judged = random_judged(rng, 20, 300, max_judged=8)
+    res = exact_search(q, c, judged, depth=50, backend="torch", device="cpu")
+    for i in range(20):
+        pos = {int(r): p + 1 for p, r in enumerate(res.topk_indices[i])}
+        for row, rank in res.judged_ranks[i].items():
+            if rank <= 50:
+                assert pos[row] == rank
+            else:
+                assert row not in pos
+        assert np.all(np.diff(res.topk_scores[i].astype(np.float64)) <= 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# backend equality, chunking, shapes
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(len(ALL_RUNNERS) < 2, reason="needs two backends")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(40, 3000, 32, 20), (1, 500, 8, 100), (7, 1, 4, 10), (5, 30, 6, 100)], ids=["big", "Q1", "N1", "depth>N"])
+def test_backends_identical(kind, shape):
+    n_q, n, d, depth = shape
+    rng = np.random.default_rng(11)
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = random_judged(rng, n_q, n, max_judged=6)
+    results = [run(r, q, c, judged, depth=depth) for r in ALL_RUNNERS]
+    assert results[0].depth == min(depth, n)
+    for other in results[1:]:
+        assert_same_result(results[0], other)
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+@pytest.mark.parametrize("kind", ["unit", "random", "quantised", "identical"])
+def test_tiny_chunks_identical(runner, kind):
+    rng = np.random.default_rng(5)
+    n_q, n, d = 23, 800, 16
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = random_judged(rng, n_q, n)
+    big = run(runner, q, c, judged, depth=25)
+    steps: list[int] = []
+    small = run(runner, q, c, judged, depth=25, max_chunk_bytes=4 * n * 3, progress=steps.append)
+    assert_same_result(big, small)
+    assert sum(steps) == n_q
+    one = run(runner, q, c, judged, depth=25, max_chunk_bytes=1)  # one row per chunk
+    assert_same_result(big, one)
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+def test_result_shapes_and_metadata(runner):
+    rng = np.random.default_rng(0)
+    q, c = make_data("random", rng, 4, 9, 3)
+    res = run(runner, q, c, [{}, {1: 1}, {}, {2: 2, 3: 1}], depth=100)
+    assert res.topk_indices.shape == (4, 9) and res.topk_scores.shape == (4, 9)
+    assert res.n_ties.dtype == np.int64 and res.n_ties.shape == (4,)
+    assert res.judged_ranks[0] == {} and set(res.judged_ranks[3]) == {2, 3}
+    assert res.backend == runner[0]
+    assert res.device.startswith("cuda" if runner[1] == "cuda" else "cpu")
+    assert sorted(res.topk_indices[0].tolist()) == list(range(9))
+
+
+def test_zero_queries_and_zero_grade_entries():
+    c = np.eye(3, dtype=np.float32)
+    res = exact_search(np.zeros((0, 3), np.float32), c, [], depth=2, backend="torch", device="cpu")
+    assert res.topk_indices.shape == (0, 2) and res.judged_ranks == []
+    res = exact_search(c[:1], c, [{1: 0, 0: 1}], depth=2, backend="torch", device="cpu")
+    assert res.judged_ranks == [{0: 1}]  # grade-0 entries are unjudged
+
+
+def test_auto_backend_resolves():
+    c = np.eye(3, dtype=np.float32)
+    res = exact_search(c, c, [{i: 1} for i in range(3)], depth=1)
+    expected = "torch" if HAS_CUDA else ("faiss" if HAS_FAISS else "torch")
+    assert res.backend == expected
+    assert res.judged_ranks == [{0: 1}, {1: 1}, {2: 1}]
+
+
+# ------------------------------------------------------------------------------------------------
+# canonical scores and the error bound
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [1, 3, 7, 16, 33, 100, 512, 513, 1024])
+def test_canonical_scores_do_not_depend_on_batching(d):
+    rng = np.random.default_rng(d)
+    q = torch.from_numpy(rng.standard_normal((5, d)).astype(np.float32))
+    c = torch.from_numpy(rng.standard_normal((300, d)).astype(np.float32))
+    qi = rng.integers(0, 5, 700)
+    ci = rng.integers(0, 300, 700)
+    batch = canonical_scores(q, c, qi, ci)
+    single = np.array([canonical_scores(q, c, qi[p : p + 1], ci[p : p + 1])[0] for p in range(0, 700, 7)])
+    np.testing.assert_array_equal(batch[::7].view(np.int32), single.view(np.int32))
+    # misaligned storage (offset views) gives the same values
+    q_off = torch.from_numpy(np.ascontiguousarray(np.pad(q.numpy(), ((0, 0), (1, 0)))[:, 1:]))
+    np.testing.assert_array_equal(canonical_scores(q_off, c, qi, ci).view(np.int32), batch.view(np.int32))
+    # the rectangular (broadcast) path used for top lists agrees with the pair path
+    from mrbench.retrieval.search import _canonical_grid
+
+    grid = _canonical_grid(q, c, np.arange(5), ci[:100].reshape(5, 20))
+    pairs = canonical_scores(q, c, np.repeat(np.arange(5), 20), ci[:100])
+    np.testing.assert_array_equal(grid.reshape(-1).view(np.int32), pairs.view(np.int32))
+
+
+@pytest.mark.parametrize("d", [4, 64, 512])
+def test_fast_kernels_stay_within_bound(d):
+    rng = np.random.default_rng(d)
+    q = rng.standard_normal((50, d)).astype(np.float32)
+    c = rng.standard_normal((2000, d)).astype(np.float32) * 3
+    qt, ct = torch.from_numpy(q), torch.from_numpy(c)
+    canon = canonical_scores(qt, ct, np.repeat(np.arange(50), 2000), np.tile(np.arange(2000), 50)).reshape(50, 2000)
+    bound = score_bound(d, np.linalg.norm(q, axis=1), float(np.linalg.norm(c, axis=1).max()))
+    fast = [(qt @ ct.T).numpy(), np.stack([(qt[i : i + 1] @ ct.T).numpy()[0] for i in range(50)])]
+    if HAS_FAISS:
+        import faiss
+
+        index = faiss.IndexFlatIP(d)
+        index.add(c)
+        dist, idx = index.search(q, 2000)
+        f = np.empty_like(dist)
+        np.put_along_axis(f, idx, dist, axis=1)
+        fast.append(f)
+    for f in fast:
+        err = np.abs(f.astype(np.float64) - canon.astype(np.float64))
+        assert (err <= bound[:, None]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# property test
+# ------------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@st.composite
+def tied_problem(draw):
+    n_q = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 60))
+    d = draw(st.integers(1, 4))
+    vals = st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0])
+    q = draw(arrays(np.float32, (n_q, d), elements=vals))
+    c = draw(arrays(np.float32, (n, d), elements=vals))
+    judged = [
+        draw(st.dictionaries(st.integers(0, n - 1), st.integers(0, 3), max_size=min(n, 6))) for _ in range(n_q)
+    ]
+    depth = draw(st.integers(1, 70))
+    rl = draw(st.integers(1, 3))
+    return q, c, judged, depth, rl
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tied_problem())
+def test_property_tied_data_matches_reference_on_every_backend(problem):
+    q, c, judged, depth, rl = problem
+    ref_ranks, ref_tops, ref_ties, _ = naive_search(q, c, judged, depth, rl)
+    first = None
+    for r in ALL_RUNNERS:
+        res = run(r, q, c, judged, depth=depth, relevance_level=rl)
+        assert res.judged_ranks == ref_ranks
+        assert res.topk_indices.tolist() == ref_tops
+        assert res.n_ties.tolist() == ref_ties
+        if first is None:
+            first = res
+        else:
+            assert_same_result(first, res)
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+GOOD_Q = np.ones((2, 3), dtype=np.float32)
+GOOD_C = np.ones((4, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(queries=np.ones(3, np.float32)), "2-D"),
+        (dict(queries=np.ones((2, 3), np.float64)), "astype(np.float32)"),
+        (dict(candidates=np.ones((4, 3), np.float16)), "float32"),
+        (dict(candidates=np.ones((4, 5), np.float32)), "dimension"),
+        (dict(candidates=np.zeros((0, 3), np.float32)), "empty"),
+        (dict(queries=np.array([[1, np.nan, 0], [0, 0, 0]], np.float32)), "NaN"),
+        (dict(candidates=np.array([[1, 0, 0]] * 3 + [[np.inf, 0, 0]], np.float32)), "row 3"),
+        (dict(candidates=np.full((4, 3), 1e20, np.float32)), "normalise"),
+        (dict(queries=[[1.0, 0.0, 0.0]]), "numpy"),
+        (dict(judged=[{0: 1}]), "2 queries"),
+        (dict(judged=[{0: 1}, {4: 1}]), "row 4"),
+        (dict(judged=[{0: 1}, {1: -1}]), "negative"),
+        (dict(judged=[{0: 1.5}, {}]), "integer"),
+        (dict(judged=[{"a": 1}, {}]), "integer"),
+        (dict(judged=[[0], {}]), "mapping"),
+        (dict(depth=0), "depth"),
+        (dict(relevance_level=0), "relevance_level"),
+        (dict(max_chunk_bytes=0), "max_chunk_bytes"),
+        (dict(backend="faiss", device="cuda"), "CPU"),
+    ],
+)
+def test_bad_input_raises_one_line_mrbench_error(kwargs, fragment):
+    args = dict(queries=GOOD_Q, candidates=GOOD_C, judged=[{}, {}])
+    args.update(kwargs)
+    q, c, j = args.pop("queries"), args.pop("candidates"), args.pop("judged")
+    if args.get("backend") == "faiss" and not HAS_FAISS:
+        pytest.skip("faiss not installed")
+    args.setdefault("backend", "torch")
+    args.setdefault("device", "cpu") if args["backend"] == "torch" else None
+    with pytest.raises(MrbenchError) as exc:
+        exact_search(q, c, j, **args)
+    msg = str(exc.value)
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_unknown_backend_lists_choices():
+    with pytest.raises(UnknownNameError) as exc:
+        exact_search(GOOD_Q, GOOD_C, [{}, {}], backend="fiass")
+    msg = str(exc.value)
+    assert "'faiss'" in msg and "auto" in msg and "torch" in msg
+
+
+def test_search_error_is_mrbench_error():
+    assert issubclass(SearchError, MrbenchError)
+
+
+def test_module_imports_stay_cheap():
+    code = (
+        "import sys; import mrbench.retrieval.search, mrbench.retrieval.runfile, "
+        "mrbench.metrics.ranking, mrbench.metrics.aggregate; "
+        "heavy = [m for m in ('torch', 'faiss', 'pandas') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    env = dict(os.environ)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# run files
+# ------------------------------------------------------------------------------------------------
+
+
+def _small_result():
+    rng = np.random.default_rng(1)
+    q, c = make_data("quantised", rng, 3, 12, 3)
+    judged = random_judged(rng, 3, 12)
+    return exact_search(q, c, judged, depth=8, backend="torch", device="cpu")
+
+
+def test_run_file_round_trip(tmp_path):
+    res = _small_result()
+    qids = ["q1", "q2", "q3"]
+    dids = [f"doc{i}" for i in range(12)]
+    out = write_trec_run(tmp_path / "sub" / "run.trec", qids, dids, res, "mrbench-test")
+    assert out.exists()
+    assert [p.name for p in out.parent.iterdir()] == ["run.trec"]  # no temporary left behind
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 * 8
+    assert lines[0].split()[1] == "Q0" and lines[0].split()[5] == "mrbench-test"
+    back = read_trec_run(out, known_qids=qids, known_dids=dids)
+    assert list(back) == qids
+    for q, qid in enumerate(qids):
+        assert [d for d, _, _ in back[qid]] == [dids[i] for i in res.topk_indices[q]]
+        assert [r for _, r, _ in back[qid]] == list(range(1, 9))
+        scores = np.array([s for _, _, s in back[qid]], dtype=np.float32)
+        np.testing.assert_array_equal(scores.view(np.int32), res.topk_scores[q].view(np.int32))
+
+
+def test_run_file_float32_round_trip_of_awkward_values(tmp_path):
+    vals = np.array([[np.float32(1) / 3, np.nextafter(np.float32(0.1), np.float32(1)), np.float32(-1e-30)]], np.float32)
+    res = RetrievalResult(
+        topk_indices=np.array([[0, 1, 2]]),
+        topk_scores=vals,
+        judged_ranks=[{}],
+        judged_scores=[{}],
+        n_ties=np.zeros(1, np.int64),
+        backend="torch",
+        device="cpu",
+    )
+    p = write_trec_run(tmp_path / "r.txt", ["q"], ["a", "b", "c"], res, "x")
+    back = read_trec_run(p)
+    np.testing.assert_array_equal(np.array([s for _, _, s in back["q"]], np.float32).view(np.int32), vals[0].view(np.int32))
+
+
+def test_run_file_sorted_by_rank_column(tmp_path):
+    p = tmp_path / "r.txt"
+    p.write_text("q1 Q0 b 2 0.5 r\nq1 Q0 a 1 0.5 r\n\nq2 Q0 a 1 1 r\n")
+    assert read_trec_run(p) == {"q1": [("a", 1, 0.5), ("b", 2, 0.5)], "q2": [("a", 1, 1.0)]}
+
+
+@pytest.mark.parametrize(
+    "text, fragment, line",
+    [
+        ("q1 Q0 a 1 0.5\n", "6 fields", 1),
+        ("q1 Q0 a 1 0.5 r\nq1 Q0 b x 0.5 r\n", "not an integer", 2),
+        ("q1 Q0 a 1.5 0.5 r\n", "not an integer", 1),
+        ("q1 Q0 a 1 nan r\n", "not finite", 1),
+        ("q1 Q0 a 1 inf r\n", "not finite", 1),
+        ("q1 Q0 a 1 abc r\n", "not a number", 1),
+        ("q1 Q0 a 1 0.5 r\nq1 Q0 a 2 0.4 r\n", "duplicate (query", 2),
+        ("q1 Q0 a 1 0.5 r\nq1 Q0 b 1 0.4 r\n", "duplicate rank", 2),
+        ("qX Q0 a 1 0.5 r\n", "unknown query id", 1),
+        ("q1 Q0 zz 1 0.5 r\n", "unknown candidate id", 1),
+    ],
+)
+def test_run_file_validation(tmp_path, text, fragment, line):
+    p = tmp_path / "bad.trec"
+    p.write_text(text)
+    with pytest.raises(RunFileError) as exc:
+        read_trec_run(p, known_qids={"q1"}, known_dids={"a", "b"})
+    msg = str(exc.value)
+    assert fragment in msg and f"bad.trec:{line}" in msg and "\n" not in msg
+
+
+def test_run_file_write_errors(tmp_path):
+    res = _small_result()
+    dids = [f"d{i}" for i in range(12)]
+    with pytest.raises(RunFileError, match="whitespace"):
+        write_trec_run(tmp_path / "r", ["a b", "c", "d"], dids, res, "x")
+    with pytest.raises(RunFileError, match="query ids"):
+        write_trec_run(tmp_path / "r", ["a"], dids, res, "x")
+    with pytest.raises(RunFileError, match="candidate ids"):
+        write_trec_run(tmp_path / "r", ["a", "b", "c"], dids[:3], res, "x")
+    with pytest.raises(RunFileError, match="run_name"):
+        write_trec_run(tmp_path / "r", ["a", "b", "c"], dids, res, "my run")
+    with pytest.raises(RunFileError, match="cannot read"):
+        read_trec_run(tmp_path / "missing")
+    assert not (tmp_path / "r").exists()
