@@ -5,8 +5,15 @@ lists, times
 
 * ``faiss-raw``: ``IndexFlatIP(D)`` + ``add`` + ``search(Q, depth)`` (what a user would write, with
   no ranks for judged candidates and no tie handling);
+* ``torch-raw``: the same with PyTorch on ``--device``: copy to the device, query-chunked
+  ``Qc @ C.T`` + ``topk(depth)`` with the same chunk size as ``exact_search`` (the GPU baseline,
+  where FAISS is not installed);
 * ``exact-faiss``: ``exact_search(backend="faiss")``;
 * ``exact-torch``: ``exact_search(backend="torch")`` (on the GPU when there is one).
+
+Ratios are throughput relative to a baseline (>1 = faster): ``vs faiss`` against ``faiss-raw``
+including ``add`` (the copy into the index), ``vs search`` against its ``search`` call alone,
+``vs torch`` against ``torch-raw``.
 
 Each method runs in its own subprocess so that its peak RSS (``ru_maxrss`` minus the RSS after the
 data were generated) is its own. Queries are noisy copies of a target candidate (the judged,
@@ -32,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("faiss-raw", "exact-faiss", "exact-torch")
+METHODS = ("faiss-raw", "torch-raw", "exact-faiss", "exact-torch")
 
 
 def make_data(n: int, d: int, q: int, seed: int, noise: float, outside_frac: float) -> tuple[np.ndarray, np.ndarray, list[dict[int, int]]]:
@@ -55,12 +62,31 @@ def _rss_mib() -> float:
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Run one method ``args.repeats`` times in this process; return timings and memory."""
-    import faiss  # noqa: F401  (import cost outside the timed region)
     import torch
+
+    try:
+        import faiss  # noqa: F401  (import cost outside the timed region)
+    except ImportError:
+        faiss = None
 
     from mrbench.retrieval.search import exact_search
 
     qry, cand, judged = make_data(args.n, args.d, args.q, args.seed, args.noise, args.outside_frac)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chunk_bytes = int(args.max_chunk_mib * 2**20)
+    if device.startswith("cuda"):  # warm up CUDA outside the timed region
+        (torch.ones(8, 8, device=device) @ torch.ones(8, 8, device=device)).sum().item()
+    # warm-up on a tiny problem: first-call costs (lazy imports, thread pools) stay untimed
+    wq, wc, wj = make_data(64, args.d, 8, args.seed + 1, args.noise, 0.0)
+    if args.worker == "faiss-raw" and faiss is not None:
+        wi = faiss.IndexFlatIP(args.d)
+        wi.add(wc)
+        wi.search(wq, 4)
+    elif args.worker == "torch-raw":
+        torch.topk(torch.from_numpy(wq).to(device) @ torch.from_numpy(wc).to(device).T, 4, dim=1)[0].cpu()
+    elif args.worker.startswith("exact-"):
+        wb = args.worker.split("-", 1)[1]
+        exact_search(wq, wc, wj, depth=4, backend=wb, device=device if wb == "torch" else None)
     base_rss = _rss_mib()
     times: list[float] = []
     extra: dict[str, Any] = {}
@@ -73,9 +99,36 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             index.search(qry, args.depth)
             extra.setdefault("search_only_s", []).append(time.perf_counter() - t1)
             del index
+        elif args.worker == "torch-raw":
+            with torch.inference_mode():
+                c_dev = torch.from_numpy(cand).to(device)
+                q_dev = torch.from_numpy(qry).to(device)
+                rows = max(1, chunk_bytes // (4 * args.n))
+                for s in range(0, args.q, rows):
+                    vals, idx = torch.topk(q_dev[s : s + rows] @ c_dev.T, args.depth, dim=1)
+                    vals.cpu(), idx.cpu()
+                del c_dev, q_dev
+            extra["device"] = device
         else:
             backend = args.worker.split("-", 1)[1]
-            res = exact_search(qry, cand, judged, depth=args.depth, backend=backend)
+            prof = None
+            if args.profile:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+            res = exact_search(
+                qry, cand, judged, depth=args.depth, backend=backend,
+                device=device if backend == "torch" else None, max_chunk_bytes=chunk_bytes,
+            )
+            if prof is not None:
+                import io
+                import pstats
+
+                prof.disable()
+                buf = io.StringIO()
+                pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+                print(buf.getvalue(), file=sys.stderr)
             extra["device"] = res.device
             ranks = np.array([next(iter(r.values())) for r in res.judged_ranks])
             extra["judged_in_top_depth"] = float((ranks <= args.depth).mean())
@@ -91,7 +144,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "data_rss_mib": base_rss,
         "extra_peak_mib": peak - base_rss,
         "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss_threads": faiss.omp_get_max_threads() if faiss is not None else None,
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
     }
     if "search_only_s" in extra:
         extra["search_only_best_s"] = min(extra.pop("search_only_s"))
@@ -109,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1.0, help="query noise relative to a unit vector")
     ap.add_argument("--outside-frac", type=float, default=0.0, help="fraction of queries judging a random candidate")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    ap.add_argument("--methods", default="faiss-raw,exact-faiss,exact-torch", help=f"comma-separated subset of {METHODS}")
+    ap.add_argument("--device", default=None, help="device of torch-raw / exact-torch (default: cuda if available)")
+    ap.add_argument("--max-chunk-mib", type=float, default=256.0, help="max_chunk_bytes of exact_search, in MiB")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile summary of each exact_search call")
     ap.add_argument("--out", default=None, help="write the results as JSON to this path")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -130,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             cmd = [sys.executable, os.path.abspath(__file__), *passthru, "--worker", m, "--repeats", "1"]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if args.profile and proc.stderr:
+                print(f"--- profile of {m}:\n{proc.stderr}", file=sys.stderr)
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
                 return proc.returncode
@@ -145,10 +204,18 @@ def main(argv: list[str] | None = None) -> int:
             best["search_only_best_s"] = min(r["search_only_best_s"] for r in runs[m])
         rows.append(best)
 
-    raw = next((r for r in rows if r["method"] == "faiss-raw"), None)
+    raw_faiss = next((r for r in rows if r["method"] == "faiss-raw"), None)
+    raw_torch = next((r for r in rows if r["method"] == "torch-raw"), None)
     for r in rows:
-        r["throughput_ratio_vs_raw_faiss"] = (raw["best_s"] / r["best_s"]) if raw else None
-    hdr = f"{'method':<12} {'best s':>8} {'q/s':>9} {'ratio':>6} {'peak RSS MiB':>13} {'+MiB':>7}  notes"
+        r["throughput_ratio_vs_raw_faiss"] = (raw_faiss["best_s"] / r["best_s"]) if raw_faiss else None
+        r["throughput_ratio_vs_raw_faiss_search_only"] = (
+            (raw_faiss["search_only_best_s"] / r["best_s"]) if raw_faiss else None
+        )
+        r["throughput_ratio_vs_raw_torch"] = (raw_torch["best_s"] / r["best_s"]) if raw_torch else None
+    hdr = (
+        f"{'method':<12} {'best s':>8} {'q/s':>9} {'vs faiss':>8} {'vs search':>9} {'vs torch':>8} "
+        f"{'peak RSS MiB':>13} {'+MiB':>7}  notes"
+    )
     print(f"N={args.n} D={args.d} Q={args.q} depth={args.depth} noise={args.noise} outside_frac={args.outside_frac}")
     print(hdr)
     print("-" * len(hdr))
@@ -160,10 +227,12 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"device {r['device']}")
         if "judged_in_top_depth" in r:
             notes.append(f"judged in top-{args.depth}: {r['judged_in_top_depth']:.0%}")
-        ratio = r["throughput_ratio_vs_raw_faiss"]
+        rf, rt = r["throughput_ratio_vs_raw_faiss"], r["throughput_ratio_vs_raw_torch"]
+        rs = r["throughput_ratio_vs_raw_faiss_search_only"]
         print(
             f"{r['method']:<12} {r['best_s']:>8.3f} {r['queries_per_s']:>9.0f} "
-            f"{(f'{ratio:.2f}' if ratio else '-'):>6} {r['peak_rss_mib']:>13.0f} {r['extra_peak_mib']:>7.0f}  {'; '.join(notes)}"
+            f"{(f'{rf:.2f}' if rf else '-'):>8} {(f'{rs:.2f}' if rs else '-'):>9} {(f'{rt:.2f}' if rt else '-'):>8} "
+            f"{r['peak_rss_mib']:>13.0f} {r['extra_peak_mib']:>7.0f}  {'; '.join(notes)}"
         )
     if args.out:
         payload = {"config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")}, "results": rows}

@@ -286,7 +286,9 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
         return x / np.where(n == 0, 1, n)
 
     cos = np.sum(unit(q_emb[qi_arr]) * unit(r_emb), axis=1)
-    r_judged = [judged[i] for i in qi_arr]
+    # only the first relevant rank matters here; partial grades rank like non-relevant ones in ties
+    rel_only = [{d: g for d, g in j.items() if g >= task.relevance_level} for j in judged]
+    r_judged = [rel_only[i] for i in qi_arr]
     r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=task.relevance_level, backend=backend)
 
     def first_rank(ranks: dict[int, int], grades: dict[int, int]) -> int:

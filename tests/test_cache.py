@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -22,14 +21,7 @@ from mrbench.errors import EncoderError
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _load_fixture(name: str):
-    spec = importlib.util.spec_from_file_location(f"_mrbench_test_{name}", FIXTURES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-eb = _load_fixture("encbench")
+from fixtures import encbench as eb  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def _keys(n: int, tag: str = "x") -> list[str]:

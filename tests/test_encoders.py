@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -29,14 +28,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PLUGIN = FIXTURES / "my_encoder.py"
 
 
-def _load_fixture(name: str):
-    spec = importlib.util.spec_from_file_location(f"_mrbench_test_{name}", FIXTURES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-eb = _load_fixture("encbench")
+from fixtures import encbench as eb  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture

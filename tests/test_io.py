@@ -181,3 +181,38 @@ def test_unknown_builtin_name_suggests(tmp_path):
 
     with pytest.raises(UnknownNameError, match="did you mean 'mrbench-synth'"):
         load_benchmark("mrbench-synt")
+
+
+def test_png_fingerprint_ignores_compression_but_not_pixels(small_bench):
+    from PIL import Image
+
+    from mrbench.data.fingerprint import image_sha256
+
+    p = small_bench.root / "images/red.png"
+    before = image_sha256(p)
+    raw_before = p.read_bytes()
+    with Image.open(p) as im:
+        im.load()
+        im.save(p, format="PNG", compress_level=0)
+    assert p.read_bytes() != raw_before and image_sha256(p) == before
+    assert load_benchmark_dir(small_bench.root).fingerprint == small_bench.fingerprint
+    Image.new("RGB", (16, 16), (221, 30, 30)).save(p)
+    assert image_sha256(p) != before
+
+
+def test_verification_stamp_skips_rehash_until_a_file_changes(small_bench, monkeypatch):
+    import os
+
+    import mrbench.data.fingerprint as fpmod
+
+    load_benchmark_dir(small_bench.root)  # verified, stamp written
+    calls = []
+    real = fpmod.fingerprint
+    monkeypatch.setattr(fpmod, "fingerprint", lambda b, *a, **k: calls.append(1) or real(b, *a, **k))
+    load_benchmark_dir(small_bench.root)
+    assert calls == []
+    p = small_bench.root / "images/blue.png"
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    load_benchmark_dir(small_bench.root)
+    assert calls == [1]

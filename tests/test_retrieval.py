@@ -293,6 +293,38 @@ def test_canonical_scores_do_not_depend_on_batching(d):
     np.testing.assert_array_equal(grid.reshape(-1).view(np.int32), pairs.view(np.int32))
 
 
+def test_canonical_scores_exact_on_small_integers_and_identical_across_devices():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-8, 9, (3, 37)).astype(np.float32)
+    c = rng.integers(-8, 9, (50, 37)).astype(np.float32)
+    qi, ci = np.repeat(np.arange(3), 50), np.tile(np.arange(50), 3)
+    got = canonical_scores(torch.from_numpy(q), torch.from_numpy(c), qi, ci)
+    np.testing.assert_array_equal(got, (q.astype(np.int64) @ c.T.astype(np.int64)).reshape(-1).astype(np.float32))
+    if HAS_CUDA:
+        qf = rng.standard_normal((7, 300)).astype(np.float32)
+        cf = rng.standard_normal((400, 300)).astype(np.float32)
+        qi, ci = rng.integers(0, 7, 5000), rng.integers(0, 400, 5000)
+        cpu = canonical_scores(torch.from_numpy(qf), torch.from_numpy(cf), qi, ci)
+        gpu = canonical_scores(torch.from_numpy(qf).cuda(), torch.from_numpy(cf).cuda(), qi, ci)
+        np.testing.assert_array_equal(cpu.view(np.int32), gpu.view(np.int32))
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if HAS_CUDA else []))
+def test_reduced_precision_matmul_setting_keeps_results_exact(device):
+    """With TF32/bf16 matmuls enabled the bound widens; results stay identical."""
+    rng = np.random.default_rng(2)
+    q, c = make_data("unit", rng, 30, 2000, 64)
+    judged = random_judged(rng, 30, 2000)
+    ref = exact_search(q, c, judged, depth=20, backend="torch", device="cpu")
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        got = exact_search(q, c, judged, depth=20, backend="torch", device=device)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert_same_result(ref, got)
+
+
 @pytest.mark.parametrize("d", [4, 64, 512])
 def test_fast_kernels_stay_within_bound(d):
     rng = np.random.default_rng(d)
@@ -302,6 +334,8 @@ def test_fast_kernels_stay_within_bound(d):
     canon = canonical_scores(qt, ct, np.repeat(np.arange(50), 2000), np.tile(np.arange(2000), 50)).reshape(50, 2000)
     bound = score_bound(d, np.linalg.norm(q, axis=1), float(np.linalg.norm(c, axis=1).max()))
     fast = [(qt @ ct.T).numpy(), np.stack([(qt[i : i + 1] @ ct.T).numpy()[0] for i in range(50)])]
+    if HAS_CUDA:
+        fast.append((qt.cuda() @ ct.cuda().T).cpu().numpy())
     if HAS_FAISS:
         import faiss
 
@@ -320,14 +354,18 @@ def test_fast_kernels_stay_within_bound(d):
 # property test
 # ------------------------------------------------------------------------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra.numpy import arrays  # noqa: E402
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+except ImportError:  # pragma: no cover - hypothesis is a dev extra
+    st = None
+
+if st is not None:
+    _tied_problem_strategy = st.composite(lambda draw: _draw_tied_problem(draw))
 
 
-@st.composite
-def tied_problem(draw):
+def _draw_tied_problem(draw):
     n_q = draw(st.integers(1, 4))
     n = draw(st.integers(1, 60))
     d = draw(st.integers(1, 4))
@@ -342,9 +380,7 @@ def tied_problem(draw):
     return q, c, judged, depth, rl
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tied_problem())
-def test_property_tied_data_matches_reference_on_every_backend(problem):
+def _property_check(problem):
     q, c, judged, depth, rl = problem
     ref_ranks, ref_tops, ref_ties, _ = naive_search(q, c, judged, depth, rl)
     first = None
@@ -357,6 +393,19 @@ def test_property_tied_data_matches_reference_on_every_backend(problem):
             first = res
         else:
             assert_same_result(first, res)
+
+
+if st is not None:
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_tied_problem_strategy())
+    def test_property_tied_data_matches_reference_on_every_backend(problem):
+        _property_check(problem)
+
+else:  # pragma: no cover
+
+    def test_property_tied_data_matches_reference_on_every_backend():
+        pytest.skip("hypothesis not installed")
 
 
 # ------------------------------------------------------------------------------------------------

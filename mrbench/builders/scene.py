@@ -27,8 +27,10 @@ side of both thresholds, and every pair of objects holds at least one relation.
 
 Rendering
 ---------
-:func:`render_scene` draws at twice the requested size and downsamples with a 2×2 box filter (plain
-antialiasing, deterministic). A :class:`Nuisance` adds the NIGHTS-like changes used by the
+States are drawn so that every shape shows them (a rotation would not show on a circle):
+``cracked`` cuts a zig-zag gap through the object, ``spinning`` adds two motion arcs around it,
+``intact`` is plain. :func:`render_scene` draws at twice the requested size and downsamples with a
+2×2 box filter (plain antialiasing, deterministic). A :class:`Nuisance` adds the NIGHTS-like changes used by the
 image→image task: per-object shade jitter, a background shade shift and sparse Gaussian pixel noise
 (luminance, ``NOISE_SHARE`` of the pixels) from a fixed seed. :func:`save_png` writes PNGs with fixed
 options and no metadata chunks, so the bytes are a function of the pixels (and of the zlib that Pillow
@@ -566,7 +568,10 @@ __all__ = [
     "COLORS",
     "CONVERSE",
     "JITTER",
+    "NOISE_SHARE",
     "PATTERNS",
+    "PATTERN_INK",
+    "PNG_COMPRESS_LEVEL",
     "RADIUS",
     "RELATIONS",
     "RELATION_MARGIN",

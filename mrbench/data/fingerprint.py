@@ -3,9 +3,16 @@
 sha256 over a canonical serialisation: tasks sorted by name; for each task its definition
 (modalities, instructions, relevance level), its queries and candidates sorted by id, and its qrels
 sorted by (qid, did). Each record is compact JSON with sorted keys (UTF-8), one per line. An item's
-image enters as the sha256 of the image file's *bytes*, never its path, so the same content stored
-as loose files or inside Parquet gives the same fingerprint on any machine. Benchmark name, version,
-description and split are labels, not content, and are left out.
+image enters as a hash of its content, never its path, so the same content stored as loose files or
+inside Parquet gives the same fingerprint on any machine:
+
+* PNG (lossless) images are hashed by their *decoded pixels* (mode, size, raw pixel bytes), because
+  the compressed bytes depend on the deflate implementation (zlib, zlib-ng, Apple's zlib) of the
+  machine that wrote them, while the pixels do not;
+* every other format (JPEG above all, whose decoders may differ in the last bit between libjpeg
+  versions) is hashed by its file bytes.
+
+Benchmark name, version, description and split are labels, not content, and are left out.
 """
 
 from __future__ import annotations
@@ -17,12 +24,28 @@ from typing import Any, Callable
 
 from mrbench.data.schema import Benchmark, Task
 
-FINGERPRINT_ALGO = "sha256/canonical-jsonl-v1"
+FINGERPRINT_ALGO = "sha256/canonical-jsonl-v1/png-pixels"
 
 
 def canonical_json(obj: Any) -> bytes:
     """Compact, key-sorted, UTF-8 JSON used for hashing."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def image_sha256(path: Path) -> str:
+    """Content hash of one image file, per the module docstring (pixels for PNG, bytes otherwise)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == b"\x89PNG\r\n\x1a\n":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            h = hashlib.sha256(f"png-pixels:{im.mode}:{im.size[0]}x{im.size[1]}:".encode())
+            h.update(im.tobytes())
+            return h.hexdigest()
+    return file_sha256(path)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -70,7 +93,7 @@ def fingerprint(bench: Benchmark, image_hash: Callable[[str], str] | None = None
             if rel not in cache:
                 path = bench.image_path(rel)
                 try:
-                    cache[rel] = file_sha256(path)
+                    cache[rel] = image_sha256(path)
                 except OSError as e:
                     from mrbench.errors import BenchmarkError
 

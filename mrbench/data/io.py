@@ -96,7 +96,7 @@ def write_benchmark_files(bench: Benchmark, root: Path) -> str:
 
     Validates the benchmark first and returns the fingerprint written to the manifest.
     """
-    from mrbench.data.fingerprint import FINGERPRINT_ALGO, fingerprint
+    from mrbench.data.fingerprint import fingerprint
 
     root = Path(root)
     validate(bench, where=str(root))
@@ -113,38 +113,43 @@ def write_benchmark_files(bench: Benchmark, root: Path) -> str:
         _write_jsonl(tdir / "queries.jsonl", [q.to_dict() for q in t.queries])
         _write_jsonl(tdir / "candidates.jsonl", [c.to_dict() for c in t.candidates])
         write_qrels(tdir / "qrels.txt", t.qrels)
-        tasks_meta.append(
-            {
-                "name": t.name,
-                "description": t.description,
-                "query_modality": t.query_modality,
-                "candidate_modality": t.candidate_modality,
-                "query_instruction": t.query_instruction,
-                "candidate_instruction": t.candidate_instruction,
-                "relevance_level": t.relevance_level,
-                "num_queries": len(t.queries),
-                "num_candidates": len(t.candidates),
-                "files": {
-                    "queries": f"tasks/{t.name}/queries.jsonl",
-                    "candidates": f"tasks/{t.name}/candidates.jsonl",
-                    "qrels": f"tasks/{t.name}/qrels.txt",
-                },
-                "metadata": t.metadata,
-            }
-        )
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "name": bench.name,
-        "version": bench.version,
-        "split": bench.split,
-        "description": bench.description,
-        "fingerprint": fp,
-        "fingerprint_algorithm": FINGERPRINT_ALGO,
-        "tasks": tasks_meta,
-        "metadata": bench.metadata,
-    }
+        files = {kind: f"tasks/{t.name}/{fn}" for kind, fn in
+                 (("queries", "queries.jsonl"), ("candidates", "candidates.jsonl"), ("qrels", "qrels.txt"))}
+        tasks_meta.append(task_manifest(t, files))
+    manifest = benchmark_manifest(bench, tasks_meta, fp)
     atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return fp
+
+
+def task_manifest(t: Task, files: dict[str, str]) -> dict[str, Any]:
+    """The manifest entry of one task (``files`` maps queries/candidates/qrels to relative paths)."""
+    return {
+        "name": t.name,
+        "description": t.description,
+        "query_modality": t.query_modality,
+        "candidate_modality": t.candidate_modality,
+        "query_instruction": t.query_instruction,
+        "candidate_instruction": t.candidate_instruction,
+        "relevance_level": t.relevance_level,
+        "num_queries": len(t.queries),
+        "num_candidates": len(t.candidates),
+        "files": files,
+        "metadata": t.metadata,
+    }
+
+
+def benchmark_manifest(bench: Benchmark, tasks_meta: list[dict[str, Any]], fp: str, fmt: str | None = None) -> dict[str, Any]:
+    """The manifest document (``fmt`` = ``"parquet"`` marks a Parquet export)."""
+    from mrbench.data.fingerprint import FINGERPRINT_ALGO
+
+    m: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    if fmt:
+        m["format"] = fmt
+    m.update(
+        name=bench.name, version=bench.version, split=bench.split, description=bench.description,
+        fingerprint=fp, fingerprint_algorithm=FINGERPRINT_ALGO, tasks=tasks_meta, metadata=bench.metadata,
+    )
+    return m
 
 
 def save_benchmark(bench: Benchmark, out: Path, overwrite: bool = False) -> Benchmark:
@@ -336,11 +341,58 @@ def load_benchmark_dir(root: Path, verify: bool = True) -> Benchmark:
         metadata=dict(man.get("metadata") or {}),
     )
     validate(bench, where=str(root))
-    if verify:
+    if verify and not _stamp_ok(bench):
         actual = fingerprint(bench)
         if bench.fingerprint != actual:
             raise FingerprintMismatch(
                 f"{root}: fingerprint mismatch (manifest {bench.fingerprint}, content {actual}); "
                 "the files were changed after the build: rebuild the benchmark, or pass --no-verify to use it as is"
             )
+        _write_stamp(bench)
     return bench
+
+
+# --------------------------------------------------------------------------- verification stamps
+# Hashing every image on every load would dominate a warm evaluate. After a successful check we
+# record the (path, size, mtime) of every file the benchmark uses; while none of them changes, the
+# next load trusts the recorded fingerprint (the same rule make and git use for their indexes).
+def _stat_signature(bench: Benchmark) -> str:
+    import hashlib
+
+    assert bench.root is not None
+    h = hashlib.sha256()
+    paths = {MANIFEST}
+    for t in bench.tasks:
+        paths.update((f"tasks/{t.name}/queries.jsonl", f"tasks/{t.name}/candidates.jsonl", f"tasks/{t.name}/qrels.txt"))
+        for it in [*t.queries, *t.candidates]:
+            if it.image:
+                paths.add(it.image)
+    for rel in sorted(paths):
+        st = os.stat(bench.image_path(rel))
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _stamp_path(bench: Benchmark) -> Path:
+    import hashlib
+
+    from mrbench.data.registry import mrbench_home
+
+    key = hashlib.sha256(str(Path(bench.root).resolve()).encode()).hexdigest()[:24]
+    return mrbench_home() / "verified" / f"{key}.json"
+
+
+def _stamp_ok(bench: Benchmark) -> bool:
+    try:
+        rec = json.loads(_stamp_path(bench).read_text(encoding="utf-8"))
+        return rec.get("fingerprint") == bench.fingerprint and rec.get("stat") == _stat_signature(bench)
+    except (OSError, ValueError):
+        return False
+
+
+def _write_stamp(bench: Benchmark) -> None:
+    try:
+        rec = {"root": str(Path(bench.root).resolve()), "fingerprint": bench.fingerprint, "stat": _stat_signature(bench)}
+        atomic_write_text(_stamp_path(bench), json.dumps(rec))
+    except OSError:  # a read-only home only costs speed
+        pass

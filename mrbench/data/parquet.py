@@ -20,7 +20,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mrbench.data.io import MANIFEST, atomic_dir, atomic_write_text, validate, write_benchmark_files
+from mrbench.data.io import (
+    MANIFEST,
+    atomic_dir,
+    atomic_write_text,
+    benchmark_manifest,
+    task_manifest,
+    validate,
+    write_benchmark_files,
+)
 from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
 from mrbench.errors import BenchmarkError, FingerprintMismatch
 
@@ -79,44 +87,10 @@ def export_parquet(bench: Benchmark, out: Path, overwrite: bool = False) -> Path
             for kind, df in _task_frames(bench, t).items():
                 df.to_parquet(tdir / f"{kind}.parquet", index=False)
                 files[kind] = f"tasks/{t.name}/{kind}.parquet"
-            tasks_meta.append(_task_meta(t, files))
-        manifest = _manifest(bench, tasks_meta, fp)
+            tasks_meta.append(task_manifest(t, files))
+        manifest = benchmark_manifest(bench, tasks_meta, fp, PARQUET_FORMAT)
         atomic_write_text(st / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return Path(out)
-
-
-def _task_meta(t: Task, files: dict[str, str]) -> dict[str, Any]:
-    return {
-        "name": t.name,
-        "description": t.description,
-        "query_modality": t.query_modality,
-        "candidate_modality": t.candidate_modality,
-        "query_instruction": t.query_instruction,
-        "candidate_instruction": t.candidate_instruction,
-        "relevance_level": t.relevance_level,
-        "num_queries": len(t.queries),
-        "num_candidates": len(t.candidates),
-        "files": files,
-        "metadata": t.metadata,
-    }
-
-
-def _manifest(bench: Benchmark, tasks_meta: list[dict[str, Any]], fp: str) -> dict[str, Any]:
-    from mrbench.data.fingerprint import FINGERPRINT_ALGO
-    from mrbench.data.io import SCHEMA_VERSION
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "format": PARQUET_FORMAT,
-        "name": bench.name,
-        "version": bench.version,
-        "split": bench.split,
-        "description": bench.description,
-        "fingerprint": fp,
-        "fingerprint_algorithm": FINGERPRINT_ALGO,
-        "tasks": tasks_meta,
-        "metadata": bench.metadata,
-    }
 
 
 def _materialise(header: dict[str, Any], frames: dict[str, dict[str, Any]], out: Path, overwrite: bool, where: str) -> Benchmark:
@@ -246,7 +220,7 @@ def hf_header(bench: Benchmark) -> dict[str, Any]:
     """The manifest fields needed to rebuild ``bench`` from :func:`to_hf_datasets` output."""
     from mrbench.data.fingerprint import fingerprint
 
-    return _manifest(bench, [_task_meta(t, {}) for t in bench.tasks], bench.fingerprint or fingerprint(bench))
+    return benchmark_manifest(bench, [task_manifest(t, {}) for t in bench.tasks], bench.fingerprint or fingerprint(bench), PARQUET_FORMAT)
 
 
 def from_hf_datasets(datasets_by_task: dict[str, Any], header: dict[str, Any], out: Path, overwrite: bool = False) -> Benchmark:

@@ -24,10 +24,11 @@ and a 600-row product round the same dot product differently in the last bits (o
 CPU machine FAISS and PyTorch disagree on ~80 % of the entries of a random score matrix). Ranks,
 ties and every reported score must therefore not come from whichever kernel happened to run. Every
 score this module reports or compares is the **canonical score** of a (query, candidate) pair:
-the float32 product ``q * c`` reduced with ``torch.sum`` over the embedding dimension, computed on
-the CPU one pair per row (:func:`canonical_scores`). That computation depends only on the two
-vectors (never on batch shape, chunking, backend or device), so both backends, every chunk size
-and the GPU all give bitwise-identical results on the same machine and PyTorch build.
+the ``D`` float32 products ``q_d * c_d`` added by a fixed pairwise-halving tree of float32 adds
+(:func:`canonical_scores`). Each step is a correctly rounded IEEE-754 operation, so the value
+depends only on the two vectors — never on batch shape, chunking, backend, device (CPU or CUDA),
+thread count or machine — and both backends, every chunk size and the GPU give bitwise-identical
+results.
 
 The fast kernel (a chunked ``Q @ C.T`` in PyTorch, or FAISS ``IndexFlatIP``) is used only as a
 *filter*. Its error and the canonical score's error are both bounded by
@@ -46,7 +47,8 @@ Backends
     judged candidate: from the top list when the candidate's score window lies inside it,
     otherwise by scanning the same ``S`` row. Runs on ``device`` (default: CUDA if available).
 ``"faiss"``
-    FAISS ``IndexFlatIP`` top-``(depth + margin)`` lists (CPU). Judged candidates whose score
+    FAISS ``IndexFlatIP`` top-``(depth + margin)`` lists (CPU; the same exhaustive kernel is called
+    through ``faiss.knn``, which skips copying the candidates into an index). Judged candidates whose score
     window lies inside the list get their ranks from the list. For queries where a judged
     candidate lies below the list, or where a tie (or near-tie) touches the list boundary, the
     fast score row is recomputed with a PyTorch matmul for that query (the "exact row scan") and
@@ -139,12 +141,15 @@ def canonical_scores(
 ) -> np.ndarray:
     """Canonical float32 scores of the pairs ``(queries[qi[p]], candidates[ci[p]])``.
 
-    Each pair's score is ``(q * c).sum()`` in float32 computed by PyTorch on the CPU with the
-    pair as one row of a contiguous ``[pairs, D]`` product; the reduction of a row depends only on
-    that row, so the value of a pair does not depend on which other pairs are scored with it.
-    This is the only score :func:`exact_search` reports or compares.
+    The canonical score of a pair is defined by a fixed sequence of IEEE-754 float32 operations:
+    the ``D`` products ``q_d * c_d``, then a pairwise-halving tree (:func:`_tree_sum`) that adds
+    column ``w - h + j`` into column ``j`` (``h = w // 2``) until one column is left. Every step is
+    one correctly rounded elementwise operation, so the value depends only on the two vectors —
+    not on batch shape, chunking, memory alignment, thread count, backend, device (CPU or CUDA)
+    or machine. This is the only score :func:`exact_search` reports or compares.
 
-    ``queries`` / ``candidates`` are CPU float32 tensors ``[*, D]``; ``qi`` / ``ci`` int64 arrays.
+    ``queries`` / ``candidates`` are float32 tensors ``[*, D]`` on one device (CPU or CUDA);
+    ``qi`` / ``ci`` int64 arrays. Returns a float32 numpy array.
     """
     import torch
 
@@ -154,30 +159,45 @@ def canonical_scores(
     out = np.empty(n, dtype=np.float32)
     if n == 0:
         return out
-    d = max(1, int(candidates.shape[1]))
-    block = max(1, min(n, (1 << 21) // d))  # ~8 MB of float32 products per block
-    qi_t = torch.from_numpy(qi)
-    ci_t = torch.from_numpy(ci)
+    dev = candidates.device
+    block = max(1, min(n, _block_elements(dev) // max(1, int(candidates.shape[1]))))
+    qi_t = torch.from_numpy(qi).to(dev)
+    ci_t = torch.from_numpy(ci).to(dev)
     for s in range(0, n, block):
         e = min(n, s + block)
         prod = candidates.index_select(0, ci_t[s:e])
         prod.mul_(queries.index_select(0, qi_t[s:e]))
-        out[s:e] = _row_sums(prod)
+        out[s:e] = _tree_sum(prod).cpu().numpy()
     return out
 
 
-def _row_sums(prod: "torch.Tensor") -> np.ndarray:
-    """The one reduction behind every canonical score: ``sum`` over dim 1 of a contiguous
-    ``[pairs, D]`` float32 tensor of products (per-row result independent of the row count)."""
-    return prod.sum(dim=1).numpy()
+def _block_elements(dev: "torch.device") -> int:
+    """Products materialised per canonical-score block: cache-sized on the CPU, large on a GPU."""
+    return 1 << 19 if dev.type == "cpu" else 1 << 26
+
+
+def _tree_sum(prod: "torch.Tensor") -> "torch.Tensor":
+    """Row sums of a ``[rows, D]`` float32 tensor by a fixed pairwise-halving tree (in place).
+
+    With ``w`` live columns and ``h = w // 2``: ``x[:, :h] += x[:, w-h:w]``, then ``w -= h`` (an odd
+    middle column is carried). Each step is an elementwise IEEE add, so every row's result is a
+    fixed function of that row alone, identical on every device.
+    """
+    w = int(prod.shape[1])
+    if w == 0:
+        return prod.new_zeros(prod.shape[0])
+    while w > 1:
+        h = w // 2
+        prod[:, :h].add_(prod[:, w - h : w])
+        w -= h
+    return prod[:, 0]
 
 
 def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray, cidx: np.ndarray) -> np.ndarray:
     """Canonical scores of ``(queries[qrows[i]], candidates[cidx[i, j]])`` as a ``[r, m]`` array.
 
-    Same values as :func:`canonical_scores` on the flattened pairs (the products are the same
-    IEEE multiplications, broadcast instead of gathered, and the reduction is the same
-    :func:`_row_sums` call), only faster for the rectangular top lists.
+    Same values as :func:`canonical_scores` on the flattened pairs (the same IEEE products,
+    broadcast instead of gathered, and the same :func:`_tree_sum`), only faster for top lists.
     """
     import torch
 
@@ -185,15 +205,16 @@ def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
     out = np.empty((r, m), dtype=np.float32)
     if r == 0 or m == 0:
         return out
-    d = max(1, int(candidates.shape[1]))
-    rows_per_block = max(1, (1 << 21) // (d * m))
-    cidx_t = torch.from_numpy(np.ascontiguousarray(cidx, dtype=np.int64))
-    qrows_t = torch.from_numpy(np.asarray(qrows, dtype=np.int64))
+    dev = candidates.device
+    d = int(candidates.shape[1])
+    rows_per_block = max(1, _block_elements(dev) // max(1, d * m))
+    cidx_t = torch.from_numpy(np.ascontiguousarray(cidx, dtype=np.int64)).to(dev)
+    qrows_t = torch.from_numpy(np.asarray(qrows, dtype=np.int64)).to(dev)
     for s in range(0, r, rows_per_block):
         e = min(r, s + rows_per_block)
         prod = candidates.index_select(0, cidx_t[s:e].reshape(-1)).view(e - s, m, d)
         prod.mul_(queries.index_select(0, qrows_t[s:e])[:, None, :])
-        out[s:e] = _row_sums(prod.view((e - s) * m, d)).reshape(e - s, m)
+        out[s:e] = _tree_sum(prod.view((e - s) * m, d)).cpu().numpy().reshape(e - s, m)
     return out
 
 
@@ -275,10 +296,10 @@ def _norms(t: "torch.Tensor", name: str) -> np.ndarray:
 
     if t.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
-    n = torch.linalg.vector_norm(t, dim=1).numpy().astype(np.float64)
+    n = torch.linalg.vector_norm(t, dim=1).cpu().numpy().astype(np.float64)
     if not np.isfinite(n).all():
         bad = int(np.flatnonzero(~np.isfinite(n))[0])
-        row = t[bad].numpy()
+        row = t[bad].cpu().numpy()
         if np.isnan(row).any() or np.isinf(row).any():
             what = "NaN" if np.isnan(row).any() else "inf"
             raise SearchError(f"{name} row {bad} contains {what}; fix or drop the embeddings (check the encoder output)")
@@ -395,6 +416,8 @@ class _Ctx:
 
     qt: "torch.Tensor"  # CPU float32 [Q, D] (shares memory with the numpy input)
     ct: "torch.Tensor"  # CPU float32 [N, D]
+    sq: "torch.Tensor"  # queries on the scoring device (canonical scores are device-independent)
+    sc: "torch.Tensor"  # candidates on the scoring device
     n: int
     depth: int
     kp: int  # length of the fast top list (depth + margin, <= n)
@@ -422,11 +445,81 @@ class _Ctx:
         return np.where(self.keys[pos] == key, self.grades[pos], 0)
 
     def canon(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return canonical_scores(self.qt, self.ct, q, c)
+        return canonical_scores(self.sq, self.sc, q, c)
 
 
 def _segment_sum(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
     return np.bincount(seg, weights=values.astype(np.float64), minlength=n_seg).astype(np.int64)
+
+
+class _Rows:
+    """Counting and extraction over full fast-score rows (numpy on the CPU, torch on a GPU).
+
+    Thresholds are float32 values rounded conservatively by the caller, so every comparison is
+    exact in float32.
+    """
+
+    def __init__(self, rows: "torch.Tensor") -> None:
+        self.t = rows
+        self.np = rows.numpy() if rows.device.type == "cpu" else None
+
+    def at_least(self, i: int, thr: np.float32) -> np.ndarray:
+        """Columns of row ``i`` with fast score ``>= thr``."""
+        if self.np is not None:
+            return np.flatnonzero(self.np[i] >= thr).astype(np.int64)
+        import torch
+
+        t = torch.tensor(float(thr), dtype=torch.float32, device=self.t.device)
+        return torch.nonzero(self.t[i] >= t, as_tuple=False)[:, 0].cpu().numpy().astype(np.int64)
+
+    def window(
+        self, pos: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray, np.ndarray]]]:
+        """For rows ``pos``: counts of fast scores ``> hi`` and the ambiguous ``[lo, hi]`` entries.
+
+        Returns ``(above [len(pos)], groups)``; each group ``(g0, g1, row, col)`` lists the
+        ambiguous entries of rows ``pos[g0:g1]`` (``row`` relative to ``g0``), in groups of at most
+        ``_MAX_PAIRS_PER_BLOCK`` entries (a single row may exceed it).
+        """
+        if self.np is not None:
+            f = self.np if pos.size == self.np.shape[0] and (pos == np.arange(pos.size)).all() else self.np[pos]
+            gtm = f > hi[:, None]
+            above = np.count_nonzero(gtm, axis=1).astype(np.int64)
+            amb = f >= lo[:, None]
+            np.logical_xor(amb, gtm, out=amb)  # hi >= lo, so "> hi" is a subset of ">= lo"
+            del gtm
+            cnt = np.count_nonzero(amb, axis=1)
+
+            def nz(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
+                r, c = np.nonzero(amb[g0:g1])
+                return r.astype(np.int64), c.astype(np.int64)
+
+        else:
+            import torch
+
+            dev = self.t.device
+            pos_t = torch.from_numpy(pos).to(dev)
+            f_t = self.t.index_select(0, pos_t)
+            gtm_t = f_t > torch.from_numpy(hi).to(dev)[:, None]
+            above = gtm_t.sum(dim=1).cpu().numpy().astype(np.int64)
+            amb_t = (f_t >= torch.from_numpy(lo).to(dev)[:, None]) & ~gtm_t
+            del gtm_t, f_t
+            cnt = amb_t.sum(dim=1).cpu().numpy()
+
+            def nz(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
+                idx = torch.nonzero(amb_t[g0:g1], as_tuple=False).cpu().numpy().astype(np.int64)
+                return idx[:, 0], idx[:, 1]
+
+        groups = []
+        csum = np.cumsum(cnt)
+        g0 = 0
+        while g0 < pos.size:
+            base = int(csum[g0 - 1]) if g0 else 0
+            g1 = max(g0 + 1, int(np.searchsorted(csum, base + _MAX_PAIRS_PER_BLOCK, side="right")))
+            r, c = nz(g0, g1)
+            groups.append((g0, g1, r, c))
+            g0 = g1
+        return above, groups
 
 
 def _top_from_pool(ctx: _Ctx, q: int, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -493,7 +586,7 @@ def _finalise_chunk(
     rows_ok = np.flatnonzero(pool_ok)
     m = int(pool_mask.sum(axis=1).max()) if rows_ok.size else 0
     if m:
-        cv[rows_ok, :m] = _canonical_grid(ctx.qt, ctx.ct, q0 + rows_ok, li[rows_ok, :m])
+        cv[rows_ok, :m] = _canonical_grid(ctx.sq, ctx.sc, q0 + rows_ok, li[rows_ok, :m])
         need[rows_ok, :m] = False
     rr, cc = np.nonzero(need)
     cv[rr, cc] = ctx.canon(q0 + rr, li[rr, cc])
@@ -518,13 +611,11 @@ def _finalise_chunk(
     scan = np.unique(np.concatenate([np.flatnonzero(~pool_ok), jq[bad_pairs]]))
     for s in range(0, scan.size, ctx.scan_rows):
         sub = scan[s : s + ctx.scan_rows]
-        fr = fast_rows(sub)  # [len(sub), N]
-        dev = fr.device
+        rows = _Rows(fast_rows(sub))  # fast scores [len(sub), N]
         pos_of = {int(r): i for i, r in enumerate(sub)}
-        # pools
+        # pools: every candidate whose fast score reaches the pool threshold
         for r in sub[~pool_ok[sub]]:
-            thr = torch.from_numpy(_f32_down(pool_thr[r : r + 1])).to(dev)
-            cand = torch.nonzero(fr[pos_of[int(r)]] >= thr, as_tuple=False)[:, 0].cpu().numpy().astype(np.int64)
+            cand = rows.at_least(pos_of[int(r)], _f32_down(pool_thr[r : r + 1])[0])
             top_i, top_s = _top_from_pool(ctx, int(q0 + r), cand)
             ctx.topk_idx[q0 + r] = top_i
             ctx.topk_scores[q0 + r] = top_s
@@ -532,36 +623,21 @@ def _finalise_chunk(
         sel = bad_pairs[np.isin(jq[bad_pairs], sub)]
         if sel.size == 0:
             continue
-        slot = np.zeros(sel.size, dtype=np.int64)
         first = np.r_[True, jq[sel][1:] != jq[sel][:-1]]
         run_start = np.maximum.accumulate(np.where(first, np.arange(sel.size), 0))
         slot = np.arange(sel.size) - run_start
         for t in range(int(slot.max()) + 1):
             pt = sel[slot == t]
-            pos = torch.as_tensor(np.array([pos_of[int(r)] for r in jq[pt]], dtype=np.int64), device=dev)
-            fs = fr.index_select(0, pos) if pos.numel() != fr.shape[0] else fr
-            hi_t = torch.from_numpy(_f32_up(hi[pt])).to(dev)[:, None]
-            lo_t = torch.from_numpy(_f32_down(lo[pt])).to(dev)[:, None]
-            gtm = fs > hi_t
-            gt[pt] = gtm.sum(dim=1).cpu().numpy()
-            ambm = (fs >= lo_t) & ~gtm
-            del gtm
-            cnt = ambm.sum(dim=1).cpu().numpy()
-            # extract ambiguous candidates in groups bounded by _MAX_PAIRS_PER_BLOCK
-            g0 = 0
-            csum = np.cumsum(cnt)
-            while g0 < pt.size:
-                base = csum[g0 - 1] if g0 else 0
-                g1 = max(g0 + 1, int(np.searchsorted(csum, base + _MAX_PAIRS_PER_BLOCK, side="right")))
-                nz = torch.nonzero(ambm[g0:g1], as_tuple=False).cpu().numpy()
-                which = pt[g0:g1][nz[:, 0]]
-                sc = ctx.canon(q0 + jq[which], nz[:, 1].astype(np.int64))
+            pos = np.array([pos_of[int(r)] for r in jq[pt]], dtype=np.int64)
+            above, amb_groups = rows.window(pos, _f32_down(lo[pt]), _f32_up(hi[pt]))
+            gt[pt] = above
+            for g0, g1, rr_, cc_ in amb_groups:
+                which = pt[g0:g1][rr_]
+                sc = ctx.canon(q0 + jq[which], cc_)
                 s_ref = js[which]
-                seg = nz[:, 0]
-                gt[pt[g0:g1]] += _segment_sum(sc > s_ref, seg, g1 - g0)
-                eq[pt[g0:g1]] = _segment_sum(sc == s_ref, seg, g1 - g0)
-                g0 = g1
-        del fr
+                gt[pt[g0:g1]] += _segment_sum(sc > s_ref, rr_, g1 - g0)
+                eq[pt[g0:g1]] = _segment_sum(sc == s_ref, rr_, g1 - g0)
+        del rows
 
     # --- ranks: 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row) -
     if npairs:
@@ -662,8 +738,11 @@ def exact_search(
     dev = torch.device(dev_str)
     qt = torch.from_numpy(qn_arr)
     ct = torch.from_numpy(cn_arr)
-    q_norm = _norms(qt, "queries")
-    c_norm = _norms(ct, "candidates")
+    # the torch backend scores on its device (canonical scores are device-independent)
+    sq = qt.to(dev) if backend == "torch" else qt
+    sc = ct.to(dev) if backend == "torch" else ct
+    q_norm = _norms(sq, "queries")
+    c_norm = _norms(sc, "candidates")
     c_max = float(c_norm.max()) if c_norm.size else 0.0
     if n_q and float(q_norm.max()) * c_max > 1e36:
         raise SearchError("embedding norms are too large for float32 scores; L2-normalise queries and candidates")
@@ -674,6 +753,8 @@ def exact_search(
     ctx = _Ctx(
         qt=qt,
         ct=ct,
+        sq=sq,
+        sc=sc,
         n=n_c,
         depth=depth,
         kp=kp,
@@ -722,8 +803,8 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
 
     n_q = ctx.qt.shape[0]
     on_cpu = dev.type == "cpu"
-    c_dev = ctx.ct if on_cpu else ctx.ct.to(dev)
-    q_dev = ctx.qt if on_cpu else None
+    c_dev = ctx.sc
+    q_dev = ctx.sq
     # one reused output buffer on the CPU avoids page-faulting a fresh matrix for every chunk
     buf = torch.empty((min(chunk_rows, n_q), ctx.n), dtype=torch.float32) if on_cpu else None
     with torch.inference_mode():
@@ -732,7 +813,7 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
             if on_cpu:
                 s_mat = torch.mm(q_dev[q0:q1], c_dev.T, out=buf[: q1 - q0])
             else:
-                s_mat = ctx.qt[q0:q1].to(dev) @ c_dev.T
+                s_mat = q_dev[q0:q1] @ c_dev.T
             vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
             lf = vals.cpu().numpy()
             li = idx.cpu().numpy().astype(np.int64, copy=False)
@@ -751,16 +832,29 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
     import torch
 
     n_q, dim = ctx.qt.shape
-    index = faiss.IndexFlatIP(int(dim))
-    index.add(ctx.ct.numpy())
+    c_np = ctx.ct.numpy()
     q_np = ctx.qt.numpy()
+    knn = getattr(faiss, "knn", None)
+    if knn is None:  # pragma: no cover - faiss < 1.7.3
+        index = faiss.IndexFlatIP(int(dim))
+        index.add(c_np)
+
+        def search(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return index.search(x, k)
+
+    else:
+        # faiss.knn runs IndexFlatIP's exhaustive inner-product kernel on the arrays as they are,
+        # without copying the candidates into an index first (same lists, bit for bit)
+        def search(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return knn(x, c_np, k, metric=faiss.METRIC_INNER_PRODUCT)
+
     # FAISS tiles its own score matrix (4096 queries x 1024 candidates); our chunk only bounds the
     # result lists, so use FAISS's query block (fallback scans are still bounded by chunk_rows)
     faiss_rows = max(4096, chunk_rows)
     with torch.inference_mode():
         for q0 in range(0, n_q, faiss_rows):
             q1 = min(n_q, q0 + faiss_rows)
-            lf, li = index.search(q_np[q0:q1], ctx.kp)
+            lf, li = search(q_np[q0:q1], ctx.kp)
             li = li.astype(np.int64, copy=False)
 
             def fast_rows(local: np.ndarray, q0: int = q0) -> "torch.Tensor":
