@@ -216,3 +216,15 @@ def test_verification_stamp_skips_rehash_until_a_file_changes(small_bench, monke
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     load_benchmark_dir(small_bench.root)
     assert calls == [1]
+
+
+def test_builtin_is_built_once_and_rebuilt_when_damaged():
+    from mrbench.data.registry import builtin_dir, load_benchmark
+
+    b = load_benchmark("mrbench-synth-tiny")
+    d = builtin_dir("mrbench-synth-tiny")
+    assert b.root == d and b.split == "test"
+    victim = next((d / "images").rglob("*.png"))
+    victim.unlink()
+    again = load_benchmark("mrbench-synth-tiny")
+    assert victim.is_file() and again.fingerprint == b.fingerprint

@@ -126,7 +126,7 @@ KINDS = ["random", "unit", "identical", "duplicated", "quantised", "zero"]
 @pytest.mark.parametrize("runner", BACKENDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_matches_naive_reference_small(runner, kind):
-    rng = np.random.default_rng(hash(kind) % 2**32)
+    rng = np.random.default_rng(100 + KINDS.index(kind))
     for trial in range(12):
         n_q, n, d = int(rng.integers(1, 6)), int(rng.integers(1, 70)), int(rng.integers(1, 9))
         q, c = make_data(kind, rng, n_q, n, d)
@@ -175,6 +175,20 @@ def test_hand_example_pessimistic_ties():
     res = exact_search(q, c, [{0: 1, 2: 3, 3: 1}], depth=5, backend="torch", device="cpu")
     assert res.judged_ranks == [{0: 2, 3: 3, 2: 4}]
     assert res.n_ties.tolist() == [2]
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+def test_one_ulp_apart_is_not_a_tie(runner):
+    one = np.float32(1.0)
+    up = np.nextafter(one, np.float32(2))
+    c = np.array([[one, 0], [up, 0], [one, 0]], dtype=np.float32)
+    q = np.array([[1, 0]], dtype=np.float32)
+    res = run(runner, q, c, [{0: 1, 1: 1}], depth=3)
+    # row 1 is one ulp higher: rank 1, no tie; row 0 ties with the unjudged row 2, which goes first
+    assert res.judged_ranks == [{1: 1, 0: 3}]
+    assert res.n_ties.tolist() == [0]
+    assert res.topk_indices.tolist() == [[1, 2, 0]]
+    assert res.topk_scores[0, 0] == up
 
 
 def test_topk_cutoff_inside_a_tie_gives_slots_to_lower_grades():
@@ -559,6 +573,10 @@ def test_run_file_write_errors(tmp_path):
     dids = [f"d{i}" for i in range(12)]
     with pytest.raises(RunFileError, match="whitespace"):
         write_trec_run(tmp_path / "r", ["a b", "c", "d"], dids, res, "x")
+    bad_dids = list(dids)
+    bad_dids[int(res.topk_indices[0, 0])] = "has space"
+    with pytest.raises(RunFileError, match="candidate id 'has space'"):
+        write_trec_run(tmp_path / "r", ["a", "b", "c"], bad_dids, res, "x")
     with pytest.raises(RunFileError, match="query ids"):
         write_trec_run(tmp_path / "r", ["a"], dids, res, "x")
     with pytest.raises(RunFileError, match="candidate ids"):

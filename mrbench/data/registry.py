@@ -42,10 +42,39 @@ def mrbench_home() -> Path:
 
 
 def builtin_dir(name: str) -> Path:
+    """Where a built-in benchmark lives once built (the name changes with the generator and with the
+    fingerprint algorithm, so an upgrade never reads a stale build)."""
+    import hashlib
+
     from mrbench.builders.synth import GENERATOR_VERSION
+    from mrbench.data.fingerprint import FINGERPRINT_ALGO
 
     b = BUILTIN_BENCHMARKS[name]
-    return mrbench_home() / "benchmarks" / f"{b.name}-g{GENERATOR_VERSION}-seed{b.seed}"
+    algo = hashlib.sha256(FINGERPRINT_ALGO.encode()).hexdigest()[:6]
+    return mrbench_home() / "benchmarks" / f"{b.name}-g{GENERATOR_VERSION}-f{algo}-seed{b.seed}"
+
+
+def _load_builtin(name: str, verify: bool, progress: Callable[[str, int, int], None] | None) -> Benchmark:
+    """Load a built-in benchmark, building it on first use; a damaged build is rebuilt once."""
+    import logging
+
+    from filelock import FileLock
+
+    from mrbench.builders.synth import build_synth
+    from mrbench.data.io import load_benchmark_dir
+    from mrbench.errors import BenchmarkError
+
+    d = builtin_dir(name)
+    b = BUILTIN_BENCHMARKS[name]
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d) + ".lock"):
+        if (d / "manifest.json").is_file():
+            try:
+                return load_benchmark_dir(d, verify=verify)
+            except BenchmarkError as e:
+                logging.getLogger("mrbench").warning("built-in %s at %s is damaged (%s); rebuilding it", name, d, e)
+        build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress)
+        return load_benchmark_dir(d, verify=verify)
 
 
 def load_benchmark(
@@ -64,18 +93,7 @@ def load_benchmark(
     p = Path(name_or_path)
     s = str(name_or_path)
     if s in BUILTIN_BENCHMARKS and not p.exists():
-        d = builtin_dir(s)
-        if not (d / "manifest.json").is_file():
-            from filelock import FileLock
-
-            from mrbench.builders.synth import build_synth
-
-            d.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(d) + ".lock"):
-                if not (d / "manifest.json").is_file():
-                    b = BUILTIN_BENCHMARKS[s]
-                    build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress)
-        return load_benchmark_dir(d, verify=verify)
+        return _load_builtin(s, verify=verify, progress=progress)
     if p.is_dir():
         if _is_parquet_export(p):
             return _load_parquet_export(p, verify=verify)

@@ -26,16 +26,18 @@ def grain_chart(result: Any, path: Path) -> Path:
     sens = data["scores"].get("grain_sensitivity") or {}
     n_panels = 3 if sens else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(5.2 * n_panels, 4.2), constrained_layout=True)
-    colors = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10").colors
+    color = {t: palette[i % 10] for i, t in enumerate(tasks)}
 
     def grouped(ax, table: dict[str, dict[str, dict[str, Any]]], value: str, order: list[str], title: str, ylabel: str):
-        width = 0.8 / max(1, len(tasks))
+        shown = [t for t in tasks if t in table]
+        width = 0.8 / max(1, len(shown))
         x = np.arange(len(order))
-        for i, t in enumerate(tasks):
+        for i, t in enumerate(shown):
             vals = [((table.get(t) or {}).get(o) or {}).get(value) for o in order]
             vals = [np.nan if v is None else v for v in vals]
-            ax.bar(x + (i - (len(tasks) - 1) / 2) * width, vals, width, label=t, color=colors[i % 10])
-        ax.set_xticks(x, order, rotation=0 if len(order) < 6 else 30)
+            ax.bar(x + (i - (len(shown) - 1) / 2) * width, vals, width, label=t, color=color[t])
+        ax.set_xticks(x, [o.replace("_", " ") for o in order], rotation=0 if len(order) < 6 else 30)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -52,11 +54,9 @@ def grain_chart(result: Any, path: Path) -> Path:
     if sens:
         st = {t: d.get("by_type", {}) for t, d in sens.items()}
         stypes = sorted({g for d in st.values() for g in d})
-        tasks_saved = tasks
-        tasks = [t for t in tasks_saved if t in st]
         grouped(axes[2], st, "mask_distance", stypes, "grain sensitivity: 1 − cos(full, one grain dropped)", "mean cosine distance")
-        tasks = tasks_saved
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(tasks), fontsize=9, frameon=False)
     enc = data["encoder"]["name"]
     fig.suptitle(f"{enc} on {data['benchmark']['name']} ({data['benchmark']['split']})", fontsize=11)
     fig.savefig(path, dpi=110)

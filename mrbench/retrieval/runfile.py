@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Sequence
+
+import numpy as np
 
 from mrbench.errors import MrbenchError
 
@@ -32,9 +35,12 @@ class RunFileError(MrbenchError):
     """A TREC run file cannot be written or is malformed."""
 
 
+_WS = re.compile(r"\s")
+
+
 def _check_token(value: str, what: str) -> str:
     s = str(value)
-    if not s or any(ch.isspace() for ch in s):
+    if not s or _WS.search(s):
         raise RunFileError(f"{what} {s!r} is empty or contains whitespace; TREC run files need whitespace-free ids")
     return s
 
@@ -56,12 +62,14 @@ def write_trec_run(
     if len(query_ids) != n_q:
         raise RunFileError(f"{len(query_ids)} query ids for {n_q} result rows; pass one id per query, in row order")
     qids = [_check_token(q, "query id") for q in query_ids]
-    dids = [_check_token(d, "candidate id") for d in candidate_ids]
+    dids = [str(d) for d in candidate_ids]
     if result.topk_indices.size and int(result.topk_indices.max()) >= len(dids):
         raise RunFileError(
             f"result refers to candidate row {int(result.topk_indices.max())} but only {len(dids)} candidate ids "
             "were given; pass the ids of every candidate row"
         )
+    for i in np.unique(result.topk_indices).tolist():  # only the ids that are written
+        _check_token(dids[i], "candidate id")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

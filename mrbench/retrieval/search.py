@@ -57,11 +57,30 @@ Backends
     torch on a GPU if one is available, else faiss if importable, else torch on the CPU.
 
 Both backends return identical :class:`RetrievalResult` objects (ranks, every score, top lists).
+
+How the exact results are assembled (both backends)
+---------------------------------------------------
+The fast kernel returns, per query, a list of ``kp = depth + max(32, depth // 4)`` candidates
+sorted by fast score, such that every candidate outside the list scores ``<=`` its last entry.
+
+* *Top list*: with ``t`` the depth-th fast score, only candidates with ``f >= t - 2B`` can be in
+  the exact top-``depth`` (at least ``depth`` candidates have canonical score ``>= t - B``). When
+  that pool lies inside the list (the usual case) it is rescored canonically and sorted by
+  ``(-score, grade, row)``; otherwise (a tie or near-tie touching the list boundary) the pool is
+  read from the full fast score row.
+* *Judged candidate* with canonical score ``s``: its rank needs the number of candidates with
+  canonical score ``> s`` and ``== s``. Candidates with ``f > s + B`` count as higher, those in
+  ``[s - B, s + B]`` are rescored; when ``s - B`` lies above the list's last fast score, all of
+  this comes from the list, otherwise from the full fast score row.
+
+Cost: one fast kernel pass plus ``Q * (depth + a few)`` canonical rescorings; a full-row scan only
+for queries with a judged candidate below the list. Degenerate data where *every* score ties (a
+constant encoder) makes every candidate ambiguous and is rescored in full: correct, but about as
+costly as a second pass over the candidates per query.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -333,7 +352,7 @@ def _flatten_judged(judged: Sequence[Mapping[int, int]], n_queries: int, n_candi
     keys: list[Any] = []
     vals: list[Any] = []
     for q, m in enumerate(judged):
-        if not isinstance(m, Mapping):
+        if type(m) is not dict and not isinstance(m, Mapping):  # fast path for plain dicts
             raise SearchError(f"judged[{q}] must be a mapping candidate_row -> grade, got {type(m).__name__}")
         counts[q] = len(m)
         keys.extend(m.keys())
@@ -412,7 +431,7 @@ def _resolve_backend(backend: str, device: str | None) -> tuple[str, str]:
 
 @dataclass
 class _Ctx:
-    """Everything the finaliser needs about the whole search (all CPU)."""
+    """Everything the finaliser needs about the whole search, plus its output arrays."""
 
     qt: "torch.Tensor"  # CPU float32 [Q, D] (shares memory with the numpy input)
     ct: "torch.Tensor"  # CPU float32 [N, D]
@@ -459,12 +478,14 @@ class _Rows:
     exact in float32.
     """
 
-    def __init__(self, rows: "torch.Tensor") -> None:
-        self.t = rows
+    def __init__(self, rows: "torch.Tensor", row_map: np.ndarray) -> None:
+        self.t = rows  # fast scores; row ``row_map[i]`` holds the i-th requested row
+        self.row_map = np.asarray(row_map, dtype=np.int64)
         self.np = rows.numpy() if rows.device.type == "cpu" else None
 
     def at_least(self, i: int, thr: np.float32) -> np.ndarray:
         """Columns of row ``i`` with fast score ``>= thr``."""
+        i = int(self.row_map[i])
         if self.np is not None:
             return np.flatnonzero(self.np[i] >= thr).astype(np.int64)
         import torch
@@ -481,6 +502,7 @@ class _Rows:
         ambiguous entries of rows ``pos[g0:g1]`` (``row`` relative to ``g0``), in groups of at most
         ``_MAX_PAIRS_PER_BLOCK`` entries (a single row may exceed it).
         """
+        pos = self.row_map[pos]
         if self.np is not None:
             f = self.np if pos.size == self.np.shape[0] and (pos == np.arange(pos.size)).all() else self.np[pos]
             gtm = f > hi[:, None]
@@ -535,17 +557,17 @@ def _finalise_chunk(
     q0: int,
     lf: np.ndarray,
     li: np.ndarray,
-    fast_rows: Callable[[np.ndarray], "torch.Tensor"],
+    fast_rows: Callable[[np.ndarray], tuple["torch.Tensor", np.ndarray]],
+    scan_rows: int | None = None,
 ) -> None:
     """Exact results for queries ``q0 .. q0+len(lf)`` from their fast top lists.
 
     ``lf`` / ``li``: float32 / int64 ``[c, kp]`` fast scores and candidate rows, sorted by fast
     score descending, such that every candidate not in a row's list has a fast score ``<=`` the
-    row's last value. ``fast_rows(local_rows)`` returns the full fast score rows ``[r, N]``
-    (a torch tensor on any device) for an exact scan.
+    row's last value. ``fast_rows(local_rows)`` returns ``(tensor, row_map)``: full fast score
+    rows ``[*, N]`` (a torch tensor on any device) where ``tensor[row_map[i]]`` is the row of
+    ``local_rows[i]``, for an exact scan.
     """
-    import torch
-
     c, kp = lf.shape
     n, depth = ctx.n, ctx.depth
     qs = np.arange(q0, q0 + c, dtype=np.int64)
@@ -577,8 +599,9 @@ def _finalise_chunk(
     need = pool_mask.copy()
     if okp.size:
         lrows = lf64[jq[okp]]
-        above = (lrows > hi[okp, None]).sum(axis=1)
-        amb = (lrows >= lo[okp, None]) & ~(lrows > hi[okp, None])
+        higher = lrows > hi[okp, None]
+        above = higher.sum(axis=1)
+        amb = (lrows >= lo[okp, None]) & ~higher
         np.logical_or.at(need, jq[okp], amb)
     # canonical scores: the pool is a prefix of each list (rectangular, broadcast), the rest of
     # the needed entries (ambiguity windows further down) pair by pair
@@ -609,9 +632,10 @@ def _finalise_chunk(
     # --- exact row scans (pool touching the list boundary, judged below the list) -------------
     bad_pairs = np.flatnonzero(~pair_ok)
     scan = np.unique(np.concatenate([np.flatnonzero(~pool_ok), jq[bad_pairs]]))
-    for s in range(0, scan.size, ctx.scan_rows):
-        sub = scan[s : s + ctx.scan_rows]
-        rows = _Rows(fast_rows(sub))  # fast scores [len(sub), N]
+    step = max(1, scan_rows if scan_rows is not None else ctx.scan_rows)
+    for s in range(0, scan.size, step):
+        sub = scan[s : s + step]
+        rows = _Rows(*fast_rows(sub))  # fast scores of the rows ``sub``
         pos_of = {int(r): i for i, r in enumerate(sub)}
         # pools: every candidate whose fast score reaches the pool threshold
         for r in sub[~pool_ok[sub]]:
@@ -642,8 +666,8 @@ def _finalise_chunk(
     # --- ranks: 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row) -
     if npairs:
         order = np.lexsort((jr, jg, js64, jq))
-        sq, ss = jq[order], js64[order]
-        new_grp = np.r_[True, (sq[1:] != sq[:-1]) | (ss[1:] != ss[:-1])]
+        oq, os_ = jq[order], js64[order]
+        new_grp = np.r_[True, (oq[1:] != oq[:-1]) | (os_[1:] != os_[:-1])]
         grp_start = np.maximum.accumulate(np.where(new_grp, np.arange(npairs), 0))
         grp_id = np.cumsum(new_grp) - 1
         grp_size = np.bincount(grp_id)[grp_id]
@@ -818,10 +842,10 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
             lf = vals.cpu().numpy()
             li = idx.cpu().numpy().astype(np.int64, copy=False)
 
-            def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> "torch.Tensor":
-                return s_mat.index_select(0, torch.as_tensor(local, dtype=torch.int64, device=s_mat.device))
+            def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> tuple["torch.Tensor", np.ndarray]:
+                return s_mat, local  # the chunk's own score rows: no copy
 
-            _finalise_chunk(ctx, q0, lf, li, fast_rows)
+            _finalise_chunk(ctx, q0, lf, li, fast_rows, scan_rows=q1 - q0)
             del s_mat, vals, idx
             if progress is not None:
                 progress(q1 - q0)
@@ -857,9 +881,9 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
             lf, li = search(q_np[q0:q1], ctx.kp)
             li = li.astype(np.int64, copy=False)
 
-            def fast_rows(local: np.ndarray, q0: int = q0) -> "torch.Tensor":
+            def fast_rows(local: np.ndarray, q0: int = q0) -> tuple["torch.Tensor", np.ndarray]:
                 sel = torch.from_numpy(np.asarray(local, dtype=np.int64) + q0)
-                return torch.mm(ctx.qt.index_select(0, sel), ctx.ct.T)
+                return torch.mm(ctx.qt.index_select(0, sel), ctx.ct.T), np.arange(len(local))
 
             _finalise_chunk(ctx, q0, lf, li, fast_rows)
             if progress is not None:
