@@ -47,7 +47,7 @@ def help_time(repeats: int = 5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmark", default="mrbench-synth")
-    ap.add_argument("--encoder", default="random")
+    ap.add_argument("--encoder", default="random", help="random, or e.g. benchmarks/tiny_torch_encoder.py:TinyTorchEncoder")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
