@@ -20,7 +20,9 @@ were generated (``/proc/self/clear_refs``), so it covers the timed call only; ``
 minus the RSS before the call (inputs included in neither). Queries are noisy copies of a target candidate (the judged,
 relevant candidate), so most targets rank near the top like a reasonable model's;
 ``--outside-frac`` makes that fraction of queries judge a random candidate instead, which usually
-lies below the top list and forces an exact row scan (the cost of ranking every judged candidate).
+lies below the top list and forces an exact row scan (the cost of ranking every judged candidate);
+``--extra-judged K`` adds K random judged candidates per query (graded, mostly far below the list),
+like an evaluation qrels file with many judged candidates per query.
 
 Usage::
 
@@ -43,8 +45,14 @@ import numpy as np
 METHODS = ("faiss-raw", "torch-raw", "exact-faiss", "exact-torch")
 
 
-def make_data(n: int, d: int, q: int, seed: int, noise: float, outside_frac: float) -> tuple[np.ndarray, np.ndarray, list[dict[int, int]]]:
-    """Unit-norm candidates, noisy-copy queries and one judged (grade 1) candidate per query."""
+def make_data(
+    n: int, d: int, q: int, seed: int, noise: float, outside_frac: float, extra_judged: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[dict[int, int]]]:
+    """Unit-norm candidates, noisy-copy queries and one judged (grade 1) candidate per query.
+
+    ``extra_judged`` adds that many random judged candidates per query (grades 1-3; most lie far
+    below the top list), the workload where ranking every judged candidate dominates.
+    """
     rng = np.random.default_rng(seed)
     cand = rng.standard_normal((n, d), dtype=np.float32)
     cand /= np.linalg.norm(cand, axis=1, keepdims=True)
@@ -53,6 +61,12 @@ def make_data(n: int, d: int, q: int, seed: int, noise: float, outside_frac: flo
     qry /= np.linalg.norm(qry, axis=1, keepdims=True)
     judged_rows = np.where(rng.random(q) < outside_frac, rng.integers(0, n, q), target)
     judged = [{int(r): 1} for r in judged_rows]
+    if extra_judged:
+        extra = rng.integers(0, n, (q, extra_judged))
+        grades = rng.integers(1, 4, (q, extra_judged))
+        for i in range(q):  # the target stays first (and grade 1)
+            t = int(judged_rows[i])
+            judged[i] = {t: 1, **{r: g for r, g in zip(extra[i].tolist(), grades[i].tolist()) if r != t}}
     return np.ascontiguousarray(qry), np.ascontiguousarray(cand), judged
 
 
@@ -94,7 +108,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     from mrbench.retrieval.search import exact_search
 
-    qry, cand, judged = make_data(args.n, args.d, args.q, args.seed, args.noise, args.outside_frac)
+    qry, cand, judged = make_data(args.n, args.d, args.q, args.seed, args.noise, args.outside_frac, args.extra_judged)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     chunk_bytes = int(args.max_chunk_mib * 2**20)
     if device.startswith("cuda"):  # warm up CUDA outside the timed region
@@ -154,7 +168,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
                 print(buf.getvalue(), file=sys.stderr)
             extra["device"] = res.device
-            ranks = np.array([next(iter(r.values())) for r in res.judged_ranks])
+            ranks = np.array([r[next(iter(j))] for r, j in zip(res.judged_ranks, judged)])  # the targets
             extra["judged_in_top_depth"] = float((ranks <= args.depth).mean())
             extra["judged_rank1"] = float((ranks == 1).mean())
         times.append(time.perf_counter() - t0)
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1.0, help="query noise relative to a unit vector")
     ap.add_argument("--outside-frac", type=float, default=0.0, help="fraction of queries judging a random candidate")
+    ap.add_argument("--extra-judged", type=int, default=0, help="random judged candidates added per query")
     ap.add_argument("--methods", default="faiss-raw,exact-faiss,exact-torch", help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--device", default=None, help="device of torch-raw / exact-torch (default: cuda if available)")
     ap.add_argument("--max-chunk-mib", type=float, default=256.0, help="max_chunk_bytes of exact_search, in MiB")
@@ -241,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'method':<12} {'best s':>8} {'q/s':>9} {'vs faiss':>8} {'vs search':>9} {'vs torch':>8} "
         f"{'peak RSS MiB':>13} {'+MiB':>7}  notes"
     )
-    print(f"N={args.n} D={args.d} Q={args.q} depth={args.depth} noise={args.noise} outside_frac={args.outside_frac}")
+    print(
+        f"N={args.n} D={args.d} Q={args.q} depth={args.depth} noise={args.noise} outside_frac={args.outside_frac} "
+        f"extra_judged={args.extra_judged}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:

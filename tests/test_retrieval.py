@@ -252,6 +252,87 @@ def test_tiny_chunks_identical(runner, kind):
     assert_same_result(big, one)
 
 
+# ------------------------------------------------------------------------------------------------
+# the finaliser's routes (dense rows, list windows, comparison scans, sorted scans, escalation)
+# ------------------------------------------------------------------------------------------------
+
+ROUTES = {
+    "default": {},
+    # never score whole rows: list windows and row scans only
+    "sparse": dict(_DENSE_JUDGED=0, _DENSE_AMBIGUOUS=1),
+    "compare": dict(_DENSE_JUDGED=0, _DENSE_AMBIGUOUS=1, _few_pairs=lambda n: 10**9),
+    "sort": dict(_DENSE_JUDGED=0, _DENSE_AMBIGUOUS=1, _few_pairs=lambda n: 0),
+    # every query with a judged candidate is scored in full
+    "dense": dict(_DENSE_JUDGED=10**9),
+    # every query that needs a row scan is escalated to a full canonical row
+    "escalate": dict(_DENSE_JUDGED=0, _DENSE_AMBIGUOUS=10**9),
+}
+
+
+def many_judged(rng: np.random.Generator, n_q: int, n: int, max_judged: int) -> list[dict[int, int]]:
+    """Up to ``max_judged`` judged candidates per query (some queries none), grades 1-3."""
+    out = []
+    for i in range(n_q):
+        m = 0 if i % 5 == 4 else int(rng.integers(1, min(n, max_judged) + 1))
+        rows = rng.choice(n, size=m, replace=False)
+        out.append({int(r): int(rng.integers(1, 4)) for r in rows})
+    return out
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("kind", ["unit", "random", "duplicated", "quantised", "identical"])
+def test_every_route_matches_naive_reference(runner, route, kind, monkeypatch):
+    """Many judged candidates per query (below the list, tied, near-tied) on every route."""
+    import mrbench.retrieval.search as search
+
+    for name, value in ROUTES[route].items():
+        monkeypatch.setattr(search, name, value)
+    rng = np.random.default_rng(21 + KINDS.index(kind))
+    n_q, n, d = 10, 400, 8
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = many_judged(rng, n_q, n, max_judged=60)
+    ref_ranks, ref_tops, ref_ties, ref_scores = naive_search(q, c, judged, 10, 2)
+    res = run(runner, q, c, judged, depth=10, relevance_level=2)
+    assert res.judged_ranks == ref_ranks
+    assert res.judged_scores == ref_scores
+    assert res.topk_indices.tolist() == ref_tops
+    assert res.n_ties.tolist() == ref_ties
+    # and with one query per chunk (rows scanned one at a time)
+    assert_same_result(res, run(runner, q, c, judged, depth=10, relevance_level=2, max_chunk_bytes=1))
+
+
+@pytest.mark.parametrize("runner", BACKENDS)
+def test_huge_grades_break_ties_like_small_ones(runner):
+    """Grades too wide for the packed integer sort key take the lexicographic fallback."""
+    rng = np.random.default_rng(4)
+    q, c = make_data("quantised", rng, 6, 300, 3)
+    judged = many_judged(rng, 6, 300, max_judged=80)
+    huge = [{r: g * 10**15 for r, g in j.items()} for j in judged]
+    ref_ranks, ref_tops, ref_ties, _ = naive_search(q, c, huge, 40, 10**15)
+    res = run(runner, q, c, huge, depth=40, relevance_level=10**15)
+    assert res.judged_ranks == ref_ranks
+    assert res.topk_indices.tolist() == ref_tops
+    assert res.n_ties.tolist() == ref_ties
+
+
+@pytest.mark.parametrize("kind", ["unit", "quantised", "duplicated"])
+def test_many_judged_per_query_identical_across_backends_and_chunks(kind):
+    """The evaluation workload: pools of ~1.5k, hundreds of judged candidates per query."""
+    rng = np.random.default_rng(8)
+    n_q, n, d = 30, 1500, 16
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = many_judged(rng, n_q, n, max_judged=300)
+    results = [run(r, q, c, judged, depth=100) for r in ALL_RUNNERS]
+    results.append(run(("torch", "cpu"), q, c, judged, depth=100, max_chunk_bytes=4 * n * 7))
+    for other in results[1:]:
+        assert_same_result(results[0], other)
+    ref_ranks, ref_tops, ref_ties, _ = naive_search(q[:4], c, judged[:4], 100)
+    assert results[0].judged_ranks[:4] == ref_ranks
+    assert results[0].topk_indices[:4].tolist() == ref_tops
+    assert results[0].n_ties[:4].tolist() == ref_ties
+
+
 @pytest.mark.parametrize("runner", BACKENDS)
 def test_result_shapes_and_metadata(runner):
     rng = np.random.default_rng(0)
@@ -305,6 +386,40 @@ def test_canonical_scores_do_not_depend_on_batching(d):
     grid = _canonical_grid(q, c, np.arange(5), ci[:100].reshape(5, 20))
     pairs = canonical_scores(q, c, np.repeat(np.arange(5), 20), ci[:100])
     np.testing.assert_array_equal(grid.reshape(-1).view(np.int32), pairs.view(np.int32))
+
+
+@pytest.mark.parametrize("d", [0, 1, 5, 64, 364, 513])
+def test_canonical_rows_match_pair_scores(d, monkeypatch):
+    """Whole canonical rows (broadcast, transposed tree) equal the pair path bit for bit."""
+    import mrbench.retrieval.search as search
+
+    rng = np.random.default_rng(d)
+    q = torch.from_numpy(rng.standard_normal((9, d)).astype(np.float32))
+    c = torch.from_numpy(rng.standard_normal((700, d)).astype(np.float32))
+    rows = np.array([4, 0, 8, 8, 2])
+    pairs = canonical_scores(q, c, np.repeat(rows, 700), np.tile(np.arange(700), rows.size)).reshape(rows.size, 700)
+    for block in (search._ROW_BLOCK_ELEMENTS, 1000, 1):  # one block; candidate blocks; one row per block
+        monkeypatch.setattr(search, "_ROW_BLOCK_ELEMENTS", block)
+        got = search._canonical_rows(q, c, rows).numpy()
+        np.testing.assert_array_equal(got.view(np.int32), pairs.view(np.int32))
+    if HAS_CUDA:
+        got = search._canonical_rows(q.cuda(), c.cuda(), rows).cpu().numpy()
+        np.testing.assert_array_equal(got.view(np.int32), pairs.view(np.int32))
+
+
+def test_score_keys_order_like_float_tuples():
+    from mrbench.retrieval.search import _score_key
+
+    rng = np.random.default_rng(0)
+    tiny = np.float32(1e-45)  # the smallest subnormal
+    special = np.array([0.0, -0.0, tiny, -tiny, 1.0, -1.0, 3e38, -3e38], dtype=np.float32)
+    vals = np.concatenate([special, rng.standard_normal(500).astype(np.float32), special])
+    groups = rng.integers(0, 4, vals.size)
+    keys = _score_key(groups, vals)
+    order = np.argsort(keys, kind="stable")
+    assert [(groups[i], float(vals[i])) for i in order] == sorted(zip(groups.tolist(), vals.astype(float).tolist()))
+    same = (groups[:, None] == groups[None, :]) & (vals[:, None] == vals[None, :])  # -0.0 == 0.0
+    np.testing.assert_array_equal(keys[:, None] == keys[None, :], same)
 
 
 def test_canonical_scores_exact_on_small_integers_and_identical_across_devices():

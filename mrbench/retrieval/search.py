@@ -70,13 +70,28 @@ sorted by fast score, such that every candidate outside the list scores ``<=`` i
   read from the full fast score row.
 * *Judged candidate* with canonical score ``s``: its rank needs the number of candidates with
   canonical score ``> s`` and ``== s``. Candidates with ``f > s + B`` count as higher, those in
-  ``[s - B, s + B]`` are rescored; when ``s - B`` lies above the list's last fast score, all of
-  this comes from the list, otherwise from the full fast score row.
+  its *window* ``[s - B, s + B]`` are ambiguous (the candidate itself is always one of them);
+  when ``s - B`` lies above the list's last fast score, all of this comes from the list,
+  otherwise from the full fast score row (a *row scan*).
 
-Cost: one fast kernel pass plus ``Q * (depth + a few)`` canonical rescorings; a full-row scan only
-for queries with a judged candidate below the list. Degenerate data where *every* score ties (a
-constant encoder) makes every candidate ambiguous and is rescored in full: correct, but about as
-costly as a second pass over the candidates per query.
+Counting is done for all judged candidates of a query at once, never one pass per candidate:
+
+* the fast row (or list) is sorted once and every window is located by binary search; a window
+  holding only the judged candidate itself needs no rescoring at all. Overlapping windows (many
+  judged candidates sharing a tie value) are merged, and each ambiguous candidate is rescored
+  once per query. A query with only a few judged candidates below its list is instead placed by
+  direct comparison passes over its fast row, cheaper than a sort;
+* a query with many judged candidates (at least ``N / 16``), or whose pool or ambiguous set
+  turns out huge (massive exact ties, e.g. a constant encoder), is *dense*: its whole canonical
+  row is computed by broadcasting (no gather, see :func:`_canonical_rows`) and sorted once; each
+  judged candidate's counts and the top list are read off the runs of equal scores;
+* ties are broken by packing ``(query, score)`` (and, only when scores tie, grade and row) into
+  integer sort keys (:func:`_score_key`), one fast integer sort instead of lexicographic sorts.
+
+Cost: one fast kernel pass plus ``Q * (depth + a few)`` canonical rescorings; a row scan (one
+fast row, plus a sort when many judged candidates lie below the list) only for queries with a
+judged candidate below the list; one canonical row per dense query. Degenerate data where every
+score ties costs about one extra pass over the candidates per query.
 """
 
 from __future__ import annotations
@@ -104,7 +119,6 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "faiss")
 """Accepted values of ``exact_search(backend=...)``."""
 
 _U32 = 2.0**-24  # unit roundoff of float32
-_MAX_PAIRS_PER_BLOCK = 1 << 22  # bound on the (query, candidate) pairs materialised at once
 
 
 class SearchError(MrbenchError):
@@ -179,12 +193,15 @@ def canonical_scores(
     if n == 0:
         return out
     dev = candidates.device
-    block = max(1, min(n, _block_elements(dev) // max(1, int(candidates.shape[1]))))
+    d = int(candidates.shape[1])
+    block = max(1, min(n, _block_elements(dev) // max(1, d)))
     qi_t = torch.from_numpy(qi).to(dev)
     ci_t = torch.from_numpy(ci).to(dev)
+    buf = torch.empty((block, d), dtype=candidates.dtype, device=dev)  # reused: stays in cache
     for s in range(0, n, block):
         e = min(n, s + block)
-        prod = candidates.index_select(0, ci_t[s:e])
+        prod = buf[: e - s]
+        torch.index_select(candidates, 0, ci_t[s:e], out=prod)
         prod.mul_(queries.index_select(0, qi_t[s:e]))
         out[s:e] = _tree_sum(prod).cpu().numpy()
     return out
@@ -226,14 +243,60 @@ def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
         return out
     dev = candidates.device
     d = int(candidates.shape[1])
-    rows_per_block = max(1, _block_elements(dev) // max(1, d * m))
+    rows_per_block = max(1, min(r, _block_elements(dev) // max(1, d * m)))
     cidx_t = torch.from_numpy(np.ascontiguousarray(cidx, dtype=np.int64)).to(dev)
-    qrows_t = torch.from_numpy(np.asarray(qrows, dtype=np.int64)).to(dev)
+    qsel = queries.index_select(0, torch.from_numpy(np.asarray(qrows, dtype=np.int64)).to(dev))
+    buf = torch.empty((rows_per_block * m, d), dtype=candidates.dtype, device=dev)  # reused
     for s in range(0, r, rows_per_block):
         e = min(r, s + rows_per_block)
-        prod = candidates.index_select(0, cidx_t[s:e].reshape(-1)).view(e - s, m, d)
-        prod.mul_(queries.index_select(0, qrows_t[s:e])[:, None, :])
-        out[s:e] = _tree_sum(prod.view((e - s) * m, d)).cpu().numpy().reshape(e - s, m)
+        prod = buf[: (e - s) * m]
+        torch.index_select(candidates, 0, cidx_t[s:e].reshape(-1), out=prod)
+        prod.view(e - s, m, d).mul_(qsel[s:e, None, :])
+        out[s:e] = _tree_sum(prod).cpu().numpy().reshape(e - s, m)
+    return out
+
+
+_ROW_BLOCK_ELEMENTS = 1 << 22  # products per block of _canonical_rows on the CPU (fewer, larger ops)
+_ROW_BLOCK_ELEMENTS_GPU = 1 << 26
+
+
+def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray) -> "torch.Tensor":
+    """Canonical scores of ``queries[qrows]`` against *every* candidate: a ``[r, N]`` tensor.
+
+    Used for queries that need most of their row anyway (many judged candidates, huge ties).
+    The same IEEE products and the same tree as :func:`canonical_scores`, hence the same values,
+    but laid out ``[D, rows, candidates]``: the products are broadcast (no gather) and every tree
+    step ``x[:h] += x[w-h:w]`` is one contiguous elementwise add over whole score rows.
+    Returns a float32 tensor on the candidates' device.
+    """
+    import torch
+
+    dev = candidates.device
+    n, d = int(candidates.shape[0]), int(candidates.shape[1])
+    r = int(len(qrows))
+    out = torch.empty((r, n), dtype=torch.float32, device=dev)
+    if r == 0 or n == 0:
+        return out
+    if d == 0:
+        return out.zero_()
+    budget = _ROW_BLOCK_ELEMENTS if dev.type == "cpu" else _ROW_BLOCK_ELEMENTS_GPU
+    q_t = queries.index_select(0, torch.from_numpy(np.asarray(qrows, dtype=np.int64)).to(dev)).T  # [D, r]
+    nb = max(1, min(n, budget // d))  # candidates per block
+    rb = max(1, min(r, budget // (d * nb)))  # queries per block
+    buf = torch.empty((d, rb, nb), dtype=torch.float32, device=dev)
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        c_t = candidates[n0:n1].T.contiguous()  # [D, nb]
+        for s in range(0, r, rb):
+            e = min(r, s + rb)
+            prod = buf.view(-1)[: d * (e - s) * (n1 - n0)].view(d, e - s, n1 - n0)  # contiguous
+            torch.mul(c_t[:, None, :], q_t[:, s:e, None], out=prod)
+            w = d
+            while w > 1:
+                h = w // 2
+                prod[:h].add_(prod[w - h : w])
+                w -= h
+            out[s:e, n0:n1] = prod[0]
     return out
 
 
@@ -373,7 +436,10 @@ def _flatten_judged(judged: Sequence[Mapping[int, int]], n_queries: int, n_candi
         )
     keep = grades > 0
     rows, grades, qidx = rows[keep], grades[keep], qidx[keep]
-    order = np.lexsort((rows, qidx))
+    key = qidx * n_candidates + rows
+    order = np.argsort(key)  # fast unstable sort; keys repeat only for a Mapping with duplicate keys
+    if order.size > 1 and bool((key[order][1:] == key[order][:-1]).any()):
+        order = np.argsort(key, kind="stable")
     rows, grades, qidx = rows[order], grades[order], qidx[order]
     ptr = np.zeros(n_queries + 1, dtype=np.int64)
     np.cumsum(np.bincount(qidx, minlength=n_queries), out=ptr[1:])
@@ -428,6 +494,24 @@ def _resolve_backend(backend: str, device: str | None) -> tuple[str, str]:
 # the shared exact finaliser
 # --------------------------------------------------------------------------------------------
 
+_DENSE_JUDGED = 16
+"""A query with at least ``N / _DENSE_JUDGED`` judged candidates is scored against every candidate
+(:func:`_canonical_rows`): cheaper than rescoring its judged candidates and their windows one by one."""
+_DENSE_AMBIGUOUS = 4
+"""A query whose top-list pool or union of ambiguity windows (found by a row scan) holds more than
+``N / _DENSE_AMBIGUOUS`` candidates (huge exact ties) is scored against every candidate too."""
+_FEW_PAIRS = 4
+
+
+def _few_pairs(n: int) -> int:
+    """How many judged candidates of one query a row scan places by comparison passes.
+
+    More are placed by one sort of the fast score row and binary searches. Cost model (CPU): a
+    comparison pass costs about 5 µs + 0.5 ns per candidate, a row sort about 13 ns per
+    candidate; so a sort pays off beyond a few pairs on short rows and beyond ~20 on long ones.
+    """
+    return max(_FEW_PAIRS, (13 * n) // (5000 + n // 2))
+
 
 @dataclass
 class _Ctx:
@@ -459,7 +543,14 @@ class _Ctx:
         if self.keys.shape[0] == 0:
             return np.zeros(np.broadcast(q, c).shape, dtype=np.int64)
         key = np.asarray(q, dtype=np.int64) * self.n + np.asarray(c, dtype=np.int64)
-        pos = np.searchsorted(self.keys, key)
+        flat = key.reshape(-1)
+        if flat.size > 256:  # binary searches are much faster for sorted needles
+            order = np.argsort(flat)
+            pos = np.empty(flat.size, dtype=np.int64)
+            pos[order] = np.searchsorted(self.keys, flat[order])
+            pos = pos.reshape(key.shape)
+        else:
+            pos = np.searchsorted(self.keys, key)
         pos = np.minimum(pos, self.keys.shape[0] - 1)
         return np.where(self.keys[pos] == key, self.grades[pos], 0)
 
@@ -467,89 +558,372 @@ class _Ctx:
         return canonical_scores(self.sq, self.sc, q, c)
 
 
-def _segment_sum(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
-    return np.bincount(seg, weights=values.astype(np.float64), minlength=n_seg).astype(np.int64)
+@dataclass
+class _Pairs:
+    """The judged (query, candidate) pairs of one chunk, grouped by query, and their exact counts."""
+
+    n_queries: int  # queries in the chunk
+    q: np.ndarray  # int64: local query row (non-decreasing)
+    row: np.ndarray  # int64: candidate row
+    grade: np.ndarray  # int64
+    score: np.ndarray  # float32: canonical score
+    gt: np.ndarray  # int64: candidates with canonical score > score
+    eq: np.ndarray  # int64: candidates with canonical score == score (itself included)
 
 
-class _Rows:
-    """Counting and extraction over full fast-score rows (numpy on the CPU, torch on a GPU).
+def _member(values: np.ndarray, members: np.ndarray, size: int) -> np.ndarray:
+    """``np.isin(values, members)`` for small non-negative integers below ``size`` (a lookup table)."""
+    table = np.zeros(size, dtype=bool)
+    table[members] = True
+    return table[values]
 
-    Thresholds are float32 values rounded conservatively by the caller, so every comparison is
-    exact in float32.
-    """
 
-    def __init__(self, rows: "torch.Tensor", row_map: np.ndarray) -> None:
-        self.t = rows  # fast scores; row ``row_map[i]`` holds the i-th requested row
-        self.row_map = np.asarray(row_map, dtype=np.int64)
-        self.np = rows.numpy() if rows.device.type == "cpu" else None
+def _slots(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, int]:
+    """Position of each entry within its group (``group`` non-decreasing) and the largest group."""
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    return np.arange(group.size, dtype=np.int64) - starts[group], int(counts.max(initial=0))
 
-    def at_least(self, i: int, thr: np.float32) -> np.ndarray:
-        """Columns of row ``i`` with fast score ``>= thr``."""
-        i = int(self.row_map[i])
-        if self.np is not None:
-            return np.flatnonzero(self.np[i] >= thr).astype(np.int64)
+
+class _PerRow:
+    """Scatters per-pair values into a padded ``[rows, widest]`` tensor, one row per query, so that
+    batched ``torch.searchsorted`` can place every pair in its own sorted score row at once."""
+
+    def __init__(self, row: np.ndarray, n_rows: int, device: "torch.device") -> None:
         import torch
 
-        t = torch.tensor(float(thr), dtype=torch.float32, device=self.t.device)
-        return torch.nonzero(self.t[i] >= t, as_tuple=False)[:, 0].cpu().numpy().astype(np.int64)
+        slot, width = _slots(row, n_rows)
+        self.shape = (n_rows, max(1, width))
+        self.device = device
+        self.row = torch.from_numpy(row).to(device)
+        self.slot = torch.from_numpy(slot).to(device)
 
-    def window(
-        self, pos: np.ndarray, lo: np.ndarray, hi: np.ndarray
-    ) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray, np.ndarray]]]:
-        """For rows ``pos``: counts of fast scores ``> hi`` and the ambiguous ``[lo, hi]`` entries.
+    def pad(self, values: np.ndarray, fill: float) -> "torch.Tensor":
+        import torch
 
-        Returns ``(above [len(pos)], groups)``; each group ``(g0, g1, row, col)`` lists the
-        ambiguous entries of rows ``pos[g0:g1]`` (``row`` relative to ``g0``), in groups of at most
-        ``_MAX_PAIRS_PER_BLOCK`` entries (a single row may exceed it).
-        """
-        pos = self.row_map[pos]
-        if self.np is not None:
-            f = self.np if pos.size == self.np.shape[0] and (pos == np.arange(pos.size)).all() else self.np[pos]
-            gtm = f > hi[:, None]
-            above = np.count_nonzero(gtm, axis=1).astype(np.int64)
-            amb = f >= lo[:, None]
-            np.logical_xor(amb, gtm, out=amb)  # hi >= lo, so "> hi" is a subset of ">= lo"
-            del gtm
-            cnt = np.count_nonzero(amb, axis=1)
+        out = torch.full(self.shape, fill, dtype=torch.float32, device=self.device)
+        out[self.row, self.slot] = torch.from_numpy(np.asarray(values, dtype=np.float32)).to(self.device)
+        return out
 
-            def nz(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
-                r, c = np.nonzero(amb[g0:g1])
-                return r.astype(np.int64), c.astype(np.int64)
+    def search(self, sorted_rows: "torch.Tensor", values: "torch.Tensor", right: bool = False) -> "torch.Tensor":
+        """``searchsorted`` of every pair's value in its row of ``sorted_rows`` (ascending)."""
+        import torch
 
-        else:
-            import torch
-
-            dev = self.t.device
-            pos_t = torch.from_numpy(pos).to(dev)
-            f_t = self.t.index_select(0, pos_t)
-            gtm_t = f_t > torch.from_numpy(hi).to(dev)[:, None]
-            above = gtm_t.sum(dim=1).cpu().numpy().astype(np.int64)
-            amb_t = (f_t >= torch.from_numpy(lo).to(dev)[:, None]) & ~gtm_t
-            del gtm_t, f_t
-            cnt = amb_t.sum(dim=1).cpu().numpy()
-
-            def nz(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
-                idx = torch.nonzero(amb_t[g0:g1], as_tuple=False).cpu().numpy().astype(np.int64)
-                return idx[:, 0], idx[:, 1]
-
-        groups = []
-        csum = np.cumsum(cnt)
-        g0 = 0
-        while g0 < pos.size:
-            base = int(csum[g0 - 1]) if g0 else 0
-            g1 = max(g0 + 1, int(np.searchsorted(csum, base + _MAX_PAIRS_PER_BLOCK, side="right")))
-            r, c = nz(g0, g1)
-            groups.append((g0, g1, r, c))
-            g0 = g1
-        return above, groups
+        return torch.searchsorted(sorted_rows, values, right=right)[self.row, self.slot]
 
 
-def _top_from_pool(ctx: _Ctx, q: int, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``depth`` of one query from an explicit pool of candidate rows (pessimistic order)."""
-    sc = ctx.canon(np.full(cand.shape[0], q, dtype=np.int64), cand)
-    gr = ctx.grade_of(q, cand)
-    order = np.lexsort((cand, gr, -sc.astype(np.float64)))[: ctx.depth]
-    return cand[order], sc[order]
+def _score_key(group: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """int64 keys that order entries by ``(group, score)`` exactly (float32 scores, ``-0.0 == 0.0``).
+
+    The float32 bit pattern is mapped to an integer of the same order (negative values: minus
+    their magnitude bits) and placed below the group number, so a plain integer sort or equality
+    test on the keys is an exact sort or equality test on the tuples.
+    """
+    b = (np.asarray(scores, dtype=np.float32) + np.float32(0)).view(np.int32).astype(np.int64)  # + 0: -0.0 -> 0.0
+    return (np.asarray(group, dtype=np.int64) << 32) + np.where(b < 0, -(b & 0x7FFFFFFF), b)
+
+
+def _order_with_ties(key: np.ndarray, grades: Callable[[], np.ndarray], cands: np.ndarray) -> np.ndarray:
+    """Permutation sorting entries by ``(key, grade, candidate row)``; ``grades()`` gives the grades.
+
+    One fast (unstable) integer sort when no two keys are equal, which is the common case; the
+    grades are looked up, and a lexicographic sort done, only when exact ties need the tie-break.
+    """
+    order = np.argsort(key)
+    ks = key[order]
+    if ks.size < 2:
+        return order
+    new = np.r_[True, ks[1:] != ks[:-1]]
+    if new.all():
+        return order
+    # exact ties: one composite integer key (dense rank of key, grade, row) when it fits in int64
+    g = np.asarray(grades(), dtype=np.int64)
+    rank = np.empty(key.size, dtype=np.int64)
+    rank[order] = np.cumsum(new) - 1
+    g_span = int(g.max()) - int(g.min()) + 1
+    c_span = int(cands.max()) + 1
+    if int(rank[order[-1]] + 1) * g_span * c_span < 2**62:
+        return np.argsort((rank * g_span + (g - int(g.min()))) * c_span + cands)
+    return np.lexsort((cands, g, key))
+
+
+def _argsort_rows(t: "torch.Tensor") -> "torch.Tensor":
+    """Indices sorting each row of a float32 tensor ascending (order among equal values unspecified).
+
+    NumPy's SIMD sort on the CPU (several times faster than ``torch.sort`` there), ``torch.sort``
+    on a GPU.
+    """
+    import torch
+
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.argsort(t.numpy(), axis=1))
+    return torch.sort(t, dim=1).indices
+
+
+def _top_lists(
+    ctx: _Ctx,
+    queries: np.ndarray,
+    rr: np.ndarray,
+    cc: np.ndarray,
+    sc: np.ndarray,
+    grades: Callable[[], np.ndarray] | None = None,
+) -> None:
+    """Top-``depth`` lists of the (global) ``queries`` from explicit candidate pools.
+
+    ``(rr[i], cc[i], sc[i])``: candidate row ``cc[i]`` with canonical score ``sc[i]`` is in the pool
+    of ``queries[rr[i]]``. Every pool must hold the query's ``depth`` best candidates (in particular
+    at least ``depth`` entries); they are sorted in the pessimistic order ``(-score, grade, row)``.
+    ``grades()`` returns the entries' grades (default: looked up in the qrels), needed only to
+    break exact ties.
+    """
+    if queries.size == 0:
+        return
+    if grades is None:
+        grades = lambda: ctx.grade_of(queries[rr], cc)  # noqa: E731
+    order = _order_with_ties(_score_key(rr, -sc), grades, cc)
+    counts = np.bincount(rr, minlength=queries.size)
+    take = order[(np.cumsum(counts) - counts)[:, None] + np.arange(ctx.depth)]
+    ctx.topk_idx[queries] = cc[take]
+    ctx.topk_scores[queries] = sc[take]
+
+
+def _top_lists_rect(ctx: _Ctx, queries: np.ndarray, cand: np.ndarray, sc: np.ndarray, in_pool: np.ndarray) -> None:
+    """:func:`_top_lists` for pools given as ``[r, m]`` masks over candidate / score matrices.
+
+    Rows whose ``depth + 1`` best pool scores are all distinct (the usual case) are ordered by one
+    row-wise float sort; only rows with exact ties go through the general tie-breaking path.
+    """
+    depth = ctx.depth
+    neg = np.where(in_pool, -sc, np.float32(np.inf))
+    order = np.argsort(neg, axis=1)[:, : depth + 1]
+    head = np.take_along_axis(neg, order, axis=1)
+    tied = (head[:, 1:] == head[:, :-1]).any(axis=1)
+    clean = np.flatnonzero(~tied)
+    top = order[clean, :depth]
+    ctx.topk_idx[queries[clean]] = np.take_along_axis(cand[clean], top, axis=1)
+    ctx.topk_scores[queries[clean]] = np.take_along_axis(sc[clean], top, axis=1)
+    rows = np.flatnonzero(tied)
+    if rows.size:
+        rr, pp = np.nonzero(in_pool[rows])
+        _top_lists(ctx, queries[rows], rr, cand[rows[rr], pp], sc[rows[rr], pp])
+
+
+def _counts_by_sorting(
+    ctx: _Ctx,
+    queries: np.ndarray,
+    fast: "torch.Tensor",
+    ids: np.ndarray | None,
+    p_row: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    s: np.ndarray,
+    max_amb: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ``(gt, eq)`` of judged pairs, many per row, from one sort of each fast score row.
+
+    Row ``i`` of ``fast`` (``[r, m]``, any device) holds fast scores of the global query
+    ``queries[i]`` for candidates ``ids[i]`` (column ``j`` is candidate ``j`` when ``ids`` is None):
+    a whole score row, or a top list whose omitted candidates all score below the window of each
+    of the row's pairs. Pair ``k`` lies in row ``p_row[k]`` (non-decreasing) and has canonical score
+    ``s[k]`` and float32 window ``[lo[k], hi[k]]`` (``f > hi`` implies canonical ``> s``, ``f < lo``
+    implies ``< s``).
+
+    Binary searches in the sorted row give each pair's count ``a`` of ``f > hi`` and the size of its
+    window. The judged candidate's own fast score always lies in its window, so a window of size 1
+    needs no rescoring (``gt = a``, ``eq = 1``). Larger windows (near-ties) are merged per row into
+    disjoint intervals, i.e. ranges of the sorted row, whose candidates ``U`` are rescored once,
+    however many judged candidates share them; every candidate of ``U`` outside pair ``k``'s window
+    is certainly above or below ``s_k``, so ``gt_k = a_k - #{U: f > hi_k} + #{U: canonical > s_k}``
+    and ``eq_k = #{U: canonical == s_k}``.
+
+    Rows whose ``U`` exceeds ``max_amb`` candidates are flagged in the returned bool ``[r]`` array
+    (not rescored; the counts of their pairs are meaningless).
+    """
+    import torch
+
+    r, m = fast.shape
+    dev = fast.device
+    perm = _argsort_rows(fast)
+    srt = torch.gather(fast, 1, perm)  # ascending
+    pr = _PerRow(p_row, r, dev)
+    inf = float("inf")
+    upto_hi = pr.search(srt, pr.pad(hi, inf), right=True).cpu().numpy()  # f <= hi
+    below_lo = pr.search(srt, pr.pad(lo, inf)).cpu().numpy()  # f < lo
+    gt = m - upto_hi
+    eq = np.ones(p_row.size, dtype=np.int64)
+    too_big = np.zeros(r, dtype=bool)
+    multi = np.flatnonzero(upto_hi - below_lo > 1)
+    if multi.size == 0:
+        return gt, eq, too_big
+    # merge the windows of each row into disjoint intervals [L, H]
+    order = multi[np.argsort(_score_key(p_row[multi], lo[multi]), kind="stable")]
+    hi_key = np.maximum.accumulate(_score_key(p_row[order], hi[order]))  # row in the high bits
+    lo_key = _score_key(p_row[order], lo[order])
+    first = np.flatnonzero(np.r_[True, lo_key[1:] > hi_key[:-1]])
+    i_row = p_row[order[first]]
+    i_lo = lo[order[first]]
+    i_hi = np.maximum.reduceat(hi[order], first)
+    # rows whose intervals hold too many candidates are scored in full instead
+    ir = _PerRow(i_row, r, dev)
+    i_start = ir.search(srt, ir.pad(i_lo, inf)).cpu().numpy()
+    i_size = ir.search(srt, ir.pad(i_hi, inf), right=True).cpu().numpy() - i_start
+    too_big = np.bincount(i_row, weights=i_size, minlength=r) > max_amb
+    keep = np.flatnonzero(~too_big[i_row])
+    if keep.size == 0:
+        return gt, eq, too_big
+    # the candidates U of the intervals: ranges of the sorted rows
+    lens = i_size[keep]
+    ur = np.repeat(i_row[keep], lens)
+    pos = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(i_start[keep] - (np.cumsum(lens) - lens), lens)
+    ur_t, pos_t = torch.from_numpy(ur).to(dev), torch.from_numpy(pos).to(dev)
+    uc = perm[ur_t, pos_t].cpu().numpy().astype(np.int64)
+    uf = srt[ur_t, pos_t].cpu().numpy()
+    uv = ctx.canon(queries[ur], uc if ids is None else ids[ur, uc])
+    # per-row counts among U by binary search on (row, value) keys
+    k = multi[~too_big[p_row[multi]]]
+    end = (p_row[k] << 32) + (1 << 31)  # above every key of the row
+    f_keys = np.sort(_score_key(ur, uf))
+    v_keys = np.sort(_score_key(ur, uv))
+    s_key = _score_key(p_row[k], s[k])
+    f_above = np.searchsorted(f_keys, end) - np.searchsorted(f_keys, _score_key(p_row[k], hi[k]), side="right")
+    v_upto = np.searchsorted(v_keys, s_key, side="right")
+    gt[k] = gt[k] - f_above + (np.searchsorted(v_keys, end) - v_upto)
+    eq[k] = v_upto - np.searchsorted(v_keys, s_key)
+    return gt, eq, too_big
+
+
+def _counts_by_comparison(
+    ctx: _Ctx,
+    fast: "torch.Tensor",
+    pos: np.ndarray,
+    queries: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    s: np.ndarray,
+    block: int,
+    max_amb: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ``(gt, eq)`` of judged pairs by comparison passes over full fast score rows.
+
+    Pair ``k`` (global query ``queries[k]``, canonical score ``s[k]``, float32 window
+    ``[lo[k], hi[k]]``) is placed in row ``fast[pos[k]]``: ``gt`` counts ``f > hi`` plus the window
+    entries rescored above ``s``, ``eq`` the window entries rescored equal. Cheapest for few pairs
+    per row, or long rows. Pairs whose window holds more than ``max_amb`` entries are not rescored
+    and are flagged in the returned bool array; their counts are meaningless.
+    """
+    above, too_big, kk, cc = _scan_windows(fast, pos, lo, hi, block, max_amb)
+    sc = ctx.canon(queries[kk], cc)
+    ref = s[kk]
+    gt = above + np.bincount(kk, weights=sc > ref, minlength=pos.size).astype(np.int64)
+    eq = np.bincount(kk, weights=sc == ref, minlength=pos.size).astype(np.int64)
+    return gt, eq, too_big
+
+
+def _scan_windows(
+    fast: "torch.Tensor", pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, block: int, max_amb: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Comparison passes of the rows ``fast[pos[k]]`` against thresholds ``lo[k] <= hi[k]``.
+
+    Returns ``(above, too_big, kk, cc)``: per entry ``k`` the count of ``f > hi`` and whether its
+    window ``lo <= f <= hi`` holds more than ``max_amb`` entries, and the ``(k, column)`` pairs of
+    the other windows. On the CPU one row at a time with NumPy (the row stays in cache across the
+    passes and the entries sharing it); on a GPU in blocks of ``block`` rows with torch.
+    """
+    n_entries = pos.size
+    above = np.zeros(n_entries, dtype=np.int64)
+    too_big = np.zeros(n_entries, dtype=bool)
+    if fast.device.type == "cpu":
+        full = fast.numpy()
+        cols = []
+        for k in range(n_entries):
+            row = full[pos[k]]
+            gtm = row > hi[k]
+            above[k] = np.count_nonzero(gtm)
+            win = row >= lo[k]
+            win ^= gtm  # hi >= lo, so "> hi" is a subset of ">= lo"
+            w = np.flatnonzero(win)
+            if w.size > max_amb:
+                too_big[k] = True
+                w = w[:0]
+            cols.append(w)
+        sizes = np.fromiter((w.size for w in cols), dtype=np.int64, count=n_entries)
+        kk = np.repeat(np.arange(n_entries, dtype=np.int64), sizes)
+        cc = np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, dtype=np.int64)
+        return above, too_big, kk, cc
+    import torch
+
+    dev = fast.device
+    kks, ccs = [], []
+    for s0 in range(0, n_entries, block):
+        s1 = min(n_entries, s0 + block)
+        f_t = fast.index_select(0, torch.from_numpy(pos[s0:s1]).to(dev))
+        gtm_t = f_t > torch.from_numpy(hi[s0:s1]).to(dev)[:, None]
+        above[s0:s1] = gtm_t.sum(dim=1).cpu().numpy()
+        amb_t = (f_t >= torch.from_numpy(lo[s0:s1]).to(dev)[:, None]) & ~gtm_t
+        del gtm_t, f_t
+        big_t = amb_t.sum(dim=1) > max_amb
+        too_big[s0:s1] = big_t.cpu().numpy()
+        amb_t[big_t] = False
+        idx = torch.nonzero(amb_t, as_tuple=False).cpu().numpy().astype(np.int64)
+        kks.append(idx[:, 0] + s0)
+        ccs.append(idx[:, 1])
+    kk = np.concatenate(kks) if kks else np.zeros(0, dtype=np.int64)
+    cc = np.concatenate(ccs) if ccs else np.zeros(0, dtype=np.int64)
+    return above, too_big, kk, cc
+
+
+def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None:
+    """Exact results of the local query ``rows`` from their full canonical score rows.
+
+    One :func:`_canonical_rows` pass and one sort per query; in the sorted row, the exact ties of
+    each candidate form a run, so a judged candidate's counts are read off its run
+    (``gt = N - run end``, ``eq = run length``) and the top list is the pool of candidates from the
+    run holding the ``depth``-th best score upwards.
+    """
+    import torch
+
+    n, depth = ctx.n, ctx.depth
+    step = max(1, ctx.scan_rows // 8)
+    for s0 in range(0, rows.size, step):
+        blk = rows[s0 : s0 + step]
+        b = blk.size
+        canon = _canonical_rows(ctx.sq, ctx.sc, q0 + blk)  # [b, n] on the scoring device
+        dev = canon.device
+        order = _argsort_rows(canon)
+        srt = torch.gather(canon, 1, order)
+        del canon
+        # runs of equal scores in the flattened sorted rows (a run never crosses a row boundary)
+        flat = srt.reshape(-1)
+        new = torch.ones(b * n, dtype=torch.bool, device=dev)
+        new[1:] = flat[1:] != flat[:-1]
+        new[::n] = True
+        run = torch.cumsum(new, 0) - 1
+        starts = torch.nonzero(new)[:, 0]
+        ends = torch.cat([starts[1:], torch.tensor([b * n], device=dev)])
+        # judged candidates: position in the sorted row, then their run
+        sel = np.flatnonzero(_member(pairs.q, blk, pairs.n_queries))
+        p_row = np.searchsorted(blk, pairs.q[sel])
+        if sel.size:
+            p_row_t = torch.from_numpy(p_row).to(dev)
+            inv = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(b, n))
+            fp = p_row_t * n + inv[p_row_t, torch.from_numpy(pairs.row[sel]).to(dev)]
+            r_id = run[fp]
+            pairs.score[sel] = flat[fp].cpu().numpy()
+            pairs.gt[sel] = ((p_row_t + 1) * n - ends[r_id]).cpu().numpy()
+            pairs.eq[sel] = (ends[r_id] - starts[r_id]).cpu().numpy()
+            del inv
+        # top lists: the run of the depth-th best score and everything above it
+        first = starts[run[torch.arange(b, device=dev) * n + (n - depth)]] % n
+        rr, pp = torch.nonzero(torch.arange(n, device=dev)[None, :] >= first[:, None], as_tuple=True)
+        rr_np, cc_np = rr.cpu().numpy(), order[rr, pp].cpu().numpy()
+
+        def grades() -> np.ndarray:  # the block's judged grades as a [b, n] table: no searching
+            table = np.zeros((b, n), dtype=np.int64)
+            table[p_row, pairs.row[sel]] = pairs.grade[sel]
+            return table[rr_np, cc_np]
+
+        _top_lists(ctx, q0 + blk, rr_np, cc_np, srt[rr, pp].cpu().numpy(), grades)
+        del order, srt, flat, new, run
 
 
 def _finalise_chunk(
@@ -567,107 +941,128 @@ def _finalise_chunk(
     row's last value. ``fast_rows(local_rows)`` returns ``(tensor, row_map)``: full fast score
     rows ``[*, N]`` (a torch tensor on any device) where ``tensor[row_map[i]]`` is the row of
     ``local_rows[i]``, for an exact scan.
+
+    Each query takes one of three routes (all give the same, exact, results):
+
+    * *dense*: many judged candidates (``>= N / _DENSE_JUDGED``) or, found by a row scan, a huge
+      pool or ambiguous set: the whole canonical row (:func:`_finalise_dense`);
+    * *list*: pool and judged windows inside the fast list: the pool prefix is rescored for the
+      top list, judged candidates are placed in the sorted list (:func:`_counts_by_sorting`);
+    * *row scan*: the fast score row, for pools touching the list boundary and judged candidates
+      below the list: comparison passes for a few judged candidates, else one sort of the row
+      (:func:`_counts_by_comparison`, :func:`_counts_by_sorting`).
     """
+    import torch
+
     c, kp = lf.shape
     n, depth = ctx.n, ctx.depth
-    qs = np.arange(q0, q0 + c, dtype=np.int64)
     bnd = ctx.bound[q0 : q0 + c]
     lf64 = lf.astype(np.float64)
     full = kp >= n
     floor = np.full(c, -np.inf) if full else lf64[:, -1]
     pool_thr = lf64[:, depth - 1] - 2.0 * bnd
     pool_ok = np.ones(c, dtype=bool) if full else floor < pool_thr
-    pool_mask = (lf64 >= pool_thr[:, None]) & pool_ok[:, None]
 
     # judged pairs of the chunk
     p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q0 + c])
     counts = np.diff(ctx.ptr[q0 : q0 + c + 1])
-    jq = np.repeat(np.arange(c, dtype=np.int64), counts)  # local query of each pair
-    jr = ctx.rows[p0:p1]
-    jg = ctx.grades[p0:p1]
     npairs = p1 - p0
-    js = ctx.canon(q0 + jq, jr)
-    js64 = js.astype(np.float64)
-    lo = js64 - bnd[jq]
-    hi = js64 + bnd[jq]
-    pair_ok = np.ones(npairs, dtype=bool) if full else lo > floor[jq]
-    gt = np.zeros(npairs, dtype=np.int64)  # candidates with canonical score > s
-    eq = np.zeros(npairs, dtype=np.int64)  # candidates with canonical score == s (incl. itself)
+    pairs = _Pairs(
+        n_queries=c,
+        q=np.repeat(np.arange(c, dtype=np.int64), counts),
+        row=ctx.rows[p0:p1],
+        grade=ctx.grades[p0:p1],
+        score=np.zeros(npairs, dtype=np.float32),
+        gt=np.zeros(npairs, dtype=np.int64),
+        eq=np.zeros(npairs, dtype=np.int64),
+    )
+    jq = pairs.q
+    dense = counts * _DENSE_JUDGED >= n
+    sparse = np.flatnonzero(~dense[jq])  # pairs of the other queries
+    pairs.score[sparse] = ctx.canon(q0 + jq[sparse], pairs.row[sparse])
+    s64 = pairs.score.astype(np.float64)
+    # ambiguity windows as float32: f > hi32 <=> f > s + B, f >= lo32 <=> f >= s - B
+    lo32 = np.zeros(npairs, dtype=np.float32)
+    hi32 = np.zeros(npairs, dtype=np.float32)
+    lo32[sparse] = _f32_up(s64[sparse] - bnd[jq[sparse]])
+    hi32[sparse] = _f32_down(s64[sparse] + bnd[jq[sparse]])
+    in_list = np.ones(npairs, dtype=bool) if full else (s64 - bnd[jq]) > floor[jq]
 
-    # --- pairs whose ambiguity window lies inside the list: counts from the list -------------
-    okp = np.flatnonzero(pair_ok)
-    need = pool_mask.copy()
-    if okp.size:
-        lrows = lf64[jq[okp]]
-        higher = lrows > hi[okp, None]
-        above = higher.sum(axis=1)
-        amb = (lrows >= lo[okp, None]) & ~higher
-        np.logical_or.at(need, jq[okp], amb)
-    # canonical scores: the pool is a prefix of each list (rectangular, broadcast), the rest of
-    # the needed entries (ambiguity windows further down) pair by pair
-    cv = np.full((c, kp), np.nan, dtype=np.float32)
-    rows_ok = np.flatnonzero(pool_ok)
-    m = int(pool_mask.sum(axis=1).max()) if rows_ok.size else 0
-    if m:
-        cv[rows_ok, :m] = _canonical_grid(ctx.sq, ctx.sc, q0 + rows_ok, li[rows_ok, :m])
-        need[rows_ok, :m] = False
-    rr, cc = np.nonzero(need)
-    cv[rr, cc] = ctx.canon(q0 + rr, li[rr, cc])
-    if okp.size:
-        cvp = cv[jq[okp]]
-        sp = js[okp, None]
-        gt[okp] = above + (amb & (cvp > sp)).sum(axis=1)
-        eq[okp] = (amb & (cvp == sp)).sum(axis=1)
-
-    # --- top lists of rows whose pool lies inside the list ------------------------------------
+    # --- list route: pools inside the list (top lists), judged windows inside the list ---------
+    rows_ok = np.flatnonzero(pool_ok & ~dense)
     if rows_ok.size:
-        li_ok = li[rows_ok]
-        pm = pool_mask[rows_ok]
-        g_ok = ctx.grade_of(qs[rows_ok, None], li_ok)
-        negs = np.where(pm, -cv[rows_ok].astype(np.float64), 0.0)
-        order = np.lexsort((li_ok, g_ok, negs, ~pm), axis=-1)[:, :depth]
-        ctx.topk_idx[q0 + rows_ok] = np.take_along_axis(li_ok, order, axis=1)
-        ctx.topk_scores[q0 + rows_ok] = np.take_along_axis(cv[rows_ok], order, axis=1)
+        pool_mask = lf64[rows_ok] >= pool_thr[rows_ok, None]  # a prefix of each list
+        m = int(pool_mask.sum(axis=1).max())
+        cv = _canonical_grid(ctx.sq, ctx.sc, q0 + rows_ok, li[rows_ok, :m])
+        _top_lists_rect(ctx, q0 + rows_ok, li[rows_ok, :m], cv, pool_mask[:, :m])
+    okp = sparse[in_list[sparse]]
+    if okp.size:
+        urows, p_row = np.unique(jq[okp], return_inverse=True)
+        pairs.gt[okp], pairs.eq[okp], _ = _counts_by_sorting(
+            ctx, q0 + urows, torch.from_numpy(lf[urows]), li[urows], p_row.reshape(-1),
+            lo32[okp], hi32[okp], pairs.score[okp], max_amb=kp,
+        )
 
-    # --- exact row scans (pool touching the list boundary, judged below the list) -------------
-    bad_pairs = np.flatnonzero(~pair_ok)
-    scan = np.unique(np.concatenate([np.flatnonzero(~pool_ok), jq[bad_pairs]]))
+    # --- row scans: pools touching the list boundary, judged candidates below the list --------
+    bad = sparse[~in_list[sparse]]
+    scan = np.unique(np.concatenate([np.flatnonzero(~pool_ok & ~dense), jq[bad]]))
     step = max(1, scan_rows if scan_rows is not None else ctx.scan_rows)
-    for s in range(0, scan.size, step):
-        sub = scan[s : s + step]
-        rows = _Rows(*fast_rows(sub))  # fast scores of the rows ``sub``
-        pos_of = {int(r): i for i, r in enumerate(sub)}
+    max_amb = n // _DENSE_AMBIGUOUS
+    for s0 in range(0, scan.size, step):
+        sub = scan[s0 : s0 + step]
+        fast, row_map = fast_rows(sub)  # fast scores of the rows ``sub``
+        row_map = np.asarray(row_map, dtype=np.int64)
+        dev = fast.device
         # pools: every candidate whose fast score reaches the pool threshold
-        for r in sub[~pool_ok[sub]]:
-            cand = rows.at_least(pos_of[int(r)], _f32_down(pool_thr[r : r + 1])[0])
-            top_i, top_s = _top_from_pool(ctx, int(q0 + r), cand)
-            ctx.topk_idx[q0 + r] = top_i
-            ctx.topk_scores[q0 + r] = top_s
-        # judged pairs, one "slot" (k-th bad pair of a row) at a time so rows are unique
-        sel = bad_pairs[np.isin(jq[bad_pairs], sub)]
+        pr_rows = sub[~pool_ok[sub]]
+        if pr_rows.size:
+            inf32 = np.full(pr_rows.size, np.inf, dtype=np.float32)
+            _, big, rr, cc = _scan_windows(
+                fast, row_map[np.searchsorted(sub, pr_rows)], _f32_down(pool_thr[pr_rows]), inf32, step, max_amb
+            )
+            dense[pr_rows[big]] = True  # huge pool (ties): score the whole row instead
+            keep = pr_rows[~big]
+            _top_lists(ctx, q0 + keep, np.searchsorted(keep, pr_rows[rr]), cc, ctx.canon(q0 + pr_rows[rr], cc))
+        # judged candidates below the list
+        sel = bad[_member(jq[bad], sub, c) & ~dense[jq[bad]]]
         if sel.size == 0:
             continue
-        first = np.r_[True, jq[sel][1:] != jq[sel][:-1]]
-        run_start = np.maximum.accumulate(np.where(first, np.arange(sel.size), 0))
-        slot = np.arange(sel.size) - run_start
-        for t in range(int(slot.max()) + 1):
-            pt = sel[slot == t]
-            pos = np.array([pos_of[int(r)] for r in jq[pt]], dtype=np.int64)
-            above, amb_groups = rows.window(pos, _f32_down(lo[pt]), _f32_up(hi[pt]))
-            gt[pt] = above
-            for g0, g1, rr_, cc_ in amb_groups:
-                which = pt[g0:g1][rr_]
-                sc = ctx.canon(q0 + jq[which], cc_)
-                s_ref = js[which]
-                gt[pt[g0:g1]] += _segment_sum(sc > s_ref, rr_, g1 - g0)
-                eq[pt[g0:g1]] = _segment_sum(sc == s_ref, rr_, g1 - g0)
-        del rows
+        per_row = np.bincount(jq[sel], minlength=c)
+        few = sel[per_row[jq[sel]] <= _few_pairs(n)]
+        if few.size:
+            pos = row_map[np.searchsorted(sub, jq[few])]
+            gt, eq, big = _counts_by_comparison(
+                ctx, fast, pos, q0 + jq[few], lo32[few], hi32[few], pairs.score[few], step, max_amb
+            )
+            pairs.gt[few], pairs.eq[few] = gt, eq
+            dense[jq[few[big]]] = True
+        many = sel[per_row[jq[sel]] > _few_pairs(n)]
+        sort_rows = max(1, step // 8)
+        urows_all = np.unique(jq[many])
+        for t0 in range(0, urows_all.size, sort_rows):
+            urows = urows_all[t0 : t0 + sort_rows]
+            pm = many[_member(jq[many], urows, c)]
+            f = fast.index_select(0, torch.from_numpy(row_map[np.searchsorted(sub, urows)]).to(dev))
+            gt, eq, big = _counts_by_sorting(
+                ctx, q0 + urows, f, None, np.searchsorted(urows, jq[pm]), lo32[pm], hi32[pm],
+                pairs.score[pm], max_amb=max_amb,
+            )
+            pairs.gt[pm], pairs.eq[pm] = gt, eq
+            dense[urows[big]] = True
+            del f
+        del fast
+
+    # --- dense route: whole canonical rows --------------------------------------------------
+    _finalise_dense(ctx, q0, np.flatnonzero(dense), pairs)
 
     # --- ranks: 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row) -
     if npairs:
-        order = np.lexsort((jr, jg, js64, jq))
-        oq, os_ = jq[order], js64[order]
-        new_grp = np.r_[True, (oq[1:] != oq[:-1]) | (os_[1:] != os_[:-1])]
+        js, jr, jg = pairs.score, pairs.row, pairs.grade
+        gt, eq = pairs.gt, pairs.eq
+        key = _score_key(jq, js)
+        order = _order_with_ties(key, lambda: jg, jr)  # (query, score, grade, row)
+        ok = key[order]
+        new_grp = np.r_[True, ok[1:] != ok[:-1]]
         grp_start = np.maximum.accumulate(np.where(new_grp, np.arange(npairs), 0))
         grp_id = np.cumsum(new_grp) - 1
         grp_size = np.bincount(grp_id)[grp_id]
@@ -681,8 +1076,7 @@ def _finalise_chunk(
         # ties of the best-ranked relevant candidate
         rel = np.flatnonzero(jg >= ctx.relevance_level)
         if rel.size:
-            o = np.lexsort((rank[rel], jq[rel]))
-            rel = rel[o]
+            rel = rel[np.argsort(jq[rel] * (n + 1) + rank[rel])]  # by query, then rank (unique)
             firsts = rel[np.r_[True, jq[rel][1:] != jq[rel][:-1]]]
             ctx.n_ties[q0 + jq[firsts]] = eq[firsts] - 1
 
