@@ -123,3 +123,14 @@ def test_real_process_help_and_module_entry():
     code = "import sys; from mrbench.cli.app import app; print(sorted(m for m in ('torch','faiss','pandas','transformers','open_clip') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]"
+
+
+def test_progress_bars_go_to_stderr_and_build_command(tmp_path):
+    out = tmp_path / "b"
+    r = invoke("build", "synth", "-o", str(out), "--size", "tiny", "--seed", "3")
+    assert r.exit_code == 0 and "fingerprint sha256:" in r.stdout and "building: render t2i" in r.stderr
+    one_line_error(invoke("build", "synth", "-o", str(out), "--size", "tiny"), "--overwrite")
+    r = invoke("evaluate", "-b", str(out), "-e", "random", "--tasks", "t2i")
+    assert r.exit_code == 0, r.output
+    assert "t2i: encode queries" in r.stderr and "t2i: retrieve" in r.stderr
+    assert "encode queries" not in r.stdout and "R@5" in r.stdout

@@ -37,4 +37,4 @@ def synth(
     bench = build_synth(output, size=sz, seed=seed, split=split, image_size=image_size, overwrite=overwrite,
                         progress=rep.builder_callback())
     counts = ", ".join(f"{t.name} {len(t.queries)} q / {len(t.candidates)} c" for t in bench.tasks)
-    rep.console.print(f"wrote {output}: {counts}; fingerprint {bench.fingerprint}")
+    print(f"wrote {output}: {counts}; fingerprint {bench.fingerprint}")
