@@ -134,3 +134,24 @@ def test_progress_bars_go_to_stderr_and_build_command(tmp_path):
     assert r.exit_code == 0, r.output
     assert "t2i: encode queries" in r.stderr and "t2i: retrieve" in r.stderr
     assert "encode queries" not in r.stdout and "R@5" in r.stdout
+
+
+def test_export_parquet_and_evaluate_it(tmp_path):
+    out = tmp_path / "pq"
+    r = invoke("export", TINY, "-o", str(out))
+    assert r.exit_code == 0, r.output
+    fp = r.stdout.strip().split()[-1]
+    assert (out / "tasks/t2i/candidates.parquet").is_file()
+    r = invoke("evaluate", "-b", str(out), "-e", "oracle", "-q", "--no-sensitivity", "-o", str(tmp_path / "res"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "res/results.json").read_text())["benchmark"]["fingerprint"] == fp
+    one_line_error(invoke("export", TINY, "-o", str(tmp_path / "x"), "-f", "zip"), "--format")
+
+
+def test_truncated_image_is_named(tmp_path):
+    out = tmp_path / "b"
+    assert invoke("build", "synth", "-o", str(out), "--size", "tiny").exit_code == 0
+    victim = sorted((out / "images").rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:60])
+    r = invoke("evaluate", "-b", str(out), "-q")
+    one_line_error(r, victim.name)

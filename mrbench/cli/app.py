@@ -28,6 +28,7 @@ build_app = typer.Typer(help="Build a benchmark directory.", no_args_is_help=Tru
 build_app.command("synth")(_build.synth)
 app.add_typer(build_app, name="build")
 app.command("evaluate")(_evaluate.evaluate)
+app.command("export")(_build.export)
 app.command("check-encoder")(_listing.check_encoder)
 app.command("encoders")(_listing.encoders)
 app.command("benchmarks")(_listing.benchmarks)

@@ -38,3 +38,29 @@ def synth(
                         progress=rep.builder_callback())
     counts = ", ".join(f"{t.name} {len(t.queries)} q / {len(t.candidates)} c" for t in bench.tasks)
     print(f"wrote {output}: {counts}; fingerprint {bench.fingerprint}")
+
+
+@handle_errors
+def export(
+    benchmark: Annotated[str, typer.Argument(help="Built-in name or benchmark directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="'parquet' (self-contained, images inside; loads with "
+                                        "datasets.load_dataset('parquet', ...)) or 'dir' (the plain benchmark directory).")] = "parquet",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+) -> None:
+    """Export a benchmark as Parquet (for the Hugging Face hub or any dataframe tool) or as a plain
+    directory. 'mrbench evaluate -b <export>' reads either; the fingerprint is the same."""
+    from mrbench.data.io import save_benchmark
+    from mrbench.data.parquet import export_parquet
+    from mrbench.data.registry import load_benchmark
+    from mrbench.errors import MrbenchError
+
+    if format not in ("parquet", "dir"):
+        raise MrbenchError(f"--format {format!r}: use 'parquet' or 'dir'")
+    bench = load_benchmark(benchmark)
+    fp = bench.fingerprint
+    if format == "parquet":
+        export_parquet(bench, output, overwrite=overwrite)
+    else:
+        save_benchmark(bench, output, overwrite=overwrite)
+    print(f"wrote {output} ({format}); fingerprint {fp}")
