@@ -10,7 +10,6 @@ and a per-grain chart.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace

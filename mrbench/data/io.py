@@ -233,14 +233,21 @@ def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> No
 
 
 # --------------------------------------------------------------------------- loading
-def _read_json(path: Path) -> Any:
+def read_json(
+    path: Path,
+    *,
+    error: type[Exception] = BenchmarkError,
+    missing: str = "file missing; the benchmark directory is incomplete, rebuild it",
+    corrupt: str = "the file is corrupt, rebuild the benchmark",
+) -> Any:
+    """Parse a JSON file; a missing or malformed file raises ``error`` with one line naming it."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
+        raise error(f"{path}: {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BenchmarkError(f"{path}: not valid JSON ({e}); the file is corrupt, rebuild the benchmark") from None
+        raise error(f"{path}: not valid JSON ({e}); {corrupt}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -296,7 +303,7 @@ def load_benchmark_dir(root: Path, verify: bool = True) -> Benchmark:
     if not root.is_dir():
         raise BenchmarkError(f"{root}: no such benchmark directory; build one with 'mrbench build synth --output {root}'")
     man_path = root / MANIFEST
-    man = _read_json(man_path)
+    man = read_json(man_path)
     if not isinstance(man, dict):
         raise BenchmarkError(f"{man_path}: expected a JSON object")
     sv = man.get("schema_version")

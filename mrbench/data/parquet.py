@@ -25,6 +25,7 @@ from mrbench.data.io import (
     atomic_dir,
     atomic_write_text,
     benchmark_manifest,
+    read_json,
     task_manifest,
     validate,
     write_benchmark_files,
@@ -172,12 +173,7 @@ def import_parquet(src: Path, out: Path, overwrite: bool = False) -> Benchmark:
 
     src = Path(src)
     man_path = src / MANIFEST
-    try:
-        header = json.loads(man_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchmarkError(f"{man_path}: file missing; not a Parquet benchmark export") from None
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"{man_path}: not valid JSON ({e.msg})") from None
+    header = read_json(man_path, missing="file missing; not a Parquet benchmark export", corrupt="export the benchmark again")
     frames = {}
     for tm in header.get("tasks", []):
         fr = {}

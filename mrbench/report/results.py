@@ -204,16 +204,13 @@ class EvaluationResult:
         """Load ``results.json`` (and the per-query table when present) from a results directory."""
         import pandas as pd
 
+        from mrbench.data.io import read_json
         from mrbench.errors import MrbenchError
 
         path = Path(path)
         f = path / RESULTS_FILE if path.is_dir() else path
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise MrbenchError(f"{f}: no results file; pass a directory written by 'mrbench evaluate --output'") from None
-        except json.JSONDecodeError as e:
-            raise MrbenchError(f"{f}: not valid JSON ({e.msg})") from None
+        data = read_json(f, error=MrbenchError, missing="no results file; pass a directory written by 'mrbench evaluate --output'",
+                         corrupt="the results file is damaged; re-run the evaluation")
         if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
             raise MrbenchError(f"{f}: schema_version {data.get('schema_version')!r} is not supported (expected {RESULTS_SCHEMA_VERSION})")
         pq = f.parent / "per_query.parquet"
