@@ -58,7 +58,7 @@ def naive_search(q: np.ndarray, c: np.ndarray, judged, depth: int, relevance_lev
             # GUIDE §3 formula for the first relevant candidate
             nonrel_tied = sum(1 for j in range(n) if s[j] == s[best] and grade[j] < relevance_level)
             assert pos[best] == 1 + int((s > s[best]).sum()) + nonrel_tied
-            ties.append(int((s == s[best]).sum()) - 1)
+            ties.append(nonrel_tied)
         else:
             ties.append(0)
     return ranks, tops, ties, scores
@@ -174,7 +174,7 @@ def test_hand_example_pessimistic_ties():
     # relevant candidates tied with each other take consecutive ranks (lower grade, then lower row)
     res = exact_search(q, c, [{0: 1, 2: 3, 3: 1}], depth=5, backend="torch", device="cpu")
     assert res.judged_ranks == [{0: 2, 3: 3, 2: 4}]
-    assert res.n_ties.tolist() == [2]
+    assert res.n_ties.tolist() == [0]  # only relevant candidates share its score
 
 
 @pytest.mark.parametrize("runner", BACKENDS)
@@ -199,7 +199,7 @@ def test_topk_cutoff_inside_a_tie_gives_slots_to_lower_grades():
     # unjudged rows 2, 3, 5 first (grade 0), then grade 1 (row 1); grade 2 and 3 fall off
     assert res.topk_indices.tolist() == [[2, 3, 5, 1]]
     assert res.judged_ranks == [{0: 6, 1: 4, 4: 5}]
-    assert res.n_ties.tolist() == [5]
+    assert res.n_ties.tolist() == [3]  # the unjudged rows 2, 3, 5
 
 
 def test_topk_positions_agree_with_judged_ranks():

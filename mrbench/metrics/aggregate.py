@@ -5,7 +5,7 @@ Input
 A per-query :class:`pandas.DataFrame` with the columns
 
 ``task`` (str), ``qid``, ``n_grains`` (int), ``grain_types`` (list of str per query),
-``ties`` (int: other candidates tied exactly with the query's best-ranked relevant candidate),
+``ties`` (int: non-relevant candidates tied exactly with the query's best-ranked relevant candidate),
 ``dropped`` (bool), ``first_rank`` (float) and any number of metric columns named ``name@k``
 (``hit@5``, ``recall@5``, ``mrr@5``, ``ndcg@5``, ... as made by
 :func:`mrbench.metrics.ranking.score_queries`).
@@ -21,7 +21,7 @@ Statistics of a group (every function below returns one row per group)
 ``mean_rank`` / ``median_rank``
     of ``first_rank`` over the scored queries;
 ``queries_with_ties``
-    scored queries whose best-ranked relevant candidate ties with at least one other candidate;
+    scored queries whose best-ranked relevant candidate ties with at least one non-relevant candidate;
 ``ties``
     sum of ``ties`` over the scored queries.
 

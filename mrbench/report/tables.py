@@ -21,11 +21,15 @@ def task_table(result: Any):
     d = result.data
     ks = d["settings"]["ks"]
     kmax = max(ks)
-    t = Table(title=f"{d['encoder']['name']} on {d['benchmark']['name']} — R@K is hit@k (any relevant in top k)")
+    t = Table(
+        title=f"{d['encoder']['name']} on {d['benchmark']['name']} — R@K = hit@k (any relevant in top k)",
+        caption="rec = recall@k; rank = mean rank of the first relevant; tied = queries whose first relevant ties "
+        "with others (ranked pessimistically); n = queries scored",
+    )
     t.add_column("task", style="bold")
     for k in ks:
         t.add_column(f"R@{k}", justify="right")
-    for name in (f"recall@{kmax}", f"mrr@{kmax}", f"ndcg@{kmax}", "mean rank", "tied q", "queries"):
+    for name in (f"rec@{kmax}", f"MRR@{kmax}", f"nDCG@{kmax}", "rank", "tied", "n"):
         t.add_column(name, justify="right")
     rows = list(d["scores"]["tasks"].items()) + [("macro", d["scores"]["macro"])]
     for name, s in rows:
@@ -64,7 +68,7 @@ def grain_count_table(result: Any):
         t.add_column(f"all R@{k}", justify="right")
     for task in tasks:
         t.add_column(f"{task} R@{hk}", justify="right")
-    t.add_column("queries", justify="right")
+    t.add_column("n", justify="right")
     pooled = gc.get("all", {})
     buckets = sorted({b for v in gc.values() for b in v}, key=lambda s: (len(s), s))
     for b in buckets:
@@ -87,13 +91,18 @@ def sensitivity_table(result: Any):
     if not sens:
         return None
     types = sorted({g for v in sens.values() for g in v.get("by_type", {})})
-    t = Table(title="grain sensitivity (drop one grain; a grain-blind encoder scores ≈ 0)")
+    t = Table(
+        title="grain sensitivity: drop one grain (a grain-blind encoder scores ≈ 0)",
+        caption="1−cos = mean cosine distance full vs reduced query (then per grain type); Δrank = mean change of "
+        "the target's rank; worse = share of drops that pushed the target down",
+    )
     t.add_column("task", style="bold")
     t.add_column("1−cos", justify="right")
     t.add_column("Δrank", justify="right")
-    t.add_column("worsened", justify="right")
+    t.add_column("worse", justify="right")
+    short = {"action_or_state": "act/state", "attribute": "attr", "relation": "rel", "entity": "entity", "scene": "scene"}
     for g in types:
-        t.add_column(f"1−cos {g}", justify="right")
+        t.add_column(short.get(g, g), justify="right")
     for task, v in sens.items():
         t.add_row(
             task,

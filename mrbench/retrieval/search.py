@@ -142,8 +142,10 @@ class RetrievalResult:
     judged_scores
         Per query: candidate row → canonical score, same keys as ``judged_ranks``.
     n_ties
-        int64 ``[Q]``: number of *other* candidates whose score equals exactly the score of the
-        query's best-ranked relevant candidate (0 when the query has no relevant candidate).
+        int64 ``[Q]``: number of *non-relevant* candidates (grade < ``relevance_level``) whose score
+        equals exactly the score of the query's best-ranked relevant candidate — the ties that cost
+        it rank under the pessimistic policy (0 when the query has no relevant candidate; relevant
+        candidates tied with each other do not count).
     backend
         ``"torch"`` or ``"faiss"`` (``"auto"`` resolved).
     device
@@ -1078,7 +1080,8 @@ def _finalise_chunk(
         if rel.size:
             rel = rel[np.argsort(jq[rel] * (n + 1) + rank[rel])]  # by query, then rank (unique)
             firsts = rel[np.r_[True, jq[rel][1:] != jq[rel][:-1]]]
-            ctx.n_ties[q0 + jq[firsts]] = eq[firsts] - 1
+            # non-relevant candidates tied with it: exactly those placed before it in its tie group
+            ctx.n_ties[q0 + jq[firsts]] = rank[firsts] - 1 - gt[firsts]
 
 
 # --------------------------------------------------------------------------------------------
