@@ -138,9 +138,6 @@ class Task:
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def query_by_id(self) -> dict[str, Query]:
-        return {q.id: q for q in self.queries}
-
     def candidate_index(self) -> dict[str, int]:
         """Map candidate id → row index in ``candidates`` (the order embeddings are stored in)."""
         return {c.id: i for i, c in enumerate(self.candidates)}

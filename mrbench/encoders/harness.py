@@ -66,11 +66,9 @@ def file_content_hash(path: Path) -> str:
         hit = _FILE_HASHES.get(memo_key)
     if hit is not None:
         return hit
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    digest = h.hexdigest()
+    from mrbench.data.fingerprint import file_sha256
+
+    digest = file_sha256(path)
     with _FILE_HASHES_LOCK:
         if len(_FILE_HASHES) >= _FILE_HASHES_MAX:
             _FILE_HASHES.clear()
