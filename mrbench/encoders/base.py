@@ -31,7 +31,9 @@ class EncodeInput:
     item has an image, else ``None`` (``image_path`` is still set). ``instruction`` is the resolved
     instruction for this role and task (``None`` when there is none). ``content_hash`` is a sha256 hex
     over the item's text and image bytes (not its id), stable across machines. ``meta`` is the item's
-    builder metadata (read-only by convention).
+    builder metadata (read-only by convention). ``pixels`` is the image already run through the
+    encoder's own ``prepare_image(image)`` hook when the encoder defines one (the harness calls it in
+    its decode threads, so transforms run in parallel with the model), else ``None``.
     """
 
     id: str
@@ -41,6 +43,7 @@ class EncodeInput:
     instruction: str | None
     content_hash: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    pixels: Any = None
 
     @property
     def modality(self) -> str:
@@ -58,6 +61,9 @@ class EncoderMeta:
     native_image_text: whether image+text items are fused by the model itself (else by the
     encoder's documented fallback).
     needs_pixels: whether the harness must decode images for it.
+    cacheable: whether embeddings depend only on content (+ role, instruction, name, revision,
+    kwargs) and may be cached on disk; ``False`` for encoders that read more (like the oracle).
+    extra: family-specific facts recorded in the results (device, precision, prompts, truncations…).
     """
 
     name: str
@@ -68,6 +74,7 @@ class EncoderMeta:
     native_image_text: bool = False
     needs_pixels: bool = True
     batch_size: int = 64
+    cacheable: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +87,7 @@ class EncoderMeta:
             "native_image_text": self.native_image_text,
             "needs_pixels": self.needs_pixels,
             "batch_size": self.batch_size,
+            "cacheable": self.cacheable,
             "extra": self.extra,
         }
 

@@ -127,7 +127,7 @@ class OracleEncoder:
             batch_size=4096,
             # The output depends on item metadata and the task's vocabulary, not only on content:
             # the harness must not cache it.
-            extra={"cacheable": False},
+            cacheable=False,
         )
 
     @staticmethod

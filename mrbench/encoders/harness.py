@@ -12,8 +12,8 @@ The harness — not the encoder — owns:
   Pillow in a thread pool, ``.convert("RGB")``, the next batch decoded while the current one is
   encoded;
 * **caching**: only cache misses are encoded; each batch is validated and written to the cache at
-  once, so an interrupted run resumes where it stopped. Encoders whose ``meta.extra["cacheable"]``
-  is ``False`` (their output depends on more than content, like the oracle) bypass the cache;
+  once, so an interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
+  ``False`` (their output depends on more than content, like the oracle) bypass the cache;
 * **validation** of every batch: array-like (numpy, torch tensors, nested lists) convertible to
   float32, shape ``[len(batch), D]``, the same ``D`` in every batch and equal to ``meta.dim`` when set,
   no NaN/Inf; for ``similarity="cosine"`` rows are L2-normalised (a zero row is an error).
@@ -147,6 +147,28 @@ def load_rgb(path: Path, item_id: str) -> "Image":
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BenchmarkError(
             f"{path}: cannot decode image of item {item_id!r} ({msg}); replace the file or rebuild the benchmark"
+        ) from None
+
+
+def load_prepared(encoder: Encoder, path: Path, item_id: str, task_name: str = "?") -> tuple["Image", Any]:
+    """Decode ``path`` and, when the encoder has a ``prepare_image(image)`` hook, run it too.
+
+    Returns ``(image, pixels)`` (``pixels`` is ``None`` without a hook). A hook that rejects the
+    image raises a one-line :class:`EncoderError` naming the item and file.
+    """
+    img = load_rgb(path, item_id)
+    prep = getattr(encoder, "prepare_image", None)
+    if not callable(prep):
+        return img, None
+    try:
+        return img, prep(img)
+    except NotImplementedError:
+        return img, None
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EncoderError(
+            f"encoder {encoder.meta.name!r} rejected the image of item {item_id!r} in task {task_name!r} ({path}): "
+            f"{type(e).__name__}: {first}; replace or re-encode that image"
         ) from None
 
 
@@ -373,7 +395,7 @@ def encode_items(
     info = task_info(task, bench)
     paths = [bench.image_path(it.image) if it.image else None for it in items]
     decode = bool(meta.needs_pixels) and "image" in meta.modalities
-    use_cache = cache is not None and meta.extra.get("cacheable", True) is not False
+    use_cache = cache is not None and meta.cacheable and meta.extra.get("cacheable", True) is not False
     ctx = dict(encoder_name=meta.name, task_name=task.name, role=role)
 
     pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
@@ -405,24 +427,24 @@ def encode_items(
         miss = np.flatnonzero(~mask)
         batches = [miss[i : i + bs] for i in range(0, len(miss), bs)]
 
+        def load(i: int) -> tuple[Any, Any]:
+            return load_prepared(encoder, paths[i], items[i].id, task.name)  # type: ignore[arg-type]
+
         def submit(batch: np.ndarray) -> list[Future | None]:
-            return [
-                pool.submit(load_rgb, paths[i], items[i].id) if pool is not None and paths[i] is not None else None
-                for i in batch
-            ]
+            return [pool.submit(load, i) if pool is not None and paths[i] is not None else None for i in batch]
 
         pending = submit(batches[0]) if decode and batches else None
         for b, batch in enumerate(batches):
             if decode:
                 assert pending is not None
                 futures = pending
-                images = [
-                    f.result() if f is not None else (load_rgb(paths[i], items[i].id) if paths[i] is not None else None)
+                loaded = [
+                    f.result() if f is not None else (load(i) if paths[i] is not None else (None, None))
                     for f, i in zip(futures, batch)
                 ]
                 pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
             else:
-                images = [None] * len(batch)
+                loaded = [(None, None)] * len(batch)
             inputs = [
                 EncodeInput(
                     id=items[i].id,
@@ -432,8 +454,9 @@ def encode_items(
                     instruction=instruction,
                     content_hash=hashes[i],
                     meta=MappingProxyType(items[i].meta or {}),
+                    pixels=pix,
                 )
-                for i, img in zip(batch, images)
+                for i, (img, pix) in zip(batch, loaded)
             ]
             t0 = time.perf_counter()
             raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]

