@@ -61,7 +61,7 @@ def resolve_device(device: str | None = "auto") -> str:
     return dev
 
 
-def resolve_dtype(device: str, precision: str | None = "auto") -> "torch.dtype":
+def resolve_dtype(device: str, precision: str | None = "auto") -> torch.dtype:
     """The compute dtype for ``precision`` on ``device`` (see the module docstring)."""
     import torch
 
@@ -79,12 +79,12 @@ def resolve_dtype(device: str, precision: str | None = "auto") -> "torch.dtype":
     return torch.float32
 
 
-def dtype_name(dtype: "torch.dtype") -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
 
 
 @contextlib.contextmanager
-def autocast(device: str, dtype: "torch.dtype") -> Iterator[None]:
+def autocast(device: str, dtype: torch.dtype) -> Iterator[None]:
     """``torch.autocast`` for reduced precision on ``device``; a no-op for fp32."""
     import torch
 
@@ -121,7 +121,7 @@ def resolve_model_dir(spec: str, *, label: str, example: str = "/path/to/model")
     * a hub id is looked up in the local cache first; offline and absent → :class:`EncoderError`
       at once, naming the path to pass; online and absent → downloaded with ``huggingface_hub``.
     """
-    raw = spec[len("local-dir:") :] if spec.startswith("local-dir:") else spec
+    raw = spec.removeprefix("local-dir:")
     path = Path(raw).expanduser()
     if path.is_dir():
         return path, dir_revision(path)

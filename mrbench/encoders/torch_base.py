@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
-from mrbench.encoders.runtime import autocast, dtype_name, resolve_device, resolve_dtype, run_with_backoff
+from mrbench.encoders.runtime import (
+    autocast,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+    run_with_backoff,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +53,7 @@ class TorchEncoder:
         self.truncated_texts = 0
 
     # -- subclasses -------------------------------------------------------------------------------
-    def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> "torch.Tensor":
+    def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> torch.Tensor:
         """Embeddings ``[len(items), D]`` for one micro-batch (any float dtype, any device)."""
         raise NotImplementedError
 
@@ -68,10 +74,10 @@ class TorchEncoder:
         if hasattr(self, "meta"):
             self.meta.extra["batch_size_after_oom"] = bs
 
-    def encode(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> np.ndarray:
+    def encode(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> np.ndarray:
         import torch
 
-        def run(chunk: Sequence[EncodeInput]) -> "torch.Tensor":
+        def run(chunk: Sequence[EncodeInput]) -> torch.Tensor:
             with torch.inference_mode(), autocast(self.device, self.dtype):
                 out = self._forward(chunk, role=role, task=task)
             return out.detach().float().cpu()
@@ -93,15 +99,15 @@ class DualTowerEncoder(TorchEncoder):
 
     use_instruction: bool = False
 
-    def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """``[len(texts), D]`` text-tower embeddings (not necessarily normalised)."""
         raise NotImplementedError
 
-    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` image-tower embeddings from a stacked batch of prepared images."""
         raise NotImplementedError
 
-    def prepare_image(self, image: "Image") -> "torch.Tensor":
+    def prepare_image(self, image: Image) -> torch.Tensor:
         """One decoded RGB image → the model's input tensor ``[3, H, W]`` (its own transform)."""
         raise NotImplementedError
 
@@ -111,7 +117,7 @@ class DualTowerEncoder(TorchEncoder):
             return f"{it.instruction} {text}".strip()
         return text
 
-    def _pixels_of(self, it: EncodeInput) -> "torch.Tensor":
+    def _pixels_of(self, it: EncodeInput) -> torch.Tensor:
         if it.pixels is not None:
             return it.pixels
         if it.image is not None:
@@ -121,7 +127,7 @@ class DualTowerEncoder(TorchEncoder):
         assert it.image_path is not None
         return self.prepare_image(load_rgb(it.image_path, it.id))
 
-    def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: "TaskInfo") -> "torch.Tensor":
+    def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
