@@ -88,7 +88,7 @@ def evaluate(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     batch_size: int | None = None,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     backend: str = "auto",
     grain_sensitivity: bool = True,
     verify: bool = True,

@@ -31,7 +31,7 @@ def evaluate(
     ] = None,
     depth: Annotated[int, typer.Option(help="Length of the ranked lists in the run files.")] = 100,
     batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call (default: the encoder's own).")] = None,
-    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 2,
+    workers: Annotated[Optional[int], typer.Option(help="Threads decoding and preprocessing images (default: all cores, at most 8).")] = None,
     backend: Annotated[str, typer.Option(help="Exact search backend: auto, torch or faiss.")] = "auto",
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and fill the on-disk embedding cache.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE or ~/.cache/mrbench/embeddings).")] = None,

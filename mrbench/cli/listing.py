@@ -11,17 +11,21 @@ from mrbench.cli.common import handle_errors, parse_json_kwargs, stdout_console
 
 @handle_errors
 def encoders() -> None:
-    """List the registered encoders and encoder families, with the extra each needs."""
+    """List the registered encoders and encoder families, the pip extra each needs and whether it is
+    installed here. Any 'pkg.module:Class' or 'path/file.py:Class' works too (see the README)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from mrbench.encoders.registry import list_encoders
+    from mrbench.encoders.registry import list_encoders, missing_modules
 
     t = Table(title="encoders ('family:spec' for families; any 'pkg.module:Class' or 'file.py:Class' works too)")
-    for col in ("name", "kind", "needs", "description"):
+    for col in ("name", "kind", "needs", "installed", "description"):
         t.add_column(col)
     for s in list_encoders():
+        missing = missing_modules(s.extra)
         t.add_row(s.name + (":<spec>" if s.family else ""), "family" if s.family else "encoder",
-                  f"pip install 'mrbench[{s.extra}]'" if s.extra else "–", s.description)
+                  escape(f"pip install 'mrbench[{s.extra}]'") if s.extra else "–",
+                  "[green]yes[/green]" if not missing else f"[red]no[/red] ({', '.join(missing)})", s.description)
     stdout_console().print(t)
 
 

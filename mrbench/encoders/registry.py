@@ -69,6 +69,29 @@ class EncoderSpec:
 
 _REGISTRY: dict[str, EncoderSpec] = {}
 
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "clip": ("open_clip", "torchvision"),
+    "hf": ("transformers",),
+    "st": ("sentence_transformers",),
+    "mllm": ("transformers", "peft"),
+}
+"""Modules each pip extra provides (checked before a family is built, and by ``mrbench encoders``)."""
+
+
+def missing_modules(extra: str | None) -> list[str]:
+    """The modules of ``extra`` that cannot be found (without importing them)."""
+    if not extra:
+        return []
+    return [m for m in EXTRA_MODULES.get(extra, ()) if importlib.util.find_spec(m) is None]
+
+
+def _require_extra(extra: str | None, label: str) -> None:
+    missing = missing_modules(extra)
+    if missing:
+        raise EncoderError(
+            f"encoder {label!r} needs {', '.join(missing)}, which is not installed; run: pip install 'mrbench[{extra}]'"
+        )
+
 
 def register_encoder(
     name: str,
@@ -154,6 +177,7 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
             raise UnknownNameError(
                 f"{name!r} is an encoder family: pass '{name}:<spec>' (e.g. '{name}:ViT-B-32'), not the bare name"
             )
+        _require_extra(spec.extra, name)
         factory = _load_target(spec.target, label=name, extra=spec.extra)
         return _build(factory, kwargs, label=name)
 
@@ -172,6 +196,7 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
             raise UnknownNameError(f"{prefix!r} is a single encoder, not a family: pass {prefix!r} without ':{rest}'")
         if not rest:
             raise UnknownNameError(f"encoder family {prefix!r} needs a spec after ':' (e.g. '{prefix}:ViT-B-32')")
+        _require_extra(fam.extra, name)
         factory = _load_target(fam.target, label=name, extra=fam.extra)
         return _build(factory, {"spec": rest, **kwargs}, label=name)
 
