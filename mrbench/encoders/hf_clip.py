@@ -1,0 +1,410 @@
+"""Hugging Face ``transformers`` dual encoders: CLIP, SigLIP and SigLIP 2 (family ``hf``).
+
+``hf:<spec>`` where ``spec`` is a hub id (``openai/clip-vit-base-patch32``,
+``google/siglip-base-patch16-224``; read from the local Hugging Face cache, downloaded only when the
+hub is online) or a local model directory (``hf:/models/clip`` or ``hf:local-dir:/models/clip``).
+Model, tokenizer and image processor all come from that one place.
+
+Embeddings are the model's own projected/pooled features — ``get_text_features`` /
+``get_image_features`` (a tensor in transformers 4.x, an output object whose ``pooler_output`` is the
+projected embedding in 5.x). At load time a one-text/one-image probe checks them against the
+``text_embeds``/``image_embeds`` of the model's own ``forward``; a model whose features do not
+match is refused rather than scored wrongly.
+
+Text: CLIP pads to the longest text in the batch and truncates at the model's context
+(``max_position_embeddings``, 77 for CLIP); SigLIP/SigLIP 2 pad every text to the context length
+(64) with ``padding="max_length"``, as SigLIP was trained (its text tower pools the last position),
+and pass exactly the inputs its tokenizer returns (SigLIP's: ``input_ids`` only, no attention mask).
+Truncated texts are counted in ``meta.extra["truncated_texts"]``.
+
+Similarity: CLIP scores with ``logit_scale·cos``; SigLIP with ``sigmoid(logit_scale·cos + bias)``.
+Both are strictly increasing in the cosine, so ranking by cosine (``similarity="cosine"``) gives
+exactly the model's ranking; ``logit_scale``/``logit_bias`` are recorded in ``meta.extra``.
+
+Image+text items: score-level fusion (sum of the L2-normalised image and text embeddings), see
+:class:`~mrbench.encoders.torch_base.DualTowerEncoder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from mrbench.encoders.base import EncoderMeta
+from mrbench.encoders.runtime import _first_line, check_tokenizer, resolve_model_dir
+from mrbench.encoders.torch_base import DualTowerEncoder
+from mrbench.errors import EncoderError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+#: model types verified by the test suite; others with get_text_features/get_image_features load
+#: only when the load-time probe confirms their features equal the model's own embeddings.
+TESTED_MODEL_TYPES = ("clip", "siglip", "siglip2")
+#: model types whose text tower was trained on texts padded to the full context length.
+PAD_TO_MAX_LENGTH = ("siglip", "siglip2")
+
+FUSION_NOTE = (
+    "image+text items: sum of the L2-normalised image and text embeddings (score-level fusion, "
+    "UniIR CLIP-SF recipe), re-normalised; the model does not fuse them natively"
+)
+SIGLIP_NOTE = (
+    "SigLIP scores a pair as sigmoid(logit_scale*cos + logit_bias), strictly increasing in cos, so "
+    "ranking by cosine is exactly the model's ranking"
+)
+CLIP_NOTE = "CLIP scores a pair as logit_scale*cos with logit_scale > 0, so ranking by cosine is exactly the model's ranking"
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report (mrbench raises its own one-line errors instead)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def checkpoint_shape_mismatch(model_dir: Any) -> tuple[str, list[int], list[int]] | None:
+    """The first tensor of ``model_dir``'s safetensors checkpoint whose shape differs from what its
+    ``config.json`` builds, as ``(name, checkpoint shape, config shape)``; ``None`` when all match or
+    when that cannot be told (no config, no safetensors, an architecture that does not build).
+
+    Reads only the safetensors headers and builds the model on the ``meta`` device (no memory).
+    """
+    from pathlib import Path
+
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors"))
+    if not (d / "config.json").is_file() or not files:
+        return None
+    try:
+        import torch
+        from safetensors import safe_open
+        from transformers import AutoConfig, AutoModel
+
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(str(d))
+            with torch.device("meta"):
+                model = AutoModel.from_config(config)
+        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+        prefix = str(getattr(model, "base_model_prefix", "") or "")
+        for f in files:
+            with safe_open(str(f), framework="pt") as g:
+                for key in sorted(g.keys()):
+                    name = key
+                    if name not in expected and prefix and name.startswith(prefix + "."):
+                        name = name[len(prefix) + 1 :]
+                    if name in expected:
+                        shape = list(g.get_slice(key).get_shape())
+                        if shape != expected[name]:
+                            return key, shape, expected[name]
+    except Exception:
+        return None
+    return None
+
+
+def _features(out: Any, kind: str) -> torch.Tensor:
+    """The embedding tensor from ``get_text_features``/``get_image_features`` in any transformers version."""
+    import torch
+
+    if isinstance(out, torch.Tensor):  # transformers 4.x
+        return out
+    for attr in ("pooler_output", f"{kind}_embeds"):
+        val = getattr(out, attr, None)
+        if isinstance(val, torch.Tensor):
+            return val
+    if isinstance(out, (tuple, list)) and len(out) > 1 and isinstance(out[1], torch.Tensor):
+        return out[1]
+    raise EncoderError(f"get_{kind}_features returned a {type(out).__name__} without a pooled embedding")
+
+
+class HFClipEncoder(DualTowerEncoder):
+    """A CLIP-style dual encoder loaded with ``transformers.AutoModel``.
+
+    Args:
+        spec: hub id or local directory (``local-dir:`` prefix accepted).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast; weights stay fp32).
+        batch_size: items per forward (halved on out-of-memory).
+        use_instruction: prepend the task instruction to texts (off: CLIP/SigLIP never saw instructions).
+        max_length: truncate texts at this many tokens (default and upper bound: the model's context).
+            SigLIP texts are still padded to the full context, as in training.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        device: str | None = "auto",
+        precision: str | None = "auto",
+        batch_size: int = 128,
+        use_instruction: bool = False,
+        max_length: int | None = None,
+    ) -> None:
+        label = f"hf:{spec}"
+        self.label = label
+        # resolve first: an uncached hub id offline fails here, before transformers is imported
+        path, revision = resolve_model_dir(spec, label=label, example="/models/clip-vit-base-patch32")
+        super().__init__(device=device, precision=precision, batch_size=batch_size)
+        self.use_instruction = bool(use_instruction)
+        self.path = path
+
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+        if not (path / "config.json").is_file():
+            raise EncoderError(f"encoder {label!r}: {path} has no config.json; pass the directory of a transformers model")
+        try:
+            config = AutoConfig.from_pretrained(str(path))
+        except Exception as e:
+            raise EncoderError(f"encoder {label!r}: cannot read the config in {path} ({_first_line(e)})") from None
+        self.model_type = str(getattr(config, "model_type", "?"))
+        self.is_siglip = self.model_type in PAD_TO_MAX_LENGTH
+        self.is_naflex = self.model_type == "siglip2"
+
+        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        try:
+            with _quiet_transformers():
+                model, info = AutoModel.from_pretrained(
+                    str(path), output_loading_info=True, ignore_mismatched_sizes=True, **{dtype_kw: torch.float32}
+                )
+        except Exception as e:
+            raise EncoderError(
+                f"encoder {label!r}: cannot load the {self.model_type!r} model in {path} "
+                f"({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        if not (callable(getattr(model, "get_text_features", None)) and callable(getattr(model, "get_image_features", None))):
+            raise EncoderError(
+                f"encoder {label!r}: {path} holds a {self.model_type!r} model ({type(model).__name__}) without "
+                f"get_text_features/get_image_features; 'hf:' supports CLIP-style dual encoders "
+                f"({', '.join(TESTED_MODEL_TYPES)}); for a text embedding model use 'st:<dir>'"
+            )
+        self._check_loading_info(info, model, path)
+        self.model = model.eval().to(self.device)
+
+        try:
+            with _quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except Exception as e:
+            raise EncoderError(
+                f"encoder {label!r}: cannot load the tokenizer in {path} ({type(e).__name__}: {_first_line(e)}); "
+                "pass a directory holding the full model (tokenizer files included)"
+            ) from None
+        check_tokenizer(self.tokenizer, label=label, source=str(path))
+        try:
+            with _quiet_transformers():
+                self.image_processor = AutoImageProcessor.from_pretrained(str(path))
+        except Exception as e:
+            why = "no preprocessor_config.json there" if isinstance(e, OSError) else f"{type(e).__name__}: {_first_line(e)}"
+            raise EncoderError(
+                f"encoder {label!r}: cannot load the image processor in {path} ({why}); "
+                "pass a directory holding the full model (preprocessor_config.json included)"
+            ) from None
+
+        text_cfg = getattr(config, "text_config", None) or config
+        ctx = getattr(text_cfg, "max_position_embeddings", None)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        limits = [int(x) for x in (ctx, tok_max) if isinstance(x, int) and 0 < x < 100_000]
+        self.context_length = min(limits) if limits else 77
+        if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+                raise EncoderError(f"encoder {label!r}: max_length must be an integer >= 2, got {max_length!r}")
+            if max_length > self.context_length:
+                raise EncoderError(
+                    f"encoder {label!r}: max_length {max_length} exceeds the model's text context of "
+                    f"{self.context_length} tokens; pass at most {self.context_length}"
+                )
+        self.max_length = int(max_length) if max_length is not None else self.context_length
+
+        dim, verified = self._probe()
+        if not verified and self.model_type not in TESTED_MODEL_TYPES:
+            raise EncoderError(
+                f"encoder {label!r}: {type(self.model).__name__} ({self.model_type!r}) is not a tested model type and its "
+                "forward returns no text_embeds/image_embeds to verify its features against; "
+                f"supported: {', '.join(TESTED_MODEL_TYPES)}"
+            )
+        extra: dict[str, Any] = {
+            "model_type": self.model_type,
+            "model_class": type(self.model).__name__,
+            "source": str(path),
+            "transformers": transformers.__version__,
+            "fusion": FUSION_NOTE,
+            "use_instruction": self.use_instruction,
+            "instruction_note": "task instruction prepended to texts as '<instruction> <text>'"
+            if self.use_instruction
+            else "task instructions ignored (CLIP/SigLIP were not trained with instructions)",
+            "prompt": None,
+            "text_max_length": self.max_length,
+            "text_padding": f"max_length ({self.context_length})" if self.is_siglip else "longest",
+            "text_inputs": list(getattr(self.tokenizer, "model_input_names", ["input_ids"])),
+            "features_match_forward": verified,
+        }
+        scale = getattr(self.model, "logit_scale", None)
+        bias = getattr(self.model, "logit_bias", None)
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+            extra["logit_scale"] = float(math.exp(float(scale.detach().float().cpu())))
+        if isinstance(bias, torch.Tensor) and bias.numel() == 1:
+            extra["logit_bias"] = float(bias.detach().float().cpu())
+        extra["similarity_note"] = SIGLIP_NOTE if self.is_siglip else CLIP_NOTE
+        if self.model_type not in TESTED_MODEL_TYPES:
+            extra["support_note"] = f"model type {self.model_type!r} is not in the tested set; features verified by the load-time probe"
+        extra.update(self.runtime_extra())
+        self.meta = EncoderMeta(
+            name=label,
+            revision=revision,
+            modalities=("text", "image"),
+            similarity="cosine",
+            dim=dim,
+            native_image_text=False,
+            needs_pixels=True,
+            batch_size=self.batch_size,
+            extra=extra,
+        )
+
+    # -- loading checks -------------------------------------------------------------------------------
+    def _check_loading_info(self, info: dict[str, Any], model: Any, path: Any) -> None:
+        """Refuse a checkpoint whose tensors do not match its config (one line naming the tensor)."""
+        mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]) if isinstance(m, tuple) else str(m))
+        if mismatched:
+            first = mismatched[0]
+            if isinstance(first, tuple) and len(first) >= 3:
+                what = f"tensor {first[0]!r} has shape {list(first[1])} in the checkpoint but {list(first[2])} in config.json"
+            else:
+                what = f"tensor {first!r} does not match config.json"
+            more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+            raise EncoderError(
+                f"encoder {self.label!r}: checkpoint in {path} does not match its config: {what}{more}; "
+                "the weights and config.json come from different models — re-download the model"
+            )
+        params = {n for n, _ in model.named_parameters()}
+        missing = sorted(k for k in (info.get("missing_keys") or []) if k in params)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise EncoderError(
+                f"encoder {self.label!r}: checkpoint in {path} lacks tensor {missing[0]!r}{more}, which would be "
+                "left randomly initialised; re-download the model"
+            )
+
+    def _probe(self) -> tuple[int, bool]:
+        """Encode one text and one image both ways (features vs. the model's forward); return (dim, verified)."""
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        from mrbench.encoders.runtime import autocast
+
+        img = Image.new("RGB", (48, 40), (128, 96, 64))
+        text = ["a photo of a dog"]
+        try:
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                t = F.normalize(self.encode_texts(text, count=False).float(), dim=-1)
+                pix = self.prepare_image(img).unsqueeze(0).to(self.device)
+                i = F.normalize(self.encode_images(pix).float(), dim=-1)
+                inputs = dict(self._tokenize(text)[0])
+                inputs.update(self._image_inputs(pix))
+                out = self.model(**inputs)
+        except EncoderError:
+            raise
+        except Exception as e:
+            raise EncoderError(
+                f"encoder {self.label!r}: a probe forward of the {self.model_type!r} model failed "
+                f"({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        if t.ndim != 2 or i.ndim != 2 or t.shape[1] != i.shape[1]:
+            raise EncoderError(
+                f"encoder {self.label!r}: text and image embeddings differ in shape ({tuple(t.shape)} vs {tuple(i.shape)}); "
+                "not a dual encoder with a shared embedding space"
+            )
+        ref_t, ref_i = getattr(out, "text_embeds", None), getattr(out, "image_embeds", None)
+        if not (isinstance(ref_t, torch.Tensor) and isinstance(ref_i, torch.Tensor)):
+            return int(t.shape[1]), False
+        tol = 1e-3 if self.dtype == torch.float32 else 3e-2
+        for mine, ref, kind in ((t, ref_t, "text"), (i, ref_i, "image")):
+            ref = F.normalize(ref.float(), dim=-1)
+            if mine.shape != ref.shape or float((mine - ref).abs().max()) > tol:
+                raise EncoderError(
+                    f"encoder {self.label!r}: get_{kind}_features of {type(self.model).__name__} does not reproduce the "
+                    f"model's own {kind}_embeds (transformers {__import__('transformers').__version__}); "
+                    "this model/transformers combination is not supported"
+                )
+        return int(t.shape[1]), True
+
+    # -- towers ---------------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> tuple[dict[str, Any], int]:
+        """Tokenizer outputs (on the device) for ``texts`` and how many were truncated."""
+        if self.is_siglip:
+            # SigLIP: every text padded to the trained context length (its text tower pools the last position)
+            enc = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True)
+            n_trunc = self._n_truncated(texts, enc)
+            if self.max_length < self.context_length:  # a shorter cut still pads to the full context
+                pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+                for k in list(enc.keys()):
+                    fill = pad_id if k == "input_ids" else 0
+                    enc[k] = [list(row) + [fill] * (self.context_length - len(row)) for row in enc[k]]
+        else:
+            enc = self.tokenizer(texts, padding=True, max_length=self.max_length, truncation=True)
+            n_trunc = self._n_truncated(texts, enc)
+        import torch
+
+        keep = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
+        tensors = {k: torch.as_tensor(v, dtype=torch.long, device=self.device) for k, v in enc.items() if k in keep}
+        return tensors, n_trunc
+
+    def _n_truncated(self, texts: list[str], enc: Any) -> int:
+        encodings = getattr(enc, "encodings", None)
+        if encodings:
+            return sum(1 for e in encodings if e.overflowing)
+        full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        return sum(1 for ids in full if len(ids) > self.max_length)
+
+    def encode_texts(self, texts: list[str], count: bool = True) -> torch.Tensor:
+        inputs, n_trunc = self._tokenize(texts)
+        if count:
+            self.count_truncated(n_trunc)
+        return _features(self.model.get_text_features(**inputs), "text")
+
+    def _image_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.is_naflex:
+            return {"pixel_values": pixels}
+        # unpack [B, P+1, D+1]: patches, their mask in the last column, spatial shape in the last row
+        d = pixels.shape[-1] - 1
+        return {
+            "pixel_values": pixels[:, :-1, :d],
+            "pixel_attention_mask": pixels[:, :-1, d].round().long(),
+            "spatial_shapes": pixels[:, -1, :2].round().long(),
+        }
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(**self._image_inputs(pixels)), "image")
+
+    def prepare_image(self, image: Image) -> torch.Tensor:
+        """The model's own image processor on one image → ``[3, H, W]`` (SigLIP 2: packed NaFlex patches)."""
+        import torch
+
+        out = self.image_processor(images=[image], return_tensors="pt")
+        pix = out["pixel_values"][0].float()
+        if not self.is_naflex:
+            return pix
+        mask = out["pixel_attention_mask"][0].float()
+        shape = out["spatial_shapes"][0].float()
+        p, d = pix.shape
+        packed = torch.zeros((p + 1, d + 1), dtype=torch.float32)
+        packed[:p, :d] = pix
+        packed[:p, d] = mask
+        packed[p, :2] = shape
+        return packed

