@@ -383,3 +383,20 @@ def test_real_ret_model_ranks_the_matching_caption_first():
                          role="candidate", task=task))
     s = (q @ c.T)[0]
     assert s[0] > s[1]
+
+
+def test_prepared_images_equal_the_processor_path(encoder):
+    """The harness runs prepare_image in its decode threads; a batch built from those prepared
+    images gives the embeddings of a batch built by the processor from the PIL images."""
+    from dataclasses import replace
+
+    from mrbench.encoders.qwen2vl import PreparedImage
+
+    items = _mixed(7)
+    prepared = [replace(it, pixels=encoder.prepare_image(it.image)) if it.image is not None else it for it in items]
+    assert any(isinstance(it.pixels, PreparedImage) for it in prepared)
+    ref = encoder.encode(items, role="query", task=TASK)
+    out = encoder.encode(prepared, role="query", task=TASK)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    mixed = [p if i % 2 else it for i, (p, it) in enumerate(zip(prepared, items))]  # some prepared, some not
+    np.testing.assert_allclose(encoder.encode(mixed, role="query", task=TASK), ref, atol=1e-5)

@@ -558,3 +558,24 @@ def test_real_checkpoint_zero_shot_sanity():
     assert img.shape == (2, enc.meta.dim) and txt.shape == (2, enc.meta.dim)
     sims = img @ txt.T
     assert sims[0, 0] > sims[0, 1] and sims[1, 1] > sims[1, 0], sims
+
+
+def test_prepare_image_defers_normalisation_to_the_device(tmp_path) -> None:
+    """The decode threads return uint8 (PIL stages only); encode_images finishes the transform with
+    exactly the arithmetic of ToTensor + Normalize."""
+    import torch
+    from PIL import Image
+
+    from mrbench.encoders.openclip import OpenClipEncoder
+
+    enc = OpenClipEncoder("ViT-B-32", random_init=True, device="cpu")
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 60), (300, 200))]
+    imgs.append(imgs[0].convert("L"))
+    u8 = torch.stack([enc.prepare_image(im) for im in imgs])
+    assert u8.dtype == torch.uint8 and u8.shape == (3, 3, 224, 224)
+    ref = torch.stack([enc.preprocess(im) for im in imgs])
+    mean, std = enc._norm
+    assert torch.equal(u8.float().div(255.0).sub(mean).div(std), ref)
+    with torch.inference_mode():
+        np.testing.assert_allclose(enc.encode_images(u8).numpy(), enc.model.encode_image(ref).numpy(), atol=1e-5)

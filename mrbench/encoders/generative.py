@@ -44,6 +44,7 @@ from mrbench.encoders.qwen2vl import (
     IMAGE_PAD,
     VISION_END,
     VISION_START,
+    PreparedImage,
     PromptBatch,
     PromptParts,
     encode_prompts,
@@ -55,6 +56,7 @@ from mrbench.encoders.qwen2vl import (
     merge_lora_adapter,
     unwrap,
 )
+from mrbench.encoders.qwen2vl import prepare_image as prepare_qwen_image
 from mrbench.encoders.torch_base import TorchEncoder
 from mrbench.errors import EncoderError
 
@@ -420,7 +422,13 @@ class RetEncoder(TorchEncoder):
             "text, no instruction": show("{text}", False, None),
         }
 
-    def _image(self, it: EncodeInput) -> Image | None:
+    def prepare_image(self, image: Image) -> PreparedImage:
+        """The image processor's work for one image, run by the harness in its decode threads."""
+        return prepare_qwen_image(self.processor, image)
+
+    def _image(self, it: EncodeInput) -> Image | PreparedImage | None:
+        if isinstance(it.pixels, PreparedImage):
+            return it.pixels
         if it.image is not None:
             return it.image
         if it.image_path is None:

@@ -44,13 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
 from mrbench.encoders.runtime import file_revision, hub_offline
 from mrbench.encoders.torch_base import DualTowerEncoder
 from mrbench.errors import EncoderError, UnknownNameError, did_you_mean
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from PIL.Image import Image
 
@@ -178,6 +179,7 @@ class OpenClipEncoder(DualTowerEncoder):
             interpolation=pp.get("interpolation"),
             fill_color=pp.get("fill_color", 0),
         )
+        self._pil_stage, self._norm = _split_transform(self.preprocess)
         dim = int(src.model_cfg["embed_dim"])
         extra: dict[str, Any] = {
             "family": "openclip",
@@ -219,14 +221,34 @@ class OpenClipEncoder(DualTowerEncoder):
 
     # -- DualTowerEncoder hooks -------------------------------------------------------------------
     def prepare_image(self, image: Image) -> torch.Tensor:
-        """The model's own eval transform (resize, centre crop, normalise) → ``[3, H, W]``."""
-        return self.preprocess(image)
+        """The model's own eval transform → ``[3, H, W]``.
+
+        When the transform ends in ``ToTensor, Normalize`` (every open_clip eval transform), only its
+        PIL part (resize, crop, mode) runs here and a ``uint8`` tensor is returned; the float
+        conversion and normalisation run batched on the model's device in :meth:`encode_images`
+        (the same arithmetic: ``x/255``, then ``(x - mean)/std``). Torch ops in many decode threads
+        would each start their own intra-op thread pool and starve one another.
+        """
+        if self._norm is None:
+            return self.preprocess(image)
+        import torch
+
+        arr = np.asarray(self._pil_stage(image), dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts))
         return self.model.encode_text(tokens.to(self.device))
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if pixels.dtype == torch.uint8:
+            assert self._norm is not None
+            mean, std = (t.to(pixels.device) for t in self._norm)
+            pixels = pixels.float().div_(255.0).sub_(mean).div_(std)
         return self.model.encode_image(pixels)
 
     def encode(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> np.ndarray:
@@ -815,6 +837,10 @@ def _build_tokenizer(open_clip: Any, src: _Source, *, label: str, cache_dir: str
 
 def _count_too_long(tok: Any, texts: list[str], ctx: int) -> int:
     """Texts longer than ``ctx`` tokens (special tokens included) for open_clip's tokenizers."""
+    # a token covers at least one UTF-8 byte (special tokens aside): short texts cannot be cut
+    texts = [t for t in texts if len(t.encode("utf-8")) + 4 > ctx - 3]
+    if not texts:
+        return 0
     inner = getattr(tok, "tokenizer", None)
     if inner is None:  # SimpleTokenizer (and reduction-mask variants): tokenise one slot longer
         ids = tok(texts, context_length=ctx + 1)
@@ -835,6 +861,26 @@ def _count_too_long(tok: Any, texts: list[str], ctx: int) -> int:
         enc = inner(cleaned, **kwargs)
     limit = ctx - 3 if clips else ctx
     return sum(1 for ids in enc["input_ids"] if len(ids) > limit)
+
+
+def _split_transform(preprocess: Any) -> tuple[Any, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(PIL-only part, (mean, std) as [3, 1, 1] tensors)`` when ``preprocess`` is a Compose ending
+    in ``ToTensor`` (or open_clip's ``MaybeToTensor``) + ``Normalize``; else ``(preprocess, None)``."""
+    import torch
+
+    steps = list(getattr(preprocess, "transforms", []) or [])
+    if len(steps) < 2:
+        return preprocess, None
+    to_tensor, norm = steps[-2], steps[-1]
+    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor") or type(norm).__name__ != "Normalize":
+        return preprocess, None
+    if any(type(t).__module__.startswith("torch") and "Tensor" in type(t).__name__ for t in steps[:-2]):
+        return preprocess, None
+    from torchvision.transforms import Compose
+
+    mean = torch.tensor([float(x) for x in norm.mean], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor([float(x) for x in norm.std], dtype=torch.float32).view(-1, 1, 1)
+    return Compose(steps[:-2]), (mean, std)
 
 
 def _pair(size: Any) -> tuple[int, int]:

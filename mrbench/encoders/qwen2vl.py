@@ -258,7 +258,7 @@ class PromptParts:
     prefix: str
     text: str
     suffix: str
-    image: Image | None = None
+    image: Image | PreparedImage | None = None
 
     def render(self, text: str | None = None) -> str:
         return self.prefix + (self.text if text is None else text) + self.suffix
@@ -287,7 +287,24 @@ class PromptBatch:
         return PromptBatch(out, self.prompts, self.n_truncated, self.padding_side, self.rows)
 
 
-def image_token_counts(processor: Any, images: Sequence[Image | None]) -> list[int]:
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image already run through the processor's image processor (done in the harness's decode
+    threads by the encoders' ``prepare_image`` hook): ``pixel_values`` ``[patches, C·T·P·P]`` and
+    ``grid_thw`` ``[1, 3]``. Batches built from prepared images equal batches built from the PIL
+    images by the processor (tested)."""
+
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+
+
+def prepare_image(processor: Any, image: Image) -> PreparedImage:
+    """Run the processor's image processor on one image."""
+    out = processor.image_processor(images=[image], return_tensors="pt")
+    return PreparedImage(out["pixel_values"], out["image_grid_thw"])
+
+
+def image_token_counts(processor: Any, images: Sequence[Image | PreparedImage | None]) -> list[int]:
     """Placeholder tokens each image expands to (0 for ``None``), from its size and the processor's bounds."""
     ip = processor.image_processor
     merge = int(getattr(ip, "merge_size", 2))
@@ -295,10 +312,40 @@ def image_token_counts(processor: Any, images: Sequence[Image | None]) -> list[i
     for im in images:
         if im is None:
             out.append(0)
+        elif isinstance(im, PreparedImage):
+            out.append(int(im.grid_thw.prod()) // (merge * merge))
         else:
             w, h = im.size
             out.append(int(ip.get_number_of_image_patches(h, w, {})) // (merge * merge))
     return out
+
+
+def _call_processor(
+    processor: Any, prompts: list[str], images: list[Any], n_img: list[int], *, padding_side: str,
+    add_special_tokens: bool,
+) -> dict[str, Any]:
+    """``processor(text=prompts, images=images)`` — or, when any image is a :class:`PreparedImage`,
+    the same thing assembled by hand: each prompt's placeholder expanded to its image's token count,
+    the tokenizer on the expanded texts, the prepared pixel values concatenated in order."""
+    if not any(isinstance(im, PreparedImage) for im in images):
+        enc = processor(text=prompts, images=images or None, padding=True, padding_side=padding_side,
+                        add_special_tokens=add_special_tokens, return_tensors="pt")
+        return {k: v for k, v in enc.items()}
+    import torch
+
+    tok = processor.tokenizer
+    image_token = getattr(processor, "image_token", IMAGE_PAD)
+    prepared = [im if isinstance(im, PreparedImage) else prepare_image(processor, im) for im in images]
+    counts = iter([k for k in n_img if k])
+    expanded = [p.replace(image_token, image_token * next(counts), 1) if image_token in p else p for p in prompts]
+    enc = tok(expanded, padding=True, padding_side=padding_side, add_special_tokens=add_special_tokens,
+              return_tensors="pt")
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    image_id = tok.convert_tokens_to_ids(image_token)
+    inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).long()
+    inputs["pixel_values"] = torch.cat([p.pixel_values for p in prepared])
+    inputs["image_grid_thw"] = torch.cat([p.grid_thw for p in prepared])
+    return inputs
 
 
 def encode_prompts(
@@ -337,15 +384,8 @@ def encode_prompts(
                 n_trunc += 1
         prompts.append(p.render(text))
     images = [p.image for p in parts if p.image is not None]
-    enc = processor(
-        text=prompts,
-        images=images or None,
-        padding=True,
-        padding_side=padding_side,
-        add_special_tokens=add_special_tokens,
-        return_tensors="pt",
-    )
-    inputs = {k: v for k, v in enc.items()}
+    inputs = _call_processor(processor, prompts, images, n_img, padding_side=padding_side,
+                             add_special_tokens=add_special_tokens)
     if "mm_token_type_ids" not in inputs:  # older processors: mark image tokens ourselves
         image_id = tok.convert_tokens_to_ids(image_token)
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).long()

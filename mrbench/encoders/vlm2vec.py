@@ -218,7 +218,20 @@ class VLM2VecEncoder(TorchEncoder):
         )
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _image(self, it: EncodeInput) -> Image | None:
+    def prepare_image(self, image: Image) -> Any:
+        """Qwen2-VL backbones: resize rule + image processor for one image, run by the harness in its
+        decode threads. Phi-3.5-V processes images with the prompt (no hook)."""
+        if self.backbone != "qwen2_vl":
+            raise NotImplementedError
+        from mrbench.encoders.qwen2vl import prepare_image as prepare_qwen_image
+
+        return prepare_qwen_image(self.processor, _prepare_image(image, self.image_resolution, min_side_fix=True))
+
+    def _image(self, it: EncodeInput) -> Any:
+        from mrbench.encoders.qwen2vl import PreparedImage
+
+        if isinstance(it.pixels, PreparedImage):
+            return it.pixels
         if it.image_path is None and it.image is None:
             return None
         im = it.image

@@ -1,0 +1,238 @@
+"""Encoding throughput: `mrbench evaluate`'s encoding stage vs the raw model forward on the same batch.
+
+Two encoders with random weights (no download; sizes of the real models):
+
+* ``openclip``: open_clip ViT-B/32 (``openclip:ViT-B-32`` with ``random_init``) on MRBench-Synth's
+  images (t2i/i2i/it2i candidate pools) and the t2i query texts;
+* ``ret``: a generative ``[RET]`` encoder with Qwen2-VL-2B's shapes (28 layers, hidden 1536, vision
+  depth 32 / width 1280), images resized to 448² (256 visual tokens), greedy summary of
+  ``--summary-tokens`` tokens then the ``[RET]`` forward, on it2i queries (image + edit text).
+
+"harness" = :func:`mrbench.encoders.harness.encode_items` exactly as ``evaluate`` calls it (hashing,
+threaded decode + the model's transform, batching, validation; no embedding cache). "raw" = the same
+model on one already-prepared batch on the device, repeated to the same item count. The ratio
+raw-time / harness-time is the fraction of the raw rate the harness keeps (goal ≥ 0.8).
+
+    python benchmarks/bench_encode.py --out benchmarks/results/encode_cpu.json            # CPU, small
+    python benchmarks/bench_encode.py --device cuda --n-images 4096 --out $OUT/encode_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, repeats: int = 1) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int) -> list[dict]:
+    import torch
+
+    from mrbench.encoders.harness import encode_items
+    from mrbench.encoders.registry import get_encoder
+
+    enc = get_encoder("openclip:ViT-B-32", random_init=True, device=device, batch_size=batch)
+    rows = []
+    # images: candidate pools of the image-candidate tasks
+    cands = [(t, c) for t in bench.tasks if t.candidate_modality == "image" for c in t.candidates]
+    cands = cands[:n_images]
+    by_task: dict[str, list] = {}
+    for t, c in cands:
+        by_task.setdefault(t.name, []).append(c)
+    first = next(iter(by_task))
+    encode_items(enc, by_task[first][:batch], role="candidate", task=bench.task(first), bench=bench,
+                 batch_size=batch, num_workers=workers)  # warm-up (kernels, allocator)
+
+    def harness_images() -> None:
+        for name, items in by_task.items():
+            encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench, batch_size=batch,
+                         num_workers=workers)
+
+    t_h = _timed(harness_images, device)
+    from mrbench.encoders.harness import load_rgb
+
+    sample = [c for c in by_task[first][:batch]]
+    pix = torch.stack([enc.prepare_image(load_rgb(bench.image_path(c.image), c.id)) for c in sample]).to(device)
+    reps = max(1, len(cands) // len(sample))
+
+    def raw_images() -> None:
+        with torch.inference_mode():
+            from mrbench.encoders.runtime import autocast
+
+            with autocast(enc.device, enc.dtype):
+                enc.encode_images(pix)
+
+    raw_images()
+    t_r = _timed(raw_images, device, reps)
+    n_raw = reps * len(sample)
+    rows.append(_row("openclip ViT-B/32", "images", len(cands), t_h, n_raw, t_r, enc))
+
+    texts = bench.task("t2i").queries
+    texts = (texts * (1 + (4 * batch) // max(1, len(texts))))[: max(len(texts), 4 * batch)]
+    t2i = bench.task("t2i")
+    encode_items(enc, texts[:batch], role="query", task=t2i, bench=bench, batch_size=batch, num_workers=workers)
+    t_h = _timed(lambda: encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=batch,
+                                      num_workers=workers), device)
+    batch_texts = [q.text for q in texts[:batch]]
+
+    def raw_texts() -> None:
+        with torch.inference_mode():
+            from mrbench.encoders.runtime import autocast
+
+            with autocast(enc.device, enc.dtype):
+                enc.encode_texts(batch_texts)
+
+    raw_texts()
+    reps = max(1, len(texts) // batch)
+    t_r = _timed(raw_texts, device, reps)
+    rows.append(_row("openclip ViT-B/32", "texts", len(texts), t_h, reps * batch, t_r, enc))
+    return rows
+
+
+def _qwen2vl_2b_dir(path: Path, device: str, size: str) -> Path:
+    """A Qwen2-VL checkpoint with random weights: Qwen2-VL-2B's shapes (``size="2b"``) or tiny."""
+    import torch
+    import transformers
+
+    from tests.fixtures.tiny_qwen2vl import SPECIAL_TOKENS, build_tiny_qwen2vl, build_tokenizer
+
+    if size == "tiny":
+        return build_tiny_qwen2vl(path, with_ret=True)
+    tok = build_tokenizer(with_ret=True)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    cfg = transformers.Qwen2VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+                         tie_word_embeddings=True,
+                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, rope_theta=1e6,
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.device(device):
+        model = transformers.Qwen2VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    del model
+    px = 448 * 448
+    ip = transformers.Qwen2VLImageProcessor(min_pixels=px, max_pixels=px)
+    proc = transformers.Qwen2VLProcessor(image_processor=ip, tokenizer=tok,
+                                         video_processor=transformers.Qwen2VLVideoProcessor())
+    proc.save_pretrained(path)
+    return path
+
+
+def bench_ret(bench, device: str, n_queries: int, batch: int, workers: int, size: str, summary: int) -> list[dict]:
+    import torch
+
+    from mrbench.encoders.generative import RetEncoder, generate_summaries, ret_embeddings
+    from mrbench.encoders.harness import encode_items
+
+    with tempfile.TemporaryDirectory() as d:
+        model_dir = _qwen2vl_2b_dir(Path(d) / "qwen2vl", device, size)
+        enc = RetEncoder(str(model_dir), device=device, batch_size=batch, max_summary_tokens=summary,
+                         precision="bf16" if device.startswith("cuda") else "fp32")
+    task = bench.task("it2i")
+    items = task.queries[:n_queries]
+    encode_items(enc, items[:batch], role="query", task=task, bench=bench, batch_size=batch, num_workers=workers)
+    t_h = _timed(lambda: encode_items(enc, items, role="query", task=task, bench=bench, batch_size=batch,
+                                      num_workers=workers), device)
+
+    from mrbench.encoders.generative import build_ret_prompts, prepare_ret_batch
+    from mrbench.encoders.harness import load_rgb
+    from mrbench.encoders.runtime import autocast
+
+    batches = []
+    for i in range(0, len(items), batch):  # the harness's own batches, prepared up front on the device
+        chunk = items[i : i + batch]
+        prompts = build_ret_prompts([q.text for q in chunk],
+                                    [load_rgb(bench.image_path(q.image), q.id) for q in chunk],
+                                    [task.query_instruction] * len(chunk), template=enc.prompt_template,
+                                    system_prompt=enc.system_prompt)
+        batches.append(prepare_ret_batch(enc.processor, prompts, max_length=enc.max_length,
+                                         max_summary_tokens=summary).to(device))
+
+    def raw() -> None:
+        with torch.inference_mode(), autocast(enc.device, enc.dtype):
+            for pb in batches:
+                s = generate_summaries(enc.model, enc.processor, pb, summary, do_sample=False, stop_ids=enc.stop_ids)
+                ret_embeddings(enc.model, pb, s.summary_ids, ret_token_id=enc.ret_token_id,
+                               pad_token_id=enc.pad_token_id)
+
+    t_r = _timed(raw, device)
+    label = "ret Qwen2-VL-2B-shaped" if size == "2b" else "ret tiny Qwen2-VL"
+    return [_row(label, "image+text queries", len(items), t_h, len(items), t_r, enc)]
+
+
+def _row(model: str, what: str, n_h: int, t_h: float, n_r: int, t_r: float, enc) -> dict:
+    h, r = n_h / t_h, n_r / t_r
+    return {"model": model, "items": what, "harness_items": n_h, "harness_s": round(t_h, 3),
+            "harness_per_s": round(h, 1), "raw_items": n_r, "raw_s": round(t_r, 3), "raw_per_s": round(r, 1),
+            "ratio": round(h / r, 3), "device": enc.device, "precision": enc.meta.extra.get("precision"),
+            "batch_size": enc.batch_size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--families", default="openclip,ret")
+    ap.add_argument("--n-images", type=int, default=512)
+    ap.add_argument("--n-queries", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--ret-batch", type=int, default=16)
+    ap.add_argument("--ret-size", default="tiny", choices=["tiny", "2b"])
+    ap.add_argument("--summary-tokens", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    import mrbench
+    import torch
+
+    workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
+    bench = mrbench.load_benchmark("mrbench-synth")
+    rows: list[dict] = []
+    fams = args.families.split(",")
+    if "openclip" in fams:
+        rows += bench_openclip(bench, args.device, args.n_images, args.batch, workers)
+    if "ret" in fams:
+        rows += bench_ret(bench, args.device, args.n_queries, args.ret_batch, workers, args.ret_size,
+                          args.summary_tokens)
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "workers": workers}
+    for r in rows:
+        print(f"{r['model']:<26} {r['items']:<20} harness {r['harness_per_s']:>9.1f}/s  raw {r['raw_per_s']:>9.1f}/s  "
+              f"ratio {r['ratio']:.2f}  ({r['device']}, {r['precision']}, batch {r['batch_size']})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)}, "rows": rows},
+                                       indent=2))
+
+
+if __name__ == "__main__":
+    main()
