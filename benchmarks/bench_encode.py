@@ -48,7 +48,8 @@ def _timed(fn, device: str, repeats: int = 1) -> float:
     return time.perf_counter() - t0
 
 
-def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int) -> list[dict]:
+def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
+                   kinds: tuple[str, ...] = ("auto",)) -> list[dict]:
     import torch
 
     from mrbench.encoders.harness import encode_items
@@ -63,15 +64,17 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int) 
     for t, c in cands:
         by_task.setdefault(t.name, []).append(c)
     first = next(iter(by_task))
-    encode_items(enc, by_task[first][:batch], role="candidate", task=bench.task(first), bench=bench,
-                 batch_size=batch, num_workers=workers)  # warm-up (kernels, allocator)
+    harness: dict[str, float] = {}
+    for kind in kinds:
+        encode_items(enc, by_task[first][:batch], role="candidate", task=bench.task(first), bench=bench,
+                     batch_size=batch, num_workers=workers, workers=kind)  # warm-up (kernels, allocator, pool)
 
-    def harness_images() -> None:
-        for name, items in by_task.items():
-            encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench, batch_size=batch,
-                         num_workers=workers)
+        def harness_images() -> None:
+            for name, items in by_task.items():
+                encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench, batch_size=batch,
+                             num_workers=workers, workers=kind)
 
-    t_h = _timed(harness_images, device)
+        harness[kind] = _timed(harness_images, device)
     from mrbench.encoders.harness import load_rgb
 
     sample = [c for c in by_task[first][:batch]]
@@ -88,7 +91,8 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int) 
     raw_images()
     t_r = _timed(raw_images, device, reps)
     n_raw = reps * len(sample)
-    rows.append(_row("openclip ViT-B/32", "images", len(cands), t_h, n_raw, t_r, enc))
+    for kind, t_h in harness.items():
+        rows.append(_row("openclip ViT-B/32", f"images ({kind} decode)", len(cands), t_h, n_raw, t_r, enc))
 
     texts = bench.task("t2i").queries
     texts = (texts * (1 + (4 * batch) // max(1, len(texts))))[: max(len(texts), 4 * batch)]
@@ -148,7 +152,8 @@ def _qwen2vl_2b_dir(path: Path, device: str, size: str) -> Path:
     return path
 
 
-def bench_ret(bench, device: str, n_queries: int, batch: int, workers: int, size: str, summary: int) -> list[dict]:
+def bench_ret(bench, device: str, n_queries: int, batch: int, workers: int, size: str, summary: int,
+              kinds: tuple[str, ...] = ("auto",)) -> list[dict]:
     import torch
 
     from mrbench.encoders.generative import RetEncoder, generate_summaries, ret_embeddings
@@ -160,9 +165,12 @@ def bench_ret(bench, device: str, n_queries: int, batch: int, workers: int, size
                          precision="bf16" if device.startswith("cuda") else "fp32")
     task = bench.task("it2i")
     items = task.queries[:n_queries]
-    encode_items(enc, items[:batch], role="query", task=task, bench=bench, batch_size=batch, num_workers=workers)
-    t_h = _timed(lambda: encode_items(enc, items, role="query", task=task, bench=bench, batch_size=batch,
-                                      num_workers=workers), device)
+    harness: dict[str, float] = {}
+    for kind in kinds:
+        encode_items(enc, items[:batch], role="query", task=task, bench=bench, batch_size=batch, num_workers=workers,
+                     workers=kind)
+        harness[kind] = _timed(lambda: encode_items(enc, items, role="query", task=task, bench=bench,
+                                                    batch_size=batch, num_workers=workers, workers=kind), device)
 
     from mrbench.encoders.generative import build_ret_prompts, prepare_ret_batch
     from mrbench.encoders.harness import load_rgb
@@ -187,7 +195,8 @@ def bench_ret(bench, device: str, n_queries: int, batch: int, workers: int, size
 
     t_r = _timed(raw, device)
     label = "ret Qwen2-VL-2B-shaped" if size == "2b" else "ret tiny Qwen2-VL"
-    return [_row(label, "image+text queries", len(items), t_h, len(items), t_r, enc)]
+    return [_row(label, f"image+text queries ({kind} decode)", len(items), t_h, len(items), t_r, enc)
+            for kind, t_h in harness.items()]
 
 
 def _row(model: str, what: str, n_h: int, t_h: float, n_r: int, t_r: float, enc) -> dict:
@@ -209,6 +218,7 @@ def main() -> None:
     ap.add_argument("--ret-size", default="tiny", choices=["tiny", "2b"])
     ap.add_argument("--summary-tokens", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--decode", default="auto", help="comma-separated decode worker kinds to time: auto,thread,process")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import mrbench
@@ -219,14 +229,14 @@ def main() -> None:
     rows: list[dict] = []
     fams = args.families.split(",")
     if "openclip" in fams:
-        rows += bench_openclip(bench, args.device, args.n_images, args.batch, workers)
+        rows += bench_openclip(bench, args.device, args.n_images, args.batch, workers, tuple(args.decode.split(",")))
     if "ret" in fams:
         rows += bench_ret(bench, args.device, args.n_queries, args.ret_batch, workers, args.ret_size,
-                          args.summary_tokens)
+                          args.summary_tokens, tuple(args.decode.split(",")))
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "workers": workers}
     for r in rows:
-        print(f"{r['model']:<26} {r['items']:<20} harness {r['harness_per_s']:>9.1f}/s  raw {r['raw_per_s']:>9.1f}/s  "
+        print(f"{r['model']:<26} {r['items']:<34} harness {r['harness_per_s']:>9.1f}/s  raw {r['raw_per_s']:>9.1f}/s  "
               f"ratio {r['ratio']:.2f}  ({r['device']}, {r['precision']}, batch {r['batch_size']})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

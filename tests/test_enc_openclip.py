@@ -579,3 +579,34 @@ def test_prepare_image_defers_normalisation_to_the_device(tmp_path) -> None:
     assert torch.equal(u8.float().div(255.0).sub(mean).div(std), ref)
     with torch.inference_mode():
         np.testing.assert_allclose(enc.encode_images(u8).numpy(), enc.model.encode_image(ref).numpy(), atol=1e-5)
+
+
+def test_process_decode_workers_equal_threads(tmp_path) -> None:
+    """workers='process' decodes and transforms in forked worker processes (outside the GIL) and gives
+    the same embeddings as the decode threads; a bad image in a worker is one line naming the item."""
+    import mrbench
+    from mrbench.encoders.harness import encode_items
+    from mrbench.encoders.openclip import OpenClipEncoder
+    from mrbench.errors import BenchmarkError
+
+    bench = mrbench.load_benchmark("mrbench-synth-tiny")
+    task = bench.task("t2i")
+    enc = OpenClipEncoder("ViT-B-32", random_init=True, device="cpu", model_config=None, batch_size=16)
+    items = task.candidates[:40]
+    ref = encode_items(enc, items, role="candidate", task=task, bench=bench, num_workers=2, workers="thread")
+    out = encode_items(enc, items, role="candidate", task=task, bench=bench, num_workers=2, workers="process")
+    np.testing.assert_array_equal(out, ref)
+
+    import shutil
+
+    from mrbench.data.io import load_benchmark_dir
+
+    root = tmp_path / "b"
+    shutil.copytree(bench.root, root)
+    broken = load_benchmark_dir(root, verify=False)
+    btask = broken.task("t2i")
+    (root / btask.candidates[3].image).write_bytes(b"not a png")
+    with pytest.raises(BenchmarkError) as e:
+        encode_items(enc, btask.candidates[:8], role="candidate", task=btask, bench=broken, num_workers=2,
+                     workers="process")
+    assert btask.candidates[3].id in str(e.value) and "\n" not in str(e.value)

@@ -277,3 +277,18 @@ def test_prepared_images_equal_the_processor_path(encoder):
     np.testing.assert_allclose(out, ref, atol=1e-5)
     mixed = [p if i % 2 else it for i, (p, it) in enumerate(zip(prepared, items))]  # some prepared, some not
     np.testing.assert_allclose(encoder.encode(mixed, role="query", task=TASK), ref, atol=1e-5)
+
+
+def test_process_decode_workers_equal_threads(encoder):
+    """Image processing in forked decode worker processes (pixel_transform) gives the embeddings of
+    the thread path (prepare_image) and of the plain processor path."""
+    from mrbench.encoders.harness import encode_items
+
+    bench = mrbench.load_benchmark("mrbench-synth-tiny")
+    task = bench.task("it2i")
+    items = task.queries[:6]
+    ref = encode_items(encoder, items, role="query", task=task, bench=bench, num_workers=0, batch_size=3)
+    thr = encode_items(encoder, items, role="query", task=task, bench=bench, num_workers=2, workers="thread", batch_size=3)
+    pro = encode_items(encoder, items, role="query", task=task, bench=bench, num_workers=2, workers="process", batch_size=3)
+    np.testing.assert_allclose(thr, ref, atol=1e-5)
+    np.testing.assert_allclose(pro, ref, atol=1e-5)

@@ -56,6 +56,7 @@ from mrbench.encoders.qwen2vl import (
     merge_lora_adapter,
     unwrap,
 )
+from mrbench.encoders.qwen2vl import QwenImagePrep
 from mrbench.encoders.qwen2vl import prepare_image as prepare_qwen_image
 from mrbench.encoders.torch_base import TorchEncoder
 from mrbench.errors import EncoderError
@@ -425,6 +426,12 @@ class RetEncoder(TorchEncoder):
     def prepare_image(self, image: Image) -> PreparedImage:
         """The image processor's work for one image, run by the harness in its decode threads."""
         return prepare_qwen_image(self.processor, image)
+
+    def pixel_transform(self) -> QwenImagePrep | None:
+        """The same as :meth:`prepare_image`, picklable, for decode worker processes (``None`` for a
+        torch-based image processor: threads then)."""
+        ip = self.processor.image_processor
+        return QwenImagePrep(ip) if QwenImagePrep.available(ip) else None
 
     def _image(self, it: EncodeInput) -> Image | PreparedImage | None:
         if isinstance(it.pixels, PreparedImage):

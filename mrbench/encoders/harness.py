@@ -150,6 +150,109 @@ def load_rgb(path: Path, item_id: str) -> "Image":
         ) from None
 
 
+WORKER_KINDS = ("auto", "thread", "process")
+DECODE_TIMEOUT_S = 300
+_PROC_POOL: Any = None
+_PROC_POOL_SIZE = 0
+_PROC_LOCK = threading.Lock()
+
+
+def _pixel_transform(encoder: Encoder) -> Callable[[Any], Any] | None:
+    fn = getattr(encoder, "pixel_transform", None)
+    return fn() if callable(fn) else None
+
+
+def _use_processes(encoder: Encoder, num_workers: int, kind: str, transform: Any) -> bool:
+    import multiprocessing
+    import sys
+
+    if kind not in WORKER_KINDS:
+        raise ValueError(f"workers must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+    able = transform is not None and num_workers > 0
+    able = able and sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    if kind == "process" and not able:
+        raise EncoderError(
+            f"encoder {encoder.meta.name!r}: process decode workers need an encoder with pixel_transform(), "
+            "num_workers > 0 and Linux; use workers='thread'"
+        )
+    return able and (kind == "process" or (kind == "auto" and num_workers >= 4))
+
+
+def _process_pool(n: int) -> Any:
+    """A persistent fork-based process pool of ``n`` workers (re-created when the size changes or
+    it broke). Workers run Pillow, numpy and single-threaded torch CPU ops (never CUDA)."""
+    global _PROC_POOL, _PROC_POOL_SIZE
+    import atexit
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _PROC_LOCK:
+        broken = _PROC_POOL is not None and getattr(_PROC_POOL, "_broken", False)
+        if _PROC_POOL is None or _PROC_POOL_SIZE != n or broken:
+            if _PROC_POOL is not None:
+                _PROC_POOL.shutdown(wait=False, cancel_futures=True)
+            else:
+                atexit.register(_shutdown_process_pool)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # "process is multi-threaded" on 3.12+
+                _PROC_POOL = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"),
+                                                 initializer=_worker_init)
+            _PROC_POOL_SIZE = n
+        return _PROC_POOL
+
+
+def _worker_init() -> None:
+    """In each forked decode worker: torch single-threaded (as torch's DataLoader workers do), since
+    an OpenMP thread pool inherited through fork deadlocks the child's first parallel region."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _shutdown_process_pool() -> None:
+    global _PROC_POOL
+    if _PROC_POOL is not None:
+        _PROC_POOL.shutdown(wait=False, cancel_futures=True)
+        _PROC_POOL = None
+
+
+def _decode_chunk(paths: list[Path], ids: list[str], task_name: str, encoder_name: str,
+                  transform: Callable[[Any], Any]) -> list[Any]:
+    """Worker-process side: decode each image and apply the encoder's pixel transform."""
+    out = []
+    for p, item_id in zip(paths, ids):
+        img = load_rgb(p, item_id)
+        try:
+            out.append(transform(img))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EncoderError(
+                f"encoder {encoder_name!r} rejected the image of item {item_id!r} in task {task_name!r} ({p}): "
+                f"{type(e).__name__}: {first}; replace or re-encode that image"
+            ) from None
+    return out
+
+
+def _result(fut: Future) -> Any:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return fut.result(timeout=DECODE_TIMEOUT_S)
+    except TimeoutError:
+        _shutdown_process_pool()
+        raise EncoderError(
+            f"an image decode worker process made no progress for {DECODE_TIMEOUT_S} s; pass workers='thread' "
+            "(or --workers 2) and report the encoder"
+        ) from None
+    except BrokenProcessPool:
+        raise EncoderError(
+            "an image decode worker process died (out of memory?); lower --workers or pass workers='thread'"
+        ) from None
+
+
 def default_workers() -> int:
     """Decode threads used when none are given: every core up to 8 (decoding, not the model, is the
     ceiling for small vision towers at about 150 images/s per core)."""
@@ -371,6 +474,7 @@ def encode_items(
     cache: "EmbeddingCache | None" = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
+    workers: str = "auto",
     progress: Callable[[int], None] | None = None,
     stats: EncodeStats | None = None,
 ) -> np.ndarray:
@@ -386,6 +490,10 @@ def encode_items(
         num_workers: threads decoding images, running the encoder's ``prepare_image`` hook and
             hashing files (Pillow and torch transforms release the GIL); 0 decodes inline; ``None``
             picks :func:`default_workers`.
+        workers: ``"thread"``, ``"process"`` or ``"auto"``. Processes decode and transform images
+            outside the GIL; they need an encoder with a ``pixel_transform()`` method (a picklable
+            ``PIL image → array`` function) and a fork-capable OS. ``"auto"`` uses them from 4
+            workers on (with 16 threads the GIL held Pillow to about 900 images/s on a 16-core machine).
         progress: called with the number of items completed, as they complete.
         stats: accumulates counters and timings (see :class:`EncodeStats`).
     """
@@ -440,18 +548,35 @@ def encode_items(
         def load(i: int) -> tuple[Any, Any]:
             return load_prepared(encoder, paths[i], items[i].id, task.name)  # type: ignore[arg-type]
 
-        def submit(batch: np.ndarray) -> list[Future | None]:
-            return [pool.submit(load, i) if pool is not None and paths[i] is not None else None for i in batch]
+        transform = _pixel_transform(encoder) if decode else None
+        procs = _process_pool(num_workers) if decode and _use_processes(encoder, num_workers, workers, transform) else None
+
+        def submit(batch: np.ndarray) -> Callable[[], list[tuple[Any, Any]]]:
+            if procs is not None:  # chunks of paths to worker processes; they return pixels only
+                todo = [i for i in batch if paths[i] is not None]
+                size = max(1, -(-len(todo) // (2 * num_workers)))
+                chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
+                futs = [procs.submit(_decode_chunk, [paths[i] for i in c], [items[i].id for i in c], task.name,
+                                     meta.name, transform) for c in chunks]
+
+                def collect() -> list[tuple[Any, Any]]:
+                    got: dict[int, Any] = {}
+                    for c, f in zip(chunks, futs):
+                        got.update(zip(c, _result(f)))
+                    return [(None, got[i]) if i in got else (None, None) for i in batch]
+
+                return collect
+            futures = [pool.submit(load, i) if pool is not None and paths[i] is not None else None for i in batch]
+            return lambda: [
+                f.result() if f is not None else (load(i) if paths[i] is not None else (None, None))
+                for f, i in zip(futures, batch)
+            ]
 
         pending = submit(batches[0]) if decode and batches else None
         for b, batch in enumerate(batches):
             if decode:
                 assert pending is not None
-                futures = pending
-                loaded = [
-                    f.result() if f is not None else (load(i) if paths[i] is not None else (None, None))
-                    for f, i in zip(futures, batch)
-                ]
+                loaded = pending()
                 pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
             else:
                 loaded = [(None, None)] * len(batch)

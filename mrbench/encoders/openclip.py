@@ -233,10 +233,12 @@ class OpenClipEncoder(DualTowerEncoder):
             return self.preprocess(image)
         import torch
 
-        arr = np.asarray(self._pil_stage(image), dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return torch.from_numpy(PilToUint8(self._pil_stage)(image))
+
+    def pixel_transform(self) -> PilToUint8 | None:
+        """The PIL stages as a picklable function for decode worker processes (``None`` when the
+        transform does not split; threads run :meth:`prepare_image` then)."""
+        return PilToUint8(self._pil_stage) if self._norm is not None else None
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts))
@@ -861,6 +863,19 @@ def _count_too_long(tok: Any, texts: list[str], ctx: int) -> int:
         enc = inner(cleaned, **kwargs)
     limit = ctx - 3 if clips else ctx
     return sum(1 for ids in enc["input_ids"] if len(ids) > limit)
+
+
+class PilToUint8:
+    """``PIL image → uint8 [3, H, W]`` through a PIL-only transform (picklable: module level)."""
+
+    def __init__(self, pil_stage: Any) -> None:
+        self.pil_stage = pil_stage
+
+    def __call__(self, image: Image) -> np.ndarray:
+        arr = np.asarray(self.pil_stage(image), dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def _split_transform(preprocess: Any) -> tuple[Any, tuple[torch.Tensor, torch.Tensor] | None]:

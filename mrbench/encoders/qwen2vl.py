@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mrbench.encoders.runtime import check_tokenizer, dir_revision, resolve_model_dir
 from mrbench.errors import EncoderError
 
@@ -290,12 +292,39 @@ class PromptBatch:
 @dataclass(frozen=True)
 class PreparedImage:
     """One image already run through the processor's image processor (done in the harness's decode
-    threads by the encoders' ``prepare_image`` hook): ``pixel_values`` ``[patches, C·T·P·P]`` and
-    ``grid_thw`` ``[1, 3]``. Batches built from prepared images equal batches built from the PIL
-    images by the processor (tested)."""
+    threads or processes by the encoders' ``prepare_image`` / ``pixel_transform`` hooks):
+    ``pixel_values`` ``[patches, C·T·P·P]`` and ``grid_thw`` ``[1, 3]`` (torch tensors or numpy
+    arrays). Batches built from prepared images equal batches built from the PIL images by the
+    processor (tested)."""
 
-    pixel_values: torch.Tensor
-    grid_thw: torch.Tensor
+    pixel_values: Any
+    grid_thw: Any
+
+
+class QwenImagePrep:
+    """Picklable ``PIL image → PreparedImage`` (numpy arrays, for decode worker processes): an
+    optional resize rule (``resize(image)``, a module-level function) then the image processor."""
+
+    def __init__(self, image_processor: Any, resize: Any = None) -> None:
+        self.image_processor = image_processor
+        self.resize = resize
+
+    def __call__(self, image: Image) -> PreparedImage:
+        if self.resize is not None:
+            image = self.resize(image)
+        out = self.image_processor(images=[image], return_tensors="np")
+        return PreparedImage(np.asarray(out["pixel_values"]), np.asarray(out["image_grid_thw"]))
+
+    @staticmethod
+    def available(image_processor: Any) -> bool:
+        """Whether the image processor can run in a forked worker (it must be picklable)."""
+        import pickle
+
+        try:
+            pickle.dumps(image_processor)
+        except Exception:
+            return False
+        return True
 
 
 def prepare_image(processor: Any, image: Image) -> PreparedImage:
@@ -313,7 +342,7 @@ def image_token_counts(processor: Any, images: Sequence[Image | PreparedImage | 
         if im is None:
             out.append(0)
         elif isinstance(im, PreparedImage):
-            out.append(int(im.grid_thw.prod()) // (merge * merge))
+            out.append(int(np.prod(np.asarray(im.grid_thw))) // (merge * merge))
         else:
             w, h = im.size
             out.append(int(ip.get_number_of_image_patches(h, w, {})) // (merge * merge))
@@ -343,8 +372,8 @@ def _call_processor(
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     image_id = tok.convert_tokens_to_ids(image_token)
     inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).long()
-    inputs["pixel_values"] = torch.cat([p.pixel_values for p in prepared])
-    inputs["image_grid_thw"] = torch.cat([p.grid_thw for p in prepared])
+    inputs["pixel_values"] = torch.cat([torch.as_tensor(p.pixel_values) for p in prepared])
+    inputs["image_grid_thw"] = torch.cat([torch.as_tensor(p.grid_thw) for p in prepared])
     return inputs
 
 

@@ -118,6 +118,10 @@ class DualTowerEncoder(TorchEncoder):
         return text
 
     def _pixels_of(self, it: EncodeInput) -> torch.Tensor:
+        if isinstance(it.pixels, np.ndarray):  # from a decode worker process
+            import torch
+
+            return torch.from_numpy(it.pixels)
         if it.pixels is not None:
             return it.pixels
         if it.image is not None:

@@ -227,6 +227,17 @@ class VLM2VecEncoder(TorchEncoder):
 
         return prepare_qwen_image(self.processor, _prepare_image(image, self.image_resolution, min_side_fix=True))
 
+    def pixel_transform(self) -> Any:
+        """The same as :meth:`prepare_image`, picklable, for decode worker processes (Qwen2-VL only)."""
+        from mrbench.encoders.qwen2vl import QwenImagePrep
+
+        if self.backbone != "qwen2_vl" or not QwenImagePrep.available(self.processor.image_processor):
+            return None
+        from functools import partial
+
+        return QwenImagePrep(self.processor.image_processor,
+                             partial(_prepare_image, resolution=self.image_resolution, min_side_fix=True))
+
     def _image(self, it: EncodeInput) -> Any:
         from mrbench.encoders.qwen2vl import PreparedImage
 
