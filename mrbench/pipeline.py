@@ -89,6 +89,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
+    decode: str = "auto",
     backend: str = "auto",
     grain_sensitivity: bool = True,
     verify: bool = True,
@@ -108,6 +109,9 @@ def evaluate(
         output: directory for results.json, runs/, per_query.parquet and grains.png; refused if it
             already holds files unless ``overwrite``. Written atomically.
         cache: reuse and fill the on-disk embedding cache (``cache_dir`` or ``$MRBENCH_CACHE``).
+        num_workers: image decode workers (default: all cores up to 8).
+        decode: ``"thread"``, ``"process"`` or ``"auto"`` (processes from 4 workers on, for encoders
+            with a picklable ``pixel_transform``); see :func:`mrbench.encoders.harness.encode_items`.
         backend: exact-search backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
         grain_sensitivity: also run the drop-one-grain diagnostic on text-bearing queries.
         verify: check the benchmark's fingerprint when loading it from disk.
@@ -133,6 +137,9 @@ def evaluate(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     ks_t = _parse_ks(ks)
+    from mrbench.encoders.harness import check_worker_kind
+
+    check_worker_kind(decode)
     if depth < max(ks_t):
         raise MrbenchError(f"--depth {depth} is smaller than the largest k ({max(ks_t)}); raise --depth")
     out_path = Path(output) if output is not None else None
@@ -172,10 +179,10 @@ def evaluate(
         t0 = time.perf_counter()
         with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
             q_emb = encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=store,
-                                 batch_size=batch_size, num_workers=num_workers, progress=adv, stats=stats)
+                                 batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
         with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
             c_emb = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, cache=store,
-                                 batch_size=batch_size, num_workers=num_workers, progress=adv, stats=stats)
+                                 batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
         check_dims(q_emb, c_emb, meta.name, task.name)
         timings["encode"] += time.perf_counter() - t0
 
@@ -202,7 +209,7 @@ def evaluate(
         if grain_sensitivity and task.query_modality != "image":
             t0 = time.perf_counter()
             sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
-                                    num_workers, backend, reporter)
+                                    num_workers, backend, reporter, decode)
             if sf is not None:
                 sens_frames.append(sf)
             timings["sensitivity"] += time.perf_counter() - t0
@@ -226,6 +233,8 @@ def evaluate(
             "device": device,
             "tie_policy": "pessimistic",
             "batch_size": batch_size or meta.batch_size,
+            "decode_workers": num_workers,
+            "decode": decode,
             "cache": bool(cache),
             "grain_sensitivity": bool(grain_sensitivity),
             "verify_fingerprint": bool(verify),
@@ -245,7 +254,7 @@ def evaluate(
 
 
 def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size, num_workers,
-                       backend, reporter):
+                       backend, reporter, decode="auto"):
     """Drop one grain at a time from every text-bearing query, re-encode and re-rank.
 
     Returns one row per (query, dropped grain) with ``mask_distance`` = 1 − cos(full, reduced)
@@ -277,7 +286,7 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
         return None
     with reporter.stage(f"{task.name}: grain sensitivity", len(reduced)) as adv:
         r_emb = encode_items(enc, reduced, role="query", task=task, bench=bench, cache=store,
-                             batch_size=batch_size, num_workers=num_workers, progress=adv, stats=stats)
+                             batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
     qi_arr = np.array([o[0] for o in owners])
 
     def unit(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,9 @@ def evaluate(
     ] = None,
     depth: Annotated[int, typer.Option(help="Length of the ranked lists in the run files.")] = 100,
     batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call (default: the encoder's own).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Threads decoding and preprocessing images (default: all cores, at most 8).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Image decode + preprocessing workers (default: all cores, at most 8).")] = None,
+    decode: Annotated[str, typer.Option(help="Decode workers: thread, process (outside the GIL; for encoders with a "
+                                        "pixel_transform, e.g. openclip, ret, vlm2vec) or auto (processes from 4 workers).")] = "auto",
     backend: Annotated[str, typer.Option(help="Exact search backend: auto, torch or faiss.")] = "auto",
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and fill the on-disk embedding cache.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE or ~/.cache/mrbench/embeddings).")] = None,
@@ -72,7 +74,7 @@ def evaluate(
         res = run(
             benchmark, enc, encoder_kwargs=kwargs, tasks=tasks.split(",") if tasks else None, ks=k, depth=depth,
             output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
-            num_workers=workers, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
+            num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
         )
         print_result(res, console)
         t = res.timings

@@ -157,6 +157,12 @@ _PROC_POOL_SIZE = 0
 _PROC_LOCK = threading.Lock()
 
 
+def check_worker_kind(kind: str) -> None:
+    """One-line error for a decode worker kind that is not ``auto``, ``thread`` or ``process``."""
+    if kind not in WORKER_KINDS:
+        raise EncoderError(f"--decode {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
+
+
 def _pixel_transform(encoder: Encoder) -> Callable[[Any], Any] | None:
     fn = getattr(encoder, "pixel_transform", None)
     return fn() if callable(fn) else None
@@ -166,8 +172,7 @@ def _use_processes(encoder: Encoder, num_workers: int, kind: str, transform: Any
     import multiprocessing
     import sys
 
-    if kind not in WORKER_KINDS:
-        raise ValueError(f"workers must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+    check_worker_kind(kind)
     able = transform is not None and num_workers > 0
     able = able and sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     if kind == "process" and not able:

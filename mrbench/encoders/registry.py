@@ -419,8 +419,9 @@ register_encoder(
 register_encoder(
     "openclip",
     "mrbench.encoders.openclip:OpenClipEncoder",
-    description="open_clip models: 'ARCH/TAG' (e.g. ViT-B-32/laion2b_s34b_b79k), 'ARCH/path/to/ckpt', "
-    "'local-dir:DIR', 'hf-hub:org/name'; image+text by score fusion",
+    description="open_clip models: 'ARCH/TAG' (e.g. ViT-B-32/laion2b_s34b_b79k), 'ARCH//abs/ckpt.safetensors', "
+    "'local-dir:DIR', 'hf-hub:org/name', or 'ARCH' with {\"pretrained\": FILE} / {\"random_init\": true}; "
+    "image+text by score fusion",
     extra="clip",
     family=True,
 )
@@ -447,14 +448,15 @@ register_encoder(
 register_encoder(
     "vlm2vec",
     "mrbench.encoders.vlm2vec:VLM2VecEncoder",
-    description="TIGER-Lab VLM2Vec (Qwen2-VL / Phi-3.5-V backbones): task instructions, last-token pooling",
+    description="TIGER-Lab VLM2Vec (Qwen2-VL / Qwen2.5-VL / Phi-3.5-V backbones): task instructions, "
+    "last-token pooling",
     extra="mllm",
     family=True,
 )
 register_encoder(
     "ret",
     "mrbench.encoders.generative:RetEncoder",
-    description="generative [RET] MLLM (LamRA/ELVA style, Qwen2-VL family, optional LoRA adapter): "
+    description="generative [RET] MLLM (LamRA/ELVA style, Qwen2-VL / Qwen2.5-VL, optional LoRA adapter): "
     "greedy summary, then the hidden state at [RET]",
     extra="mllm",
     family=True,
