@@ -415,3 +415,17 @@ def test_process_decode_workers_equal_threads(encoder):
     pro = encode_items(encoder, items, role="query", task=task, bench=bench, num_workers=2, workers="process", batch_size=3)
     np.testing.assert_allclose(thr, ref, atol=1e-5)
     np.testing.assert_allclose(pro, ref, atol=1e-5)
+
+
+def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = build_tiny_qwen2vl(tmp_path / "m")
+    sd = load_file(str(d / "model.safetensors"))
+    key = sorted(k for k in sd if k.endswith("q_proj.weight"))[0]
+    sd[key] = sd[key][:, :32].contiguous()
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(EncoderError) as e:
+        RetEncoder(str(d), device="cpu")
+    msg = _one_line(e)
+    assert "q_proj.weight" in msg and "[64, 32]" in msg and "[64, 64]" in msg

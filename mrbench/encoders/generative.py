@@ -47,6 +47,7 @@ from mrbench.encoders.qwen2vl import (
     PreparedImage,
     PromptBatch,
     PromptParts,
+    QwenImagePrep,
     encode_prompts,
     ensure_token,
     extend_batch,
@@ -56,7 +57,6 @@ from mrbench.encoders.qwen2vl import (
     merge_lora_adapter,
     unwrap,
 )
-from mrbench.encoders.qwen2vl import QwenImagePrep
 from mrbench.encoders.qwen2vl import prepare_image as prepare_qwen_image
 from mrbench.encoders.torch_base import TorchEncoder
 from mrbench.errors import EncoderError

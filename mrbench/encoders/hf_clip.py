@@ -27,13 +27,17 @@ Image+text items: score-level fusion (sum of the L2-normalised image and text em
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mrbench.encoders.base import EncoderMeta
-from mrbench.encoders.runtime import _first_line, check_tokenizer, resolve_model_dir
+from mrbench.encoders.runtime import (
+    _first_line,
+    check_loading_info,
+    check_tokenizer,
+    quiet_transformers,
+    resolve_model_dir,
+)
 from mrbench.encoders.torch_base import DualTowerEncoder
 from mrbench.errors import EncoderError
 
@@ -56,65 +60,6 @@ SIGLIP_NOTE = (
     "ranking by cosine is exactly the model's ranking"
 )
 CLIP_NOTE = "CLIP scores a pair as logit_scale*cos with logit_scale > 0, so ranking by cosine is exactly the model's ranking"
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report (mrbench raises its own one-line errors instead)."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    old = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def checkpoint_shape_mismatch(model_dir: Any) -> tuple[str, list[int], list[int]] | None:
-    """The first tensor of ``model_dir``'s safetensors checkpoint whose shape differs from what its
-    ``config.json`` builds, as ``(name, checkpoint shape, config shape)``; ``None`` when all match or
-    when that cannot be told (no config, no safetensors, an architecture that does not build).
-
-    Reads only the safetensors headers and builds the model on the ``meta`` device (no memory).
-    """
-    from pathlib import Path
-
-    d = Path(model_dir)
-    files = sorted(d.glob("*.safetensors"))
-    if not (d / "config.json").is_file() or not files:
-        return None
-    try:
-        import torch
-        from safetensors import safe_open
-        from transformers import AutoConfig, AutoModel
-
-        with _quiet_transformers():
-            config = AutoConfig.from_pretrained(str(d))
-            with torch.device("meta"):
-                model = AutoModel.from_config(config)
-        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-        prefix = str(getattr(model, "base_model_prefix", "") or "")
-        for f in files:
-            with safe_open(str(f), framework="pt") as g:
-                for key in sorted(g.keys()):
-                    name = key
-                    if name not in expected and prefix and name.startswith(prefix + "."):
-                        name = name[len(prefix) + 1 :]
-                    if name in expected:
-                        shape = list(g.get_slice(key).get_shape())
-                        if shape != expected[name]:
-                            return key, shape, expected[name]
-    except Exception:
-        return None
-    return None
 
 
 def _features(out: Any, kind: str) -> torch.Tensor:
@@ -165,7 +110,12 @@ class HFClipEncoder(DualTowerEncoder):
 
         import torch
         import transformers
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModel,
+            AutoTokenizer,
+        )
 
         if not (path / "config.json").is_file():
             raise EncoderError(f"encoder {label!r}: {path} has no config.json; pass the directory of a transformers model")
@@ -179,7 +129,7 @@ class HFClipEncoder(DualTowerEncoder):
 
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model, info = AutoModel.from_pretrained(
                     str(path), output_loading_info=True, ignore_mismatched_sizes=True, **{dtype_kw: torch.float32}
                 )
@@ -198,7 +148,7 @@ class HFClipEncoder(DualTowerEncoder):
         self.model = model.eval().to(self.device)
 
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         except Exception as e:
             raise EncoderError(
@@ -207,7 +157,7 @@ class HFClipEncoder(DualTowerEncoder):
             ) from None
         check_tokenizer(self.tokenizer, label=label, source=str(path))
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.image_processor = AutoImageProcessor.from_pretrained(str(path))
         except Exception as e:
             why = "no preprocessor_config.json there" if isinstance(e, OSError) else f"{type(e).__name__}: {_first_line(e)}"
@@ -278,27 +228,7 @@ class HFClipEncoder(DualTowerEncoder):
 
     # -- loading checks -------------------------------------------------------------------------------
     def _check_loading_info(self, info: dict[str, Any], model: Any, path: Any) -> None:
-        """Refuse a checkpoint whose tensors do not match its config (one line naming the tensor)."""
-        mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]) if isinstance(m, tuple) else str(m))
-        if mismatched:
-            first = mismatched[0]
-            if isinstance(first, tuple) and len(first) >= 3:
-                what = f"tensor {first[0]!r} has shape {list(first[1])} in the checkpoint but {list(first[2])} in config.json"
-            else:
-                what = f"tensor {first!r} does not match config.json"
-            more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-            raise EncoderError(
-                f"encoder {self.label!r}: checkpoint in {path} does not match its config: {what}{more}; "
-                "the weights and config.json come from different models — re-download the model"
-            )
-        params = {n for n, _ in model.named_parameters()}
-        missing = sorted(k for k in (info.get("missing_keys") or []) if k in params)
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise EncoderError(
-                f"encoder {self.label!r}: checkpoint in {path} lacks tensor {missing[0]!r}{more}, which would be "
-                "left randomly initialised; re-download the model"
-            )
+        check_loading_info(info, model, path, label=self.label)
 
     def _probe(self) -> tuple[int, bool]:
         """Encode one text and one image both ways (features vs. the model's forward); return (dim, verified)."""

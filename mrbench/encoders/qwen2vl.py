@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mrbench.encoders.runtime import check_tokenizer, dir_revision, resolve_model_dir
+from mrbench.encoders.runtime import (
+    check_loading_info,
+    check_tokenizer,
+    dir_revision,
+    quiet_transformers,
+    resolve_model_dir,
+)
 from mrbench.errors import EncoderError
 
 if TYPE_CHECKING:
@@ -193,12 +199,15 @@ def _load_model(model_dir: Path, model_type: str, *, label: str, device: str, dt
     cls_name = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
     cls = getattr(transformers, cls_name.get(model_type, ""), None) or transformers.AutoModelForImageTextToText
     try:
-        model = cls.from_pretrained(str(model_dir), dtype=dtype)
+        with quiet_transformers():
+            model, info = cls.from_pretrained(str(model_dir), dtype=dtype, output_loading_info=True,
+                                              ignore_mismatched_sizes=True)
     except Exception as e:
         raise EncoderError(
             f"encoder {label!r}: cannot load the {model_type} weights in {str(model_dir)!r} "
             f"({type(e).__name__}: {_first_line(e)})"
         ) from None
+    check_loading_info(info, model, model_dir, label=label)
     return model.to(device).eval()
 
 

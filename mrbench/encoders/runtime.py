@@ -215,6 +215,93 @@ def _save_revision_memo(memo: dict[str, str]) -> None:
         pass
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report (mrbench raises its own one-line errors instead)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def checkpoint_shape_mismatch(model_dir: Any, model_class: Any = None) -> tuple[str, list[int], list[int]] | None:
+    """The first tensor of ``model_dir``'s safetensors checkpoint whose shape differs from what its
+    ``config.json`` builds, as ``(name, checkpoint shape, config shape)``; ``None`` when all match or
+    when that cannot be told (no config, no safetensors, an architecture that does not build).
+
+    Reads only the safetensors headers and builds the model (``model_class``, default
+    ``transformers.AutoModel``) on the ``meta`` device (no memory).
+    """
+    from pathlib import Path
+
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors"))
+    if not (d / "config.json").is_file() or not files:
+        return None
+    try:
+        import torch
+        from safetensors import safe_open
+        from transformers import AutoConfig, AutoModel
+
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(str(d))
+            with torch.device("meta"):
+                model = model_class._from_config(config) if model_class is not None else AutoModel.from_config(config)
+        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+        prefix = str(getattr(model, "base_model_prefix", "") or "")
+        for f in files:
+            with safe_open(str(f), framework="pt") as g:
+                for key in sorted(g.keys()):
+                    name = key
+                    if name not in expected and prefix and name.startswith(prefix + "."):
+                        name = name[len(prefix) + 1 :]
+                    if name in expected:
+                        shape = list(g.get_slice(key).get_shape())
+                        if shape != expected[name]:
+                            return key, shape, expected[name]
+    except Exception:
+        return None
+    return None
+
+
+def check_loading_info(info: dict[str, Any], model: Any, path: Any, *, label: str) -> None:
+    """Refuse a checkpoint whose tensors do not match its config, from transformers'
+    ``output_loading_info`` (load with ``ignore_mismatched_sizes=True`` so the report is data, not an
+    exception): one line naming the first mismatching tensor and both shapes, or the first model
+    parameter the checkpoint lacks (it would be left randomly initialised)."""
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]) if isinstance(m, tuple) else str(m))
+    if mismatched:
+        first = mismatched[0]
+        if isinstance(first, tuple) and len(first) >= 3:
+            what = f"tensor {first[0]!r} has shape {list(first[1])} in the checkpoint but {list(first[2])} in config.json"
+        else:
+            what = f"tensor {first!r} does not match config.json"
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise EncoderError(
+            f"encoder {label!r}: checkpoint in {path} does not match its config: {what}{more}; "
+            "the weights and config.json come from different models — re-download the model"
+        )
+    params = {n for n, _ in model.named_parameters()}
+    missing = sorted(k for k in (info.get("missing_keys") or []) if k in params)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise EncoderError(
+            f"encoder {label!r}: checkpoint in {path} lacks tensor {missing[0]!r}{more}, which would be "
+            "left randomly initialised; re-download the model"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------
 # tokenizers
 

@@ -30,8 +30,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
-from mrbench.encoders.hf_clip import FUSION_NOTE, _quiet_transformers, checkpoint_shape_mismatch
-from mrbench.encoders.runtime import _first_line, check_tokenizer, resolve_model_dir
+from mrbench.encoders.hf_clip import FUSION_NOTE
+from mrbench.encoders.runtime import (
+    _first_line,
+    check_tokenizer,
+    checkpoint_shape_mismatch,
+    quiet_transformers,
+    resolve_model_dir,
+)
 from mrbench.encoders.torch_base import DualTowerEncoder
 from mrbench.errors import EncoderError
 
@@ -93,7 +99,7 @@ class SentenceTransformerEncoder(DualTowerEncoder):
                 "sentence-transformers (or transformers) model"
             )
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         except Exception as e:
             bad = _shape_mismatch(path)
