@@ -1,0 +1,262 @@
+"""The trainer's configuration: one typed, validated record, read from JSON or TOML and overridden
+from the command line (``--set rl.steps=50``).
+
+Sections mirror the pipeline: ``data`` (benchmark and tasks), ``model`` (dual-encoder towers),
+``warmup`` (InfoNCE), ``rl`` (GRPO), ``reward`` (ELVA's rule rewards), ``sampling`` (RL negatives),
+``eval`` and ``checkpoint``. Every constant of the paper is a field here. Unknown keys and
+out-of-range values are refused with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("warmup", "rl")
+REGIMES = ("dual", "generative")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or a value is out of range (the message names it)."""
+
+
+@dataclass
+class DataConfig:
+    benchmark: str = "mrbench-synth-train"
+    """A benchmark whose split is ``train`` (built-in name or directory)."""
+    tasks: list[str] | None = None
+    """Task subset (default: all)."""
+    holdout: float = 0.1
+    """Fraction of training queries held out for periodic evaluation (deterministic from the seed)."""
+    image_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "tiny"
+    """``"tiny"`` (a small ViT + text transformer) or any open_clip architecture name."""
+    pretrained: str | None = None
+    """A weights file for ``arch`` (fine-tuning a real open_clip model), else random init."""
+    embed_dim: int = 64
+
+
+@dataclass
+class WarmupConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    tau: float = 0.05
+    """InfoNCE temperature."""
+    symmetric: bool = True
+
+
+@dataclass
+class RLConfig:
+    steps: int = 100
+    queries_per_step: int = 16
+    group_size: int = 8
+    """G: rollouts per query."""
+    lr: float = 1e-4
+    clip_eps: float = 0.2
+    beta: float = 0.2
+    """KL penalty to the frozen warmup model."""
+    sigma: float = 0.02
+    """Std of the Gaussian exploration around the deterministic embedding (dual regime)."""
+    learnable_sigma: bool = False
+    epochs_per_batch: int = 1
+    """Policy updates per batch of rollouts (1: the ratio is 1 and clipping inactive, as in on-policy GRPO)."""
+    candidate_grad: bool = False
+    """Also sample and differentiate the candidates' embeddings (the paper's full policy). Off: the
+    candidates' deterministic embeddings are the environment, refreshed every ``refresh_every`` steps,
+    and only the query side is the policy — about 100× cheaper per step on a CPU."""
+    refresh_every: int = 10
+    """Re-embed the candidate pools with the current model every this many RL steps (candidate_grad off)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100
+    """Evaluate on the held-out queries every this many steps (0: only at stage ends)."""
+    ks: list[int] = field(default_factory=lambda: [1, 5])
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100
+    """Checkpoint every this many steps (and at every stage end)."""
+
+
+@dataclass
+class TrainConfig:
+    regime: str = "dual"
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    reward: dict[str, Any] = field(default_factory=dict)
+    """Fields of :class:`elva_baseline.rewards.RewardConfig` (α, ε, δ, γ, log base, ablations)."""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """Fields of :class:`elva_baseline.sampling.SamplingConfig` (hard/random counts, threshold, mode)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TrainConfig:
+        cfg = _build(cls, data, where)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read the config ({e.strerror or e})") from None
+        try:
+            if p.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the config must be an object of sections")
+        return cls.from_dict(data, where=str(p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``section.key=value`` assignments (values parsed as JSON, else kept as strings)."""
+        data = self.to_dict()
+        for a in assignments:
+            if "=" not in a:
+                raise ConfigError(f"--set {a!r}: expected section.key=value, e.g. rl.steps=50")
+            key, raw = a.split("=", 1)
+            try:
+                value: Any = json.loads(raw)
+            except ValueError:
+                value = raw
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"--set {a!r}: {part!r} is not a config section")
+                node = node[part]
+            node[parts[-1]] = value
+        return TrainConfig.from_dict(data, where="--set")
+
+    # -- validation ---------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"config {key}: {what}")
+
+        need(self.regime in REGIMES, "regime", f"must be one of {', '.join(REGIMES)}, got {self.regime!r}")
+        need(bool(self.stages) and all(s in STAGES for s in self.stages), "stages",
+             f"must be a non-empty subset of {', '.join(STAGES)}, got {self.stages!r}")
+        need(0.0 <= self.data.holdout < 1.0, "data.holdout", f"must be in [0, 1), got {self.data.holdout}")
+        need(self.data.image_size >= 16, "data.image_size", f"must be >= 16, got {self.data.image_size}")
+        need(self.model.embed_dim >= 2, "model.embed_dim", f"must be >= 2, got {self.model.embed_dim}")
+        for sec in ("warmup", "rl"):
+            s = getattr(self, sec)
+            need(s.steps >= 0, f"{sec}.steps", f"must be >= 0, got {s.steps}")
+            need(s.lr > 0, f"{sec}.lr", f"must be > 0, got {s.lr}")
+        need(self.warmup.batch_size >= 2, "warmup.batch_size", f"must be >= 2 (in-batch negatives), got {self.warmup.batch_size}")
+        need(self.warmup.tau > 0, "warmup.tau", f"must be > 0, got {self.warmup.tau}")
+        need(self.rl.group_size >= 2, "rl.group_size", f"G must be >= 2 (group-relative advantages), got {self.rl.group_size}")
+        need(self.rl.queries_per_step >= 1, "rl.queries_per_step", f"must be >= 1, got {self.rl.queries_per_step}")
+        need(0 < self.rl.clip_eps < 1, "rl.clip_eps", f"must be in (0, 1), got {self.rl.clip_eps}")
+        need(self.rl.beta >= 0, "rl.beta", f"must be >= 0, got {self.rl.beta}")
+        need(self.rl.sigma > 0, "rl.sigma", f"must be > 0, got {self.rl.sigma}")
+        need(self.rl.refresh_every >= 1, "rl.refresh_every", f"must be >= 1, got {self.rl.refresh_every}")
+        need(self.rl.epochs_per_batch >= 1, "rl.epochs_per_batch", f"must be >= 1, got {self.rl.epochs_per_batch}")
+        need(self.eval.every >= 0, "eval.every", f"must be >= 0, got {self.eval.every}")
+        need(bool(self.eval.ks) and all(isinstance(k, int) and k >= 1 for k in self.eval.ks), "eval.ks",
+             f"must be positive integers, got {self.eval.ks}")
+        need(self.checkpoint.every >= 0, "checkpoint.every", f"must be >= 0, got {self.checkpoint.every}")
+        # the reward and sampling sections are validated by their own records
+        self.reward_config()
+        self.sampling_config()
+
+    def reward_config(self) -> Any:
+        from elva_baseline.rewards import RewardConfig
+
+        return _sub_record(RewardConfig, self.reward, "reward")
+
+    def sampling_config(self) -> Any:
+        from elva_baseline.sampling import SamplingConfig
+
+        return _sub_record(SamplingConfig, self.sampling, "sampling")
+
+
+def _sub_record(cls: Any, values: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"config {section}.{unknown[0]}: unknown key; known: {', '.join(sorted(names))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config {section}: {e}") from None
+
+
+def _build(cls: Any, data: Any, where: str, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        from mrbench.errors import did_you_mean
+
+        raise ConfigError(f"{where}: unknown key {prefix + unknown[0]!r}{did_you_mean(unknown[0], list(fields))}")
+    kwargs: dict[str, Any] = {}
+    hints = _field_types(cls)
+    for name, value in data.items():
+        sub = hints.get(name)
+        if dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, where, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, fields[name], f"{prefix}{name}", where)
+    return cls(**kwargs)
+
+
+def _field_types(cls: Any) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str, where: str) -> Any:
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+    )
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+    if isinstance(default, (list, dict)) and not isinstance(value, type(default)):
+        raise ConfigError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+    return value

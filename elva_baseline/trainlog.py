@@ -1,0 +1,131 @@
+"""The training log: one JSON object per line (``train_log.jsonl``), and its plot.
+
+Every record has ``stage`` (``"warmup"`` or ``"rl"``), ``step`` (1-based within the stage),
+``global_step`` and ``time`` (seconds since the run started, resumed runs continue the clock);
+training records carry the losses and rewards of that step, evaluation records carry
+``"eval": {"hit@1": ..., "hit@5": ..., "hit@5_3plus": ...}`` (held-out queries).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class TrainLog:
+    """Append-only JSONL writer (each line flushed, so a crash loses nothing already logged)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(_finite(record), sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> TrainLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/Inf become strings (JSON has no NaN); everything else unchanged."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a training log; a line that is not JSON is an error naming its line number
+    (a truncated last line, from a crash mid-write, is skipped)."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"{p}: cannot read the training log ({e.strerror or e})") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i == len(lines):
+                break
+            raise ValueError(f"{p}:{i}: not a JSON object; the log is damaged") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{p}:{i}: not a JSON object; the log is damaged")
+        out.append(rec)
+    return out
+
+
+def plot_log(path: str | Path, output: str | Path) -> Path:
+    """Reward and loss curves of a training log as a PNG: warmup loss, RL reward (mean ± std over
+    rollouts), RL loss and KL, and held-out hit@k at each evaluation. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_log(path)
+    train = [r for r in recs if "eval" not in r]
+    evals = [r for r in recs if "eval" in r]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0][0]
+    w = [r for r in train if r.get("stage") == "warmup" and isinstance(r.get("loss"), (int, float))]
+    ax.plot([r["global_step"] for r in w], [r["loss"] for r in w], lw=1)
+    ax.set_title("warmup: InfoNCE loss")
+    ax.set_xlabel("update")
+    ax = axes[0][1]
+    rl = [r for r in train if r.get("stage") == "rl"]
+    if rl:
+        xs = [r["global_step"] for r in rl]
+        mean = [r.get("reward_mean", math.nan) for r in rl]
+        std = [r.get("reward_std", 0.0) for r in rl]
+        ax.plot(xs, mean, lw=1, label="mean reward")
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
+        ax.legend(loc="best")
+    ax.set_title("RL: reward over rollouts")
+    ax.set_xlabel("update")
+    ax = axes[1][0]
+    if rl:
+        ax.plot([r["global_step"] for r in rl], [r.get("loss", math.nan) for r in rl], lw=1, label="GRPO loss")
+        ax2 = ax.twinx()
+        ax2.plot([r["global_step"] for r in rl], [r.get("kl", math.nan) for r in rl], lw=1, color="tab:red", label="KL")
+        ax2.set_ylabel("KL to reference")
+        ax.legend(loc="upper left")
+    ax.set_title("RL: loss and KL")
+    ax.set_xlabel("update")
+    ax = axes[1][1]
+    keys = sorted({k for r in evals for k in r["eval"] if isinstance(r["eval"][k], (int, float))})
+    for k in keys:
+        ax.plot([r["global_step"] for r in evals], [r["eval"].get(k, math.nan) for r in evals], marker="o", lw=1, label=k)
+    if keys:
+        ax.legend(loc="best")
+    ax.set_title("held-out retrieval")
+    ax.set_xlabel("update")
+    for st in ("warmup",):
+        ends = [r["global_step"] for r in train if r.get("stage") == st]
+        if ends and rl:
+            for a in axes.flat:
+                a.axvline(max(ends), color="grey", ls=":", lw=1)
+    fig.tight_layout()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

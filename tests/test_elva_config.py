@@ -1,0 +1,91 @@
+"""The trainer's configuration record and its training log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from elva_baseline.config import ConfigError, TrainConfig
+from elva_baseline.trainlog import TrainLog, plot_log, read_log
+
+
+def test_defaults_are_the_paper_constants() -> None:
+    cfg = TrainConfig()
+    cfg.validate()
+    assert cfg.rl.group_size == 8 and cfg.rl.beta == 0.2
+    r = cfg.reward_config()
+    assert (r.alpha, r.epsilon) == (0.4, 0.6)
+    s = cfg.sampling_config()
+    assert (s.n_hard, s.n_random) == (50, 50)
+
+
+def test_file_and_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"seed": 3, "rl": {"steps": 7, "beta": 0.1}, "reward": {"delta": 0.05}}))
+    cfg = TrainConfig.from_file(p)
+    assert cfg.seed == 3 and cfg.rl.steps == 7 and cfg.rl.beta == 0.1 and cfg.reward_config().delta == 0.05
+    cfg2 = cfg.with_overrides(["rl.group_size=4", "data.benchmark=mrbench-synth-tiny-train", "stages=[\"warmup\"]"])
+    assert cfg2.rl.group_size == 4 and cfg2.data.benchmark == "mrbench-synth-tiny-train" and cfg2.stages == ["warmup"]
+    t = tmp_path / "c.toml"
+    t.write_text('seed = 1\n[warmup]\nsteps = 5\n')
+    assert TrainConfig.from_file(t).warmup.steps == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"rl": {"stepz": 3}}, "rl.stepz"),
+        ({"bogus": 1}, "bogus"),
+        ({"rl": {"group_size": 1}}, "rl.group_size"),
+        ({"rl": {"beta": -1.0}}, "rl.beta"),
+        ({"rl": {"clip_eps": 1.5}}, "rl.clip_eps"),
+        ({"warmup": {"tau": 0}}, "warmup.tau"),
+        ({"warmup": {"steps": "many"}}, "warmup.steps"),
+        ({"reward": {"gamma": -0.1}}, "gamma"),
+        ({"reward": {"delta": -0.1}}, "delta"),
+        ({"reward": {"alpha": -1.0}}, "alpha"),
+        ({"reward": {"nope": 1}}, "reward.nope"),
+        ({"sampling": {"n_hard": -1}}, "n_hard"),
+        ({"stages": ["warmup", "finetune"]}, "stages"),
+        ({"regime": "triple"}, "regime"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_dict(data)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    p = tmp_path / "c.json"
+    p.write_text("{not json")
+    with pytest.raises(ConfigError, match="c.json: not valid JSON"):
+        TrainConfig.from_file(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        TrainConfig.from_file(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        TrainConfig().with_overrides(["rl.steps"])
+
+
+def test_log_round_trip_and_plot(tmp_path: Path) -> None:
+    log = tmp_path / "train_log.jsonl"
+    with TrainLog(log) as w:
+        for i in range(1, 6):
+            w.write({"stage": "warmup", "step": i, "global_step": i, "time": i * 0.1, "loss": 2.0 / i})
+        for i in range(1, 4):
+            w.write({"stage": "rl", "step": i, "global_step": 5 + i, "time": 1.0 + i, "loss": 0.1, "kl": 0.01 * i,
+                     "reward_mean": 0.1 * i, "reward_std": 0.05})
+        w.write({"stage": "rl", "step": 3, "global_step": 8, "time": 4.0, "eval": {"hit@5": 0.5, "hit@1": 0.2}})
+        w.write({"stage": "rl", "step": 4, "global_step": 9, "time": 4.1, "loss": float("nan")})
+    with log.open("a") as f:
+        f.write('{"stage": "rl", "st')  # a crash mid-write
+    recs = read_log(log)
+    assert len(recs) == 10 and recs[-1]["loss"] == "nan"
+    png = plot_log(log, tmp_path / "curves.png")
+    assert png.stat().st_size > 10_000
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        read_log(bad)
