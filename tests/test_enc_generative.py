@@ -429,3 +429,16 @@ def test_checkpoint_shape_mismatch_names_the_tensor(tmp_path):
         RetEncoder(str(d), device="cpu")
     msg = _one_line(e)
     assert "q_proj.weight" in msg and "[64, 32]" in msg and "[64, 64]" in msg
+
+
+def test_greedy_summaries_never_write_image_placeholders(encoder):
+    from mrbench.encoders.generative import placeholder_token_ids
+
+    tok = encoder.processor.tokenizer
+    ids = placeholder_token_ids(tok)
+    assert tok.convert_tokens_to_ids("<|image_pad|>") in ids
+    encoder.summary_examples.clear()
+    encoder.encode(_mixed(7), role="query", task=TASK)
+    bad = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
+    for ex in encoder.summary_examples:
+        assert not bad & set(tok(ex["summary"], add_special_tokens=False)["input_ids"])

@@ -189,6 +189,17 @@ def stop_token_ids(tokenizer: Any, ret_token_id: int | None = None) -> list[int]
     return sorted({int(i) for i in ids})
 
 
+def placeholder_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of ``<|image_pad|>`` and ``<|video_pad|>`` (those the tokenizer knows): a summary that
+    contained one would be taken for an image slot by the model's forward."""
+    out = []
+    for t in (IMAGE_PAD, "<|video_pad|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None) and tid >= 0:
+            out.append(tid)
+    return out
+
+
 def generate_summaries(
     model: Any,
     processor: Any,
@@ -200,10 +211,12 @@ def generate_summaries(
     top_p: float = 1.0,
     top_k: int = 0,
     stop_ids: Sequence[int] | None = None,
+    suppress_ids: Sequence[int] | None = None,
 ) -> SummaryOutput:
     """Batched ``generate`` on a left-padded ``batch`` (greedy unless ``do_sample``; seed torch for
     reproducible samples). The checkpoint's own generation defaults are ignored: the decoding is
-    exactly what the arguments say."""
+    exactly what the arguments say. ``suppress_ids`` are never generated (``None``: the image and
+    video placeholders, which would break the ``[RET]`` forward; ``[]``: nothing suppressed)."""
     from transformers import GenerationConfig
 
     if batch.padding_side != "left":
@@ -219,6 +232,10 @@ def generate_summaries(
         params.update(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
     else:
         params.update(temperature=None, top_p=None, top_k=None)
+    if suppress_ids is None:
+        suppress_ids = placeholder_token_ids(tok)
+    if suppress_ids:
+        params["suppress_tokens"] = [int(t) for t in suppress_ids]
     cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), eos_token_id=stops, pad_token_id=pad,
                            num_beams=1, **params)
     inputs = batch.inputs
