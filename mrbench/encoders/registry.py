@@ -461,3 +461,10 @@ register_encoder(
     extra="mllm",
     family=True,
 )
+register_encoder(
+    "elva",
+    "elva_baseline.encoder:ElvaEncoder",
+    description="a checkpoint directory of the ELVA reference trainer (elva-train): 'elva:DIR'; image+text by score fusion",
+    extra="clip",
+    family=True,
+)

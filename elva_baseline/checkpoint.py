@@ -1,0 +1,357 @@
+"""Checkpoints of the ELVA reference trainer: one directory, written atomically.
+
+Layout::
+
+    config.json            format, format_version, model (architecture: arch, open_clip model_cfg,
+                           preprocess_cfg, sigma, learn_sigma, seed, pretrained), training (the trainer's
+                           config, verbatim), step, stage, versions (mrbench, elva_baseline, torch,
+                           open_clip), weights (file name), weights_sha256
+    model.safetensors      the DualTowerModel state dict (open_clip model under ``clip.``, the Gaussian
+                           head's ``head.log_sigma``)
+    optimizer.safetensors  (optional, for resume) the optimizer's tensors, keyed ``state/<param>/<name>``
+    trainer_state.json     (optional, for resume) the optimizer's param groups and scalar state, the
+                           sha256 of optimizer.safetensors and the trainer's ``extra`` (RNG states,
+                           scheduler, data position…)
+
+The directory is staged next to its destination and renamed into place
+(:func:`mrbench.data.io.atomic_dir`), so an interrupted save never leaves a half-written checkpoint.
+:func:`load_checkpoint` checks everything it reads and fails with one line naming the culprit: a
+missing file, an unknown config key, a weights file whose sha256 differs from the one recorded, a
+tensor whose shape differs from the architecture's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mrbench.errors import EncoderError
+
+if TYPE_CHECKING:
+    import torch
+
+    from elva_baseline.model import DualTowerModel
+
+FORMAT = "elva-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+CONFIG_KEYS = frozenset({
+    "format", "format_version", "model", "training", "step", "stage", "mrbench_version",
+    "elva_baseline_version", "torch_version", "open_clip_version", "weights", "weights_sha256",
+})
+"""Keys config.json may hold (anything else is refused: a typo, or a newer format)."""
+MODEL_KEYS = frozenset({"arch", "model_cfg", "preprocess_cfg", "sigma", "learn_sigma", "seed", "pretrained"})
+REQUIRED_KEYS = ("format", "format_version", "model", "step", "stage", "weights_sha256")
+
+
+class CheckpointError(EncoderError):
+    """A checkpoint directory is missing, incomplete, tampered with or does not match its architecture."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    import elva_baseline
+    import mrbench
+
+    try:
+        import open_clip
+
+        oc = str(getattr(open_clip, "__version__", "?"))
+    except ImportError:  # pragma: no cover
+        oc = "?"
+    return {
+        "mrbench_version": mrbench.__version__,
+        "elva_baseline_version": elva_baseline.__version__,
+        "torch_version": str(torch.__version__),
+        "open_clip_version": oc,
+    }
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _state_tensors(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors refuses shared or strided storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    model: DualTowerModel,
+    config: dict[str, Any],
+    *,
+    step: int,
+    stage: str,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (and optionally the optimizer and trainer state) to ``directory``; return it.
+
+    Args:
+        config: the training configuration (JSON-able), stored verbatim under ``"training"``.
+        step, stage: where training stands (``stage`` e.g. ``"contrastive"`` or ``"grpo"``).
+        optimizer: also write ``optimizer.safetensors`` + ``trainer_state.json`` (for resume).
+        extra: JSON-able trainer state for resume (RNG states, scheduler, epoch…), in trainer_state.json.
+        overwrite: replace an existing checkpoint at ``directory`` (never a directory that holds
+            anything but a checkpoint).
+    """
+    from safetensors.torch import save_file
+
+    from mrbench.data.io import atomic_dir
+
+    out = Path(directory)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"save_checkpoint: step must be a non-negative integer, got {step!r}")
+    if not isinstance(stage, str) or not stage:
+        raise CheckpointError(f"save_checkpoint: stage must be a non-empty string, got {stage!r}")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"save_checkpoint: config must be a dict, got {type(config).__name__}")
+    try:
+        training = json.loads(json.dumps(config))
+        extra_json = json.loads(json.dumps(extra)) if extra is not None else None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"save_checkpoint: config and extra must be JSON-serialisable ({e})") from None
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"{out}: directory exists and is not empty; pass overwrite=True or choose another path")
+        if not _is_checkpoint_dir(out):
+            raise CheckpointError(
+                f"{out}: directory holds something other than an elva checkpoint; refusing to replace it"
+            )
+    with atomic_dir(out, overwrite=True) as tmp:
+        save_file(_state_tensors(model.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        cfg = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": model.config_dict(),
+            "training": training,
+            "step": int(step),
+            "stage": stage,
+            **_versions(),
+            "weights": WEIGHTS_FILE,
+            "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
+        }
+        if optimizer is not None or extra_json is not None:
+            state: dict[str, Any] = {"step": int(step), "stage": stage, "extra": extra_json}
+            if optimizer is not None:
+                tensors, meta = _flatten_optimizer(optimizer)
+                save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
+                state["optimizer"] = meta
+                state["optimizer_sha256"] = file_sha256(tmp / OPTIMIZER_FILE)
+            (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True), encoding="utf-8")
+    return out
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import torch
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"state/{pid}/{name}"] = val.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(pid), {})[name] = val
+    groups = []
+    for g in sd["param_groups"]:
+        groups.append({k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in g.items()})
+    try:
+        json.dumps(groups)
+        json.dumps(scalars)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"save_checkpoint: optimizer state is not JSON-serialisable ({e})") from None
+    return tensors, {"type": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path.parent)!r}: {path.name} is missing ({what}); pass a directory "
+                              "written by elva_baseline.checkpoint.save_checkpoint")
+    return path
+
+
+def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked config.json of a checkpoint directory (no weights read)."""
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        raise CheckpointError(
+            f"checkpoint directory {str(d)!r} not found"
+            + (" (it is a file; pass the directory that holds config.json and model.safetensors)" if d.is_file() else "")
+        )
+    path = _need(d / CONFIG_FILE, "the architecture and training config")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(d)!r}: {CONFIG_FILE} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"checkpoint {str(d)!r}: {CONFIG_FILE} must hold a JSON object")
+    unknown = sorted(set(cfg) - CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {str(d)!r}: {CONFIG_FILE} has unknown key {unknown[0]!r}"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + f"; known keys: {', '.join(sorted(CONFIG_KEYS))} (a newer format? upgrade elva_baseline)"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(d)!r}: {CONFIG_FILE} lacks {', '.join(missing)}")
+    if cfg["format"] != FORMAT:
+        raise CheckpointError(f"checkpoint {str(d)!r}: {CONFIG_FILE} has format {cfg['format']!r}, expected {FORMAT!r}")
+    if cfg["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(d)!r}: format_version {cfg['format_version']!r} is not supported (this elva_baseline "
+            f"reads version {FORMAT_VERSION}); upgrade elva_baseline"
+        )
+    model = cfg["model"]
+    if not isinstance(model, dict) or "model_cfg" not in model:
+        raise CheckpointError(f"checkpoint {str(d)!r}: {CONFIG_FILE}: 'model' must be an object with 'model_cfg'")
+    unknown = sorted(set(model) - MODEL_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {str(d)!r}: {CONFIG_FILE} has unknown key 'model.{unknown[0]}'; known model keys: "
+            f"{', '.join(sorted(MODEL_KEYS))}"
+        )
+    return cfg
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str], *, device: str | torch.device = "cpu", trainable: bool = False
+) -> tuple[DualTowerModel, dict[str, Any]]:
+    """``(model, config)`` of a checkpoint directory: the model rebuilt from config.json, its weights
+    checked against the recorded sha256 and loaded strictly, on ``device``; frozen and in eval mode
+    unless ``trainable`` (resume; then restore the optimizer with :func:`load_trainer_state`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from elva_baseline.model import DualTowerModel
+
+    d = Path(directory).expanduser()
+    cfg = read_config(d)
+    wpath = _need(d / str(cfg.get("weights") or WEIGHTS_FILE), "the model weights")
+    digest = file_sha256(wpath)
+    if digest != cfg["weights_sha256"]:
+        raise CheckpointError(
+            f"checkpoint {str(d)!r}: {wpath.name} has sha256 {digest[:16]}… but {CONFIG_FILE} records "
+            f"{str(cfg['weights_sha256'])[:16]}…; the weights were modified or belong to another checkpoint"
+        )
+    m = cfg["model"]
+    try:
+        model = DualTowerModel(
+            m["model_cfg"],
+            preprocess_cfg=m.get("preprocess_cfg") or None,
+            sigma=float(m.get("sigma", 0.02)),
+            learn_sigma=bool(m.get("learn_sigma", False)),
+            seed=int(m.get("seed", 0)),
+            arch=m.get("arch"),
+        )
+    except CheckpointError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"checkpoint {str(d)!r}: cannot build the architecture in {CONFIG_FILE} ({first})") from None
+    model.pretrained = m.get("pretrained")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(d)!r}: {wpath.name} is not a readable safetensors file ({e})") from None
+    want = model.state_dict()
+    for k, t in want.items():
+        if k not in state:
+            raise CheckpointError(
+                f"checkpoint {str(d)!r}: {wpath.name} lacks tensor {k!r} of the architecture in {CONFIG_FILE}"
+            )
+        if tuple(state[k].shape) != tuple(t.shape):
+            raise CheckpointError(
+                f"checkpoint {str(d)!r}: tensor {k!r} has shape {tuple(state[k].shape)} in {wpath.name} but "
+                f"{tuple(t.shape)} in the architecture of {CONFIG_FILE}; the config does not match the weights"
+            )
+    extra_keys = sorted(set(state) - set(want))
+    if extra_keys:
+        raise CheckpointError(
+            f"checkpoint {str(d)!r}: {wpath.name} has tensor {extra_keys[0]!r} the architecture in {CONFIG_FILE} "
+            "does not have; the config does not match the weights"
+        )
+    model.load_state_dict(state, strict=True)
+    if trainable:
+        return model.train().to(device), cfg
+    model.requires_grad_(False)
+    return model.eval().to(device), cfg
+
+
+def load_trainer_state(
+    directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    """Resume: restore ``optimizer`` (built over the same parameters, in the same order) from the
+    checkpoint and return ``{"step", "stage", "extra"}`` from trainer_state.json."""
+    from safetensors.torch import load_file
+
+    d = Path(directory).expanduser()
+    path = _need(d / TRAINER_STATE_FILE, "the trainer state for resume; was it saved with optimizer= or extra=?")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(d)!r}: {TRAINER_STATE_FILE} is not valid JSON ({e})") from None
+    if optimizer is not None:
+        meta = state.get("optimizer")
+        if meta is None:
+            raise CheckpointError(f"checkpoint {str(d)!r}: saved without optimizer state; cannot restore the optimizer")
+        opath = _need(d / OPTIMIZER_FILE, "the optimizer tensors")
+        digest = file_sha256(opath)
+        if digest != state.get("optimizer_sha256"):
+            raise CheckpointError(
+                f"checkpoint {str(d)!r}: {OPTIMIZER_FILE} has sha256 {digest[:16]}… but {TRAINER_STATE_FILE} records "
+                f"{str(state.get('optimizer_sha256'))[:16]}…; the file was modified"
+            )
+        if meta.get("type") != type(optimizer).__name__:
+            raise CheckpointError(
+                f"checkpoint {str(d)!r}: optimizer state is for {meta.get('type')}, not {type(optimizer).__name__}"
+            )
+        tensors = load_file(str(opath))
+        st: dict[int, dict[str, Any]] = {}
+        for key, t in tensors.items():
+            _, pid, name = key.split("/", 2)
+            st.setdefault(int(pid), {})[name] = t
+        for pid, vals in meta.get("scalars", {}).items():
+            st.setdefault(int(pid), {}).update(vals)
+        groups = meta["param_groups"]
+        if len(groups) != len(optimizer.param_groups) or any(
+            len(g["params"]) != len(o["params"]) for g, o in zip(groups, optimizer.param_groups)
+        ):
+            raise CheckpointError(
+                f"checkpoint {str(d)!r}: the saved optimizer has {[len(g['params']) for g in groups]} parameters per "
+                f"group, this one {[len(o['params']) for o in optimizer.param_groups]}; build it over the same model"
+            )
+        try:
+            optimizer.load_state_dict({"state": st, "param_groups": groups})
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {str(d)!r}: cannot restore the optimizer ({e})") from None
+    return {"step": state.get("step"), "stage": state.get("stage"), "extra": state.get("extra")}
