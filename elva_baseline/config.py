@@ -31,7 +31,6 @@ class DataConfig:
     """Task subset (default: all)."""
     holdout: float = 0.1
     """Fraction of training queries held out for periodic evaluation (deterministic from the seed)."""
-    image_size: int = 64
 
 
 @dataclass
@@ -40,7 +39,6 @@ class ModelConfig:
     """``"tiny"`` (a small ViT + text transformer) or any open_clip architecture name."""
     pretrained: str | None = None
     """A weights file for ``arch`` (fine-tuning a real open_clip model), else random init."""
-    embed_dim: int = 64
 
 
 @dataclass
@@ -69,12 +67,12 @@ class RLConfig:
     learnable_sigma: bool = False
     epochs_per_batch: int = 1
     """Policy updates per batch of rollouts (1: the ratio is 1 and clipping inactive, as in on-policy GRPO)."""
-    candidate_grad: bool = False
-    """Also sample and differentiate the candidates' embeddings (the paper's full policy). Off: the
-    candidates' deterministic embeddings are the environment, refreshed every ``refresh_every`` steps,
-    and only the query side is the policy — about 100× cheaper per step on a CPU."""
+    fresh_candidates: bool = False
+    """Embed each update's candidates with the current model (else: the pools are re-embedded every
+    ``refresh_every`` updates). The policy samples the query side only; the paper also samples the
+    candidates' embeddings — not done here (about 100× the cost per update on a CPU)."""
     refresh_every: int = 10
-    """Re-embed the candidate pools with the current model every this many RL steps (candidate_grad off)."""
+    """Re-embed the candidate pools with the current model every this many RL updates."""
 
 
 @dataclass
@@ -166,8 +164,6 @@ class TrainConfig:
         need(bool(self.stages) and all(s in STAGES for s in self.stages), "stages",
              f"must be a non-empty subset of {', '.join(STAGES)}, got {self.stages!r}")
         need(0.0 <= self.data.holdout < 1.0, "data.holdout", f"must be in [0, 1), got {self.data.holdout}")
-        need(self.data.image_size >= 16, "data.image_size", f"must be >= 16, got {self.data.image_size}")
-        need(self.model.embed_dim >= 2, "model.embed_dim", f"must be >= 2, got {self.model.embed_dim}")
         for sec in ("warmup", "rl"):
             s = getattr(self, sec)
             need(s.steps >= 0, f"{sec}.steps", f"must be >= 0, got {s.steps}")

@@ -109,7 +109,7 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
     ax.set_title("RL: loss and KL")
     ax.set_xlabel("update")
     ax = axes[1][1]
-    keys = sorted({k for r in evals for k in r["eval"] if isinstance(r["eval"][k], (int, float))})
+    keys = sorted({k for r in evals for k in r["eval"] if isinstance(r["eval"][k], (int, float)) and not k.startswith("n_")})
     for k in keys:
         ax.plot([r["global_step"] for r in evals], [r["eval"].get(k, math.nan) for r in evals], marker="o", lw=1, label=k)
     if keys:

@@ -1,0 +1,80 @@
+"""``elva-train``: the ELVA reference trainer's command line (the trainer lives in ``elva_baseline``,
+which imports mrbench, never the reverse — hence its own script rather than ``mrbench train``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mrbench.cli.common import handle_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train ELVA-style retrievers (InfoNCE warmup → GRPO with rule rewards) and plot training logs.")
+
+
+@app.command("run")
+@handle_errors
+def run(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: log, checkpoints (warmup/, rl/, last/, final/).")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="JSON or TOML config (see elva_baseline/config.py).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set rl.steps=50 (repeatable).")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="Comma-separated stages to run: warmup, rl.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (overrides the config).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete what --output holds and start over.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train. Writes train_log.jsonl (plot it with `elva-train plot`), checkpoints loadable as
+    `mrbench evaluate -e elva:OUTPUT/final`, and summary.json."""
+    import json
+
+    from elva_baseline.config import ConfigError, TrainConfig
+    from elva_baseline.trainer import train
+    from mrbench.errors import MrbenchError
+
+    try:
+        cfg = TrainConfig.from_file(config) if config else TrainConfig()
+        sets = list(set_ or [])
+        if stages:
+            sets.append("stages=" + json.dumps([s.strip() for s in stages.split(",") if s.strip()]))
+        if seed is not None:
+            sets.append(f"seed={seed}")
+        if sets:
+            cfg = cfg.with_overrides(sets)
+    except ConfigError as e:
+        raise MrbenchError(str(e)) from None
+    summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet, threads=threads)
+    for st in summary["stages"]:
+        ev = ", ".join(f"{k} {v:.3f}" for k, v in st["eval"].items() if k != "n_queries")
+        typer.echo(f"{st['stage']}: {st['steps']} updates in {st['seconds']:.1f} s; held-out {ev or '–'}")
+    if summary.get("final"):
+        typer.echo(f"final model: {summary['final']}  (mrbench evaluate -e elva:{summary['final']})")
+
+
+@app.command("plot")
+@handle_errors
+def plot(
+    log: Annotated[Path, typer.Argument(help="A train_log.jsonl (or the run directory holding it).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: next to the log).")] = None,
+) -> None:
+    """Reward, loss, KL and held-out hit@k curves of a training log, as a PNG."""
+    from elva_baseline.trainlog import plot_log
+    from mrbench.errors import MrbenchError
+
+    path = log / "train_log.jsonl" if log.is_dir() else log
+    try:
+        out = plot_log(path, output or path.with_name("curves.png"))
+    except ValueError as e:
+        raise MrbenchError(str(e)) from None
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""The ELVA trainer, dual-encoder regime: contrastive (InfoNCE) warmup, then GRPO with rule rewards.
+
+Stages (``cfg.stages``, in this order):
+
+* **warmup** — InfoNCE over in-batch negatives (false negatives masked: two queries sharing a
+  positive are not each other's negatives), temperature ``warmup.tau``, AdamW.
+* **rl** — GRPO. The frozen warmup model is the reference. Negatives per training query come
+  from the balanced sampler (:mod:`elva_baseline.sampling`: filtered hard + random) scored by the
+  warmup model. Each update takes ``rl.queries_per_step`` queries of one task; the policy is the
+  Gaussian head around the query's deterministic embedding (:class:`~elva_baseline.model.GaussianHead`):
+  G = ``rl.group_size`` sampled embeddings per query, scored by cosine against the positive and its
+  negatives, rewarded by :func:`~elva_baseline.rewards.total_reward`, advantages normalised within
+  the group, clipped-ratio objective (:func:`~elva_baseline.losses.grpo_loss`). The KL penalty to
+  the reference is the *analytic* KL of the two Gaussians, ``‖μ − μ_ref‖² / 2σ²`` per query, times
+  ``rl.beta`` (the sampled k3 estimate of the same quantity explodes when σ is small).
+  The candidates' deterministic embeddings are the environment (the policy samples only the query
+  side): re-embedded with the current model every ``rl.refresh_every`` updates, or at every update
+  with ``rl.fresh_candidates``. The candidate tower still learns, through the shared weights.
+
+Outputs in ``output/``: ``train_log.jsonl`` (one record per update and per evaluation),
+``config.json`` (the resolved configuration), checkpoints ``warmup/`` and ``rl/`` at each stage's end,
+``last/`` every ``checkpoint.every`` updates (with the optimizer and RNG state, for ``resume``) and
+``final/`` = the last stage's model. Each checkpoint loads as an mrbench encoder: ``elva:output/final``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elva_baseline.config import TrainConfig
+from mrbench.errors import MrbenchError
+
+
+class TrainingError(MrbenchError):
+    """Training cannot go on (NaN loss, missing resume state, a stage that cannot run)."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    steps: int
+    seconds: float
+    checkpoint: Path | None
+    eval: dict[str, float]
+
+
+def _rng_state() -> dict[str, Any]:
+    """What a resumed run reseeds from (the stage RNGs are seeded from the config seed and the step)."""
+    import torch
+
+    return {"torch_initial_seed": int(torch.initial_seed())}
+
+
+class Trainer:
+    """Run the configured stages; ``run()`` returns a summary dict (also written to ``summary.json``).
+
+    Args:
+        cfg: the validated configuration.
+        output: the run directory (created; an existing non-empty one needs ``resume`` or ``overwrite``).
+        resume: continue from ``output/last`` (stage, step, model, optimizer, RNG).
+        progress: rich progress bars with the current loss/reward.
+        threads: torch CPU threads (``None``: torch's default).
+        stop_after: stop (as if interrupted) after this many updates in total — for tests of resume.
+    """
+
+    def __init__(self, cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True, threads: int | None = None, stop_after: int | None = None) -> None:
+        cfg.validate()
+        if cfg.regime != "dual":
+            raise TrainingError(
+                "regime 'generative' is not wired into elva-train yet: use elva_baseline.generative_policy."
+                "GenerativePolicy (grpo_step / info_nce_step) directly, or regime 'dual'"
+            )
+        self.cfg = cfg
+        self.out = Path(output)
+        self.resume = resume
+        self.progress = progress
+        self.stop_after = stop_after
+        self.threads = threads
+        if self.out.exists() and any(self.out.iterdir()) and not (resume or overwrite):
+            raise TrainingError(f"{self.out}: already holds a run; pass --resume to continue it or --overwrite to start over")
+        if overwrite and not resume and self.out.exists():
+            import shutil
+
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.updates = 0
+
+    # ---------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        import torch
+
+        from elva_baseline.checkpoint import load_checkpoint, load_trainer_state
+        from elva_baseline.data import TrainData
+        from elva_baseline.model import DualTowerModel
+        from elva_baseline.trainlog import TrainLog
+        from mrbench.data.registry import load_benchmark
+
+        cfg = self.cfg
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        t_run = time.perf_counter()
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        start_stage, start_step, state = cfg.stages[0], 0, None
+        last = self.out / "last"
+        if self.resume:
+            if not (last / "trainer_state.json").is_file():
+                raise TrainingError(f"{last}: no trainer state to resume from; start without --resume")
+            model, _ = load_checkpoint(last, trainable=True)
+            state = load_trainer_state(last)
+            start_stage, start_step = state["stage"], int(state["step"])
+            self.updates = int((state.get("extra") or {}).get("updates", 0))
+        else:
+            torch.manual_seed(cfg.seed)
+            model = DualTowerModel(
+                None if cfg.model.arch == "tiny" else cfg.model.arch,
+                pretrained=cfg.model.pretrained,
+                sigma=cfg.rl.sigma,
+                learn_sigma=cfg.rl.learnable_sigma,
+                seed=cfg.seed,
+            )
+        self.bench = load_benchmark(cfg.data.benchmark)
+        data = TrainData.from_benchmark(self.bench, tasks=cfg.data.tasks, model=model)
+        self.train_data, self.val_data = data.holdout(cfg.data.holdout, seed=cfg.seed)
+        self.n_grains = {q.id: q.n_grains for t in self.bench.tasks for q in t.queries}
+
+        results: list[StageResult] = []
+        with TrainLog(self.out / "train_log.jsonl") as log:
+            self.log = log
+            self.t0 = time.perf_counter() - float((state or {}).get("extra", {}).get("time", 0.0) if state else 0.0)
+            for stage in cfg.stages[cfg.stages.index(start_stage):]:
+                step0 = start_step if stage == start_stage else 0
+                if stage == "warmup":
+                    res = self._warmup(model, step0, last if self.resume and stage == start_stage else None)
+                else:
+                    res = self._rl(model, step0, last if self.resume and stage == start_stage else None)
+                results.append(res)
+                if res is None or (self.stop_after is not None and self.updates >= self.stop_after
+                                   and res.steps < self._stage_steps(stage)):
+                    break
+        summary = {
+            "stages": [
+                {"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2),
+                 "checkpoint": str(r.checkpoint) if r.checkpoint else None, "eval": r.eval}
+                for r in results if r is not None
+            ],
+            "updates": self.updates,
+            "seconds": round(time.perf_counter() - t_run, 2),
+            "final": str(self.out / "final") if (self.out / "final").is_dir() else None,
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _stage_steps(self, stage: str) -> int:
+        return self.cfg.warmup.steps if stage == "warmup" else self.cfg.rl.steps
+
+    # ---------------------------------------------------------------------------------------------
+    def _bar(self, stage: str, total: int, done: int) -> Any:
+        if not self.progress:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+        p.start()
+        p.add_task(stage, total=total, completed=done, info="")
+        return p
+
+    def _tick(self, bar: Any, info: str) -> None:
+        if bar is not None:
+            bar.update(bar.task_ids[0], advance=1, info=info)
+
+    def _record(self, stage: str, step: int, values: dict[str, Any]) -> None:
+        self.log.write({"stage": stage, "step": step, "global_step": self.updates,
+                        "time": round(time.perf_counter() - self.t0, 3), **values})
+
+    def _check_finite(self, loss: Any, stage: str, step: int) -> None:
+        if not math.isfinite(float(loss)):
+            self._record(stage, step, {"loss": float(loss), "error": "non-finite loss"})
+            good = self.out / "last"
+            where = f"the last good checkpoint is {good}" if good.is_dir() else "no checkpoint was written yet"
+            raise TrainingError(
+                f"{stage} step {step}: the loss is {float(loss)}; training stopped, {where}; lower the learning rate"
+            )
+
+    def _save(self, model: Any, stage: str, step: int, optimizer: Any, name: str) -> Path:
+        from elva_baseline.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.out / name, model, self.cfg.to_dict(), step=step, stage=stage,
+                               optimizer=optimizer,
+                               extra={"updates": self.updates, "time": time.perf_counter() - self.t0,
+                                      "rng": _rng_state()},
+                               overwrite=True)
+
+    def _should_stop(self) -> bool:
+        return self.stop_after is not None and self.updates >= self.stop_after
+
+    # ---------------------------------------------------------------------------------------------
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """hit@k on the held-out training queries against their task's full pool (exact search,
+        pessimistic ties), averaged over tasks; also hit@k for queries with ≥ 3 grains."""
+        import torch
+
+        from mrbench.metrics.ranking import score_queries
+        from mrbench.retrieval.search import exact_search
+
+        ks = tuple(self.cfg.eval.ks)
+        rows = []
+        model.eval()
+        with torch.no_grad():
+            for name in self.val_data.task_names:
+                t = self.val_data.task(name)
+                if len(t) == 0:
+                    continue
+                q = _embed_chunks(model, t.queries)
+                c = _embed_chunks(model, self.val_data.pool(name))
+                judged = [{int(i): int(g) for i, g in zip(rel.tolist(), gr.tolist()) if g > 0}
+                          for rel, gr in zip(t.relevant, t.grades)]
+                res = exact_search(q.numpy(), c.numpy(), judged, depth=max(ks), relevance_level=t.relevance_level,
+                                   backend="torch")
+                df = score_queries(res.judged_ranks, judged, ks=ks, relevance_level=t.relevance_level,
+                                   query_ids=t.query_ids)
+                df["n_grains"] = [self.n_grains.get(i, 0) for i in df.index]
+                rows.append(df)
+        model.train()
+        if not rows:
+            return {}
+        import pandas as pd
+
+        df = pd.concat(rows)
+        out = {f"hit@{k}": float(df[f"hit@{k}"].mean()) for k in ks}
+        many = df[df["n_grains"] >= 3]
+        if len(many):
+            out.update({f"hit@{k}_3plus": float(many[f"hit@{k}"].mean()) for k in ks})
+        out["n_queries"] = float(len(df))
+        return {k: round(v, 4) for k, v in out.items()}
+
+    def _maybe_eval(self, model: Any, stage: str, step: int, final: bool) -> dict[str, float]:
+        every = self.cfg.eval.every
+        if final or (every and step % every == 0):
+            ev = self.evaluate(model)
+            self._record(stage, step, {"eval": ev})
+            return ev
+        return {}
+
+    # ---------------------------------------------------------------------------------------------
+    def _warmup(self, model: Any, step0: int, resume_dir: Path | None) -> StageResult:
+        import torch
+
+        from elva_baseline.checkpoint import load_trainer_state
+        from elva_baseline.losses import info_nce
+
+        cfg = self.cfg.warmup
+        params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if resume_dir is not None:
+            load_trainer_state(resume_dir, opt)
+        t_stage = time.perf_counter()
+        step, epoch = step0, step0  # epochs reshuffle by seed + epoch; a resumed run starts a fresh epoch
+        bar = self._bar("warmup (InfoNCE)", cfg.steps, step0)
+        ev: dict[str, float] = {}
+        model.train()
+        try:
+            while step < cfg.steps and not self._should_stop():
+                n_batches = 0
+                for batch in self.train_data.batches(cfg.batch_size, seed=self.cfg.seed * 100_003 + epoch):
+                    q = model.embed(batch.queries)
+                    p = model.embed(batch.positives)
+                    loss = info_nce(q, p, temperature=cfg.tau, symmetric=cfg.symmetric,
+                                    false_negative_mask=batch.false_negatives)
+                    self._check_finite(loss.detach(), "warmup", step + 1)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    self.updates += 1
+                    n_batches += 1
+                    self._record("warmup", step, {"loss": round(float(loss.detach()), 5), "task": batch.task})
+                    self._tick(bar, f"loss {float(loss.detach()):.3f}")
+                    final = step >= cfg.steps
+                    ev = self._maybe_eval(model, "warmup", step, final) or ev
+                    if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and not final:
+                        self._save(model, "warmup", step, opt, "last")
+                    if final or self._should_stop():
+                        break
+                epoch += 1
+                if n_batches == 0:
+                    raise TrainingError(
+                        f"warmup: no batch of size >= 2 in {self.cfg.data.benchmark}; lower warmup.batch_size or use more data"
+                    )
+        finally:
+            if bar is not None:
+                bar.stop()
+        if step < cfg.steps:  # interrupted
+            self._save(model, "warmup", step, opt, "last")
+            return StageResult("warmup", step, time.perf_counter() - t_stage, self.out / "last", ev)
+        ck = self._save(model, "warmup", step, None, "warmup")
+        if self.cfg.stages[-1] == "warmup":
+            self._save(model, "warmup", step, None, "final")
+        self._save(model, "rl" if "rl" in self.cfg.stages else "warmup", 0, None, "last")
+        return StageResult("warmup", step, time.perf_counter() - t_stage, ck, ev)
+
+    # ---------------------------------------------------------------------------------------------
+    def _mine(self, ref: Any) -> dict[str, Any]:
+        """Balanced negatives per training query, scored by the reference (warmup) model."""
+        import torch
+
+        from elva_baseline.sampling import sample_negatives
+
+        scfg = self.cfg.sampling_config()
+        out = {}
+        with torch.no_grad():
+            for name in self.train_data.task_names:
+                t = self.train_data.task(name)
+                if len(t) == 0:
+                    continue
+                q = _embed_chunks(ref, t.queries)
+                c = _embed_chunks(ref, self.train_data.pool(name))
+                out[name] = sample_negatives(q @ c.T, [r.tolist() for r in t.relevant], scfg)
+        return out
+
+    def _rl(self, model: Any, step0: int, resume_dir: Path | None) -> StageResult:
+        import torch
+        import torch.nn.functional as F
+
+        from elva_baseline.checkpoint import load_checkpoint, load_trainer_state
+        from elva_baseline.losses import grpo_loss
+        from elva_baseline.rewards import group_advantages, positive_rank, total_reward
+
+        cfg = self.cfg.rl
+        rcfg = self.cfg.reward_config()
+        if (self.out / "warmup").is_dir():
+            ref, _ = load_checkpoint(self.out / "warmup")
+        else:  # RL without a warmup stage in this run: the starting model is the reference
+            ref = copy.deepcopy(model)
+        ref.eval().requires_grad_(False)
+        t_stage = time.perf_counter()
+        negs = self._mine(ref)
+        tasks = [n for n in self.train_data.task_names if n in negs]
+        if not tasks:
+            raise TrainingError(f"rl: no training queries in {self.cfg.data.benchmark}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        if resume_dir is not None and step0 > 0:
+            load_trainer_state(resume_dir, opt)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step0)
+        rng = random.Random(self.cfg.seed * 31 + step0)
+        pools: dict[str, Any] = {}
+        bar = self._bar("rl (GRPO)", cfg.steps, step0)
+        ev: dict[str, float] = {}
+        step = step0
+        model.train()
+        try:
+            while step < cfg.steps and not self._should_stop():
+                if not cfg.fresh_candidates and (step - step0) % cfg.refresh_every == 0:
+                    with torch.no_grad():
+                        pools = {n: _embed_chunks(model, self.train_data.pool(n)) for n in tasks}
+                name = tasks[step % len(tasks)]
+                t = self.train_data.task(name)
+                sample = negs[name]
+                b_idx = rng.sample(range(len(t)), min(cfg.queries_per_step, len(t)))
+                pos = torch.tensor([int(t.positives[i][rng.randrange(len(t.positives[i]))]) for i in b_idx])
+                neg = sample.indices[b_idx]  # [B, n] with -1 padding
+                cand = torch.cat([pos[:, None], neg], dim=1)
+                valid = cand >= 0
+                q_items = t.queries.select(b_idx)
+                q_mean = model.embed(q_items)
+                if cfg.fresh_candidates:
+                    uniq, inv = torch.unique(cand.clamp(min=0), return_inverse=True)
+                    with torch.no_grad():
+                        c = model.embed(self.train_data.pool(name).select(uniq))[inv]
+                else:
+                    c = pools[name][cand.clamp(min=0)]
+                with torch.no_grad():
+                    q_ref = ref.embed(q_items)
+                head = model.head
+                samples = head.sample(q_mean.detach(), cfg.group_size, generator=gen)  # [B, G, D]
+                scores = torch.einsum("bgd,bnd->bgn", head.normalize(samples), c)
+                s_pos, s_neg = scores[..., 0], scores[..., 1:]
+                neg_mask = valid[:, None, 1:].expand_as(s_neg)
+                with torch.no_grad():
+                    rewards = total_reward(s_pos.detach(), s_neg.detach(), rcfg, neg_mask=neg_mask)
+                    adv = group_advantages(rewards)
+                logp_old = head.log_prob(samples, q_mean).detach()
+                for _ in range(cfg.epochs_per_batch):
+                    logp_new = head.log_prob(samples, q_mean)
+                    loss_pg, st = grpo_loss(logp_new, logp_old, None, adv, clip_eps=cfg.clip_eps, beta=0.0)
+                    sigma2 = head.sigma ** 2
+                    kl = ((q_mean - q_ref) ** 2).sum(-1).mean() / (2 * sigma2)
+                    loss = loss_pg + cfg.beta * kl
+                    self._check_finite(loss.detach(), "rl", step + 1)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    q_mean = model.embed(q_items) if cfg.epochs_per_batch > 1 else q_mean
+                step += 1
+                self.updates += 1
+                with torch.no_grad():
+                    det = F.normalize(q_mean.detach(), dim=-1)
+                    det_scores = torch.einsum("bd,bnd->bn", det, c.detach())
+                    rank = positive_rank(det_scores[:, 0], det_scores[:, 1:], neg_mask=valid[:, 1:]).float().mean()
+                rec = {"loss": round(float(loss.detach()), 6), "kl": round(float(kl.detach()), 6), "task": name,
+                       "reward_mean": round(float(rewards.mean()), 5),
+                       "reward_std": round(float(rewards.std(dim=1).mean()), 5),
+                       "clip_frac": st.get("clip_frac"), "rank_pos_greedy": round(float(rank), 3),
+                       "sigma": round(float(head.sigma), 5)}
+                self._record("rl", step, rec)
+                self._tick(bar, f"reward {rec['reward_mean']:.3f} kl {rec['kl']:.3f}")
+                final = step >= cfg.steps
+                ev = self._maybe_eval(model, "rl", step, final) or ev
+                if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and not final:
+                    self._save(model, "rl", step, opt, "last")
+        finally:
+            if bar is not None:
+                bar.stop()
+        if step < cfg.steps:
+            self._save(model, "rl", step, opt, "last")
+            return StageResult("rl", step, time.perf_counter() - t_stage, self.out / "last", ev)
+        ck = self._save(model, "rl", step, None, "rl")
+        self._save(model, "rl", step, None, "final")
+        self._save(model, "rl", step, None, "last")
+        return StageResult("rl", step, time.perf_counter() - t_stage, ck, ev)
+
+
+def _embed_chunks(model: Any, items: Any, chunk: int = 512) -> Any:
+    import torch
+
+    n = len(items.ids)
+    parts = [model.embed(items.select(torch.arange(i, min(n, i + chunk)))) for i in range(0, n, chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.embed_dim)
+
+
+def train(cfg: TrainConfig, output: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Run :class:`Trainer` (see its arguments) and return the run summary."""
+    return Trainer(cfg, output, **kwargs).run()
+
