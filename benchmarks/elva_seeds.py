@@ -39,8 +39,7 @@ def run(seed: int, variant: str, root: Path, warmup: int, rl: int, extra: list[s
     return {"seed": seed, "variant": variant, "train_seconds": round(train_s, 1), "updates": summary["updates"],
             "hit@1": macro["hit@1"], "hit@5": macro["hit@5"],
             "hit@5_3plus": float(many["hit@5"].mean()), "hit@1_3plus": float(many["hit@1"].mean()),
-            "drop_distance": dist, "per_task_hit@5": {t: float(v) for t, v in
-                                                      res.to_pandas("task").set_index("task")["hit@5"].items()}}
+            "drop_distance": dist, "per_task_hit@5": {str(t): float(v) for t, v in res.to_pandas("task")["hit@5"].items()}}
 
 
 def main() -> None:
