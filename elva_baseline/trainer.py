@@ -206,42 +206,22 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def evaluate(self, model: Any) -> dict[str, float]:
         """hit@k on the held-out training queries against their task's full pool (exact search,
-        pessimistic ties), averaged over tasks; also hit@k for queries with ≥ 3 grains."""
+        pessimistic ties), averaged over queries of all tasks; also hit@k for queries with ≥ 3 grains."""
         import torch
 
-        from mrbench.metrics.ranking import score_queries
-        from mrbench.retrieval.search import exact_search
-
-        ks = tuple(self.cfg.eval.ks)
-        rows = []
+        parts = []
         model.eval()
         with torch.no_grad():
             for name in self.val_data.task_names:
                 t = self.val_data.task(name)
                 if len(t) == 0:
                     continue
-                q = _embed_chunks(model, t.queries)
-                c = _embed_chunks(model, self.val_data.pool(name))
                 judged = [{int(i): int(g) for i, g in zip(rel.tolist(), gr.tolist()) if g > 0}
                           for rel, gr in zip(t.relevant, t.grades)]
-                res = exact_search(q.numpy(), c.numpy(), judged, depth=max(ks), relevance_level=t.relevance_level,
-                                   backend="torch")
-                df = score_queries(res.judged_ranks, judged, ks=ks, relevance_level=t.relevance_level,
-                                   query_ids=t.query_ids)
-                df["n_grains"] = [self.n_grains.get(i, 0) for i in df.index]
-                rows.append(df)
+                parts.append((_embed_chunks(model, t.queries).numpy(), _embed_chunks(model, self.val_data.pool(name)).numpy(),
+                              judged, t.relevance_level, t.query_ids))
         model.train()
-        if not rows:
-            return {}
-        import pandas as pd
-
-        df = pd.concat(rows)
-        out = {f"hit@{k}": float(df[f"hit@{k}"].mean()) for k in ks}
-        many = df[df["n_grains"] >= 3]
-        if len(many):
-            out.update({f"hit@{k}_3plus": float(many[f"hit@{k}"].mean()) for k in ks})
-        out["n_queries"] = float(len(df))
-        return {k: round(v, 4) for k, v in out.items()}
+        return heldout_metrics(parts, self.n_grains, tuple(self.cfg.eval.ks))
 
     def _maybe_eval(self, model: Any, stage: str, step: int, final: bool) -> dict[str, float]:
         every = self.cfg.eval.every
@@ -428,6 +408,32 @@ class Trainer:
         self._save(model, "rl", step, None, "final")
         self._save(model, "rl", step, None, "last")
         return StageResult("rl", step, time.perf_counter() - t_stage, ck, ev)
+
+
+def heldout_metrics(parts: list[tuple[Any, Any, list[dict[int, int]], int, list[str]]], n_grains: dict[str, int],
+                    ks: tuple[int, ...]) -> dict[str, float]:
+    """hit@k over held-out queries from ``(query emb [n, D], pool emb [m, D], judged, relevance level,
+    query ids)`` per task (exact search, pessimistic ties); ``hit@k_3plus`` on queries with ≥ 3 grains."""
+    import pandas as pd
+
+    from mrbench.metrics.ranking import score_queries
+    from mrbench.retrieval.search import exact_search
+
+    rows = []
+    for q, c, judged, level, qids in parts:
+        res = exact_search(q, c, judged, depth=max(ks), relevance_level=level, backend="torch")
+        df = score_queries(res.judged_ranks, judged, ks=ks, relevance_level=level, query_ids=qids)
+        df["n_grains"] = [n_grains.get(i, 0) for i in df.index]
+        rows.append(df)
+    if not rows:
+        return {}
+    df = pd.concat(rows)
+    out = {f"hit@{k}": float(df[f"hit@{k}"].mean()) for k in ks}
+    many = df[df["n_grains"] >= 3]
+    if len(many):
+        out.update({f"hit@{k}_3plus": float(many[f"hit@{k}"].mean()) for k in ks})
+    out["n_queries"] = float(len(df))
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 def _embed_chunks(model: Any, items: Any, chunk: int = 512) -> Any:
