@@ -2,6 +2,7 @@
 from the command line (``--set rl.steps=50``).
 
 Sections mirror the pipeline: ``data`` (benchmark and tasks), ``model`` (dual-encoder towers),
+``generative`` (the ``[RET]`` regime's base model, LoRA and sampling),
 ``warmup`` (InfoNCE), ``rl`` (GRPO), ``reward`` (ELVA's rule rewards), ``sampling`` (RL negatives),
 ``eval`` and ``checkpoint``. Every constant of the paper is a field here. Unknown keys and
 out-of-range values are refused with one line naming the key.
@@ -76,6 +77,26 @@ class RLConfig:
 
 
 @dataclass
+class GenerativeConfig:
+    """The generative ``[RET]`` regime (``regime = "generative"``)."""
+
+    base: str | None = None
+    """Qwen2-VL / Qwen2.5-VL model directory (or hub id when online)."""
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    temperature: float = 0.7
+    """Rollout sampling temperature (close to greedy: evaluation is greedy)."""
+    top_p: float = 1.0
+    max_summary_tokens: int = 16
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+@dataclass
 class EvalConfig:
     every: int = 100
     """Evaluate on the held-out queries every this many steps (0: only at stage ends)."""
@@ -97,6 +118,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     reward: dict[str, Any] = field(default_factory=dict)
     """Fields of :class:`elva_baseline.rewards.RewardConfig` (α, ε, δ, γ, log base, ablations)."""
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -177,6 +199,11 @@ class TrainConfig:
         need(self.rl.sigma > 0, "rl.sigma", f"must be > 0, got {self.rl.sigma}")
         need(self.rl.refresh_every >= 1, "rl.refresh_every", f"must be >= 1, got {self.rl.refresh_every}")
         need(self.rl.epochs_per_batch >= 1, "rl.epochs_per_batch", f"must be >= 1, got {self.rl.epochs_per_batch}")
+        need(self.generative.lora_r >= 1, "generative.lora_r", f"must be >= 1, got {self.generative.lora_r}")
+        need(self.generative.temperature > 0, "generative.temperature", f"must be > 0, got {self.generative.temperature}")
+        need(0 < self.generative.top_p <= 1, "generative.top_p", f"must be in (0, 1], got {self.generative.top_p}")
+        need(self.generative.max_summary_tokens >= 1, "generative.max_summary_tokens",
+             f"must be >= 1 (rollouts sample the summary), got {self.generative.max_summary_tokens}")
         need(self.eval.every >= 0, "eval.every", f"must be >= 0, got {self.eval.every}")
         need(bool(self.eval.ks) and all(isinstance(k, int) and k >= 1 for k in self.eval.ks), "eval.ks",
              f"must be positive integers, got {self.eval.ks}")

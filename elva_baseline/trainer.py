@@ -1,4 +1,5 @@
-"""The ELVA trainer, dual-encoder regime: contrastive (InfoNCE) warmup, then GRPO with rule rewards.
+"""The ELVA trainer: contrastive (InfoNCE) warmup, then GRPO with rule rewards. This module runs the
+dual-encoder regime; ``regime = "generative"`` hands over to :mod:`elva_baseline.generative_trainer`.
 
 Stages (``cfg.stages``, in this order):
 
@@ -73,11 +74,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True, threads: int | None = None, stop_after: int | None = None) -> None:
         cfg.validate()
-        if cfg.regime != "dual":
-            raise TrainingError(
-                "regime 'generative' is not wired into elva-train yet: use elva_baseline.generative_policy."
-                "GenerativePolicy (grpo_step / info_nce_step) directly, or regime 'dual'"
-            )
         self.cfg = cfg
         self.out = Path(output)
         self.resume = resume
@@ -108,6 +104,12 @@ class Trainer:
             torch.set_num_threads(int(self.threads))
         t_run = time.perf_counter()
         (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if cfg.regime == "generative":
+            from elva_baseline.generative_trainer import train_generative
+
+            summary = train_generative(self)
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            return summary
 
         start_stage, start_step, state = cfg.stages[0], 0, None
         last = self.out / "last"

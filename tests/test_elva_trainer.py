@@ -98,8 +98,8 @@ def test_bad_input(tmp_path: Path) -> None:
         train(_cfg("data.benchmark=mrbench-synth-tiny"), tmp_path / "a", progress=False)
     with pytest.raises(TrainingError, match="no trainer state"):
         Trainer(_cfg(), tmp_path / "b", progress=False, resume=True).run()
-    with pytest.raises(TrainingError, match="generative"):
-        Trainer(_cfg("regime=generative"), tmp_path / "c", progress=False)
+    with pytest.raises(TrainingError, match="generative.base"):
+        Trainer(_cfg("regime=generative"), tmp_path / "c", progress=False).run()
 
 
 def test_cli_run_and_plot(tmp_path: Path) -> None:
@@ -114,3 +114,23 @@ def test_cli_run_and_plot(tmp_path: Path) -> None:
     assert res.exit_code == 0 and (out / "curves.png").stat().st_size > 10_000
     bad = CliRunner().invoke(app, ["run", "-o", str(tmp_path / "x"), "--set", "rl.group_size=1"])
     assert bad.exit_code == 2 and "rl.group_size" in bad.output
+
+
+def test_generative_regime_end_to_end_on_a_tiny_qwen2vl(tmp_path: Path) -> None:
+    """warmup + RL on a tiny random Qwen2-VL for a few updates; the final adapter loads in RetEncoder."""
+    import mrbench
+    from fixtures.tiny_qwen2vl import build_tiny_qwen2vl
+
+    base = build_tiny_qwen2vl(tmp_path / "qwen")
+    cfg = _cfg("regime=generative", f"generative.base={base}", "generative.device=cpu", "generative.max_summary_tokens=3",
+               "generative.lora_r=4", "warmup.steps=2", "warmup.batch_size=3", "rl.steps=2", "rl.queries_per_step=2",
+               "rl.group_size=2", "sampling.n_hard=2", "sampling.n_random=2", 'data.tasks=["t2i", "it2i"]')
+    out = tmp_path / "run"
+    summary = train(cfg, out, progress=False)
+    assert [s["stage"] for s in summary["stages"]] == ["warmup", "rl"] and summary["updates"] == 4
+    recs = read_log(out / "train_log.jsonl")
+    assert {r["stage"] for r in recs} == {"warmup", "rl"} and any("eval" in r for r in recs)
+    assert any("reward_mean" in r for r in recs if r["stage"] == "rl")
+    res = mrbench.evaluate("mrbench-synth-tiny", f"ret:{base}", encoder_kwargs={"adapter": str(out / "final"),
+                           "max_summary_tokens": 3, "device": "cpu"}, tasks=["t2i"], grain_sensitivity=False, cache=False)
+    assert res.data["encoder"]["extra"]["adapter"] == str(out / "final")

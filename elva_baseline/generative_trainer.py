@@ -1,0 +1,150 @@
+"""``elva-train`` for the generative ``[RET]`` regime (``regime = "generative"``): a Qwen2-VL-family
+model with a LoRA adapter (:class:`~elva_baseline.generative_policy.GenerativePolicy`).
+
+* **warmup** — :meth:`GenerativePolicy.info_nce_step` on greedy ``[RET]`` embeddings (summaries fixed,
+  gradient through the ``[RET]`` forward), batches of ``warmup.batch_size`` queries of one task with
+  one positive each (queries sharing a positive are not each other's negatives).
+* **rl** — negatives mined once with the warmup policy's greedy embeddings (balanced sampler), then
+  :meth:`GenerativePolicy.grpo_step`: G sampled summaries per query, the same rule rewards, GRPO
+  ratio and k3 KL on the summary tokens against the adapter-free model.
+
+Checkpoints are adapter directories (``warmup/``, ``rl/``, ``final/``) that load as
+``mrbench evaluate -e ret:BASE --encoder-kwargs '{"adapter": "OUT/final"}'``. Resume is not supported
+in this regime yet (a run restarts from its base model); the log, evaluation and NaN guard match the
+dual regime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from typing import Any
+
+from elva_baseline.config import TrainConfig
+
+
+def _items(task: Any, bench: Any, which: str) -> list[Any]:
+    from elva_baseline.generative_policy import RetItem
+
+    inst = task.query_instruction if which == "query" else task.candidate_instruction
+    rows = task.queries if which == "query" else task.candidates
+    return [RetItem(text=r.text, image=bench.image_path(r.image) if r.image else None, instruction=inst) for r in rows]
+
+
+def train_generative(trainer: Any) -> dict[str, Any]:
+    """Run the generative regime for a :class:`~elva_baseline.trainer.Trainer` (its config, output,
+    log and progress settings); returns the run summary."""
+    import torch
+
+    from elva_baseline.generative_policy import GenerativePolicy, GenerativeRLConfig, InfoNCEStepConfig, LoraSettings
+    from elva_baseline.trainer import StageResult, TrainingError, heldout_metrics
+    from elva_baseline.trainlog import TrainLog
+    from mrbench.data.registry import load_benchmark
+
+    cfg: TrainConfig = trainer.cfg
+    g = cfg.generative
+    if trainer.resume:
+        raise TrainingError("--resume is not supported for regime 'generative' yet; start the run again")
+    if not g.base:
+        raise TrainingError("regime 'generative' needs generative.base: a Qwen2-VL model directory (or hub id)")
+    bench = load_benchmark(cfg.data.benchmark)
+    if bench.split != "train":
+        from elva_baseline.data import NotTrainSplitError
+
+        raise NotTrainSplitError(f"benchmark {bench.name!r} is its {bench.split!r} split; train on a train split, "
+                                 "e.g. --set data.benchmark=mrbench-synth-train")
+    torch.manual_seed(cfg.seed)
+    policy = GenerativePolicy(g.base, lora=LoraSettings(r=g.lora_r, alpha=g.lora_alpha, dropout=g.lora_dropout),
+                              max_summary_tokens=g.max_summary_tokens, device=g.device, precision=g.precision,
+                              batch_size=g.batch_size, min_pixels=g.min_pixels, max_pixels=g.max_pixels)
+    tasks = [t for t in bench.tasks if not cfg.data.tasks or t.name in cfg.data.tasks]
+    data = {}
+    for t in tasks:
+        index = t.candidate_index()
+        key = {q.id: hashlib.sha256(f"{cfg.seed}\x00{t.name}\x00{q.id}".encode()).hexdigest() for q in t.queries}
+        order = sorted(range(len(t.queries)), key=lambda i: key[t.queries[i].id])
+        n_val = min(max(round(cfg.data.holdout * len(order)), 1 if cfg.data.holdout > 0 else 0), len(order) - 1)
+        rel = [{index[d]: gr for d, gr in t.qrels.get(q.id, {}).items() if gr > 0} for q in t.queries]
+        data[t.name] = {"task": t, "queries": _items(t, bench, "query"), "pool": _items(t, bench, "candidate"),
+                        "rel": rel, "val": sorted(order[:n_val]),
+                        "train": [i for i in sorted(order[n_val:]) if rel[i]]}
+    n_grains = {q.id: q.n_grains for t in tasks for q in t.queries}
+
+    def evaluate() -> dict[str, float]:
+        parts = []
+        for d in data.values():
+            if not d["val"]:
+                continue
+            q = policy.candidate_embeddings([d["queries"][i] for i in d["val"]]).float().cpu().numpy()
+            c = policy.candidate_embeddings(d["pool"]).float().cpu().numpy()
+            parts.append((q, c, [d["rel"][i] for i in d["val"]], d["task"].relevance_level,
+                          [d["task"].queries[i].id for i in d["val"]]))
+        return heldout_metrics(parts, n_grains, tuple(cfg.eval.ks))
+
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.warmup.lr if "warmup" in cfg.stages else cfg.rl.lr)
+    results = []
+    t_run = time.perf_counter()
+    names = [n for n in data if data[n]["train"]]
+    if not names:
+        raise TrainingError(f"no training query with a relevant candidate in {cfg.data.benchmark}")
+    with TrainLog(trainer.out / "train_log.jsonl") as log:
+        trainer.log, trainer.t0 = log, time.perf_counter()
+
+        def finish(stage: str, step: int, t0: float) -> None:
+            ev = evaluate()
+            trainer._record(stage, step, {"eval": ev})
+            ck = policy.save(trainer.out / stage, extra={"stage": stage, "step": step})
+            if stage == cfg.stages[-1]:
+                policy.save(trainer.out / "final", extra={"stage": stage, "step": step})
+            results.append(StageResult(stage, step, time.perf_counter() - t0, ck, ev))
+
+        if "warmup" in cfg.stages:
+            t0 = time.perf_counter()
+            ncfg = InfoNCEStepConfig(tau=cfg.warmup.tau, symmetric=cfg.warmup.symmetric)
+            for step in range(1, cfg.warmup.steps + 1):
+                d = data[names[step % len(names)]]
+                idx = rng.sample(d["train"], min(cfg.warmup.batch_size, len(d["train"])))
+                pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in idx]
+                st = policy.info_nce_step([d["queries"][i] for i in idx], [d["pool"][c] for c in pos], opt, ncfg,
+                                          positive_ids=pos)
+                trainer.updates += 1
+                trainer._check_finite(st["loss"], "warmup", step)
+                trainer._record("warmup", step, {"loss": round(st["loss"], 5), "task": d["task"].name})
+            finish("warmup", cfg.warmup.steps, t0)
+        if "rl" in cfg.stages:
+            from elva_baseline.sampling import sample_negatives
+
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = cfg.rl.lr
+            scfg, rcfg = cfg.sampling_config(), cfg.reward_config()
+            negs = {}
+            for n in names:
+                d = data[n]
+                q = policy.candidate_embeddings([d["queries"][i] for i in d["train"]]).float().cpu()
+                c = policy.candidate_embeddings(d["pool"]).float().cpu()
+                negs[n] = sample_negatives(q @ c.T, [list(d["rel"][i]) for i in d["train"]], scfg)
+            gcfg = GenerativeRLConfig.from_rl_config(cfg.rl, temperature=g.temperature, top_p=g.top_p)
+            for step in range(1, cfg.rl.steps + 1):
+                n = names[step % len(names)]
+                d = data[n]
+                rows = rng.sample(range(len(d["train"])), min(cfg.rl.queries_per_step, len(d["train"])))
+                qi = [d["train"][r] for r in rows]
+                pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in qi]
+                neg = [[d["pool"][int(j)] for j in negs[n].indices[r].tolist() if j >= 0] for r in rows]
+                st = policy.grpo_step([d["queries"][i] for i in qi], [d["pool"][c] for c in pos], neg, rcfg, opt, gcfg)
+                trainer.updates += 1
+                trainer._check_finite(st.get("loss", 0.0), "rl", step)
+                trainer._record("rl", step, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in st.items()}
+                                | {"task": n})
+            finish("rl", cfg.rl.steps, t0)
+    return {
+        "stages": [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "checkpoint": str(r.checkpoint),
+                    "eval": r.eval} for r in results],
+        "updates": trainer.updates,
+        "seconds": round(time.perf_counter() - t_run, 2),
+        "final": str(trainer.out / "final") if (trainer.out / "final").is_dir() else None,
+        "base": g.base,
+    }
