@@ -157,6 +157,17 @@ def _check_train(bench: Benchmark) -> None:
         )
 
 
+def holdout_split(query_ids: Sequence[str], fraction: float, seed: int, task: str) -> tuple[list[int], list[int]]:
+    """``(train, validation)`` row indices: ``round(fraction * n)`` queries (at least 1 when
+    ``fraction > 0``, never all) in sha256 order of ``(seed, task, query id)``; both lists sorted."""
+    n = len(query_ids)
+    n_val = min(max(round(fraction * n), 1 if fraction > 0 else 0), max(n - 1, 0))
+    key = [hashlib.sha256(f"{seed}\x00{task}\x00{qid}".encode()).hexdigest() for qid in query_ids]
+    val = sorted(sorted(range(n), key=lambda i: key[i])[:n_val])
+    chosen = set(val)
+    return [i for i in range(n) if i not in chosen], val
+
+
 class TrainData:
     """Every task of a train split, decoded once. Build with :meth:`from_benchmark`.
 
@@ -428,13 +439,7 @@ class TrainData:
             raise ValueError(f"holdout fraction must be in [0, 1), got {fraction!r}")
         train, val = [], []
         for name, t in self.tasks.items():
-            n = len(t)
-            n_val = min(max(round(fraction * n), 1 if fraction > 0 else 0), max(n - 1, 0))
-            key = [hashlib.sha256(f"{seed}\x00{name}\x00{qid}".encode()).hexdigest() for qid in t.query_ids]
-            order = sorted(range(n), key=lambda i: key[i])
-            v = sorted(order[:n_val])
-            v_set = set(v)
-            tr = [i for i in range(n) if i not in v_set]
+            tr, v = holdout_split(t.query_ids, fraction, seed, name)
             train.append(t.subset(tr))
             val.append(t.subset(v))
         common: dict[str, Any] = {

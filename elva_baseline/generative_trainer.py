@@ -16,7 +16,6 @@ dual regime.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from typing import Any
@@ -37,6 +36,7 @@ def train_generative(trainer: Any) -> dict[str, Any]:
     log and progress settings); returns the run summary."""
     import torch
 
+    from elva_baseline.data import holdout_split
     from elva_baseline.generative_policy import GenerativePolicy, GenerativeRLConfig, InfoNCEStepConfig, LoraSettings
     from elva_baseline.trainer import StageResult, TrainingError, heldout_metrics
     from elva_baseline.trainlog import TrainLog
@@ -62,13 +62,10 @@ def train_generative(trainer: Any) -> dict[str, Any]:
     data = {}
     for t in tasks:
         index = t.candidate_index()
-        key = {q.id: hashlib.sha256(f"{cfg.seed}\x00{t.name}\x00{q.id}".encode()).hexdigest() for q in t.queries}
-        order = sorted(range(len(t.queries)), key=lambda i: key[t.queries[i].id])
-        n_val = min(max(round(cfg.data.holdout * len(order)), 1 if cfg.data.holdout > 0 else 0), len(order) - 1)
+        tr, val = holdout_split([q.id for q in t.queries], cfg.data.holdout, cfg.seed, t.name)
         rel = [{index[d]: gr for d, gr in t.qrels.get(q.id, {}).items() if gr > 0} for q in t.queries]
         data[t.name] = {"task": t, "queries": _items(t, bench, "query"), "pool": _items(t, bench, "candidate"),
-                        "rel": rel, "val": sorted(order[:n_val]),
-                        "train": [i for i in sorted(order[n_val:]) if rel[i]]}
+                        "rel": rel, "val": val, "train": [i for i in tr if rel[i]]}
     n_grains = {q.id: q.n_grains for t in tasks for q in t.queries}
 
     def evaluate() -> dict[str, float]:

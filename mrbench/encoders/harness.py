@@ -163,24 +163,24 @@ def check_worker_kind(kind: str) -> None:
         raise EncoderError(f"--decode {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
 
 
-def _pixel_transform(encoder: Encoder) -> Callable[[Any], Any] | None:
-    fn = getattr(encoder, "pixel_transform", None)
-    return fn() if callable(fn) else None
-
-
-def _use_processes(encoder: Encoder, num_workers: int, kind: str, transform: Any) -> bool:
+def _process_transform(encoder: Encoder, num_workers: int, kind: str) -> Callable[[Any], Any] | None:
+    """The encoder's ``pixel_transform()`` when decode worker processes are to be used, else ``None``
+    (asked only then: building it may pickle a processor)."""
     import multiprocessing
     import sys
 
     check_worker_kind(kind)
-    able = transform is not None and num_workers > 0
-    able = able and sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-    if kind == "process" and not able:
+    fn = getattr(encoder, "pixel_transform", None)
+    wanted = kind == "process" or (kind == "auto" and num_workers >= 4)
+    able = callable(fn) and num_workers > 0 and sys.platform.startswith("linux")
+    able = able and "fork" in multiprocessing.get_all_start_methods()
+    transform = fn() if wanted and able else None  # type: ignore[misc]
+    if kind == "process" and transform is None:
         raise EncoderError(
             f"encoder {encoder.meta.name!r}: process decode workers need an encoder with pixel_transform(), "
             "num_workers > 0 and Linux; use workers='thread'"
         )
-    return able and (kind == "process" or (kind == "auto" and num_workers >= 4))
+    return transform
 
 
 def _process_pool(n: int) -> Any:
@@ -233,12 +233,16 @@ def _decode_chunk(paths: list[Path], ids: list[str], task_name: str, encoder_nam
         try:
             out.append(transform(img))
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EncoderError(
-                f"encoder {encoder_name!r} rejected the image of item {item_id!r} in task {task_name!r} ({p}): "
-                f"{type(e).__name__}: {first}; replace or re-encode that image"
-            ) from None
+            raise _rejected(encoder_name, item_id, task_name, p, e) from None
     return out
+
+
+def _rejected(encoder_name: str, item_id: str, task_name: str, path: Path, e: BaseException) -> EncoderError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return EncoderError(
+        f"encoder {encoder_name!r} rejected the image of item {item_id!r} in task {task_name!r} ({path}): "
+        f"{type(e).__name__}: {first}; replace or re-encode that image"
+    )
 
 
 def _result(fut: Future) -> Any:
@@ -279,11 +283,7 @@ def load_prepared(encoder: Encoder, path: Path, item_id: str, task_name: str = "
     except NotImplementedError:
         return img, None
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EncoderError(
-            f"encoder {encoder.meta.name!r} rejected the image of item {item_id!r} in task {task_name!r} ({path}): "
-            f"{type(e).__name__}: {first}; replace or re-encode that image"
-        ) from None
+        raise _rejected(encoder.meta.name, item_id, task_name, path, e) from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -553,8 +553,8 @@ def encode_items(
         def load(i: int) -> tuple[Any, Any]:
             return load_prepared(encoder, paths[i], items[i].id, task.name)  # type: ignore[arg-type]
 
-        transform = _pixel_transform(encoder) if decode else None
-        procs = _process_pool(num_workers) if decode and _use_processes(encoder, num_workers, workers, transform) else None
+        transform = _process_transform(encoder, num_workers, workers) if decode else None
+        procs = _process_pool(num_workers) if transform is not None else None
 
         def submit(batch: np.ndarray) -> Callable[[], list[tuple[Any, Any]]]:
             if procs is not None:  # chunks of paths to worker processes; they return pixels only

@@ -144,7 +144,7 @@ class HFClipEncoder(DualTowerEncoder):
                 f"get_text_features/get_image_features; 'hf:' supports CLIP-style dual encoders "
                 f"({', '.join(TESTED_MODEL_TYPES)}); for a text embedding model use 'st:<dir>'"
             )
-        self._check_loading_info(info, model, path)
+        check_loading_info(info, model, path, label=self.label)
         self.model = model.eval().to(self.device)
 
         try:
@@ -227,9 +227,6 @@ class HFClipEncoder(DualTowerEncoder):
         )
 
     # -- loading checks -------------------------------------------------------------------------------
-    def _check_loading_info(self, info: dict[str, Any], model: Any, path: Any) -> None:
-        check_loading_info(info, model, path, label=self.label)
-
     def _probe(self) -> tuple[int, bool]:
         """Encode one text and one image both ways (features vs. the model's forward); return (dim, verified)."""
         import torch

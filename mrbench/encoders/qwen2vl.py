@@ -337,9 +337,8 @@ class QwenImagePrep:
 
 
 def prepare_image(processor: Any, image: Image) -> PreparedImage:
-    """Run the processor's image processor on one image."""
-    out = processor.image_processor(images=[image], return_tensors="pt")
-    return PreparedImage(out["pixel_values"], out["image_grid_thw"])
+    """Run the processor's image processor on one image (:class:`QwenImagePrep` without a resize rule)."""
+    return QwenImagePrep(processor.image_processor)(image)
 
 
 def image_token_counts(processor: Any, images: Sequence[Image | PreparedImage | None]) -> list[int]:

@@ -218,14 +218,20 @@ class VLM2VecEncoder(TorchEncoder):
         )
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _image_prep(self) -> Any:
+        from functools import partial
+
+        from mrbench.encoders.qwen2vl import QwenImagePrep
+
+        return QwenImagePrep(self.processor.image_processor,
+                             partial(_prepare_image, resolution=self.image_resolution, min_side_fix=True))
+
     def prepare_image(self, image: Image) -> Any:
         """Qwen2-VL backbones: resize rule + image processor for one image, run by the harness in its
         decode threads. Phi-3.5-V processes images with the prompt (no hook)."""
         if self.backbone != "qwen2_vl":
             raise NotImplementedError
-        from mrbench.encoders.qwen2vl import prepare_image as prepare_qwen_image
-
-        return prepare_qwen_image(self.processor, _prepare_image(image, self.image_resolution, min_side_fix=True))
+        return self._image_prep()(image)
 
     def pixel_transform(self) -> Any:
         """The same as :meth:`prepare_image`, picklable, for decode worker processes (Qwen2-VL only)."""
@@ -233,10 +239,7 @@ class VLM2VecEncoder(TorchEncoder):
 
         if self.backbone != "qwen2_vl" or not QwenImagePrep.available(self.processor.image_processor):
             return None
-        from functools import partial
-
-        return QwenImagePrep(self.processor.image_processor,
-                             partial(_prepare_image, resolution=self.image_resolution, min_side_fix=True))
+        return self._image_prep()
 
     def _image(self, it: EncodeInput) -> Any:
         from mrbench.encoders.qwen2vl import PreparedImage
