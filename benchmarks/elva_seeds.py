@@ -1,11 +1,26 @@
-"""contrastive vs ELVA (dual regime) over seeds, with equal numbers of updates, on MRBench-Synth.
+"""Contrastive vs ELVA vs attribution baselines and ablations (dual regime), over seeds, on MRBench-Synth.
 
-For each seed: ``contrastive`` = the warmup stage alone for ``warmup + rl`` updates; ``elva`` = the same
-warmup for ``warmup`` updates, then ``rl`` GRPO updates. Both are evaluated on MRBench-Synth's test split
-(hit@1/hit@5 macro and on queries with ≥ 3 grains, and the drop-one-grain distance 1 − cos). Prints a
-mean ± std table and writes the per-run numbers as JSON.
+Per seed, one shared warmup (InfoNCE for ``--warmup`` updates on ``mrbench-synth-train``); then every
+variant starts from that checkpoint and makes ``--rl`` more updates, so all variants see the same
+number of updates:
 
-    python benchmarks/elva_seeds.py --seeds 0,1,2 --out benchmarks/results/elva_seeds.json
+* ``warmup``       — the shared warmup checkpoint itself (no further updates: where every variant starts);
+* ``contrastive``  — InfoNCE continued (the ``contrastive-tiny`` recipe);
+* ``elva``         — GRPO with the rule rewards (the ``elva-tiny`` recipe);
+* ``surrogate``    — the same expected reward maximised by its pathwise gradient (same negatives, same KL);
+* ``hardneg``      — InfoNCE over the positive and the same mined negatives;
+* ``no-ranking``, ``no-margin``, ``no-neg-order``, ``hard-only`` (top-100 hard), ``no-random`` — the
+  paper's ablations of ``elva``.
+
+Every run is evaluated on MRBench-Synth's test split: hit@1/hit@5 macro, per task, per grain count
+(pooled over tasks), and the drop-one-grain distance 1 − cos. Prints a mean ± std table, writes every
+run's numbers as JSON and, with ``--markdown``, the tables as Markdown.
+
+    python benchmarks/elva_seeds.py --seeds 0,1,2 --out benchmarks/results/elva_seeds.json \\
+        --markdown benchmarks/results/elva_seeds.md
+
+Extra variants for tuning: ``--define NAME:key=value,key=value`` (RL-stage overrides, e.g.
+``--define g32:rl.group_size=32,rl.sigma=0.05``) and ``--variants contrastive,elva,g32``.
 """
 
 from __future__ import annotations
@@ -16,64 +31,153 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+VARIANTS: dict[str, list[str]] = {
+    "contrastive": ['stages=["warmup"]'],
+    "elva": [],
+    "surrogate": ["rl.objective=surrogate"],
+    "hardneg": ["rl.objective=hardneg"],
+    "no-ranking": ["reward.use_ranking=false"],
+    "no-margin": ["reward.use_margin=false"],
+    "no-neg-order": ["reward.use_neg_order=false"],
+    "hard-only": ["sampling.mode=hard_only"],
+    "no-random": ["sampling.mode=no_random"],
+}
+"""RL-stage overrides per variant (``contrastive`` runs the warmup stage again instead)."""
+
+METRICS = ("hit@1", "hit@5", "hit@1_3plus", "hit@5_3plus", "drop_distance")
 
 
-def run(seed: int, variant: str, root: Path, warmup: int, rl: int, extra: list[str]) -> dict:
-    import mrbench
+def train_warmup(seed: int, root: Path, steps: int, extra: list[str]) -> tuple[Path, float]:
     from elva_baseline.config import TrainConfig
     from elva_baseline.trainer import train
 
-    sets = [f"seed={seed}", f"warmup.steps={warmup + rl if variant == 'contrastive' else warmup}", f"rl.steps={rl}",
-            'stages=["warmup"]' if variant == "contrastive" else 'stages=["warmup", "rl"]'] + extra
-    cfg = TrainConfig().with_overrides(sets)
-    out = root / f"{variant}-{seed}"
+    cfg = TrainConfig().with_overrides([f"seed={seed}", f"warmup.steps={steps}", 'stages=["warmup"]', *extra])
     t0 = time.perf_counter()
-    summary = train(cfg, out, progress=False, overwrite=True)
-    train_s = time.perf_counter() - t0
-    res = mrbench.evaluate("mrbench-synth", f"elva:{out / 'final'}", cache=False)
-    macro = res.scores["macro"]
+    train(cfg, root / f"warmup-{seed}", progress=False, overwrite=True)
+    return root / f"warmup-{seed}" / "final", time.perf_counter() - t0
+
+
+def variant_overrides(variant: str, seed: int, init: Path, rl: int, defined: dict[str, list[str]]) -> list[str]:
+    """The config overrides of one variant started from the warmup checkpoint ``init``."""
+    own = defined.get(variant, VARIANTS.get(variant))
+    if own is None:
+        raise SystemExit(f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, *defined])}")
+    base = [f"seed={seed}", f"model.init={json.dumps(str(init))}", f"warmup.steps={rl}", f"rl.steps={rl}",
+            'stages=["rl"]']
+    return base + own
+
+
+def evaluate(final: Path) -> dict[str, Any]:
+    """hit@k macro / per task / per grain count and the drop-one-grain distance on MRBench-Synth test."""
+    import mrbench
+
+    res = mrbench.evaluate("mrbench-synth", f"elva:{final}", cache=False)
     df = res.to_pandas("query")
     many = df[df["n_grains"] >= 3]
     sens = res.to_pandas("sensitivity")
-    dist = float(sens["mask_distance"].mean()) if sens is not None and len(sens) else float("nan")
-    return {"seed": seed, "variant": variant, "train_seconds": round(train_s, 1), "updates": summary["updates"],
-            "hit@1": macro["hit@1"], "hit@5": macro["hit@5"],
-            "hit@5_3plus": float(many["hit@5"].mean()), "hit@1_3plus": float(many["hit@1"].mean()),
-            "drop_distance": dist, "per_task_hit@5": {str(t): float(v) for t, v in res.to_pandas("task")["hit@5"].items()}}
+    tasks = res.to_pandas("task")
+    by_count = df.assign(g=df["n_grains"].clip(upper=5)).groupby("g")
+    return {
+        "hit@1": res.scores["macro"]["hit@1"], "hit@5": res.scores["macro"]["hit@5"],
+        "hit@1_3plus": float(many["hit@1"].mean()), "hit@5_3plus": float(many["hit@5"].mean()),
+        "drop_distance": float(sens["mask_distance"].mean()) if sens is not None and len(sens) else float("nan"),
+        "per_task": {str(t): {"hit@1": float(r["hit@1"]), "hit@5": float(r["hit@5"])} for t, r in tasks.iterrows()},
+        "per_grain_count": {f"{int(g)}{'+' if int(g) == 5 else ''}": {"hit@1": float(x["hit@1"].mean()),
+                                                                      "hit@5": float(x["hit@5"].mean()),
+                                                                      "n": len(x)}
+                            for g, x in by_count},
+    }
+
+
+def run_variant(variant: str, seed: int, init: Path, root: Path, rl: int, extra: list[str],
+                defined: dict[str, list[str]]) -> dict[str, Any]:
+    from elva_baseline.config import TrainConfig
+    from elva_baseline.trainer import train
+
+    if variant == "warmup":
+        return {"seed": seed, "variant": variant, "stage_seconds": 0.0, "updates": 0, **evaluate(init)}
+    cfg = TrainConfig().with_overrides(variant_overrides(variant, seed, init, rl, defined) + extra)
+    out = root / f"{variant}-{seed}"
+    t0 = time.perf_counter()
+    summary = train(cfg, out, progress=False, overwrite=True)
+    seconds = time.perf_counter() - t0
+    return {"seed": seed, "variant": variant, "stage_seconds": round(seconds, 1), "updates": summary["updates"],
+            **evaluate(out / "final")}
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def tables(rows: list[dict[str, Any]], variants: list[str]) -> str:
+    """Markdown: the headline table, per task hit@5 and per grain count hit@5 (mean ± std over seeds)."""
+    by = {v: [r for r in rows if r["variant"] == v] for v in variants}
+    base = statistics.mean(r["hit@5_3plus"] for r in by["contrastive"]) if by.get("contrastive") else None
+    base_d = statistics.mean(r["drop_distance"] for r in by["contrastive"]) if by.get("contrastive") else None
+    out = ["| variant | hit@1 | hit@5 | hit@1, ≥3 grains | hit@5, ≥3 grains | rel. hit@5 ≥3 | drop 1 − cos | ratio |",
+           "|---|---|---|---|---|---|---|---|"]
+    for v, rs in by.items():
+        cells = [mean_sd([r[k] for r in rs]) for k in METRICS]
+        m3 = statistics.mean(r["hit@5_3plus"] for r in rs)
+        md = statistics.mean(r["drop_distance"] for r in rs)
+        rel = f"{100 * (m3 / base - 1):+.1f}%" if base else "—"
+        ratio = f"{md / base_d:.2f}×" if base_d else "—"
+        out.append(f"| {v} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {rel} | {cells[4]} | {ratio} |")
+    for title, key in (("task", "per_task"), ("grain count", "per_grain_count")):
+        cols = sorted({c for rs in by.values() for r in rs for c in r[key]})
+        out += ["", f"hit@5 per {title}:", "", "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for v, rs in by.items():
+            out.append(f"| {v} | " + " | ".join(mean_sd([r[key][c]["hit@5"] for r in rs if c in r[key]]) for c in cols) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--rl", type=int, default=100)
-    ap.add_argument("--set", action="append", default=[], help="extra config overrides for both variants")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--warmup", type=int, default=300, help="shared warmup updates")
+    ap.add_argument("--rl", type=int, default=100, help="updates of every variant after the warmup")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--define", action="append", default=[], help="NAME:key=value,key=value (an extra variant)")
+    ap.add_argument("--set", action="append", default=[], help="config overrides for every run")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="JSON with every run")
+    ap.add_argument("--markdown", type=Path, help="the tables as Markdown")
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(2)
-    rows = []
+    torch.set_num_threads(args.threads)
+    defined = {}
+    for d in args.define:
+        name, _, sets = d.partition(":")
+        defined[name] = [s for s in sets.split(",") if s]
+    variants = [v for v in args.variants.split(",") if v]
+    rows: list[dict[str, Any]] = []
+    warm_seconds = []
     with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for variant in ("contrastive", "elva"):
-                rows.append(run(seed, variant, Path(d), args.warmup, args.rl, args.set))
-                r = rows[-1]
-                print(f"seed {seed} {variant:<12} hit@5 {r['hit@5']:.3f}  hit@5(≥3) {r['hit@5_3plus']:.3f}  "
-                      f"drop 1−cos {r['drop_distance']:.4f}  ({r['train_seconds']:.0f} s)", flush=True)
+            init, secs = train_warmup(seed, root, args.warmup, args.set)
+            warm_seconds.append(secs)
+            print(f"seed {seed} warmup {args.warmup} updates: {secs:.0f} s", flush=True)
+            for variant in variants:
+                r = run_variant(variant, seed, init, root, args.rl, args.set, defined)
+                rows.append(r)
+                print(f"seed {seed} {variant:<13} hit@5 {r['hit@5']:.3f}  hit@5(≥3) {r['hit@5_3plus']:.3f}  "
+                      f"drop 1−cos {r['drop_distance']:.4f}  ({r['stage_seconds']:.0f} s)", flush=True)
+    md = tables(rows, variants)
     print()
-    for variant in ("contrastive", "elva"):
-        rs = [r for r in rows if r["variant"] == variant]
-        line = []
-        for k in ("hit@1", "hit@5", "hit@1_3plus", "hit@5_3plus", "drop_distance"):
-            v = [r[k] for r in rs]
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            line.append(f"{k} {statistics.mean(v):.3f}±{sd:.3f}")
-        print(f"{variant:<12} " + "  ".join(line))
+    print(md)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                        "runs": rows}, indent=2))
+        payload = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                   "warmup_seconds": [round(s, 1) for s in warm_seconds], "runs": rows}
+        args.out.write_text(json.dumps(payload, indent=2))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(md)
 
 
 if __name__ == "__main__":

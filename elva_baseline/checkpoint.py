@@ -13,6 +13,12 @@ Layout::
                            sha256 of optimizer.safetensors and the trainer's ``extra`` (RNG states,
                            scheduler, data position…)
 
+A *compact* checkpoint (:func:`export_compact`, used for the bundled ``contrastive-tiny`` and
+``elva-tiny``) stores large embedding tables as the rows a vocabulary uses: ``<name>.rows`` (int64
+``[k]``) and ``<name>.values`` (``[k, D]``) instead of ``<name>``, with ``sparse_rows`` in config.json
+(``{name: {"shape": [V, D], "fill": 0.0}}``); every other row is ``fill`` when loaded. Tokens outside
+the kept vocabulary then embed as ``fill`` (zero) vectors.
+
 The directory is staged next to its destination and renamed into place
 (:func:`mrbench.data.io.atomic_dir`), so an interrupted save never leaves a half-written checkpoint.
 :func:`load_checkpoint` checks everything it reads and fails with one line naming the culprit: a
@@ -44,7 +50,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 
 CONFIG_KEYS = frozenset({
     "format", "format_version", "model", "training", "step", "stage", "mrbench_version",
-    "elva_baseline_version", "torch_version", "open_clip_version", "weights", "weights_sha256",
+    "elva_baseline_version", "torch_version", "open_clip_version", "weights", "weights_sha256", "sparse_rows",
 })
 """Keys config.json may hold (anything else is refused: a typo, or a newer format)."""
 MODEL_KEYS = frozenset({"arch", "model_cfg", "preprocess_cfg", "sigma", "learn_sigma", "seed", "pretrained"})
@@ -106,6 +112,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    sparse_rows: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` (and optionally the optimizer and trainer state) to ``directory``; return it.
 
@@ -116,6 +123,8 @@ def save_checkpoint(
         extra: JSON-able trainer state for resume (RNG states, scheduler, epoch…), in trainer_state.json.
         overwrite: replace an existing checkpoint at ``directory`` (never a directory that holds
             anything but a checkpoint).
+        sparse_rows: ``{tensor name: row indices}``: store only these rows of these 2-D tensors
+            (compact format, see the module docs); the others load as zeros.
     """
     from safetensors.torch import save_file
 
@@ -140,8 +149,22 @@ def save_checkpoint(
             raise CheckpointError(
                 f"{out}: directory holds something other than an elva checkpoint; refusing to replace it"
             )
+    tensors = _state_tensors(model.state_dict())
+    sparse: dict[str, Any] = {}
+    for name, rows in (sparse_rows or {}).items():
+        import torch
+
+        if name not in tensors or tensors[name].dim() != 2:
+            raise CheckpointError(f"save_checkpoint: sparse_rows names {name!r}, which is not a 2-D tensor of the model")
+        full = tensors.pop(name)
+        idx = torch.unique(torch.as_tensor(rows, dtype=torch.int64))
+        if len(idx) and (idx.min() < 0 or idx.max() >= full.shape[0]):
+            raise CheckpointError(f"save_checkpoint: sparse_rows[{name!r}] has a row outside 0..{full.shape[0] - 1}")
+        tensors[f"{name}.rows"] = idx.contiguous()
+        tensors[f"{name}.values"] = full[idx].contiguous()
+        sparse[name] = {"shape": list(full.shape), "fill": 0.0}
     with atomic_dir(out, overwrite=True) as tmp:
-        save_file(_state_tensors(model.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         cfg = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -152,6 +175,7 @@ def save_checkpoint(
             **_versions(),
             "weights": WEIGHTS_FILE,
             "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
+            **({"sparse_rows": sparse} if sparse else {}),
         }
         if optimizer is not None or extra_json is not None:
             state: dict[str, Any] = {"step": int(step), "stage": stage, "extra": extra_json}
@@ -283,6 +307,7 @@ def load_checkpoint(
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {str(d)!r}: {wpath.name} is not a readable safetensors file ({e})") from None
+    state = _densify(d, wpath.name, state, cfg.get("sparse_rows") or {})
     want = model.state_dict()
     for k, t in want.items():
         if k not in state:
@@ -305,6 +330,55 @@ def load_checkpoint(
         return model.train().to(device), cfg
     model.requires_grad_(False)
     return model.eval().to(device), cfg
+
+
+def _densify(d: Path, wname: str, state: dict[str, Any], sparse: Any) -> dict[str, Any]:
+    """Rebuild the dense tensors of a compact checkpoint (``sparse_rows`` in config.json)."""
+    import torch
+
+    if not isinstance(sparse, dict):
+        raise CheckpointError(f"checkpoint {str(d)!r}: {CONFIG_FILE}: 'sparse_rows' must be an object")
+    for name, spec in sparse.items():
+        rows, values = state.pop(f"{name}.rows", None), state.pop(f"{name}.values", None)
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if rows is None or values is None:
+            raise CheckpointError(f"checkpoint {str(d)!r}: {wname} lacks {name}.rows or {name}.values, which "
+                                  f"{CONFIG_FILE} announces under sparse_rows")
+        if (not isinstance(shape, list) or len(shape) != 2 or rows.dim() != 1
+                or tuple(values.shape) != (len(rows), shape[1]) or (len(rows) and int(rows.max()) >= shape[0])):
+            raise CheckpointError(f"checkpoint {str(d)!r}: {name}.rows/.values in {wname} do not match the shape "
+                                  f"{shape} recorded under sparse_rows in {CONFIG_FILE}")
+        dense = torch.full(shape, float(spec.get("fill", 0.0)), dtype=values.dtype)
+        dense[rows.long()] = values
+        state[name] = dense
+    return state
+
+
+def export_compact(source: str | os.PathLike[str], destination: str | os.PathLike[str], texts: Any,
+                   *, overwrite: bool = False) -> Path:
+    """Write a compact copy of checkpoint ``source`` (no optimizer state) keeping only the rows of the
+    token embedding that ``texts`` (an iterable of strings: the vocabulary the model will see) and the
+    tokenizer's special tokens use. On those texts the compact model embeds exactly as ``source``."""
+    import torch
+
+    model, cfg = load_checkpoint(source)
+    ids: set[int] = set()
+    batch: list[str] = []
+
+    def flush() -> None:
+        if batch:
+            ids.update(torch.unique(model.tokenize(batch)).tolist())
+            batch.clear()
+
+    for t in texts:
+        batch.append(str(t))
+        if len(batch) >= 4096:
+            flush()
+    flush()
+    ids.update(int(i) for i in (getattr(model.tokenizer, "sot_token_id", None), getattr(model.tokenizer, "eot_token_id", None), 0)
+               if i is not None)
+    return save_checkpoint(destination, model, cfg.get("training") or {}, step=int(cfg["step"]), stage=str(cfg["stage"]),
+                           overwrite=overwrite, sparse_rows={"clip.token_embedding.weight": sorted(ids)})
 
 
 def load_trainer_state(

@@ -18,6 +18,10 @@ from typing import Any
 
 STAGES = ("warmup", "rl")
 REGIMES = ("dual", "generative")
+OBJECTIVES = ("grpo", "surrogate", "hardneg")
+"""What the ``rl`` stage optimises (dual regime): ``grpo`` (ELVA), and two attribution baselines that see the
+same mined negatives for the same number of updates — ``surrogate`` (the same expected reward, pathwise
+gradient) and ``hardneg`` (InfoNCE over the positive and the mined negatives)."""
 
 
 class ConfigError(ValueError):
@@ -40,6 +44,9 @@ class ModelConfig:
     """``"tiny"`` (a small ViT + text transformer) or any open_clip architecture name."""
     pretrained: str | None = None
     """A weights file for ``arch`` (fine-tuning a real open_clip model), else random init."""
+    init: str | None = None
+    """Start from this trainer checkpoint directory (e.g. another run's ``warmup/``) instead of a fresh
+    model; ``arch`` and ``pretrained`` are then ignored and the exploration σ comes from ``rl.sigma``."""
 
 
 @dataclass
@@ -56,6 +63,12 @@ class WarmupConfig:
 @dataclass
 class RLConfig:
     steps: int = 100
+    objective: str = "grpo"
+    """``grpo`` (ELVA: policy gradient on the rule reward), ``surrogate`` (maximise the same expected
+    reward by its pathwise gradient: reparameterised Gaussian samples, same KL) or ``hardneg`` (InfoNCE
+    at ``rl.tau`` over the positive and the same mined negatives, no KL). Same negatives, same updates."""
+    tau: float = 0.05
+    """Temperature of the ``hardneg`` objective."""
     queries_per_step: int = 16
     group_size: int = 8
     """G: rollouts per query."""
@@ -195,6 +208,11 @@ class TrainConfig:
         need(self.rl.group_size >= 2, "rl.group_size", f"G must be >= 2 (group-relative advantages), got {self.rl.group_size}")
         need(self.rl.queries_per_step >= 1, "rl.queries_per_step", f"must be >= 1, got {self.rl.queries_per_step}")
         need(0 < self.rl.clip_eps < 1, "rl.clip_eps", f"must be in (0, 1), got {self.rl.clip_eps}")
+        need(self.rl.objective in OBJECTIVES, "rl.objective",
+             f"must be one of {', '.join(OBJECTIVES)}, got {self.rl.objective!r}")
+        need(self.rl.tau > 0, "rl.tau", f"must be > 0, got {self.rl.tau}")
+        need(self.rl.objective == "grpo" or self.regime == "dual", "rl.objective",
+             "the generative regime supports only grpo")
         need(self.rl.beta >= 0, "rl.beta", f"must be >= 0, got {self.rl.beta}")
         need(self.rl.sigma > 0, "rl.sigma", f"must be > 0, got {self.rl.sigma}")
         need(self.rl.refresh_every >= 1, "rl.refresh_every", f"must be >= 1, got {self.rl.refresh_every}")

@@ -119,6 +119,9 @@ class RewardConfig:
         use_margin: ablation switch for ``R_M``.
         use_ranking: ablation switch for ``R_R`` (both of its terms).
         use_neg_order: ablation switch for the negative-order term ``gamma * sum_k w_k s_(k)`` alone.
+        rank_only: replace the first term ``s_(r) / (1 + log r)`` by ``1 / (1 + log r)``: the positive is
+            rewarded for its rank only, not for its raw similarity (which pulls embeddings together).
+            Default off (the paper's formula).
 
     Raises:
         ElvaInputError: (a ``ValueError``) on a value out of range, naming the field; also when the
@@ -136,6 +139,7 @@ class RewardConfig:
     use_margin: bool = True
     use_ranking: bool = True
     use_neg_order: bool = True
+    rank_only: bool = False
 
     def __post_init__(self) -> None:
         for name in ("delta", "gamma", "alpha", "epsilon"):
@@ -144,7 +148,8 @@ class RewardConfig:
                 raise ElvaInputError(f"RewardConfig.{name} must be a finite number >= 0, got {value!r}")
         if isinstance(self.log_base, bool) or self.log_base not in _LOG_BASES:
             raise ElvaInputError(f"RewardConfig.log_base must be 'e', 2 or 10, got {self.log_base!r}")
-        switches = ("clamp_neg_weights", "only_above", "normalize_neg_weights", "use_margin", "use_ranking", "use_neg_order")
+        switches = ("clamp_neg_weights", "only_above", "normalize_neg_weights", "use_margin", "use_ranking", "use_neg_order",
+                    "rank_only")
         for name in switches:
             if not isinstance(getattr(self, name), bool):
                 raise ElvaInputError(f"RewardConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -233,6 +238,7 @@ def ranking_reward(
     only_above: bool = False,
     use_neg_order: bool = True,
     normalize_neg_weights: bool = False,
+    rank_only: bool = False,
     neg_mask: Tensor | None = None,
 ) -> Tensor:
     """ELVA's ranking reward ``R_R = s_(r) / (1 + log r) - gamma * sum_{k != r} w_k * s_(k)``.
@@ -256,6 +262,7 @@ def ranking_reward(
         log_base: ``"e"``, ``2`` or ``10`` (both logs use it).
         clamp_neg_weights, only_above, normalize_neg_weights: see above.
         use_neg_order: ``False`` drops the negative-order term (ablation), leaving ``s_pos / (1 + log r)``.
+        rank_only: the first term is ``1 / (1 + log r)`` (rank alone, no raw-similarity pull).
 
     Returns:
         float ``[...]``.
@@ -265,7 +272,7 @@ def ranking_reward(
     if not _is_real(gamma) or gamma < 0:
         raise ElvaInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
     rank = positive_rank(s_pos, s_neg, neg_mask=valid)
-    head = s_pos / (1.0 + _log(rank.to(s_pos.dtype), log_base))
+    head = (torch.ones_like(s_pos) if rank_only else s_pos) / (1.0 + _log(rank.to(s_pos.dtype), log_base))
     if not use_neg_order or s_neg.shape[-1] == 0:
         return head
 
@@ -322,6 +329,7 @@ def total_reward(
             only_above=cfg.only_above,
             use_neg_order=cfg.use_neg_order,
             normalize_neg_weights=cfg.normalize_neg_weights,
+            rank_only=cfg.rank_only,
             neg_mask=valid,
         )
     return reward

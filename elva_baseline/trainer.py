@@ -120,6 +120,12 @@ class Trainer:
             state = load_trainer_state(last)
             start_stage, start_step = state["stage"], int(state["step"])
             self.updates = int((state.get("extra") or {}).get("updates", 0))
+        elif cfg.model.init:
+            from elva_baseline.model import GaussianHead
+
+            torch.manual_seed(cfg.seed)
+            model, _ = load_checkpoint(cfg.model.init, trainable=True)
+            model.head = GaussianHead(cfg.rl.sigma, learnable=cfg.rl.learnable_sigma)
         else:
             torch.manual_seed(cfg.seed)
             model = DualTowerModel(
@@ -309,13 +315,62 @@ class Trainer:
                 out[name] = sample_negatives(q @ c.T, [r.tolist() for r in t.relevant], scfg)
         return out
 
+    def _rl_loss(self, model: Any, q_mean: Any, q_ref: Any, c: Any, valid: Any, gen: Any, rcfg: Any,
+                 epoch: int, st: dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
+        """One RL-stage loss for queries ``q_mean [B, D]`` against candidates ``c [B, 1 + N, D]``
+        (positive first; ``valid`` masks padding): ``(loss, kl, rewards [B, G], stats)``.
+
+        ``grpo`` samples G embeddings (detached actions), scores them, turns the rule rewards into
+        group-normalised advantages and takes the clipped-ratio policy gradient; ``surrogate``
+        differentiates the same sampled rewards through reparameterised samples; both add
+        ``beta`` × the analytic Gaussian KL to the reference. ``hardneg`` is InfoNCE at ``rl.tau`` over
+        the same candidates (its logged rewards are those of the deterministic embedding, G = 1).
+        On epochs > 0 of ``grpo`` the rollouts of epoch 0 (``st``) are reused: the ratio moves off 1.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        from elva_baseline.losses import grpo_loss
+        from elva_baseline.rewards import group_advantages, total_reward
+
+        cfg = self.cfg.rl
+        head = model.head
+        neg_mask = valid[:, None, 1:]
+        kl = ((q_mean - q_ref) ** 2).sum(-1).mean() / (2 * head.sigma ** 2)
+        if cfg.objective == "hardneg":
+            logits = torch.einsum("bd,bnd->bn", q_mean, c) / cfg.tau
+            logits = logits.masked_fill(~valid, float("-inf"))
+            loss = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+            with torch.no_grad():
+                s = logits[:, None, :] * cfg.tau
+                rewards = total_reward(s[..., 0], s[..., 1:].masked_fill(~neg_mask, 0.0), rcfg, neg_mask=neg_mask)
+            return loss, kl.detach(), rewards, {}
+        if cfg.objective == "surrogate":
+            samples = head.sample(q_mean, cfg.group_size, generator=gen, reparameterize=True)
+            scores = torch.einsum("bgd,bnd->bgn", head.normalize(samples), c)
+            mask = neg_mask.expand_as(scores[..., 1:])
+            rewards = total_reward(scores[..., 0], scores[..., 1:], rcfg, neg_mask=mask)
+            return -rewards.mean() + cfg.beta * kl, kl.detach(), rewards.detach(), {}
+        if epoch == 0:
+            samples = head.sample(q_mean.detach(), cfg.group_size, generator=gen)  # [B, G, D]
+            scores = torch.einsum("bgd,bnd->bgn", head.normalize(samples), c)
+            mask = neg_mask.expand_as(scores[..., 1:])
+            with torch.no_grad():
+                rewards = total_reward(scores[..., 0], scores[..., 1:], rcfg, neg_mask=mask)
+                adv = group_advantages(rewards)
+            st = {"samples": samples, "rewards": rewards, "adv": adv,
+                  "logp_old": head.log_prob(samples, q_mean).detach()}
+        logp_new = head.log_prob(st["samples"], q_mean)
+        loss_pg, stats = grpo_loss(logp_new, st["logp_old"], None, st["adv"], clip_eps=cfg.clip_eps, beta=0.0)
+        st.update(stats)
+        return loss_pg + cfg.beta * kl, kl.detach(), st["rewards"], st
+
     def _rl(self, model: Any, step0: int, resume_dir: Path | None) -> StageResult:
         import torch
         import torch.nn.functional as F
 
         from elva_baseline.checkpoint import load_checkpoint, load_trainer_state
-        from elva_baseline.losses import grpo_loss
-        from elva_baseline.rewards import group_advantages, positive_rank, total_reward
+        from elva_baseline.rewards import positive_rank
 
         cfg = self.cfg.rl
         rcfg = self.cfg.reward_config()
@@ -336,7 +391,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step0)
         rng = random.Random(self.cfg.seed * 31 + step0)
         pools: dict[str, Any] = {}
-        bar = self._bar("rl (GRPO)", cfg.steps, step0)
+        st: dict[str, Any] = {}
+        bar = self._bar(f"rl ({cfg.objective})", cfg.steps, step0)
         ev: dict[str, float] = {}
         step = step0
         model.train()
@@ -363,26 +419,14 @@ class Trainer:
                     c = pools[name][cand.clamp(min=0)]
                 with torch.no_grad():
                     q_ref = ref.embed(q_items)
-                head = model.head
-                samples = head.sample(q_mean.detach(), cfg.group_size, generator=gen)  # [B, G, D]
-                scores = torch.einsum("bgd,bnd->bgn", head.normalize(samples), c)
-                s_pos, s_neg = scores[..., 0], scores[..., 1:]
-                neg_mask = valid[:, None, 1:].expand_as(s_neg)
-                with torch.no_grad():
-                    rewards = total_reward(s_pos.detach(), s_neg.detach(), rcfg, neg_mask=neg_mask)
-                    adv = group_advantages(rewards)
-                logp_old = head.log_prob(samples, q_mean).detach()
-                for _ in range(cfg.epochs_per_batch):
-                    logp_new = head.log_prob(samples, q_mean)
-                    loss_pg, st = grpo_loss(logp_new, logp_old, None, adv, clip_eps=cfg.clip_eps, beta=0.0)
-                    sigma2 = head.sigma ** 2
-                    kl = ((q_mean - q_ref) ** 2).sum(-1).mean() / (2 * sigma2)
-                    loss = loss_pg + cfg.beta * kl
+                for epoch in range(cfg.epochs_per_batch if cfg.objective == "grpo" else 1):
+                    if epoch:
+                        q_mean = model.embed(q_items)
+                    loss, kl, rewards, st = self._rl_loss(model, q_mean, q_ref, c, valid, gen, rcfg, epoch, st)
                     self._check_finite(loss.detach(), "rl", step + 1)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    q_mean = model.embed(q_items) if cfg.epochs_per_batch > 1 else q_mean
                 step += 1
                 self.updates += 1
                 with torch.no_grad():
@@ -391,9 +435,9 @@ class Trainer:
                     rank = positive_rank(det_scores[:, 0], det_scores[:, 1:], neg_mask=valid[:, 1:]).float().mean()
                 rec = {"loss": round(float(loss.detach()), 6), "kl": round(float(kl.detach()), 6), "task": name,
                        "reward_mean": round(float(rewards.mean()), 5),
-                       "reward_std": round(float(rewards.std(dim=1).mean()), 5),
+                       "reward_std": round(float(rewards.std(dim=1).mean()), 5) if rewards.shape[1] > 1 else 0.0,
                        "clip_frac": st.get("clip_frac"), "rank_pos_greedy": round(float(rank), 3),
-                       "sigma": round(float(head.sigma), 5)}
+                       "sigma": round(float(model.head.sigma), 5)}
                 self._record("rl", step, rec)
                 self._tick(bar, f"reward {rec['reward_mean']:.3f} kl {rec['kl']:.3f}")
                 final = step >= cfg.steps

@@ -254,3 +254,39 @@ def test_evaluate_and_registry_forms(tiny_ckpt) -> None:
 
     b = mrbench.get_encoder(f"{mod.__file__}:ElvaEncoder", spec=str(d), device="cpu")
     assert a.meta.name == b.meta.name == f"elva:{d}" and a.meta.revision == b.meta.revision
+
+
+def test_compact_export_keeps_the_vocabulary_rows_and_embeds_identically(trained, tmp_path):
+    from elva_baseline.checkpoint import export_compact
+
+    src = trained[2]
+    texts = ["a red circle", "a blue square", "a star"]
+    dst = export_compact(src, tmp_path / "compact", texts)
+    assert not (dst / "optimizer.safetensors").exists()
+    assert (dst / "model.safetensors").stat().st_size < (Path(src) / "model.safetensors").stat().st_size / 10
+    cfg = read_config(dst)
+    assert cfg["sparse_rows"]["clip.token_embedding.weight"]["shape"] == [49408, 32]
+    full, _ = load_checkpoint(src)
+    small, _ = load_checkpoint(dst)
+    items = full.make_items(texts, [None] * 3)
+    torch.testing.assert_close(small.embed(items), full.embed(items), rtol=0, atol=0)
+    unseen = full.make_items(["zebra"], [None])
+    assert not torch.equal(small.embed(unseen), full.embed(unseen))  # tokens outside the vocabulary are zero rows
+    assert isinstance(ElvaEncoder(str(dst)), Encoder)
+
+
+def test_compact_checkpoint_with_missing_rows_tensor_is_refused(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from elva_baseline.checkpoint import export_compact
+
+    src = trained[2]
+    dst = export_compact(src, tmp_path / "compact", ["a star"])
+    state = load_file(str(dst / "model.safetensors"))
+    del state["clip.token_embedding.weight.rows"]
+    save_file(state, str(dst / "model.safetensors"))
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["weights_sha256"] = file_sha256(dst / "model.safetensors")
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"lacks clip.token_embedding.weight.rows"):
+        load_checkpoint(dst)

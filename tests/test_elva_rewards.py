@@ -277,3 +277,16 @@ def test_constant_group_gets_zero_advantage() -> None:
     assert (group_advantages(torch.tensor([[0.3], [0.2]])) == 0).all()  # G = 1
     with pytest.raises(ValueError, match="eps"):
         group_advantages(rewards, eps=0.0)
+
+
+def test_rank_only_rewards_the_rank_not_the_raw_similarity() -> None:
+    s_neg = torch.tensor([[0.1, 0.9, 0.7, 0.8, 0.6]], dtype=torch.float64)  # s_pos 0.5 -> r = 5
+    got = ranking_reward(t(0.5), s_neg, gamma=0.0, rank_only=True)
+    torch.testing.assert_close(got, t(1 / (1 + math.log(5))))
+    # shifting every score by the same amount changes nothing under rank_only (it does in the paper's form)
+    torch.testing.assert_close(ranking_reward(t(0.6), s_neg + 0.1, gamma=0.0, rank_only=True), got)
+    assert not torch.allclose(ranking_reward(t(0.6), s_neg + 0.1, gamma=0.0), ranking_reward(t(0.5), s_neg, gamma=0.0))
+    cfg = RewardConfig(rank_only=True, use_margin=False, use_neg_order=False, epsilon=1.0)
+    torch.testing.assert_close(total_reward(t(0.5), s_neg, cfg), got)
+    with pytest.raises(ElvaInputError, match="rank_only"):
+        RewardConfig(rank_only=1)  # type: ignore[arg-type]

@@ -91,6 +91,30 @@ def test_nan_loss_stops_and_names_the_step(tmp_path: Path, monkeypatch: pytest.M
     assert torch.isfinite(torch.tensor(0.0))
 
 
+@pytest.mark.parametrize("objective", ["surrogate", "hardneg"])
+def test_attribution_baselines_start_from_a_checkpoint(tmp_path: Path, objective: str) -> None:
+    """rl.objective surrogate / hardneg run the RL stage from model.init with the same negatives."""
+    import torch
+
+    from elva_baseline.checkpoint import load_checkpoint
+
+    warm = tmp_path / "warm"
+    train(_cfg('stages=["warmup"]'), warm, progress=False)
+    out = tmp_path / objective
+    summary = train(_cfg('stages=["rl"]', f"model.init={json.dumps(str(warm / 'final'))}", f"rl.objective={objective}",
+                         "rl.sigma=0.05"), out, progress=False)
+    assert summary["updates"] == 4
+    rl = [r for r in read_log(out / "train_log.jsonl") if r.get("stage") == "rl" and "eval" not in r]
+    assert len(rl) == 4 and all(r["reward_mean"] == r["reward_mean"] for r in rl)
+    start, _ = load_checkpoint(warm / "final")
+    end, cfg = load_checkpoint(out / "final")
+    assert float(end.head.sigma) == pytest.approx(0.05)  # σ from rl.sigma, not the init checkpoint
+    moved = [not torch.equal(a, b) for (n, a), (_, b) in zip(start.state_dict().items(), end.state_dict().items())
+             if n.startswith("clip.")]
+    assert any(moved)  # the RL stage trained the init model
+    assert cfg["training"]["rl"]["objective"] == objective
+
+
 def test_bad_input(tmp_path: Path) -> None:
     from elva_baseline.data import NotTrainSplitError
 
