@@ -178,15 +178,25 @@ def save_checkpoint(
             **({"sparse_rows": sparse} if sparse else {}),
         }
         if optimizer is not None or extra_json is not None:
-            state: dict[str, Any] = {"step": int(step), "stage": stage, "extra": extra_json}
-            if optimizer is not None:
-                tensors, meta = _flatten_optimizer(optimizer)
-                save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
-                state["optimizer"] = meta
-                state["optimizer_sha256"] = file_sha256(tmp / OPTIMIZER_FILE)
-            (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+            write_trainer_state(tmp, optimizer, step=step, stage=stage, extra=extra_json)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True), encoding="utf-8")
     return out
+
+
+def write_trainer_state(directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None, *, step: int,
+                        stage: str, extra: dict[str, Any] | None = None) -> None:
+    """Write ``trainer_state.json`` (step, stage, JSON-able ``extra``) and, with an optimizer,
+    ``optimizer.safetensors`` into ``directory`` (what :func:`load_trainer_state` reads back)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    state: dict[str, Any] = {"step": int(step), "stage": stage, "extra": extra}
+    if optimizer is not None:
+        tensors, meta = _flatten_optimizer(optimizer)
+        save_file(tensors, str(d / OPTIMIZER_FILE), metadata={"format": "pt"})
+        state["optimizer"] = meta
+        state["optimizer_sha256"] = file_sha256(d / OPTIMIZER_FILE)
+    (d / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

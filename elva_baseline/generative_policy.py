@@ -1011,15 +1011,18 @@ class GenerativePolicy:
             "max_pixels": self.max_pixels,
         }
 
-    def save(self, directory: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+    def save(self, directory: str | Path, *, extra: Mapping[str, Any] | None = None,
+             final_path: str | Path | None = None) -> Path:
         """Write the peft adapter (LoRA + the ``[RET]`` row), the tokenizer with ``[RET]`` and
         :data:`CONFIG_NAME` (base model, ``[RET]``, prompt settings, LoRA, ``extra``) to ``directory``.
 
         ``RetEncoder(base_dir, adapter=directory, **config["encoder_kwargs"])`` then gives this policy's
-        greedy embeddings."""
+        greedy embeddings. ``final_path``: the path the record names (when ``directory`` is a staging
+        directory renamed into place afterwards)."""
         from elva_baseline import __version__
 
         out = Path(directory)
+        named = Path(final_path) if final_path is not None else out
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(out))
         self.processor.tokenizer.save_pretrained(str(out))
@@ -1030,7 +1033,7 @@ class GenerativePolicy:
             "base_revision": self.base_revision,
             "model_type": self.model_type,
             "encoder": f"ret:{self.base_dir}",
-            "encoder_kwargs": {"adapter": str(out), **self.encoder_kwargs()},
+            "encoder_kwargs": {"adapter": str(named), **self.encoder_kwargs()},
             "ret_token": self.ret_token,
             "ret_token_id": self.ret_token_id,
             "ret_token_added": self.ret_token_added,

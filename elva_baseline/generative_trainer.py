@@ -9,9 +9,12 @@ model with a LoRA adapter (:class:`~elva_baseline.generative_policy.GenerativePo
   ratio and k3 KL on the summary tokens against the adapter-free model.
 
 Checkpoints are adapter directories (``warmup/``, ``rl/``, ``final/``) that load as
-``mrbench evaluate -e ret:BASE --encoder-kwargs '{"adapter": "OUT/final"}'``. Resume is not supported
-in this regime yet (a run restarts from its base model); the log, evaluation and NaN guard match the
-dual regime.
+``mrbench evaluate -e ret:BASE --encoder-kwargs '{"adapter": "OUT/final"}'``. ``last/`` (every
+``checkpoint.every`` updates and at each stage end, written atomically) adds the optimizer state and
+``trainer_state.json`` (stage, step, the data-order RNG); the RL stage's mined negatives are kept in
+``rl_negatives/<task>.npy``. ``--resume`` restarts from ``last/``: the adapter, the optimizer, the step
+and the batch order continue where they stopped, and the rollout sampler is reseeded from the seed
+and the step. The log, evaluation and NaN guard match the dual regime.
 """
 
 from __future__ import annotations
@@ -42,10 +45,19 @@ def train_generative(trainer: Any) -> dict[str, Any]:
     from elva_baseline.trainlog import TrainLog
     from mrbench.data.registry import load_benchmark
 
+    import numpy as np
+
+    from elva_baseline.checkpoint import load_trainer_state, write_trainer_state
+    from mrbench.data.io import atomic_dir
+
     cfg: TrainConfig = trainer.cfg
     g = cfg.generative
+    last = trainer.out / "last"
+    state: dict[str, Any] | None = None
     if trainer.resume:
-        raise TrainingError("--resume is not supported for regime 'generative' yet; start the run again")
+        if not (last / "trainer_state.json").is_file():
+            raise TrainingError(f"{last}: no trainer state to resume from; start without --resume")
+        state = load_trainer_state(last)
     if not g.base:
         raise TrainingError("regime 'generative' needs generative.base: a Qwen2-VL model directory (or hub id)")
     bench = load_benchmark(cfg.data.benchmark)
@@ -54,8 +66,10 @@ def train_generative(trainer: Any) -> dict[str, Any]:
 
         raise NotTrainSplitError(f"benchmark {bench.name!r} is its {bench.split!r} split; train on a train split, "
                                  "e.g. --set data.benchmark=mrbench-synth-train")
-    torch.manual_seed(cfg.seed)
+    start_stage, start_step = (state["stage"], int(state["step"])) if state else (cfg.stages[0], 0)
+    torch.manual_seed(cfg.seed + 1_000_003 * start_step + (7 if start_stage == "rl" else 0))
     policy = GenerativePolicy(g.base, lora=LoraSettings(r=g.lora_r, alpha=g.lora_alpha, dropout=g.lora_dropout),
+                              adapter=last if state else None,
                               max_summary_tokens=g.max_summary_tokens, device=g.device, precision=g.precision,
                               batch_size=g.batch_size, min_pixels=g.min_pixels, max_pixels=g.max_pixels)
     tasks = [t for t in bench.tasks if not cfg.data.tasks or t.name in cfg.data.tasks]
@@ -81,13 +95,34 @@ def train_generative(trainer: Any) -> dict[str, Any]:
 
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.warmup.lr if "warmup" in cfg.stages else cfg.rl.lr)
+    if state:
+        load_trainer_state(last, opt)
+        extra = state.get("extra") or {}
+        rs = extra["rng"]
+        rng.setstate((rs[0], tuple(rs[1]), rs[2]))
+        trainer.updates = int(extra.get("updates", 0))
     results = []
     t_run = time.perf_counter()
     names = [n for n in data if data[n]["train"]]
     if not names:
         raise TrainingError(f"no training query with a relevant candidate in {cfg.data.benchmark}")
     with TrainLog(trainer.out / "train_log.jsonl") as log:
-        trainer.log, trainer.t0 = log, time.perf_counter()
+        trainer.log = log
+        trainer.t0 = time.perf_counter() - float(((state or {}).get("extra") or {}).get("time", 0.0))
+
+        def save_last(stage: str, step: int) -> None:
+            with atomic_dir(last, overwrite=True) as tmp:
+                policy.save(tmp, extra={"stage": stage, "step": step}, final_path=last)
+                write_trainer_state(tmp, opt, step=step, stage=stage, extra={
+                    "updates": trainer.updates, "time": time.perf_counter() - trainer.t0,
+                    "rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]]})
+
+        def periodic(stage: str, step: int, total: int) -> bool:
+            """Checkpoint ``last/`` when due; True when the run must stop here (``stop_after``)."""
+            stop = trainer._should_stop() and step < total
+            if stop or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total):
+                save_last(stage, step)
+            return stop
 
         def finish(stage: str, step: int, t0: float) -> None:
             ev = evaluate()
@@ -96,11 +131,14 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             if stage == cfg.stages[-1]:
                 policy.save(trainer.out / "final", extra={"stage": stage, "step": step})
             results.append(StageResult(stage, step, time.perf_counter() - t0, ck, ev))
+            nxt = cfg.stages[cfg.stages.index(stage) + 1] if stage != cfg.stages[-1] else stage
+            save_last(nxt, 0 if nxt != stage else step)
 
-        if "warmup" in cfg.stages:
+        stopped = False
+        if "warmup" in cfg.stages and start_stage == "warmup":
             t0 = time.perf_counter()
             ncfg = InfoNCEStepConfig(tau=cfg.warmup.tau, symmetric=cfg.warmup.symmetric)
-            for step in range(1, cfg.warmup.steps + 1):
+            for step in range(start_step + 1, cfg.warmup.steps + 1):
                 d = data[names[step % len(names)]]
                 idx = rng.sample(d["train"], min(cfg.warmup.batch_size, len(d["train"])))
                 pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in idx]
@@ -109,34 +147,53 @@ def train_generative(trainer: Any) -> dict[str, Any]:
                 trainer.updates += 1
                 trainer._check_finite(st["loss"], "warmup", step)
                 trainer._record("warmup", step, {"loss": round(st["loss"], 5), "task": d["task"].name})
-            finish("warmup", cfg.warmup.steps, t0)
-        if "rl" in cfg.stages:
+                if periodic("warmup", step, cfg.warmup.steps):
+                    stopped = True
+                    break
+            else:
+                finish("warmup", cfg.warmup.steps, t0)
+        if "rl" in cfg.stages and not stopped:
             from elva_baseline.sampling import sample_negatives
 
             t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = cfg.rl.lr
+            rl_step0 = start_step if start_stage == "rl" else 0
             scfg, rcfg = cfg.sampling_config(), cfg.reward_config()
+            neg_dir = trainer.out / "rl_negatives"
             negs = {}
-            for n in names:
-                d = data[n]
-                q = policy.candidate_embeddings([d["queries"][i] for i in d["train"]]).float().cpu()
-                c = policy.candidate_embeddings(d["pool"]).float().cpu()
-                negs[n] = sample_negatives(q @ c.T, [list(d["rel"][i]) for i in d["train"]], scfg)
+            if rl_step0 == 0:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.rl.lr
+                with atomic_dir(neg_dir, overwrite=True) as tmp:
+                    for n in names:
+                        d = data[n]
+                        q = policy.candidate_embeddings([d["queries"][i] for i in d["train"]]).float().cpu()
+                        c = policy.candidate_embeddings(d["pool"]).float().cpu()
+                        negs[n] = sample_negatives(q @ c.T, [list(d["rel"][i]) for i in d["train"]], scfg).indices
+                        np.save(tmp / f"{n}.npy", negs[n].numpy())
+            else:
+                for n in names:
+                    path = neg_dir / f"{n}.npy"
+                    if not path.is_file():
+                        raise TrainingError(f"{path}: the mined negatives of the interrupted RL stage are missing; "
+                                            "start the run again without --resume")
+                    negs[n] = torch.from_numpy(np.load(path, allow_pickle=False))
             gcfg = GenerativeRLConfig.from_rl_config(cfg.rl, temperature=g.temperature, top_p=g.top_p)
-            for step in range(1, cfg.rl.steps + 1):
+            for step in range(rl_step0 + 1, cfg.rl.steps + 1):
                 n = names[step % len(names)]
                 d = data[n]
                 rows = rng.sample(range(len(d["train"])), min(cfg.rl.queries_per_step, len(d["train"])))
                 qi = [d["train"][r] for r in rows]
                 pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in qi]
-                neg = [[d["pool"][int(j)] for j in negs[n].indices[r].tolist() if j >= 0] for r in rows]
+                neg = [[d["pool"][int(j)] for j in negs[n][r].tolist() if j >= 0] for r in rows]
                 st = policy.grpo_step([d["queries"][i] for i in qi], [d["pool"][c] for c in pos], neg, rcfg, opt, gcfg)
                 trainer.updates += 1
                 trainer._check_finite(st.get("loss", 0.0), "rl", step)
                 trainer._record("rl", step, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in st.items()}
                                 | {"task": n})
-            finish("rl", cfg.rl.steps, t0)
+                if periodic("rl", step, cfg.rl.steps):
+                    break
+            else:
+                finish("rl", cfg.rl.steps, t0)
     return {
         "stages": [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "checkpoint": str(r.checkpoint),
                     "eval": r.eval} for r in results],

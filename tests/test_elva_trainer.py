@@ -158,3 +158,23 @@ def test_generative_regime_end_to_end_on_a_tiny_qwen2vl(tmp_path: Path) -> None:
     res = mrbench.evaluate("mrbench-synth-tiny", f"ret:{base}", encoder_kwargs={"adapter": str(out / "final"),
                            "max_summary_tokens": 3, "device": "cpu"}, tasks=["t2i"], grain_sensitivity=False, cache=False)
     assert res.data["encoder"]["extra"]["adapter"] == str(out / "final")
+
+
+def test_generative_regime_resumes_after_an_interruption(tmp_path: Path) -> None:
+    """Stopped inside the RL stage, the run continues from last/ (adapter, optimizer, step, negatives)."""
+    from fixtures.tiny_qwen2vl import build_tiny_qwen2vl
+
+    base = build_tiny_qwen2vl(tmp_path / "qwen")
+    cfg = _cfg("regime=generative", f"generative.base={base}", "generative.device=cpu", "generative.max_summary_tokens=2",
+               "generative.lora_r=4", "warmup.steps=2", "warmup.batch_size=3", "rl.steps=3", "rl.queries_per_step=2",
+               "rl.group_size=2", "sampling.n_hard=2", "sampling.n_random=2", 'data.tasks=["t2i"]', "checkpoint.every=1")
+    out = tmp_path / "run"
+    first = Trainer(cfg, out, progress=False, stop_after=3).run()
+    assert first["updates"] == 3 and not first["final"]
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert (state["stage"], state["step"]) == ("rl", 1) and (out / "last" / "optimizer.safetensors").is_file()
+    assert (out / "rl_negatives" / "t2i.npy").is_file()
+    done = Trainer(cfg, out, progress=False, resume=True).run()
+    assert done["updates"] == 5 and done["final"]
+    steps = [(r["stage"], r["step"]) for r in read_log(out / "train_log.jsonl") if "eval" not in r]
+    assert steps == [("warmup", 1), ("warmup", 2), ("rl", 1), ("rl", 2), ("rl", 3)]

@@ -462,6 +462,18 @@ register_encoder(
     family=True,
 )
 register_encoder(
+    "contrastive-tiny",
+    "elva_baseline.bundled:contrastive_tiny",
+    description="bundled reference: the tiny dual encoder trained with InfoNCE on MRBench-Synth train (elva-train bundle)",
+    extra="clip",
+)
+register_encoder(
+    "elva-tiny",
+    "elva_baseline.bundled:elva_tiny",
+    description="bundled reference: the same InfoNCE warmup + ELVA's GRPO with rule rewards, equal updates",
+    extra="clip",
+)
+register_encoder(
     "elva",
     "elva_baseline.encoder:ElvaEncoder",
     description="a checkpoint directory of the ELVA reference trainer (elva-train): 'elva:DIR'; image+text by score fusion",
