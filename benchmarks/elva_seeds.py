@@ -5,7 +5,8 @@ variant starts from that checkpoint and makes ``--rl`` more updates, so all vari
 number of updates:
 
 * ``warmup``       — the shared warmup checkpoint itself (no further updates: where every variant starts);
-* ``contrastive``  — InfoNCE continued (the ``contrastive-tiny`` recipe);
+* ``contrastive``  — InfoNCE for ``--warmup + --rl`` updates from scratch (the ``contrastive-tiny`` recipe;
+  its first ``--warmup`` updates are the shared warmup: same seed, same batches);
 * ``elva``         — GRPO with the rule rewards (the ``elva-tiny`` recipe);
 * ``surrogate``    — the same expected reward maximised by its pathwise gradient (same negatives, same KL);
 * ``hardneg``      — InfoNCE over the positive and the same mined negatives;
@@ -59,14 +60,16 @@ def train_warmup(seed: int, root: Path, steps: int, extra: list[str]) -> tuple[P
     return root / f"warmup-{seed}" / "final", time.perf_counter() - t0
 
 
-def variant_overrides(variant: str, seed: int, init: Path, rl: int, defined: dict[str, list[str]]) -> list[str]:
-    """The config overrides of one variant started from the warmup checkpoint ``init``."""
+def variant_overrides(variant: str, seed: int, init: Path, warmup: int, rl: int,
+                      defined: dict[str, list[str]]) -> list[str]:
+    """The config overrides of one variant: from the warmup checkpoint ``init`` (RL variants), or from
+    scratch for ``warmup + rl`` InfoNCE updates (``contrastive``)."""
     own = defined.get(variant, VARIANTS.get(variant))
     if own is None:
         raise SystemExit(f"unknown variant {variant!r}; known: {', '.join([*VARIANTS, *defined])}")
-    base = [f"seed={seed}", f"model.init={json.dumps(str(init))}", f"warmup.steps={rl}", f"rl.steps={rl}",
-            'stages=["rl"]']
-    return base + own
+    if variant == "contrastive":
+        return [f"seed={seed}", f"warmup.steps={warmup + rl}", *own]
+    return [f"seed={seed}", f"model.init={json.dumps(str(init))}", f"rl.steps={rl}", 'stages=["rl"]', *own]
 
 
 def evaluate(final: Path) -> dict[str, Any]:
@@ -91,14 +94,14 @@ def evaluate(final: Path) -> dict[str, Any]:
     }
 
 
-def run_variant(variant: str, seed: int, init: Path, root: Path, rl: int, extra: list[str],
+def run_variant(variant: str, seed: int, init: Path, root: Path, warmup: int, rl: int, extra: list[str],
                 defined: dict[str, list[str]]) -> dict[str, Any]:
     from elva_baseline.config import TrainConfig
     from elva_baseline.trainer import train
 
     if variant == "warmup":
         return {"seed": seed, "variant": variant, "stage_seconds": 0.0, "updates": 0, **evaluate(init)}
-    cfg = TrainConfig().with_overrides(variant_overrides(variant, seed, init, rl, defined) + extra)
+    cfg = TrainConfig().with_overrides(variant_overrides(variant, seed, init, warmup, rl, defined) + extra)
     out = root / f"{variant}-{seed}"
     t0 = time.perf_counter()
     summary = train(cfg, out, progress=False, overwrite=True)
@@ -163,7 +166,7 @@ def main() -> None:
             warm_seconds.append(secs)
             print(f"seed {seed} warmup {args.warmup} updates: {secs:.0f} s", flush=True)
             for variant in variants:
-                r = run_variant(variant, seed, init, root, args.rl, args.set, defined)
+                r = run_variant(variant, seed, init, root, args.warmup, args.rl, args.set, defined)
                 rows.append(r)
                 print(f"seed {seed} {variant:<13} hit@5 {r['hit@5']:.3f}  hit@5(≥3) {r['hit@5_3plus']:.3f}  "
                       f"drop 1−cos {r['drop_distance']:.4f}  ({r['stage_seconds']:.0f} s)", flush=True)

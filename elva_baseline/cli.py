@@ -46,11 +46,19 @@ def run(
             cfg = cfg.with_overrides(sets)
     except ConfigError as e:
         raise MrbenchError(str(e)) from None
-    summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet, threads=threads)
+    import os
+
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only the main process reports
+    summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet and main, threads=threads)
+    if not main:
+        return
     for st in summary["stages"]:
         ev = ", ".join(f"{k} {v:.3f}" for k, v in st["eval"].items() if k != "n_queries")
         typer.echo(f"{st['stage']}: {st['steps']} updates in {st['seconds']:.1f} s; held-out {ev or '–'}")
-    if summary.get("final"):
+    if summary.get("final") and summary.get("base"):
+        typer.echo(f"final adapter: {summary['final']}  (mrbench evaluate -e ret:{summary['base']} "
+                   f"--encoder-kwargs '{{\"adapter\": \"{summary['final']}\"}}')")
+    elif summary.get("final"):
         typer.echo(f"final model: {summary['final']}  (mrbench evaluate -e elva:{summary['final']})")
 
 

@@ -13,12 +13,19 @@ Checkpoints are adapter directories (``warmup/``, ``rl/``, ``final/``) that load
 ``checkpoint.every`` updates and at each stage end, written atomically) adds the optimizer state and
 ``trainer_state.json`` (stage, step, the data-order RNG); the RL stage's mined negatives are kept in
 ``rl_negatives/<task>.npy``. ``--resume`` restarts from ``last/``: the adapter, the optimizer, the step
-and the batch order continue where they stopped, and the rollout sampler is reseeded from the seed
-and the step. The log, evaluation and NaN guard match the dual regime.
+and the batch order (each update's batch is drawn from a seed of its own) continue where they stopped,
+and the rollout sampler is reseeded from the seed and the step. The log, evaluation and NaN guard
+match the dual regime.
+
+Multi-GPU: launched with ``accelerate launch`` (or ``torchrun``; ``WORLD_SIZE`` > 1), the run is data
+parallel through ``accelerate``: every process draws its own batches and rollouts, gradients are
+averaged (:meth:`GenerativePolicy.prepare`), and only the main process evaluates, logs and writes
+checkpoints.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -93,29 +100,39 @@ def train_generative(trainer: Any) -> dict[str, Any]:
                           [d["task"].queries[i].id for i in d["val"]]))
         return heldout_metrics(parts, n_grains, tuple(cfg.eval.ks))
 
-    rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.warmup.lr if "warmup" in cfg.stages else cfg.rl.lr)
     if state:
         load_trainer_state(last, opt)
-        extra = state.get("extra") or {}
-        rs = extra["rng"]
-        rng.setstate((rs[0], tuple(rs[1]), rs[2]))
-        trainer.updates = int(extra.get("updates", 0))
+        trainer.updates = int((state.get("extra") or {}).get("updates", 0))
+    acc = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by `accelerate launch` / torchrun: data parallel
+        from accelerate import Accelerator
+
+        acc = Accelerator(cpu=str(policy.device) == "cpu")
+        opt = policy.prepare(acc, opt)
+    rank = acc.process_index if acc is not None else 0
+    main = rank == 0
+
+    def batch_rng(stage: str, step: int) -> random.Random:
+        """The batch sampler of one update: a function of (seed, rank, stage, step), so a resumed run
+        draws exactly the batches it would have drawn, and every process draws its own."""
+        return random.Random(f"{cfg.seed}/{rank}/{stage}/{step}")
     results = []
     t_run = time.perf_counter()
     names = [n for n in data if data[n]["train"]]
     if not names:
         raise TrainingError(f"no training query with a relevant candidate in {cfg.data.benchmark}")
-    with TrainLog(trainer.out / "train_log.jsonl") as log:
+    with TrainLog(trainer.out / ("train_log.jsonl" if main else f".train_log.rank{rank}.jsonl")) as log:
         trainer.log = log
         trainer.t0 = time.perf_counter() - float(((state or {}).get("extra") or {}).get("time", 0.0))
 
         def save_last(stage: str, step: int) -> None:
+            if not main:
+                return
             with atomic_dir(last, overwrite=True) as tmp:
                 policy.save(tmp, extra={"stage": stage, "step": step}, final_path=last)
                 write_trainer_state(tmp, opt, step=step, stage=stage, extra={
-                    "updates": trainer.updates, "time": time.perf_counter() - trainer.t0,
-                    "rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]]})
+                    "updates": trainer.updates, "time": time.perf_counter() - trainer.t0})
 
         def periodic(stage: str, step: int, total: int) -> bool:
             """Checkpoint ``last/`` when due; True when the run must stop here (``stop_after``)."""
@@ -125,6 +142,9 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             return stop
 
         def finish(stage: str, step: int, t0: float) -> None:
+            if not main:
+                results.append(StageResult(stage, step, time.perf_counter() - t0, None, {}))
+                return
             ev = evaluate()
             trainer._record(stage, step, {"eval": ev})
             ck = policy.save(trainer.out / stage, extra={"stage": stage, "step": step})
@@ -140,10 +160,11 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             ncfg = InfoNCEStepConfig(tau=cfg.warmup.tau, symmetric=cfg.warmup.symmetric)
             for step in range(start_step + 1, cfg.warmup.steps + 1):
                 d = data[names[step % len(names)]]
+                rng = batch_rng("warmup", step)
                 idx = rng.sample(d["train"], min(cfg.warmup.batch_size, len(d["train"])))
                 pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in idx]
                 st = policy.info_nce_step([d["queries"][i] for i in idx], [d["pool"][c] for c in pos], opt, ncfg,
-                                          positive_ids=pos)
+                                          positive_ids=pos, accelerator=acc)
                 trainer.updates += 1
                 trainer._check_finite(st["loss"], "warmup", step)
                 trainer._record("warmup", step, {"loss": round(st["loss"], 5), "task": d["task"].name})
@@ -163,13 +184,15 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             if rl_step0 == 0:
                 for group in opt.param_groups:
                     group["lr"] = cfg.rl.lr
-                with atomic_dir(neg_dir, overwrite=True) as tmp:
-                    for n in names:
-                        d = data[n]
-                        q = policy.candidate_embeddings([d["queries"][i] for i in d["train"]]).float().cpu()
-                        c = policy.candidate_embeddings(d["pool"]).float().cpu()
-                        negs[n] = sample_negatives(q @ c.T, [list(d["rel"][i]) for i in d["train"]], scfg).indices
-                        np.save(tmp / f"{n}.npy", negs[n].numpy())
+                for n in names:  # every process mines the same (greedy embeddings, identical weights)
+                    d = data[n]
+                    q = policy.candidate_embeddings([d["queries"][i] for i in d["train"]]).float().cpu()
+                    c = policy.candidate_embeddings(d["pool"]).float().cpu()
+                    negs[n] = sample_negatives(q @ c.T, [list(d["rel"][i]) for i in d["train"]], scfg).indices
+                if main:
+                    with atomic_dir(neg_dir, overwrite=True) as tmp:
+                        for n in names:
+                            np.save(tmp / f"{n}.npy", negs[n].numpy())
             else:
                 for n in names:
                     path = neg_dir / f"{n}.npy"
@@ -181,11 +204,13 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             for step in range(rl_step0 + 1, cfg.rl.steps + 1):
                 n = names[step % len(names)]
                 d = data[n]
+                rng = batch_rng("rl", step)
                 rows = rng.sample(range(len(d["train"])), min(cfg.rl.queries_per_step, len(d["train"])))
                 qi = [d["train"][r] for r in rows]
                 pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in qi]
                 neg = [[d["pool"][int(j)] for j in negs[n][r].tolist() if j >= 0] for r in rows]
-                st = policy.grpo_step([d["queries"][i] for i in qi], [d["pool"][c] for c in pos], neg, rcfg, opt, gcfg)
+                st = policy.grpo_step([d["queries"][i] for i in qi], [d["pool"][c] for c in pos], neg, rcfg, opt, gcfg,
+                                      accelerator=acc)
                 trainer.updates += 1
                 trainer._check_finite(st.get("loss", 0.0), "rl", step)
                 trainer._record("rl", step, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in st.items()}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -80,6 +81,11 @@ class Trainer:
         self.progress = progress
         self.stop_after = stop_after
         self.threads = threads
+        self.main_process = int(os.environ.get("RANK", "0")) == 0  # `accelerate launch` / torchrun set RANK
+        if not self.main_process:  # the main process checks and prepares the output directory
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.updates = 0
+            return
         if self.out.exists() and any(self.out.iterdir()) and not (resume or overwrite):
             raise TrainingError(f"{self.out}: already holds a run; pass --resume to continue it or --overwrite to start over")
         if overwrite and not resume and self.out.exists():
@@ -103,14 +109,19 @@ class Trainer:
         if self.threads:
             torch.set_num_threads(int(self.threads))
         t_run = time.perf_counter()
-        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.main_process:
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         if cfg.regime == "generative":
             from elva_baseline.generative_trainer import train_generative
 
             summary = train_generative(self)
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if self.main_process:
+                (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             return summary
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise TrainingError("the dual regime trains in one process; run elva-train without accelerate launch / "
+                                "torchrun (multi-GPU is for regime 'generative')")
         start_stage, start_step, state = cfg.stages[0], 0, None
         last = self.out / "last"
         if self.resume:

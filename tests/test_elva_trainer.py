@@ -178,3 +178,35 @@ def test_generative_regime_resumes_after_an_interruption(tmp_path: Path) -> None
     assert done["updates"] == 5 and done["final"]
     steps = [(r["stage"], r["step"]) for r in read_log(out / "train_log.jsonl") if "eval" not in r]
     assert steps == [("warmup", 1), ("warmup", 2), ("rl", 1), ("rl", 2), ("rl", 3)]
+
+
+def test_generative_regime_is_data_parallel_under_torchrun(tmp_path: Path) -> None:
+    """Two CPU processes (gloo): each draws its own batches, gradients are averaged (equal grad norms
+    on both ranks after the all-reduce), only rank 0 writes the log and the checkpoints."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from fixtures.tiny_qwen2vl import build_tiny_qwen2vl
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    script = shutil.which("elva-train", path=str(Path(sys.executable).parent))
+    if not torchrun or not script:
+        pytest.skip("torchrun / elva-train not installed next to this interpreter")
+    base = build_tiny_qwen2vl(tmp_path / "qwen")
+    sets = ["regime=generative", f"generative.base={base}", "generative.device=cpu", "generative.max_summary_tokens=2",
+            "generative.lora_r=4", "warmup.steps=2", "warmup.batch_size=3", "rl.steps=2", "rl.queries_per_step=2",
+            "rl.group_size=2", "sampling.n_hard=2", "sampling.n_random=2", 'data.tasks=["t2i"]',
+            "data.benchmark=mrbench-synth-tiny-train"]
+    out = tmp_path / "run"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", script, "run", "-o", str(out), "-q"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("final adapter:") == 1  # rank 0 reports
+    logs = [read_log(out / "train_log.jsonl"), read_log(out / ".train_log.rank1.jsonl")]
+    norms = [[r["grad_norm"] for r in log if r.get("stage") == "rl" and "grad_norm" in r] for log in logs]
+    assert len(norms[0]) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-5)
+    assert (out / "final" / "adapter_config.json").is_file()
