@@ -269,7 +269,21 @@ def _build(cls: Any, data: Any, where: str, prefix: str = "") -> Any:
             kwargs[name] = _build(sub, value, where, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, fields[name], f"{prefix}{name}", where)
+            _check_optional(kwargs[name], sub, f"{prefix}{name}", where)
     return cls(**kwargs)
+
+
+def _check_optional(value: Any, hint: Any, key: str, where: str) -> None:
+    """``X | None`` fields (default None): a given value must be an ``X``."""
+    import types
+    import typing
+
+    if value is None or typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return
+    plain = tuple(a for a in typing.get_args(hint) if a is not type(None) and isinstance(a, type))
+    if plain == (int,) and isinstance(value, bool) or plain and not isinstance(value, plain):
+        names = " or ".join("a string" if a is str else f"a {a.__name__}" for a in plain)
+        raise ConfigError(f"{where}: {key} must be {names} (or null), got {value!r}")
 
 
 def _field_types(cls: Any) -> dict[str, Any]:

@@ -50,6 +50,11 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         ({"sampling": {"n_hard": -1}}, "n_hard"),
         ({"stages": ["warmup", "finetune"]}, "stages"),
         ({"regime": "triple"}, "regime"),
+        ({"rl": {"objective": "ppo"}}, "rl.objective"),
+        ({"rl": {"tau": 0}}, "rl.tau"),
+        ({"regime": "generative", "rl": {"objective": "surrogate"}}, "rl.objective"),
+        ({"reward": {"rank_only": "yes"}}, "rank_only"),
+        ({"model": {"init": 3}}, "model.init"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, needle: str) -> None:

@@ -210,3 +210,26 @@ def test_generative_regime_is_data_parallel_under_torchrun(tmp_path: Path) -> No
     norms = [[r["grad_norm"] for r in log if r.get("stage") == "rl" and "grad_norm" in r] for log in logs]
     assert len(norms[0]) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-5)
     assert (out / "final" / "adapter_config.json").is_file()
+
+
+def test_equal_update_baselines_share_their_warmup_bit_for_bit(tmp_path: Path) -> None:
+    """contrastive-tiny's first W updates are elva-tiny's warmup (same seed, same batches), and an RL
+    stage started from a saved warmup (model.init) is the same run as warmup + RL in one go."""
+    import torch
+
+    from elva_baseline.checkpoint import load_checkpoint
+
+    both = train(_cfg(), tmp_path / "both", progress=False)  # warmup 8 + rl 4
+    Trainer(_cfg('stages=["warmup"]', "warmup.steps=12", "checkpoint.every=0"), tmp_path / "long", progress=False,
+            stop_after=8).run()
+    split = train(_cfg('stages=["rl"]', f"model.init={json.dumps(str(tmp_path / 'both' / 'warmup'))}"),
+                  tmp_path / "split", progress=False)
+    assert both["updates"] == 12 and split["updates"] == 4
+
+    def weights(d: Path) -> dict:
+        return {k: v for k, v in load_checkpoint(d)[0].state_dict().items() if k.startswith("clip.")}
+
+    warm, long8 = weights(tmp_path / "both" / "warmup"), weights(tmp_path / "long" / "last")
+    assert all(torch.equal(warm[k], long8[k]) for k in warm)
+    fin, fin2 = weights(tmp_path / "both" / "final"), weights(tmp_path / "split" / "final")
+    assert all(torch.equal(fin[k], fin2[k]) for k in fin)

@@ -124,7 +124,7 @@ def comparison_table(results: list[Any]):
     hk = headline_k(ks)
     tasks = results[0].data["settings"]["tasks"]
     t = Table(title="comparison (macro over tasks)")
-    t.add_column("encoder", style="bold")
+    t.add_column("encoder", style="bold", no_wrap=True, min_width=min(40, max(len(r.data["encoder"]["name"]) for r in results)))
     for k in ks:
         t.add_column(f"R@{k}", justify="right")
     for task in tasks:
