@@ -403,6 +403,8 @@ class Trainer:
         rng = random.Random(self.cfg.seed * 31 + step0)
         pools: dict[str, Any] = {}
         st: dict[str, Any] = {}
+        if step0 == 0 and self.cfg.eval.every:  # where the stage starts, for the held-out curve
+            self._record("rl", 0, {"eval": self.evaluate(model)})
         bar = self._bar(f"rl ({cfg.objective})", cfg.steps, step0)
         ev: dict[str, float] = {}
         step = step0

@@ -85,7 +85,10 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     ax = axes[0][0]
     w = [r for r in train if r.get("stage") == "warmup" and isinstance(r.get("loss"), (int, float))]
-    ax.plot([r["global_step"] for r in w], [r["loss"] for r in w], lw=1)
+    if w:
+        ax.plot([r["global_step"] for r in w], [r["loss"] for r in w], lw=1)
+    else:
+        _empty(ax, "no warmup stage in this log")
     ax.set_title("warmup: InfoNCE loss")
     ax.set_xlabel("update")
     ax = axes[0][1]
@@ -97,15 +100,20 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
         ax.plot(xs, mean, lw=1, label="mean reward")
         ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
         ax.legend(loc="best")
+    else:
+        _empty(ax, "no RL stage in this log")
     ax.set_title("RL: reward over rollouts")
     ax.set_xlabel("update")
     ax = axes[1][0]
     if rl:
-        ax.plot([r["global_step"] for r in rl], [r.get("loss", math.nan) for r in rl], lw=1, label="GRPO loss")
+        ax.plot([r["global_step"] for r in rl], [r.get("loss", math.nan) for r in rl], lw=1, label="RL loss")
         ax2 = ax.twinx()
         ax2.plot([r["global_step"] for r in rl], [r.get("kl", math.nan) for r in rl], lw=1, color="tab:red", label="KL")
         ax2.set_ylabel("KL to reference")
-        ax.legend(loc="upper left")
+        lines = ax.get_lines() + ax2.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
+    else:
+        _empty(ax, "no RL stage in this log")
     ax.set_title("RL: loss and KL")
     ax.set_xlabel("update")
     ax = axes[1][1]
@@ -114,6 +122,8 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
         ax.plot([r["global_step"] for r in evals], [r["eval"].get(k, math.nan) for r in evals], marker="o", lw=1, label=k)
     if keys:
         ax.legend(loc="best")
+    else:
+        _empty(ax, "no evaluation in this log")
     ax.set_title("held-out retrieval")
     ax.set_xlabel("update")
     for st in ("warmup",):
@@ -129,3 +139,9 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
