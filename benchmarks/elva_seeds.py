@@ -131,9 +131,16 @@ def tables(rows: list[dict[str, Any]], variants: list[str]) -> str:
         out.append(f"| {v} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {rel} | {cells[4]} | {ratio} |")
     for title, key in (("task", "per_task"), ("grain count", "per_grain_count")):
         cols = sorted({c for rs in by.values() for r in rs for c in r[key]})
-        out += ["", f"hit@5 per {title}:", "", "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        out += ["", f"hit@1 / hit@5 per {title} (mean over seeds; ± std of hit@5):", "",
+                "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for v, rs in by.items():
-            out.append(f"| {v} | " + " | ".join(mean_sd([r[key][c]["hit@5"] for r in rs if c in r[key]]) for c in cols) + " |")
+            cells = []
+            for c in cols:
+                h1 = [r[key][c]["hit@1"] for r in rs if c in r[key]]
+                h5 = [r[key][c]["hit@5"] for r in rs if c in r[key]]
+                sd = statistics.stdev(h5) if len(h5) > 1 else 0.0
+                cells.append(f"{statistics.mean(h1):.3f} / {statistics.mean(h5):.3f} ± {sd:.3f}")
+            out.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -148,7 +155,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="JSON with every run")
     ap.add_argument("--markdown", type=Path, help="the tables as Markdown")
+    ap.add_argument("--render", type=Path, help="only print (and with --markdown write) the tables of a JSON this wrote")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads(args.render.read_text())
+        variants = list(dict.fromkeys(r["variant"] for r in data["runs"]))
+        md = tables(data["runs"], variants)
+        print(md)
+        if args.markdown:
+            args.markdown.write_text(md)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
