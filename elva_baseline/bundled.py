@@ -107,7 +107,8 @@ def build_bundled(out: str | Path = BUNDLE_DIR, *, warmup: int = WARMUP_STEPS, r
                 "weights_sha256": cfg["weights_sha256"],
                 "test_scores": headline_scores(dst, test_benchmark),
             }
-    payload = {"rebuild": f"elva-train bundle --out {out} --warmup {warmup} --rl {rl} --seed {seed}",
+    where = "" if out.resolve() == BUNDLE_DIR else f" --out {out}"
+    payload = {"rebuild": f"elva-train bundle{where} --warmup {warmup} --rl {rl} --seed {seed}",
                "train_benchmark": train_benchmark, "test_benchmark": test_benchmark, "encoders": record}
     tmp_file = out / (RECIPES_FILE + ".tmp")
     tmp_file.write_text(json.dumps(payload, indent=2) + "\n")

@@ -83,17 +83,17 @@ def plot(
 @app.command("bundle")
 @handle_errors
 def bundle(
-    out: Annotated[Path, typer.Option("--out", help="Where the checkpoints and recipes.json go.")] = Path("elva_baseline/bundled"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where the checkpoints and recipes.json go (default: the installed elva_baseline/bundled, which the registered encoders load).")] = None,
     warmup: Annotated[int, typer.Option(help="InfoNCE updates shared by both.")] = 300,
     rl: Annotated[int, typer.Option(help="Further updates: InfoNCE for contrastive-tiny, GRPO for elva-tiny.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of both runs.")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Rebuild the bundled `contrastive-tiny` and `elva-tiny` encoders (train both on mrbench-synth-train
-    with equal updates, store them compact, score them on MRBench-Synth test, write recipes.json)."""
-    from elva_baseline.bundled import build_bundled
+    """Rebuild the bundled `contrastive-tiny` and `elva-tiny` encoders: train both on mrbench-synth-train with equal updates, store them compact, score them on MRBench-Synth test, write recipes.json."""
+    from elva_baseline.bundled import BUNDLE_DIR, build_bundled
 
+    out = out or BUNDLE_DIR
     payload = build_bundled(out, warmup=warmup, rl=rl, seed=seed, progress=not quiet, threads=threads)
     for name, rec in payload["encoders"].items():
         sc = rec["test_scores"]
