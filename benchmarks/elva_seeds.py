@@ -116,19 +116,24 @@ def mean_sd(values: list[float]) -> str:
 
 
 def tables(rows: list[dict[str, Any]], variants: list[str]) -> str:
-    """Markdown: the headline table, per task hit@5 and per grain count hit@5 (mean ± std over seeds)."""
+    """Markdown: the headline table (mean ± std over seeds; "rel." against ``contrastive``; the paired
+    per-seed difference of hit@5 on ≥ 3-grain queries against that seed's ``warmup``), then hit@1 / hit@5
+    per task and per grain count."""
     by = {v: [r for r in rows if r["variant"] == v] for v in variants}
     base = statistics.mean(r["hit@5_3plus"] for r in by["contrastive"]) if by.get("contrastive") else None
     base_d = statistics.mean(r["drop_distance"] for r in by["contrastive"]) if by.get("contrastive") else None
-    out = ["| variant | hit@1 | hit@5 | hit@1, ≥3 grains | hit@5, ≥3 grains | rel. hit@5 ≥3 | drop 1 − cos | ratio |",
-           "|---|---|---|---|---|---|---|---|"]
+    warm = {r["seed"]: r["hit@5_3plus"] for r in by.get("warmup", [])}
+    out = ["| variant | hit@1 | hit@5 | hit@1, ≥3 grains | hit@5, ≥3 grains | rel. hit@5 ≥3 | Δ vs warmup, per seed "
+           "| drop 1 − cos | ratio |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for v, rs in by.items():
         cells = [mean_sd([r[k] for r in rs]) for k in METRICS]
         m3 = statistics.mean(r["hit@5_3plus"] for r in rs)
         md = statistics.mean(r["drop_distance"] for r in rs)
         rel = f"{100 * (m3 / base - 1):+.1f}%" if base else "—"
         ratio = f"{md / base_d:.2f}×" if base_d else "—"
-        out.append(f"| {v} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {rel} | {cells[4]} | {ratio} |")
+        paired = " ".join(f"{r['hit@5_3plus'] - warm[r['seed']]:+.3f}" for r in rs if r["seed"] in warm) if warm else "—"
+        out.append(f"| {v} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {rel} | {paired} | {cells[4]} | {ratio} |")
     for title, key in (("task", "per_task"), ("grain count", "per_grain_count")):
         cols = sorted({c for rs in by.values() for r in rs for c in r[key]})
         out += ["", f"hit@1 / hit@5 per {title} (mean over seeds; ± std of hit@5):", "",
