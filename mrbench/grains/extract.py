@@ -1,0 +1,64 @@
+"""The grain-extractor protocol and its name registry.
+
+A grain extractor turns query texts into :class:`~mrbench.data.schema.Grain` lists, batched: one
+list per input text, in input order, each list in order of appearance in its text. Built-in names:
+
+* ``"lexicon"`` — :class:`~mrbench.grains.lexicon.LexiconExtractor`, offline rules over built-in
+  vocabularies (the default; conventions in :mod:`mrbench.grains.lexicon`).
+* ``"annotations"`` — :class:`~mrbench.grains.annotations.AnnotationsExtractor`, grains read from a
+  JSONL file (``get_extractor("annotations", path=...)``).
+
+Implementations are imported only when resolved, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from mrbench.data.schema import Grain
+from mrbench.errors import UnknownNameError, did_you_mean
+
+
+@runtime_checkable
+class GrainExtractor(Protocol):
+    """Anything with a ``name`` and a batched ``extract(texts) -> list[list[Grain]]``."""
+
+    name: str
+
+    def extract(self, texts: Sequence[str]) -> list[list[Grain]]:
+        """Return one list of grains per text, in order; grains in order of appearance."""
+        ...
+
+
+def _lexicon(**kwargs: Any) -> GrainExtractor:
+    from mrbench.grains.lexicon import LexiconExtractor
+
+    return LexiconExtractor(**kwargs)
+
+
+def _annotations(**kwargs: Any) -> GrainExtractor:
+    from mrbench.grains.annotations import AnnotationsExtractor
+
+    return AnnotationsExtractor(**kwargs)
+
+
+_REGISTRY: dict[str, Callable[..., GrainExtractor]] = {"lexicon": _lexicon, "annotations": _annotations}
+
+EXTRACTOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""Names :func:`get_extractor` resolves."""
+
+
+def get_extractor(name: str, **kwargs: Any) -> GrainExtractor:
+    """Build the grain extractor registered as ``name``; ``kwargs`` go to its constructor.
+
+    Raises :class:`~mrbench.errors.UnknownNameError` (a :class:`~mrbench.errors.MrbenchError`)
+    listing the known names when ``name`` is not registered.
+    """
+    factory = _REGISTRY.get(name.strip().lower() if isinstance(name, str) else name)
+    if factory is None:
+        raise UnknownNameError(
+            f"unknown grain extractor {name!r}{did_you_mean(str(name), EXTRACTOR_NAMES)}; "
+            f"use one of: {', '.join(EXTRACTOR_NAMES)}"
+        )
+    return factory(**kwargs)
