@@ -26,6 +26,7 @@ app = typer.Typer(
 
 build_app = typer.Typer(help="Build a benchmark directory.", no_args_is_help=True)
 build_app.command("synth")(_build.synth)
+build_app.command("mbeir")(_build.mbeir)
 app.add_typer(build_app, name="build")
 app.command("evaluate")(_evaluate.evaluate)
 app.command("export")(_build.export)

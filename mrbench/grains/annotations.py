@@ -101,6 +101,10 @@ class AnnotationsExtractor:
             out.append(list(self._by_text[t]))
         return out
 
+    def has_id(self, id: str | int) -> bool:
+        """Whether a line with this ``id`` (compared as a string) exists."""
+        return str(id) in self._by_id
+
     def for_id(self, id: str | int) -> list[Grain]:
         """Return the annotated grains of the line whose ``id`` is ``id`` (compared as a string)."""
         qid = str(id)
