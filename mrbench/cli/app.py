@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from mrbench.cli import build as _build
+from mrbench.cli import build_hf as _build_hf
 from mrbench.cli import evaluate as _evaluate
 from mrbench.cli import listing as _listing
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 build_app = typer.Typer(help="Build a benchmark directory.", no_args_is_help=True)
 build_app.command("synth")(_build.synth)
 build_app.command("mbeir")(_build.mbeir)
+build_app.command("hf")(_build_hf.hf)
 app.add_typer(build_app, name="build")
 app.command("evaluate")(_evaluate.evaluate)
 app.command("export")(_build.export)
