@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from mrbench.cli import build as _build
+from mrbench.cli import audit as _audit
 from mrbench.cli import build_hf as _build_hf
 from mrbench.cli import evaluate as _evaluate
 from mrbench.cli import listing as _listing
@@ -32,6 +33,7 @@ build_app.command("hf")(_build_hf.hf)
 app.add_typer(build_app, name="build")
 app.command("evaluate")(_evaluate.evaluate)
 app.command("export")(_build.export)
+app.command("audit")(_audit.audit_cmd)
 app.command("check-encoder")(_listing.check_encoder)
 app.command("encoders")(_listing.encoders)
 app.command("benchmarks")(_listing.benchmarks)
