@@ -42,7 +42,7 @@ def test_registry_resolves_and_protocol_holds(tmp_path: Path) -> None:
     p.write_text(json.dumps({"text": "a dog", "grains": [{"text": "dog", "type": "entity"}]}) + "\n")
     ann = get_extractor("annotations", path=p)
     assert isinstance(ann, GrainExtractor) and ann.name == "annotations"
-    assert set(EXTRACTOR_NAMES) == {"lexicon", "annotations"}
+    assert set(EXTRACTOR_NAMES) == {"lexicon", "annotations", "mllm"}
 
 
 def test_unknown_extractor_lists_known_names() -> None:

@@ -66,3 +66,15 @@ def test_cli_build_mbeir(mbeir: Path, tmp_path: Path) -> None:
     assert "coco_t2i" in res.output and "fingerprint" in res.output
     bad = CliRunner().invoke(app, ["build", "mbeir", "--mbeir-dir", str(tmp_path / "nope"), "--output", str(tmp_path / "y")])
     assert bad.exit_code != 0 and "nope" in bad.output and "Traceback" not in bad.output
+
+
+def test_mllm_extractor_plumbing_on_a_tiny_random_qwen2vl(mbeir: Path, tmp_path: Path) -> None:
+    """A random model answers garbage: every query gets no grains, the build names the task."""
+    from fixtures.tiny_qwen2vl import build_tiny_qwen2vl
+
+    with pytest.raises(BenchmarkError, match="extractor-model"):
+        build_mbeir(mbeir, tmp_path / "x", extractor="mllm")
+    model = build_tiny_qwen2vl(tmp_path / "qwen")
+    with pytest.raises(BenchmarkError, match=r"mscoco_task0: none of its 12 queries has >= 2 grains \(mllm"):
+        build_mbeir(mbeir, tmp_path / "y", tasks=["mscoco_task0"], extractor="mllm", extractor_model=str(model),
+                    extractor_kwargs={"device": "cpu", "max_new_tokens": 4, "cache_dir": str(tmp_path / "cache")})

@@ -90,6 +90,8 @@ def build_mbeir(
     per_task: int = 250,
     min_grains: int = 2,
     extractor: str = "lexicon",
+    extractor_model: str | None = None,
+    extractor_kwargs: dict[str, Any] | None = None,
     annotations: str | Path | None = None,
     seed: int = 0,
     split: str = "test",
@@ -116,11 +118,14 @@ def build_mbeir(
     if extractor == "annotations" and annotations is None:
         raise BenchmarkError("--extractor annotations needs --annotations FILE (a JSONL with the M-BEIR qid as 'id')")
     ann = get_extractor("annotations", path=annotations) if annotations is not None else None
-    ex = None if extractor == "annotations" else get_extractor(extractor)
+    if extractor == "mllm" and not extractor_model:
+        raise BenchmarkError("--extractor mllm needs --extractor-model DIR (a local Qwen2-VL / Qwen2.5-VL directory)")
+    ex = None if extractor == "annotations" else get_extractor(
+        extractor, **({"model": extractor_model} if extractor == "mllm" else {}), **(extractor_kwargs or {}))
     root = Path(image_root) if image_root is not None else Path(mbeir_dir)
     out_tasks: list[Task] = []
     report: dict[str, Any] = {"source": "M-BEIR", "split": split, "per_task": per_task, "min_grains": min_grains,
-                              "extractor": extractor, "annotations": str(annotations) if annotations else None,
+                              "extractor": extractor, "extractor_model": extractor_model, "annotations": str(annotations) if annotations else None,
                               "seed": seed, "tasks": {}}
     for mname in tasks:
         if progress:

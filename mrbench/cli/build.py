@@ -46,7 +46,8 @@ def mbeir(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the benchmark to.")],
     per_task: Annotated[int, typer.Option(help="Queries kept per task (drawn from the eligible ones).")] = 250,
     min_grains: Annotated[int, typer.Option(help="A query is eligible with at least this many grains.")] = 2,
-    extractor: Annotated[str, typer.Option(help="Grain extractor for query texts: lexicon (offline rules) or annotations.")] = "lexicon",
+    extractor: Annotated[str, typer.Option(help="Grain extractor for query texts: lexicon (offline rules), mllm (a local vision-language model, --extractor-model) or annotations.")] = "lexicon",
+    extractor_model: Annotated[str | None, typer.Option(help="Model directory for --extractor mllm (Qwen2-VL / Qwen2.5-VL).")] = None,
     annotations: Annotated[Path | None, typer.Option(help="JSONL of grains by M-BEIR qid (overrides the extractor for the queries it lists; needed for image→image tasks).")] = None,
     tasks: Annotated[str, typer.Option(help="Comma-separated M-BEIR tasks.")] = "mscoco_task0,mscoco_task3,nights_task4,cirr_task7",
     seed: Annotated[int, typer.Option(help="Seed of the per-task draw; the same inputs and seed give the same fingerprint.")] = 0,
@@ -61,7 +62,8 @@ def mbeir(
     from mrbench.builders.mbeir import build_mbeir
 
     bench, report = build_mbeir(mbeir_dir, output, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-                                per_task=per_task, min_grains=min_grains, extractor=extractor, annotations=annotations,
+                                per_task=per_task, min_grains=min_grains, extractor=extractor,
+                                extractor_model=extractor_model, annotations=annotations,
                                 seed=seed, split=split, image_root=image_root, skip_missing=skip_missing,
                                 overwrite=overwrite)
     for name, r in report["tasks"].items():

@@ -7,6 +7,8 @@ list per input text, in input order, each list in order of appearance in its tex
   vocabularies (the default; conventions in :mod:`mrbench.grains.lexicon`).
 * ``"annotations"`` — :class:`~mrbench.grains.annotations.AnnotationsExtractor`, grains read from a
   JSONL file (``get_extractor("annotations", path=...)``).
+* ``"mllm"`` — :class:`~mrbench.grains.mllm.MLLMExtractor`, a local Qwen2-VL-family model prompted
+  for JSON grains, with a disk cache (``get_extractor("mllm", model=...)``).
 
 Implementations are imported only when resolved, so importing this module stays light.
 """
@@ -43,7 +45,13 @@ def _annotations(**kwargs: Any) -> GrainExtractor:
     return AnnotationsExtractor(**kwargs)
 
 
-_REGISTRY: dict[str, Callable[..., GrainExtractor]] = {"lexicon": _lexicon, "annotations": _annotations}
+def _mllm(**kwargs: Any) -> GrainExtractor:
+    from mrbench.grains.mllm import MLLMExtractor
+
+    return MLLMExtractor(**kwargs)
+
+
+_REGISTRY: dict[str, Callable[..., GrainExtractor]] = {"lexicon": _lexicon, "annotations": _annotations, "mllm": _mllm}
 
 EXTRACTOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 """Names :func:`get_extractor` resolves."""
