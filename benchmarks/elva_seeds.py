@@ -75,17 +75,14 @@ def variant_overrides(variant: str, seed: int, init: Path, warmup: int, rl: int,
 def evaluate(final: Path) -> dict[str, Any]:
     """hit@k macro / per task / per grain count and the drop-one-grain distance on MRBench-Synth test."""
     import mrbench
+    from elva_baseline.bundled import synth_scores
 
     res = mrbench.evaluate("mrbench-synth", f"elva:{final}", cache=False)
     df = res.to_pandas("query")
-    many = df[df["n_grains"] >= 3]
-    sens = res.to_pandas("sensitivity")
     tasks = res.to_pandas("task")
     by_count = df.assign(g=df["n_grains"].clip(upper=5)).groupby("g")
     return {
-        "hit@1": res.scores["macro"]["hit@1"], "hit@5": res.scores["macro"]["hit@5"],
-        "hit@1_3plus": float(many["hit@1"].mean()), "hit@5_3plus": float(many["hit@5"].mean()),
-        "drop_distance": float(sens["mask_distance"].mean()) if sens is not None and len(sens) else float("nan"),
+        **synth_scores(res),
         "per_task": {str(t): {"hit@1": float(r["hit@1"]), "hit@5": float(r["hit@5"])} for t, r in tasks.iterrows()},
         "per_grain_count": {f"{int(g)}{'+' if int(g) == 5 else ''}": {"hit@1": float(x["hit@1"].mean()),
                                                                       "hit@5": float(x["hit@5"].mean()),

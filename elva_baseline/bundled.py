@@ -62,22 +62,28 @@ def synth_vocabulary(names: tuple[str, ...] = ("mrbench-synth-train", "mrbench-s
     return texts
 
 
+def synth_scores(result: Any) -> dict[str, float]:
+    """hit@1/hit@5 (macro, and on queries with ≥ 3 grains) and the drop-one-grain distance (mean
+    ``1 − cos`` over every dropped grain) of an evaluation result, unrounded."""
+    df = result.to_pandas("query")
+    many = df[df["n_grains"] >= 3]
+    sens = result.to_pandas("sensitivity")
+    return {
+        "hit@1": float(result.scores["macro"]["hit@1"]),
+        "hit@5": float(result.scores["macro"]["hit@5"]),
+        "hit@1_3plus": float(many["hit@1"].mean()),
+        "hit@5_3plus": float(many["hit@5"].mean()),
+        "drop_distance": float(sens["mask_distance"].mean()) if sens is not None and len(sens) else float("nan"),
+    }
+
+
 def headline_scores(directory: Path, benchmark: str = "mrbench-synth") -> dict[str, float]:
-    """hit@1/hit@5 (macro, and on queries with ≥ 3 grains) and the drop-one-grain distance on ``benchmark``."""
+    """:func:`synth_scores` of the checkpoint in ``directory`` on ``benchmark``, rounded to 4 decimals."""
     import mrbench
     from elva_baseline.encoder import ElvaEncoder
 
     res = mrbench.evaluate(benchmark, ElvaEncoder(str(directory)), cache=False)
-    df = res.to_pandas("query")
-    many = df[df["n_grains"] >= 3]
-    sens = res.to_pandas("sensitivity")
-    return {
-        "hit@1": round(float(res.scores["macro"]["hit@1"]), 4),
-        "hit@5": round(float(res.scores["macro"]["hit@5"]), 4),
-        "hit@1_3plus": round(float(many["hit@1"].mean()), 4),
-        "hit@5_3plus": round(float(many["hit@5"].mean()), 4),
-        "drop_distance": round(float(sens["mask_distance"].mean()), 4),
-    }
+    return {k: round(v, 4) for k, v in synth_scores(res).items()}
 
 
 def build_bundled(out: str | Path = BUNDLE_DIR, *, warmup: int = WARMUP_STEPS, rl: int = RL_STEPS, seed: int = SEED,

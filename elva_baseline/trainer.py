@@ -347,29 +347,26 @@ class Trainer:
         cfg = self.cfg.rl
         head = model.head
         neg_mask = valid[:, None, 1:]
+
+        def rewards_of(q: Any) -> Any:  # q [B, G, D] (normalised) -> rule rewards [B, G]
+            scores = torch.einsum("bgd,bnd->bgn", q, c)
+            return total_reward(scores[..., 0], scores[..., 1:], rcfg, neg_mask=neg_mask.expand_as(scores[..., 1:]))
+
         kl = ((q_mean - q_ref) ** 2).sum(-1).mean() / (2 * head.sigma ** 2)
         if cfg.objective == "hardneg":
-            logits = torch.einsum("bd,bnd->bn", q_mean, c) / cfg.tau
-            logits = logits.masked_fill(~valid, float("-inf"))
+            logits = torch.einsum("bd,bnd->bn", q_mean, c).masked_fill(~valid, float("-inf")) / cfg.tau
             loss = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
             with torch.no_grad():
-                s = logits[:, None, :] * cfg.tau
-                rewards = total_reward(s[..., 0], s[..., 1:].masked_fill(~neg_mask, 0.0), rcfg, neg_mask=neg_mask)
+                rewards = rewards_of(q_mean[:, None, :])
             return loss, kl.detach(), rewards, {}
         if cfg.objective == "surrogate":
-            samples = head.sample(q_mean, cfg.group_size, generator=gen, reparameterize=True)
-            scores = torch.einsum("bgd,bnd->bgn", head.normalize(samples), c)
-            mask = neg_mask.expand_as(scores[..., 1:])
-            rewards = total_reward(scores[..., 0], scores[..., 1:], rcfg, neg_mask=mask)
+            rewards = rewards_of(head.normalize(head.sample(q_mean, cfg.group_size, generator=gen, reparameterize=True)))
             return -rewards.mean() + cfg.beta * kl, kl.detach(), rewards.detach(), {}
         if epoch == 0:
             samples = head.sample(q_mean.detach(), cfg.group_size, generator=gen)  # [B, G, D]
-            scores = torch.einsum("bgd,bnd->bgn", head.normalize(samples), c)
-            mask = neg_mask.expand_as(scores[..., 1:])
             with torch.no_grad():
-                rewards = total_reward(scores[..., 0], scores[..., 1:], rcfg, neg_mask=mask)
-                adv = group_advantages(rewards)
-            st = {"samples": samples, "rewards": rewards, "adv": adv,
+                rewards = rewards_of(head.normalize(samples))
+            st = {"samples": samples, "rewards": rewards, "adv": group_advantages(rewards),
                   "logp_old": head.log_prob(samples, q_mean).detach()}
         logp_new = head.log_prob(st["samples"], q_mean)
         loss_pg, stats = grpo_loss(logp_new, st["logp_old"], None, st["adv"], clip_eps=cfg.clip_eps, beta=0.0)

@@ -50,12 +50,12 @@ import random
 import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrbench.builders.selection import by_grain_count, richest, select_ids
 from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
 from mrbench.errors import BenchmarkError
 
@@ -255,17 +255,6 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _by_grain_count(queries: list[Query]) -> dict[str, int]:
-    counts = Counter(min(q.n_grains, 5) for q in queries)
-    return {(f"{k}+" if k == 5 else str(k)): counts[k] for k in sorted(counts)}
-
-
-def _select(eligible: list[str], per_task: int | None, seed: int, task: str) -> list[str]:
-    order = sorted(eligible)
-    random.Random(f"{seed}/{task}").shuffle(order)
-    return sorted(order if per_task is None else order[:per_task])
-
-
 def _tasks(images: list[_Image], grains: dict[tuple[str, int], list[Grain]], *, per_task: int | None, min_grains: int,
            seed: int, extractor: str, split_label: str) -> tuple[list[Task], dict[str, Any]]:
     """The t2i and i2t tasks over ``images`` (the images are the pool), and their report entries."""
@@ -289,7 +278,7 @@ def _tasks(images: list[_Image], grains: dict[tuple[str, int], list[Grain]], *, 
     # i2t: one query per image, grains of its richest caption
     i2t_all: dict[str, Query] = {}
     for im in images:
-        best = max(range(len(im.captions)), key=lambda j: (len(grains[(im.id, j)]), -j))
+        best = richest([grains[(im.id, j)] for j in range(len(im.captions))])
         g = grains[(im.id, best)]
         if len(g) >= min_grains:
             i2t_all[im.id] = Query(id=im.id, image=im.rel, grains=list(g),
@@ -306,7 +295,7 @@ def _tasks(images: list[_Image], grains: dict[tuple[str, int], list[Grain]], *, 
         if not pool:
             raise BenchmarkError(f"task {tname} ({split_label}): no query has >= {min_grains} grains ({extractor} extractor, "
                                  f"{len(images)} images); lower --min-grains or check --caption-column")
-        chosen = _select(list(pool), per_task, seed, tname)
+        chosen = select_ids(list(pool), per_task, seed, tname)
         queries = [pool[q] for q in chosen]
         if tname == "t2i":
             qrels = {q.id: {iid: 1 for iid in text_to_images[_norm(q.text or "")]} for q in queries}
@@ -319,7 +308,7 @@ def _tasks(images: list[_Image], grains: dict[tuple[str, int], list[Grain]], *, 
                           qrels=qrels, description=f"{desc}, queries with >= {min_grains} grains",
                           metadata={"source": "huggingface"}))
         report[tname] = {"eligible": len(pool), "kept": len(queries), "candidates": len(cands),
-                         "by_grain_count": _by_grain_count(queries)}
+                         "by_grain_count": by_grain_count(queries)}
         if per_task is not None and len(queries) < per_task:
             report[tname]["short_by"] = per_task - len(queries)
     return tasks, report

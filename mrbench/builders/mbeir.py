@@ -18,8 +18,9 @@ Where a query's grains come from (documented, deterministic):
 * ``annotations`` (a JSONL, :mod:`mrbench.grains.annotations`, ``id`` = the M-BEIR ``qid``) overrides
   the extractor for every query it lists; ``extractor="annotations"`` uses it alone.
 
-Selection: the eligible queries are shuffled with a generator seeded by ``(seed, task)``, the first
-``per_task`` are kept and written in ``qid`` order, so the same inputs and seed give byte-identical
+Selection (:func:`mrbench.builders.selection.select_ids`, shared with ``build hf``): the eligible
+``qid``s are shuffled with a generator seeded by ``(seed, task)``, the first ``per_task`` are kept and
+written in ``qid`` order, so the same inputs and seed give byte-identical
 files and the same fingerprint. Instructions are never random (the first prompt of the task's row).
 The build report (counts per task and grain count, how many queries were eligible, what the reader
 dropped) goes to ``build_report.json`` and the manifest's metadata.
@@ -28,12 +29,11 @@ dropped) goes to ``build_report.json`` and the manifest's metadata.
 from __future__ import annotations
 
 import json
-import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mrbench.builders.selection import by_grain_count, richest, select_ids
 from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
 from mrbench.errors import BenchmarkError
 
@@ -56,30 +56,25 @@ def _grains_for(task: Any, extractor: Any, annotations: Any) -> tuple[list[list[
 
     ``annotations`` (an :class:`~mrbench.grains.annotations.AnnotationsExtractor`) wins for every query
     whose ``qid`` it lists; ``extractor`` ``None`` means annotations only (a missing id is an error)."""
-    out: list[list[Grain] | None] = []
+    grains: list[list[Grain] | None] = []
     sources: list[str | None] = []
     cand_text = {c.did: c.text for c in task.candidates}
     for q in task.queries:
         if annotations is not None and (extractor is None or annotations.has_id(q.qid)):
-            out.append(annotations.for_id(q.qid))
+            grains.append(annotations.for_id(q.qid))
             sources.append(None)
-            continue
-        out.append(None)
-        if q.text:
+        elif q.text:
+            grains.append(None)  # extracted below, in one batch
             sources.append(q.text)
-            continue
-        texts = sorted((did, cand_text.get(did)) for did, g in task.qrels.get(q.qid, {}).items() if g > 0)
-        texts = [(d, t) for d, t in texts if t]
-        if not texts:
-            sources.append(None)
-            continue
-        grains = extractor.extract([t for _, t in texts])
-        best = max(range(len(texts)), key=lambda i: (len(grains[i]), -i))
-        sources.append(texts[best][1])
-    todo = [s for g, s in zip(out, sources) if g is None and s]
+        else:
+            texts = [t for _, t in sorted((d, cand_text.get(d)) for d, g in task.qrels.get(q.qid, {}).items() if g > 0) if t]
+            found = extractor.extract(texts) if texts else []
+            best = richest(found) if found else None
+            grains.append(found[best] if best is not None else [])
+            sources.append(texts[best] if best is not None else None)
+    todo = [s for g, s in zip(grains, sources) if g is None]
     extracted = iter(extractor.extract(todo)) if todo else iter(())
-    grains_all = [g if g is not None else (next(extracted) if s else []) for g, s in zip(out, sources)]
-    return grains_all, sources
+    return [g if g is not None else next(extracted) for g in grains], sources
 
 
 def build_mbeir(
@@ -140,10 +135,8 @@ def build_mbeir(
                     else "lower --min-grains or use another extractor")
             raise BenchmarkError(f"M-BEIR task {mname}: none of its {len(mt.queries)} queries has >= {min_grains} grains "
                                  f"({extractor} extractor); {hint}")
-        rng = random.Random(f"{seed}/{mname}")
-        order = list(eligible)
-        rng.shuffle(order)
-        chosen = sorted(order[:per_task], key=lambda i: mt.queries[i].qid)
+        keep = set(select_ids([mt.queries[i].qid for i in eligible], per_task, seed, mname))
+        chosen = sorted((i for i in eligible if mt.queries[i].qid in keep), key=lambda i: mt.queries[i].qid)
         queries = []
         for i in chosen:
             q = mt.queries[i]
@@ -152,7 +145,6 @@ def build_mbeir(
                 meta["grain_source_text"] = sources[i]
             queries.append(Query(id=q.qid, text=q.text, image=q.image, grains=list(grains[i]), meta=meta))
         qids = {q.id for q in queries}
-        counts = Counter(min(q.n_grains, 5) for q in queries)
         inst = mt.instruction
         out_tasks.append(Task(
             name=tname,
@@ -170,7 +162,7 @@ def build_mbeir(
         report["tasks"][tname] = {
             "mbeir_task": mname, "queries_read": mt.report.get("queries_read"), "eligible": len(eligible),
             "kept": len(queries), "candidates": len(mt.candidates),
-            "by_grain_count": {(f"{k}+" if k == 5 else str(k)): counts[k] for k in sorted(counts)},
+            "by_grain_count": by_grain_count(queries),
             "reader": {k: v for k, v in mt.report.items() if k != "missing_image_examples"},
         }
         if len(queries) < per_task:
