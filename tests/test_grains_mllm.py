@@ -14,7 +14,15 @@ from fixtures.tiny_qwen2vl import build_tiny_qwen2vl
 
 from mrbench.data.schema import Grain
 from mrbench.grains.extract import GrainExtractor, get_extractor
-from mrbench.grains.mllm import PROMPT_TEMPLATE, GrainParseError, MLLMExtractor, cache_key, parse_grains
+from mrbench.grains.mllm import (
+    IMAGE_PROMPT_TEMPLATE,
+    PROMPT_TEMPLATE,
+    GrainParseError,
+    MLLMExtractor,
+    cache_key,
+    image_cache_key,
+    parse_grains,
+)
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -65,9 +73,9 @@ def _counting(ex: MLLMExtractor) -> list[int]:
     calls: list[int] = []
     orig = ex._generate
 
-    def wrapped(texts, *, strict):
+    def wrapped(texts, *, strict, image=False):
         calls.append(len(texts))
-        return orig(texts, strict=strict)
+        return orig(texts, strict=strict, image=image)
 
     ex._generate = wrapped  # type: ignore[method-assign]
     return calls
@@ -104,7 +112,7 @@ def test_invalid_replies_are_retried_skipped_and_cached(tiny_dir: Path, tmp_path
 def test_valid_reply_is_kept_and_cached(tiny_dir: Path, tmp_path: Path) -> None:
     ex = MLLMExtractor(str(tiny_dir), device="cpu", cache_dir=tmp_path, retries=0)
     replies = iter(['[{"text": "dog", "type": "entity"}]', "garbage"])
-    ex._generate = lambda texts, *, strict: [next(replies) for _ in texts]  # type: ignore[method-assign]
+    ex._generate = lambda texts, *, strict, image=False: [next(replies) for _ in texts]  # type: ignore[method-assign]
     assert ex.extract(["a dog", "a cat"]) == [[Grain("dog", "entity")], []]
     assert ex.stats == {"calls": 0, "invalid": 1, "retried": 0, "skipped": 1, "cached": 0}
     ex2 = MLLMExtractor(str(tiny_dir), device="cpu", cache_dir=tmp_path)
@@ -127,3 +135,59 @@ def test_registry_and_default_cache_dir(tiny_dir: Path, monkeypatch, tmp_path: P
     assert isinstance(ex, MLLMExtractor)
     assert ex.cache_path.parent == tmp_path / "home" / "grain_cache"
     assert ex.cache_path.name.startswith(tiny_dir.name + "-")
+
+
+# ------------------------------------------------------------------------------------------- images
+def _png(path: Path, colour: tuple[int, int, int]) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (40, 32), colour).save(path)
+    return path
+
+
+def test_image_prompt_has_no_caption_slot() -> None:
+    s = IMAGE_PROMPT_TEMPLATE.format(body="", text="", instruction="", subject="image")
+    assert s.startswith("List the grains of the image above") and "Caption:" not in s and s.endswith("Answer:")
+
+
+def test_extract_images_on_tiny_model(tiny_dir: Path, tmp_path: Path) -> None:
+    """Plumbing: the image goes through the processor and generate; garbage replies are skipped and cached."""
+    a, b = _png(tmp_path / "a.png", (200, 30, 30)), _png(tmp_path / "b.png", (20, 30, 200))
+    ex = MLLMExtractor(str(tiny_dir), device="cpu", batch_size=2, max_new_tokens=5, cache_dir=tmp_path / "c")
+    seen: list[tuple[int, bool]] = []
+    orig = ex._generate
+
+    def wrapped(items, *, strict, image=False):
+        seen.append((len(items), image))
+        return orig(items, strict=strict, image=image)
+
+    ex._generate = wrapped  # type: ignore[method-assign]
+    assert ex.extract_images([a, b, a]) == [[], [], []]
+    assert seen == [(2, True), (2, True)] and ex.stats["skipped"] == 2
+    recs = [json.loads(x) for x in ex.cache_path.read_text().splitlines()]
+    assert {r["key"] for r in recs} == {image_cache_key(a), image_cache_key(b)}
+    assert {r["text"] for r in recs} == {f"image:{a}", f"image:{b}"}
+
+
+def test_extract_images_valid_reply_and_content_keyed_cache(tiny_dir: Path, tmp_path: Path) -> None:
+    a = _png(tmp_path / "a.png", (200, 30, 30))
+    ex = MLLMExtractor(str(tiny_dir), device="cpu", cache_dir=tmp_path / "c", retries=1)
+    replies = iter(["not json", '[{"text": "red square", "type": "entity"}]'])
+    ex._generate = lambda items, *, strict, image=False: [next(replies) for _ in items]  # type: ignore[method-assign]
+    assert ex.extract_images([a]) == [[Grain("red square", "entity")]]
+    assert ex.stats["invalid"] == 1 and ex.stats["retried"] == 1 and ex.stats["skipped"] == 0
+    # the same bytes under another name come from the cache; a text with the same label does not collide
+    copy = tmp_path / "renamed.png"
+    copy.write_bytes(a.read_bytes())
+    ex2 = MLLMExtractor(str(tiny_dir), device="cpu", cache_dir=tmp_path / "c")
+    ex2._generate = None  # type: ignore[assignment]  # must not be called
+    assert ex2.extract_images([copy]) == [[Grain("red square", "entity")]]
+    assert image_cache_key(a) != cache_key(f"image:{a}")
+
+
+def test_extract_images_missing_file(tiny_dir: Path, tmp_path: Path) -> None:
+    from mrbench.errors import BenchmarkError
+
+    ex = MLLMExtractor(str(tiny_dir), device="cpu", cache_dir=tmp_path)
+    with pytest.raises(BenchmarkError, match="nope.png: image not found"):
+        ex.extract_images([tmp_path / "nope.png"])

@@ -78,3 +78,25 @@ def test_mllm_extractor_plumbing_on_a_tiny_random_qwen2vl(mbeir: Path, tmp_path:
     with pytest.raises(BenchmarkError, match=r"mscoco_task0: none of its 12 queries has >= 2 grains \(mllm"):
         build_mbeir(mbeir, tmp_path / "y", tasks=["mscoco_task0"], extractor="mllm", extractor_model=str(model),
                     extractor_kwargs={"device": "cpu", "max_new_tokens": 4, "cache_dir": str(tmp_path / "cache")})
+
+
+def test_nights_grains_from_the_query_images_with_mllm(mbeir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Image-only queries without captions (NIGHTS) get grains read off their own image by the mllm extractor."""
+    from fixtures.tiny_qwen2vl import build_tiny_qwen2vl
+
+    from mrbench.grains.mllm import MLLMExtractor
+
+    asked: list[bool] = []
+
+    def fake_generate(self, items, *, strict, image=False):
+        asked.extend([image] * len(items))
+        return ['[{"text": "red", "type": "attribute"}, {"text": "shape", "type": "entity"}]' for _ in items]
+
+    monkeypatch.setattr(MLLMExtractor, "_generate", fake_generate)
+    model = build_tiny_qwen2vl(tmp_path / "qwen")
+    bench, report = build_mbeir(mbeir, tmp_path / "n", tasks=["nights_task4"], per_task=3, extractor="mllm",
+                                extractor_model=str(model), extractor_kwargs={"device": "cpu", "cache_dir": str(tmp_path / "c")})
+    task = bench.tasks[0]
+    assert task.name == "nights_i2i" and len(task.queries) == 3 and asked and all(asked)
+    assert all(q.meta.get("grain_source") == "image" and q.n_grains == 2 for q in task.queries)
+    assert report["tasks"]["nights_i2i"]["grains_from_images"] == report["tasks"]["nights_i2i"]["queries_read"]

@@ -12,9 +12,11 @@ Where a query's grains come from (documented, deterministic):
 * an image-only query (image→text, image→image): the extractor on the *query image's own text*,
   which M-BEIR holds as the texts of its relevant candidates when those are captions (COCO
   image→text): the relevant caption with the most grains (ties: the smallest candidate id) — its text
-  is stored in ``meta["grain_source_text"]``. Image→image tasks (NIGHTS) have no such text: give
-  grains by query id with ``annotations``, or
-  the task has no eligible query and the build stops, naming it.
+  is stored in ``meta["grain_source_text"]``. Image→image tasks (NIGHTS) have no such text: with an
+  extractor that reads images (``mllm``: :meth:`~mrbench.grains.mllm.MLLMExtractor.extract_images`)
+  the grains come from the query image itself (``meta["grain_source"] = "image"``); otherwise give
+  grains by query id with ``annotations``, or the task has no eligible query and the build stops,
+  naming it.
 * ``annotations`` (a JSONL, :mod:`mrbench.grains.annotations`, ``id`` = the M-BEIR ``qid``) overrides
   the extractor for every query it lists; ``extractor="annotations"`` uses it alone.
 
@@ -43,6 +45,8 @@ TASK_NAMES: dict[str, str] = {
 }
 """Task names in the written benchmark (other M-BEIR tasks keep their M-BEIR name)."""
 REPORT_FILE = "build_report.json"
+IMAGE_SOURCE = "<image>"
+"""Marks a query whose grains were read off its own image."""
 _MODALITY = {"text": "text", "image": "image", "image,text": "image+text"}
 
 
@@ -50,15 +54,20 @@ def _modality(m: str) -> str:
     return _MODALITY.get(m, m)
 
 
-def _grains_for(task: Any, extractor: Any, annotations: Any) -> tuple[list[list[Grain]], list[str | None]]:
-    """Grains of every query of an :class:`~mrbench.builders.mbeir_reader.MBeirTask`, and the text
-    they were extracted from (``None`` when the query has none or its grains come by id).
+def _grains_for(task: Any, extractor: Any, annotations: Any,
+                root: Path) -> tuple[list[list[Grain]], list[str | None]]:
+    """Grains of every query of an :class:`~mrbench.builders.mbeir_reader.MBeirTask`, and where they
+    came from: the text they were extracted from, ``IMAGE_SOURCE`` for the query image, ``None``
+    for annotations or no source.
 
     ``annotations`` (an :class:`~mrbench.grains.annotations.AnnotationsExtractor`) wins for every query
-    whose ``qid`` it lists; ``extractor`` ``None`` means annotations only (a missing id is an error)."""
+    whose ``qid`` it lists; ``extractor`` ``None`` means annotations only (a missing id is an error).
+    ``root`` resolves query image paths for an extractor with ``extract_images``."""
     grains: list[list[Grain] | None] = []
     sources: list[str | None] = []
     cand_text = {c.did: c.text for c in task.candidates}
+    reads_images = hasattr(extractor, "extract_images")
+    image_todo: list[int] = []
     for q in task.queries:
         if annotations is not None and (extractor is None or annotations.has_id(q.qid)):
             grains.append(annotations.for_id(q.qid))
@@ -68,10 +77,18 @@ def _grains_for(task: Any, extractor: Any, annotations: Any) -> tuple[list[list[
             sources.append(q.text)
         else:
             texts = [t for _, t in sorted((d, cand_text.get(d)) for d, g in task.qrels.get(q.qid, {}).items() if g > 0) if t]
+            if not texts and reads_images and q.image:
+                image_todo.append(len(grains))
+                grains.append([])
+                sources.append(IMAGE_SOURCE)
+                continue
             found = extractor.extract(texts) if texts else []
             best = richest(found) if found else None
             grains.append(found[best] if best is not None else [])
             sources.append(texts[best] if best is not None else None)
+    if image_todo:
+        for i, g in zip(image_todo, extractor.extract_images([root / task.queries[i].image for i in image_todo])):
+            grains[i] = g
     todo = [s for g, s in zip(grains, sources) if g is None]
     extracted = iter(extractor.extract(todo)) if todo else iter(())
     return [g if g is not None else next(extracted) for g in grains], sources
@@ -126,7 +143,7 @@ def build_mbeir(
         if progress:
             progress(f"reading {mname}")
         mt = read_task(mbeir_dir, mname, split, image_root=image_root, skip_missing=skip_missing)
-        grains, sources = _grains_for(mt, ex, ann)
+        grains, sources = _grains_for(mt, ex, ann, root)
         eligible = [i for i, g in enumerate(grains) if len(g) >= min_grains]
         tname = TASK_NAMES.get(mname, mname)
         if not eligible:
@@ -141,7 +158,9 @@ def build_mbeir(
         for i in chosen:
             q = mt.queries[i]
             meta: dict[str, Any] = {"mbeir_task": mname, "mbeir_qid": q.qid}
-            if sources[i] and sources[i] != q.text:
+            if sources[i] == IMAGE_SOURCE:
+                meta["grain_source"] = "image"
+            elif sources[i] and sources[i] != q.text:
                 meta["grain_source_text"] = sources[i]
             queries.append(Query(id=q.qid, text=q.text, image=q.image, grains=list(grains[i]), meta=meta))
         qids = {q.id for q in queries}
@@ -162,6 +181,7 @@ def build_mbeir(
         report["tasks"][tname] = {
             "mbeir_task": mname, "queries_read": mt.report.get("queries_read"), "eligible": len(eligible),
             "kept": len(queries), "candidates": len(mt.candidates),
+            "grains_from_images": sum(s == IMAGE_SOURCE for s in sources),
             "by_grain_count": by_grain_count(queries),
             "reader": {k: v for k, v in mt.report.items() if k != "missing_image_examples"},
         }

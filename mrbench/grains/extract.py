@@ -10,6 +10,9 @@ list per input text, in input order, each list in order of appearance in its tex
 * ``"mllm"`` — :class:`~mrbench.grains.mllm.MLLMExtractor`, a local Qwen2-VL-family model prompted
   for JSON grains, with a disk cache (``get_extractor("mllm", model=...)``).
 
+An extractor that can also read images has ``extract_images(paths) -> list[list[Grain]]`` (``mllm``
+does); builders use it for image-only queries that have no text of their own.
+
 Implementations are imported only when resolved, so importing this module stays light.
 """
 

@@ -23,6 +23,12 @@ Disk cache: JSONL at ``cache_dir/<model dir name>-<revision>.jsonl`` (default ``
 a partially written last line is ignored when reading. Skipped texts are cached too (``"ok": false``,
 ``"grains": []``) so they are not regenerated; delete the file (or bump :data:`PROMPT_VERSION`) to
 redo them. The model is loaded on the first text that is not in the cache.
+
+Images (:meth:`MLLMExtractor.extract_images`, for image-only queries with no text of their own, such as
+NIGHTS image→image): the same model sees the image with :data:`IMAGE_PROMPT_TEMPLATE` (no caption;
+spans name what is visible), with the same validation, retry, skip and cache rules. An image's cache
+key is ``sha256(PROMPT_VERSION + "\\0image\\0" + sha256 of the image file's bytes)``, so a moved or
+renamed image is not asked again and an edited one is; its record's ``text`` is ``"image:<path>"``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,20 @@ PROMPT_TEMPLATE = (
     "Answer:"
 )
 """The user turn (``{text}`` is the caption; doubled braces are literal)."""
+
+IMAGE_PROMPT_TEMPLATE = (
+    "{body}List the grains of the image above: the main entities (things), their attributes (colours, sizes, "
+    "counts, materials), actions or states, relations (a preposition with its object) and the scene (place, "
+    "setting, weather, time of day). Answer with a JSON list of objects "
+    '{{"text": span, "type": type}} where span is a short phrase for what you see and type is one of: '
+    + _TYPES + ".\n"
+    'Example answer: [{{"text": "two", "type": "attribute"}}, {{"text": "brown", "type": "attribute"}}, '
+    '{{"text": "dogs", "type": "entity"}}, {{"text": "sleeping", "type": "action_or_state"}}, '
+    '{{"text": "next to a bench", "type": "relation"}}, {{"text": "bench", "type": "entity"}}, '
+    '{{"text": "park", "type": "scene"}}]\n'
+    "Answer:"
+)
+"""The user turn for an image (``{body}`` is empty: the image comes before it in the chat turn)."""
 
 STRICT_PREFIX = (
     "Your answer must be ONLY a JSON list, with no other words and no code fences. Every object needs "
@@ -105,6 +125,13 @@ def parse_grains(reply: str) -> list[Grain]:
 def cache_key(text: str) -> str:
     """Cache key of ``text``: sha256 of the prompt version and the text."""
     return hashlib.sha256((PROMPT_VERSION + "\x00" + text).encode("utf-8")).hexdigest()
+
+
+def image_cache_key(path: str | Path) -> str:
+    """Cache key of an image file: sha256 of the prompt version and the file's content hash."""
+    from mrbench.data.fingerprint import file_sha256
+
+    return hashlib.sha256((PROMPT_VERSION + "\x00image\x00" + file_sha256(Path(path))).encode("utf-8")).hexdigest()
 
 
 def _default_cache_dir() -> Path:
@@ -188,18 +215,23 @@ class MLLMExtractor:
             self._stop_ids = stop_token_ids(self._vl.tokenizer)
         return self._vl
 
-    def _generate(self, texts: Sequence[str], *, strict: bool) -> list[str]:
-        """Greedy replies for ``texts`` (one batched ``generate``)."""
+    def _generate(self, items: Sequence[str | Path], *, strict: bool, image: bool = False) -> list[str]:
+        """Greedy replies for ``items`` (captions, or image paths when ``image``; one batched ``generate``)."""
         import torch
 
         from mrbench.encoders.generative import build_ret_prompt, generate_summaries, prepare_ret_batch
 
         vl = self._load()
-        template = (STRICT_PREFIX if strict else "") + PROMPT_TEMPLATE
-        prompts = [build_ret_prompt(t, None, template=template) for t in texts]
+        template = (STRICT_PREFIX if strict else "") + (IMAGE_PROMPT_TEMPLATE if image else PROMPT_TEMPLATE)
+        if image:
+            from mrbench.encoders.harness import load_rgb
+
+            prompts = [build_ret_prompt(None, load_rgb(Path(p), str(p)), template=template) for p in items]
+        else:
+            prompts = [build_ret_prompt(str(t), None, template=template) for t in items]
         batch = prepare_ret_batch(vl.processor, prompts, max_length=self.max_length,
                                   max_summary_tokens=self.max_new_tokens, label=self.name).to(self.device)
-        self.stats["calls"] += len(texts)
+        self.stats["calls"] += len(items)
         with torch.inference_mode():
             out = generate_summaries(vl.model, vl.processor, batch, self.max_new_tokens, do_sample=False,
                                      stop_ids=self._stop_ids)
@@ -209,7 +241,21 @@ class MLLMExtractor:
     def extract(self, texts: Sequence[str]) -> list[list[Grain]]:
         """One grain list per text, in order (``[]`` for texts the model never answered validly)."""
         texts = list(texts)
-        keys = [cache_key(t) for t in texts]
+        return self._extract(texts, [cache_key(t) for t in texts], texts, image=False)
+
+    def extract_images(self, images: Sequence[str | Path]) -> list[list[Grain]]:
+        """One grain list per image file, in order (``[]`` for images never answered validly).
+
+        Raises :class:`~mrbench.errors.BenchmarkError` (one line) for a missing or unreadable image."""
+        from mrbench.errors import BenchmarkError
+
+        paths = [Path(p) for p in images]
+        for p in paths:
+            if not p.is_file():
+                raise BenchmarkError(f"{p}: image not found; restore it or pass the right --image-root")
+        return self._extract(paths, [image_cache_key(p) for p in paths], [f"image:{p}" for p in paths], image=True)
+
+    def _extract(self, items: list[Any], keys: list[str], labels: list[str], *, image: bool) -> list[list[Grain]]:
         todo: list[int] = []
         seen: set[str] = set()
         for i, k in enumerate(keys):
@@ -219,19 +265,20 @@ class MLLMExtractor:
                 seen.add(k)
                 todo.append(i)
         for b in range(0, len(todo), self.batch_size):
-            self._run_batch([texts[i] for i in todo[b:b + self.batch_size]])
+            idx = todo[b:b + self.batch_size]
+            self._run_batch([items[i] for i in idx], [keys[i] for i in idx], [labels[i] for i in idx], image=image)
         return [list(self._cache.get(k, [])) for k in keys]
 
-    def _run_batch(self, texts: list[str]) -> None:
+    def _run_batch(self, items: list[Any], keys: list[str], labels: list[str], *, image: bool) -> None:
         results: dict[int, list[Grain]] = {}
-        pending = list(range(len(texts)))
+        pending = list(range(len(items)))
         n_invalid = n_retried = 0
         for attempt in range(self.retries + 1):
             if not pending:
                 break
             if attempt:
                 n_retried += len(pending)
-            replies = self._generate([texts[i] for i in pending], strict=attempt > 0)
+            replies = self._generate([items[i] for i in pending], strict=attempt > 0, image=image)
             still = []
             for i, reply in zip(pending, replies):
                 try:
@@ -245,11 +292,10 @@ class MLLMExtractor:
         self.stats["skipped"] += len(pending)
         if n_invalid:
             log.warning("mllm grains: %d invalid repl%s in a batch of %d (%d retried, %d skipped with no grains)",
-                        n_invalid, "y" if n_invalid == 1 else "ies", len(texts), n_retried, len(pending))
+                        n_invalid, "y" if n_invalid == 1 else "ies", len(items), n_retried, len(pending))
         records = []
-        for i, t in enumerate(texts):
+        for i, (k, label) in enumerate(zip(keys, labels)):
             grains = results.get(i, [])
-            self._cache[cache_key(t)] = grains
-            records.append({"key": cache_key(t), "text": t, "ok": i in results,
-                            "grains": [g.to_dict() for g in grains]})
+            self._cache[k] = grains
+            records.append({"key": k, "text": label, "ok": i in results, "grains": [g.to_dict() for g in grains]})
         self._append_cache(records)
