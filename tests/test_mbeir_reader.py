@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures import mbeir_fixture as mf
 from PIL import Image
@@ -61,13 +62,17 @@ def test_round_trip(mbeir_root: Path, t: mf.FixtureTask) -> None:
         assert q.dataset_id == str(t.dataset_id)
     for c, r in zip(task.candidates, raw_c):
         assert (c.did, c.text, c.image, c.modality) == (r["did"], r["txt"], r["img_path"], r["modality"])
-    # image paths resolve to real, readable images
+    # image paths resolve to real, readable images (the first query image is a scikit-image photo)
+    photo = mf._photo(mf.PHOTOS[mf.TASKS.index(t) % len(mf.PHOTOS)])
     for item in [*task.queries, *task.candidates]:
         p = task.image_path(item.image)
         if item.image is not None:
             assert p is not None and p.is_file()
             with Image.open(p) as im:
-                assert im.size == (48, 32)
+                real = item is task.queries[0] and photo is not None
+                assert im.size == (photo.size if real else (48, 32))
+                if real:  # a photo, not a flat drawing: many distinct colours
+                    assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 500
         else:
             assert p is None
     if t.name == "mscoco_task3":

@@ -51,7 +51,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrbench.data.schema import ACTION_OR_STATE, ATTRIBUTE, ENTITY, RELATION, SCENE, Grain
+from mrbench.data.schema import (
+    ACTION_OR_STATE,
+    ATTRIBUTE,
+    ENTITY,
+    RELATION,
+    SCENE,
+    Grain,
+)
 from mrbench.grains import vocab as V
 
 _TOKEN = re.compile(r"[A-Za-z0-9]+(?:['\u2019][A-Za-z]+)?")

@@ -219,7 +219,11 @@ class MLLMExtractor:
         """Greedy replies for ``items`` (captions, or image paths when ``image``; one batched ``generate``)."""
         import torch
 
-        from mrbench.encoders.generative import build_ret_prompt, generate_summaries, prepare_ret_batch
+        from mrbench.encoders.generative import (
+            build_ret_prompt,
+            generate_summaries,
+            prepare_ret_batch,
+        )
 
         vl = self._load()
         template = (STRICT_PREFIX if strict else "") + (IMAGE_PROMPT_TEMPLATE if image else PROMPT_TEMPLATE)
