@@ -47,7 +47,8 @@ def _check_output(output: Path | None, overwrite: bool) -> None:
         raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose another --output")
 
 
-def _judged(task: Task) -> list[dict[int, int]]:
+def judged_grades(task: Task) -> list[dict[int, int]]:
+    """Per query (in task order), its graded candidates as ``{candidate index: grade > 0}``."""
     index = task.candidate_index()
     return [{index[d]: g for d, g in task.qrels.get(q.id, {}).items() if g > 0} for q in task.queries]
 
@@ -73,6 +74,23 @@ def _hardware(device: str) -> dict[str, Any]:
     except ImportError:
         hw["faiss"] = None
     return hw
+
+
+def task_frame(task: Task, judged_ranks: Sequence[Any], judged: Sequence[dict[int, int]], ks: Sequence[int],
+               ties: Sequence[int] | None = None):
+    """Per-query rows of one task (:func:`~mrbench.metrics.ranking.score_queries` columns plus ``task``,
+    ``qid``, ``n_grains``, ``grain_types`` and ``ties``; ``ties`` ``None`` → 0), the input of
+    :func:`~mrbench.report.results.aggregate_scores`."""
+    from mrbench.metrics.ranking import score_queries
+
+    df = score_queries(judged_ranks, judged, ks=ks, relevance_level=task.relevance_level,
+                       query_ids=[q.id for q in task.queries])
+    df = df.reset_index(names="qid")
+    df.insert(0, "task", task.name)
+    df["n_grains"] = [q.n_grains for q in task.queries]
+    df["grain_types"] = [sorted(set(q.grain_types)) for q in task.queries]
+    df["ties"] = np.asarray(ties if ties is not None else np.zeros(len(task.queries)), dtype=np.int64)
+    return df
 
 
 def evaluate(
@@ -122,7 +140,6 @@ def evaluate(
     from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
     from mrbench.encoders.harness import EncodeStats, check_dims, encode_items
     from mrbench.encoders.registry import get_encoder
-    from mrbench.metrics.ranking import score_queries
     from mrbench.retrieval.search import exact_search
 
     if progress is True:
@@ -187,7 +204,7 @@ def evaluate(
         timings["encode"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        judged = _judged(task)
+        judged = judged_grades(task)
         with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
             res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
                                backend=backend, progress=adv)
@@ -196,14 +213,7 @@ def evaluate(
         timings["retrieve"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        df = score_queries(res.judged_ranks, judged, ks=ks_t, relevance_level=task.relevance_level,
-                           query_ids=[q.id for q in task.queries])
-        df = df.reset_index(names="qid")
-        df.insert(0, "task", task.name)
-        df["n_grains"] = [q.n_grains for q in task.queries]
-        df["grain_types"] = [sorted(set(q.grain_types)) for q in task.queries]
-        df["ties"] = np.asarray(res.n_ties, dtype=np.int64)
-        frames.append(df)
+        frames.append(task_frame(task, res.judged_ranks, judged, ks_t, res.n_ties))
         timings["score"] += time.perf_counter() - t0
 
         if grain_sensitivity and task.query_modality != "image":

@@ -9,6 +9,7 @@ from mrbench.cli import build as _build
 from mrbench.cli import audit as _audit
 from mrbench.cli import build_hf as _build_hf
 from mrbench.cli import evaluate as _evaluate
+from mrbench.cli import leaderboard as _leaderboard
 from mrbench.cli import listing as _listing
 
 app = typer.Typer(
@@ -34,6 +35,9 @@ app.add_typer(build_app, name="build")
 app.command("evaluate")(_evaluate.evaluate)
 app.command("export")(_build.export)
 app.command("audit")(_audit.audit_cmd)
+app.command("submit")(_leaderboard.submit)
+app.command("verify")(_leaderboard.verify)
+app.add_typer(_leaderboard.leaderboard_app, name="leaderboard")
 app.command("check-encoder")(_listing.check_encoder)
 app.command("encoders")(_listing.encoders)
 app.command("benchmarks")(_listing.benchmarks)

@@ -90,6 +90,24 @@ def sensitivity_summary(sens) -> dict[str, Any]:
     return out
 
 
+def aggregate_scores(per_query, tasks, sensitivity=None) -> dict[str, Any]:
+    """The ``scores`` block of ``results.json`` from per-query rows (columns as in
+    :func:`mrbench.metrics.ranking.score_queries` plus ``task``, ``n_grains``, ``grain_types``,
+    ``ties``); ``tasks`` gives the order of ``scores["tasks"]``. Used by evaluation and by
+    :mod:`mrbench.leaderboard.verify`, so a recomputation aggregates exactly as the original did."""
+    from mrbench.metrics.aggregate import by_grain_count, by_grain_type, by_task, macro
+
+    bt = by_task(per_query)
+    order = list(tasks)
+    return _clean({
+        "macro": _records(macro(bt), "task")["macro"],
+        "tasks": {t: v for t, v in sorted(_records(bt, "task").items(), key=lambda kv: order.index(kv[0]))},
+        "grain_count": _nested(by_grain_count(per_query), "task", "grain_count"),
+        "grain_type": _nested(by_grain_type(per_query), "task", "grain_type"),
+        "grain_sensitivity": sensitivity_summary(sensitivity),
+    })
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`mrbench.evaluate` returns. ``data`` is the results JSON document."""
@@ -104,16 +122,8 @@ class EvaluationResult:
     def build(cls, *, bench, tasks, encoder_meta, encoder_spec, encoder_kwargs, settings, hardware, timings,
               cache_stats, per_query, sensitivity, runs) -> "EvaluationResult":
         import mrbench
-        from mrbench.metrics.aggregate import by_grain_count, by_grain_type, by_task, macro
 
-        bt = by_task(per_query)
-        scores = {
-            "macro": _records(macro(bt), "task")["macro"],
-            "tasks": {t: v for t, v in sorted(_records(bt, "task").items(), key=lambda kv: list(tasks).index(kv[0]))},
-            "grain_count": _nested(by_grain_count(per_query), "task", "grain_count"),
-            "grain_type": _nested(by_grain_type(per_query), "task", "grain_type"),
-            "grain_sensitivity": sensitivity_summary(sensitivity),
-        }
+        scores = aggregate_scores(per_query, tasks, sensitivity)
         data = {
             "schema_version": RESULTS_SCHEMA_VERSION,
             "mrbench_version": mrbench.__version__,

@@ -1,0 +1,155 @@
+"""``mrbench submit``, ``mrbench verify`` and ``mrbench leaderboard show|render|add-benchmark``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mrbench.cli.common import err, handle_errors, stdout_console
+
+_LB_HELP = "Leaderboard JSON file (default: leaderboard/leaderboard.json in the working directory)."
+_BENCH_HELP = ("The benchmark the results were computed on (a built-in name or a directory), when the path "
+               "recorded in results.json is not on this machine. Its fingerprint must match.")
+leaderboard_app = typer.Typer(help="Show, render and maintain the leaderboard file.", no_args_is_help=True)
+
+
+def _lb_path(path: Optional[Path]) -> Path:
+    from mrbench.leaderboard.store import DEFAULT_LEADERBOARD
+
+    return path if path is not None else DEFAULT_LEADERBOARD
+
+
+@handle_errors
+def submit(
+    result_dir: Annotated[Path, typer.Argument(help="Directory written by 'mrbench evaluate --output' (results.json + runs/).")],
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help=_BENCH_HELP)] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing entry of the same encoder, revision and benchmark.")] = False,
+    self_reported: Annotated[bool, typer.Option("--self-reported", help="Add the scores without recomputing them from run files (status 'self-reported').")] = False,
+    parameters: Annotated[Optional[int], typer.Option("--parameters", help="Number of model parameters, if known.")] = None,
+    training: Annotated[str, typer.Option("--training", help="zero-shot, train-split (trained on the benchmark's train split) or unknown.")] = "unknown",
+    command: Annotated[Optional[str], typer.Option("--command", help="The command that reproduces the results (shown on the leaderboard).")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="Link to the model or paper.")] = None,
+    notes: Annotated[Optional[str], typer.Option("--notes", help="A short note shown with the entry.")] = None,
+) -> None:
+    """Verify a results directory and add it to the leaderboard.
+
+    Checks results.json against the schema, checks that its benchmark fingerprint is one the
+    leaderboard lists, recomputes every hit@k / recall@k / MRR@k / nDCG@k (per task, grain count and
+    grain type) from the run files against the benchmark's qrels (a mismatch rejects the
+    submission and names the score), refuses a duplicate unless --replace, and writes the
+    leaderboard atomically under a file lock.
+    """
+    from mrbench.leaderboard.store import submit as do_submit
+
+    out = do_submit(result_dir, _lb_path(leaderboard), benchmark=benchmark, replace=replace, self_reported=self_reported,
+                    parameters=parameters, training=training, command=command, url=url, notes=notes)
+    e = out.entry
+    how = (f"verified: {out.verification.compared} values of {len(out.verification.verified_metrics)} metrics recomputed "
+           "from the run files" if out.verification else "self-reported: nothing recomputed")
+    macro = e["scores"]["macro"]
+    print(f"{'replaced' if out.replaced else 'added'} {e['id']} ({how}); macro hit@5 "
+          f"{macro.get('hit@5', float('nan')):.4f} -> {_lb_path(leaderboard)}")
+
+
+@handle_errors
+def verify(
+    result_dir: Annotated[Path, typer.Argument(help="Directory written by 'mrbench evaluate --output'.")],
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help=_BENCH_HELP)] = None,
+    show: Annotated[int, typer.Option("--show", help="How many mismatches to list.")] = 20,
+) -> None:
+    """Recompute every score of a results directory from its run files (for reviewers; writes nothing).
+
+    Exit code 0 when every recomputable score matches, 1 when one differs (each listed as
+    'score path: submitted X, recomputed Y'). mean/median rank, tie counts and grain sensitivity
+    cannot be recomputed from a run file and are not checked.
+    """
+    from mrbench.leaderboard.verify import verify_results
+
+    v = verify_results(result_dir, benchmark=benchmark)
+    if v.ok:
+        print(f"ok: {v.compared} values of {len(v.verified_metrics)} metrics ({', '.join(v.verified_metrics)}) "
+              f"recomputed from {len(v.run_sha256)} run files match {result_dir / 'results.json'}")
+        return
+    print(f"MISMATCH: {len(v.mismatches)} of {v.compared} recomputed values differ from {result_dir / 'results.json'}")
+    for line in v.mismatches[:show]:
+        print(f"  {line}")
+    if len(v.mismatches) > show:
+        print(f"  ... and {len(v.mismatches) - show} more (--show N)")
+    raise typer.Exit(code=1)
+
+
+@leaderboard_app.command("show")
+@handle_errors
+def show(
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Only this benchmark (name or fingerprint prefix).")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Scores of this task instead of the macro average.")] = None,
+    sort: Annotated[str, typer.Option("--sort", "-s", help="Column to sort by (any metric or column shown).")] = "hit@5",
+    ascending: Annotated[bool, typer.Option("--ascending", help="Sort ascending (default: descending).")] = False,
+    columns: Annotated[Optional[str], typer.Option("--columns", "-c", help="Comma-separated columns to show.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead of the terminal table.")] = False,
+) -> None:
+    """Print the leaderboard as a table (sortable by any column, filtered by benchmark and task)."""
+    from mrbench.leaderboard import render
+    from mrbench.leaderboard.store import load_leaderboard
+
+    lb = load_leaderboard(_lb_path(leaderboard))
+    rows = render.entry_rows(lb, benchmark=benchmark, task=task)
+    if not rows:
+        err(f"no entries{' for benchmark ' + repr(benchmark) if benchmark else ''}{' with task ' + repr(task) if task else ''}")
+        raise typer.Exit(code=1)
+    try:
+        rows = render.sort_rows(rows, sort, descending=not ascending)
+    except ValueError as e:
+        from mrbench.errors import MrbenchError
+
+        raise MrbenchError(f"--sort: {e}") from None
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    if markdown:
+        print(render.to_markdown(rows, cols))
+    else:
+        title = f"MRBench leaderboard: {task or 'macro average'}, sorted by {sort}"
+        stdout_console().print(render.rich_table(rows, cols, title=title))
+
+
+@leaderboard_app.command("render")
+@handle_errors
+def render_cmd(
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML page here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown table (macro scores) here.")] = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Only this benchmark.")] = None,
+) -> None:
+    """Render the leaderboard as a static HTML page (sortable table, per-grain and coarse→fine charts) and/or Markdown."""
+    from mrbench.data.io import atomic_write_text
+    from mrbench.errors import MrbenchError
+    from mrbench.leaderboard import render
+    from mrbench.leaderboard.store import load_leaderboard
+
+    if html is None and markdown is None:
+        raise MrbenchError("nothing to render: pass --html PAGE.html and/or --markdown TABLE.md")
+    lb = load_leaderboard(_lb_path(leaderboard))
+    if html is not None:
+        atomic_write_text(html, render.to_html(lb, benchmark=benchmark))
+        print(f"wrote {html}")
+    if markdown is not None:
+        rows = render.sort_rows(render.entry_rows(lb, benchmark=benchmark), "hit@5")
+        atomic_write_text(markdown, render.to_markdown(rows) + "\n")
+        print(f"wrote {markdown}")
+
+
+@leaderboard_app.command("add-benchmark")
+@handle_errors
+def add_benchmark_cmd(
+    benchmark: Annotated[str, typer.Argument(help="Built-in benchmark name or benchmark directory to accept submissions for.")],
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
+) -> None:
+    """Register a benchmark (by its fingerprint) so results on it can be submitted; creates the file if missing."""
+    from mrbench.leaderboard.store import add_benchmark
+
+    rec, added = add_benchmark(_lb_path(leaderboard), benchmark)
+    state = "added" if added else "already listed:"
+    print(f"{state} {rec['name']} v{rec['version']} ({rec['fingerprint']}) in {_lb_path(leaderboard)}")
