@@ -388,3 +388,25 @@ def test_concurrent_submissions_lose_nothing(world: dict[str, Path], tmp_path: P
     doc = load_leaderboard(lb)
     assert sorted(e["id"] for e in doc["entries"]) == sorted(ids) and len(ids) == 20
     assert not list(lb.parent.glob(".lb.json.*.tmp"))
+
+
+def test_cli_leaderboard_show_render_add(world: dict[str, Path], tmp_path: Path) -> None:
+    lbp = tmp_path / "new" / "lb.json"
+    r = CliRunner().invoke(_app(), ["leaderboard", "add-benchmark", str(world["bench"]), "-l", str(lbp)])
+    assert r.exit_code == 0 and r.output.startswith("added mrbench-synth") and lbp.is_file()
+    r = CliRunner().invoke(_app(), ["leaderboard", "add-benchmark", str(world["bench"]), "-l", str(lbp)])
+    assert r.exit_code == 0 and r.output.startswith("already listed")
+    for enc in ("random", "constant"):
+        submit(world[enc], lbp, benchmark=world["bench"])
+    r = CliRunner().invoke(_app(), ["leaderboard", "show", "-l", str(lbp), "--sort", "hit@5"])
+    assert r.exit_code == 0 and r.output.index("random") < r.output.index("constant") and "verified" in r.output
+    r = CliRunner().invoke(_app(), ["leaderboard", "show", "-l", str(lbp), "--sort", "hit@5", "--ascending", "--markdown",
+                                    "--task", "i2t", "-c", "model,hit@5"])
+    assert r.exit_code == 0 and r.output.startswith("| model | hit@5 |") and r.output.index("constant") < r.output.index("random")
+    r = CliRunner().invoke(_app(), ["leaderboard", "show", "-l", str(lbp), "--sort", "nope"])
+    assert r.exit_code != 0 and "unknown column 'nope'" in r.output
+    html, md = tmp_path / "page.html", tmp_path / "t.md"
+    r = CliRunner().invoke(_app(), ["leaderboard", "render", "-l", str(lbp), "--html", str(html), "--markdown", str(md)])
+    assert r.exit_code == 0 and html.read_text().count("<tr data-model=") == 2 and md.read_text().startswith("| model |")
+    r = CliRunner().invoke(_app(), ["leaderboard", "render", "-l", str(lbp)])
+    assert r.exit_code != 0 and "--html" in r.output

@@ -112,7 +112,12 @@ def show(
         print(render.to_markdown(rows, cols))
     else:
         title = f"MRBench leaderboard: {task or 'macro average'}, sorted by {sort}"
-        stdout_console().print(render.rich_table(rows, cols, title=title))
+        if cols is None:
+            cols = [c for c in render.TERMINAL_COLUMNS if c in rows[0]]
+        console = stdout_console()
+        if not console.is_terminal:  # piped: no terminal width to respect
+            console.width = max(console.width, 160)
+        console.print(render.rich_table(rows, cols, title=title))
 
 
 @leaderboard_app.command("render")
