@@ -70,6 +70,36 @@ def make_data(
     return np.ascontiguousarray(qry), np.ascontiguousarray(cand), judged
 
 
+def make_data_torch(
+    n: int, d: int, q: int, seed: int, noise: float, outside_frac: float, extra_judged: int = 0, device: Any = "cpu"
+) -> tuple[Any, Any, list[dict[int, int]]]:
+    """:func:`make_data` generated with PyTorch on ``device`` (same recipe, different random numbers).
+
+    Returns float32 tensors ``(queries, candidates)`` on ``device`` and the judged list. On a GPU
+    this takes milliseconds where NumPy needs ~15 s for 1M x 512 (~45 s for 1M x 1536); copy the
+    tensors to the host (``.cpu().numpy()``) where a NumPy array is needed.
+    """
+    import torch
+
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(int(seed))
+    cand = torch.randn((n, d), generator=g, device=dev, dtype=torch.float32)
+    cand /= torch.linalg.vector_norm(cand, dim=1, keepdim=True)
+    target = torch.randint(0, n, (q,), generator=g, device=dev)
+    qry = cand[target] + float(noise / np.sqrt(d)) * torch.randn((q, d), generator=g, device=dev, dtype=torch.float32)
+    qry /= torch.linalg.vector_norm(qry, dim=1, keepdim=True)
+    outside = torch.rand(q, generator=g, device=dev) < outside_frac
+    judged_rows = torch.where(outside, torch.randint(0, n, (q,), generator=g, device=dev), target).tolist()
+    judged = [{int(r): 1} for r in judged_rows]
+    if extra_judged:
+        extra = torch.randint(0, n, (q, extra_judged), generator=g, device=dev).tolist()
+        grades = torch.randint(1, 4, (q, extra_judged), generator=g, device=dev).tolist()
+        for i in range(q):  # the target stays first (and grade 1)
+            t = int(judged_rows[i])
+            judged[i] = {t: 1, **{r: gr for r, gr in zip(extra[i], grades[i]) if r != t}}
+    return qry.contiguous(), cand, judged
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0)."""
     try:
