@@ -28,10 +28,16 @@ HAS_CUDA = torch.cuda.is_available()
 
 BACKENDS = [
     pytest.param(("torch", "cpu"), id="torch-cpu"),
+    # the reduced-precision fast filters (the GPU default is float16): results must not change
+    pytest.param(("torch", "cpu", "float16"), id="torch-cpu-fp16"),
+    pytest.param(("torch", "cpu", "bfloat16"), id="torch-cpu-bf16"),
     pytest.param(("faiss", None), id="faiss", marks=pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")),
     pytest.param(("torch", "cuda"), id="torch-cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")),
+    pytest.param(("torch", "cuda", "float32"), id="torch-cuda-fp32", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")),
 ]
-ALL_RUNNERS = [("torch", "cpu")] + ([("faiss", None)] if HAS_FAISS else []) + ([("torch", "cuda")] if HAS_CUDA else [])
+ALL_RUNNERS = ([("torch", "cpu"), ("torch", "cpu", "float16"), ("torch", "cpu", "bfloat16")]
+               + ([("faiss", None)] if HAS_FAISS else [])
+               + ([("torch", "cuda"), ("torch", "cuda", "float32")] if HAS_CUDA else []))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,7 +117,9 @@ def make_data(kind: str, rng: np.random.Generator, n_q: int, n: int, d: int):
 
 
 def run(runner, q, c, judged, **kw) -> RetrievalResult:
-    backend, device = runner
+    backend, device, *fast = runner
+    if fast:
+        kw["fast_dtype"] = fast[0]
     return exact_search(q, c, judged, backend=backend, device=device, **kw)
 
 
@@ -556,7 +564,7 @@ GOOD_C = np.ones((4, 3), dtype=np.float32)
         (dict(queries=np.array([[1, np.nan, 0], [0, 0, 0]], np.float32)), "NaN"),
         (dict(candidates=np.array([[1, 0, 0]] * 3 + [[np.inf, 0, 0]], np.float32)), "row 3"),
         (dict(candidates=np.full((4, 3), 1e20, np.float32)), "normalise"),
-        (dict(queries=[[1.0, 0.0, 0.0]]), "numpy"),
+        (dict(queries=[[1.0, 0.0, 0.0]]), "numpy array or torch tensor"),
         (dict(judged=[{0: 1}]), "2 queries"),
         (dict(judged=[{0: 1}, {4: 1}]), "row 4"),
         (dict(judged=[{0: 1}, {1: -1}]), "negative"),
@@ -701,3 +709,70 @@ def test_run_file_write_errors(tmp_path):
     with pytest.raises(RunFileError, match="cannot read"):
         read_trec_run(tmp_path / "missing")
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# reduced-precision fast filters and tensor inputs
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", ["float16", "bfloat16"])
+@pytest.mark.parametrize("d", [4, 64, 512])
+def test_half_fast_scores_stay_within_their_bound(fast, d):
+    """The half filter's scores (power-of-two scaling, half inputs, float32 accumulation, half output)
+    never differ from the canonical score by more than the bound exact_search uses for them."""
+    import math
+
+    from mrbench.retrieval.search import _HALF_UNIT, _pow2_at_least
+
+    rng = np.random.default_rng(d)
+    q = (rng.standard_normal((40, d)) * rng.choice([1e-6, 1.0, 7.0], size=(40, 1))).astype(np.float32)
+    c = (rng.standard_normal((1500, d)) * 3).astype(np.float32)
+    c[:5] *= 1e-9  # tiny rows: half subnormals after scaling
+    qt, ct = torch.from_numpy(q), torch.from_numpy(c)
+    canon = canonical_scores(qt, ct, np.repeat(np.arange(40), 1500), np.tile(np.arange(1500), 40)).reshape(40, 1500)
+    qn, cmax = np.linalg.norm(q, axis=1), float(np.linalg.norm(c, axis=1).max())
+    sq, sc = _pow2_at_least(float(qn.max())), _pow2_at_least(cmax)
+    bound = score_bound(d, qn, cmax, 1.6 * _HALF_UNIT[fast]) + (2.0**-23 * math.sqrt(d) + 2.0**-23) * sq * sc
+    hdt = getattr(torch, fast)
+    f = ((qt / sq).to(hdt) @ (ct / sc).to(hdt).T).float().numpy() * (sq * sc)
+    err = np.abs(f.astype(np.float64) - canon.astype(np.float64))
+    assert (err <= bound[:, None]).all()
+    assert err.max() > 0  # the half filter really is inexact here
+
+
+def test_half_filters_identical_to_float32_on_near_ties():
+    """Many near-equal scores (unit vectors in 64-d, exact duplicates, many judged): every filter
+    precision and chunking gives bitwise the same result."""
+    rng = np.random.default_rng(5)
+    c = rng.standard_normal((20000, 64)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    c[1000:1200] = c[0]  # a block of exact duplicates
+    q = (c[rng.integers(0, 20000, 150)] + 0.05 * rng.standard_normal((150, 64))).astype(np.float32)
+    q[:10] = c[0]
+    judged = [{int(j): int(rng.integers(0, 3)) for j in rng.integers(0, 20000, 12)} | {0: 1, 1100: 2} for _ in range(150)]
+    ref = exact_search(q, c, judged, depth=50, backend="torch", device="cpu", fast_dtype="float32")
+    for fast in ("float16", "bfloat16"):
+        for chunk in (None, 3 * 20000 * 4):
+            assert_same_result(ref, exact_search(q, c, judged, depth=50, backend="torch", device="cpu",
+                                                 fast_dtype=fast, max_chunk_bytes=chunk))
+
+
+def test_tensor_inputs_are_accepted():
+    rng = np.random.default_rng(2)
+    q, c = rng.standard_normal((20, 16)).astype(np.float32), rng.standard_normal((300, 16)).astype(np.float32)
+    judged = random_judged(rng, 20, 300)
+    ref = exact_search(q, c, judged, backend="torch", device="cpu")
+    assert_same_result(ref, exact_search(torch.from_numpy(q), torch.from_numpy(c), judged, backend="torch", device="cpu"))
+    if HAS_FAISS:
+        assert_same_result(ref, exact_search(torch.from_numpy(q), c, judged, backend="faiss"))
+    with pytest.raises(SearchError, match=r"float32, got torch.float64; convert it with .float\(\)"):
+        exact_search(torch.from_numpy(q).double(), c, judged, backend="torch", device="cpu")
+
+
+def test_fast_dtype_errors():
+    with pytest.raises(SearchError, match="fast_dtype 'fp8'"):
+        exact_search(GOOD_Q, GOOD_C, [{}, {}], backend="torch", device="cpu", fast_dtype="fp8")
+    if HAS_FAISS:
+        with pytest.raises(SearchError, match="needs backend='torch'"):
+            exact_search(GOOD_Q, GOOD_C, [{}, {}], backend="faiss", fast_dtype="float16")

@@ -46,6 +46,14 @@ Backends
     the full Q×N matrix is never held), ``topk`` of ``depth + margin``, then exact counts for each
     judged candidate: from the top list when the candidate's score window lies inside it,
     otherwise by scanning the same ``S`` row. Runs on ``device`` (default: CUDA if available).
+    On a GPU the fast product runs in float16 by default (``fast_dtype``): both sides are first
+    scaled by a power of two so every row has norm ``<= 1`` (exact, no overflow possible), the
+    product accumulates in float32 (reduced-precision reductions are switched off for the call),
+    and the bound ``B`` grows by the float16 rounding of the inputs and of the output (``3 * 2**-11``
+    relative, plus an absolute ``2**-23 sqrt(D)`` for values in float16's subnormal range). Nothing
+    else changes: the filter is still only a filter, so ranks and scores are bitwise those of the
+    float32 path, only more candidates may be ambiguous and rescored. Inputs may be torch tensors
+    already on ``device`` (no copy).
 ``"faiss"``
     FAISS ``IndexFlatIP`` top-``(depth + margin)`` lists (CPU; the same exhaustive kernel is called
     through ``faiss.knn``, which skips copying the candidates into an index). Judged candidates whose score
@@ -96,6 +104,7 @@ score ties costs about one extra pass over the candidates per query.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -108,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BACKENDS",
+    "FAST_DTYPES",
     "RetrievalResult",
     "SearchError",
     "canonical_scores",
@@ -116,6 +126,28 @@ __all__ = [
 ]
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "faiss")
+FAST_DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+"""Accepted values of ``exact_search(fast_dtype=...)``."""
+_HALF_UNIT = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def _pow2_at_least(x: float) -> float:
+    """The smallest power of two ``>= x`` (1.0 for ``x <= 0``)."""
+    if not x > 0:
+        return 1.0
+    m, e = math.frexp(x)  # x = m * 2**e, 0.5 <= m < 1
+    return math.ldexp(1.0, e - 1) if m == 0.5 else math.ldexp(1.0, e)
+
+
+def _default_chunk_bytes(torch: Any, dev: "torch.device") -> int:
+    """256 MiB on the CPU; on a GPU a quarter of its free memory, at most 4 GiB."""
+    if dev.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(dev)
+            return int(max(256 << 20, min(4 << 30, free // 4)))
+        except Exception:  # pragma: no cover - driver API drift
+            return 1 << 30
+    return 256 << 20
 """Accepted values of ``exact_search(backend=...)``."""
 
 _U32 = 2.0**-24  # unit roundoff of float32
@@ -361,17 +393,26 @@ def _input_rounding(torch: Any, device: "torch.device") -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_matrix(x: Any, name: str) -> np.ndarray:
+def _check_matrix(x: Any, name: str) -> "torch.Tensor":
+    """``x`` (a numpy array or a torch tensor on any device) as a contiguous float32 tensor; numpy
+    input shares memory, a tensor stays on its device."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 2:
+            raise SearchError(f"{name} must be 2-D [rows, dim], got shape {tuple(x.shape)}; reshape it to [rows, dim]")
+        if x.dtype != torch.float32:
+            raise SearchError(f"{name} must be float32, got {x.dtype}; convert it with .float()")
+        return x.detach().contiguous()
     if not isinstance(x, np.ndarray):
         raise SearchError(
-            f"{name} must be a numpy float32 array [rows, dim], got {type(x).__name__}; "
-            "convert torch tensors with .detach().cpu().numpy()"
+            f"{name} must be a float32 numpy array or torch tensor [rows, dim], got {type(x).__name__}"
         )
     if x.ndim != 2:
         raise SearchError(f"{name} must be 2-D [rows, dim], got shape {x.shape}; reshape it to [rows, dim]")
     if x.dtype != np.float32:
         raise SearchError(f"{name} must be float32, got {x.dtype}; convert it with .astype(np.float32)")
-    return np.ascontiguousarray(x)
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _norms(t: "torch.Tensor", name: str) -> np.ndarray:
@@ -1098,7 +1139,8 @@ def exact_search(
     relevance_level: int = 1,
     backend: str = "auto",
     device: str | None = None,
-    max_chunk_bytes: int = 256 << 20,
+    max_chunk_bytes: int | None = None,
+    fast_dtype: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> RetrievalResult:
     """Exact inner-product search with pessimistic tie handling (see the module docstring).
@@ -1106,8 +1148,9 @@ def exact_search(
     Parameters
     ----------
     queries, candidates
-        float32 ``[Q, D]`` and ``[N, D]`` numpy arrays; scores are inner products (normalise the
-        rows beforehand for cosine similarity). Must be finite.
+        float32 ``[Q, D]`` and ``[N, D]`` numpy arrays or torch tensors (a tensor already on the
+        torch backend's device is used in place); scores are inner products (normalise the rows
+        beforehand for cosine similarity). Must be finite.
     judged
         One mapping per query: candidate row → qrels grade. Grades must be ``>= 0``; grade-0
         entries are ignored (same as unjudged). Grades order exact ties (lower first) and select
@@ -1123,7 +1166,12 @@ def exact_search(
         runs on the CPU.
     max_chunk_bytes
         Bound on the fast score matrix of one query chunk (``rows * N * 4`` bytes; at least one
-        row is always processed).
+        row is always processed). ``None``: 256 MiB on the CPU; on a GPU a quarter of its free
+        memory, at most 4 GiB.
+    fast_dtype
+        Precision of the torch backend's fast filter: ``"float32"``, ``"float16"``,
+        ``"bfloat16"`` or ``"auto"`` (float16 on a GPU, float32 on the CPU). Results do not depend
+        on it (see "Backends"); the faiss backend is float32 only.
     progress
         Called with the number of queries finished after each chunk.
 
@@ -1134,34 +1182,45 @@ def exact_search(
     UnknownNameError
         On an unknown backend.
     """
-    qn_arr = _check_matrix(queries, "queries")
-    cn_arr = _check_matrix(candidates, "candidates")
-    if qn_arr.shape[1] != cn_arr.shape[1]:
+    q_in = _check_matrix(queries, "queries")
+    c_in = _check_matrix(candidates, "candidates")
+    if q_in.shape[1] != c_in.shape[1]:
         raise SearchError(
-            f"queries have dimension {qn_arr.shape[1]} but candidates have {cn_arr.shape[1]}; "
+            f"queries have dimension {q_in.shape[1]} but candidates have {c_in.shape[1]}; "
             "encode both sides with the same model (or project them to the same dimension)"
         )
-    n_q, dim = qn_arr.shape
-    n_c = cn_arr.shape[0]
+    n_q, dim = (int(v) for v in q_in.shape)
+    n_c = int(c_in.shape[0])
     if n_c == 0:
         raise SearchError("the candidate matrix is empty; a task needs at least one candidate")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise SearchError(f"depth must be a positive integer, got {depth!r}")
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
         raise SearchError(f"relevance_level must be an integer >= 1, got {relevance_level!r}")
-    if not isinstance(max_chunk_bytes, (int, np.integer)) or max_chunk_bytes < 1:
-        raise SearchError(f"max_chunk_bytes must be a positive integer, got {max_chunk_bytes!r}")
+    if max_chunk_bytes is not None and (
+            isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, (int, np.integer)) or max_chunk_bytes < 1):
+        raise SearchError(f"max_chunk_bytes must be a positive integer or None, got {max_chunk_bytes!r}")
+    if fast_dtype not in FAST_DTYPES:
+        raise SearchError(f"fast_dtype {fast_dtype!r}: choose one of {', '.join(FAST_DTYPES)}")
     backend, dev_str = _resolve_backend(backend, device)
+    if backend == "faiss" and fast_dtype not in ("auto", "float32"):
+        raise SearchError(f"fast_dtype {fast_dtype!r} needs backend='torch'; the faiss backend filters in float32")
     ptr, rows, grades = _flatten_judged(judged, n_q, n_c)
 
     import torch
 
     dev = torch.device(dev_str)
-    qt = torch.from_numpy(qn_arr)
-    ct = torch.from_numpy(cn_arr)
-    # the torch backend scores on its device (canonical scores are device-independent)
-    sq = qt.to(dev) if backend == "torch" else qt
-    sc = ct.to(dev) if backend == "torch" else ct
+    if backend == "torch":  # scores on its device (canonical scores are device-independent)
+        sq, sc = q_in.to(dev), c_in.to(dev)
+        qt, ct = sq, sc
+    else:
+        qt, ct = q_in.cpu(), c_in.cpu()
+        sq, sc = qt, ct
+    fdt = ("float16" if dev.type == "cuda" else "float32") if fast_dtype == "auto" else fast_dtype
+    if backend == "faiss":
+        fdt = "float32"
+    if max_chunk_bytes is None:
+        max_chunk_bytes = _default_chunk_bytes(torch, dev)
     q_norm = _norms(sq, "queries")
     c_norm = _norms(sc, "candidates")
     c_max = float(c_norm.max()) if c_norm.size else 0.0
@@ -1171,6 +1230,15 @@ def exact_search(
     kp = int(min(n_c, depth + max(32, depth // 4)))
     chunk_rows = int(max(1, min(max(n_q, 1), int(max_chunk_bytes) // (4 * n_c))))
     in_round = _input_rounding(torch, dev) if backend == "torch" else 0.0
+    scale_q = scale_c = 1.0
+    bound = score_bound(dim, q_norm, c_max, in_round)
+    if fdt != "float32":
+        scale_q = _pow2_at_least(float(q_norm.max()) if n_q else 0.0)
+        scale_c = _pow2_at_least(c_max)
+        u = _HALF_UNIT[fdt]
+        # inputs (2u) and output (u) rounded to the half type, on top of the float32 terms;
+        # plus an absolute term for values in its subnormal range (both sides scaled to norm <= 1)
+        bound = score_bound(dim, q_norm, c_max, 1.6 * u) + (2.0**-23 * math.sqrt(dim) + 2.0**-23) * scale_q * scale_c
     ctx = _Ctx(
         qt=qt,
         ct=ct,
@@ -1179,7 +1247,7 @@ def exact_search(
         n=n_c,
         depth=depth,
         kp=kp,
-        bound=score_bound(dim, q_norm, c_max, in_round),
+        bound=bound,
         ptr=ptr,
         rows=rows,
         grades=grades,
@@ -1195,7 +1263,7 @@ def exact_search(
 
     if n_q:
         if backend == "torch":
-            _run_torch(ctx, dev, chunk_rows, progress)
+            _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
         else:
             _run_faiss(ctx, chunk_rows, progress)
 
@@ -1219,33 +1287,71 @@ def exact_search(
     )
 
 
-def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callable[[int], None] | None) -> None:
+def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callable[[int], None] | None,
+               fast_dtype: str = "float32", scale_q: float = 1.0, scale_c: float = 1.0) -> None:
     import torch
 
     n_q = ctx.qt.shape[0]
     on_cpu = dev.type == "cpu"
-    c_dev = ctx.sc
-    q_dev = ctx.sq
+    half = fast_dtype != "float32"
+    if half:
+        hdt = getattr(torch, fast_dtype)
+        # power-of-two scaling is exact; rows then have norm <= 1, so no product or sum can overflow
+        q_dev = (ctx.sq * (1.0 / scale_q)).to(hdt)
+        c_dev = (ctx.sc * (1.0 / scale_c)).to(hdt)
+        unscale = scale_q * scale_c
+    else:
+        q_dev, c_dev = ctx.sq, ctx.sc
     # one reused output buffer on the CPU avoids page-faulting a fresh matrix for every chunk
-    buf = torch.empty((min(chunk_rows, n_q), ctx.n), dtype=torch.float32) if on_cpu else None
-    with torch.inference_mode():
+    buf = torch.empty((min(chunk_rows, n_q), ctx.n), dtype=torch.float32) if on_cpu and not half else None
+    with torch.inference_mode(), _full_precision_reductions(torch):
         for q0 in range(0, n_q, chunk_rows):
             q1 = min(n_q, q0 + chunk_rows)
-            if on_cpu:
+            if buf is not None:
                 s_mat = torch.mm(q_dev[q0:q1], c_dev.T, out=buf[: q1 - q0])
             else:
                 s_mat = q_dev[q0:q1] @ c_dev.T
             vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
+            if half:
+                vals = vals.float() * unscale
             lf = vals.cpu().numpy()
             li = idx.cpu().numpy().astype(np.int64, copy=False)
 
-            def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> tuple["torch.Tensor", np.ndarray]:
-                return s_mat, local  # the chunk's own score rows: no copy
+            if half:
+                def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> tuple["torch.Tensor", np.ndarray]:
+                    sel = torch.from_numpy(np.asarray(local, dtype=np.int64)).to(s_mat.device)
+                    return s_mat.index_select(0, sel).float().mul_(unscale), np.arange(len(local))
+            else:
+                def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> tuple["torch.Tensor", np.ndarray]:
+                    return s_mat, local  # the chunk's own score rows: no copy
 
             _finalise_chunk(ctx, q0, lf, li, fast_rows, scan_rows=q1 - q0)
             del s_mat, vals, idx
             if progress is not None:
                 progress(q1 - q0)
+
+
+class _full_precision_reductions:
+    """Float32 accumulation for half-precision matmuls inside the block (cuBLAS may otherwise reduce
+    in half precision, which the filter's error bound does not cover); restores the flags."""
+
+    _FLAGS = ("allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction")
+
+    def __init__(self, torch: Any) -> None:
+        self.mm = torch.backends.cuda.matmul
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> None:
+        for f in self._FLAGS:
+            try:
+                self.saved[f] = getattr(self.mm, f)
+                setattr(self.mm, f, False)
+            except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - API drift
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        for f, v in self.saved.items():
+            setattr(self.mm, f, v)
 
 
 def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | None) -> None:
