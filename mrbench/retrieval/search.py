@@ -69,7 +69,9 @@ Both backends return identical :class:`RetrievalResult` objects (ranks, every sc
 How the exact results are assembled (both backends)
 ---------------------------------------------------
 The fast kernel returns, per query, a list of ``kp = depth + max(32, depth // 4)`` candidates
-sorted by fast score, such that every candidate outside the list scores ``<=`` its last entry.
+(``2 * depth + 128`` with a half-precision filter, whose wider bound would otherwise push the
+top-list pool past the list's end) sorted by fast score, such that every candidate outside the
+list scores ``<=`` its last entry.
 
 * *Top list*: with ``t`` the depth-th fast score, only candidates with ``f >= t - 2B`` can be in
   the exact top-``depth`` (at least ``depth`` candidates have canonical score ``>= t - B``). When
@@ -1165,8 +1167,8 @@ def exact_search(
         Device of the torch backend (default: CUDA if available, else CPU). The faiss backend
         runs on the CPU.
     max_chunk_bytes
-        Bound on the fast score matrix of one query chunk (``rows * N * 4`` bytes; at least one
-        row is always processed). ``None``: 256 MiB on the CPU; on a GPU a quarter of its free
+        Bound on the fast score matrix of one query chunk (``rows * N * 4`` bytes, ``* 2`` with a
+        half-precision filter; at least one row is always processed). ``None``: 256 MiB on the CPU; on a GPU a quarter of its free
         memory, at most 4 GiB.
     fast_dtype
         Precision of the torch backend's fast filter: ``"float32"``, ``"float16"``,
@@ -1227,8 +1229,10 @@ def exact_search(
     if n_q and float(q_norm.max()) * c_max > 1e36:
         raise SearchError("embedding norms are too large for float32 scores; L2-normalise queries and candidates")
     depth = int(min(int(depth), n_c))
-    kp = int(min(n_c, depth + max(32, depth // 4)))
-    chunk_rows = int(max(1, min(max(n_q, 1), int(max_chunk_bytes) // (4 * n_c))))
+    half = fdt != "float32"
+    # a half filter's wider bound needs a longer fast list for the top-list pool to stay inside it
+    kp = int(min(n_c, 2 * depth + 128 if half else depth + max(32, depth // 4)))
+    chunk_rows = int(max(1, min(max(n_q, 1), int(max_chunk_bytes) // ((2 if half else 4) * n_c))))
     in_round = _input_rounding(torch, dev) if backend == "torch" else 0.0
     scale_q = scale_c = 1.0
     bound = score_bound(dim, q_norm, c_max, in_round)
@@ -1299,23 +1303,43 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
         # power-of-two scaling is exact; rows then have norm <= 1, so no product or sum can overflow
         q_dev = (ctx.sq * (1.0 / scale_q)).to(hdt)
         c_dev = (ctx.sc * (1.0 / scale_c)).to(hdt)
-        unscale = scale_q * scale_c
     else:
         q_dev, c_dev = ctx.sq, ctx.sc
     # one reused output buffer on the CPU avoids page-faulting a fresh matrix for every chunk
     buf = torch.empty((min(chunk_rows, n_q), ctx.n), dtype=torch.float32) if on_cpu and not half else None
+    unscale = scale_q * scale_c if half else 1.0
+    use_async = dev.type == "cuda"
+
+    def launch(q0: int) -> tuple[int, int, "torch.Tensor", "torch.Tensor", "torch.Tensor", Any]:
+        """Queue chunk ``q0``'s fast product and top lists; on a GPU the lists are copied to pinned
+        host memory asynchronously, so the next chunk's product runs while this one is finalised."""
+        q1 = min(n_q, q0 + chunk_rows)
+        if buf is not None:
+            s_mat = torch.mm(q_dev[q0:q1], c_dev.T, out=buf[: q1 - q0])
+        else:
+            s_mat = q_dev[q0:q1] @ c_dev.T
+        vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
+        if half:
+            vals = vals.float() * unscale
+        if not use_async:
+            return q0, q1, s_mat, vals, idx, None
+        v_h = torch.empty(vals.shape, dtype=vals.dtype, pin_memory=True)
+        i_h = torch.empty(idx.shape, dtype=idx.dtype, pin_memory=True)
+        v_h.copy_(vals, non_blocking=True)
+        i_h.copy_(idx, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return q0, q1, s_mat, v_h, i_h, done
+
     with torch.inference_mode(), _full_precision_reductions(torch):
-        for q0 in range(0, n_q, chunk_rows):
-            q1 = min(n_q, q0 + chunk_rows)
-            if buf is not None:
-                s_mat = torch.mm(q_dev[q0:q1], c_dev.T, out=buf[: q1 - q0])
-            else:
-                s_mat = q_dev[q0:q1] @ c_dev.T
-            vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
-            if half:
-                vals = vals.float() * unscale
-            lf = vals.cpu().numpy()
-            li = idx.cpu().numpy().astype(np.int64, copy=False)
+        cur = launch(0)
+        while cur is not None:
+            q0, q1, s_mat, vals, idx, done = cur
+            nxt = launch(q1) if (use_async and q1 < n_q) else None
+            if done is not None:
+                done.synchronize()
+            lf = vals.numpy() if done is not None else vals.cpu().numpy()
+            li = (idx.numpy() if done is not None else idx.cpu().numpy()).astype(np.int64, copy=False)
 
             if half:
                 def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> tuple["torch.Tensor", np.ndarray]:
@@ -1326,9 +1350,10 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
                     return s_mat, local  # the chunk's own score rows: no copy
 
             _finalise_chunk(ctx, q0, lf, li, fast_rows, scan_rows=q1 - q0)
-            del s_mat, vals, idx
+            del s_mat, vals, idx, cur
             if progress is not None:
                 progress(q1 - q0)
+            cur = nxt if use_async else (launch(q1) if q1 < n_q else None)
 
 
 class _full_precision_reductions:
