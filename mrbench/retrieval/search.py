@@ -763,8 +763,12 @@ def _counts_by_sorting(
     hi: np.ndarray,
     s: np.ndarray,
     max_amb: int,
+    presorted: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact ``(gt, eq)`` of judged pairs, many per row, from one sort of each fast score row.
+
+    ``presorted``: the rows of ``fast`` are already sorted descending (the fast top lists), so
+    reversing them replaces the sort.
 
     Row ``i`` of ``fast`` (``[r, m]``, any device) holds fast scores of the global query
     ``queries[i]`` for candidates ``ids[i]`` (column ``j`` is candidate ``j`` when ``ids`` is None):
@@ -788,8 +792,12 @@ def _counts_by_sorting(
 
     r, m = fast.shape
     dev = fast.device
-    perm = _argsort_rows(fast)
-    srt = torch.gather(fast, 1, perm)  # ascending
+    if presorted:
+        perm = None
+        srt = torch.flip(fast, dims=[1])  # ascending; sorted position p is column m - 1 - p
+    else:
+        perm = _argsort_rows(fast)
+        srt = torch.gather(fast, 1, perm)  # ascending
     pr = _PerRow(p_row, r, dev)
     inf = float("inf")
     upto_hi = pr.search(srt, pr.pad(hi, inf), right=True).cpu().numpy()  # f <= hi
@@ -821,7 +829,7 @@ def _counts_by_sorting(
     ur = np.repeat(i_row[keep], lens)
     pos = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(i_start[keep] - (np.cumsum(lens) - lens), lens)
     ur_t, pos_t = torch.from_numpy(ur).to(dev), torch.from_numpy(pos).to(dev)
-    uc = perm[ur_t, pos_t].cpu().numpy().astype(np.int64)
+    uc = (perm[ur_t, pos_t].cpu().numpy() if perm is not None else m - 1 - pos).astype(np.int64)
     uf = srt[ur_t, pos_t].cpu().numpy()
     uv = ctx.canon(queries[ur], uc if ids is None else ids[ur, uc])
     # per-row counts among U by binary search on (row, value) keys
@@ -1045,7 +1053,7 @@ def _finalise_chunk(
         urows, p_row = np.unique(jq[okp], return_inverse=True)
         pairs.gt[okp], pairs.eq[okp], _ = _counts_by_sorting(
             ctx, q0 + urows, torch.from_numpy(lf[urows]), li[urows], p_row.reshape(-1),
-            lo32[okp], hi32[okp], pairs.score[okp], max_amb=kp,
+            lo32[okp], hi32[okp], pairs.score[okp], max_amb=kp, presorted=True,
         )
 
     # --- row scans: pools touching the list boundary, judged candidates below the list --------
