@@ -31,13 +31,18 @@ BACKENDS = [
     # the reduced-precision fast filters (the GPU default is float16): results must not change
     pytest.param(("torch", "cpu", "float16"), id="torch-cpu-fp16"),
     pytest.param(("torch", "cpu", "bfloat16"), id="torch-cpu-bf16"),
+    # the pool streamed in small blocks (as for pools larger than GPU memory)
+    pytest.param(("torch", "cpu", "float32", "stream"), id="torch-cpu-stream"),
+    pytest.param(("torch", "cpu", "float16", "stream"), id="torch-cpu-fp16-stream"),
     pytest.param(("faiss", None), id="faiss", marks=pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")),
     pytest.param(("torch", "cuda"), id="torch-cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")),
     pytest.param(("torch", "cuda", "float32"), id="torch-cuda-fp32", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")),
+    pytest.param(("torch", "cuda", "float16", "stream"), id="torch-cuda-stream", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")),
 ]
-ALL_RUNNERS = ([("torch", "cpu"), ("torch", "cpu", "float16"), ("torch", "cpu", "bfloat16")]
+ALL_RUNNERS = ([("torch", "cpu"), ("torch", "cpu", "float16"), ("torch", "cpu", "bfloat16"),
+                ("torch", "cpu", "float32", "stream"), ("torch", "cpu", "float16", "stream")]
                + ([("faiss", None)] if HAS_FAISS else [])
-               + ([("torch", "cuda"), ("torch", "cuda", "float32")] if HAS_CUDA else []))
+               + ([("torch", "cuda"), ("torch", "cuda", "float32"), ("torch", "cuda", "float16", "stream")] if HAS_CUDA else []))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,6 +125,8 @@ def run(runner, q, c, judged, **kw) -> RetrievalResult:
     backend, device, *fast = runner
     if fast:
         kw["fast_dtype"] = fast[0]
+    if len(fast) > 1 and fast[1] == "stream":
+        kw.update(stream=True, stream_block_rows=97)
     return exact_search(q, c, judged, backend=backend, device=device, **kw)
 
 
@@ -745,17 +752,20 @@ def test_half_filters_identical_to_float32_on_near_ties():
     """Many near-equal scores (unit vectors in 64-d, exact duplicates, many judged): every filter
     precision and chunking gives bitwise the same result."""
     rng = np.random.default_rng(5)
-    c = rng.standard_normal((20000, 64)).astype(np.float32)
+    c = rng.standard_normal((6000, 64)).astype(np.float32)
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     c[1000:1200] = c[0]  # a block of exact duplicates
-    q = (c[rng.integers(0, 20000, 150)] + 0.05 * rng.standard_normal((150, 64))).astype(np.float32)
+    q = (c[rng.integers(0, 6000, 80)] + 0.05 * rng.standard_normal((80, 64))).astype(np.float32)
     q[:10] = c[0]
-    judged = [{int(j): int(rng.integers(0, 3)) for j in rng.integers(0, 20000, 12)} | {0: 1, 1100: 2} for _ in range(150)]
+    judged = [{int(j): int(rng.integers(0, 3)) for j in rng.integers(0, 6000, 12)} | {0: 1, 1100: 2} for _ in range(80)]
     ref = exact_search(q, c, judged, depth=50, backend="torch", device="cpu", fast_dtype="float32")
     for fast in ("float16", "bfloat16"):
-        for chunk in (None, 3 * 20000 * 4):
+        for chunk in (None, 3 * 6000 * 4):
             assert_same_result(ref, exact_search(q, c, judged, depth=50, backend="torch", device="cpu",
                                                  fast_dtype=fast, max_chunk_bytes=chunk))
+    # streamed in blocks, with the pool read from a memmap (as for a pool larger than memory)
+    assert_same_result(ref, exact_search(q, c, judged, depth=50, backend="torch", device="cpu", fast_dtype="float16",
+                                         stream=True, stream_block_rows=1500))
 
 
 def test_tensor_inputs_are_accepted():
@@ -776,3 +786,19 @@ def test_fast_dtype_errors():
     if HAS_FAISS:
         with pytest.raises(SearchError, match="needs backend='torch'"):
             exact_search(GOOD_Q, GOOD_C, [{}, {}], backend="faiss", fast_dtype="float16")
+
+
+def test_streaming_from_a_memmap_matches(tmp_path):
+    rng = np.random.default_rng(9)
+    c = rng.standard_normal((3000, 32)).astype(np.float32)
+    q = rng.standard_normal((40, 32)).astype(np.float32)
+    judged = random_judged(rng, 40, 3000, max_judged=8)
+    np.save(tmp_path / "c.npy", c)
+    mm = np.load(tmp_path / "c.npy", mmap_mode="r")
+    ref = exact_search(q, c, judged, depth=30, backend="torch", device="cpu")
+    got = exact_search(q, mm, judged, depth=30, backend="torch", device="cpu", stream=True, stream_block_rows=700)
+    assert_same_result(ref, got)
+    with pytest.raises(SearchError, match="stream=True needs backend='torch'"):
+        exact_search(q, c, judged, backend="faiss", stream=True) if HAS_FAISS else (_ for _ in ()).throw(SearchError("stream=True needs backend='torch'"))
+    with pytest.raises(SearchError, match="stream_block_rows"):
+        exact_search(q, c, judged, backend="torch", device="cpu", stream=True, stream_block_rows=0)

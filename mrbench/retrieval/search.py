@@ -141,6 +141,18 @@ def _pow2_at_least(x: float) -> float:
     return math.ldexp(1.0, e - 1) if m == 0.5 else math.ldexp(1.0, e)
 
 
+def _too_big_for_device(torch: Any, dev: "torch.device", n: int, dim: int, half: bool) -> bool:
+    """Whether ``n x dim`` float32 candidates (plus their half copy) would take more than 70 % of the
+    GPU's free memory (never true on the CPU)."""
+    if dev.type != "cuda":
+        return False
+    try:
+        free, _ = torch.cuda.mem_get_info(dev)
+    except Exception:  # pragma: no cover - driver API drift
+        return False
+    return n * dim * (6 if half else 4) > 0.7 * free
+
+
 def _default_chunk_bytes(torch: Any, dev: "torch.device") -> int:
     """256 MiB on the CPU; on a GPU a quarter of its free memory, at most 4 GiB."""
     if dev.type == "cuda":
@@ -414,7 +426,14 @@ def _check_matrix(x: Any, name: str) -> "torch.Tensor":
         raise SearchError(f"{name} must be 2-D [rows, dim], got shape {x.shape}; reshape it to [rows, dim]")
     if x.dtype != np.float32:
         raise SearchError(f"{name} must be float32, got {x.dtype}; convert it with .astype(np.float32)")
-    return torch.from_numpy(np.ascontiguousarray(x))
+    x = np.ascontiguousarray(x)
+    if not x.flags.writeable:  # e.g. a read-only memmap: never written to, so skip torch's warning
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(x)
+    return torch.from_numpy(x)
 
 
 def _norms(t: "torch.Tensor", name: str) -> np.ndarray:
@@ -432,6 +451,22 @@ def _norms(t: "torch.Tensor", name: str) -> np.ndarray:
             raise SearchError(f"{name} row {bad} contains {what}; fix or drop the embeddings (check the encoder output)")
         raise SearchError(f"{name} row {bad} has a norm too large for float32 scores; L2-normalise the embeddings")
     return n
+
+
+def _norms_blocked(t: "torch.Tensor", name: str, dev: "torch.device", rows: int = 1 << 18) -> np.ndarray:
+    """:func:`_norms` of a (streamed) matrix, computed block by block on ``dev``."""
+    if t.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    out = []
+    for a in range(0, int(t.shape[0]), rows):
+        try:
+            out.append(_norms(t[a : a + rows].to(dev), name))
+        except SearchError as e:  # re-number the row
+            import re
+
+            m = re.search(r"row (\d+)", str(e))
+            raise SearchError(str(e).replace(f"row {m.group(1)}", f"row {a + int(m.group(1))}") if m else str(e)) from None
+    return np.concatenate(out)
 
 
 def _int_array(values: list[Any], what: str) -> np.ndarray:
@@ -1108,7 +1143,15 @@ def _finalise_chunk(
     # --- dense route: whole canonical rows --------------------------------------------------
     _finalise_dense(ctx, q0, np.flatnonzero(dense), pairs)
 
-    # --- ranks: 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row) -
+    _assemble_ranks(ctx, q0, p0, p1, pairs)
+
+
+def _assemble_ranks(ctx: _Ctx, q0: int, p0: int, p1: int, pairs: _Pairs) -> None:
+    """Ranks, scores and tie counts of the judged pairs ``p0:p1`` (queries from ``q0``) from their
+    exact counts: rank = 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row)."""
+    n = ctx.n
+    npairs = p1 - p0
+    jq = pairs.q
     if npairs:
         js, jr, jg = pairs.score, pairs.row, pairs.grade
         gt, eq = pairs.gt, pairs.eq
@@ -1136,6 +1179,196 @@ def _finalise_chunk(
 
 
 # --------------------------------------------------------------------------------------------
+# streaming: candidates stay in host memory (or on disk) and pass through in blocks
+# --------------------------------------------------------------------------------------------
+
+_STREAM_WINDOW_CAP = 4096
+"""A judged candidate whose ambiguity window collects more members than this while streaming sends
+its query to the exact (canonical) second pass instead."""
+
+
+def _host_canon(ctx: _Ctx, dev: "torch.device", qglob: np.ndarray, crow: np.ndarray) -> np.ndarray:
+    """Canonical scores of pairs whose candidates live in ``ctx.ct`` (host memory while streaming):
+    the rows needed are gathered and copied to ``dev`` once per slice."""
+    import torch
+
+    qglob = np.asarray(qglob, dtype=np.int64).reshape(-1)
+    crow = np.asarray(crow, dtype=np.int64).reshape(-1)
+    out = np.empty(qglob.size, dtype=np.float32)
+    step = max(1, (256 << 20) // (4 * max(1, int(ctx.ct.shape[1]))))  # rows gathered per slice
+    for a in range(0, qglob.size, step):
+        b = min(qglob.size, a + step)
+        urow, inv = np.unique(crow[a:b], return_inverse=True)
+        g = ctx.ct.index_select(0, torch.from_numpy(urow).to(ctx.ct.device)).to(dev)
+        out[a:b] = canonical_scores(ctx.sq, g, qglob[a:b], inv.reshape(-1))
+    return out
+
+
+def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: int,
+                   progress: Callable[[int], None] | None, fast_dtype: str = "float32",
+                   scale_q: float = 1.0, scale_c: float = 1.0) -> None:
+    """The torch backend with the candidate matrix streamed through ``dev`` in blocks of ``block_rows``.
+
+    Pass 1, per query chunk and candidate block: the fast product, a running top-``kp`` fast list per
+    query (merged block by block), and for every judged candidate (its canonical score is computed
+    first) the count of fast scores above its window and the members of its window. Then, as in
+    :func:`_finalise_chunk`, top lists come from the rescored pool prefix and judged counts from the
+    rescored window members. Queries whose pool reaches past the list, whose windows overflow, or
+    that are dense go to pass 2 (:func:`_stream_exact_rows`): canonical scores of every candidate,
+    block by block. Results are identical to the in-memory path.
+    """
+    import torch
+
+    n_q = int(ctx.sq.shape[0])
+    n, depth, kp = ctx.n, ctx.depth, ctx.kp
+    half = fast_dtype != "float32"
+    hdt = getattr(torch, fast_dtype) if half else torch.float32
+    unscale = scale_q * scale_c if half else 1.0
+    q_fast = (ctx.sq * (1.0 / scale_q)).to(hdt) if half else ctx.sq
+    with torch.inference_mode(), _full_precision_reductions(torch):
+        for q0 in range(0, n_q, chunk_rows):
+            q1 = min(n_q, q0 + chunk_rows)
+            c = q1 - q0
+            p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q1])
+            counts = np.diff(ctx.ptr[q0 : q1 + 1])
+            npairs = p1 - p0
+            pairs = _Pairs(
+                n_queries=c, q=np.repeat(np.arange(c, dtype=np.int64), counts), row=ctx.rows[p0:p1],
+                grade=ctx.grades[p0:p1], score=np.zeros(npairs, dtype=np.float32),
+                gt=np.zeros(npairs, dtype=np.int64), eq=np.zeros(npairs, dtype=np.int64),
+            )
+            jq = pairs.q
+            bnd = ctx.bound[q0:q1]
+            dense = counts * _DENSE_JUDGED >= n
+            pairs.score[:] = _host_canon(ctx, dev, q0 + jq, pairs.row)
+            s64 = pairs.score.astype(np.float64)
+            sp = np.flatnonzero(~dense[jq])  # pairs followed in pass 1
+            lo_t = torch.from_numpy(_f32_up(s64[sp] - bnd[jq[sp]])).to(dev)
+            hi_t = torch.from_numpy(_f32_down(s64[sp] + bnd[jq[sp]])).to(dev)
+            prow_t = torch.from_numpy(jq[sp]).to(dev)
+            gt_t = torch.zeros(sp.size, dtype=torch.int64, device=dev)
+            wn_t = torch.zeros(sp.size, dtype=torch.int64, device=dev)
+            wk: list[np.ndarray] = []
+            wc: list[np.ndarray] = []
+            run_v = run_i = None
+            for n0 in range(0, n, block_rows):
+                n1 = min(n, n0 + block_rows)
+                cb = ctx.ct[n0:n1].to(dev)
+                s_mat = q_fast[q0:q1] @ ((cb * (1.0 / scale_c)).to(hdt) if half else cb).T
+                if half:
+                    s_mat = s_mat.float().mul_(unscale)
+                v, i = torch.topk(s_mat, min(kp, n1 - n0), dim=1, largest=True, sorted=False)
+                i = i + n0
+                if run_v is None:
+                    run_v, run_i = v, i
+                else:
+                    v2, i2 = torch.cat([run_v, v], dim=1), torch.cat([run_i, i], dim=1)
+                    run_v, pos = torch.topk(v2, min(kp, int(v2.shape[1])), dim=1, largest=True, sorted=False)
+                    run_i = torch.gather(i2, 1, pos)
+                if sp.size:
+                    step = max(1, (64 << 20) // (n1 - n0))
+                    for a in range(0, sp.size, step):
+                        b = min(sp.size, a + step)
+                        sv = s_mat.index_select(0, prow_t[a:b])
+                        gtm = sv > hi_t[a:b, None]
+                        gt_t[a:b] += gtm.sum(dim=1)
+                        win = (sv >= lo_t[a:b, None]) & ~gtm
+                        wn_t[a:b] += win.sum(dim=1)
+                        idx = torch.nonzero(win, as_tuple=False).cpu().numpy().astype(np.int64)
+                        wk.append(idx[:, 0] + a)
+                        wc.append(idx[:, 1] + n0)
+                del s_mat
+            assert run_v is not None and run_i is not None
+            run_v, order = torch.sort(run_v, dim=1, descending=True)
+            lf = run_v.cpu().numpy()
+            li = torch.gather(run_i, 1, order).cpu().numpy().astype(np.int64)
+            lf64 = lf.astype(np.float64)
+            pool_thr = lf64[:, depth - 1] - 2.0 * bnd
+            pool_ok = np.ones(c, dtype=bool) if kp >= n else lf64[:, -1] < pool_thr
+            overflow = wn_t.cpu().numpy() > _STREAM_WINDOW_CAP
+            redo = dense | ~pool_ok
+            redo[jq[sp[overflow]]] = True
+
+            rows_ok = np.flatnonzero(~redo)
+            if rows_ok.size:
+                mask = lf64[rows_ok] >= pool_thr[rows_ok, None]  # a prefix of each list
+                m = int(mask.sum(axis=1).max())
+                cand = li[rows_ok, :m]
+                cv = _host_canon(ctx, dev, np.repeat(q0 + rows_ok, m), cand.reshape(-1)).reshape(-1, m)
+                _top_lists_rect(ctx, q0 + rows_ok, cand, cv, mask[:, :m])
+            pairs.gt[sp] = gt_t.cpu().numpy()
+            k_all = np.concatenate(wk) if wk else np.zeros(0, dtype=np.int64)
+            c_all = np.concatenate(wc) if wc else np.zeros(0, dtype=np.int64)
+            keep = ~redo[jq[sp[k_all]]] if k_all.size else np.zeros(0, dtype=bool)
+            k_all, c_all = k_all[keep], c_all[keep]
+            if k_all.size:
+                pk = sp[k_all]
+                uv = _host_canon(ctx, dev, q0 + jq[pk], c_all)
+                pairs.gt[sp] += np.bincount(k_all, weights=uv > pairs.score[pk], minlength=sp.size).astype(np.int64)
+                pairs.eq[sp] = np.bincount(k_all, weights=uv == pairs.score[pk], minlength=sp.size).astype(np.int64)
+            rows_redo = np.flatnonzero(redo)
+            if rows_redo.size:
+                _stream_exact_rows(ctx, dev, q0, rows_redo, pairs, block_rows)
+            _assemble_ranks(ctx, q0, p0, p1, pairs)
+            if progress is not None:
+                progress(c)
+
+
+def _stream_exact_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray, pairs: _Pairs, block_rows: int) -> None:
+    """Exact top lists and judged counts of the local query ``rows`` from canonical scores of every
+    candidate, streamed in blocks: counts are summed over blocks and the top list is merged block by
+    block in the pessimistic order ``(-score, grade, row)`` (a strict total order, so keeping the
+    first ``depth`` after each merge is exact)."""
+    import torch
+
+    depth = ctx.depth
+    c = pairs.n_queries
+    budget = _ROW_BLOCK_ELEMENTS if dev.type == "cpu" else _ROW_BLOCK_ELEMENTS_GPU
+    rb = max(1, min(rows.size, budget // max(1, block_rows)))
+    for r0 in range(0, rows.size, rb):
+        sub = rows[r0 : r0 + rb]
+        pidx = np.flatnonzero(_member(pairs.q, sub, c))
+        p_local = np.searchsorted(sub, pairs.q[pidx])
+        prow_t = torch.from_numpy(p_local).to(dev)
+        s_t = torch.from_numpy(pairs.score[pidx]).to(dev)
+        gt_t = torch.zeros(pidx.size, dtype=torch.int64, device=dev)
+        eq_t = torch.zeros(pidx.size, dtype=torch.int64, device=dev)
+        top_r = np.zeros(0, dtype=np.int64)  # running top lists, flattened: local row, candidate, score
+        top_c = np.zeros(0, dtype=np.int64)
+        top_s = np.zeros(0, dtype=np.float32)
+        cutoff = np.full(sub.size, -np.inf, dtype=np.float32)
+        for n0 in range(0, ctx.n, block_rows):
+            n1 = min(ctx.n, n0 + block_rows)
+            canon = _canonical_rows(ctx.sq, ctx.ct[n0:n1].to(dev), q0 + sub)  # [r, nb]
+            if pidx.size:
+                sv = canon.index_select(0, prow_t)
+                gt_t += (sv > s_t[:, None]).sum(dim=1)
+                eq_t += (sv == s_t[:, None]).sum(dim=1)
+            hit = torch.nonzero(canon >= torch.from_numpy(cutoff).to(dev)[:, None], as_tuple=False)
+            hr = hit[:, 0]
+            hs = canon[hr, hit[:, 1]].cpu().numpy()
+            hr = hr.cpu().numpy().astype(np.int64)
+            hc = hit[:, 1].cpu().numpy().astype(np.int64) + n0
+            rr = np.concatenate([top_r, hr])
+            cc = np.concatenate([top_c, hc])
+            ss = np.concatenate([top_s, hs])
+            order = _order_with_ties(_score_key(rr, -ss), lambda rr=rr, cc=cc: ctx.grade_of(q0 + sub[rr], cc), cc)
+            rr, cc, ss = rr[order], cc[order], ss[order]
+            first = np.searchsorted(rr, np.arange(sub.size))
+            pos = np.arange(rr.size) - first[rr]
+            keep = pos < depth
+            top_r, top_c, top_s = rr[keep], cc[keep], ss[keep]
+            full = np.bincount(top_r, minlength=sub.size) >= depth
+            last = np.searchsorted(top_r, np.arange(sub.size), side="right") - 1
+            cutoff = np.where(full, top_s[np.maximum(last, 0)] if top_s.size else -np.inf, -np.inf).astype(np.float32)
+            del canon
+        ctx.topk_idx[q0 + sub] = top_c.reshape(sub.size, depth)
+        ctx.topk_scores[q0 + sub] = top_s.reshape(sub.size, depth)
+        pairs.gt[pidx] = gt_t.cpu().numpy()
+        pairs.eq[pidx] = eq_t.cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------
 
@@ -1151,6 +1384,8 @@ def exact_search(
     device: str | None = None,
     max_chunk_bytes: int | None = None,
     fast_dtype: str = "auto",
+    stream: bool | None = None,
+    stream_block_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RetrievalResult:
     """Exact inner-product search with pessimistic tie handling (see the module docstring).
@@ -1182,6 +1417,13 @@ def exact_search(
         Precision of the torch backend's fast filter: ``"float32"``, ``"float16"``,
         ``"bfloat16"`` or ``"auto"`` (float16 on a GPU, float32 on the CPU). Results do not depend
         on it (see "Backends"); the faiss backend is float32 only.
+    stream
+        Keep the candidates where they are (host memory, or a ``numpy.memmap`` on disk) and pass
+        them through the scoring device in blocks, for pools that do not fit on the GPU (or in RAM,
+        with a memmap). ``None``: on a GPU, stream when the candidates would take more than 70 % of
+        its free memory; on the CPU, never. Torch backend only; results are identical either way.
+    stream_block_rows
+        Candidates per streamed block (default: 64 MiB of float32 rows, at least ``depth``).
     progress
         Called with the number of queries finished after each chunk.
 
@@ -1220,19 +1462,27 @@ def exact_search(
     import torch
 
     dev = torch.device(dev_str)
+    fdt = ("float16" if dev.type == "cuda" else "float32") if fast_dtype == "auto" else fast_dtype
+    if backend == "faiss":
+        fdt = "float32"
+    if stream and backend != "torch":
+        raise SearchError("stream=True needs backend='torch' (the faiss backend holds the whole pool in memory)")
+    if stream is None:
+        stream = backend == "torch" and _too_big_for_device(torch, dev, n_c, dim, fdt != "float32")
+    if stream_block_rows is not None and (isinstance(stream_block_rows, bool) or not isinstance(stream_block_rows, (int, np.integer))
+                                          or stream_block_rows < 1):
+        raise SearchError(f"stream_block_rows must be a positive integer, got {stream_block_rows!r}")
     if backend == "torch":  # scores on its device (canonical scores are device-independent)
-        sq, sc = q_in.to(dev), c_in.to(dev)
+        sq = q_in.to(dev)
+        sc = c_in if stream else c_in.to(dev)  # streamed candidates stay where they are
         qt, ct = sq, sc
     else:
         qt, ct = q_in.cpu(), c_in.cpu()
         sq, sc = qt, ct
-    fdt = ("float16" if dev.type == "cuda" else "float32") if fast_dtype == "auto" else fast_dtype
-    if backend == "faiss":
-        fdt = "float32"
     if max_chunk_bytes is None:
         max_chunk_bytes = _default_chunk_bytes(torch, dev)
     q_norm = _norms(sq, "queries")
-    c_norm = _norms(sc, "candidates")
+    c_norm = _norms_blocked(sc, "candidates", dev) if stream else _norms(sc, "candidates")
     c_max = float(c_norm.max()) if c_norm.size else 0.0
     if n_q and float(q_norm.max()) * c_max > 1e36:
         raise SearchError("embedding norms are too large for float32 scores; L2-normalise queries and candidates")
@@ -1274,7 +1524,12 @@ def exact_search(
     )
 
     if n_q:
-        if backend == "torch":
+        if stream:
+            block = int(stream_block_rows or max(depth, (64 << 20) // (4 * max(1, dim))))
+            block = max(1, min(n_c, block))
+            rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block))))
+            _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c)
+        elif backend == "torch":
             _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
         else:
             _run_faiss(ctx, chunk_rows, progress)
