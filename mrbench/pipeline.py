@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +111,7 @@ def evaluate(
     grain_sensitivity: bool = True,
     verify: bool = True,
     progress: Any = False,
+    approx: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Evaluate ``encoder`` on ``benchmark`` and return an :class:`EvaluationResult`.
 
@@ -134,6 +134,13 @@ def evaluate(
         grain_sensitivity: also run the drop-one-grain diagnostic on text-bearing queries.
         verify: check the benchmark's fingerprint when loading it from disk.
         progress: ``True`` for rich progress bars, ``False`` for silence, or a Reporter.
+        approx: approximate search for the run files and metrics, e.g. ``{"index": "ivf",
+            "nlist": 1024, "nprobe": 16}`` or ``{"index": "hnsw", "M": 32, "ef_search": 128}``
+            (keys, ranges and conventions: :mod:`mrbench.retrieval.approx`). Judged candidates
+            outside an approximate top list count as not retrieved within ``depth``. Exact search
+            still runs (``backend``) to measure the index's recall against it, written to
+            ``settings["approx"]`` and ``scores["approx_recall"][task]`` (``recall@k`` for every k
+            and for ``depth``); grain sensitivity stays exact. ``None`` (default): exact search only.
     """
     from mrbench.data.registry import load_benchmark
     from mrbench.encoders.base import Encoder
@@ -159,6 +166,14 @@ def evaluate(
     check_worker_kind(decode)
     if depth < max(ks_t):
         raise MrbenchError(f"--depth {depth} is smaller than the largest k ({max(ks_t)}); raise --depth")
+    approx_spec = None
+    if approx is not None:
+        from mrbench.retrieval.approx import check_approx_spec, with_device_fallback
+
+        approx_spec = check_approx_spec(approx)  # fail on bad parameters before encoding anything
+        approx_spec = {**with_device_fallback(approx_spec), "device_requested": approx_spec["device"]}
+    approx_recall: dict[str, dict[str, Any]] = {}
+    approx_used: dict[str, dict[str, Any]] = {}
     out_path = Path(output) if output is not None else None
     _check_output(out_path, overwrite)
 
@@ -209,11 +224,15 @@ def evaluate(
             res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
                                backend=backend, progress=adv)
         device = res.device
-        runs[task.name] = (task, res)
+        run_res = res
+        if approx_spec is not None:
+            run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
+                                   approx_recall, approx_used)
+        runs[task.name] = (task, run_res)
         timings["retrieve"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        frames.append(task_frame(task, res.judged_ranks, judged, ks_t, res.n_ties))
+        frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
         timings["score"] += time.perf_counter() - t0
 
         if grain_sensitivity and task.query_modality != "image":
@@ -248,6 +267,7 @@ def evaluate(
             "cache": bool(cache),
             "grain_sensitivity": bool(grain_sensitivity),
             "verify_fingerprint": bool(verify),
+            **({"approx": {**approx_spec, "tasks": approx_used}} if approx_spec is not None else {}),
         },
         hardware=_hardware(device),
         timings=timings,
@@ -256,11 +276,38 @@ def evaluate(
         sensitivity=sensitivity,
         runs=runs,
     )
+    if approx_spec is not None:
+        from mrbench.report.results import _clean
+
+        result.data["scores"]["approx_recall"] = _clean(approx_recall)
     if out_path is not None:
         t0 = time.perf_counter()
         result.save(out_path, overwrite=overwrite)
         result.timings["report"] = time.perf_counter() - t0
     return result
+
+
+def _approx_task(task, q_emb, c_emb, judged, depth, ks, spec, exact, reporter, recall_out, used_out):
+    """Approximate retrieval of one task (:func:`mrbench.retrieval.approx.approx_search`); records its
+    recall against the exact result ``exact`` at every k and at ``depth`` in ``recall_out[task]`` and
+    the parameters it used in ``used_out[task]``; returns the approximate result."""
+    from mrbench.retrieval.approx import ApproxError, approx_search, recall_against_exact
+
+    with reporter.stage(f"{task.name}: approximate retrieval ({spec['index']})", len(task.queries)) as adv:
+        try:
+            ares = approx_search(q_emb, c_emb, judged=judged, depth=depth, index=spec["index"], params=spec["params"],
+                                 device=spec["device"], seed=spec["seed"], relevance_level=task.relevance_level)
+        except ApproxError as e:
+            raise ApproxError(f"task {task.name} ({len(task.candidates)} candidates): {e}") from None
+        adv(len(task.queries))
+    width = ares.depth
+    recall_out[task.name] = {
+        f"recall@{k}": recall_against_exact(ares, exact, min(k, width)) if len(task.queries) else None
+        for k in sorted({*ks, depth})
+    }
+    used_out[task.name] = {**ares.params, "device": ares.device, "build_s": ares.build_seconds,
+                           "search_s": ares.search_seconds, "n_refilled": ares.n_refilled}
+    return ares
 
 
 def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size, num_workers,
@@ -275,23 +322,10 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
     import pandas as pd
 
     from mrbench.encoders.harness import encode_items
-    from mrbench.grains.masking import drop_grain_text
+    from mrbench.grains.masking import drop_one_variants
     from mrbench.retrieval.search import exact_search
 
-    reduced, owners = [], []
-    for qi, q in enumerate(task.queries):
-        if not any(g >= task.relevance_level for g in judged[qi].values()):
-            continue
-        for gi, grain in enumerate(q.grains):
-            text = drop_grain_text(q, gi)
-            if text is None:
-                continue
-            meta = dict(q.meta)
-            if isinstance(meta.get("asserts"), list) and grain.key in meta["asserts"]:
-                meta["asserts"] = [a for a in meta["asserts"] if a != grain.key]
-            meta.pop("drop_one_text", None)
-            reduced.append(replace(q, id=f"{q.id}~{gi}", text=text, meta=meta))
-            owners.append((qi, gi, grain.type, grain.text))
+    reduced, owners = drop_one_variants(task, judged)
     if not reduced:
         return None
     with reporter.stage(f"{task.name}: grain sensitivity", len(reduced)) as adv:

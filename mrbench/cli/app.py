@@ -8,6 +8,7 @@ import typer
 from mrbench.cli import build as _build
 from mrbench.cli import audit as _audit
 from mrbench.cli import build_hf as _build_hf
+from mrbench.cli import encode as _encode
 from mrbench.cli import evaluate as _evaluate
 from mrbench.cli import leaderboard as _leaderboard
 from mrbench.cli import listing as _listing
@@ -33,6 +34,7 @@ build_app.command("mbeir")(_build.mbeir)
 build_app.command("hf")(_build_hf.hf)
 app.add_typer(build_app, name="build")
 app.command("evaluate")(_evaluate.evaluate)
+app.command("encode")(_encode.encode)
 app.command("export")(_build.export)
 app.command("audit")(_audit.audit_cmd)
 app.command("submit")(_leaderboard.submit)

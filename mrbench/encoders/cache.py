@@ -283,5 +283,68 @@ class EmbeddingCache:
         self.stats.written += len(keys)
         return final
 
+    def merge_shards(self, paths: Sequence[Path | str], *, max_rows: int = 1_000_000) -> list[Path]:
+        """Rewrite the shards ``paths`` of this namespace as a few shards of at most ``max_rows`` rows
+        each (a key held by several keeps its last row in ``paths`` order), then delete ``paths``;
+        returns the new shards (``paths`` unchanged when there are fewer than two).
+
+        Meant for one writer compacting what it wrote itself (``mrbench encode``: each rank merges
+        its own per-batch shards), so a namespace filled by many processes ends up with a handful of
+        files instead of one per batch. The new shards are written (atomically, under fresh unique
+        names) before the old ones are deleted, so a crash in between leaves duplicates, never a
+        loss. Other writers' shards are untouched; only a reader that indexed ``paths`` *before* the
+        merge and loads them afterwards misses them (it logs a corrupt-shard warning and
+        re-encodes), so merge while nobody else reads the namespace. Unreadable shards in ``paths``
+        are left in place. :attr:`stats` ``written`` is not changed by a merge.
+        """
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"merge_shards: max_rows must be a positive integer, got {max_rows!r}")
+        paths = [Path(p) for p in dict.fromkeys(str(p) for p in paths)]
+        for p in paths:
+            if p.parent.resolve() != self.path.resolve() or not p.name.startswith("shard-"):
+                raise ValueError(f"merge_shards: {p} is not a shard of {self.path}")
+        if len(paths) < 2:
+            return paths
+        self._ensure_index()
+        rows: dict[str, np.ndarray] = {}
+        merged: list[Path] = []
+        for p in paths:
+            head = self._read_keys(p)
+            if head is None:
+                continue
+            keys, d = head
+            self._check_dim(d, p)
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    emb = z["emb"]
+            except Exception as e:
+                self._warn_corrupt(p, f"{type(e).__name__}: {e}")
+                continue
+            if not np.isfinite(emb).all():
+                self._warn_corrupt(p, "'emb' holds NaN/Inf")
+                continue
+            for k, row in zip(keys.tolist(), emb):
+                rows.pop(k, None)  # last occurrence wins, in order
+                rows[k] = row
+            merged.append(p)
+        if len(merged) < 2:
+            return paths
+        keys_all = list(rows)
+        written = self.stats.written
+        out: list[Path] = []
+        for i in range(0, len(keys_all), max_rows):
+            chunk = keys_all[i : i + max_rows]
+            new = self.put_many(chunk, np.stack([rows[k] for k in chunk]))
+            assert new is not None
+            out.append(new)
+        self.stats.written = written
+        gone = {str(p) for p in merged}
+        for n, s in enumerate(self._shards):
+            if str(s) in gone:
+                self._arrays.pop(n, None)
+        for p in merged:
+            p.unlink(missing_ok=True)
+        return out + [p for p in paths if p not in merged]
+
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, namespace={self.namespace!r})"

@@ -9,6 +9,8 @@ and dangling commas, conjunctions and double spaces are tidied.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mrbench.data.schema import Query
 
@@ -36,3 +38,28 @@ def drop_grain_text(query: Query, index: int) -> str | None:
     text = re.sub(r"^\s*[,;]\s*|[,;]\s*$", "", text).strip()
     text = re.sub(r",\s*,", ",", text)
     return text if text and text != query.text else None
+
+
+def drop_one_variants(task: Any, judged: Sequence[Mapping[int, int]]) -> tuple[list[Any], list[tuple[int, int, str, str]]]:
+    """The drop-one-grain variants of ``task``'s queries that have a relevant candidate in ``judged``
+    (one mapping per query): for each droppable grain, a copy of the query with that grain's text
+    removed (:func:`drop_grain_text`), id ``"<query id>~<grain index>"``, and the grain's fact dropped
+    from ``meta["asserts"]``. Returns ``(queries, owners)`` with ``owners[i] = (query index, grain
+    index, grain type, grain text)``. Used by ``evaluate``'s diagnostic and by ``mrbench encode``."""
+    from dataclasses import replace
+
+    reduced, owners = [], []
+    for qi, q in enumerate(task.queries):
+        if not any(g >= task.relevance_level for g in judged[qi].values()):
+            continue
+        for gi, grain in enumerate(q.grains):
+            text = drop_grain_text(q, gi)
+            if text is None:
+                continue
+            meta = dict(q.meta)
+            if isinstance(meta.get("asserts"), list) and grain.key in meta["asserts"]:
+                meta["asserts"] = [a for a in meta["asserts"] if a != grain.key]
+            meta.pop("drop_one_text", None)
+            reduced.append(replace(q, id=f"{q.id}~{gi}", text=text, meta=meta))
+            owners.append((qi, gi, grain.type, grain.text))
+    return reduced, owners

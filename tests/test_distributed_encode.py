@@ -1,0 +1,280 @@
+"""``mrbench encode``: sharded (torchrun, gloo on CPU) and single-process encoding into the embedding
+cache, after which ``evaluate`` encodes nothing and scores exactly as an uncached evaluate does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mrbench.cli.encode import encode as encode_cmd
+from mrbench.encoders.cache import EmbeddingCache, cache_namespace
+from mrbench.encoders.distributed import DistContext, encode_benchmark, sensitivity_queries, shard, work_units
+from mrbench.encoders.registry import get_encoder
+from mrbench.pipeline import evaluate
+
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+ENCODERS = ("random", "contrastive-tiny")
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mrbench.builders.synth import build_synth
+
+    d = tmp_path_factory.mktemp("bench") / "b"
+    build_synth(d, size=8, image_size=32)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for v in DIST_ENV:
+        monkeypatch.delenv(v, raising=False)
+
+
+def _shard_keys(cache_path: Path) -> dict[str, set[str]]:
+    out = {}
+    for p in sorted(cache_path.glob("shard-*.npz")):
+        with np.load(p, allow_pickle=False) as z:
+            out[p.name] = set(z["keys"].tolist())
+    return out
+
+
+def _unit_keys(bench_dir: Path, store: EmbeddingCache) -> tuple[set[str], set[str]]:
+    """The cache keys of every work item, and those shared by several items (identical content)."""
+    from collections import Counter
+
+    from mrbench.data.registry import load_benchmark
+    from mrbench.encoders.harness import instruction_for, item_content_hash
+
+    bench = load_benchmark(bench_dir)
+    n = Counter(
+        store.key(u.role, instruction_for(bench.tasks[u.task], u.role),
+                  item_content_hash(u.item.text, bench.image_path(u.item.image) if u.item.image else None))
+        for u in work_units(bench, bench.tasks)
+    )
+    return set(n), {k for k, c in n.items() if c > 1}
+
+
+def _same(a, b, path="scores") -> None:
+    """Equal, except ``mask_distance`` (1 − cos of embeddings computed in other batch compositions:
+    the last float32 bits may differ) within 1e-6."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif path.endswith("mask_distance"):
+        assert a == pytest.approx(b, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def _assert_same_scores(warm, cold) -> None:
+    """Every retrieval score and rank identical; the drop-one-grain distances equal to 1e-6."""
+    _same(warm.scores, cold.scores)
+    cols = [c for c in cold.per_query.columns if c != "grain_types"]
+    assert warm.per_query[cols].equals(cold.per_query[cols])
+    ws, cs = warm.to_pandas("sensitivity"), cold.to_pandas("sensitivity")
+    assert ws[["qid", "grain_index", "rank_reduced"]].equals(cs[["qid", "grain_index", "rank_reduced"]])
+    np.testing.assert_allclose(ws["mask_distance"], cs["mask_distance"], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the work list and its shards
+
+
+def test_work_units_match_evaluate_and_shards_partition_them(bench_dir):
+    from mrbench.data.registry import load_benchmark
+
+    bench = load_benchmark(bench_dir)
+    units = work_units(bench, bench.tasks)
+    res = evaluate(bench, "random", cache=False)
+    assert len(units) == res.data["cache"]["items"]  # no pool shared here: every item is its own entry
+    n_sens = sum(len(sensitivity_queries(t)) for t in bench.tasks if t.query_modality != "image")
+    assert n_sens == len(res.to_pandas("sensitivity")) > 0
+    assert len(work_units(bench, bench.tasks, grain_sensitivity=False)) == len(units) - n_sens
+    ids = [id(u) for u in units]
+    for world in (1, 2, 3, 5):
+        parts = [shard(units, r, world) for r in range(world)]
+        got = [id(u) for p in parts for u in p]
+        assert sorted(got) == sorted(ids) and len(set(got)) == len(got)  # disjoint, complete
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        assert [id(u) for u in shard(units, world - 1, world)] == [id(u) for u in parts[-1]]  # deterministic
+    # a task listed twice (a shared pool) is encoded once
+    assert len(work_units(bench, [bench.tasks[0], bench.tasks[0]])) == len(work_units(bench, [bench.tasks[0]]))
+    with pytest.raises(ValueError):
+        shard(units, 2, 2)
+
+
+def test_context_without_launcher_is_one_process():
+    ctx = DistContext.from_env()
+    assert (ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main) == (0, 1, False, True)
+    ctx.barrier()
+    assert ctx.gather("x") == ["x"] and ctx.broadcast(3) == 3
+    ctx.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# one process
+
+
+def test_single_process_encode_then_evaluate_encodes_nothing(bench_dir, tmp_path):
+    cache_dir = tmp_path / "cache"
+    rep = encode_benchmark(bench_dir, "random", encoder_kwargs={"dim": 32}, cache_dir=cache_dir, batch_size=16)
+    assert rep.world_size == 1 and rep.missing == 0 and rep.encoded == rep.units > 0 and rep.cache_hits == 0
+    assert len(rep.ranks) == 1 and len(rep.ranks[0].shards) == 1  # the per-batch shards were merged
+    assert [p.name for p in rep.cache_path.glob("shard-*.npz")] == rep.ranks[0].shards
+    assert not list(rep.cache_path.glob(".*tmp"))
+
+    warm = evaluate(bench_dir, "random", encoder_kwargs={"dim": 32}, cache=True, cache_dir=cache_dir)
+    assert warm.data["cache"]["encoded"] == 0 and warm.data["cache"]["hits"] == warm.data["cache"]["items"]
+    _assert_same_scores(warm, evaluate(bench_dir, "random", encoder_kwargs={"dim": 32}, cache=False))
+
+    again = encode_benchmark(bench_dir, "random", encoder_kwargs={"dim": 32}, cache_dir=cache_dir)
+    assert again.encoded == 0 and again.cache_hits == again.units and again.ranks[0].shards == []
+    # other kwargs are another namespace: nothing cached there yet
+    other = encode_benchmark(bench_dir, "random", cache_dir=cache_dir, tasks=["t2i"], grain_sensitivity=False,
+                             merge=False, batch_size=8)
+    assert other.encoded == other.units and len(other.ranks[0].shards) > 1
+
+
+def test_encode_refuses_uncacheable_encoders_and_bad_input(bench_dir, tmp_path):
+    app = typer.Typer()
+    app.command()(encode_cmd)
+    run = CliRunner().invoke
+    for args, pattern in [
+        (["-b", str(bench_dir), "-e", "oracle"], "not cacheable"),
+        (["-b", str(bench_dir), "--tasks", "nope"], "nope"),
+        (["-b", str(tmp_path / "missing")], "missing"),
+        (["-b", str(bench_dir), "-e", "no-such-encoder"], "no-such-encoder"),
+        (["-b", str(bench_dir), "--encoder-kwargs", "{bad"], "not valid JSON"),
+        (["-b", str(bench_dir), "--decode", "fork"], "--decode"),
+        (["-b", str(bench_dir), "-e", "random", "-e", "random"], "twice"),
+    ]:
+        r = run(app, [*args, "--cache-dir", str(tmp_path / "c")])
+        assert r.exit_code != 0, (args, r.output)
+        err = r.stderr.strip()
+        assert err.startswith("error: ") and "\n" not in err and pattern in err, (args, err)
+    r = run(app, ["--help"])
+    assert r.exit_code == 0 and "torchrun" in r.stdout and "--nnodes" in r.stdout
+
+
+def test_module_entry_point():
+    """`python -m mrbench encode` once app.py registers the command (else the module's own entry)."""
+    from mrbench.cli.app import app
+
+    names = {c.name for c in app.registered_commands}
+    args = ["-m", "mrbench", "encode"] if "encode" in names else ["-m", "mrbench.cli.encode"]
+    r = subprocess.run([sys.executable, *args, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "torchrun" in r.stdout, r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# two ranks under torchrun (gloo, CPU)
+
+
+@pytest.fixture(scope="module")
+def torchrun_cache(bench_dir, tmp_path_factory) -> Path:
+    from mrbench.cli.app import app
+
+    tmp = tmp_path_factory.mktemp("torchrun")
+    cache_dir = tmp / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.update(MRBENCH_HOME=str(tmp / "home"), MRBENCH_CACHE=str(tmp / "default-cache"), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    module = ["-m", "mrbench", "encode"] if "encode" in {c.name for c in app.registered_commands} \
+        else ["-m", "mrbench.cli.encode"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *module,
+           "-b", str(bench_dir), "--cache-dir", str(cache_dir), "--batch-size", "16", "-q"]
+    for e in ENCODERS:
+        cmd += ["-e", e]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for e in ENCODERS:
+        assert f"{e}: " in out and "on 2 rank(s)" in out and "all cached" in out, out
+    assert "rank 0 (" in out and "rank 1 (" in out and "next (finds every embedding cached): mrbench evaluate" in out
+    assert out.count("rank 1 (") == len(ENCODERS)  # one summary per encoder, printed by rank 0 only
+    assert "error" not in r.stderr.lower(), r.stderr
+    return cache_dir
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_torchrun_two_ranks_fill_the_cache(torchrun_cache, bench_dir, encoder):
+    enc = get_encoder(encoder)
+    store = EmbeddingCache(torchrun_cache, cache_namespace(encoder, enc.meta.revision, {}))
+    shards = _shard_keys(store.path)
+    # each rank merged its batches into one shard: two files, written by two processes
+    assert len(shards) == 2, sorted(shards)
+    assert len({name.split("-")[2] for name in shards}) == 2  # shard-<time>-<pid>-<token>.npz
+    a, b = shards.values()
+    # every work item's key is there; the ranks' keys are disjoint except for content duplicates
+    # (synth renders some identical images under two names: one key, listed as two items)
+    keys, dups = _unit_keys(bench_dir, store)
+    assert a | b == keys and a and b
+    assert dups and a & b <= dups
+
+    warm = evaluate(bench_dir, encoder, cache=True, cache_dir=torchrun_cache)
+    assert warm.data["cache"]["encoded"] == 0
+    assert warm.data["cache"]["hits"] == warm.data["cache"]["items"] > len(keys)
+    _assert_same_scores(warm, evaluate(bench_dir, enc, cache=False))
+
+
+# ----------------------------------------------------------------------------------------------------
+# EmbeddingCache.merge_shards
+
+
+def test_merge_shards_compacts_and_keeps_the_last_row(tmp_path):
+    from mrbench.encoders.cache import cache_key
+
+    keys = [cache_key("ns", "query", None, str(i)) for i in range(6)]
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    other = c.put_many(keys[5:], np.full((1, 4), 5, np.float32))  # another writer's: left alone
+    p1 = c.put_many(keys[:3], np.arange(12, dtype=np.float32).reshape(3, 4))
+    p2 = c.put_many(keys[2:5], np.ones((3, 4), np.float32) * 7)  # keys[2] again: this row wins
+    assert c.merge_shards([p1]) == [p1] and c.merge_shards([]) == []
+    written = c.stats.written
+    new = c.merge_shards([p1, p2])
+    assert len(new) == 1 and not p1.exists() and not p2.exists() and other.exists()
+    assert c.stats.written == written
+    for cache in (c, EmbeddingCache(tmp_path, "enc@r1")):  # this instance's index and a fresh one
+        mask, emb = cache.get_many(keys)
+        assert mask.all()
+        np.testing.assert_array_equal(emb[:2], np.arange(8, dtype=np.float32).reshape(2, 4))
+        assert (emb[2:5] == 7).all() and (emb[5] == 5).all()
+    assert len(list(c.path.glob("shard-*.npz"))) == 2
+    q1 = c.put_many(keys[:2], np.zeros((2, 4), np.float32))
+    q2 = c.put_many(keys[2:5], np.zeros((3, 4), np.float32))
+    assert [len(np.load(p)["keys"]) for p in c.merge_shards([q1, q2], max_rows=2)] == [2, 2, 1]
+    with pytest.raises(ValueError):
+        c.merge_shards([tmp_path / "elsewhere.npz", q1])
+    with pytest.raises(ValueError):
+        c.merge_shards([q1], max_rows=0)
+
+
+def test_context_reuses_an_existing_process_group(bench_dir, tmp_path):
+    """Called from a script that already set up torch.distributed (accelerate, torchrun): that group
+    is reused and left alone."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        with DistContext.from_env() as ctx:
+            assert (ctx.world_size, ctx.backend, ctx.owns_group) == (1, "gloo", False)
+            rep = encode_benchmark(bench_dir, "random", cache_dir=tmp_path / "c", tasks=["i2t"], dist=ctx)
+            assert rep.missing == 0 and rep.encoded == rep.units
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
