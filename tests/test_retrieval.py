@@ -802,3 +802,18 @@ def test_streaming_from_a_memmap_matches(tmp_path):
         exact_search(q, c, judged, backend="faiss", stream=True) if HAS_FAISS else (_ for _ in ()).throw(SearchError("stream=True needs backend='torch'"))
     with pytest.raises(SearchError, match="stream_block_rows"):
         exact_search(q, c, judged, backend="torch", device="cpu", stream=True, stream_block_rows=0)
+
+
+@pytest.mark.parametrize("kind", ["unit", "quantised", "duplicated", "identical"])
+def test_device_top_list_selection_matches(kind, monkeypatch):
+    """The GPU's top-list selection (torch topk on the device, ties sent back to the CPU path), run
+    on the CPU: identical results."""
+    import mrbench.retrieval.search as search_mod
+
+    rng = np.random.default_rng(11)
+    q, c = make_data(kind, rng, 30, 900, 16)
+    judged = random_judged(rng, 30, 900, max_judged=6)
+    refs = {depth: exact_search(q, c, judged, depth=depth, backend="torch", device="cpu") for depth in (40, 900)}
+    monkeypatch.setattr(search_mod, "_DEVICE_TOP_LISTS_ON_CPU", True)
+    for depth, want in refs.items():
+        assert_same_result(want, exact_search(q, c, judged, depth=depth, backend="torch", device="cpu"))

@@ -277,8 +277,10 @@ def _tree_sum(prod: "torch.Tensor") -> "torch.Tensor":
     return prod[:, 0]
 
 
-def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray, cidx: np.ndarray) -> np.ndarray:
-    """Canonical scores of ``(queries[qrows[i]], candidates[cidx[i, j]])`` as a ``[r, m]`` array.
+def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray, cidx: np.ndarray,
+                    as_tensor: bool = False) -> Any:
+    """Canonical scores of ``(queries[qrows[i]], candidates[cidx[i, j]])`` as a ``[r, m]`` array
+    (a float32 tensor on the candidates' device with ``as_tensor``).
 
     Same values as :func:`canonical_scores` on the flattened pairs (the same IEEE products,
     broadcast instead of gathered, and the same :func:`_tree_sum`), only faster for top lists.
@@ -286,9 +288,11 @@ def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
     import torch
 
     r, m = cidx.shape
+    if as_tensor:
+        out_t = torch.empty((r, m), dtype=torch.float32, device=candidates.device)
     out = np.empty((r, m), dtype=np.float32)
     if r == 0 or m == 0:
-        return out
+        return out_t if as_tensor else out
     dev = candidates.device
     d = int(candidates.shape[1])
     rows_per_block = max(1, min(r, _block_elements(dev) // max(1, d * m)))
@@ -300,8 +304,11 @@ def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
         prod = buf[: (e - s) * m]
         torch.index_select(candidates, 0, cidx_t[s:e].reshape(-1), out=prod)
         prod.view(e - s, m, d).mul_(qsel[s:e, None, :])
-        out[s:e] = _tree_sum(prod).cpu().numpy().reshape(e - s, m)
-    return out
+        if as_tensor:
+            out_t[s:e] = _tree_sum(prod).view(e - s, m)
+        else:
+            out[s:e] = _tree_sum(prod).cpu().numpy().reshape(e - s, m)
+    return out_t if as_tensor else out
 
 
 _ROW_BLOCK_ELEMENTS = 1 << 22  # products per block of _canonical_rows on the CPU (fewer, larger ops)
@@ -581,6 +588,8 @@ _DENSE_AMBIGUOUS = 4
 """A query whose top-list pool or union of ambiguity windows (found by a row scan) holds more than
 ``N / _DENSE_AMBIGUOUS`` candidates (huge exact ties) is scored against every candidate too."""
 _FEW_PAIRS = 4
+_DEVICE_TOP_LISTS_ON_CPU = False
+"""Tests set this to run the GPU's top-list selection (:func:`_top_lists_rect_device`) on the CPU."""
 
 
 def _few_pairs(n: int) -> int:
@@ -765,6 +774,29 @@ def _top_lists(
     take = order[(np.cumsum(counts) - counts)[:, None] + np.arange(ctx.depth)]
     ctx.topk_idx[queries] = cc[take]
     ctx.topk_scores[queries] = sc[take]
+
+
+def _top_lists_rect_device(ctx: _Ctx, queries: np.ndarray, cand: np.ndarray, sc_t: "torch.Tensor", in_pool: np.ndarray) -> None:
+    """:func:`_top_lists_rect` with the canonical scores still on the GPU: the row-wise selection of
+    the ``depth + 1`` best runs there; only rows with exact ties come back whole."""
+    import torch
+
+    depth = ctx.depth
+    dev = sc_t.device
+    mask_t = torch.from_numpy(in_pool).to(dev)
+    neg = torch.where(mask_t, -sc_t, torch.full_like(sc_t, float("inf")))
+    head_t, order_t = torch.topk(neg, depth + 1, dim=1, largest=False, sorted=True) if neg.shape[1] > depth else torch.sort(neg, dim=1)
+    head = head_t.cpu().numpy()
+    order = order_t.cpu().numpy().astype(np.int64)
+    tied = (head[:, 1:] == head[:, :-1]).any(axis=1) if head.shape[1] > 1 else np.zeros(head.shape[0], dtype=bool)
+    clean = np.flatnonzero(~tied)
+    top = order[clean, :depth]
+    ctx.topk_idx[queries[clean]] = np.take_along_axis(cand[clean], top, axis=1)
+    ctx.topk_scores[queries[clean]] = -head[clean, :depth]
+    rows = np.flatnonzero(tied)
+    if rows.size:
+        _top_lists_rect(ctx, queries[rows], cand[rows], sc_t.index_select(0, torch.from_numpy(rows).to(dev)).cpu().numpy(),
+                        in_pool[rows])
 
 
 def _top_lists_rect(ctx: _Ctx, queries: np.ndarray, cand: np.ndarray, sc: np.ndarray, in_pool: np.ndarray) -> None:
@@ -1081,8 +1113,12 @@ def _finalise_chunk(
     if rows_ok.size:
         pool_mask = lf64[rows_ok] >= pool_thr[rows_ok, None]  # a prefix of each list
         m = int(pool_mask.sum(axis=1).max())
-        cv = _canonical_grid(ctx.sq, ctx.sc, q0 + rows_ok, li[rows_ok, :m])
-        _top_lists_rect(ctx, q0 + rows_ok, li[rows_ok, :m], cv, pool_mask[:, :m])
+        if ctx.sc.device.type != "cpu" or _DEVICE_TOP_LISTS_ON_CPU:
+            cv_t = _canonical_grid(ctx.sq, ctx.sc, q0 + rows_ok, li[rows_ok, :m], as_tensor=True)
+            _top_lists_rect_device(ctx, q0 + rows_ok, li[rows_ok, :m], cv_t, pool_mask[:, :m])
+        else:
+            cv = _canonical_grid(ctx.sq, ctx.sc, q0 + rows_ok, li[rows_ok, :m])
+            _top_lists_rect(ctx, q0 + rows_ok, li[rows_ok, :m], cv, pool_mask[:, :m])
     okp = sparse[in_list[sparse]]
     if okp.size:
         urows, p_row = np.unique(jq[okp], return_inverse=True)
