@@ -35,6 +35,17 @@ def evaluate(
     decode: Annotated[str, typer.Option(help="Decode workers: thread, process (outside the GIL; for encoders with a "
                                         "pixel_transform, e.g. openclip, ret, vlm2vec) or auto (processes from 4 workers).")] = "auto",
     backend: Annotated[str, typer.Option(help="Exact search backend: auto, torch or faiss.")] = "auto",
+    approx: Annotated[
+        Optional[str], typer.Option("--approx", metavar="JSON", help=(
+            "Approximate search (FAISS) for the run files and metrics, as a JSON object. "
+            "IVF: '{\"index\": \"ivf\", \"nlist\": 1024, \"nprobe\": 16}' with nlist 1..N (N = candidates; "
+            "default about 4*sqrt(N)), nprobe 1..nlist (default max(8, nlist/16)), train_size nlist..N "
+            "(default 256*nlist). HNSW: '{\"index\": \"hnsw\"}' with M 4..128 (default 32), "
+            "ef_construction M..65536 (default 80), ef_search 1..65536 (default 128). Optional: seed (>= 0) and "
+            "device (cpu, or cuda for faiss-gpu; falls back to the CPU with a warning). Judged candidates outside "
+            "an approximate list count as not retrieved. Exact search still runs to report the index's recall "
+            "against it (results.json: scores.approx_recall)."))
+    ] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and fill the on-disk embedding cache.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE or ~/.cache/mrbench/embeddings).")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity", help="Run the drop-one-grain diagnostic.")] = True,
@@ -55,6 +66,7 @@ def evaluate(
     from mrbench.report.tables import comparison_table, print_result
 
     kwargs = parse_json_kwargs(encoder_kwargs)
+    approx_spec = _parse_approx(approx) if approx is not None else None
     encoders = list(dict.fromkeys(encoder))
     if len(encoders) != len(encoder):
         raise MrbenchError("--encoder: the same encoder is given twice; give each once")
@@ -75,6 +87,7 @@ def evaluate(
             benchmark, enc, encoder_kwargs=kwargs, tasks=tasks.split(",") if tasks else None, ks=k, depth=depth,
             output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
             num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
+            **({"approx": approx_spec} if approx_spec is not None else {}),
         )
         print_result(res, console)
         t = res.timings
@@ -83,11 +96,39 @@ def evaluate(
             f"retrieve {t['retrieve']:.2f} s, score {t['score']:.2f} s, grain sensitivity {t['sensitivity']:.2f} s; "
             f"cache hits {res.data['cache']['hits']}/{res.data['cache']['items']}[/dim]"
         )
+        if approx_spec is not None:
+            rec = res.data["scores"].get("approx_recall") or {}
+            kmax = max(res.data["settings"]["ks"])
+            parts = ", ".join(f"{t} {v.get(f'recall@{kmax}'):.3f}" for t, v in rec.items()
+                              if v.get(f"recall@{kmax}") is not None)
+            console.print(f"[dim]approximate search ({res.data['settings']['approx']['index']}): recall@{kmax} "
+                          f"against exact search — {parts or 'no queries'}[/dim]")
         if out is not None:
             console.print(f"results written to [bold]{out}[/bold] (results.json, runs/, per_query.parquet, grains.png)")
         results.append(res)
     if len(results) > 1:
         console.print(comparison_table(results))
+
+
+def _parse_approx(value: str) -> dict:
+    """``--approx`` JSON → dict, validated (one-line errors before anything is encoded)."""
+    import json
+
+    from mrbench.errors import MrbenchError
+    from mrbench.retrieval.approx import check_approx_spec
+
+    example = '\'{"index": "ivf", "nlist": 1024, "nprobe": 16}\' or \'{"index": "hnsw"}\''
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise MrbenchError(f"--approx {value!r}: not valid JSON ({e.msg}); example: {example}") from None
+    if not isinstance(obj, dict):
+        raise MrbenchError(f"--approx {value!r}: expected a JSON object such as {example}")
+    try:
+        check_approx_spec(obj)
+    except MrbenchError as e:
+        raise type(e)(f"--approx: {e}") from None
+    return obj
 
 
 def _slug(name: str) -> str:
