@@ -271,7 +271,9 @@ def evaluate(
         },
         hardware=_hardware(device),
         timings=timings,
-        cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded},
+        cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded,
+                     **{k: getattr(stats, k) for k in ("pixel_cache_hits", "pixel_cache_misses", "gpu_decoded")
+                        if getattr(stats, k, 0)}},
         per_query=per_query,
         sensitivity=sensitivity,
         runs=runs,

@@ -9,8 +9,11 @@ The harness — not the encoder — owns:
   with ``task.metadata`` (a task's own entries win);
 * **content hashes**: sha256 over the item's text and image *bytes* (never ids or paths);
 * **image decoding**: only when ``encoder.meta.needs_pixels`` and the encoder reads images —
-  Pillow in a thread pool, ``.convert("RGB")``, the next batch decoded while the current one is
-  encoded;
+  Pillow in a thread pool (or forked processes, or ``torchvision.io.decode_jpeg`` on the GPU with
+  ``workers="gpu"``), ``.convert("RGB")``, the next batch decoded while the current one is encoded
+  (a bounded queue: at most the current and the next batch are in flight, so memory stays flat on
+  any pool size); optionally an on-disk cache of preprocessed pixels
+  (:mod:`mrbench.encoders.pixel_cache`, off by default);
 * **caching**: only cache misses are encoded; each batch is validated and written to the cache at
   once, so an interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
   ``False`` (their output depends on more than content, like the oracle) bypass the cache;
@@ -24,10 +27,12 @@ Every failure is one line naming the encoder, task, role and the offending item 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +49,9 @@ if TYPE_CHECKING:
 
     from mrbench.data.schema import Benchmark, Candidate, Query, Task, TaskInfo
     from mrbench.encoders.cache import EmbeddingCache
+    from mrbench.encoders.pixel_cache import PixelCache
+
+log = logging.getLogger(__name__)
 
 ITEM_HASH_VERSION = b"mrbench-item-v1"
 
@@ -150,7 +158,7 @@ def load_rgb(path: Path, item_id: str) -> "Image":
         ) from None
 
 
-WORKER_KINDS = ("auto", "thread", "process")
+WORKER_KINDS = ("auto", "thread", "process", "gpu")
 DECODE_TIMEOUT_S = 300
 _PROC_POOL: Any = None
 _PROC_POOL_SIZE = 0
@@ -158,7 +166,7 @@ _PROC_LOCK = threading.Lock()
 
 
 def check_worker_kind(kind: str) -> None:
-    """One-line error for a decode worker kind that is not ``auto``, ``thread`` or ``process``."""
+    """One-line error for a decode worker kind that is not ``auto``, ``thread``, ``process`` or ``gpu``."""
     if kind not in WORKER_KINDS:
         raise EncoderError(f"--decode {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
 
@@ -284,6 +292,140 @@ def load_prepared(encoder: Encoder, path: Path, item_id: str, task_name: str = "
         return img, None
     except Exception as e:
         raise _rejected(encoder.meta.name, item_id, task_name, path, e) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU decode (workers="gpu")
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+GPU_DECODE_CHUNK = 32
+"""JPEGs decoded per ``decode_jpeg`` call: bounds the full-resolution images alive on the device."""
+GPU_DECODER = "torchvision.io.decode_jpeg"
+_TENSOR_SAFE_STEPS = {("torchvision.transforms.transforms", "Resize"), ("torchvision.transforms.transforms", "CenterCrop")}
+_WARNED: set[tuple[str, ...]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_once(key: tuple[str, ...], msg: str, *args: Any) -> None:
+    """``log.warning(msg, *args)`` the first time ``key`` is seen in this process."""
+    with _WARNED_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+    log.warning(msg, *args)
+
+
+class TensorStages:
+    """Picklable ``uint8 [3, H, W] tensor → uint8 [3, h, w]`` through tensor-capable torchvision
+    steps: the tensor counterpart of a PIL-only ``Compose`` (see :func:`tensor_transform_of`)."""
+
+    def __init__(self, steps: Sequence[Any]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, x: Any) -> Any:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"TensorStages({self.steps!r})"
+
+
+def tensor_transform_of(encoder: Encoder) -> Callable[[Any], Any] | None:
+    """The transform GPU decode applies to each decoded ``uint8 [3, H, W]`` tensor (on the device).
+
+    * ``encoder.tensor_transform()`` when the encoder defines it (and it returns non-``None``): a
+      function of such a tensor returning the same kind of pixels ``prepare_image`` returns;
+    * else, derived from ``encoder.pixel_transform()`` when that is a PIL-stage wrapper (an object
+      with ``pil_stage``, like open_clip's) whose stage is a torchvision ``Compose`` of only
+      ``Resize``, ``CenterCrop`` and RGB conversions (identity on decoded RGB tensors): the same
+      steps on tensors (antialiased; close to Pillow's resize, not bitwise equal);
+    * else ``None`` (GPU decode is then not available for this encoder).
+    """
+    fn = getattr(encoder, "tensor_transform", None)
+    if callable(fn):
+        t = fn()
+        if t is not None:
+            return t
+    pt = getattr(encoder, "pixel_transform", None)
+    if not callable(pt):
+        return None
+    try:
+        t = pt()
+    except Exception:
+        return None
+    stage = getattr(t, "pil_stage", None)
+    steps = getattr(stage, "transforms", None)
+    if type(stage).__name__ != "Compose" or not type(stage).__module__.startswith("torchvision"):
+        return None
+    if not isinstance(steps, (list, tuple)):
+        return None
+    kept = []
+    for step in steps:
+        cls = type(step)
+        if (cls.__module__, cls.__name__) in _TENSOR_SAFE_STEPS:
+            kept.append(step)
+        elif cls.__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB":
+            continue  # open_clip: converts PIL images only; decoded tensors are RGB already
+        elif getattr(step, "__name__", None) == "_convert_to_rgb":
+            continue  # older open_clip: image.convert("RGB")
+        else:
+            return None
+    return TensorStages(kept)
+
+
+def _gpu_decode_device(encoder: Encoder) -> str | None:
+    """The device GPU decode runs on: the encoder's ``device`` when it is CUDA and CUDA is
+    available, else ``None``. (Tests patch this to return ``"cpu"`` to run the path on a CPU.)"""
+    dev = str(getattr(encoder, "device", "") or "")
+    if not dev.startswith("cuda"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return dev if torch.cuda.is_available() else None
+
+
+def gpu_decode_plan(encoder: Encoder) -> tuple[str, Callable[[Any], Any]] | str:
+    """``(device, tensor transform)`` when ``workers="gpu"`` can run for ``encoder``, else the
+    reason it cannot (a phrase)."""
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except Exception:
+        return "torchvision.io.decode_jpeg is not importable"
+    dev = _gpu_decode_device(encoder)
+    if dev is None:
+        return "the encoder does not run on an available CUDA device"
+    t = tensor_transform_of(encoder)
+    if t is None:
+        return ("the encoder has no tensor-capable transform (tensor_transform(), or a pixel_transform() "
+                "whose PIL stages are torchvision Resize/CenterCrop)")
+    return dev, t
+
+
+def decode_jpegs(datas: Sequence[bytes], device: str) -> list[Any]:
+    """Decode JPEG file contents to ``uint8 [3, H, W]`` RGB tensors on ``device`` in one batched
+    ``torchvision.io.decode_jpeg`` call (one by one when the batch fails); ``None`` for an image
+    that does not decode."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    if not tensors:
+        return []
+    try:
+        out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        return list(out)
+    except Exception:
+        pass
+    res: list[Any] = []
+    for t in tensors:
+        try:
+            res.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+        except Exception:
+            res.append(None)
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -417,7 +559,9 @@ class EncodeStats:
 
     ``encode_seconds`` is the time spent inside ``encoder.encode``; ``total_seconds`` the wall time
     of the harness calls (hashing, cache I/O, decoding not overlapped with encoding, validation
-    included); their difference is the harness overhead.
+    included); their difference is the harness overhead. ``pixel_cache_hits`` / ``pixel_cache_misses``
+    count images read from / decoded for the pixel cache (0 while it is off); ``gpu_decoded`` the
+    images decoded by ``workers="gpu"`` on the device.
     """
 
     items: int = 0
@@ -426,6 +570,9 @@ class EncodeStats:
     batches: int = 0
     encode_seconds: float = 0.0
     total_seconds: float = 0.0
+    pixel_cache_hits: int = 0
+    pixel_cache_misses: int = 0
+    gpu_decoded: int = 0
 
     @property
     def overhead_seconds(self) -> float:
@@ -440,13 +587,29 @@ class EncodeStats:
             "encode_seconds": self.encode_seconds,
             "total_seconds": self.total_seconds,
             "overhead_seconds": self.overhead_seconds,
+            "pixel_cache_hits": self.pixel_cache_hits,
+            "pixel_cache_misses": self.pixel_cache_misses,
+            "gpu_decoded": self.gpu_decoded,
         }
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], seq: Iterable[Any], window: int) -> Iterator[Any]:
+    """``pool.map(fn, seq)`` (results in order) with at most ``window`` tasks submitted and not yet
+    consumed — ``Executor.map`` submits everything at once, a future per item of a huge pool."""
+    q: deque[Future] = deque()
+    for x in seq:
+        q.append(pool.submit(fn, x))
+        if len(q) >= window:
+            yield q.popleft().result()
+    while q:
+        yield q.popleft().result()
 
 
 def _hash_items(
     items: Sequence["Query | Candidate"],
     paths: list[Path | None],
     pool: ThreadPoolExecutor | None,
+    window: int = 64,
 ) -> list[str]:
     unique = sorted({p for p in paths if p is not None}, key=str)
     owner: dict[Path, str] = {}
@@ -463,10 +626,268 @@ def _hash_items(
             ) from None
 
     if pool is not None and len(unique) > 8:
-        digests = dict(zip(unique, pool.map(one, unique)))
+        digests = dict(zip(unique, _bounded_map(pool, one, unique, window)))
     else:
         digests = {p: one(p) for p in unique}
     return [_combine_hash(it.text, digests[p] if p is not None else None) for it, p in zip(items, paths)]
+
+
+Loaded = tuple[Any, Any]  # (PIL image or None, pixels or None) of one item
+
+
+class _Decoder:
+    """The decode side of :func:`encode_items`: ``submit(batch)`` starts decoding one batch (threads,
+    processes or the GPU; cached pixels read from the pixel cache) and returns a function that waits
+    for it and gives ``(image, pixels)`` per item. The harness keeps at most two batches in flight
+    (the one being encoded and the next), cache writes at most :attr:`MAX_PENDING_WRITES` behind."""
+
+    MAX_PENDING_WRITES = 2
+
+    def __init__(self, encoder: Encoder, items: Sequence["Query | Candidate"], paths: list[Path | None],
+                 task_name: str, num_workers: int, workers: str, pool: ThreadPoolExecutor | None,
+                 pixel_cache: "PixelCache | None", stats: EncodeStats) -> None:
+        self.encoder, self.items, self.paths, self.task_name = encoder, items, paths, task_name
+        self.name = encoder.meta.name
+        self.num_workers, self.pool, self.stats = num_workers, pool, stats
+        self.gpu: tuple[str, Callable[[Any], Any]] | None = None
+        cpu_kind = workers
+        if workers == "gpu":
+            plan = gpu_decode_plan(encoder)
+            if isinstance(plan, str):
+                _warn_once((self.name, "gpu", plan), "decode='gpu' is unavailable for encoder %r (%s); decoding "
+                           "on the CPU with Pillow instead", self.name, plan)
+                cpu_kind = "auto"
+            else:
+                self.gpu, cpu_kind = plan, "thread"
+        self.transform = _process_transform(encoder, num_workers, cpu_kind)
+        self.procs = _process_pool(num_workers) if self.transform is not None else None
+        self.gpu_exec = ThreadPoolExecutor(1, thread_name_prefix="mrbench-gpu-decode") if self.gpu else None
+        self.cache: PixelCache | None = None
+        self.fp = ""
+        self.writer: ThreadPoolExecutor | None = None
+        self.writes: deque[Future] = deque()
+        self.digests: dict[int, str] = {}
+        if pixel_cache is not None and any(p is not None for p in paths):
+            self._open_cache(pixel_cache)
+
+    # -- pixel cache ------------------------------------------------------------------------------
+    def _open_cache(self, cache: "PixelCache") -> None:
+        from mrbench.encoders.pixel_cache import transform_fingerprint
+
+        if self.gpu is not None:
+            transform, decoder = self.gpu[1], GPU_DECODER
+        else:
+            transform, decoder = self.transform, "pillow"
+            fn = getattr(self.encoder, "pixel_transform", None)
+            if transform is None and callable(fn):
+                try:
+                    transform = fn()
+                except Exception as e:
+                    log.debug("pixel cache: %r pixel_transform() failed (%s)", self.name, e)
+        try:
+            self.fp, desc = transform_fingerprint(self.encoder, transform, decoder=decoder)
+        except ValueError:
+            _warn_once((self.name, "pixel-cache-no-transform"), "pixel cache: encoder %r has neither "
+                       "pixel_transform() nor transform_id, so its pixels cannot be fingerprinted; its images "
+                       "are decoded as usual", self.name)
+            return
+        cache.describe_to(self.fp, desc, self.name)
+        cache.refresh(self.fp)
+        self.cache = cache
+
+    def _digest(self, i: int) -> str:
+        d = self.digests.get(i)
+        if d is None:
+            d = self.digests[i] = file_content_hash(self.paths[i])  # type: ignore[arg-type]  # memoised
+        return d
+
+    def _store(self, idx: list[int], got: dict[int, Loaded]) -> None:
+        from mrbench.encoders.pixel_cache import PixelCache
+
+        assert self.cache is not None
+        entries = {self._digest(i): got[i][1] for i in idx if got[i][1] is not None}
+        if not entries:
+            return
+        tensors, meta = PixelCache.pack(entries)  # copies, here: the encoder may touch its pixels later
+        if len(meta) < len(entries):
+            bad = next(v for d, v in entries.items() if d not in meta)
+            _warn_once((self.name, "pixel-cache-type"), "pixel cache: encoder %r returns pixels of type %s, which "
+                       "the cache cannot store; those images are decoded on every run", self.name, type(bad).__name__)
+        if not meta:
+            return
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="mrbench-pixel-cache")
+        while len(self.writes) >= self.MAX_PENDING_WRITES:
+            self._wait_write(self.writes.popleft())
+        self.writes.append(self.writer.submit(self.cache.write, self.fp, tensors, meta))
+
+    def _wait_write(self, fut: Future) -> None:
+        try:
+            fut.result()
+        except Exception as e:  # disk full, read-only root, ...: the run goes on uncached
+            assert self.cache is not None
+            _warn_once((self.name, "pixel-cache-write"), "pixel cache: cannot write under %s (%s: %s); "
+                       "continuing without storing pixels", self.cache.root, type(e).__name__, e)
+
+    def finish(self) -> None:
+        """Wait for the pending cache writes (a failed write is one warning, not an error)."""
+        while self.writes:
+            self._wait_write(self.writes.popleft())
+
+    def close(self) -> None:
+        self.finish()
+        for ex in (self.gpu_exec, self.writer):
+            if ex is not None:
+                ex.shutdown(wait=True, cancel_futures=True)
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def _load(self, i: int) -> Loaded:
+        return load_prepared(self.encoder, self.paths[i], self.items[i].id, self.task_name)  # type: ignore[arg-type]
+
+    def submit(self, batch: Sequence[int]) -> Callable[[], list[Loaded]]:
+        hits: list[int] = []
+        if self.cache is not None:
+            with_path = [i for i in batch if self.paths[i] is not None]
+            found = self.cache.contains(self.fp, [self._digest(i) for i in with_path], refresh=False)
+            hits = [i for i, f in zip(with_path, found) if f]
+        hit_set = set(hits)
+        rest = [i for i in batch if i not in hit_set]
+        rest_fn = self._submit_decode(rest) if rest else None
+        hit_fn: Callable[[], list[Any]] | None = None
+        if hits:
+            assert self.cache is not None
+            digests = [self._digest(i) for i in hits]
+            if self.pool is not None:
+                hit_fut = self.pool.submit(self.cache.get_many, self.fp, digests)
+                hit_fn = hit_fut.result
+            else:
+                cache = self.cache
+
+                def hit_fn() -> list[Any]:
+                    return cache.get_many(self.fp, digests)
+
+        def collect() -> list[Loaded]:
+            got: dict[int, Loaded] = {}
+            if rest_fn is not None:
+                got.update(zip(rest, rest_fn()))
+            redo: list[int] = []
+            if hit_fn is not None:
+                for i, v in zip(hits, hit_fn()):
+                    if v is None:  # its shard turned out corrupt (warned): decode it again
+                        redo.append(i)
+                    else:
+                        got[i] = (None, v)
+            if redo:
+                got.update(zip(redo, self._submit_decode(redo)()))
+            if self.cache is not None:
+                fresh = [i for i in rest if self.paths[i] is not None] + redo
+                self.stats.pixel_cache_hits += len(hits) - len(redo)
+                self.stats.pixel_cache_misses += len(fresh)
+                self._store(fresh, got)
+            out = [got[i] for i in batch]
+            return self._on_device(out) if self.gpu is not None else out
+
+        return collect
+
+    def _submit_decode(self, idx: list[int]) -> Callable[[], list[Loaded]]:
+        paths, items, pool = self.paths, self.items, self.pool
+        if self.gpu is not None:
+            return self._submit_gpu(idx)
+        if self.procs is not None:  # chunks of paths to worker processes; they return pixels only
+            todo = [i for i in idx if paths[i] is not None]
+            size = max(1, -(-len(todo) // (2 * self.num_workers)))
+            chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
+            futs = [self.procs.submit(_decode_chunk, [paths[i] for i in c], [items[i].id for i in c], self.task_name,
+                                      self.name, self.transform) for c in chunks]
+
+            def collect() -> list[Loaded]:
+                got: dict[int, Any] = {}
+                for c, f in zip(chunks, futs):
+                    got.update(zip(c, _result(f)))
+                return [(None, got[i]) if i in got else (None, None) for i in idx]
+
+            return collect
+        futures = [pool.submit(self._load, i) if pool is not None and paths[i] is not None else None for i in idx]
+        return lambda: [
+            f.result() if f is not None else (self._load(i) if paths[i] is not None else (None, None))
+            for f, i in zip(futures, idx)
+        ]
+
+    # -- GPU --------------------------------------------------------------------------------------
+    def _read_or_cpu(self, i: int) -> tuple[str, Any]:
+        """``("jpeg", bytes)`` for a JPEG file, else ``("cpu", (image, pixels))`` decoded by Pillow
+        (which also raises the usual one-line error for a missing or broken file)."""
+        try:
+            with open(self.paths[i], "rb") as f:  # type: ignore[arg-type]
+                data = f.read()
+        except OSError:
+            return "cpu", self._load(i)
+        if data[:3] == JPEG_MAGIC:
+            return "jpeg", data
+        return "cpu", self._load(i)
+
+    def _submit_gpu(self, idx: list[int]) -> Callable[[], list[Loaded]]:
+        assert self.gpu_exec is not None
+        todo = [i for i in idx if self.paths[i] is not None]
+        reads = [self.pool.submit(self._read_or_cpu, i) if self.pool is not None else None for i in todo]
+        fut = self.gpu_exec.submit(self._gpu_decode, todo, reads)
+
+        def collect() -> list[Loaded]:
+            got, n_gpu, n_cpu = fut.result()
+            self.stats.gpu_decoded += n_gpu
+            if n_cpu:
+                _warn_once((self.name, "gpu-cpu-fallback"), "decode='gpu': %d of %d images in task %r are not JPEG "
+                           "or did not decode on the device; decoded on the CPU with Pillow (further cases are "
+                           "not reported)", n_cpu, len(todo), self.task_name)
+            return [got.get(i, (None, None)) for i in idx]
+
+        return collect
+
+    def _gpu_decode(self, todo: list[int], reads: list[Future | None]) -> tuple[dict[int, Loaded], int, int]:
+        import torch
+
+        assert self.gpu is not None
+        device, transform = self.gpu
+        got: dict[int, Loaded] = {}
+        jpeg: list[tuple[int, bytes]] = []
+        for i, r in zip(todo, reads):
+            kind, val = r.result() if r is not None else self._read_or_cpu(i)
+            if kind == "jpeg":
+                jpeg.append((i, val))
+            else:
+                got[i] = val
+        n_cpu = len(todo) - len(jpeg)
+        n_gpu = 0
+        with torch.no_grad():
+            for k in range(0, len(jpeg), GPU_DECODE_CHUNK):
+                chunk = jpeg[k : k + GPU_DECODE_CHUNK]
+                for (i, _), img in zip(chunk, decode_jpegs([d for _, d in chunk], device)):
+                    if img is None:  # Pillow decodes it, or raises the usual one-line error
+                        got[i] = self._load(i)
+                        n_cpu += 1
+                        continue
+                    try:
+                        got[i] = (None, transform(img))
+                    except Exception as e:
+                        raise _rejected(self.name, self.items[i].id, self.task_name, self.paths[i], e) from None  # type: ignore[arg-type]
+                    n_gpu += 1
+        return got, n_gpu, n_cpu
+
+    def _on_device(self, loaded: list[Loaded]) -> list[Loaded]:
+        """GPU decode: every array/tensor pixel value as a torch tensor on the decode device (Pillow
+        fallbacks and cache hits come from the CPU; the encoder stacks them with device tensors)."""
+        import torch
+
+        assert self.gpu is not None
+        device = torch.device(self.gpu[0])
+        out = []
+        for img, pix in loaded:
+            if isinstance(pix, np.ndarray):
+                pix = torch.from_numpy(pix)
+            if isinstance(pix, torch.Tensor) and pix.device != device:
+                pix = pix.to(device, non_blocking=True)
+            out.append((img, pix))
+        return out
 
 
 def encode_items(
@@ -482,6 +903,7 @@ def encode_items(
     workers: str = "auto",
     progress: Callable[[int], None] | None = None,
     stats: EncodeStats | None = None,
+    pixel_cache: "PixelCache | str | os.PathLike[str] | bool | None" = None,
 ) -> np.ndarray:
     """Encode ``items`` in ``role`` for ``task``; returns validated float32 ``[len(items), D]`` (row i = item i).
 
@@ -495,12 +917,23 @@ def encode_items(
         num_workers: threads decoding images, running the encoder's ``prepare_image`` hook and
             hashing files (Pillow and torch transforms release the GIL); 0 decodes inline; ``None``
             picks :func:`default_workers`.
-        workers: ``"thread"``, ``"process"`` or ``"auto"``. Processes decode and transform images
-            outside the GIL; they need an encoder with a ``pixel_transform()`` method (a picklable
-            ``PIL image → array`` function) and a fork-capable OS. ``"auto"`` uses them from 4
-            workers on (with 16 threads the GIL held Pillow to about 900 images/s on a 16-core machine).
+        workers: ``"thread"``, ``"process"``, ``"auto"`` or ``"gpu"``. Processes decode and transform
+            images outside the GIL; they need an encoder with a ``pixel_transform()`` method (a
+            picklable ``PIL image → array`` function) and a fork-capable OS. ``"auto"`` uses them from
+            4 workers on (with 16 threads the GIL held Pillow to about 900 images/s on a 16-core
+            machine). ``"gpu"`` (opt-in) decodes JPEGs with ``torchvision.io.decode_jpeg`` on the
+            encoder's CUDA device in batches and applies :func:`tensor_transform_of` there (file
+            reads in the threads); other images go through Pillow in threads. The pixels are close
+            to, not bitwise equal to, the Pillow path's. Without CUDA, torchvision or a
+            tensor-capable transform it warns once and decodes as ``"auto"``.
         progress: called with the number of items completed, as they complete.
         stats: accumulates counters and timings (see :class:`EncodeStats`).
+        pixel_cache: on-disk cache of preprocessed pixels keyed by (transform fingerprint, image
+            hash), see :mod:`mrbench.encoders.pixel_cache`: ``None`` (default) follows
+            ``$MRBENCH_PIXEL_CACHE`` (off when unset), ``False`` off, ``True`` the default root, a
+            path that root, or a :class:`~mrbench.encoders.pixel_cache.PixelCache`. Cached images
+            are neither decoded nor transformed; the encoder gets ``image=None`` and the stored
+            ``pixels`` (as from decode processes). Embeddings are identical with it on or off.
     """
     t_start = time.perf_counter()
     _check_role(role)
@@ -522,8 +955,9 @@ def encode_items(
     ctx = dict(encoder_name=meta.name, task_name=task.name, role=role)
 
     pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
+    decoder: _Decoder | None = None
     try:
-        hashes = _hash_items(items, paths, pool)
+        hashes = _hash_items(items, paths, pool, window=max(16, 4 * num_workers))
         dim = meta.dim
         out: np.ndarray | None = None
         if use_cache:
@@ -548,41 +982,20 @@ def encode_items(
             progress(n_hit)
 
         miss = np.flatnonzero(~mask)
-        batches = [miss[i : i + bs] for i in range(0, len(miss), bs)]
+        batches = [miss[i : i + bs].tolist() for i in range(0, len(miss), bs)]
 
-        def load(i: int) -> tuple[Any, Any]:
-            return load_prepared(encoder, paths[i], items[i].id, task.name)  # type: ignore[arg-type]
+        if decode:
+            from mrbench.encoders.pixel_cache import resolve_pixel_cache
 
-        transform = _process_transform(encoder, num_workers, workers) if decode else None
-        procs = _process_pool(num_workers) if transform is not None else None
-
-        def submit(batch: np.ndarray) -> Callable[[], list[tuple[Any, Any]]]:
-            if procs is not None:  # chunks of paths to worker processes; they return pixels only
-                todo = [i for i in batch if paths[i] is not None]
-                size = max(1, -(-len(todo) // (2 * num_workers)))
-                chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
-                futs = [procs.submit(_decode_chunk, [paths[i] for i in c], [items[i].id for i in c], task.name,
-                                     meta.name, transform) for c in chunks]
-
-                def collect() -> list[tuple[Any, Any]]:
-                    got: dict[int, Any] = {}
-                    for c, f in zip(chunks, futs):
-                        got.update(zip(c, _result(f)))
-                    return [(None, got[i]) if i in got else (None, None) for i in batch]
-
-                return collect
-            futures = [pool.submit(load, i) if pool is not None and paths[i] is not None else None for i in batch]
-            return lambda: [
-                f.result() if f is not None else (load(i) if paths[i] is not None else (None, None))
-                for f, i in zip(futures, batch)
-            ]
-
-        pending = submit(batches[0]) if decode and batches else None
+            decoder = _Decoder(encoder, items, paths, task.name, num_workers, workers, pool,
+                               resolve_pixel_cache(pixel_cache) if batches else None, stats)
+        # a bounded queue: the batch being encoded and the next one being decoded, never more
+        pending = decoder.submit(batches[0]) if decoder is not None and batches else None
         for b, batch in enumerate(batches):
-            if decode:
+            if decoder is not None:
                 assert pending is not None
                 loaded = pending()
-                pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
+                pending = decoder.submit(batches[b + 1]) if b + 1 < len(batches) else None
             else:
                 loaded = [(None, None)] * len(batch)
             inputs = [
@@ -616,6 +1029,8 @@ def encode_items(
             if progress is not None:
                 progress(len(batch))
     finally:
+        if decoder is not None:
+            decoder.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         stats.total_seconds += time.perf_counter() - t_start

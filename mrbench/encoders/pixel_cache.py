@@ -1,0 +1,615 @@
+"""On-disk cache of *preprocessed* image tensors, keyed by (transform fingerprint, image content hash).
+
+Off by default. :func:`mrbench.encoders.harness.encode_items` uses it when its ``pixel_cache``
+argument is ``True``, a directory or a :class:`PixelCache`, or — when that argument is left at
+``None`` — when the environment variable ``MRBENCH_PIXEL_CACHE`` is set (``1``/``true``/``on``: the
+default root ``$MRBENCH_HOME/pixels``; any other non-empty value except ``0``/``false``/``off``: that
+directory). So ``MRBENCH_PIXEL_CACHE=1 mrbench evaluate ...`` turns it on with no code change.
+On a warm run a cached image is neither decoded nor transformed: its tensor is read from disk.
+
+**What is cached** is what the encoder's image hook returns for one image — ``prepare_image(image)``
+in decode threads, ``pixel_transform()(image)`` in decode processes, the tensor transform in the GPU
+decode path — when that is a numpy array, a torch tensor (numpy-representable dtype) or a dataclass
+defined in ``mrbench`` whose fields are all arrays/tensors (Qwen2-VL's ``PreparedImage``). Anything
+else is passed through and not stored. Values come back bitwise equal, as the same container type
+(numpy or torch, on the CPU).
+
+**Fingerprint** (:func:`transform_fingerprint`): sha256 (32 hex) over the canonical JSON of
+
+* the cache format version, ``meta.name`` and ``meta.revision`` of the encoder;
+* the decoder (``"pillow"`` for the CPU path, ``"torchvision.io.decode_jpeg"`` for GPU decode);
+* the installed versions of Pillow, numpy, torch, torchvision, transformers and open_clip (a resize
+  can change between releases);
+* the transform: its ``transform_id`` when the transform object or the encoder declares one (a
+  string, or a method returning one — an encoder promise that the pixels depend on nothing else;
+  the way for encoders with only ``prepare_image`` to opt in), else :func:`describe` of the
+  ``pixel_transform()`` object (of the tensor transform for GPU decode): a recursive walk over its
+  class names, the bytecode of their ``__call__``/``forward``, attribute values (arrays by digest),
+  functions (qualified name + bytecode digest + defaults + closure) and ``functools.partial``
+  arguments, with memory addresses stripped and sets sorted. Changing an attribute of the transform
+  (size, interpolation, mean, mode, a processor's config ...) or that code changes the fingerprint.
+  Helper functions the transform calls by module name are not followed: after editing one, bump the
+  encoder's revision or ``transform_id`` (or delete the cache).
+
+In decode threads the values come from ``prepare_image`` while the fingerprint describes
+``pixel_transform()``: the harness relies on the documented contract that the two compute the same
+thing (as for decode processes). An encoder with neither ``pixel_transform()`` nor ``transform_id``
+is not cached (one warning line); the cached values are handed to the encoder as ``pixels`` with
+``image=None``, as decode processes do.
+
+**Layout**: ``<root>/<slug(meta.name)>-<fingerprint>/shard-<time>-<pid>-<random>.safetensors`` plus a
+human-readable ``transform.json`` (the description that was hashed). A shard holds one batch of
+entries: tensor ``<image sha256>`` (or ``<image sha256>.<field>`` for dataclasses), and in its
+metadata the entry kinds and a CRC-32 per tensor. Shards are written to a temporary file and moved
+into place with :func:`os.replace` (no fsync: a shard lost to a power cut reads as corrupt and is
+recomputed), names are unique per writer, so several processes may fill one directory at once;
+readers pick up shards written by others at their next lookup. A shard that cannot be read or whose
+CRC does not match is reported once (one warning line) and its entries are recomputed (and written
+again to a new shard). No pickle anywhere. To clear the cache, delete the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import types
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PIXEL_CACHE_ENV = "MRBENCH_PIXEL_CACHE"
+"""``1``/``true``/``on``: cache under :func:`default_pixel_cache_root`; ``0``/``false``/``off``/unset:
+off; anything else: the cache root directory."""
+
+FORMAT = "mrbench-pixels-v1"
+_ON = {"1", "true", "yes", "on"}
+_OFF = {"", "0", "false", "no", "off"}
+_ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
+_LIBS = ("pillow", "numpy", "torch", "torchvision", "transformers", "open_clip_torch")
+_HASH_LIMIT = 64 << 20  # arrays larger than this enter a description by dtype/shape only
+
+
+def default_pixel_cache_root() -> Path:
+    """``$MRBENCH_HOME/pixels`` (``~/.cache/mrbench/pixels``)."""
+    from mrbench.data.registry import mrbench_home
+
+    return mrbench_home() / "pixels"
+
+
+_INSTANCES: dict[str, "PixelCache"] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def resolve_pixel_cache(arg: "PixelCache | str | os.PathLike[str] | bool | None") -> "PixelCache | None":
+    """The cache :func:`~mrbench.encoders.harness.encode_items` uses for its ``pixel_cache`` argument.
+
+    ``None``: from ``$MRBENCH_PIXEL_CACHE`` (off when unset); ``False``: off; ``True``: the default
+    root; a path: that root; a :class:`PixelCache`: itself. One instance per root and process, so
+    the shard index is read once.
+    """
+    if isinstance(arg, PixelCache):
+        return arg
+    if arg is False:
+        return None
+    if arg is None:
+        env = os.environ.get(PIXEL_CACHE_ENV, "").strip()
+        if env.lower() in _OFF:
+            return None
+        root = default_pixel_cache_root() if env.lower() in _ON else Path(env)
+    elif arg is True:
+        root = default_pixel_cache_root()
+    else:
+        root = Path(arg)
+    root = root.expanduser()
+    key = os.path.abspath(root)
+    with _INSTANCES_LOCK:
+        inst = _INSTANCES.get(key)
+        if inst is None:
+            inst = _INSTANCES[key] = PixelCache(root)
+        return inst
+
+
+# ----------------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+
+
+def _code_sig(code: types.CodeType) -> str:
+    """Digest of a code object's behaviour (bytecode, constants, names), not of its file/line."""
+    consts = []
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            consts.append(_code_sig(c))
+        elif isinstance(c, frozenset):
+            consts.append(repr(sorted(repr(x) for x in c)))
+        else:
+            consts.append(repr(c))
+    blob = repr((code.co_code, consts, code.co_names, code.co_varnames, code.co_argcount))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _array_desc(arr: np.ndarray) -> dict[str, Any]:
+    d: dict[str, Any] = {"array": str(arr.dtype), "shape": list(arr.shape)}
+    if arr.dtype.kind == "O":
+        d["repr"] = _ADDR.sub("", repr(arr.tolist()))
+    elif arr.nbytes <= _HASH_LIMIT:
+        d["sha256"] = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
+    return d
+
+
+def _is_tensor(obj: Any) -> bool:
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach") and hasattr(obj, "numpy")
+
+
+def describe(obj: Any, _depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
+    """A JSON-able, process-independent description of a transform object (see the module docs)."""
+    if _depth > 16:
+        return "<too deep>"
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return repr(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return {"bytes": hashlib.sha256(bytes(obj)).hexdigest()[:16]}
+    if isinstance(obj, enum.Enum):
+        return f"{_qualname(type(obj))}.{obj.name}"
+    if isinstance(obj, type):
+        return {"type": _qualname(obj)}
+    if isinstance(obj, np.generic):
+        return {"scalar": str(obj.dtype), "value": repr(obj.item())}
+    if isinstance(obj, np.ndarray):
+        return _array_desc(obj)
+    if _is_tensor(obj):
+        t = obj.detach().cpu()
+        if str(t.dtype) in ("torch.bfloat16", "torch.float16"):
+            return {**_array_desc(t.float().numpy()), "tensor": str(t.dtype)}
+        return {**_array_desc(t.numpy()), "tensor": str(t.dtype)}
+    if id(obj) in _path:
+        return "<cycle>"
+    path = _path | {id(obj)}
+    d = _depth + 1
+    if isinstance(obj, (list, tuple)):
+        return [describe(x, d, path) for x in obj]
+    if isinstance(obj, (set, frozenset)):
+        return {"set": sorted(json.dumps(describe(x, d, path), sort_keys=True, default=str) for x in obj)}
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj):
+            return {"dict": {k: describe(v, d, path) for k, v in sorted(obj.items())}}
+        items = [(json.dumps(describe(k, d, path), sort_keys=True, default=str), describe(v, d, path))
+                 for k, v in obj.items()]
+        return {"dict": sorted(items, key=lambda kv: kv[0])}
+    if isinstance(obj, functools.partial):
+        return {"partial": describe(obj.func, d, path), "args": describe(obj.args, d, path),
+                "keywords": describe(obj.keywords, d, path)}
+    if isinstance(obj, types.FunctionType):
+        out: dict[str, Any] = {"function": _qualname(obj), "code": _code_sig(obj.__code__)}
+        if obj.__defaults__:
+            out["defaults"] = describe(obj.__defaults__, d, path)
+        if obj.__kwdefaults__:
+            out["kwdefaults"] = describe(obj.__kwdefaults__, d, path)
+        if obj.__closure__:
+            cells = []
+            for c in obj.__closure__:
+                try:
+                    cells.append(describe(c.cell_contents, d, path))
+                except ValueError:  # empty cell
+                    cells.append("<empty>")
+            out["closure"] = cells
+        return out
+    if isinstance(obj, types.MethodType):
+        return {"method": describe(obj.__func__, d, path), "self": describe(obj.__self__, d, path)}
+    if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return {"builtin": _qualname(obj)}
+    if isinstance(obj, types.ModuleType):
+        return {"module": obj.__name__}
+    cls = type(obj)
+    out = {"class": _qualname(cls)}
+    for meth in ("__call__", "forward"):  # forward: torch modules route __call__ to it
+        fn = getattr(cls, meth, None)
+        if isinstance(fn, types.FunctionType):
+            out[meth.strip("_")] = _code_sig(fn.__code__)
+    state: dict[str, Any] = {}
+    if hasattr(obj, "__dict__"):
+        state.update(vars(obj))
+    for k in getattr(cls, "__slots__", ()) or ():
+        if isinstance(k, str) and hasattr(obj, k):
+            state[k] = getattr(obj, k)
+    if state:
+        out["state"] = describe(state, d, path)
+    elif cls.__repr__ is not object.__repr__:
+        try:
+            out["repr"] = _ADDR.sub("", repr(obj))
+        except Exception:
+            pass
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries whose releases may change preprocessing output."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in _LIBS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def transform_id_of(encoder: Any, transform: Any = None) -> str | None:
+    """The ``transform_id`` declared by ``transform`` or else by ``encoder`` (attribute or method)."""
+    for owner in (transform, encoder):
+        tid = getattr(owner, "transform_id", None) if owner is not None else None
+        if callable(tid):
+            tid = tid()
+        if tid is not None:
+            return str(tid)
+    return None
+
+
+def transform_fingerprint(encoder: Any, transform: Any = None, *, decoder: str = "pillow") -> tuple[str, dict[str, Any]]:
+    """``(fingerprint, description)`` of the pixels ``encoder`` gets from ``transform`` via ``decoder``.
+
+    Raises :class:`ValueError` when there is nothing to fingerprint (no ``transform_id`` and no
+    transform object).
+    """
+    tid = transform_id_of(encoder, transform)
+    if tid is None and transform is None:
+        raise ValueError("no transform_id and no transform to describe")
+    meta = encoder.meta
+    desc = {
+        "format": FORMAT,
+        "encoder": meta.name,
+        "revision": meta.revision,
+        "decoder": decoder,
+        "libraries": library_versions(),
+        "transform": {"transform_id": tid} if tid is not None else describe(transform),
+    }
+    blob = json.dumps(desc, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32], desc
+
+
+# ----------------------------------------------------------------------------------------------------
+# packing values
+
+
+def _np_of(x: Any) -> np.ndarray | None:
+    """A C-contiguous numpy copy of an array or tensor, ``None`` when unsupported."""
+    if isinstance(x, np.ndarray):
+        arr = x
+    elif _is_tensor(x):
+        try:  # bfloat16 and other dtypes numpy lacks raise here
+            arr = x.detach().cpu().numpy()
+        except Exception:
+            return None
+    else:
+        return None
+    if arr.dtype.kind not in "biuf" or arr.dtype.byteorder == ">":
+        return None
+    return np.array(arr, order="C", copy=True)
+
+
+def _pack(value: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """``(entry metadata, {suffix: array})`` for a cacheable value, else ``None``."""
+    if isinstance(value, np.ndarray) or _is_tensor(value):
+        arr = _np_of(value)
+        if arr is None:
+            return None
+        return {"kind": "numpy" if isinstance(value, np.ndarray) else "torch"}, {"": arr}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        if not cls.__module__.startswith("mrbench."):
+            return None
+        fields: dict[str, str] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            arr = _np_of(v)
+            if arr is None:
+                return None
+            fields[f.name] = "numpy" if isinstance(v, np.ndarray) else "torch"
+            arrays["." + f.name] = arr
+        return {"kind": "dataclass", "cls": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}, arrays
+    return None
+
+
+def cacheable(value: Any) -> bool:
+    """Whether :class:`PixelCache` can store ``value`` (see the module docs)."""
+    return _pack(value) is not None
+
+
+def _as_kind(arr: np.ndarray, kind: str) -> Any:
+    if kind == "torch":
+        import torch
+
+        return torch.from_numpy(arr)
+    return arr
+
+
+def _unpack(entry: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
+    kind = entry.get("kind")
+    if kind in ("numpy", "torch"):
+        return _as_kind(arrays[""], kind)
+    if kind == "dataclass":
+        mod_name, _, qual = str(entry["cls"]).partition(":")
+        if not mod_name.startswith("mrbench."):
+            raise ValueError(f"class {entry['cls']!r} is not an mrbench dataclass")
+        cls: Any = importlib.import_module(mod_name)
+        for part in qual.split("."):
+            cls = getattr(cls, part)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"{entry['cls']!r} is not a dataclass")
+        return cls(**{name: _as_kind(arrays["." + name], k) for name, k in entry["fields"].items()})
+    raise ValueError(f"unknown entry kind {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the cache
+
+
+@dataclass
+class PixelCacheStats:
+    """Counters of one :class:`PixelCache` instance (all fingerprints)."""
+
+    hits: int = 0
+    misses: int = 0
+    written: int = 0
+    corrupt_shards: int = 0
+
+
+class PixelCache:
+    """Preprocessed image tensors under ``root``, one directory per transform fingerprint.
+
+    Thread-safe. ``fingerprint`` arguments are :func:`transform_fingerprint` values; ``digests``
+    are sha256 hex of image files (:func:`mrbench.encoders.harness.file_content_hash`).
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser()
+        self.stats = PixelCacheStats()
+        self._lock = threading.Lock()
+        self._index: dict[str, dict[str, list[Path]]] = {}  # fingerprint -> digest -> shards, newest last
+        self._seen: dict[str, set[Path]] = {}  # fingerprint -> shards read (or found corrupt)
+        self._dirs: dict[str, Path] = {}
+        self._bad: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"PixelCache({str(self.root)!r})"
+
+    # -- directories ------------------------------------------------------------------------------
+    def directory(self, fingerprint: str, label: str | None = None) -> Path:
+        """The directory of ``fingerprint`` (``<slug(label)>-<fingerprint>`` when first given a label)."""
+        with self._lock:
+            d = self._dirs.get(fingerprint)
+            if d is None:
+                if label:
+                    from mrbench.encoders.cache import slug
+
+                    d = self.root / f"{slug(label, 40)}-{fingerprint}"
+                else:
+                    found = sorted(self.root.glob(f"*{fingerprint}")) if self.root.is_dir() else []
+                    d = found[0] if found else self.root / fingerprint
+                self._dirs[fingerprint] = d
+            return d
+
+    def describe_to(self, fingerprint: str, description: Mapping[str, Any], label: str | None = None) -> None:
+        """Write ``transform.json`` (the hashed description) once, atomically; for humans only."""
+        d = self.directory(fingerprint, label)
+        p = d / "transform.json"
+        if p.exists():
+            return
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".transform.json.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, **description}, indent=2, default=str) + "\n")
+            os.replace(tmp, p)
+        except OSError as e:
+            log.warning("pixel cache: cannot write %s (%s)", p, e.strerror or e)
+
+    # -- index ------------------------------------------------------------------------------------
+    def _warn_corrupt(self, p: Path, problem: str) -> None:
+        with self._lock:
+            if p in self._bad:
+                return
+            self._bad.add(p)
+            self.stats.corrupt_shards += 1
+            for index in self._index.values():
+                for k in [k for k, s in index.items() if p in s]:
+                    index[k].remove(p)
+                    if not index[k]:
+                        del index[k]
+        log.warning("pixel cache: skipping corrupt shard %s (%s); its images are recomputed — delete it to "
+                    "silence this", p, problem)
+
+    @staticmethod
+    def _entries(p: Path) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="numpy") as f:
+            meta = f.metadata() or {}
+            names = set(f.keys())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+        entries = json.loads(meta["entries"])
+        if not isinstance(entries, dict):
+            raise ValueError("'entries' is not an object")
+        for digest, e in entries.items():
+            want = {digest + s for s in e.get("crc", {})}
+            if not want or not want <= names:
+                raise ValueError(f"tensors of entry {digest[:12]}… are missing")
+        return entries
+
+    def refresh(self, fingerprint: str) -> None:
+        """Read the headers of shards not seen yet (written by this or another process)."""
+        d = self.directory(fingerprint)
+        with self._lock:
+            index = self._index.setdefault(fingerprint, {})
+            seen = self._seen.setdefault(fingerprint, set())
+        try:
+            shards = sorted(d.glob("shard-*.safetensors")) if d.is_dir() else []
+        except OSError:
+            shards = []
+        for p in shards:
+            if p in seen:
+                continue
+            try:
+                entries = self._entries(p)
+            except Exception as e:  # SafetensorError, JSONDecodeError, KeyError, OSError, ...
+                with self._lock:
+                    seen.add(p)
+                self._warn_corrupt(p, _first_line(e))
+                continue
+            with self._lock:
+                seen.add(p)
+                for digest in entries:
+                    index.setdefault(digest, []).append(p)  # names sort by time: the newest copy last
+
+    def contains(self, fingerprint: str, digests: Iterable[str], *, refresh: bool = True) -> list[bool]:
+        """Whether each digest is stored (after :meth:`refresh` unless ``refresh=False``)."""
+        if refresh:
+            self.refresh(fingerprint)
+        with self._lock:
+            index = self._index.get(fingerprint, {})
+            return [dg in index for dg in digests]
+
+    # -- reading ----------------------------------------------------------------------------------
+    def get_many(self, fingerprint: str, digests: Sequence[str]) -> list[Any]:
+        """The stored values (``None`` for a miss). A corrupt shard is warned about once and dropped
+        from the index; its entries come from another copy when there is one, else are ``None``."""
+        from safetensors import safe_open
+
+        out: list[Any] = [None] * len(digests)
+        pending = list(range(len(digests)))
+        while pending:
+            by_shard: dict[Path, list[int]] = {}
+            with self._lock:
+                index = self._index.get(fingerprint, {})
+                for i in pending:
+                    shards = index.get(digests[i])
+                    if shards:
+                        by_shard.setdefault(shards[-1], []).append(i)
+            pending = []
+            for p, rows in by_shard.items():
+                got = self._read(safe_open, p, digests, rows)
+                if got is None:
+                    pending.extend(rows)  # other copies, if any, on the next pass
+                    continue
+                for i, v in got.items():
+                    out[i] = v
+        n_hit = sum(v is not None for v in out)
+        with self._lock:
+            self.stats.hits += n_hit
+            self.stats.misses += len(digests) - n_hit
+        return out
+
+    def _read(self, safe_open: Any, p: Path, digests: Sequence[str], rows: list[int]) -> dict[int, Any] | None:
+        """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt."""
+        try:
+            got: dict[int, Any] = {}
+            with safe_open(str(p), framework="numpy") as f:
+                entries = json.loads((f.metadata() or {})["entries"])
+                for i in rows:
+                    dg = digests[i]
+                    e = entries[dg]
+                    arrays = {}
+                    for suffix, crc in e["crc"].items():
+                        arr = f.get_tensor(dg + suffix)
+                        if _crc(arr) != int(crc):
+                            raise ValueError(f"CRC mismatch in tensor {dg[:12]}…{suffix}")
+                        arrays[suffix] = arr
+                    got[i] = _unpack(e, arrays)
+        except Exception as e:
+            self._warn_corrupt(p, _first_line(e))
+            return None
+        return got
+
+    def get(self, fingerprint: str, digest: str) -> Any:
+        """One value (``None`` when missing); refreshes the index first."""
+        self.refresh(fingerprint)
+        return self.get_many(fingerprint, [digest])[0]
+
+    # -- writing ----------------------------------------------------------------------------------
+    @staticmethod
+    def pack(entries: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(tensors, entry metadata)`` of the cacheable values among ``entries`` (copies: the
+        caller may reuse or modify its tensors at once); uncacheable values are left out. Cheap
+        (one copy); :meth:`write` does the rest."""
+        tensors: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {}
+        for digest, value in entries.items():
+            packed = _pack(value)
+            if packed is None:
+                continue
+            entry, arrays = packed
+            entry["crc"] = {suffix: None for suffix in arrays}
+            for suffix, arr in arrays.items():
+                tensors[digest + suffix] = arr
+            meta[digest] = entry
+        return tensors, meta
+
+    def write(self, fingerprint: str, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path | None:
+        """Write one shard from :meth:`pack`'s output (atomically); ``None`` when there is nothing new."""
+        from safetensors.numpy import save_file
+
+        with self._lock:
+            index = self._index.setdefault(fingerprint, {})
+            new = {dg: e for dg, e in meta.items() if dg not in index}
+        if not new:
+            return None
+        for dg, e in new.items():
+            e["crc"] = {s: _crc(tensors[dg + s]) for s in e["crc"]}
+        names = {dg + s for dg, e in new.items() for s in e["crc"]}
+        d = self.directory(fingerprint)
+        d.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
+        final, tmp = d / name, d / f".{name}.tmp"
+        try:
+            save_file({k: v for k, v in tensors.items() if k in names}, str(tmp),
+                      metadata={"format": FORMAT, "fingerprint": fingerprint,
+                                "entries": json.dumps(new, separators=(",", ":"))})
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._seen.setdefault(fingerprint, set()).add(final)
+            for dg in new:
+                index.setdefault(dg, []).append(final)
+            self.stats.written += len(new)
+        return final
+
+    def put_many(self, fingerprint: str, entries: Mapping[str, Any]) -> Path | None:
+        """Store ``entries`` (image digest → value) as one new shard; values already stored or not
+        cacheable are skipped. Returns the shard's path (``None`` when nothing was written)."""
+        tensors, meta = self.pack(entries)
+        return self.write(fingerprint, tensors, meta)
+
+
+def _crc(arr: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0]}" if s else type(e).__name__

@@ -1,0 +1,587 @@
+"""Pixel cache (preprocessed tensors on disk), the bounded decode queue and the GPU decode path.
+
+The GPU path runs here on the CPU (``torchvision.io.decode_jpeg(device="cpu")``, with
+``harness._gpu_decode_device`` patched); ``test_gpu_decode_on_cuda`` needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrbench.data.schema import Benchmark, Candidate, Query, Task
+from mrbench.encoders import harness
+from mrbench.encoders.base import EncoderMeta
+from mrbench.encoders.harness import EncodeStats, encode_items
+from mrbench.encoders.pixel_cache import (
+    PIXEL_CACHE_ENV,
+    PixelCache,
+    describe,
+    resolve_pixel_cache,
+    transform_fingerprint,
+)
+from mrbench.errors import BenchmarkError
+
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+FP = "ab" * 16
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch):
+    monkeypatch.setattr(harness, "_WARNED", set())
+    monkeypatch.delenv(PIXEL_CACHE_ENV, raising=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# toy transforms and encoders (module level: picklable for decode processes)
+
+
+class PilResize:
+    """PIL-only transform → uint8 [3, size, size]."""
+
+    def __init__(self, size: int = 6) -> None:
+        self.size = size
+
+    def __call__(self, image):
+        arr = np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.uint8)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+class PilStages:
+    """Like open_clip's PilToUint8: a torchvision Compose of PIL stages, then HWC → CHW uint8."""
+
+    def __init__(self, size: int = 8) -> None:
+        from torchvision.transforms import (
+            CenterCrop,
+            Compose,
+            InterpolationMode,
+            Resize,
+        )
+
+        self.pil_stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
+
+    def __call__(self, image):
+        arr = np.asarray(self.pil_stage(image), dtype=np.uint8)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+class PixEncoder:
+    """Embeds each image from its prepared pixels (dot similarity: outputs show the pixels)."""
+
+    def __init__(self, transform=None, *, as_torch: bool = True, name: str = "pix", revision: str = "r1",
+                 device: str = "cpu", batch_size: int = 3) -> None:
+        self.tr = transform if transform is not None else PilResize()
+        self.as_torch = as_torch
+        self.device = device
+        self.prepared = 0
+        self.seen: dict[str, np.ndarray] = {}
+        self.meta = EncoderMeta(name=name, revision=revision, similarity="dot", needs_pixels=True,
+                                batch_size=batch_size)
+
+    def prepare_image(self, image):
+        self.prepared += 1
+        arr = self.tr(image)
+        return torch.from_numpy(arr) if self.as_torch else arr
+
+    def pixel_transform(self):
+        return self.tr
+
+    def encode(self, items, *, role, task):
+        out = np.zeros((len(items), 5), np.float32)
+        for i, it in enumerate(items):
+            if it.image_path is None:
+                out[i, 4] = 1
+                continue
+            pix = it.pixels
+            assert pix is not None, "the harness must hand over pixels"
+            a = pix.cpu().numpy() if hasattr(pix, "cpu") else np.asarray(pix)
+            self.seen[it.id] = a.copy()
+            f = a.astype(np.float32)
+            out[i, :3] = f.mean(axis=(1, 2))
+            out[i, 3] = f.std()
+        return out
+
+
+class NoHookEncoder(PixEncoder):
+    """prepare_image only: no pixel_transform, no transform_id."""
+
+    pixel_transform = None  # type: ignore[assignment]
+
+
+def _bench(root: Path, n: int = 7, fmt: str = "JPEG", text_every: int = 0) -> Benchmark:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    cs = []
+    for i in range(n):
+        f = fmt if fmt != "mixed" else ("PNG" if i % 3 == 2 else "JPEG")
+        h, w = 20 + 3 * i, 30 + 2 * i
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        rel = f"images/c{i}.{'jpg' if f == 'JPEG' else 'png'}"
+        im.save(root / rel, format=f, **({"quality": 90} if f == "JPEG" else {}))
+        cs.append(Candidate(id=f"c{i}", image=rel))
+    if text_every:
+        cs += [Candidate(id=f"t{i}", text=f"text {i}") for i in range(0, n, text_every)]
+    qs = [Query(id="q0", text="picture")]
+    t = Task(name="t2i", query_modality="text", candidate_modality="image", queries=qs, candidates=cs,
+             qrels={"q0": {"c0": 1}})
+    return Benchmark(name="px", version="1", tasks=[t], root=root)
+
+
+def _encode(enc, bench, **kw):
+    task = bench.tasks[0]
+    kw.setdefault("num_workers", 2)
+    return encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, **kw)
+
+
+class _CountDecodes:
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real, lock = harness.load_rgb, threading.Lock()
+
+        def counting(path, item_id):
+            with lock:
+                self.n += 1
+            return real(path, item_id)
+
+        monkeypatch.setattr(harness, "load_rgb", counting)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the store
+
+
+def test_round_trip_bitwise(tmp_path):
+    from mrbench.encoders.qwen2vl import PreparedImage
+
+    rng = np.random.default_rng(1)
+    values = {
+        "a" * 64: rng.integers(0, 256, (3, 7, 5), dtype=np.uint8),
+        "b" * 64: rng.standard_normal((3, 4, 4)).astype(np.float32),
+        "c" * 64: torch.from_numpy(rng.standard_normal((2, 3)).astype(np.float64)),
+        "d" * 64: torch.tensor(1.5),  # 0-d
+        "e" * 64: PreparedImage(rng.standard_normal((4, 6)).astype(np.float32), np.array([[1, 2, 2]])),
+        "f" * 64: torch.ones(2, dtype=torch.bfloat16),  # not storable: skipped
+        "0" * 64: [1, 2, 3],  # not storable: skipped
+    }
+    cache = PixelCache(tmp_path)
+    assert cache.put_many(FP, values) is not None
+    assert cache.put_many(FP, {"a" * 64: values["a" * 64]}) is None  # already stored
+    fresh = PixelCache(tmp_path)  # reads the shards from disk
+    assert fresh.contains(FP, list(values)) == [True] * 5 + [False, False]
+    got = fresh.get_many(FP, list(values))
+    for k in "abd":
+        v = values[k * 64]
+        g = got["abcdef0".index(k)]
+        assert type(g) is type(v) and g.dtype == v.dtype and g.shape == v.shape
+        assert (g == v).all() if isinstance(v, np.ndarray) else torch.equal(g, v)
+    assert isinstance(got[2], torch.Tensor) and torch.equal(got[2], values["c" * 64])
+    assert isinstance(got[4], PreparedImage)
+    np.testing.assert_array_equal(got[4].pixel_values, values["e" * 64].pixel_values)
+    np.testing.assert_array_equal(got[4].grid_thw, values["e" * 64].grid_thw)
+    assert got[5] is None and got[6] is None
+    assert fresh.stats.hits == 5 and fresh.stats.misses == 2
+    d = fresh.directory(FP)
+    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_resolve_switch(tmp_path, monkeypatch):
+    assert resolve_pixel_cache(None) is None  # default: off
+    monkeypatch.setenv(PIXEL_CACHE_ENV, "0")
+    assert resolve_pixel_cache(None) is None
+    monkeypatch.setenv(PIXEL_CACHE_ENV, "1")
+    c = resolve_pixel_cache(None)
+    assert c is not None and c.root == Path(os.environ["MRBENCH_HOME"]) / "pixels"
+    assert resolve_pixel_cache(None) is c  # one instance per root
+    assert resolve_pixel_cache(False) is None  # the argument wins over the environment
+    monkeypatch.setenv(PIXEL_CACHE_ENV, str(tmp_path / "px"))
+    assert resolve_pixel_cache(None).root == tmp_path / "px"
+    assert resolve_pixel_cache(tmp_path / "other").root == tmp_path / "other"
+    own = PixelCache(tmp_path)
+    assert resolve_pixel_cache(own) is own
+
+
+# ---------------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def test_fingerprint_changes_with_the_transform():
+    fp = lambda enc, tr=None, **kw: transform_fingerprint(enc, tr if tr is not None else enc.tr, **kw)[0]  # noqa: E731
+    base = fp(PixEncoder(PilResize(6)))
+    assert base == fp(PixEncoder(PilResize(6)))  # deterministic
+    assert base != fp(PixEncoder(PilResize(7)))  # an attribute
+    assert base != fp(PixEncoder(PilResize(6), revision="r2"))
+    assert base != fp(PixEncoder(PilResize(6), name="other"))
+    assert base != fp(PixEncoder(PilResize(6)), decoder="torchvision.io.decode_jpeg")
+    a, b = PilStages(8), PilStages(8)
+    assert fp(PixEncoder(a)) == fp(PixEncoder(b))
+    from torchvision.transforms import InterpolationMode
+
+    b.pil_stage.transforms[0].interpolation = InterpolationMode.BILINEAR
+    assert fp(PixEncoder(a)) != fp(PixEncoder(b))
+
+    def f1(x):
+        return x + 1
+
+    def f2(x):
+        return x + 2
+
+    f2.__qualname__ = f1.__qualname__
+    assert describe(f1) != describe(f2)  # same name, other code
+    enc = PixEncoder()
+    enc.transform_id = "my-transform-v1"
+    with_id = fp(enc)
+    enc.tr = PilResize(9)
+    assert fp(enc) == with_id  # a declared transform_id is the encoder's promise
+    enc.transform_id = "my-transform-v2"
+    assert fp(enc) != with_id
+    with pytest.raises(ValueError):
+        transform_fingerprint(NoHookEncoder(), None)
+
+
+_FP_SCRIPT = textwrap.dedent("""
+    import functools, sys
+    from mrbench.encoders.base import EncoderMeta
+    from mrbench.encoders.pixel_cache import transform_fingerprint
+
+    def scale(x, k=2):
+        return x * k if x not in {"a", "b", "c"} else x
+
+    class T:
+        def __init__(self, extra):
+            self.modes = {"RGB", "L", "RGBA", "P", "CMYK", extra}
+            self.table = {"b": 1, "a": (2, 3.5), "c": None, extra: [extra]}
+            self.fn = functools.partial(scale, k=3)
+            self.frozen = frozenset({"x", "y", "z"})
+
+        def __call__(self, im):
+            return im
+
+    class E:
+        meta = EncoderMeta(name="e", revision="r")
+
+    print(transform_fingerprint(E(), T(sys.argv[1]))[0])
+""")
+
+
+def test_fingerprint_is_process_independent():
+    """No memory address or hash-seed dependent ordering (sets, frozenset constants) enters it."""
+    def run(seed: str, extra: str) -> str:
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", _FP_SCRIPT, extra], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    fps = {run(seed, "X") for seed in ("1", "2", "3")}
+    assert len(fps) == 1 and len(next(iter(fps))) == 32
+    assert run("1", "Y") not in fps
+
+
+# ---------------------------------------------------------------------------------------------------
+# the harness with the cache
+
+
+@pytest.mark.parametrize("as_torch", [True, False])
+def test_warm_run_decodes_nothing_and_outputs_are_identical(tmp_path, monkeypatch, as_torch):
+    bench = _bench(tmp_path / "b", n=7, text_every=3)
+    ref_enc = PixEncoder(as_torch=as_torch)
+    ref = _encode(ref_enc, bench)  # cache off (the default)
+    assert not (tmp_path / "px").exists()
+    counter = _CountDecodes(monkeypatch)
+    cold_enc, cold_stats = PixEncoder(as_torch=as_torch), EncodeStats()
+    cold = _encode(cold_enc, bench, pixel_cache=tmp_path / "px", stats=cold_stats)
+    assert counter.n == 7 and cold_enc.prepared == 7
+    assert (cold_stats.pixel_cache_hits, cold_stats.pixel_cache_misses) == (0, 7)
+    warm_enc, warm_stats = PixEncoder(as_torch=as_torch), EncodeStats()
+    warm = _encode(warm_enc, bench, pixel_cache=PixelCache(tmp_path / "px"), stats=warm_stats)  # fresh index
+    assert counter.n == 7 and warm_enc.prepared == 0  # nothing decoded, nothing transformed
+    assert (warm_stats.pixel_cache_hits, warm_stats.pixel_cache_misses) == (7, 0)
+    np.testing.assert_array_equal(cold, ref)
+    np.testing.assert_array_equal(warm, ref)
+    for k, v in ref_enc.seen.items():  # the very same pixels, bitwise
+        assert warm_enc.seen[k].dtype == v.dtype
+        np.testing.assert_array_equal(warm_enc.seen[k], v)
+    d = next((tmp_path / "px").iterdir())
+    assert d.name.startswith("pix-") and (d / "transform.json").is_file()
+    # inline decoding (no threads) and the environment switch give the same
+    monkeypatch.setenv(PIXEL_CACHE_ENV, str(tmp_path / "px"))
+    env_stats = EncodeStats()
+    np.testing.assert_array_equal(_encode(PixEncoder(as_torch=as_torch), bench, num_workers=0, stats=env_stats), ref)
+    assert env_stats.pixel_cache_hits == 7 and counter.n == 7
+
+
+def test_process_workers_with_cache(tmp_path):
+    bench = _bench(tmp_path / "b", n=6)
+    ref = _encode(PixEncoder(), bench, workers="thread")
+    stats = EncodeStats()
+    cold = _encode(PixEncoder(), bench, workers="process", pixel_cache=tmp_path / "px", stats=stats)
+    warm = _encode(PixEncoder(), bench, workers="process", pixel_cache=tmp_path / "px", stats=stats)
+    thread_warm = _encode(PixEncoder(), bench, workers="thread", pixel_cache=tmp_path / "px", stats=stats)
+    for out in (cold, warm, thread_warm):
+        np.testing.assert_array_equal(out, ref)
+    assert (stats.pixel_cache_misses, stats.pixel_cache_hits) == (6, 12)
+
+
+def test_changed_transform_misses(tmp_path, monkeypatch):
+    bench = _bench(tmp_path / "b", n=4)
+    _encode(PixEncoder(PilResize(6)), bench, pixel_cache=tmp_path / "px")
+    stats = EncodeStats()
+    out = _encode(PixEncoder(PilResize(5)), bench, pixel_cache=tmp_path / "px", stats=stats)
+    assert (stats.pixel_cache_hits, stats.pixel_cache_misses) == (0, 4)
+    np.testing.assert_array_equal(out, _encode(PixEncoder(PilResize(5)), bench))
+    assert len(list((tmp_path / "px").iterdir())) == 2
+
+
+def test_encoder_without_transform_is_not_cached(tmp_path, caplog):
+    bench = _bench(tmp_path / "b", n=3)
+    stats = EncodeStats()
+    with caplog.at_level(logging.WARNING):
+        out = _encode(NoHookEncoder(), bench, pixel_cache=tmp_path / "px", stats=stats)
+        _encode(NoHookEncoder(), bench, pixel_cache=tmp_path / "px")
+    msgs = [r.getMessage() for r in caplog.records if "pixel cache" in r.getMessage()]
+    assert len(msgs) == 1 and "neither pixel_transform() nor transform_id" in msgs[0]
+    np.testing.assert_array_equal(out, _encode(NoHookEncoder(), bench))
+    assert stats.pixel_cache_hits == stats.pixel_cache_misses == 0
+    enc = NoHookEncoder()
+    enc.transform_id = "resize-6"  # opting in by declaration
+    _encode(enc, bench, pixel_cache=tmp_path / "px")
+    stats = EncodeStats()
+    enc2 = NoHookEncoder()
+    enc2.transform_id = "resize-6"
+    np.testing.assert_array_equal(_encode(enc2, bench, pixel_cache=tmp_path / "px", stats=stats), out)
+    assert stats.pixel_cache_hits == 3 and enc2.prepared == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_shard_warns_and_recomputes(tmp_path, caplog, monkeypatch, damage):
+    bench = _bench(tmp_path / "b", n=6)
+    ref = _encode(PixEncoder(), bench)
+    _encode(PixEncoder(batch_size=3), bench, pixel_cache=tmp_path / "px")
+    shards = sorted(next((tmp_path / "px").iterdir()).glob("shard-*.safetensors"))
+    assert len(shards) == 2
+    bad = shards[0]
+    data = bytearray(bad.read_bytes())
+    if damage == "truncate":  # the header no longer matches the file: found when indexing
+        bad.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # a flipped byte in the tensor data: found by the CRC when reading
+        data[-5] ^= 0xFF
+        bad.write_bytes(bytes(data))
+    counter = _CountDecodes(monkeypatch)
+    stats, cache = EncodeStats(), PixelCache(tmp_path / "px")
+    with caplog.at_level(logging.WARNING):
+        out = _encode(PixEncoder(), bench, pixel_cache=cache, stats=stats)
+    np.testing.assert_array_equal(out, ref)
+    warned = [r.getMessage() for r in caplog.records if "corrupt shard" in r.getMessage()]
+    assert len(warned) == 1 and bad.name in warned[0] and "\n" not in warned[0]
+    assert counter.n == 3 and stats.pixel_cache_misses == 3 and stats.pixel_cache_hits == 3
+    assert cache.stats.corrupt_shards == 1
+    # recomputed entries went to a new shard: the next run (fresh index) hits everything
+    stats2 = EncodeStats()
+    np.testing.assert_array_equal(_encode(PixEncoder(), bench, pixel_cache=PixelCache(tmp_path / "px"),
+                                          stats=stats2), ref)
+    assert stats2.pixel_cache_hits == 6 and counter.n == 3
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from mrbench.encoders.pixel_cache import PixelCache
+    root, seed = sys.argv[1], int(sys.argv[2])
+    cache = PixelCache(root)
+    for k in range(12):
+        lo = 4 * k + seed
+        cache.put_many("ab" * 16, {f"{j:064x}": np.full((3, 64, 64), j % 251, np.uint8) for j in range(lo, lo + 6)})
+""")
+
+
+def test_concurrent_writers(tmp_path, caplog):
+    root = tmp_path / "px"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(s)], cwd=ROOT) for s in (0, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    cache = PixelCache(root)
+    digests = [f"{j:064x}" for j in range(0, 4 * 11 + 2 + 6)]
+    with caplog.at_level(logging.WARNING):
+        assert all(cache.contains(FP, digests))
+        got = cache.get_many(FP, digests)
+    assert not [r for r in caplog.records if "pixel cache" in r.getMessage()]
+    for j, v in enumerate(got):
+        assert v is not None and v.shape == (3, 64, 64) and (v == j % 251).all()
+    names = [p.name for p in cache.directory(FP).iterdir()]
+    assert len(names) == 24 and all(n.startswith("shard-") and n.endswith(".safetensors") for n in names)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bounded queue
+
+
+def test_bounded_map_limits_in_flight_work():
+    from concurrent.futures import ThreadPoolExecutor
+
+    live, peak, lock = 0, 0, threading.Lock()
+
+    def submitted(x):
+        nonlocal live, peak
+        with lock:
+            live += 1
+            peak = max(peak, live)
+        return x * 2
+
+    with ThreadPoolExecutor(2) as pool:
+        out = []
+        for y in harness._bounded_map(pool, submitted, range(100), window=8):
+            with lock:
+                live -= 1
+            out.append(y)
+    assert out == [2 * x for x in range(100)] and peak <= 8
+
+
+def test_decode_keeps_two_batches_in_flight(tmp_path, monkeypatch):
+    """At most the batch being encoded and the next one are decoded ahead (memory stays flat)."""
+    bench = _bench(tmp_path / "b", n=12)
+    counter = _CountDecodes(monkeypatch)
+    ahead = []
+
+    class Spy(PixEncoder):
+        def encode(self, items, *, role, task):
+            ahead.append(counter.n - sum(len(c) for c in calls))
+            calls.append(items)
+            return super().encode(items, role=role, task=task)
+
+    calls: list = []
+    _encode(Spy(batch_size=2), bench, num_workers=2)
+    assert max(ahead) <= 4  # this batch (2) + the next (2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU decode (the logic, on the CPU)
+
+
+def _cpu_gpu(monkeypatch):
+    pytest.importorskip("torchvision")
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: "cpu")
+
+
+def test_gpu_path_logic_on_cpu(tmp_path, monkeypatch, caplog):
+    _cpu_gpu(monkeypatch)
+    bench = _bench(tmp_path / "b", n=7, fmt="mixed", text_every=3)  # c2, c5 are PNGs
+    ref_enc = PixEncoder(PilStages(8))
+    ref = _encode(ref_enc, bench, workers="thread")
+    counter = _CountDecodes(monkeypatch)
+    enc, stats = PixEncoder(PilStages(8)), EncodeStats()
+    with caplog.at_level(logging.WARNING):
+        out = _encode(enc, bench, workers="gpu", stats=stats)
+    assert stats.gpu_decoded == 5 and counter.n == 2  # the JPEGs on the "device", the PNGs with Pillow
+    warned = [r.getMessage() for r in caplog.records if "decode='gpu'" in r.getMessage()]
+    assert len(warned) == 1 and "not JPEG" in warned[0]
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out[[2, 5]], ref[[2, 5]])  # Pillow fallbacks: identical
+    np.testing.assert_allclose(out[:, :3], ref[:, :3], atol=3.0)  # tensor resize ≈ Pillow resize
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.shape == (3, 8, 8) for v in enc.seen.values())
+    # inline (no threads) gives the same
+    np.testing.assert_array_equal(_encode(PixEncoder(PilStages(8)), bench, workers="gpu", num_workers=0), out)
+    # with the pixel cache: its own fingerprint; a warm run decodes nothing
+    s1, s2 = EncodeStats(), EncodeStats()
+    np.testing.assert_array_equal(_encode(PixEncoder(PilStages(8)), bench, workers="gpu",
+                                          pixel_cache=tmp_path / "px", stats=s1), out)
+    n = counter.n
+    warm = _encode(PixEncoder(PilStages(8)), bench, workers="gpu", pixel_cache=tmp_path / "px", stats=s2)
+    np.testing.assert_array_equal(warm, out)
+    assert (s1.gpu_decoded, s2.gpu_decoded, s2.pixel_cache_hits, counter.n) == (5, 0, 7, n)
+    cpu_run = EncodeStats()
+    _encode(PixEncoder(PilStages(8)), bench, workers="thread", pixel_cache=tmp_path / "px", stats=cpu_run)
+    assert cpu_run.pixel_cache_hits == 0  # GPU-decoded pixels are never served to the Pillow path
+
+
+def test_gpu_explicit_tensor_transform_and_bad_jpeg(tmp_path, monkeypatch):
+    _cpu_gpu(monkeypatch)
+    bench = _bench(tmp_path / "b", n=4)
+    calls = []
+
+    class WithTensorTransform(PixEncoder):
+        def tensor_transform(self):
+            def tt(x):
+                calls.append(tuple(x.shape))
+                return x[:, :6, :6].contiguous()
+            return tt
+
+    stats = EncodeStats()
+    _encode(WithTensorTransform(PilResize(6)), bench, workers="gpu", stats=stats)
+    assert stats.gpu_decoded == 4 and calls[0] == (3, 20, 30)
+    bad = tmp_path / "b" / "images" / "c1.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(BenchmarkError) as e:  # the device fails, Pillow gives the usual one-line error
+        _encode(WithTensorTransform(PilResize(6)), bench, workers="gpu")
+    assert "'c1'" in str(e.value) and str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gpu_fallback_warning(tmp_path, monkeypatch, caplog):
+    bench = _bench(tmp_path / "b", n=5)
+    ref = _encode(PixEncoder(PilStages(8)), bench, workers="thread")
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: None)  # no CUDA (as on this machine)
+    stats = EncodeStats()
+    with caplog.at_level(logging.WARNING):
+        out = _encode(PixEncoder(PilStages(8)), bench, workers="gpu", stats=stats)
+        _encode(PixEncoder(PilStages(8)), bench, workers="gpu")
+    np.testing.assert_array_equal(out, ref)  # the CPU path, unchanged
+    warned = [r.getMessage() for r in caplog.records if "decode='gpu'" in r.getMessage()]
+    assert len(warned) == 1 and "CUDA" in warned[0] and "\n" not in warned[0]
+    assert stats.gpu_decoded == 0
+    _cpu_gpu(monkeypatch)  # a device, but a transform that is not tensor-capable
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(_encode(PixEncoder(PilResize(6)), bench, workers="gpu"),
+                                      _encode(PixEncoder(PilResize(6)), bench, workers="thread"))
+    assert any("no tensor-capable transform" in r.getMessage() for r in caplog.records)
+    with pytest.raises(Exception, match="expected one of auto, thread, process, gpu"):
+        harness.check_worker_kind("cuda")
+
+
+def test_openclip_transform_is_tensor_capable():
+    """open_clip's eval transform (Resize, CenterCrop, MaybeConvertMode) derives a tensor transform
+    that matches its PIL stages closely."""
+    pytest.importorskip("open_clip")
+    from PIL import Image
+    from torchvision.transforms import CenterCrop, Compose, Resize
+
+    from mrbench.encoders.openclip import PilToUint8
+
+    try:
+        from open_clip.transform import MaybeConvertMode
+
+        stage = Compose([Resize(224), CenterCrop(224), MaybeConvertMode()])
+    except ImportError:
+        stage = Compose([Resize(224), CenterCrop(224)])
+
+    class Fake(PixEncoder):
+        def pixel_transform(self):
+            return PilToUint8(stage)
+
+    tt = harness.tensor_transform_of(Fake())
+    assert isinstance(tt, harness.TensorStages) and len(tt.steps) == 2
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    ref = PilToUint8(stage)(Image.fromarray(arr))
+    got = tt(torch.from_numpy(arr).permute(2, 0, 1).contiguous()).numpy()
+    assert got.shape == ref.shape == (3, 224, 224) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - ref.astype(int)).mean() < 2.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_decode_on_cuda(tmp_path):
+    pytest.importorskip("torchvision")
+    bench = _bench(tmp_path / "b", n=9, fmt="mixed")
+    ref = _encode(PixEncoder(PilStages(16)), bench, workers="thread")
+    stats = EncodeStats()
+    out = _encode(PixEncoder(PilStages(16), device="cuda"), bench, workers="gpu", stats=stats)
+    assert stats.gpu_decoded == 6
+    np.testing.assert_allclose(out[:, :3], ref[:, :3], atol=4.0)
