@@ -112,6 +112,7 @@ def evaluate(
     verify: bool = True,
     progress: Any = False,
     approx: dict[str, Any] | None = None,
+    stream_pool: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``encoder`` on ``benchmark`` and return an :class:`EvaluationResult`.
 
@@ -134,6 +135,12 @@ def evaluate(
         grain_sensitivity: also run the drop-one-grain diagnostic on text-bearing queries.
         verify: check the benchmark's fingerprint when loading it from disk.
         progress: ``True`` for rich progress bars, ``False`` for silence, or a Reporter.
+        stream_pool: keep each task's candidate embeddings in a memory-mapped file (under
+            ``$MRBENCH_HOME/tmp``, deleted afterwards), encoded in slices of
+            :data:`POOL_SLICE` candidates, and stream them through exact search
+            (``exact_search(stream=True)``, torch backend). Without it, a pool whose float32
+            embeddings would need more than half of the available memory is refused with a
+            one-line error naming this option. Results are identical either way.
         approx: approximate search for the run files and metrics, e.g. ``{"index": "ivf",
             "nlist": 1024, "nprobe": 16}`` or ``{"index": "hnsw", "M": 32, "ef_search": 128}``
             (keys, ranges and conventions: :mod:`mrbench.retrieval.approx`). Judged candidates
@@ -172,6 +179,12 @@ def evaluate(
 
         approx_spec = check_approx_spec(approx)  # fail on bad parameters before encoding anything
         approx_spec = {**with_device_fallback(approx_spec), "device_requested": approx_spec["device"]}
+    if stream_pool:
+        if approx is not None:
+            raise MrbenchError("--stream-pool and --approx cannot be combined yet: approximate indexes need the pool in memory")
+        if backend == "faiss":
+            raise MrbenchError("--stream-pool needs --backend torch or auto (the faiss backend holds the whole pool in memory)")
+        backend = "torch"
     approx_recall: dict[str, dict[str, Any]] = {}
     approx_used: dict[str, dict[str, Any]] = {}
     out_path = Path(output) if output is not None else None
@@ -207,14 +220,25 @@ def evaluate(
     sens_frames = []
     timings.update(encode=0.0, retrieve=0.0, score=0.0, sensitivity=0.0)
     device = "cpu"
+    pool_tmp = None
+    if stream_pool:
+        import tempfile
+
+        from mrbench.data.registry import mrbench_home
+
+        (mrbench_home() / "tmp").mkdir(parents=True, exist_ok=True)
+        pool_tmp = tempfile.TemporaryDirectory(prefix="pool-", dir=mrbench_home() / "tmp")
+    # on an exception the TemporaryDirectory's own finaliser removes the pool files
+    pool_dir = Path(pool_tmp.name) if pool_tmp is not None else None
     for task in task_list:
         t0 = time.perf_counter()
         with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
             q_emb = encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=store,
                                  batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
         with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
-            c_emb = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, cache=store,
-                                 batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
+            c_emb = _encode_pool(enc, task, bench, int(q_emb.shape[1]), stream_pool, pool_dir,
+                                 dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode,
+                                      progress=adv, stats=stats))
         check_dims(q_emb, c_emb, meta.name, task.name)
         timings["encode"] += time.perf_counter() - t0
 
@@ -222,7 +246,7 @@ def evaluate(
         judged = judged_grades(task)
         with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
             res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
-                               backend=backend, progress=adv)
+                               backend=backend, progress=adv, stream=True if stream_pool else None)
         device = res.device
         run_res = res
         if approx_spec is not None:
@@ -238,10 +262,13 @@ def evaluate(
         if grain_sensitivity and task.query_modality != "image":
             t0 = time.perf_counter()
             sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
-                                    num_workers, backend, reporter, decode)
+                                    num_workers, backend, reporter, decode, stream=True if stream_pool else None)
             if sf is not None:
                 sens_frames.append(sf)
             timings["sensitivity"] += time.perf_counter() - t0
+
+    if pool_tmp is not None:
+        pool_tmp.cleanup()
 
     import pandas as pd
 
@@ -267,6 +294,7 @@ def evaluate(
             "cache": bool(cache),
             "grain_sensitivity": bool(grain_sensitivity),
             "verify_fingerprint": bool(verify),
+            **({"stream_pool": True} if stream_pool else {}),
             **({"approx": {**approx_spec, "tasks": approx_used}} if approx_spec is not None else {}),
         },
         hardware=_hardware(device),
@@ -287,6 +315,61 @@ def evaluate(
         result.save(out_path, overwrite=overwrite)
         result.timings["report"] = time.perf_counter() - t0
     return result
+
+
+POOL_SLICE = 65_536
+"""Candidates encoded per slice when ``stream_pool`` writes a task's pool to a memory-mapped file."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``; ``None`` if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _encode_pool(enc, task: Task, bench: Benchmark, dim: int, stream_pool: bool, pool_dir: Path | None,
+                 kw: dict[str, Any]) -> np.ndarray:
+    """A task's candidate embeddings: in memory, or (``stream_pool``) in a memory-mapped ``.npy``
+    file under ``pool_dir`` encoded slice by slice. Refuses, naming ``--stream-pool``, an in-memory
+    pool that would need more than half of the available memory."""
+    from mrbench.encoders.harness import encode_items
+
+    n = len(task.candidates)
+    need = n * max(1, dim) * 4
+    if not stream_pool:
+        avail = available_memory()
+        if avail is not None and need > avail // 2:
+            raise MrbenchError(
+                f"task {task.name}: {n:,} candidates x {dim} dims need {need / 2**30:.1f} GiB of float32 embeddings, "
+                f"more than half of the {avail / 2**30:.1f} GiB of available memory; pass --stream-pool "
+                "(evaluate(stream_pool=True)) to keep them in a memory-mapped file and stream them through the search")
+        return encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, **kw)
+    from numpy.lib.format import open_memmap
+
+    assert pool_dir is not None
+    path = pool_dir / f"{task.name}-candidates.npy"
+    mm = None
+    for s in range(0, max(n, 1), POOL_SLICE):
+        part = encode_items(enc, task.candidates[s : s + POOL_SLICE], role="candidate", task=task, bench=bench, **kw)
+        if mm is None:
+            mm = open_memmap(path, mode="w+", dtype=np.float32, shape=(n, int(part.shape[1])))
+        mm[s : s + len(part)] = part
+        del part
+    assert mm is not None
+    mm.flush()
+    del mm
+    return np.load(path, mmap_mode="r")
 
 
 def _approx_task(task, q_emb, c_emb, judged, depth, ks, spec, exact, reporter, recall_out, used_out):
@@ -313,7 +396,7 @@ def _approx_task(task, q_emb, c_emb, judged, depth, ks, spec, exact, reporter, r
 
 
 def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size, num_workers,
-                       backend, reporter, decode="auto"):
+                       backend, reporter, decode="auto", stream=None):
     """Drop one grain at a time from every text-bearing query, re-encode and re-rank.
 
     Returns one row per (query, dropped grain) with ``mask_distance`` = 1 − cos(full, reduced)
@@ -343,7 +426,8 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
     # only the first relevant rank matters here; partial grades rank like non-relevant ones in ties
     rel_only = [{d: g for d, g in j.items() if g >= task.relevance_level} for j in judged]
     r_judged = [rel_only[i] for i in qi_arr]
-    r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=task.relevance_level, backend=backend)
+    r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=task.relevance_level, backend=backend,
+                         stream=stream)
 
     def first_rank(ranks: dict[int, int], grades: dict[int, int]) -> int:
         return min(r for d, r in ranks.items() if grades[d] >= task.relevance_level)

@@ -193,3 +193,29 @@ def test_results_load_back(tmp_path):
     assert back.data["encoder"]["name"] == "random" and len(back.per_query) > 0
     with pytest.raises(MrbenchError, match="no results file"):
         EvaluationResult.load(tmp_path / "nothing")
+
+
+def test_stream_pool_gives_identical_results_and_big_pools_need_it(tmp_path, monkeypatch):
+    """--stream-pool encodes the pool into a memmap in slices and streams it through exact search:
+    the same per-query table and sensitivity; a pool too big for memory is refused naming the flag."""
+    import mrbench.pipeline as pl
+    from mrbench.builders.synth import build_synth
+    from mrbench.errors import MrbenchError
+
+    bench = build_synth(tmp_path / "b", size=10, image_size=32)
+    ref = pl.evaluate(bench, "random", cache=False)
+    monkeypatch.setattr(pl, "POOL_SLICE", 7)
+    got = pl.evaluate(bench, "random", cache=False, stream_pool=True)
+    assert got.per_query.equals(ref.per_query)
+    assert got.sensitivity.equals(ref.sensitivity)
+    assert got.data["settings"]["stream_pool"] is True and got.data["settings"]["backend"] == "torch"
+    from mrbench.data.registry import mrbench_home
+
+    assert not list((mrbench_home() / "tmp").glob("pool-*"))  # the memmapped pools are removed
+    monkeypatch.setattr(pl, "available_memory", lambda: 1000)
+    with pytest.raises(MrbenchError, match=r"task t2i: .* candidates x 64 dims need .* GiB .* pass --stream-pool"):
+        pl.evaluate(bench, "random", cache=False)
+    with pytest.raises(MrbenchError, match="--stream-pool and --approx"):
+        pl.evaluate(bench, "random", cache=False, stream_pool=True, approx={"index": "ivf"})
+    with pytest.raises(MrbenchError, match="--stream-pool needs --backend torch"):
+        pl.evaluate(bench, "random", cache=False, stream_pool=True, backend="faiss")

@@ -48,6 +48,10 @@ def evaluate(
             "an approximate list count as not retrieved. Exact search still runs to report the index's recall "
             "against it (results.json: scores.approx_recall)."))
     ] = None,
+    stream_pool: Annotated[bool, typer.Option("--stream-pool", help=(
+        "Keep each task's candidate embeddings in a memory-mapped file and stream them through exact search "
+        "(torch backend), for pools larger than memory; without it a pool needing more than half of the "
+        "available memory is refused."))] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and fill the on-disk embedding cache.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE or ~/.cache/mrbench/embeddings).")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity", help="Run the drop-one-grain diagnostic.")] = True,
@@ -90,6 +94,7 @@ def evaluate(
             output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
             num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
             **({"approx": approx_spec} if approx_spec is not None else {}),
+            **({"stream_pool": True} if stream_pool else {}),
         )
         print_result(res, console)
         t = res.timings
