@@ -410,3 +410,12 @@ def test_cli_leaderboard_show_render_add(world: dict[str, Path], tmp_path: Path)
     assert r.exit_code == 0 and html.read_text().count("<tr data-model=") == 2 and md.read_text().startswith("| model |")
     r = CliRunner().invoke(_app(), ["leaderboard", "render", "-l", str(lbp)])
     assert r.exit_code != 0 and "--html" in r.output
+
+
+def test_approximate_results_are_refused(world: dict[str, Path], tmp_path: Path, lb: Path) -> None:
+    d = _copy(world["random"], tmp_path / "r")
+    _edit_results(d, lambda x: x["settings"].__setitem__("approx", {"index": "ivf"}))
+    before = lb.read_bytes()
+    with pytest.raises(SubmissionError, match="approximate search .*ivf.*exact search only"):
+        submit(d, lb, benchmark=world["bench"])
+    assert lb.read_bytes() == before

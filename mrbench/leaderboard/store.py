@@ -216,6 +216,10 @@ def submit(result_dir: str | Path, leaderboard: str | Path = DEFAULT_LEADERBOARD
         raise SubmissionError(f"{result_dir}: not a results directory; pass the directory mrbench evaluate --output wrote")
     data = load_results(result_dir)
     where = str(result_dir / "results.json")
+    if data["settings"].get("approx"):
+        raise SubmissionError(f"{where}: these results come from an approximate search (--approx "
+                              f"{data['settings']['approx'].get('index')}); the leaderboard takes exact search only: "
+                              "re-run mrbench evaluate without --approx")
     known = load_leaderboard(lb_path)
     fp = data["benchmark"]["fingerprint"]
     if not any(b["fingerprint"] == fp for b in known["benchmarks"]):
