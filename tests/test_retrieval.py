@@ -581,7 +581,6 @@ GOOD_C = np.ones((4, 3), dtype=np.float32)
         (dict(depth=0), "depth"),
         (dict(relevance_level=0), "relevance_level"),
         (dict(max_chunk_bytes=0), "max_chunk_bytes"),
-        (dict(backend="faiss", device="cuda"), "CPU"),
     ],
 )
 def test_bad_input_raises_one_line_mrbench_error(kwargs, fragment):
@@ -817,3 +816,21 @@ def test_device_top_list_selection_matches(kind, monkeypatch):
     monkeypatch.setattr(search_mod, "_DEVICE_TOP_LISTS_ON_CPU", True)
     for depth, want in refs.items():
         assert_same_result(want, exact_search(q, c, judged, depth=depth, backend="torch", device="cpu"))
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
+def test_faiss_gpu_request_without_gpu_falls_back_with_one_warning(caplog, monkeypatch):
+    import logging
+
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_faiss_gpu_ready", lambda: False)
+    rng = np.random.default_rng(4)
+    q, c = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((50, 8)).astype(np.float32)
+    judged = random_judged(rng, 6, 50)
+    with caplog.at_level(logging.WARNING, logger="mrbench.retrieval"):
+        res = exact_search(q, c, judged, backend="faiss", device="cuda")
+    warns = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warns) == 1 and "running faiss on the CPU" in warns[0].getMessage()
+    assert res.backend == "faiss" and res.device == "cpu"
+    assert_same_result(res, exact_search(q, c, judged, backend="faiss"))

@@ -56,7 +56,8 @@ Backends
     already on ``device`` (no copy).
 ``"faiss"``
     FAISS ``IndexFlatIP`` top-``(depth + margin)`` lists (CPU; the same exhaustive kernel is called
-    through ``faiss.knn``, which skips copying the candidates into an index). Judged candidates whose score
+    through ``faiss.knn``, which skips copying the candidates into an index; with ``device="cuda"``
+    and faiss-gpu, ``faiss.knn_gpu``, its bound widened as for TF32 inputs). Judged candidates whose score
     window lies inside the list get their ranks from the list. For queries where a judged
     candidate lies below the list, or where a tie (or near-tie) touches the list boundary, the
     fast score row is recomputed with a PyTorch matmul for that query (the "exact row scan") and
@@ -151,6 +152,18 @@ def _too_big_for_device(torch: Any, dev: "torch.device", n: int, dim: int, half:
     except Exception:  # pragma: no cover - driver API drift
         return False
     return n * dim * (6 if half else 4) > 0.7 * free
+
+
+def _faiss_gpu_ready() -> bool:
+    """Whether faiss was built with GPU support and sees a GPU."""
+    try:
+        import faiss
+    except ImportError:
+        return False
+    try:
+        return hasattr(faiss, "knn_gpu") and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # pragma: no cover - faiss API drift
+        return False
 
 
 def _default_chunk_bytes(torch: Any, dev: "torch.device") -> int:
@@ -547,10 +560,16 @@ def _resolve_backend(backend: str, device: str | None) -> tuple[str, str]:
         except (RuntimeError, TypeError) as exc:
             raise SearchError(f"invalid device {device!r} ({exc}); pass e.g. 'cpu' or 'cuda:0'") from None
         if backend == "faiss" and dev.type != "cpu":
-            raise SearchError(
-                f"the faiss backend runs on the CPU only, got device={device!r}; "
-                "use backend='torch' for GPU search or pass device='cpu'"
-            )
+            if dev.type == "cuda" and _faiss_gpu_ready():
+                return "faiss", str(dev if dev.index is not None else torch.device("cuda", 0))
+            import logging
+
+            logging.getLogger("mrbench.retrieval").warning(
+                "faiss on %s requested, but %s; running faiss on the CPU (pip install 'mrbench[gpu]' on a CUDA machine, "
+                "or use backend='torch' for GPU search)", device,
+                "no CUDA device is available" if not torch.cuda.is_available() else "faiss was built without GPU support")
+            device = "cpu"
+            dev = torch.device("cpu")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SearchError(f"device {device!r} requested but CUDA is not available; pass device='cpu'")
     if backend == "auto":
@@ -626,6 +645,7 @@ class _Ctx:
     pair_rank: np.ndarray  # int64 [P]
     pair_score: np.ndarray  # float32 [P]
     n_ties: np.ndarray  # int64 [Q]
+    faiss_device: int | None = None  # GPU index for faiss-gpu's fast pass (None: faiss on the CPU)
 
     def grade_of(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Grades of candidates ``c`` for (global) queries ``q`` (broadcast), 0 when unjudged."""
@@ -1444,7 +1464,8 @@ def exact_search(
         ``"auto"``, ``"torch"`` or ``"faiss"``.
     device
         Device of the torch backend (default: CUDA if available, else CPU). The faiss backend
-        runs on the CPU.
+        runs on the CPU, or with ``device="cuda"`` on faiss-gpu (the ``gpu`` extra) when faiss has
+        GPU support and sees a GPU; otherwise it logs one warning and runs on the CPU.
     max_chunk_bytes
         Bound on the fast score matrix of one query chunk (``rows * N * 4`` bytes, ``* 2`` with a
         half-precision filter; at least one row is always processed). ``None``: 256 MiB on the CPU; on a GPU a quarter of its free
@@ -1527,7 +1548,8 @@ def exact_search(
     # a half filter's wider bound needs a longer fast list for the top-list pool to stay inside it
     kp = int(min(n_c, 2 * depth + 128 if half else depth + max(32, depth // 4)))
     chunk_rows = int(max(1, min(max(n_q, 1), int(max_chunk_bytes) // ((2 if half else 4) * n_c))))
-    in_round = _input_rounding(torch, dev) if backend == "torch" else 0.0
+    # faiss-gpu's kernels may round their inputs (TF32): covered like PyTorch's reduced precision
+    in_round = _input_rounding(torch, dev) if backend == "torch" else (2.0**-7 if dev.type == "cuda" else 0.0)
     scale_q = scale_c = 1.0
     bound = score_bound(dim, q_norm, c_max, in_round)
     if fdt != "float32":
@@ -1557,6 +1579,7 @@ def exact_search(
         pair_rank=np.zeros(rows.shape[0], dtype=np.int64),
         pair_score=np.zeros(rows.shape[0], dtype=np.float32),
         n_ties=np.zeros(n_q, dtype=np.int64),
+        faiss_device=(dev.index or 0) if backend == "faiss" and dev.type == "cuda" else None,
     )
 
     if n_q:
@@ -1686,7 +1709,14 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
     c_np = ctx.ct.numpy()
     q_np = ctx.qt.numpy()
     knn = getattr(faiss, "knn", None)
-    if knn is None:  # pragma: no cover - faiss < 1.7.3
+    if ctx.faiss_device is not None:  # pragma: no cover - needs faiss-gpu and a GPU
+        res = faiss.StandardGpuResources()
+        gpu = int(ctx.faiss_device)
+
+        def search(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return faiss.knn_gpu(res, x, c_np, k, metric=faiss.METRIC_INNER_PRODUCT, device=gpu)
+
+    elif knn is None:  # pragma: no cover - faiss < 1.7.3
         index = faiss.IndexFlatIP(int(dim))
         index.add(c_np)
 
