@@ -1,0 +1,63 @@
+"""benchmarks/goals.py --quick runs its cheap entries on a CPU and writes the documented JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "goals.py"
+ENTRY_KEYS = {"id", "goal", "target", "measured", "met", "details", "command"}
+
+
+def test_goals_quick_cheap_entries(tmp_path: Path) -> None:
+    out = tmp_path / "tmp.json"
+    env = dict(os.environ)
+    env["MRBENCH_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--only", "search,identity,gpu_search",
+         "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| goal | target | measured | met? | command |" in proc.stdout
+
+    data = json.loads(out.read_text())
+    assert set(data) >= {"machine", "entries"}
+    m = data["machine"]
+    for key in ("cpu_model", "cores", "memory_gib", "gpu", "torch", "faiss", "python"):
+        assert key in m, key
+    assert isinstance(m["cores"], int) and m["cores"] >= 1
+    assert m["memory_gib"] is None or m["memory_gib"] > 0
+
+    entries = {e["id"]: e for e in data["entries"]}
+    assert list(entries) == ["search", "gpu_search", "identity"]  # the harness's order, only those asked for
+    for e in entries.values():
+        assert ENTRY_KEYS <= set(e), e.keys()
+        assert e["met"] is None or isinstance(e["met"], bool)
+        assert e["status"] != "error", e["details"]
+        assert isinstance(e["details"], dict)
+
+    s = entries["search"]
+    assert isinstance(s["met"], bool)
+    assert s["details"]["ratio_vs_search_only"] > 0 and s["details"]["ratio_vs_add_search"] > 0
+    assert "bench_search.py" in s["command"]
+
+    g = entries["gpu_search"]  # --device cpu: the GPU entry is recorded as skipped
+    assert g["status"] == "skipped" and g["met"] is None and g["measured"].startswith("skipped")
+
+    i = entries["identity"]  # CPU stand-in: faiss / torch / streamed agree bit for bit
+    assert i["met"] is None and i["proxy_met"] is True
+    comps = i["details"]["comparisons"]
+    assert set(comps) == {"faiss", "torch_small_chunks", "torch_stream"}
+    assert all(c["mismatches"]["total"] == 0 for c in comps.values())
+    assert i["details"]["reference"]["queries_with_ties"] > 0
+
+
+def test_goals_rejects_unknown_entry(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nope"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "unknown entry" in proc.stderr
