@@ -41,22 +41,13 @@ from mrbench.encoders.base import EncoderMeta  # noqa: E402
 KEEP = 64  # items whose pixels are kept for the comparison with the Pillow path
 
 
-class ClipPilStages:
-    """CLIP's eval transform, PIL stages only → uint8 ``[3, 224, 224]`` (picklable)."""
+def clip_pil_stages(size: int = 224):
+    """CLIP's eval transform, PIL stages only → uint8 ``[3, 224, 224]`` (open_clip's PilToUint8; picklable)."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
 
-    def __init__(self, size: int = 224) -> None:
-        from torchvision.transforms import (
-            CenterCrop,
-            Compose,
-            InterpolationMode,
-            Resize,
-        )
+    from mrbench.encoders.openclip import PilToUint8
 
-        self.pil_stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
-
-    def __call__(self, image):
-        arr = np.asarray(self.pil_stage(image), dtype=np.uint8)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return PilToUint8(Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)]))
 
 
 class NullEncoder:
@@ -64,7 +55,7 @@ class NullEncoder:
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
-        self.tr = ClipPilStages()
+        self.tr = clip_pil_stages()
         self.kept: dict[str, np.ndarray] = {}
         self.meta = EncoderMeta(name="bench-null", revision="1", similarity="dot", dim=4, needs_pixels=True,
                                 batch_size=64)

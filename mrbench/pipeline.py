@@ -92,6 +92,32 @@ def task_frame(task: Task, judged_ranks: Sequence[Any], judged: Sequence[dict[in
     return df
 
 
+def resolve_encoder(encoder: Any, encoder_kwargs: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """``(encoder object, spec)`` from a registry name (built with ``encoder_kwargs``) or an object
+    implementing the Encoder protocol (its spec is its metadata name); one-line
+    :class:`~mrbench.errors.EncoderError` for anything else."""
+    from mrbench.encoders.base import Encoder
+    from mrbench.encoders.registry import get_encoder
+
+    if isinstance(encoder, str):
+        return get_encoder(encoder, **(encoder_kwargs or {})), encoder
+    spec = getattr(getattr(encoder, "meta", None), "name", type(encoder).__name__)
+    if not isinstance(encoder, Encoder):
+        from mrbench.errors import EncoderError
+
+        raise EncoderError(f"{type(encoder).__name__}: does not implement the Encoder protocol (needs .meta: EncoderMeta and .encode(items, *, role, task))")
+    return encoder, spec
+
+
+def open_cache(spec: str, revision: str, encoder_kwargs: dict[str, Any] | None, cache_dir: str | Path | None):
+    """The embedding cache of an encoder (``cache_dir`` or the default root; namespace from spec,
+    revision and constructor kwargs), shared by ``evaluate`` and ``mrbench encode``."""
+    from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+    return EmbeddingCache(root, cache_namespace(spec, revision, encoder_kwargs or {}))
+
+
 def evaluate(
     benchmark: str | Path | Benchmark = "mrbench-synth",
     encoder: Any = "random",
@@ -150,10 +176,7 @@ def evaluate(
             and for ``depth``); grain sensitivity stays exact. ``None`` (default): exact search only.
     """
     from mrbench.data.registry import load_benchmark
-    from mrbench.encoders.base import Encoder
-    from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
     from mrbench.encoders.harness import EncodeStats, check_dims, encode_items
-    from mrbench.encoders.registry import get_encoder
     from mrbench.retrieval.search import exact_search
 
     if progress is True:
@@ -197,22 +220,9 @@ def evaluate(
     task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
     timings["load"] = time.perf_counter() - t0
 
-    if isinstance(encoder, str):
-        spec = encoder
-        enc = get_encoder(encoder, **(encoder_kwargs or {}))
-    else:
-        enc = encoder
-        spec = getattr(getattr(enc, "meta", None), "name", type(enc).__name__)
-        if not isinstance(enc, Encoder):
-            from mrbench.errors import EncoderError
-
-            raise EncoderError(f"{type(enc).__name__}: does not implement the Encoder protocol (needs .meta: EncoderMeta and .encode(items, *, role, task))")
+    enc, spec = resolve_encoder(encoder, encoder_kwargs)
     meta = enc.meta
-
-    store = None
-    if cache:
-        store = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_root(),
-                               cache_namespace(spec, meta.revision, encoder_kwargs or {}))
+    store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
 
     stats = EncodeStats()
     frames = []

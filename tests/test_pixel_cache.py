@@ -56,22 +56,13 @@ class PilResize:
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-class PilStages:
-    """Like open_clip's PilToUint8: a torchvision Compose of PIL stages, then HWC → CHW uint8."""
+def pil_stages(size: int = 8):
+    """open_clip's own PIL-stage transform (PilToUint8 over a torchvision Compose), at ``size`` px."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
 
-    def __init__(self, size: int = 8) -> None:
-        from torchvision.transforms import (
-            CenterCrop,
-            Compose,
-            InterpolationMode,
-            Resize,
-        )
+    from mrbench.encoders.openclip import PilToUint8
 
-        self.pil_stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
-
-    def __call__(self, image):
-        arr = np.asarray(self.pil_stage(image), dtype=np.uint8)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return PilToUint8(Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)]))
 
 
 class PixEncoder:
@@ -223,7 +214,7 @@ def test_fingerprint_changes_with_the_transform():
     assert base != fp(PixEncoder(PilResize(6), revision="r2"))
     assert base != fp(PixEncoder(PilResize(6), name="other"))
     assert base != fp(PixEncoder(PilResize(6)), decoder="torchvision.io.decode_jpeg")
-    a, b = PilStages(8), PilStages(8)
+    a, b = pil_stages(8), pil_stages(8)
     assert fp(PixEncoder(a)) == fp(PixEncoder(b))
     from torchvision.transforms import InterpolationMode
 
@@ -475,10 +466,10 @@ def _cpu_gpu(monkeypatch):
 def test_gpu_path_logic_on_cpu(tmp_path, monkeypatch, caplog):
     _cpu_gpu(monkeypatch)
     bench = _bench(tmp_path / "b", n=7, fmt="mixed", text_every=3)  # c2, c5 are PNGs
-    ref_enc = PixEncoder(PilStages(8))
+    ref_enc = PixEncoder(pil_stages(8))
     ref = _encode(ref_enc, bench, workers="thread")
     counter = _CountDecodes(monkeypatch)
-    enc, stats = PixEncoder(PilStages(8)), EncodeStats()
+    enc, stats = PixEncoder(pil_stages(8)), EncodeStats()
     with caplog.at_level(logging.WARNING):
         out = _encode(enc, bench, workers="gpu", stats=stats)
     assert stats.gpu_decoded == 5 and counter.n == 2  # the JPEGs on the "device", the PNGs with Pillow
@@ -489,17 +480,17 @@ def test_gpu_path_logic_on_cpu(tmp_path, monkeypatch, caplog):
     np.testing.assert_allclose(out[:, :3], ref[:, :3], atol=3.0)  # tensor resize ≈ Pillow resize
     assert all(isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.shape == (3, 8, 8) for v in enc.seen.values())
     # inline (no threads) gives the same
-    np.testing.assert_array_equal(_encode(PixEncoder(PilStages(8)), bench, workers="gpu", num_workers=0), out)
+    np.testing.assert_array_equal(_encode(PixEncoder(pil_stages(8)), bench, workers="gpu", num_workers=0), out)
     # with the pixel cache: its own fingerprint; a warm run decodes nothing
     s1, s2 = EncodeStats(), EncodeStats()
-    np.testing.assert_array_equal(_encode(PixEncoder(PilStages(8)), bench, workers="gpu",
+    np.testing.assert_array_equal(_encode(PixEncoder(pil_stages(8)), bench, workers="gpu",
                                           pixel_cache=tmp_path / "px", stats=s1), out)
     n = counter.n
-    warm = _encode(PixEncoder(PilStages(8)), bench, workers="gpu", pixel_cache=tmp_path / "px", stats=s2)
+    warm = _encode(PixEncoder(pil_stages(8)), bench, workers="gpu", pixel_cache=tmp_path / "px", stats=s2)
     np.testing.assert_array_equal(warm, out)
     assert (s1.gpu_decoded, s2.gpu_decoded, s2.pixel_cache_hits, counter.n) == (5, 0, 7, n)
     cpu_run = EncodeStats()
-    _encode(PixEncoder(PilStages(8)), bench, workers="thread", pixel_cache=tmp_path / "px", stats=cpu_run)
+    _encode(PixEncoder(pil_stages(8)), bench, workers="thread", pixel_cache=tmp_path / "px", stats=cpu_run)
     assert cpu_run.pixel_cache_hits == 0  # GPU-decoded pixels are never served to the Pillow path
 
 
@@ -527,12 +518,12 @@ def test_gpu_explicit_tensor_transform_and_bad_jpeg(tmp_path, monkeypatch):
 
 def test_gpu_fallback_warning(tmp_path, monkeypatch, caplog):
     bench = _bench(tmp_path / "b", n=5)
-    ref = _encode(PixEncoder(PilStages(8)), bench, workers="thread")
+    ref = _encode(PixEncoder(pil_stages(8)), bench, workers="thread")
     monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: None)  # no CUDA (as on this machine)
     stats = EncodeStats()
     with caplog.at_level(logging.WARNING):
-        out = _encode(PixEncoder(PilStages(8)), bench, workers="gpu", stats=stats)
-        _encode(PixEncoder(PilStages(8)), bench, workers="gpu")
+        out = _encode(PixEncoder(pil_stages(8)), bench, workers="gpu", stats=stats)
+        _encode(PixEncoder(pil_stages(8)), bench, workers="gpu")
     np.testing.assert_array_equal(out, ref)  # the CPU path, unchanged
     warned = [r.getMessage() for r in caplog.records if "decode='gpu'" in r.getMessage()]
     assert len(warned) == 1 and "CUDA" in warned[0] and "\n" not in warned[0]
@@ -580,8 +571,8 @@ def test_openclip_transform_is_tensor_capable():
 def test_gpu_decode_on_cuda(tmp_path):
     pytest.importorskip("torchvision")
     bench = _bench(tmp_path / "b", n=9, fmt="mixed")
-    ref = _encode(PixEncoder(PilStages(16)), bench, workers="thread")
+    ref = _encode(PixEncoder(pil_stages(16)), bench, workers="thread")
     stats = EncodeStats()
-    out = _encode(PixEncoder(PilStages(16), device="cuda"), bench, workers="gpu", stats=stats)
+    out = _encode(PixEncoder(pil_stages(16), device="cuda"), bench, workers="gpu", stats=stats)
     assert stats.gpu_decoded == 6
     np.testing.assert_allclose(out[:, :3], ref[:, :3], atol=4.0)

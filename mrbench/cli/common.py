@@ -34,7 +34,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def parse_json_kwargs(value: str | None, option: str = "--encoder-kwargs") -> dict[str, Any]:
+def parse_json_kwargs(value: str | None, option: str = "--encoder-kwargs",
+                      example: str = "'{\"dim\": 128}'") -> dict[str, Any]:
+    """A JSON-object option value as a dict (``{}`` when empty); one-line errors naming ``option``."""
     from mrbench.errors import MrbenchError
 
     if not value:
@@ -42,9 +44,9 @@ def parse_json_kwargs(value: str | None, option: str = "--encoder-kwargs") -> di
     try:
         obj = json.loads(value)
     except json.JSONDecodeError as e:
-        raise MrbenchError(f"{option} {value!r}: not valid JSON ({e.msg}); example: '{{\"dim\": 128}}'") from None
+        raise MrbenchError(f"{option} {value!r}: not valid JSON ({e.msg}); example: {example}") from None
     if not isinstance(obj, dict):
-        raise MrbenchError(f"{option} {value!r}: expected a JSON object such as '{{\"dim\": 128}}'")
+        raise MrbenchError(f"{option} {value!r}: expected a JSON object such as {example}")
     return obj
 
 

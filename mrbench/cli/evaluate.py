@@ -119,18 +119,11 @@ def evaluate(
 
 def _parse_approx(value: str) -> dict:
     """``--approx`` JSON → dict, validated (one-line errors before anything is encoded)."""
-    import json
-
     from mrbench.errors import MrbenchError
     from mrbench.retrieval.approx import check_approx_spec
 
     example = '\'{"index": "ivf", "nlist": 1024, "nprobe": 16}\' or \'{"index": "hnsw"}\''
-    try:
-        obj = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise MrbenchError(f"--approx {value!r}: not valid JSON ({e.msg}); example: {example}") from None
-    if not isinstance(obj, dict):
-        raise MrbenchError(f"--approx {value!r}: expected a JSON object such as {example}")
+    obj = parse_json_kwargs(value, "--approx", example=example)
     try:
         check_approx_spec(obj)
     except MrbenchError as e:

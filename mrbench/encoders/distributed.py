@@ -363,8 +363,7 @@ def encode_benchmark(
     """
     from mrbench.data.registry import load_benchmark
     from mrbench.data.schema import Benchmark
-    from mrbench.encoders.base import Encoder
-    from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
+    from mrbench.encoders.cache import EmbeddingCache
     from mrbench.encoders.harness import (
         EncodeStats,
         _hash_items,
@@ -372,7 +371,7 @@ def encode_benchmark(
         encode_items,
         instruction_for,
     )
-    from mrbench.encoders.registry import get_encoder
+    from mrbench.pipeline import open_cache, resolve_encoder
     from mrbench.report.progress import NullReporter
 
     own = dist is None
@@ -396,22 +395,14 @@ def encode_benchmark(
         )
         task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
 
-        if isinstance(encoder, str):
-            spec = encoder
-            enc = get_encoder(encoder, **(encoder_kwargs or {}))
-        else:
-            enc = encoder
-            spec = getattr(getattr(enc, "meta", None), "name", type(enc).__name__)
-            if not isinstance(enc, Encoder):
-                raise EncoderError(f"{type(enc).__name__}: does not implement the Encoder protocol (needs .meta: EncoderMeta and .encode(items, *, role, task))")
+        enc, spec = resolve_encoder(encoder, encoder_kwargs)
         meta = enc.meta
         if not meta.cacheable or meta.extra.get("cacheable", True) is False:
             raise EncoderError(
                 f"encoder {spec!r} is not cacheable (its output depends on more than the content), so there is "
                 "nothing to encode ahead of time; run 'mrbench evaluate' directly"
             )
-        root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
-        store = EmbeddingCache(root, cache_namespace(spec, meta.revision, encoder_kwargs or {}))
+        store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir)
         rec = _RecordingCache(store)
         # Every rank indexes the shards already on disk *before* any rank writes: a rank never lists
         # another's per-batch shards, which that rank deletes when it merges them (the shares are
