@@ -610,3 +610,56 @@ def test_process_decode_workers_equal_threads(tmp_path) -> None:
         encode_items(enc, btask.candidates[:8], role="candidate", task=btask, bench=broken, num_workers=2,
                      workers="process")
     assert btask.candidates[3].id in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("procs", [False, True], ids=["thread", "processes"])
+def test_texts_tokenised_ahead_give_the_same_embeddings(tiny, small_bench, monkeypatch, procs):
+    """The harness tokenises the next batch (text_transform, in fork workers for many texts) and the
+    tower reads EncodeInput.tokens; the embeddings equal the in-forward tokenisation bit for bit."""
+    from mrbench.encoders import harness
+
+    if procs:  # processes are used when feeding a GPU: pretend the encoder runs on one
+        monkeypatch.setattr(harness, "TEXT_PROCESS_MIN", 1)
+        monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: "cuda")
+    bench = small_bench
+    task = next(t for t in bench.tasks if all(q.text and q.image is None for q in t.queries))
+    qs = task.queries * 8  # several batches
+    enc = make(tiny.st, batch_size=8)
+    used = []
+    real = enc.encode_tokens
+    monkeypatch.setattr(enc, "encode_tokens", lambda tok: used.append(tuple(tok.shape)) or real(tok))
+    ahead = encode_items(enc, qs, role="query", task=task, bench=bench, num_workers=2)
+    assert used and all(s[1] == 16 + 1 for s in used)  # context length of the tiny model + the cut flag
+    monkeypatch.setattr(enc, "text_transform", lambda: None)
+    inline = encode_items(enc, qs, role="query", task=task, bench=bench, num_workers=2)
+    np.testing.assert_array_equal(ahead, inline)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pixels_staged_on_the_device_give_the_same_embeddings(tiny, small_bench, monkeypatch):
+    bench = small_bench
+    task = next(t for t in bench.tasks if any(c.image for c in t.candidates))
+    enc = make(tiny.st, device="cuda", precision="fp32", batch_size=4)
+    seen = []
+    real = enc.encode_images
+    monkeypatch.setattr(enc, "encode_images", lambda pix: seen.append(pix.device.type) or real(pix))
+    staged = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    assert seen and set(seen) == {"cuda"}
+    monkeypatch.setattr(enc, "pixels_on_device", False)
+    plain = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    np.testing.assert_array_equal(staged, plain)
+
+
+def test_truncation_counted_from_the_tokenised_rows(tiny):
+    import dataclasses
+
+    enc = make(tiny.st)
+    texts = ["a short caption", "word " * 40, "ü" * 30]
+    items = [item(i, text=t) for i, t in enumerate(texts)]
+    a = enc.encode(items, role="query", task=TASK)
+    n_inline = enc.truncated_texts
+    rows = enc.text_transform()([enc.text_of(it) for it in items])
+    assert rows.shape == (3, enc.context_length + 1) and rows[:, -1].tolist() == [0, 1, 1]
+    b = enc.encode([dataclasses.replace(it, tokens=rows[k]) for k, it in enumerate(items)], role="query", task=TASK)
+    assert n_inline == 2 and enc.truncated_texts == 2 * n_inline
+    np.testing.assert_array_equal(a, b)

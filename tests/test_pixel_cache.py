@@ -438,7 +438,8 @@ def test_bounded_map_limits_in_flight_work():
 
 
 def test_decode_keeps_two_batches_in_flight(tmp_path, monkeypatch):
-    """At most the batch being encoded and the next one are decoded ahead (memory stays flat)."""
+    """At most the batch being encoded, the PREFETCH_BATCHES prepared ones and the one decoding after
+    them are decoded ahead (memory stays flat)."""
     bench = _bench(tmp_path / "b", n=12)
     counter = _CountDecodes(monkeypatch)
     ahead = []
@@ -451,7 +452,9 @@ def test_decode_keeps_two_batches_in_flight(tmp_path, monkeypatch):
 
     calls: list = []
     _encode(Spy(batch_size=2), bench, num_workers=2)
-    assert max(ahead) <= 4  # this batch (2) + the next (2)
+    from mrbench.encoders import harness
+
+    assert max(ahead) <= 2 * (2 + harness.PREFETCH_BATCHES)  # batches of 2: this one, prepared, decoding
 
 
 # ---------------------------------------------------------------------------------------------------

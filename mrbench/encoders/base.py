@@ -33,7 +33,11 @@ class EncodeInput:
     over the item's text and image bytes (not its id), stable across machines. ``meta`` is the item's
     builder metadata (read-only by convention). ``pixels`` is the image already run through the
     encoder's own ``prepare_image(image)`` hook when the encoder defines one (the harness calls it in
-    its decode threads, so transforms run in parallel with the model), else ``None``.
+    its decode threads, so transforms run in parallel with the model), else ``None``; for an encoder
+    whose ``pixels_on_device`` is true and which runs on CUDA, the harness hands it already on that
+    device (a view into the batch's staged tensor). ``tokens`` is the item's text already run
+    through the encoder's ``text_transform()`` (one row of token ids) when the encoder defines one,
+    else ``None``: the harness tokenises the next batch ahead of the model.
     """
 
     id: str
@@ -44,6 +48,7 @@ class EncodeInput:
     content_hash: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     pixels: Any = None
+    tokens: Any = None
 
     @property
     def modality(self) -> str:

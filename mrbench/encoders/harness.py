@@ -253,7 +253,7 @@ def _rejected(encoder_name: str, item_id: str, task_name: str, path: Path, e: Ba
     )
 
 
-def _result(fut: Future) -> Any:
+def _result(fut: Future, what: str = "an image decode") -> Any:
     from concurrent.futures.process import BrokenProcessPool
 
     try:
@@ -261,12 +261,12 @@ def _result(fut: Future) -> Any:
     except TimeoutError:
         _shutdown_process_pool()
         raise EncoderError(
-            f"an image decode worker process made no progress for {DECODE_TIMEOUT_S} s; pass workers='thread' "
+            f"{what} worker process made no progress for {DECODE_TIMEOUT_S} s; pass workers='thread' "
             "(or --workers 2) and report the encoder"
         ) from None
     except BrokenProcessPool:
         raise EncoderError(
-            "an image decode worker process died (out of memory?); lower --workers or pass workers='thread'"
+            f"{what} worker process died (out of memory?); lower --workers or pass workers='thread'"
         ) from None
 
 
@@ -561,7 +561,9 @@ class EncodeStats:
     of the harness calls (hashing, cache I/O, decoding not overlapped with encoding, validation
     included); their difference is the harness overhead. ``pixel_cache_hits`` / ``pixel_cache_misses``
     count images read from / decoded for the pixel cache (0 while it is off); ``gpu_decoded`` the
-    images decoded by ``workers="gpu"`` on the device.
+    images decoded by ``workers="gpu"`` on the device; ``input_wait_seconds`` the time the model
+    waited for its next batch to be prepared (decoded, staged, tokenised): near 0 when the input
+    pipeline keeps up.
     """
 
     items: int = 0
@@ -573,6 +575,7 @@ class EncodeStats:
     pixel_cache_hits: int = 0
     pixel_cache_misses: int = 0
     gpu_decoded: int = 0
+    input_wait_seconds: float = 0.0
 
     @property
     def overhead_seconds(self) -> float:
@@ -590,6 +593,7 @@ class EncodeStats:
             "pixel_cache_hits": self.pixel_cache_hits,
             "pixel_cache_misses": self.pixel_cache_misses,
             "gpu_decoded": self.gpu_decoded,
+            "input_wait_seconds": self.input_wait_seconds,
         }
 
 
@@ -633,6 +637,124 @@ def _hash_items(
 
 
 Loaded = tuple[Any, Any]  # (PIL image or None, pixels or None) of one item
+
+
+CACHE_READ_SLICE = 64
+"""Fewest pixel-cache hits read per worker task (each task parses its shard's header once)."""
+CACHE_READ_THREADS = 4
+"""Most workers reading one batch's pixel-cache hits: the reads hold the GIL part of the time, and
+on a GPU the thread launching the model's kernels needs it (16 readers made the forward 4x slower)."""
+PREFETCH_BATCHES = 2
+"""Batches prepared (decoded, staged, tokenised) ahead of the one being encoded."""
+TEXT_PROCESS_MIN = 512
+"""Texts below which tokenisation stays in the preparing thread (a process pool would cost more)."""
+
+
+class _DeviceStager:
+    """Pinned-memory staging of a batch's prepared pixels and their copy to the encoder's CUDA
+    device on a side stream, so the copy overlaps the current batch's forward."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(device=self.device)
+
+    def stage(self, loaded: list[Loaded]) -> tuple[list[Loaded], Callable[[], None] | None]:
+        """``(loaded with device pixels, ready)``; ``ready()`` (on the consuming thread) makes the
+        current stream wait for the copy. Mixed shapes, dtypes or non-array pixels stay as they are."""
+        import torch
+
+        idx = [k for k, (_, pix) in enumerate(loaded) if pix is not None]
+        if not idx:
+            return loaded, None
+        vals = []
+        for k in idx:
+            v = loaded[k][1]
+            if isinstance(v, torch.Tensor):
+                if v.device.type != "cpu":
+                    return loaded, None
+                v = v.numpy()
+            if not isinstance(v, np.ndarray) or v.dtype.hasobject:
+                return loaded, None
+            vals.append(v)
+        shape, dtype = vals[0].shape, vals[0].dtype
+        if any(v.shape != shape or v.dtype != dtype for v in vals):
+            return loaded, None
+        host = torch.empty((len(vals), *shape), dtype=torch.from_numpy(vals[0][:0]).dtype, pin_memory=True)
+        np.stack(vals, out=host.numpy())
+        with torch.cuda.stream(self.stream):
+            dev = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        out = list(loaded)
+        for j, k in enumerate(idx):
+            out[k] = (loaded[k][0], dev[j])
+
+        def ready() -> None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(event)
+            dev.record_stream(cur)  # the allocator must not reuse it while the forward reads it
+
+        return out, ready
+
+
+_TEXT_FN: Callable[[list[str]], Any] | None = None
+
+
+def _text_worker_init(fn: Callable[[list[str]], Any]) -> None:
+    global _TEXT_FN
+    _worker_init()
+    _TEXT_FN = fn
+
+
+def _tokenize_chunk(texts: list[str]) -> np.ndarray:
+    assert _TEXT_FN is not None
+    return np.asarray(_TEXT_FN(texts))
+
+
+class _Tokenizer:
+    """The encoder's ``text_transform()`` run ahead of the model: in fork worker processes (the
+    function reaches them through fork, never pickled) for many texts, else in the calling thread."""
+
+    def __init__(self, encoder: Encoder, fn: Callable[[list[str]], Any], n_texts: int, num_workers: int) -> None:
+        import multiprocessing
+        import sys
+
+        self.encoder, self.fn, self.procs = encoder, fn, None
+        self.n = max(1, num_workers)
+        fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+        # on the CPU the model's own threads use the cores; processes only pay off feeding a GPU
+        if fork and num_workers >= 2 and n_texts >= TEXT_PROCESS_MIN and _gpu_decode_device(encoder):
+            import warnings
+            from concurrent.futures import ProcessPoolExecutor
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.procs = ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("fork"),
+                                                 initializer=_text_worker_init, initargs=(fn,))
+
+    def __call__(self, inputs: list[EncodeInput]) -> list[EncodeInput]:
+        import dataclasses
+
+        idx = [k for k, it in enumerate(inputs) if it.text is not None]
+        if not idx:
+            return inputs
+        texts = [self.encoder.text_of(inputs[k]) for k in idx]  # type: ignore[attr-defined]
+        if self.procs is not None and len(texts) >= 32:
+            size = -(-len(texts) // self.n)
+            futs = [self.procs.submit(_tokenize_chunk, texts[k : k + size]) for k in range(0, len(texts), size)]
+            rows = np.concatenate([_result(f, "a tokenising") for f in futs])
+        else:
+            rows = np.asarray(self.fn(texts))
+        out = list(inputs)
+        for j, k in enumerate(idx):
+            out[k] = dataclasses.replace(inputs[k], tokens=rows[j])
+        return out
+
+    def close(self) -> None:
+        if self.procs is not None:
+            self.procs.shutdown(wait=True, cancel_futures=True)
 
 
 class _Decoder:
@@ -757,9 +879,13 @@ class _Decoder:
         if hits:
             assert self.cache is not None
             digests = [self._digest(i) for i in hits]
-            if self.pool is not None:
-                hit_fut = self.pool.submit(self.cache.get_many, self.fp, digests)
-                hit_fn = hit_fut.result
+            if self.pool is not None:  # shard reads and CRC checks on a few workers (more fight over the GIL)
+                size = max(CACHE_READ_SLICE, -(-len(digests) // max(1, min(CACHE_READ_THREADS, self.num_workers))))
+                hit_futs = [self.pool.submit(self.cache.get_many, self.fp, digests[k : k + size])
+                            for k in range(0, len(digests), size)]
+
+                def hit_fn() -> list[Any]:
+                    return [v for f in hit_futs for v in f.result()]
             else:
                 cache = self.cache
 
@@ -956,6 +1082,10 @@ def encode_items(
 
     pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
     decoder: _Decoder | None = None
+    device_stager: _DeviceStager | None = None
+    tokenizer: _Tokenizer | None = None
+    stager: ThreadPoolExecutor | None = None
+    ahead: deque[Future] = deque()
     try:
         hashes = _hash_items(items, paths, pool, window=max(16, 4 * num_workers))
         dim = meta.dim
@@ -989,13 +1119,27 @@ def encode_items(
 
             decoder = _Decoder(encoder, items, paths, task.name, num_workers, workers, pool,
                                resolve_pixel_cache(pixel_cache) if batches else None, stats)
-        # a bounded queue: the batch being encoded and the next one being decoded, never more
-        pending = decoder.submit(batches[0]) if decoder is not None and batches else None
-        for b, batch in enumerate(batches):
+            if (decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
+                    and _gpu_decode_device(encoder)):
+                device_stager = _DeviceStager(str(getattr(encoder, "device")))
+        text_fn = getattr(encoder, "text_transform", None)
+        if batches and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
+            fn = text_fn()
+            if fn is not None:
+                n_texts = sum(1 for i in miss if items[i].text is not None)
+                tokenizer = _Tokenizer(encoder, fn, n_texts, num_workers) if n_texts else None
+
+        def prepare(b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
+            """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1``."""
+            batch, ready = batches[b], None
             if decoder is not None:
-                assert pending is not None
-                loaded = pending()
-                pending = decoder.submit(batches[b + 1]) if b + 1 < len(batches) else None
+                if b not in decoding:
+                    decoding[b] = decoder.submit(batch)
+                if b + 1 < len(batches) and b + 1 not in decoding:
+                    decoding[b + 1] = decoder.submit(batches[b + 1])
+                loaded = decoding.pop(b)()
+                if device_stager is not None:
+                    loaded, ready = device_stager.stage(loaded)
             else:
                 loaded = [(None, None)] * len(batch)
             inputs = [
@@ -1011,6 +1155,24 @@ def encode_items(
                 )
                 for i, (img, pix) in zip(batch, loaded)
             ]
+            return (tokenizer(inputs) if tokenizer is not None else inputs), ready
+
+        # a bounded queue: the batch being encoded and PREFETCH_BATCHES prepared in one background
+        # thread (which also keeps the next batch decoding), never more, so memory stays flat
+        decoding: dict[int, Callable[[], list[Loaded]]] = {}
+        if batches and (decoder is not None or tokenizer is not None):
+            stager = ThreadPoolExecutor(1, thread_name_prefix="mrbench-prepare")
+        for b, batch in enumerate(batches):
+            if stager is not None:
+                while len(ahead) < PREFETCH_BATCHES and b + len(ahead) < len(batches):
+                    ahead.append(stager.submit(prepare, b + len(ahead)))
+                t_wait = time.perf_counter()
+                inputs, ready = ahead.popleft().result()
+                stats.input_wait_seconds += time.perf_counter() - t_wait
+                if ready is not None:
+                    ready()
+            else:
+                inputs, _ = prepare(b)
             t0 = time.perf_counter()
             raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
             stats.encode_seconds += time.perf_counter() - t0
@@ -1029,6 +1191,12 @@ def encode_items(
             if progress is not None:
                 progress(len(batch))
     finally:
+        for f in ahead:
+            f.cancel()
+        if stager is not None:
+            stager.shutdown(wait=True, cancel_futures=True)
+        if tokenizer is not None:
+            tokenizer.close()
         if decoder is not None:
             decoder.close()
         if pool is not None:

@@ -244,6 +244,14 @@ class OpenClipEncoder(DualTowerEncoder):
         tokens = self.tokenizer(list(texts))
         return self.model.encode_text(tokens.to(self.device))
 
+    def text_transform(self) -> TokenizeToNumpy:
+        """open_clip's tokenizer as a picklable ``texts → int64 [n, context_length + 1]`` function
+        (the last column flags a text cut at the context length, see :class:`TokenizeToNumpy`)."""
+        return TokenizeToNumpy(self.tokenizer, self.context_length)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens[:, : self.context_length].to(self.device))
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         import torch
 
@@ -255,9 +263,11 @@ class OpenClipEncoder(DualTowerEncoder):
 
     def encode(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> np.ndarray:
         # counted once per call here, not per micro-batch (an out-of-memory retry would count twice)
-        texts = [self._text_of(it) for it in items if it.text]
-        if texts:
-            self.count_truncated(self.count_too_long(texts))
+        rows = [it.tokens for it in items if it.text]
+        if rows and all(r is not None for r in rows):  # tokenised ahead: the flag column counts the cut ones
+            self.count_truncated(int(sum(int(np.asarray(r)[-1]) for r in rows)))
+        elif rows:
+            self.count_truncated(self.count_too_long([self._text_of(it) for it in items if it.text]))
         return super().encode(items, role=role, task=task)
 
     # -- truncation -------------------------------------------------------------------------------
@@ -863,6 +873,24 @@ def _count_too_long(tok: Any, texts: list[str], ctx: int) -> int:
         enc = inner(cleaned, **kwargs)
     limit = ctx - 3 if clips else ctx
     return sum(1 for ids in enc["input_ids"] if len(ids) > limit)
+
+
+class TokenizeToNumpy:
+    """``list[str] → int64 [n, ctx + 1]`` through an open_clip tokenizer (picklable: module level):
+    columns ``:ctx`` are the token ids the tokenizer gives, column ``ctx`` is 1 where the text was
+    cut at the context length (so truncations are counted where the tokenising runs)."""
+
+    def __init__(self, tokenizer: Any, context_length: int) -> None:
+        self.tokenizer, self.ctx = tokenizer, int(context_length)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        ids = np.asarray(self.tokenizer(texts), dtype=np.int64)
+        cut = np.zeros((len(texts), 1), dtype=np.int64)
+        long = [k for k, t in enumerate(texts) if len(t.encode("utf-8")) + 4 > self.ctx - 3]
+        for k in long:  # the rare long ones, one by one (same rule as OpenClipEncoder.count_too_long)
+            cut[k, 0] = _count_too_long(self.tokenizer, [texts[k]], self.ctx)
+        return np.concatenate([ids, cut], axis=1)
 
 
 class PilToUint8:

@@ -95,9 +95,19 @@ class DualTowerEncoder(TorchEncoder):
 
     ``use_instruction``: prepend the task's instruction (``"<instruction> <text>"``) to texts; off
     by default because CLIP-style models were not trained with instructions.
+
+    Two optional fast paths the harness uses when a subclass supports them:
+
+    * ``pixels_on_device`` (true here): on a CUDA encoder the harness stacks the next batch's
+      prepared pixels into pinned memory and copies them to :attr:`device` on a side stream while
+      the current batch runs, so :meth:`encode_images` receives device tensors;
+    * :meth:`text_transform` + :meth:`encode_tokens`: the harness tokenises the next batch's texts
+      (:meth:`text_of`) in worker processes ahead of the model and hands the rows as
+      ``EncodeInput.tokens``; without them :meth:`encode_texts` tokenises in the forward.
     """
 
     use_instruction: bool = False
+    pixels_on_device: bool = True
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """``[len(texts), D]`` text-tower embeddings (not necessarily normalised)."""
@@ -110,6 +120,19 @@ class DualTowerEncoder(TorchEncoder):
     def prepare_image(self, image: Image) -> torch.Tensor:
         """One decoded RGB image → the model's input tensor ``[3, H, W]`` (its own transform)."""
         raise NotImplementedError
+
+    def text_transform(self) -> Any:
+        """A picklable ``list[str] → int64 [n, L]`` token-id function whose rows :meth:`encode_tokens`
+        accepts, or ``None`` (the default) when :meth:`encode_texts` tokenises by itself."""
+        return None
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` text-tower embeddings from stacked rows of :meth:`text_transform`."""
+        raise NotImplementedError
+
+    def text_of(self, it: EncodeInput) -> str:
+        """The text the tower reads for ``it`` (instruction prepended when ``use_instruction``)."""
+        return self._text_of(it)
 
     def _text_of(self, it: EncodeInput) -> str:
         text = it.text or ""
@@ -142,7 +165,15 @@ class DualTowerEncoder(TorchEncoder):
         out: torch.Tensor | None = None
         t_idx = [i for i, h in enumerate(has_txt) if h]
         i_idx = [i for i, h in enumerate(has_img) if h]
-        t_emb = F.normalize(self.encode_texts([self._text_of(items[i]) for i in t_idx]).float(), dim=-1) if t_idx else None
+        t_emb = None
+        if t_idx:
+            rows = [items[i].tokens for i in t_idx]
+            if all(r is not None for r in rows):  # tokenised ahead by the harness
+                tok = torch.as_tensor(np.stack([np.asarray(r) for r in rows]))
+                t_raw = self.encode_tokens(tok.to(self.device, non_blocking=True))
+            else:
+                t_raw = self.encode_texts([self._text_of(items[i]) for i in t_idx])
+            t_emb = F.normalize(t_raw.float(), dim=-1)
         i_emb = None
         if i_idx:
             pix = torch.stack([self._pixels_of(items[i]) for i in i_idx]).to(self.device, non_blocking=True)
