@@ -178,6 +178,10 @@ class DualTowerEncoder(TorchEncoder):
         if i_idx:
             pix = torch.stack([self._pixels_of(items[i]) for i in i_idx]).to(self.device, non_blocking=True)
             i_emb = F.normalize(self.encode_images(pix).float(), dim=-1)
+        if i_emb is None and len(t_idx) == len(items):  # one modality: no scatter (and no device sync)
+            return t_emb  # type: ignore[return-value]
+        if t_emb is None and len(i_idx) == len(items):
+            return i_emb  # type: ignore[return-value]
         d = (t_emb if t_emb is not None else i_emb).shape[1]  # type: ignore[union-attr]
         out = torch.zeros((len(items), d), dtype=torch.float32, device=self.device)
         if t_emb is not None:
