@@ -255,3 +255,19 @@ def test_image_text_items_and_relative_paths(tmp_path):
     assert seen[0][0] == "image+text" and seen[0][1] == tmp_path / "img" / "a.png"
     assert seen[0][2] == seen[1][2]  # identical content → identical hash
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_short_switch_interval_nests_and_restores():
+    import sys
+
+    from mrbench.encoders import harness
+
+    before = sys.getswitchinterval()
+    with harness._short_switch_interval(True):
+        assert sys.getswitchinterval() == pytest.approx(min(before, harness.GPU_SWITCH_INTERVAL_S))
+        with harness._short_switch_interval(True):
+            pass
+        assert sys.getswitchinterval() == pytest.approx(min(before, harness.GPU_SWITCH_INTERVAL_S))  # still in the outer one
+        with harness._short_switch_interval(False):
+            assert sys.getswitchinterval() == pytest.approx(min(before, harness.GPU_SWITCH_INTERVAL_S))
+    assert sys.getswitchinterval() == before
