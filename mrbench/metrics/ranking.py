@@ -163,35 +163,87 @@ def judged_matrix(
         raise MetricInputError(
             f"judged_ranks has {len(judged_ranks)} queries but grades has {len(grades)}; pass one mapping per query for both"
         )
-    n_q = len(grades)
-    per_q: list[tuple[list[float], list[float]]] = []
-    width = 0
-    for q in range(n_q):
-        gq, rq = grades[q], judged_ranks[q]
-        rs: list[float] = []
-        gs: list[float] = []
-        for cand, grade in gq.items():
-            grade = int(grade)
-            if grade < 0:
-                raise MetricInputError(f"query {q}: candidate {cand!r} has negative grade {grade}; grades must be >= 0")
-            if grade == 0:
-                continue
-            rank = rq.get(cand)
-            if rank is None:
-                rs.append(np.inf)
-            else:
-                rank = int(rank)
-                if rank < 1:
-                    raise MetricInputError(f"query {q}: candidate {cand!r} has rank {rank}; ranks are 1-based")
-                rs.append(float(rank))
-            gs.append(float(grade))
-        per_q.append((rs, gs))
-        width = max(width, len(gs))
-    ranks = np.full((n_q, width), np.inf)
-    grd = np.zeros((n_q, width))
+    try:
+        fast = _judged_matrix_fast(judged_ranks, grades)
+    except (TypeError, ValueError, OverflowError):
+        fast = None
+    if fast is not None:
+        return fast
+    # anything unusual (non-integer or negative grades, bad ranks, non-numeric values): the
+    # reference loop, which also raises the error of the first offending entry
+    per_q = [_judged_row(q, grades[q], judged_ranks[q]) for q in range(len(grades))]
+    return _pad(per_q)
+
+
+def _judged_row(q: int, gq: Mapping[int, int], rq: Mapping[int, int]) -> tuple[list[float], list[float]]:
+    """Ranks and grades of query ``q``'s graded candidates (the reference of :func:`judged_matrix`)."""
+    rs: list[float] = []
+    gs: list[float] = []
+    for cand, grade in gq.items():
+        grade = int(grade)
+        if grade < 0:
+            raise MetricInputError(f"query {q}: candidate {cand!r} has negative grade {grade}; grades must be >= 0")
+        if grade == 0:
+            continue
+        rank = rq.get(cand)
+        if rank is None:
+            rs.append(np.inf)
+        else:
+            rank = int(rank)
+            if rank < 1:
+                raise MetricInputError(f"query {q}: candidate {cand!r} has rank {rank}; ranks are 1-based")
+            rs.append(float(rank))
+        gs.append(float(grade))
+    return rs, gs
+
+
+def _pad(per_q: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    width = max((len(gs) for _, gs in per_q), default=0)
+    ranks = np.full((len(per_q), width), np.inf)
+    grd = np.zeros((len(per_q), width))
     for q, (rs, gs) in enumerate(per_q):
         ranks[q, : len(rs)] = rs
         grd[q, : len(gs)] = gs
+    return ranks, grd
+
+
+def _judged_matrix_fast(
+    judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`judged_matrix` with the per-entry work in numpy: the same arrays, or ``None`` when an
+    entry needs the reference loop (a negative or non-integer grade, a rank that is not an integer
+    ``>= 1``); raises ``TypeError`` / ``ValueError`` on non-numeric values."""
+    from itertools import chain, repeat
+
+    n_q = len(grades)
+    lens = np.fromiter(map(len, grades), dtype=np.int64, count=n_q)
+    total = int(lens.sum())
+    g = np.fromiter(chain.from_iterable(gq.values() for gq in grades), dtype=np.float64, count=total)
+    # a missing rank reads as NaN (a present NaN is an error, told apart below)
+    r = np.fromiter(chain.from_iterable(map(rq.get, gq, repeat(np.nan)) for rq, gq in zip(judged_ranks, grades)),
+                    dtype=np.float64, count=total)
+    if not (g >= 0).all() or not (g == np.trunc(g)).all():
+        return None
+    keep = g > 0
+    rk = r[keep]
+    miss = np.isnan(rk)
+    ok = miss | (np.isfinite(rk) & (rk >= 1) & (rk == np.trunc(rk)))
+    if not ok.all():
+        return None
+    row = np.repeat(np.arange(n_q), lens)[keep]
+    counts = np.bincount(row, minlength=n_q)
+    width = int(counts.max()) if n_q else 0
+    ranks = np.full((n_q, width), np.inf)
+    grd = np.zeros((n_q, width))
+    starts = np.cumsum(counts) - counts
+    col = np.arange(len(row)) - starts[row]
+    ranks[row, col] = np.where(miss, np.inf, rk)
+    grd[row, col] = g[keep]
+    if miss.any():
+        # a NaN may be a missing rank (→ inf) or a stored NaN / None (an error): recheck those rows
+        for q in np.unique(row[miss]).tolist():
+            rs, _ = _judged_row(q, grades[q], judged_ranks[q])
+            ranks[q, : len(rs)] = rs
     return ranks, grd
 
 

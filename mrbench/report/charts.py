@@ -1,4 +1,10 @@
-"""Per-grain charts (PNG, matplotlib's Agg backend; imported only when a chart is drawn)."""
+"""Per-grain charts (PNG, matplotlib's Agg backend; imported only when a chart is drawn).
+
+The figure is built with :class:`matplotlib.figure.Figure` directly, not through ``pyplot``: no
+global figure manager or backend switch (a caller's interactive backend is left alone), and the
+``pyplot`` import (about a third of a second) is skipped. The PNG is the same as drawing the same
+figure through ``pyplot`` with the Agg backend.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,10 @@ def headline_k(ks: list[int]) -> int:
 
 def grain_chart(result: Any, path: Path) -> Path:
     """Draw hit@k by grain count, hit@k by grain type and grain sensitivity, one colour per task."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     data = result.data
     k = headline_k(data["settings"]["ks"])
@@ -25,8 +30,10 @@ def grain_chart(result: Any, path: Path) -> Path:
     tasks = [t for t in data["settings"]["tasks"] if t in data["scores"]["grain_count"]]
     sens = data["scores"].get("grain_sensitivity") or {}
     n_panels = 3 if sens else 2
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.2 * n_panels, 4.2), constrained_layout=True)
-    palette = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(5.2 * n_panels, 4.2), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n_panels)
+    palette = colormaps["tab10"].colors
     color = {t: palette[i % 10] for i, t in enumerate(tasks)}
 
     def grouped(ax, table: dict[str, dict[str, dict[str, Any]]], value: str, order: list[str], title: str, ylabel: str):
@@ -60,5 +67,4 @@ def grain_chart(result: Any, path: Path) -> Path:
     enc = data["encoder"]["name"]
     fig.suptitle(f"{enc} on {data['benchmark']['name']} ({data['benchmark']['split']})", fontsize=11)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

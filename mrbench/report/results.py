@@ -7,7 +7,9 @@
 * ``encoder``: the encoder's metadata record, the spec it was created from and its kwargs
 * ``settings``: ks, depth, backend, device, tie_policy, batch_size, cache, grain_sensitivity, tasks
 * ``hardware``: platform, python, cpu_count, torch, faiss, device, cuda
-* ``timings``: seconds per stage (load, encode, encoder_forward, retrieve, score, sensitivity, report, total)
+* ``timings``: seconds per stage (load, encoder_init, encode, encoder_forward, input_wait, retrieve, score, sensitivity,
+  total, aggregate); ``EvaluationResult.timings`` adds ``report`` (writing the output directory) and
+  ``chart`` (drawing grains.png, part of ``report``) after results.json is written
 * ``cache``: items, hits, encoded
 * ``scores``: ``macro`` (each task weighs the same), ``tasks`` (per task), ``grain_count`` (per task
   and pooled ``all``, buckets "2", "3", "4", "5+"), ``grain_type`` (per task; a query counts under
@@ -25,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,7 @@ class EvaluationResult:
     per_query: Any  # pandas.DataFrame, one row per query
     sensitivity: Any = None  # pandas.DataFrame, one row per (query, dropped grain), or None
     runs: dict[str, Any] = field(default_factory=dict, repr=False)  # task -> (Task, RetrievalResult)
+    save_timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)  # set by save()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -198,6 +202,7 @@ class EvaluationResult:
             if self.sensitivity is not None:
                 self.sensitivity.to_parquet(st / "sensitivity.parquet", index=False)
                 files["sensitivity"] = "sensitivity.parquet"
+            t0 = time.perf_counter()
             try:
                 from mrbench.report.charts import grain_chart
 
@@ -205,6 +210,7 @@ class EvaluationResult:
                 files["chart"] = "grains.png"
             except ImportError:  # matplotlib missing: results stay complete without the picture
                 pass
+            self.save_timings["chart"] = time.perf_counter() - t0
             self.data["files"] = files
             (st / RESULTS_FILE).write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
         return out
