@@ -834,3 +834,46 @@ def test_faiss_gpu_request_without_gpu_falls_back_with_one_warning(caplog, monke
     assert len(warns) == 1 and "running faiss on the CPU" in warns[0].getMessage()
     assert res.backend == "faiss" and res.device == "cpu"
     assert_same_result(res, exact_search(q, c, judged, backend="faiss"))
+
+
+@pytest.mark.parametrize("kind", ["unit", "quantised", "identical"])
+def test_tiled_cpu_product_and_small_scratch_identical(kind, monkeypatch):
+    """The CPU fast product in candidate tiles (``_MM_TILE``), and tiny scratch shares (one row
+    sorted / scored densely at a time, tiny canonical-row blocks): identical results, and the
+    torch thread setting is restored after the single-threaded rescoring."""
+    import mrbench.retrieval.search as search_mod
+
+    rng = np.random.default_rng(17)
+    n_q, n, d = 25, 1000, 16
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = many_judged(rng, n_q, n, max_judged=120)
+    runners = [("torch", "cpu")] + ([("faiss", None)] if HAS_FAISS else [])
+    refs = [run(r, q, c, judged, depth=30) for r in runners]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(search_mod, "_MM_TILE", 96)  # 11 tiles, the last one partial
+    monkeypatch.setattr(search_mod, "_SCRATCH_SHARE", 1 << 20)  # scratch rows: 1 each
+    for r, want in zip(runners, refs):
+        for chunk in (None, 4 * n * 5, 1):
+            assert_same_result(want, run(r, q, c, judged, depth=30, max_chunk_bytes=chunk))
+    assert torch.get_num_threads() == threads
+
+
+def test_chunk_plan_fits_the_budget():
+    """Score block, top lists, workspaces and scratch together stay within max_chunk_bytes."""
+    import mrbench.retrieval.search as search_mod
+    from mrbench.retrieval.search import _plan_chunks
+
+    cpu = torch.device("cpu")
+    n, d, kp, budget = 100_000, 512, 125, 256 << 20
+    for backend, half in (("torch", False), ("torch", True), ("faiss", False)):
+        p = _plan_chunks(budget, 1000, n, d, kp, cpu, backend, half, 2)
+        assert p.rows >= 1 and p.sort_rows >= 1 and p.dense_rows >= 1 and p.scan_block >= 1
+        block = p.rows * n * (2 if half else 4) + p.rows * 40 * kp
+        fixed = 2 * n * 16 + 4 * search_mod._block_elements(cpu) + (0 if half else 4 * d * 4096 + (1 << 20))
+        assert block + fixed + budget // 8 <= budget
+        assert 16 * n * p.sort_rows <= budget // 8 and 64 * n * p.dense_rows <= budget // 8
+        if half:  # float32 copies of half rows come out of the scratch share (float32: no copy)
+            assert p.scan_rows * n * 4 <= budget // 16
+        else:  # the chunk's own score rows (torch) or the rescanned rows (faiss)
+            assert p.scan_rows == p.rows
+    assert _plan_chunks(1, 5, n, d, kp, cpu, "torch", False, 2).rows == 1  # at least one row

@@ -42,8 +42,10 @@ candidates per query are ever rescored beyond the top-``depth`` list itself.
 Backends
 --------
 ``"torch"``
-    Query-chunked ``S = Qc @ C.T`` (chunk rows chosen so ``S`` stays under ``max_chunk_bytes``;
-    the full Q×N matrix is never held), ``topk`` of ``depth + margin``, then exact counts for each
+    Query-chunked ``S = Qc @ C.T`` (chunk rows chosen so that ``S`` *and* the chunk's temporaries
+    stay under ``max_chunk_bytes``, see :func:`exact_search`; the full Q×N matrix is never held;
+    on the CPU ``S`` is filled in tiles of candidates, which bounds MKL's workspace), ``topk`` of
+    ``depth + margin``, then exact counts for each
     judged candidate: from the top list when the candidate's score window lies inside it,
     otherwise by scanning the same ``S`` row. Runs on ``device`` (default: CUDA if available).
     On a GPU the fast product runs in float16 by default (``fast_dtype``): both sides are first
@@ -175,6 +177,93 @@ def _default_chunk_bytes(torch: Any, dev: "torch.device") -> int:
         except Exception:  # pragma: no cover - driver API drift
             return 1 << 30
     return 256 << 20
+
+
+_MM_TILE = 4096
+"""Candidates per tile of the CPU fast product (:func:`_fast_scores_cpu`)."""
+
+
+def _fast_scores_cpu(q: "torch.Tensor", c: "torch.Tensor", out: "torch.Tensor") -> "torch.Tensor":
+    """``out[:] = q @ c.T`` on the CPU, computed ``_MM_TILE`` candidates at a time.
+
+    One ``torch.mm`` over all ``N`` candidates makes MKL pack ~20 MiB of operand panels (kept in its
+    buffer cache), on top of the score block; a tile bounds that workspace to about
+    ``2 * D * _MM_TILE`` bytes (5 MiB at D = 512), at the speed of one call within measurement
+    noise. Each tile is written in place into its columns of
+    ``out`` (a strided view: no copy). Only a filter: its rounding never reaches the results.
+    """
+    import torch
+
+    n = int(c.shape[0])
+    if n <= _MM_TILE:
+        return torch.mm(q, c.T, out=out)
+    for n0 in range(0, n, _MM_TILE):
+        n1 = min(n, n0 + _MM_TILE)
+        torch.mm(q, c[n0:n1].T, out=out[:, n0:n1])
+    return out
+
+
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """How one ``max_chunk_bytes`` budget is divided (see :func:`_plan_chunks`)."""
+
+    rows: int  # queries per chunk (rows of the fast score block)
+    scan_rows: int  # fast score rows materialised at once for a row scan (copies: faiss, half filter)
+    scan_block: int  # rows compared at once by a GPU comparison scan (_scan_windows)
+    sort_rows: int  # fast score rows sorted at once by a row scan (_counts_by_sorting)
+    dense_rows: int  # canonical rows computed and sorted at once (_finalise_dense)
+    row_elements: int  # products per block of _canonical_rows
+
+
+_SCRATCH_SHARE = 8
+"""``1 / _SCRATCH_SHARE`` of ``max_chunk_bytes`` is kept for the row-scan / dense-row temporaries."""
+
+
+def _plan_chunks(budget: int, n_q: int, n: int, dim: int, kp: int, dev: "torch.device", backend: str,
+                 half: bool, threads: int) -> _ChunkPlan:
+    """Divide the ``budget`` bytes of one chunk between its score block and its temporaries.
+
+    The budget covers the whole working set of a chunk, not just its score block:
+
+    * the fast score block, ``rows * N * 4`` bytes (``* 2`` with a half-precision filter), plus per
+      row its fast top list and the finaliser's copies of it (``~40 * kp`` bytes), plus fixed
+      workspaces on the CPU: the tiled matmul's packed panels (:func:`_fast_scores_cpu`),
+      ``topk``'s per-thread row buffers and the canonical rescoring block;
+    * ``budget / _SCRATCH_SHARE`` for what a chunk allocates next to its score block: the sort
+      buffers of a row scan (``16 N`` bytes per row: a copy, its ``argsort`` and the sorted row),
+      the canonical rows of dense queries and their sort (``64 N`` bytes per row), comparison
+      masks on a GPU, and, where the fast rows of a scan are not the chunk's own score block
+      (FAISS, a half filter), the rescanned rows.
+
+    At least one row is processed at every step, so a budget below one row's needs is exceeded.
+    """
+    budget = int(budget)
+    scratch = budget // _SCRATCH_SHARE
+    fixed = 4 * _block_elements(dev)  # canonical rescoring block (_canonical_grid / canonical_scores)
+    if dev.type == "cpu":
+        fixed += threads * n * 16  # topk: a (value, index) buffer of one row per thread
+        if not half:  # both backends: the chunk's product, or a row scan's (faiss)
+            fixed += 4 * dim * min(n, _MM_TILE) + (1 << 20)  # MKL's packed panels of one tile
+    per_row = n * (2 if half else 4) + 40 * kp
+    if backend == "faiss":
+        per_row = n * 4 + 40 * kp  # the lists come from FAISS; the chunk is the rescanned fast rows
+    rows = int(max(1, min(max(n_q, 1), (budget - scratch - fixed) // per_row)))
+    copy_scans = half or backend == "faiss"
+    if half:  # a half filter's scan rows are float32 copies of its rows: half the scratch
+        scan_rows = int(max(1, scratch // (2 * 4 * n)))
+        scratch //= 2
+    else:
+        scan_rows = rows
+    return _ChunkPlan(
+        rows=rows,
+        scan_rows=scan_rows if copy_scans else rows,
+        scan_block=int(max(1, scratch // (12 * n))),
+        sort_rows=int(max(1, scratch // (16 * n))),
+        dense_rows=int(max(1, scratch // (64 * n))),
+        row_elements=int(max(1, scratch // 32)),
+    )
+
+
 """Accepted values of ``exact_search(backend=...)``."""
 
 _U32 = 2.0**-24  # unit roundoff of float32
@@ -259,18 +348,52 @@ def canonical_scores(
     qi_t = torch.from_numpy(qi).to(dev)
     ci_t = torch.from_numpy(ci).to(dev)
     buf = torch.empty((block, d), dtype=candidates.dtype, device=dev)  # reused: stays in cache
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        prod = buf[: e - s]
-        torch.index_select(candidates, 0, ci_t[s:e], out=prod)
-        prod.mul_(queries.index_select(0, qi_t[s:e]))
-        out[s:e] = _tree_sum(prod).cpu().numpy()
+    with _cpu_threads(torch, dev, 1 if n * d < _PARALLEL_PRODUCTS else 0):
+        for s in range(0, n, block):
+            e = min(n, s + block)
+            prod = buf[: e - s]
+            torch.index_select(candidates, 0, ci_t[s:e], out=prod)
+            prod.mul_(queries.index_select(0, qi_t[s:e]))
+            out[s:e] = _tree_sum(prod).cpu().numpy()
     return out
 
 
+_PARALLEL_PRODUCTS = 1 << 23
+"""Canonical rescoring calls with fewer products than this run on one CPU thread (see _cpu_threads)."""
+
+
+class _cpu_threads:
+    """Run the enclosed PyTorch CPU ops on ``n`` intra-op threads, then restore the setting (no-op
+    on a GPU, for ``n <= 0``, or when the setting is already ``<= n``).
+
+    The canonical rescoring is a series of cache-sized ops (a gather, a product and ~10 tree adds
+    per block). Split over threads, every op ends in a thread barrier; on a busy machine (more
+    runnable threads than cores) each barrier can wait for a descheduled worker: with 2 MiB
+    blocks, rescoring 100k pairs took 0.2-4 s instead of 0.05 s on 2 shared cores. So small calls
+    (many per search: judged windows, row scans), where threads gain little, run on one thread,
+    and large ones (top-list pools) keep all threads but use 8 MiB blocks (4x fewer barriers).
+    Values do not depend on the thread count (elementwise IEEE operations).
+    """
+
+    def __init__(self, torch: Any, dev: "torch.device", n: int) -> None:
+        self.torch = torch
+        self.n = int(n)
+        self.saved = int(torch.get_num_threads()) if dev.type == "cpu" and self.n > 0 else 0
+
+    def __enter__(self) -> None:
+        if self.saved > self.n:
+            self.torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved > self.n:
+            self.torch.set_num_threads(self.saved)
+
+
 def _block_elements(dev: "torch.device") -> int:
-    """Products materialised per canonical-score block: cache-sized on the CPU, large on a GPU."""
-    return 1 << 19 if dev.type == "cpu" else 1 << 26
+    """Products materialised per canonical-score block: 8 MiB on the CPU (L2/L3-sized; fewer
+    thread barriers than smaller blocks at the same speed, see :class:`_cpu_threads`), large on a
+    GPU."""
+    return 1 << 21 if dev.type == "cpu" else 1 << 26
 
 
 def _tree_sum(prod: "torch.Tensor") -> "torch.Tensor":
@@ -312,15 +435,16 @@ def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
     cidx_t = torch.from_numpy(np.ascontiguousarray(cidx, dtype=np.int64)).to(dev)
     qsel = queries.index_select(0, torch.from_numpy(np.asarray(qrows, dtype=np.int64)).to(dev))
     buf = torch.empty((rows_per_block * m, d), dtype=candidates.dtype, device=dev)  # reused
-    for s in range(0, r, rows_per_block):
-        e = min(r, s + rows_per_block)
-        prod = buf[: (e - s) * m]
-        torch.index_select(candidates, 0, cidx_t[s:e].reshape(-1), out=prod)
-        prod.view(e - s, m, d).mul_(qsel[s:e, None, :])
-        if as_tensor:
-            out_t[s:e] = _tree_sum(prod).view(e - s, m)
-        else:
-            out[s:e] = _tree_sum(prod).cpu().numpy().reshape(e - s, m)
+    with _cpu_threads(torch, dev, 1 if r * m * d < _PARALLEL_PRODUCTS else 0):  # see _cpu_threads
+        for s in range(0, r, rows_per_block):
+            e = min(r, s + rows_per_block)
+            prod = buf[: (e - s) * m]
+            torch.index_select(candidates, 0, cidx_t[s:e].reshape(-1), out=prod)
+            prod.view(e - s, m, d).mul_(qsel[s:e, None, :])
+            if as_tensor:
+                out_t[s:e] = _tree_sum(prod).view(e - s, m)
+            else:
+                out[s:e] = _tree_sum(prod).cpu().numpy().reshape(e - s, m)
     return out_t if as_tensor else out
 
 
@@ -328,14 +452,17 @@ _ROW_BLOCK_ELEMENTS = 1 << 22  # products per block of _canonical_rows on the CP
 _ROW_BLOCK_ELEMENTS_GPU = 1 << 26
 
 
-def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray) -> "torch.Tensor":
+def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray,
+                    max_elements: int | None = None) -> "torch.Tensor":
     """Canonical scores of ``queries[qrows]`` against *every* candidate: a ``[r, N]`` tensor.
 
     Used for queries that need most of their row anyway (many judged candidates, huge ties).
     The same IEEE products and the same tree as :func:`canonical_scores`, hence the same values,
     but laid out ``[D, rows, candidates]``: the products are broadcast (no gather) and every tree
     step ``x[:h] += x[w-h:w]`` is one contiguous elementwise add over whole score rows.
-    Returns a float32 tensor on the candidates' device.
+    Returns a float32 tensor on the candidates' device. ``max_elements`` caps the products held at
+    once (a block buffer and a transposed candidate block of that many floats each; default and
+    upper limit: ``_ROW_BLOCK_ELEMENTS``, ``_ROW_BLOCK_ELEMENTS_GPU`` on a GPU).
     """
     import torch
 
@@ -348,6 +475,8 @@ def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
     if d == 0:
         return out.zero_()
     budget = _ROW_BLOCK_ELEMENTS if dev.type == "cpu" else _ROW_BLOCK_ELEMENTS_GPU
+    if max_elements is not None:
+        budget = max(1, min(budget, int(max_elements)))
     q_t = queries.index_select(0, torch.from_numpy(np.asarray(qrows, dtype=np.int64)).to(dev)).T  # [D, r]
     nb = max(1, min(n, budget // d))  # candidates per block
     rb = max(1, min(r, budget // (d * nb)))  # queries per block
@@ -638,7 +767,7 @@ class _Ctx:
     grades: np.ndarray  # int64 [P]
     keys: np.ndarray  # int64 [P]: q * n + row (sorted)
     relevance_level: int
-    scan_rows: int  # rows per fast-score scan batch
+    scan_rows: int  # fast score rows materialised per row-scan batch (see _ChunkPlan)
     # outputs
     topk_idx: np.ndarray
     topk_scores: np.ndarray
@@ -646,6 +775,10 @@ class _Ctx:
     pair_score: np.ndarray  # float32 [P]
     n_ties: np.ndarray  # int64 [Q]
     faiss_device: int | None = None  # GPU index for faiss-gpu's fast pass (None: faiss on the CPU)
+    scan_block: int = 1 << 30  # rows per GPU comparison-scan block (see _ChunkPlan)
+    sort_rows: int = 1 << 30  # rows sorted at once by a row scan
+    dense_rows: int = 1 << 30  # canonical rows at once (_finalise_dense)
+    row_elements: int | None = None  # products per _canonical_rows block (None: its default)
 
     def grade_of(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Grades of candidates ``c`` for (global) queries ``q`` (broadcast), 0 when unjudged."""
@@ -1023,11 +1156,11 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
     import torch
 
     n, depth = ctx.n, ctx.depth
-    step = max(1, ctx.scan_rows // 8)
+    step = max(1, ctx.dense_rows)
     for s0 in range(0, rows.size, step):
         blk = rows[s0 : s0 + step]
         b = blk.size
-        canon = _canonical_rows(ctx.sq, ctx.sc, q0 + blk)  # [b, n] on the scoring device
+        canon = _canonical_rows(ctx.sq, ctx.sc, q0 + blk, ctx.row_elements)  # [b, n] on the scoring device
         dev = canon.device
         order = _argsort_rows(canon)
         srt = torch.gather(canon, 1, order)
@@ -1151,6 +1284,7 @@ def _finalise_chunk(
     bad = sparse[~in_list[sparse]]
     scan = np.unique(np.concatenate([np.flatnonzero(~pool_ok & ~dense), jq[bad]]))
     step = max(1, scan_rows if scan_rows is not None else ctx.scan_rows)
+    block = max(1, min(step, ctx.scan_block))  # rows per comparison block (GPU; the CPU goes row by row)
     max_amb = n // _DENSE_AMBIGUOUS
     for s0 in range(0, scan.size, step):
         sub = scan[s0 : s0 + step]
@@ -1162,7 +1296,7 @@ def _finalise_chunk(
         if pr_rows.size:
             inf32 = np.full(pr_rows.size, np.inf, dtype=np.float32)
             _, big, rr, cc = _scan_windows(
-                fast, row_map[np.searchsorted(sub, pr_rows)], _f32_down(pool_thr[pr_rows]), inf32, step, max_amb
+                fast, row_map[np.searchsorted(sub, pr_rows)], _f32_down(pool_thr[pr_rows]), inf32, block, max_amb
             )
             dense[pr_rows[big]] = True  # huge pool (ties): score the whole row instead
             keep = pr_rows[~big]
@@ -1176,12 +1310,12 @@ def _finalise_chunk(
         if few.size:
             pos = row_map[np.searchsorted(sub, jq[few])]
             gt, eq, big = _counts_by_comparison(
-                ctx, fast, pos, q0 + jq[few], lo32[few], hi32[few], pairs.score[few], step, max_amb
+                ctx, fast, pos, q0 + jq[few], lo32[few], hi32[few], pairs.score[few], block, max_amb
             )
             pairs.gt[few], pairs.eq[few] = gt, eq
             dense[jq[few[big]]] = True
         many = sel[per_row[jq[sel]] > _few_pairs(n)]
-        sort_rows = max(1, step // 8)
+        sort_rows = max(1, min(step, ctx.sort_rows))
         urows_all = np.unique(jq[many])
         for t0 in range(0, urows_all.size, sort_rows):
             urows = urows_all[t0 : t0 + sort_rows]
@@ -1467,9 +1601,15 @@ def exact_search(
         runs on the CPU, or with ``device="cuda"`` on faiss-gpu (the ``gpu`` extra) when faiss has
         GPU support and sees a GPU; otherwise it logs one warning and runs on the CPU.
     max_chunk_bytes
-        Bound on the fast score matrix of one query chunk (``rows * N * 4`` bytes, ``* 2`` with a
-        half-precision filter; at least one row is always processed). ``None``: 256 MiB on the CPU; on a GPU a quarter of its free
-        memory, at most 4 GiB.
+        Bound on the working set of one query chunk, beyond the inputs themselves: the fast score
+        block (``rows * N * 4`` bytes, ``* 2`` with a half-precision filter) *and* its temporaries
+        -- the fast top lists and their copies, the matmul's and ``topk``'s workspaces on the CPU,
+        the canonical rescoring buffers, and (``1/8`` of the budget, set aside) the buffers of row
+        scans (sorted fast rows, rescanned rows for FAISS or a half filter) and of dense queries'
+        canonical rows (see :func:`_plan_chunks`). At least one row is always processed, so a
+        budget below one row's needs is exceeded. ``None``: 256 MiB on the CPU; on a GPU a quarter
+        of its free memory, at most 4 GiB. Results do not depend on it. Not covered: the result
+        arrays, the inputs, and with ``stream=True`` the streamed candidate blocks.
     fast_dtype
         Precision of the torch backend's fast filter: ``"float32"``, ``"float16"``,
         ``"bfloat16"`` or ``"auto"`` (float16 on a GPU, float32 on the CPU). Results do not depend
@@ -1547,7 +1687,8 @@ def exact_search(
     half = fdt != "float32"
     # a half filter's wider bound needs a longer fast list for the top-list pool to stay inside it
     kp = int(min(n_c, 2 * depth + 128 if half else depth + max(32, depth // 4)))
-    chunk_rows = int(max(1, min(max(n_q, 1), int(max_chunk_bytes) // ((2 if half else 4) * n_c))))
+    plan = _plan_chunks(int(max_chunk_bytes), n_q, n_c, dim, kp, dev, backend, half, int(torch.get_num_threads()))
+    chunk_rows = plan.rows
     # faiss-gpu's kernels may round their inputs (TF32): covered like PyTorch's reduced precision
     in_round = _input_rounding(torch, dev) if backend == "torch" else (2.0**-7 if dev.type == "cuda" else 0.0)
     scale_q = scale_c = 1.0
@@ -1573,7 +1714,11 @@ def exact_search(
         grades=grades,
         keys=np.repeat(np.arange(n_q, dtype=np.int64), np.diff(ptr)) * n_c + rows,
         relevance_level=int(relevance_level),
-        scan_rows=chunk_rows,
+        scan_rows=plan.scan_rows,
+        scan_block=plan.scan_block,
+        sort_rows=plan.sort_rows,
+        dense_rows=plan.dense_rows,
+        row_elements=plan.row_elements,
         topk_idx=np.zeros((n_q, depth), dtype=np.int64),
         topk_scores=np.zeros((n_q, depth), dtype=np.float32),
         pair_rank=np.zeros(rows.shape[0], dtype=np.int64),
@@ -1637,7 +1782,7 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
         host memory asynchronously, so the next chunk's product runs while this one is finalised."""
         q1 = min(n_q, q0 + chunk_rows)
         if buf is not None:
-            s_mat = torch.mm(q_dev[q0:q1], c_dev.T, out=buf[: q1 - q0])
+            s_mat = _fast_scores_cpu(q_dev[q0:q1], c_dev, buf[: q1 - q0])
         else:
             s_mat = q_dev[q0:q1] @ c_dev.T
         vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
@@ -1671,7 +1816,8 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
                 def fast_rows(local: np.ndarray, s_mat: "torch.Tensor" = s_mat) -> tuple["torch.Tensor", np.ndarray]:
                     return s_mat, local  # the chunk's own score rows: no copy
 
-            _finalise_chunk(ctx, q0, lf, li, fast_rows, scan_rows=q1 - q0)
+            # float32: a scan reads the chunk's own rows (no copy), all at once; half: float32 copies
+            _finalise_chunk(ctx, q0, lf, li, fast_rows, scan_rows=ctx.scan_rows if half else q1 - q0)
             del s_mat, vals, idx, cur
             if progress is not None:
                 progress(q1 - q0)
@@ -1730,7 +1876,7 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
             return knn(x, c_np, k, metric=faiss.METRIC_INNER_PRODUCT)
 
     # FAISS tiles its own score matrix (4096 queries x 1024 candidates); our chunk only bounds the
-    # result lists, so use FAISS's query block (fallback scans are still bounded by chunk_rows)
+    # result lists, so use FAISS's query block (fallback scans are bounded by ctx.scan_rows)
     faiss_rows = max(4096, chunk_rows)
     with torch.inference_mode():
         for q0 in range(0, n_q, faiss_rows):
@@ -1740,7 +1886,8 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
 
             def fast_rows(local: np.ndarray, q0: int = q0) -> tuple["torch.Tensor", np.ndarray]:
                 sel = torch.from_numpy(np.asarray(local, dtype=np.int64) + q0)
-                return torch.mm(ctx.qt.index_select(0, sel), ctx.ct.T), np.arange(len(local))
+                out = torch.empty((len(local), ctx.n), dtype=torch.float32)
+                return _fast_scores_cpu(ctx.qt.index_select(0, sel), ctx.ct, out), np.arange(len(local))
 
             _finalise_chunk(ctx, q0, lf, li, fast_rows)
             if progress is not None:
