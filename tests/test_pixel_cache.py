@@ -579,3 +579,55 @@ def test_gpu_decode_on_cuda(tmp_path):
     out = _encode(PixEncoder(pil_stages(16), device="cuda"), bench, workers="gpu", stats=stats)
     assert stats.gpu_decoded == 6
     np.testing.assert_allclose(out[:, :3], ref[:, :3], atol=4.0)
+
+
+def test_shard_reader_matches_safetensors_for_every_dtype(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from mrbench.encoders.pixel_cache import _ST_DTYPES, _ShardReader
+
+    rng = np.random.default_rng(0)
+    arrays = {f"t{k}": (rng.standard_normal((2, 3, 5)) * 100).astype(np.dtype(dt))
+              for k, dt in enumerate(_ST_DTYPES.values())}
+    arrays["empty"] = np.zeros((0, 4), np.float32)
+    p = tmp_path / "s.safetensors"
+    save_file(arrays, str(p), metadata={"entries": "{}"})
+    ref = load_file(str(p))
+    with _ShardReader(p) as f:
+        assert f.metadata == {"entries": "{}"}
+        for name, arr in ref.items():
+            got = f.get_array(name)
+            assert got.dtype == arr.dtype and got.shape == arr.shape
+            np.testing.assert_array_equal(got, arr)
+
+
+def test_shard_reader_rejects_damaged_files(tmp_path):
+    import json as _json
+    import struct
+
+    from safetensors.numpy import save_file
+
+    from mrbench.encoders.pixel_cache import _ShardReader
+
+    p = tmp_path / "s.safetensors"
+    save_file({"a": np.arange(12, dtype=np.uint8).reshape(3, 4)}, str(p))
+    good = p.read_bytes()
+    n = struct.unpack("<Q", good[:8])[0]
+    header = _json.loads(good[8 : 8 + n])
+
+    def rewrite(h: dict) -> bytes:
+        raw = _json.dumps(h).encode()
+        return struct.pack("<Q", len(raw)) + raw + good[8 + n :]
+
+    cases = {
+        "bad header length": struct.pack("<Q", 10**9) + good[8:],
+        "truncated": good[:-3],
+        "outside": rewrite({**header, "a": {**header["a"], "data_offsets": [0, 10**6]}}),
+        "shape": rewrite({**header, "a": {**header["a"], "shape": [4, 4]}}),
+        "dtype": rewrite({**header, "a": {**header["a"], "dtype": "C64"}}),
+    }
+    for what, data in cases.items():
+        p.write_bytes(data)
+        with pytest.raises(ValueError):
+            with _ShardReader(p) as f:
+                f.get_array("a")

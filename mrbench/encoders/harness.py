@@ -615,7 +615,10 @@ def _hash_items(
     paths: list[Path | None],
     pool: ThreadPoolExecutor | None,
     window: int = 64,
+    file_digests: dict[int, str] | None = None,
 ) -> list[str]:
+    """Content hashes of ``items`` (see :func:`item_content_hash`); fills ``file_digests`` (item
+    index → sha256 of its image file) when given."""
     unique = sorted({p for p in paths if p is not None}, key=str)
     owner: dict[Path, str] = {}
     for it, p in zip(items, paths):
@@ -634,6 +637,8 @@ def _hash_items(
         digests = dict(zip(unique, _bounded_map(pool, one, unique, window)))
     else:
         digests = {p: one(p) for p in unique}
+    if file_digests is not None:
+        file_digests.update((i, digests[p]) for i, p in enumerate(paths) if p is not None)
     return [_combine_hash(it.text, digests[p] if p is not None else None) for it, p in zip(items, paths)]
 
 
@@ -1122,7 +1127,8 @@ def encode_items(
     ahead: deque[Future] = deque()
     stack = contextlib.ExitStack()
     try:
-        hashes = _hash_items(items, paths, pool, window=max(16, 4 * num_workers))
+        file_digests: dict[int, str] = {}
+        hashes = _hash_items(items, paths, pool, window=max(16, 4 * num_workers), file_digests=file_digests)
         dim = meta.dim
         out: np.ndarray | None = None
         if use_cache:
@@ -1154,6 +1160,7 @@ def encode_items(
 
             decoder = _Decoder(encoder, items, paths, task.name, num_workers, workers, pool,
                                resolve_pixel_cache(pixel_cache) if batches else None, stats)
+            decoder.digests = file_digests
             if (decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
                     and _gpu_decode_device(encoder)):
                 device_stager = _DeviceStager(str(getattr(encoder, "device")))

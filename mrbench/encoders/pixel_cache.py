@@ -43,7 +43,9 @@ entries: tensor ``<image sha256>`` (or ``<image sha256>.<field>`` for dataclasse
 metadata the entry kinds and a CRC-32 per tensor. Shards are written to a temporary file and moved
 into place with :func:`os.replace` (no fsync: a shard lost to a power cut reads as corrupt and is
 recomputed), names are unique per writer, so several processes may fill one directory at once;
-readers pick up shards written by others at their next lookup. A shard that cannot be read or whose
+readers pick up shards written by others at their next lookup. Shards are written with
+:func:`safetensors.numpy.save_file` and read by :class:`_ShardReader` (one ``readinto`` per tensor,
+outside the GIL, after checking the header's offsets and shapes). A shard that cannot be read or whose
 CRC does not match is reported once (one warning line) and its entries are recomputed (and written
 again to a new shard). No pickle anywhere. To clear the cache, delete the directory.
 """
@@ -497,8 +499,6 @@ class PixelCache:
     def get_many(self, fingerprint: str, digests: Sequence[str]) -> list[Any]:
         """The stored values (``None`` for a miss). A corrupt shard is warned about once and dropped
         from the index; its entries come from another copy when there is one, else are ``None``."""
-        from safetensors import safe_open
-
         out: list[Any] = [None] * len(digests)
         pending = list(range(len(digests)))
         while pending:
@@ -511,7 +511,7 @@ class PixelCache:
                         by_shard.setdefault(shards[-1], []).append(i)
             pending = []
             for p, rows in by_shard.items():
-                got = self._read(safe_open, p, digests, rows)
+                got = self._read(p, digests, rows)
                 if got is None:
                     pending.extend(rows)  # other copies, if any, on the next pass
                     continue
@@ -523,18 +523,18 @@ class PixelCache:
             self.stats.misses += len(digests) - n_hit
         return out
 
-    def _read(self, safe_open: Any, p: Path, digests: Sequence[str], rows: list[int]) -> dict[int, Any] | None:
+    def _read(self, p: Path, digests: Sequence[str], rows: list[int]) -> dict[int, Any] | None:
         """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt."""
         try:
             got: dict[int, Any] = {}
-            with safe_open(str(p), framework="numpy") as f:
-                entries = json.loads((f.metadata() or {})["entries"])
+            with _ShardReader(p) as f:
+                entries = json.loads(f.metadata["entries"])
                 for i in rows:
                     dg = digests[i]
                     e = entries[dg]
                     arrays = {}
                     for suffix, crc in e["crc"].items():
-                        arr = f.get_tensor(dg + suffix)
+                        arr = f.get_array(dg + suffix)
                         if _crc(arr) != int(crc):
                             raise ValueError(f"CRC mismatch in tensor {dg[:12]}…{suffix}")
                         arrays[suffix] = arr
@@ -604,6 +604,60 @@ class PixelCache:
         cacheable are skipped. Returns the shard's path (``None`` when nothing was written)."""
         tensors, meta = self.pack(entries)
         return self.write(fingerprint, tensors, meta)
+
+
+_ST_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "F16": "<f2", "U32": "<u4",
+              "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8"}
+
+
+class _ShardReader:
+    """Reads tensors of a shard (a safetensors file, as :func:`safetensors.numpy.save_file` wrote it)
+    with one ``readinto`` per tensor straight into its array: the copy runs outside the GIL (the
+    library's ``get_tensor`` copies from its mmap holding it, which starved a GPU's launching thread
+    when many workers read). The header is checked: offsets inside the file, sizes matching shapes."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "rb", buffering=0)
+        try:
+            size = os.fstat(self.f.fileno()).st_size
+            head = self.f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= size - 8:
+                raise ValueError("not a safetensors file (bad header length)")
+            header = json.loads(self.f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("safetensors header is not an object")
+        except BaseException:
+            self.f.close()
+            raise
+        self.base, self.data_size = 8 + n, size - 8 - n
+        meta = header.pop("__metadata__", None) or {}
+        self.metadata: dict[str, str] = meta if isinstance(meta, dict) else {}
+        self.header = header
+
+    def get_array(self, name: str) -> np.ndarray:
+        info = self.header.get(name)
+        if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+            raise ValueError(f"tensor {name[:12]}… missing or of an unknown dtype")
+        shape, (b, e) = [int(x) for x in info["shape"]], [int(x) for x in info["data_offsets"]]
+        arr = np.empty(shape, dtype=np.dtype(_ST_DTYPES[info["dtype"]]))
+        if not (0 <= b <= e <= self.data_size and e - b == arr.nbytes):
+            raise ValueError(f"tensor {name[:12]}… has offsets outside the file or not matching its shape")
+        self.f.seek(self.base + b)
+        view = memoryview(arr.reshape(-1).view(np.uint8))
+        got = 0
+        while got < arr.nbytes:
+            k = self.f.readinto(view[got:])
+            if not k:
+                raise ValueError("file truncated")
+            got += k
+        return arr
+
+    def __enter__(self) -> "_ShardReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.f.close()
 
 
 def _crc(arr: np.ndarray) -> int:
