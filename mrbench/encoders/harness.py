@@ -64,15 +64,20 @@ _FILE_HASHES_LOCK = threading.Lock()
 _FILE_HASHES_MAX = 1_000_000
 
 
+def _memoised_hash(path: Path) -> tuple[str | None, tuple[str, int, int]]:
+    """``(digest or None, memo key)`` of ``path`` from the per-process memo (one ``stat``)."""
+    st = os.stat(path)
+    memo_key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    with _FILE_HASHES_LOCK:
+        return _FILE_HASHES.get(memo_key), memo_key
+
+
 def file_content_hash(path: Path) -> str:
     """sha256 hex of a file's bytes, memoised per process by (absolute path, mtime_ns, size).
 
     Raises :class:`OSError` when the file cannot be read.
     """
-    st = os.stat(path)
-    memo_key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    with _FILE_HASHES_LOCK:
-        hit = _FILE_HASHES.get(memo_key)
+    hit, memo_key = _memoised_hash(path)
     if hit is not None:
         return hit
     from mrbench.data.fingerprint import file_sha256
@@ -633,10 +638,23 @@ def _hash_items(
                 f"{p}: cannot read image of item {owner[p]!r} ({e.strerror or e}); restore the file or rebuild the benchmark"
             ) from None
 
-    if pool is not None and len(unique) > 8:
-        digests = dict(zip(unique, _bounded_map(pool, one, unique, window)))
+    digests: dict[Path, str] = {}
+    todo = unique
+    if pool is not None and len(unique) > 8:  # memoised ones inline (a stat each), the rest in the pool
+        todo = []
+        for p in unique:
+            try:
+                hit = _memoised_hash(p)[0]
+            except OSError:
+                hit = None  # reported by one() below
+            if hit is None:
+                todo.append(p)
+            else:
+                digests[p] = hit
+    if pool is not None and len(todo) > 8:
+        digests.update(zip(todo, _bounded_map(pool, one, todo, window)))
     else:
-        digests = {p: one(p) for p in unique}
+        digests.update((p, one(p)) for p in todo)
     if file_digests is not None:
         file_digests.update((i, digests[p]) for i, p in enumerate(paths) if p is not None)
     return [_combine_hash(it.text, digests[p] if p is not None else None) for it, p in zip(items, paths)]

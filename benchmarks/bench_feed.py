@@ -1,0 +1,112 @@
+"""How fast `evaluate`'s input pipeline can feed a GPU, measured without one.
+
+The encoder here does no work on the host: each ``encode`` call sleeps for as long as a GPU would
+take for the batch at ``--forward-rate`` items/s (default 19,300 images/s: open_clip ViT-B/32 in
+bf16 on an H100, measured by ``bench_encode.py``) and returns constant embeddings. Everything else
+is :func:`mrbench.encoders.harness.encode_items` as ``evaluate`` runs it on MRBench-Synth's images —
+hashing, decoding with the model-like transform (resize 224 + centre crop, uint8), or reading a warm
+pixel cache, batching, validation. ``share`` = harness rate / forward rate: the fraction of the GPU's
+rate the pipeline sustains on this machine's cores (the speed goal asks >= 0.8 on a GPU).
+
+    python benchmarks/bench_feed.py --out benchmarks/results/feed_cpu.json
+    python benchmarks/bench_feed.py --workers 16 --n-images 4096        # on a 16-core GPU host
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class SimulatedGPUEncoder:
+    """Sleeps ``len(items) / rate`` seconds per call (a GPU forward the host waits for)."""
+
+    def __init__(self, rate: float, batch_size: int, size: int = 224) -> None:
+        from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
+
+        from mrbench.encoders.base import EncoderMeta
+
+        self.rate, self.size = float(rate), size
+        self._stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
+        self.transform_id = f"simulated-gpu-{size}"
+        self.meta = EncoderMeta(name="simulated-gpu", revision="1", dim=8, batch_size=batch_size,
+                                modalities=("text", "image"))
+
+    def pixel_transform(self):
+        from mrbench.encoders.openclip import PilToUint8
+
+        return PilToUint8(self._stage)
+
+    def prepare_image(self, image):
+        return self.pixel_transform()(image)
+
+    def encode(self, items, *, role, task):
+        time.sleep(len(items) / self.rate)
+        return np.ones((len(items), 8), dtype=np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--forward-rate", type=float, default=19300.0, help="simulated model rate, items/s")
+    ap.add_argument("--n-images", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=None, help="decode workers (default: every core up to 16)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    import mrbench
+    from mrbench.encoders.harness import EncodeStats, encode_items
+    from mrbench.encoders.pixel_cache import PixelCache
+
+    workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
+    bench = mrbench.load_benchmark("mrbench-synth")
+    cands = [(t, c) for t in bench.tasks if t.candidate_modality == "image" for c in t.candidates][: args.n_images]
+    by_task: dict[str, list] = {}
+    for t, c in cands:
+        by_task.setdefault(t.name, []).append(c)
+    enc = SimulatedGPUEncoder(args.forward_rate, args.batch)
+    forward_s = len(cands) / args.forward_rate
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        cache = PixelCache(d)
+
+        def run(pixel_cache) -> tuple[float, EncodeStats]:
+            stats = EncodeStats()
+            t0 = time.perf_counter()
+            for name, items in by_task.items():
+                encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench, batch_size=args.batch,
+                             num_workers=workers, pixel_cache=pixel_cache, stats=stats)
+            return time.perf_counter() - t0, stats
+
+        run(False)  # warm-up: file hashes memoised, process pool started (as in a long evaluate)
+        for label, pc in (("decode (Pillow workers)", False), ("pixel cache, filling", cache),
+                          ("pixel cache, warm", cache)):
+            wall, stats = run(pc)
+            rows.append({"path": label, "items": len(cands), "wall_s": round(wall, 3),
+                         "harness_per_s": round(len(cands) / wall, 1), "forward_s": round(forward_s, 3),
+                         "share": round(forward_s / wall, 3),
+                         "input_wait_s": round(stats.input_wait_seconds, 3),
+                         "pixel_cache_hits": stats.pixel_cache_hits})
+    out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "workers": workers,
+                       "python": platform.python_version()},
+           "forward_rate": args.forward_rate, "batch": args.batch, "rows": rows}
+    for r in rows:
+        print(f"{r['path']:<26} {r['harness_per_s']:>9.0f} items/s  share of a {args.forward_rate:,.0f}/s forward "
+              f"{r['share']:.2f}  (model waited {r['input_wait_s']:.2f} s for inputs)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
