@@ -271,3 +271,23 @@ def test_short_switch_interval_nests_and_restores():
         with harness._short_switch_interval(False):
             assert sys.getswitchinterval() == pytest.approx(min(before, harness.GPU_SWITCH_INTERVAL_S))
     assert sys.getswitchinterval() == before
+
+
+def test_device_stager_leaves_what_it_cannot_stack_alone():
+    """Pixels the stager cannot stack into one pinned block (bfloat16, mixed shapes, non-arrays, none)
+    are handed over untouched; these checks run before any CUDA call."""
+    import torch
+
+    from mrbench.encoders import harness
+
+    stager = object.__new__(harness._DeviceStager)
+    cases = [
+        [(None, torch.zeros(3, 4, 4, dtype=torch.bfloat16)), (None, torch.zeros(3, 4, 4, dtype=torch.bfloat16))],
+        [(None, np.zeros((3, 4, 4), np.uint8)), (None, np.zeros((3, 5, 5), np.uint8))],
+        [(None, np.zeros((3, 4, 4), np.uint8)), (None, np.zeros((3, 4, 4), np.float32))],
+        [(None, {"pixel_values": np.zeros(3)})],
+        [(None, None), (None, None)],
+    ]
+    for loaded in cases:
+        out, ready = stager.stage(loaded)
+        assert out is loaded and ready is None

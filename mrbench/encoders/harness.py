@@ -698,7 +698,10 @@ class _DeviceStager:
             if isinstance(v, torch.Tensor):
                 if v.device.type != "cpu":
                     return loaded, None
-                v = v.numpy()
+                try:
+                    v = v.numpy()
+                except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks: left as they are
+                    return loaded, None
             if not isinstance(v, np.ndarray) or v.dtype.hasobject:
                 return loaded, None
             vals.append(v)
@@ -790,6 +793,8 @@ class _Tokenizer:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.procs = ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("fork"),
                                                  initializer=_text_worker_init, initargs=(fn,))
+            # fork every worker now, from the calling thread, not later from the preparing thread
+            _result(self.procs.submit(int), "a tokenising")
 
     def __call__(self, inputs: list[EncodeInput]) -> list[EncodeInput]:
         import dataclasses
