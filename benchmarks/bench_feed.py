@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import mrbench
-    from mrbench.encoders.harness import EncodeStats, encode_items
+    from mrbench.encoders.harness import EncodeStats, _short_switch_interval, encode_items
     from mrbench.encoders.pixel_cache import PixelCache
 
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
@@ -83,9 +83,11 @@ def main() -> None:
         def run(pixel_cache) -> tuple[float, EncodeStats]:
             stats = EncodeStats()
             t0 = time.perf_counter()
-            for name, items in by_task.items():
-                encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench, batch_size=args.batch,
-                             num_workers=workers, pixel_cache=pixel_cache, stats=stats)
+            # the short thread switch interval encode_items uses when it feeds a CUDA encoder
+            with _short_switch_interval(True):
+                for name, items in by_task.items():
+                    encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench,
+                                 batch_size=args.batch, num_workers=workers, pixel_cache=pixel_cache, stats=stats)
             return time.perf_counter() - t0, stats
 
         run(False)  # warm-up: file hashes memoised, process pool started (as in a long evaluate)

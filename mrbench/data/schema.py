@@ -14,6 +14,8 @@ Conventions
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,11 +207,18 @@ class Benchmark:
 
     def image_path(self, rel: str) -> Path:
         """Resolve an item's image reference against the benchmark root."""
-        p = Path(rel)
-        if p.is_absolute() or self.root is None:
-            return p
-        return self.root / p
+        return _resolve_image(self.root, rel)
 
     @property
     def n_queries(self) -> int:
         return sum(len(t.queries) for t in self.tasks)
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _resolve_image(root: Path | None, rel: str) -> Path:
+    """``root / rel`` (``rel`` itself when absolute or without a root); memoised, as the encoding
+    harness resolves every image of a pool on each call."""
+    p = Path(rel)
+    if p.is_absolute() or root is None:
+        return p
+    return root / p

@@ -67,7 +67,7 @@ _FILE_HASHES_MAX = 1_000_000
 def _memoised_hash(path: Path) -> tuple[str | None, tuple[str, int, int]]:
     """``(digest or None, memo key)`` of ``path`` from the per-process memo (one ``stat``)."""
     st = os.stat(path)
-    memo_key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    memo_key = (os.fspath(path) if os.path.isabs(path) else os.path.abspath(path), st.st_mtime_ns, st.st_size)
     with _FILE_HASHES_LOCK:
         return _FILE_HASHES.get(memo_key), memo_key
 
