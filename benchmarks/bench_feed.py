@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 class SimulatedGPUEncoder:
     """Sleeps ``len(items) / rate`` seconds per call (a GPU forward the host waits for)."""
 
-    def __init__(self, rate: float, batch_size: int, size: int = 224) -> None:
+    def __init__(self, rate: float, batch_size: int, size: int = 224, text_rate: float = 25200.0) -> None:
         from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
 
         from mrbench.encoders.base import EncoderMeta
 
-        self.rate, self.size = float(rate), size
+        self.rate, self.text_rate, self.size = float(rate), float(text_rate), size
         self._stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
         self.transform_id = f"simulated-gpu-{size}"
         self.meta = EncoderMeta(name="simulated-gpu", revision="1", dim=8, batch_size=batch_size,
@@ -51,15 +51,30 @@ class SimulatedGPUEncoder:
     def prepare_image(self, image):
         return self.pixel_transform()(image)
 
+    def text_transform(self):
+        """open_clip's CLIP tokenizer (context 77), as open_clip ViT-B/32 tokenises."""
+        import open_clip
+
+        from mrbench.encoders.openclip import TokenizeToNumpy
+
+        return TokenizeToNumpy(open_clip.get_tokenizer("ViT-B-32"), 77)
+
+    def text_of(self, it) -> str:
+        return it.text or ""
+
     def encode(self, items, *, role, task):
-        time.sleep(len(items) / self.rate)
+        rate = self.text_rate if all(it.image_path is None for it in items) else self.rate
+        time.sleep(len(items) / rate)
         return np.ones((len(items), 8), dtype=np.float32)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--forward-rate", type=float, default=19300.0, help="simulated model rate, items/s")
+    ap.add_argument("--text-rate", type=float, default=25200.0,
+                    help="simulated text-tower rate on ready token ids, texts/s (ViT-B/32's, H100)")
     ap.add_argument("--n-images", type=int, default=4096)
+    ap.add_argument("--n-texts", type=int, default=16384)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: every core up to 16)")
     ap.add_argument("--out", type=Path)
@@ -74,7 +89,7 @@ def main() -> None:
     by_task: dict[str, list] = {}
     for t, c in cands:
         by_task.setdefault(t.name, []).append(c)
-    enc = SimulatedGPUEncoder(args.forward_rate, args.batch)
+    enc = SimulatedGPUEncoder(args.forward_rate, args.batch, text_rate=args.text_rate)
     forward_s = len(cands) / args.forward_rate
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -99,11 +114,36 @@ def main() -> None:
                          "share": round(forward_s / wall, 3),
                          "input_wait_s": round(stats.input_wait_seconds, 3),
                          "pixel_cache_hits": stats.pixel_cache_hits})
+        # texts: tokenised ahead in worker processes, as for an encoder on a GPU (the harness only forks
+        # tokenising workers to feed one, so it is told the simulated encoder is on one)
+        from mrbench.encoders import harness
+
+        t2i = bench.task("t2i")
+        texts = (t2i.queries * (1 + args.n_texts // max(1, len(t2i.queries))))[: args.n_texts]
+        real = harness._gpu_decode_device
+        harness._gpu_decode_device = lambda encoder: "cuda"
+        try:
+            encode_items(enc, texts[: 2 * args.batch], role="query", task=t2i, bench=bench, batch_size=args.batch,
+                         num_workers=workers)
+            stats = EncodeStats()
+            t0 = time.perf_counter()
+            with _short_switch_interval(True):
+                encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=args.batch,
+                             num_workers=workers, stats=stats)
+            wall = time.perf_counter() - t0
+        finally:
+            harness._gpu_decode_device = real
+        fwd = len(texts) / args.text_rate
+        rows.append({"path": "texts, tokenised ahead", "items": len(texts), "wall_s": round(wall, 3),
+                     "harness_per_s": round(len(texts) / wall, 1), "forward_s": round(fwd, 3),
+                     "share": round(fwd / wall, 3), "input_wait_s": round(stats.input_wait_seconds, 3),
+                     "pixel_cache_hits": 0})
     out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "workers": workers,
                        "python": platform.python_version()},
-           "forward_rate": args.forward_rate, "batch": args.batch, "rows": rows}
+           "forward_rate": args.forward_rate, "text_rate": args.text_rate, "batch": args.batch, "rows": rows}
     for r in rows:
-        print(f"{r['path']:<26} {r['harness_per_s']:>9.0f} items/s  share of a {args.forward_rate:,.0f}/s forward "
+        rate = args.text_rate if r["path"].startswith("texts") else args.forward_rate
+        print(f"{r['path']:<26} {r['harness_per_s']:>9.0f} items/s  share of a {rate:,.0f}/s forward "
               f"{r['share']:.2f}  (model waited {r['input_wait_s']:.2f} s for inputs)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
