@@ -90,54 +90,44 @@ def main() -> None:
     for t, c in cands:
         by_task.setdefault(t.name, []).append(c)
     enc = SimulatedGPUEncoder(args.forward_rate, args.batch, text_rate=args.text_rate)
-    forward_s = len(cands) / args.forward_rate
+    t2i = bench.task("t2i")
+    texts = (t2i.queries * (1 + args.n_texts // max(1, len(t2i.queries))))[: args.n_texts]
     rows = []
+
+    def run(groups: list[tuple[str, list]], role: str, pixel_cache) -> tuple[float, EncodeStats]:
+        stats = EncodeStats()
+        t0 = time.perf_counter()
+        # the short thread switch interval encode_items uses when it feeds a CUDA encoder
+        with _short_switch_interval(True):
+            for name, items in groups:
+                encode_items(enc, items, role=role, task=bench.task(name), bench=bench, batch_size=args.batch,
+                             num_workers=workers, pixel_cache=pixel_cache, stats=stats)
+        return time.perf_counter() - t0, stats
+
+    def row(label: str, n: int, rate: float, wall: float, stats: EncodeStats) -> dict:
+        fwd = n / rate
+        return {"path": label, "items": n, "wall_s": round(wall, 3), "harness_per_s": round(n / wall, 1),
+                "forward_s": round(fwd, 3), "share": round(fwd / wall, 3),
+                "input_wait_s": round(stats.input_wait_seconds, 3), "pixel_cache_hits": stats.pixel_cache_hits}
+
+    images = list(by_task.items())
     with tempfile.TemporaryDirectory() as d:
         cache = PixelCache(d)
-
-        def run(pixel_cache) -> tuple[float, EncodeStats]:
-            stats = EncodeStats()
-            t0 = time.perf_counter()
-            # the short thread switch interval encode_items uses when it feeds a CUDA encoder
-            with _short_switch_interval(True):
-                for name, items in by_task.items():
-                    encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench,
-                                 batch_size=args.batch, num_workers=workers, pixel_cache=pixel_cache, stats=stats)
-            return time.perf_counter() - t0, stats
-
-        run(False)  # warm-up: file hashes memoised, process pool started (as in a long evaluate)
+        run(images, "candidate", False)  # warm-up: file hashes memoised, process pool started (as in a long evaluate)
         for label, pc in (("decode (Pillow workers)", False), ("pixel cache, filling", cache),
                           ("pixel cache, warm", cache)):
-            wall, stats = run(pc)
-            rows.append({"path": label, "items": len(cands), "wall_s": round(wall, 3),
-                         "harness_per_s": round(len(cands) / wall, 1), "forward_s": round(forward_s, 3),
-                         "share": round(forward_s / wall, 3),
-                         "input_wait_s": round(stats.input_wait_seconds, 3),
-                         "pixel_cache_hits": stats.pixel_cache_hits})
-        # texts: tokenised ahead in worker processes, as for an encoder on a GPU (the harness only forks
-        # tokenising workers to feed one, so it is told the simulated encoder is on one)
-        from mrbench.encoders import harness
+            rows.append(row(label, len(cands), args.forward_rate, *run(images, "candidate", pc)))
+    # texts: tokenised ahead in worker processes, as for an encoder on a GPU (the harness only forks
+    # tokenising workers to feed one, so it is told the simulated encoder is on one)
+    from mrbench.encoders import harness
 
-        t2i = bench.task("t2i")
-        texts = (t2i.queries * (1 + args.n_texts // max(1, len(t2i.queries))))[: args.n_texts]
-        real = harness._gpu_decode_device
-        harness._gpu_decode_device = lambda encoder: "cuda"
-        try:
-            encode_items(enc, texts[: 2 * args.batch], role="query", task=t2i, bench=bench, batch_size=args.batch,
-                         num_workers=workers)
-            stats = EncodeStats()
-            t0 = time.perf_counter()
-            with _short_switch_interval(True):
-                encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=args.batch,
-                             num_workers=workers, stats=stats)
-            wall = time.perf_counter() - t0
-        finally:
-            harness._gpu_decode_device = real
-        fwd = len(texts) / args.text_rate
-        rows.append({"path": "texts, tokenised ahead", "items": len(texts), "wall_s": round(wall, 3),
-                     "harness_per_s": round(len(texts) / wall, 1), "forward_s": round(fwd, 3),
-                     "share": round(fwd / wall, 3), "input_wait_s": round(stats.input_wait_seconds, 3),
-                     "pixel_cache_hits": 0})
+    real = harness._gpu_decode_device
+    harness._gpu_decode_device = lambda encoder: "cuda"
+    try:
+        run([("t2i", texts[: 2 * args.batch])], "query", None)
+        rows.append(row("texts, tokenised ahead", len(texts), args.text_rate, *run([("t2i", texts)], "query", None)))
+    finally:
+        harness._gpu_decode_device = real
     out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "workers": workers,
                        "python": platform.python_version()},
            "forward_rate": args.forward_rate, "text_rate": args.text_rate, "batch": args.batch, "rows": rows}

@@ -144,7 +144,7 @@ class ElvaEncoder(DualTowerEncoder):
         return self.model.encode_image(pixels)
 
     def encode(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> np.ndarray:
-        texts = [self._text_of(it) for it in items if it.text]
+        texts = [self.text_of(it) for it in items if it.text]
         if texts:
             self.count_truncated(self._count_too_long(texts))
         return super().encode(items, role=role, task=task)

@@ -145,11 +145,9 @@ class EmbeddingCache:
         index: dict[str, tuple[int, int]] = {}
         paths = sorted(self.path.glob("shard-*.npz")) if self.path.is_dir() else []
         for p in paths:
-            head = self._read_keys(p)
-            if head is None:
+            keys = self._shard_keys(p)
+            if keys is None:
                 continue
-            keys, d = head
-            self._check_dim(d, p)
             n = len(self._shards)
             self._shards.append(p)
             for row, k in enumerate(keys.tolist()):
@@ -160,6 +158,15 @@ class EmbeddingCache:
     @staticmethod
     def _warn_corrupt(p: Path, problem: str) -> None:
         log.warning("embedding cache: skipping corrupt shard %s (%s); delete it to silence this", p, problem)
+
+    def _shard_keys(self, p: Path) -> np.ndarray | None:
+        """A usable shard's keys after checking its dimension against the cache's (see
+        :meth:`_read_keys`, :meth:`_check_dim`); ``None`` for an unusable shard."""
+        head = self._read_keys(p)
+        if head is None:
+            return None
+        self._check_dim(head[1], p)
+        return head[0]
 
     @classmethod
     def _read_keys(cls, p: Path) -> tuple[np.ndarray, int] | None:
@@ -309,11 +316,9 @@ class EmbeddingCache:
         rows: dict[str, np.ndarray] = {}
         merged: list[Path] = []
         for p in paths:
-            head = self._read_keys(p)
-            if head is None:
+            keys = self._shard_keys(p)
+            if keys is None:
                 continue
-            keys, d = head
-            self._check_dim(d, p)
             try:
                 with np.load(p, allow_pickle=False) as z:
                     emb = z["emb"]

@@ -10,9 +10,9 @@ The harness — not the encoder — owns:
 * **content hashes**: sha256 over the item's text and image *bytes* (never ids or paths);
 * **image decoding**: only when ``encoder.meta.needs_pixels`` and the encoder reads images —
   Pillow in a thread pool (or forked processes, or ``torchvision.io.decode_jpeg`` on the GPU with
-  ``workers="gpu"``), ``.convert("RGB")``, the next batch decoded while the current one is encoded
-  (a bounded queue: at most the current and the next batch are in flight, so memory stays flat on
-  any pool size); optionally an on-disk cache of preprocessed pixels
+  ``workers="gpu"``), ``.convert("RGB")``, the next batches prepared in a background thread while
+  the current one is encoded (a bounded queue: :data:`PREFETCH_BATCHES` prepared and one decoding
+  behind them, so memory stays flat on any pool size); optionally an on-disk cache of preprocessed pixels
   (:mod:`mrbench.encoders.pixel_cache`, off by default);
 * **caching**: only cache misses are encoded; each batch is validated and written to the cache at
   once, so an interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
@@ -259,7 +259,7 @@ def _rejected(encoder_name: str, item_id: str, task_name: str, path: Path, e: Ba
     )
 
 
-def _result(fut: Future, what: str = "an image decode") -> Any:
+def _result(fut: Future, what: str = "an image decode", fix: str = "lower --workers or pass workers='thread'") -> Any:
     from concurrent.futures.process import BrokenProcessPool
 
     try:
@@ -267,13 +267,10 @@ def _result(fut: Future, what: str = "an image decode") -> Any:
     except TimeoutError:
         _shutdown_process_pool()
         raise EncoderError(
-            f"{what} worker process made no progress for {DECODE_TIMEOUT_S} s; pass workers='thread' "
-            "(or --workers 2) and report the encoder"
+            f"{what} worker process made no progress for {DECODE_TIMEOUT_S} s; {fix} and report the encoder"
         ) from None
     except BrokenProcessPool:
-        raise EncoderError(
-            f"{what} worker process died (out of memory?); lower --workers or pass workers='thread'"
-        ) from None
+        raise EncoderError(f"{what} worker process died (out of memory?); {fix}") from None
 
 
 def default_workers() -> int:
@@ -763,6 +760,7 @@ def _short_switch_interval(on: bool) -> Iterator[None]:
 
 
 _TEXT_FN: Callable[[list[str]], Any] | None = None
+_TOKENIZE_FAILURE = ("a tokenising", "pass --workers 1 (texts are then tokenised in the preparing thread)")
 
 
 def _text_worker_init(fn: Callable[[list[str]], Any]) -> None:
@@ -797,7 +795,7 @@ class _Tokenizer:
                 self.procs = ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("fork"),
                                                  initializer=_text_worker_init, initargs=(fn,))
             # fork every worker now, from the calling thread, not later from the preparing thread
-            _result(self.procs.submit(int), "a tokenising")
+            _result(self.procs.submit(int), *_TOKENIZE_FAILURE)
 
     def __call__(self, inputs: list[EncodeInput]) -> list[EncodeInput]:
         import dataclasses
@@ -806,10 +804,10 @@ class _Tokenizer:
         if not idx:
             return inputs
         texts = [self.encoder.text_of(inputs[k]) for k in idx]  # type: ignore[attr-defined]
-        if self.procs is not None and len(texts) >= 32:
+        if self.procs is not None and len(texts) >= 2 * self.n:
             size = -(-len(texts) // self.n)
             futs = [self.procs.submit(_tokenize_chunk, texts[k : k + size]) for k in range(0, len(texts), size)]
-            rows = np.concatenate([_result(f, "a tokenising") for f in futs])
+            rows = np.concatenate([_result(f, *_TOKENIZE_FAILURE) for f in futs])
         else:
             rows = np.asarray(self.fn(texts))
         out = list(inputs)
@@ -825,14 +823,15 @@ class _Tokenizer:
 class _Decoder:
     """The decode side of :func:`encode_items`: ``submit(batch)`` starts decoding one batch (threads,
     processes or the GPU; cached pixels read from the pixel cache) and returns a function that waits
-    for it and gives ``(image, pixels)`` per item. The harness keeps at most two batches in flight
-    (the one being encoded and the next), cache writes at most :attr:`MAX_PENDING_WRITES` behind."""
+    for it and gives ``(image, pixels)`` per item. ``digests`` (item index → sha256 of its image file,
+    from the content hashing) key the pixel cache. Cache writes run at most
+    :attr:`MAX_PENDING_WRITES` behind."""
 
     MAX_PENDING_WRITES = 2
 
     def __init__(self, encoder: Encoder, items: Sequence["Query | Candidate"], paths: list[Path | None],
                  task_name: str, num_workers: int, workers: str, pool: ThreadPoolExecutor | None,
-                 pixel_cache: "PixelCache | None", stats: EncodeStats) -> None:
+                 pixel_cache: "PixelCache | None", stats: EncodeStats, digests: dict[int, str] | None = None) -> None:
         self.encoder, self.items, self.paths, self.task_name = encoder, items, paths, task_name
         self.name = encoder.meta.name
         self.num_workers, self.pool, self.stats = num_workers, pool, stats
@@ -853,7 +852,7 @@ class _Decoder:
         self.fp = ""
         self.writer: ThreadPoolExecutor | None = None
         self.writes: deque[Future] = deque()
-        self.digests: dict[int, str] = {}
+        self.digests: dict[int, str] = digests if digests is not None else {}
         if pixel_cache is not None and any(p is not None for p in paths):
             self._open_cache(pixel_cache)
 
@@ -1185,8 +1184,7 @@ def encode_items(
             from mrbench.encoders.pixel_cache import resolve_pixel_cache
 
             decoder = _Decoder(encoder, items, paths, task.name, num_workers, workers, pool,
-                               resolve_pixel_cache(pixel_cache) if batches else None, stats)
-            decoder.digests = file_digests
+                               resolve_pixel_cache(pixel_cache) if batches else None, stats, file_digests)
             if (decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
                     and _gpu_decode_device(encoder)):
                 device_stager = _DeviceStager(str(getattr(encoder, "device")))

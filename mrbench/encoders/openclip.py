@@ -267,7 +267,7 @@ class OpenClipEncoder(DualTowerEncoder):
         if rows and all(r is not None for r in rows):  # tokenised ahead: the flag column counts the cut ones
             self.count_truncated(int(sum(int(np.asarray(r)[-1]) for r in rows)))
         elif rows:
-            self.count_truncated(self.count_too_long([self._text_of(it) for it in items if it.text]))
+            self.count_truncated(self.count_too_long([self.text_of(it) for it in items if it.text]))
         return super().encode(items, role=role, task=task)
 
     # -- truncation -------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         has_txt = [it.text is not None or not img for it, img in zip(items, has_img)]
         t_idx = [i for i, h in enumerate(has_txt) if h]
         i_idx = [i for i, h in enumerate(has_img) if h]
-        t_emb = unit(self.encode_texts([self._text_of(items[i]) for i in t_idx], role=role)) if t_idx else None
+        t_emb = unit(self.encode_texts([self.text_of(items[i]) for i in t_idx], role=role)) if t_idx else None
         i_emb = unit(self.encode_pil([self._image_of(items[i]) for i in i_idx])) if i_idx else None
         ref = t_emb if t_emb is not None else i_emb
         assert ref is not None

@@ -132,9 +132,6 @@ class DualTowerEncoder(TorchEncoder):
 
     def text_of(self, it: EncodeInput) -> str:
         """The text the tower reads for ``it`` (instruction prepended when ``use_instruction``)."""
-        return self._text_of(it)
-
-    def _text_of(self, it: EncodeInput) -> str:
         text = it.text or ""
         if self.use_instruction and it.instruction:
             return f"{it.instruction} {text}".strip()
@@ -172,7 +169,7 @@ class DualTowerEncoder(TorchEncoder):
                 tok = torch.as_tensor(np.stack([np.asarray(r) for r in rows]))
                 t_raw = self.encode_tokens(tok.to(self.device, non_blocking=True))
             else:
-                t_raw = self.encode_texts([self._text_of(items[i]) for i in t_idx])
+                t_raw = self.encode_texts([self.text_of(items[i]) for i in t_idx])
             t_emb = F.normalize(t_raw.float(), dim=-1)
         i_emb = None
         if i_idx:
