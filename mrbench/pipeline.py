@@ -176,7 +176,7 @@ def evaluate(
             and for ``depth``); grain sensitivity stays exact. ``None`` (default): exact search only.
     """
     from mrbench.data.registry import load_benchmark
-    from mrbench.encoders.harness import EncodeStats, check_dims, encode_items
+    from mrbench.encoders.harness import EncodeStats, HashWarmer, check_dims, encode_items
     from mrbench.retrieval.search import exact_search
 
     if progress is True:
@@ -221,10 +221,19 @@ def evaluate(
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    enc, spec = resolve_encoder(encoder, encoder_kwargs)
-    meta = enc.meta
-    store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
+    # the images' content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
+    warmer = HashWarmer(bench.image_path(it.image) for t in task_list for it in (*t.queries, *t.candidates) if it.image)
+    try:
+        enc, spec = resolve_encoder(encoder, encoder_kwargs)
+        meta = enc.meta
+        store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
+    except BaseException:
+        warmer.stop()
+        raise
     timings["encoder_init"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warmer.join()
+    timings["hash_wait"] = time.perf_counter() - t0
 
     stats = EncodeStats()
     frames = []

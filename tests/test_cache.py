@@ -201,3 +201,45 @@ def test_cache_dim_vs_meta_dim(tmp_path):
     with pytest.raises(EncoderError, match="meta.dim is 16"):
         encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items, 16), dim=16), task.queries,
                      role="query", task=task, bench=bench, cache=EmbeddingCache(tmp_path, "scripted@r1"))
+
+
+def test_encoded_batches_are_written_in_few_shards(tmp_path, monkeypatch, caplog):
+    """encode_items collects batches and writes one shard per CACHE_FLUSH_ROWS rows (and at the end);
+    when a batch fails, what came before it is still written, and the batch's own error is raised
+    even if that last write fails."""
+    import mrbench.encoders.harness as harness
+
+    bench = eb.text_bench(10)
+    task = bench.tasks[0]
+    cache = EmbeddingCache(tmp_path, "scripted@r1")
+    encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items), batch_size=3), task.queries,
+                 role="query", task=task, bench=bench, cache=cache)
+    assert len(list(cache.path.glob("shard-*.npz"))) == 1  # 4 batches, one shard
+
+    monkeypatch.setattr(harness, "CACHE_FLUSH_ROWS", 4)
+    other = EmbeddingCache(tmp_path, "scripted@r2")
+    encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items), batch_size=3), task.queries,
+                 role="query", task=task, bench=bench, cache=other)
+    shards = sorted(other.path.glob("shard-*.npz"))
+    assert [len(np.load(p)["keys"]) for p in shards] == [6, 4]
+
+    def dies_on_second(items, role, k):
+        if k == 1:
+            raise RuntimeError("model exploded")
+        return eb.hashed(items)
+
+    third = EmbeddingCache(tmp_path, "scripted@r3")
+    with pytest.raises(RuntimeError, match="model exploded"):
+        encode_items(eb.ScriptedEncoder(dies_on_second, batch_size=3), task.queries, role="query", task=task,
+                     bench=bench, cache=third)
+    assert [len(np.load(p)["keys"]) for p in third.path.glob("shard-*.npz")] == [3]
+
+    def refuse(*a, **k):
+        raise OSError("disk full")
+
+    fourth = EmbeddingCache(tmp_path, "scripted@r4")
+    monkeypatch.setattr(fourth, "put_many", refuse)
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match="model exploded"):
+        encode_items(eb.ScriptedEncoder(dies_on_second, batch_size=3), task.queries, role="query", task=task,
+                     bench=bench, cache=fourth)
+    assert any("could not write 3 encoded embeddings to the cache: disk full" in r.getMessage() for r in caplog.records)

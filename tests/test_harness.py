@@ -57,6 +57,38 @@ def test_item_content_hash(tmp_path):
         item_content_hash(None, tmp_path / "missing.png")
 
 
+def test_hash_warmer_and_chunked_hashing(tmp_path, monkeypatch):
+    """HashWarmer memoises file digests in the background (skipping unreadable files); _hash_items
+    gives the same hashes with a pool (files hashed in chunks) as inline, and names a missing file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mrbench.encoders.harness as harness
+
+    files = []
+    for i in range(150):
+        f = tmp_path / f"im{i}.png"
+        f.write_bytes(b"bytes %d" % i)
+        files.append(f)
+    monkeypatch.setattr(harness, "_FILE_HASHES", {})
+    warmer = harness.HashWarmer([*files, tmp_path / "missing.png", files[0]])
+    warmer.join()
+    assert len(harness._FILE_HASHES) == 150
+    items = [Candidate(id=f"c{i}", image=f.name, text="t" if i % 2 else None) for i, f in enumerate(files)]
+    with ThreadPoolExecutor(3) as pool:
+        pooled = harness._hash_items(items, files, pool)
+        monkeypatch.setattr(harness, "_FILE_HASHES", {})  # nothing memoised: every file read in a chunk
+        digests: dict[int, str] = {}
+        fresh = harness._hash_items(items, files, pool, file_digests=digests)
+        assert pooled == fresh == [item_content_hash(it.text, f) for it, f in zip(items, files)]
+        assert len(digests) == 150
+        files[120].unlink()
+        monkeypatch.setattr(harness, "_FILE_HASHES", {})
+        with pytest.raises(BenchmarkError, match=r"im120.png: cannot read image of item 'c120'"):
+            harness._hash_items(items, files, pool)
+    stopped = harness.HashWarmer(files[:100])
+    stopped.stop()  # returns once the thread has ended
+
+
 def test_instructions_per_role_and_task_info():
     bench = eb.text_bench(3, query_instruction="Q: find", candidate_instruction="C: represent")
     bench.metadata["fact_vocabulary"] = ["a", "b"]

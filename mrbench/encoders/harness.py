@@ -90,6 +90,38 @@ def file_content_hash(path: Path) -> str:
     return digest
 
 
+class HashWarmer:
+    """Hash image files into the per-process memo (:func:`file_content_hash`) in a background thread.
+
+    ``evaluate`` starts one over the benchmark's images while the encoder is being built: file reads
+    and sha256 release the GIL, so the hashing hides behind the encoder's imports (torch's alone
+    takes 1.5-2 s), and :func:`encode_items` later finds every digest memoised. Unreadable files are
+    skipped (``encode_items`` reports them with its own message). ``stop()`` ends it early.
+    """
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._paths = list(dict.fromkeys(paths))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mrbench-hash-warmer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for p in self._paths:
+            if self._stop.is_set():
+                return
+            try:
+                file_content_hash(p)
+            except OSError:
+                pass
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _combine_hash(text: str | None, image_digest: str | None) -> str:
     h = hashlib.sha256(ITEM_HASH_VERSION)
     if text is None:
@@ -612,6 +644,10 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], seq: Iterab
         yield q.popleft().result()
 
 
+HASH_CHUNK = 64
+"""Image files hashed per worker task by :func:`_hash_items`."""
+
+
 def _hash_items(
     items: Sequence["Query | Candidate"],
     paths: list[Path | None],
@@ -648,8 +684,12 @@ def _hash_items(
                 todo.append(p)
             else:
                 digests[p] = hit
-    if pool is not None and len(todo) > 8:
-        digests.update(zip(todo, _bounded_map(pool, one, todo, window)))
+    if pool is not None and len(todo) > HASH_CHUNK:
+        # a few dozen files per task: one future per file cost ~70 us each, more than hashing a
+        # small image (reads and sha256 release the GIL, so the workers still overlap)
+        chunks = [todo[i : i + HASH_CHUNK] for i in range(0, len(todo), HASH_CHUNK)]
+        for chunk, got in zip(chunks, _bounded_map(pool, lambda ch: [one(p) for p in ch], chunks, max(2, window // HASH_CHUNK))):
+            digests.update(zip(chunk, got))
     else:
         digests.update((p, one(p)) for p in todo)
     if file_digests is not None:
@@ -672,6 +712,37 @@ TEXT_PROCESS_MIN = 512
 TEXT_PROCESSES = 4
 """Most tokenising worker processes: one tokenises ~12k CLIP texts/s, so four outrun ViT-B/32's text
 tower on an H100 (25k texts/s) and leave the other cores to the thread that drives the GPU."""
+
+
+CACHE_FLUSH_ROWS = 4096
+"""Embeddings :func:`encode_items` collects before writing them to the cache as one shard."""
+CACHE_FLUSH_SECONDS = 30.0
+"""Longest time encoded embeddings wait in memory before being written to the cache."""
+
+
+class _CacheWriter:
+    """Collects encoded batches and writes them to the embedding cache as one shard per
+    :data:`CACHE_FLUSH_ROWS` rows or :data:`CACHE_FLUSH_SECONDS` seconds, and on :meth:`flush`
+    (a shard per batch cost ~2 ms each: an npz, an fsync, a rename)."""
+
+    def __init__(self, cache: "EmbeddingCache") -> None:
+        self.cache = cache
+        self.keys: list[str] = []
+        self.parts: list[np.ndarray] = []
+        self.since = time.monotonic()
+
+    def add(self, keys: list[str], emb: np.ndarray) -> None:
+        self.keys += keys
+        self.parts.append(emb)
+        if len(self.keys) >= CACHE_FLUSH_ROWS or time.monotonic() - self.since >= CACHE_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            keys, parts = self.keys, self.parts
+            self.keys, self.parts = [], []
+            self.cache.put_many(keys, parts[0] if len(parts) == 1 else np.concatenate(parts))
+        self.since = time.monotonic()
 
 
 class _DeviceStager:
@@ -1151,6 +1222,7 @@ def encode_items(
     stager: ThreadPoolExecutor | None = None
     ahead: deque[Future] = deque()
     stack = contextlib.ExitStack()
+    writer: _CacheWriter | None = None
     try:
         file_digests: dict[int, str] = {}
         hashes = _hash_items(items, paths, pool, window=max(16, 4 * num_workers), file_digests=file_digests)
@@ -1179,6 +1251,9 @@ def encode_items(
 
         miss = np.flatnonzero(~mask)
         batches = [miss[i : i + bs].tolist() for i in range(0, len(miss), bs)]
+        if use_cache and batches:
+            assert cache is not None
+            writer = _CacheWriter(cache)
 
         if decode:
             from mrbench.encoders.pixel_cache import resolve_pixel_cache
@@ -1250,19 +1325,26 @@ def encode_items(
             if out is None:
                 out = np.zeros((n, dim), dtype=np.float32)
             out[batch] = emb
-            if use_cache:
-                assert cache is not None
-                cache.put_many([keys[i] for i in batch], emb)
+            if writer is not None:
+                writer.add([keys[i] for i in batch], emb)
             stats.encoded += len(batch)
             stats.batches += 1
             if progress is not None:
                 progress(len(batch))
+        if writer is not None:
+            writer.flush()
     finally:
         for f in ahead:
             f.cancel()
         if stager is not None:
             stager.shutdown(wait=True, cancel_futures=True)
         stack.close()
+        if writer is not None and writer.keys:  # a batch failed: keep what was encoded before it
+            n_kept = len(writer.keys)
+            try:
+                writer.flush()
+            except Exception as e:  # the batch's own error is the one to report
+                log.warning("could not write %d encoded embeddings to the cache: %s", n_kept, e)
         if tokenizer is not None:
             tokenizer.close()
         if decoder is not None:
