@@ -454,6 +454,8 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
     # only the first relevant rank matters here; partial grades rank like non-relevant ones in ties
     rel_only = [{d: g for d, g in j.items() if g >= task.relevance_level} for j in judged]
     r_judged = [rel_only[i] for i in qi_arr]
+    if not stream:
+        r_judged = _best_scoring(r_emb, c_emb, r_judged)
     r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=task.relevance_level, backend=backend,
                          stream=stream)
 
@@ -476,3 +478,31 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
             "rank_change": red_rank - full_rank,
         }
     )
+
+
+def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: list[dict[int, int]]) -> list[dict[int, int]]:
+    """Per query, only the judged candidates with its highest canonical score (ties all kept).
+
+    The first rank among ``judged`` is that of one of these (a lower-scoring candidate ranks below
+    them whatever its grade, and the tied ones keep their grades, which order them), so
+    :func:`~mrbench.retrieval.search.exact_search` returns the same first rank from them while
+    placing a few candidates per query instead of every relevant one.
+    """
+    import torch
+
+    from mrbench.retrieval.search import canonical_scores
+
+    sizes = np.fromiter((len(j) for j in judged), dtype=np.int64, count=len(judged))
+    qi = np.repeat(np.arange(len(judged), dtype=np.int64), sizes)
+    ci = np.fromiter((c for j in judged for c in j), dtype=np.int64, count=int(sizes.sum()))
+    if qi.size == 0:
+        return judged
+    scores = canonical_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)),
+                              torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)), qi, ci)
+    best = np.full(len(judged), -np.inf, dtype=np.float32)
+    np.maximum.at(best, qi, scores)
+    keep = np.flatnonzero(scores == best[qi])
+    out: list[dict[int, int]] = [{} for _ in judged]
+    for q, c in zip(qi[keep].tolist(), ci[keep].tolist()):
+        out[q][c] = judged[q][c]
+    return out

@@ -219,3 +219,27 @@ def test_stream_pool_gives_identical_results_and_big_pools_need_it(tmp_path, mon
         pl.evaluate(bench, "random", cache=False, stream_pool=True, approx={"index": "ivf"})
     with pytest.raises(MrbenchError, match="--stream-pool needs --backend torch"):
         pl.evaluate(bench, "random", cache=False, stream_pool=True, backend="faiss")
+
+
+def test_sensitivity_first_rank_from_best_scoring_candidates():
+    """_best_scoring keeps, per query, only the judged candidates with its top canonical score; the
+    first relevant rank exact_search gives from them equals the one from every judged candidate,
+    with planted exact ties (duplicated candidates of different grades) and a constant encoder."""
+    from mrbench.pipeline import _best_scoring
+    from mrbench.retrieval.search import exact_search
+
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((300, 16)).astype(np.float32)
+    c[50:60] = c[40]  # ten exact copies: tied scores
+    q = rng.standard_normal((40, 16)).astype(np.float32)
+    q[:5] = c[40]
+    judged = [{int(x): int(rng.integers(1, 4)) for x in rng.choice(300, 25, replace=False)} for _ in range(40)]
+    for j in judged[:8]:
+        j.update({40: 3, 51: 1, 55: 2})
+    for qq, cc in ((q, c), (np.ones_like(q), np.ones_like(c))):
+        best = _best_scoring(qq, cc, judged)
+        assert all(set(b) <= set(j) and b for b, j in zip(best, judged))
+        full = exact_search(qq, cc, judged, depth=1, backend="torch")
+        red = exact_search(qq, cc, best, depth=1, backend="torch")
+        assert [min(r.values()) for r in full.judged_ranks] == [min(r.values()) for r in red.judged_ranks]
+    assert _best_scoring(q, c, [{} for _ in range(40)]) == [{} for _ in range(40)]
