@@ -369,12 +369,16 @@ def test_zero_queries_and_zero_grade_entries():
     assert res.judged_ranks == [{0: 1}]  # grade-0 entries are unjudged
 
 
-def test_auto_backend_resolves():
+def test_auto_backend_resolves(monkeypatch):
+    import mrbench.retrieval.search as search_mod
+
     c = np.eye(3, dtype=np.float32)
     res = exact_search(c, c, [{i: 1} for i in range(3)], depth=1)
-    expected = "torch" if HAS_CUDA else ("faiss" if HAS_FAISS else "torch")
-    assert res.backend == expected
+    assert res.backend == "torch"  # small: torch, whatever the device (no faiss import)
     assert res.judged_ranks == [{0: 1}, {1: 1}, {2: 1}]
+    monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 8)
+    res = exact_search(c, c, [{i: 1} for i in range(3)], depth=1)
+    assert res.backend == ("torch" if HAS_CUDA else ("faiss" if HAS_FAISS else "torch"))
 
 
 # ------------------------------------------------------------------------------------------------
