@@ -40,6 +40,7 @@ class SimulatedGPUEncoder:
         self.rate, self.text_rate, self.size = float(rate), float(text_rate), size
         self._stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
         self.transform_id = f"simulated-gpu-{size}"
+        self._tokenizer = None
         self.meta = EncoderMeta(name="simulated-gpu", revision="1", dim=8, batch_size=batch_size,
                                 modalities=("text", "image"))
 
@@ -52,12 +53,15 @@ class SimulatedGPUEncoder:
         return self.pixel_transform()(image)
 
     def text_transform(self):
-        """open_clip's CLIP tokenizer (context 77), as open_clip ViT-B/32 tokenises."""
+        """open_clip's CLIP tokenizer (context 77), as open_clip ViT-B/32 tokenises; built once, as
+        the real encoder holds its tokenizer."""
         import open_clip
 
         from mrbench.encoders.openclip import TokenizeToNumpy
 
-        return TokenizeToNumpy(open_clip.get_tokenizer("ViT-B-32"), 77)
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        return TokenizeToNumpy(self._tokenizer, 77)
 
     def text_of(self, it) -> str:
         return it.text or ""

@@ -1265,10 +1265,10 @@ def encode_items(
                 device_stager = _DeviceStager(str(getattr(encoder, "device")))
         text_fn = getattr(encoder, "text_transform", None)
         if batches and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
-            fn = text_fn()
+            n_texts = sum(1 for i in miss if items[i].text is not None)
+            fn = text_fn() if n_texts else None
             if fn is not None:
-                n_texts = sum(1 for i in miss if items[i].text is not None)
-                tokenizer = _Tokenizer(encoder, fn, n_texts, num_workers) if n_texts else None
+                tokenizer = _Tokenizer(encoder, fn, n_texts, num_workers)
 
         def prepare(b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
             """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1``."""
