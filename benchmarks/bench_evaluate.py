@@ -8,7 +8,7 @@ Where the harness time goes (``breakdown`` in the JSON, one entry per run):
 
 * the stages ``evaluate`` times itself: load, encoder_init (building the encoder, its imports
   included: torch for a torch encoder; the images are hashed in a background thread meanwhile),
-  hash_wait (what is left of that hashing once the encoder is built), encode (forward included), retrieve, score, sensitivity
+  encode (forward included), retrieve, score, sensitivity
   (its forward included), aggregate (per-query tables joined, scores aggregated), report (writing
   the output directory, with ``--write-results``) and chart (drawing grains.png, part of report);
 * ``other``: wall minus all of the above;
@@ -35,7 +35,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-STAGES = ["load", "encoder_init", "hash_wait", "encode", "retrieve", "score", "sensitivity", "aggregate", "report"]
+STAGES = ["load", "encoder_init", "encode", "retrieve", "score", "sensitivity", "aggregate", "report"]
 """Stages of ``evaluate`` that do not overlap; ``chart`` is part of ``report``, ``encoder_forward``
 part of ``encode`` and ``sensitivity``."""
 
@@ -143,7 +143,7 @@ def main() -> None:
         "help_seconds": help_time(),
     }
     print(f"{'stage':<20}{'cold s':>10}{'warm s':>10}")
-    rows = [("load", "timings"), ("encoder_init", "timings"), ("hash_wait", "timings"), ("encode", "timings"), ("  encoder_forward", "timings"),
+    rows = [("load", "timings"), ("encoder_init", "timings"), ("encode", "timings"), ("  encoder_forward", "timings"),
             ("retrieve", "timings"), ("score", "timings"), ("sensitivity", "timings"), ("aggregate", "timings"),
             ("report", "timings"), ("  chart", "timings"), ("other", "breakdown"), ("imports (in stages)", "breakdown"),
             ("harness", "timings"), ("wall", "timings")]

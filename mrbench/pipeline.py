@@ -10,6 +10,7 @@ and a per-grain chart.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,19 +234,16 @@ def evaluate(
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # the images' content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
-    warmer = HashWarmer(bench.image_path(it.image) for t in task_list for it in (*t.queries, *t.candidates) if it.image)
+    # image content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
+    warmer = HashWarmer(bench.image_path(it.image) for t in task_list
+                        for it in itertools.chain(t.queries, t.candidates) if it.image)
     try:
         enc, spec = resolve_encoder(encoder, encoder_kwargs)
         meta = enc.meta
         store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
-    except BaseException:
+    finally:
         warmer.stop()
-        raise
     timings["encoder_init"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    warmer.join()
-    timings["hash_wait"] = time.perf_counter() - t0
 
     stats = EncodeStats()
     frames = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -85,8 +86,9 @@ def test_hash_warmer_and_chunked_hashing(tmp_path, monkeypatch):
         monkeypatch.setattr(harness, "_FILE_HASHES", {})
         with pytest.raises(BenchmarkError, match=r"im120.png: cannot read image of item 'c120'"):
             harness._hash_items(items, files, pool)
-    stopped = harness.HashWarmer(files[:100])
-    stopped.stop()  # returns once the thread has ended
+    endless = harness.HashWarmer(itertools.repeat(files[0]))  # consumed lazily, stopped on request
+    endless.stop()
+    assert not endless._thread.is_alive() and endless.hashed >= 0
 
 
 def test_instructions_per_role_and_task_info():

@@ -7,8 +7,7 @@
 * ``encoder``: the encoder's metadata record, the spec it was created from and its kwargs
 * ``settings``: ks, depth, backend, device, tie_policy, batch_size, cache, grain_sensitivity, tasks
 * ``hardware``: platform, python, cpu_count, torch, faiss, device, cuda
-* ``timings``: seconds per stage (load, encoder_init, hash_wait (image hashes not yet computed in the
-  background once the encoder is built), encode, encoder_forward, input_wait, retrieve, score, sensitivity,
+* ``timings``: seconds per stage (load, encoder_init, encode, encoder_forward, input_wait, retrieve, score, sensitivity,
   total, aggregate); ``EvaluationResult.timings`` adds ``report`` (writing the output directory) and
   ``chart`` (drawing grains.png, part of ``report``) after results.json is written
 * ``cache``: items, hits, encoded
