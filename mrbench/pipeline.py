@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mrbench.data.io import gc_paused
 from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
 from mrbench.report.progress import NullReporter
@@ -273,22 +274,23 @@ def evaluate(
         check_dims(q_emb, c_emb, meta.name, task.name)
         timings["encode"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        judged = judged_grades(task)
-        with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
-            res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
-                               backend=backend, progress=adv, stream=True if stream_pool else None)
-        device = res.device
-        run_res = res
-        if approx_spec is not None:
-            run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
-                                   approx_recall, approx_used)
-        runs[task.name] = (task, run_res)
-        timings["retrieve"] += time.perf_counter() - t0
+        with gc_paused():  # our own bounded, acyclic allocations (see gc_paused)
+            t0 = time.perf_counter()
+            judged = judged_grades(task)
+            with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
+                res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
+                                   backend=backend, progress=adv, stream=True if stream_pool else None)
+            device = res.device
+            run_res = res
+            if approx_spec is not None:
+                run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
+                                       approx_recall, approx_used)
+            runs[task.name] = (task, run_res)
+            timings["retrieve"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
-        timings["score"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
+            timings["score"] += time.perf_counter() - t0
 
         if grain_sensitivity and task.query_modality != "image":
             t0 = time.perf_counter()
@@ -304,45 +306,46 @@ def evaluate(
     t_agg = time.perf_counter()
     import pandas as pd
 
-    per_query = pd.concat(frames, ignore_index=True)
-    sensitivity = pd.concat(sens_frames, ignore_index=True) if sens_frames else None
-    timings["encoder_forward"] = stats.encode_seconds
-    timings["input_wait"] = stats.input_wait_seconds  # the model waiting for its next batch's inputs
-    timings["total"] = time.perf_counter() - t_start
-    result = EvaluationResult.build(
-        bench=bench,
-        tasks=[t.name for t in task_list],
-        encoder_meta=meta,
-        encoder_spec=spec,
-        encoder_kwargs=encoder_kwargs or {},
-        settings={
-            "ks": list(ks_t),
-            "depth": depth,
-            "backend": backend,
-            "device": device,
-            "tie_policy": "pessimistic",
-            "batch_size": batch_size or meta.batch_size,
-            "decode_workers": num_workers,
-            "decode": decode,
-            "cache": bool(cache),
-            "grain_sensitivity": bool(grain_sensitivity),
-            "verify_fingerprint": bool(verify),
-            **({"stream_pool": True} if stream_pool else {}),
-            **({"approx": {**approx_spec, "tasks": approx_used}} if approx_spec is not None else {}),
-        },
-        hardware=_hardware(device),
-        timings=timings,
-        cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded,
-                     **{k: getattr(stats, k) for k in ("pixel_cache_hits", "pixel_cache_misses", "gpu_decoded")
-                        if getattr(stats, k, 0)}},
-        per_query=per_query,
-        sensitivity=sensitivity,
-        runs=runs,
-    )
-    if approx_spec is not None:
-        from mrbench.report.results import _clean
+    with gc_paused():
+        per_query = pd.concat(frames, ignore_index=True)
+        sensitivity = pd.concat(sens_frames, ignore_index=True) if sens_frames else None
+        timings["encoder_forward"] = stats.encode_seconds
+        timings["input_wait"] = stats.input_wait_seconds  # the model waiting for its next batch's inputs
+        timings["total"] = time.perf_counter() - t_start
+        result = EvaluationResult.build(
+            bench=bench,
+            tasks=[t.name for t in task_list],
+            encoder_meta=meta,
+            encoder_spec=spec,
+            encoder_kwargs=encoder_kwargs or {},
+            settings={
+                "ks": list(ks_t),
+                "depth": depth,
+                "backend": backend,
+                "device": device,
+                "tie_policy": "pessimistic",
+                "batch_size": batch_size or meta.batch_size,
+                "decode_workers": num_workers,
+                "decode": decode,
+                "cache": bool(cache),
+                "grain_sensitivity": bool(grain_sensitivity),
+                "verify_fingerprint": bool(verify),
+                **({"stream_pool": True} if stream_pool else {}),
+                **({"approx": {**approx_spec, "tasks": approx_used}} if approx_spec is not None else {}),
+            },
+            hardware=_hardware(device),
+            timings=timings,
+            cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded,
+                         **{k: getattr(stats, k) for k in ("pixel_cache_hits", "pixel_cache_misses", "gpu_decoded")
+                            if getattr(stats, k, 0)}},
+            per_query=per_query,
+            sensitivity=sensitivity,
+            runs=runs,
+        )
+        if approx_spec is not None:
+            from mrbench.report.results import _clean
 
-        result.data["scores"]["approx_recall"] = _clean(approx_recall)
+            result.data["scores"]["approx_recall"] = _clean(approx_recall)
     # per-query tables joined, hardware recorded, scores aggregated (written to results.json; "total"
     # above stops before it, as it always has)
     result.timings["aggregate"] = time.perf_counter() - t_agg
@@ -442,11 +445,9 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
     first relevant rank under the reduced query − under the full query, the relevant set being the
     full query's (positive: the target fell). Queries with no relevant candidate are skipped.
     """
-    import pandas as pd
 
     from mrbench.encoders.harness import encode_items
     from mrbench.grains.masking import drop_one_variants
-    from mrbench.retrieval.search import exact_search
 
     reduced, owners = drop_one_variants(task, judged)
     if not reduced:
@@ -454,6 +455,16 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
     with reporter.stage(f"{task.name}: grain sensitivity", len(reduced)) as adv:
         r_emb = encode_items(enc, reduced, role="query", task=task, bench=bench, cache=store,
                              batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
+    with gc_paused():
+        return _sensitivity_frame(task, q_emb, c_emb, r_emb, judged, res, owners, backend, stream)
+
+
+def _sensitivity_frame(task, q_emb, c_emb, r_emb, judged, res, owners, backend, stream):
+    """The rows of :func:`_grain_sensitivity` once the reduced queries are encoded."""
+    import pandas as pd
+
+    from mrbench.retrieval.search import exact_search
+
     qi_arr = np.array([o[0] for o in owners])
 
     def unit(x: np.ndarray) -> np.ndarray:

@@ -227,3 +227,27 @@ def test_builtin_is_built_once_and_rebuilt_when_damaged():
     victim.unlink()
     again = load_benchmark("mrbench-synth-tiny")
     assert victim.is_file() and again.fingerprint == b.fingerprint
+
+
+def test_gc_paused_restores_the_collector():
+    import gc
+
+    from mrbench.data.io import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner block leaves it as it found it
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        1 / 0
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # was off: stays off
+    finally:
+        gc.enable()
