@@ -303,9 +303,10 @@ def gc_paused() -> Iterator[None]:
 
     Parsing a benchmark creates hundreds of thousands of acyclic objects (dicts, strings); each
     collection the allocations trigger walks the young objects, and the full ones every object of
-    the process (torch's and pandas' included): 0.35-0.65 s to load MRBench-Synth next to torch
-    and pandas, 0.29-0.37 s with the collector paused. Use only around bounded work that creates
-    no reference cycles worth collecting.
+    the process (torch's and pandas' included). ``benchmarks/bench_load.py``, with torch, pandas
+    and two earlier loads in memory: MRBench-Synth 0.29 s paused vs 0.54 s (medians), a generated
+    1M-candidate benchmark 3.4 s vs 5.2 s. Use only around bounded work that creates no reference
+    cycles worth collecting.
     """
     import gc
 

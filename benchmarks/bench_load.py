@@ -1,0 +1,91 @@
+"""Loading a benchmark from disk, with Python's cyclic garbage collector paused (as
+:func:`mrbench.data.io.load_benchmark_dir` does) and running, next to torch and pandas in memory.
+
+Each round loads the benchmark once per mode (alternating), the two previous loads still alive, as in
+a session that evaluates several models; best and median of the rounds are reported.
+
+    python benchmarks/bench_load.py --out benchmarks/results/load_cpu.json            # MRBench-Synth
+    python benchmarks/bench_load.py --candidates 1000000 --out load_1m.json           # generated, text only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def generated(root: Path, n_candidates: int, n_queries: int) -> Path:
+    """A text-only benchmark directory: ``n_candidates`` six-word candidates, 3 relevant each query."""
+    import numpy as np
+
+    from mrbench.data.io import write_benchmark_files
+    from mrbench.data.schema import Benchmark, Candidate, Query, Task
+
+    rng = np.random.default_rng(0)
+    words = np.array(["red", "blue", "dog", "cat", "large", "small", "left", "right", "standing", "lying", "car", "tree"])
+    cands = [Candidate(id=f"c{i}", text=" ".join(rng.choice(words, 6))) for i in range(n_candidates)]
+    queries = [Query(id=f"q{i}", text=" ".join(rng.choice(words, 4))) for i in range(n_queries)]
+    qrels = {q.id: {f"c{int(j)}": 1 for j in rng.integers(0, n_candidates, 3)} for q in queries}
+    task = Task(name="t2t", query_modality="text", candidate_modality="text", queries=queries, candidates=cands,
+                qrels=qrels)
+    root.mkdir(parents=True, exist_ok=True)
+    write_benchmark_files(Benchmark(name="generated", version="1", tasks=[task], root=None), root)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidates", type=int, default=0, help="generate a text-only benchmark of this many candidates "
+                                                                  "(default: load the built-in MRBench-Synth)")
+    ap.add_argument("--queries", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    import pandas  # noqa: F401  (a realistic heap: what evaluate has imported when a second model runs)
+    import torch  # noqa: F401
+
+    import mrbench.data.io as io
+
+    with tempfile.TemporaryDirectory() as d:
+        if args.candidates:
+            root = generated(Path(d) / "bench", args.candidates, args.queries)
+            label = f"generated, {args.candidates:,} candidates, {args.queries:,} queries"
+        else:
+            from mrbench.data.registry import load_benchmark
+
+            root = Path(load_benchmark("mrbench-synth").root)
+            label = "mrbench-synth"
+        paused = io.gc_paused
+        times: dict[str, list[float]] = {"paused": [], "running": []}
+        alive = []
+        for _ in range(args.rounds):
+            for mode in ("paused", "running"):
+                io.gc_paused = paused if mode == "paused" else contextlib.nullcontext
+                t0 = time.perf_counter()
+                alive.append(io.load_benchmark_dir(root, verify=False))
+                times[mode].append(time.perf_counter() - t0)
+                alive = alive[-2:]
+        io.gc_paused = paused
+    rows = {m: {"best_s": round(min(v), 3), "median_s": round(statistics.median(v), 3)} for m, v in times.items()}
+    for m, r in rows.items():
+        print(f"{label}: collector {m:<8} best {r['best_s']:.3f} s  median {r['median_s']:.3f} s")
+    if args.out:
+        out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+               "benchmark": label, "rounds": args.rounds, "load": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
