@@ -61,3 +61,18 @@ def test_goals_rejects_unknown_entry(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "nope"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown entry" in proc.stderr
+
+
+def test_bench_load_generated_benchmark(tmp_path: Path) -> None:
+    """bench_load.py loads a generated benchmark with the collector paused and running, and writes both."""
+    out = tmp_path / "load.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_load.py"), "--candidates", "500", "--queries", "20",
+         "--rounds", "2", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"].startswith("generated, 500 candidates")
+    assert set(data["load"]) == {"paused", "running"}
+    assert all(r["best_s"] > 0 and r["median_s"] >= r["best_s"] for r in data["load"].values())
