@@ -457,20 +457,29 @@ def test_canonical_scores_exact_on_small_integers_and_identical_across_devices()
         np.testing.assert_array_equal(cpu.view(np.int32), gpu.view(np.int32))
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if HAS_CUDA else []))
-def test_reduced_precision_matmul_setting_keeps_results_exact(device):
-    """With TF32/bf16 matmuls enabled the bound widens; results stay identical."""
+@pytest.mark.parametrize("backend,device", [("torch", "cpu"), ("faiss", None)] + ([("torch", "cuda")] if HAS_CUDA else []))
+def test_reduced_precision_matmul_setting_keeps_results_exact(backend, device, monkeypatch):
+    """With TF32/bf16 matmuls enabled the bound widens (also for faiss on the CPU, whose row scans
+    recompute fast rows with torch); results stay identical."""
+    import mrbench.retrieval.search as search_mod
+
+    if backend == "faiss" and not HAS_FAISS:
+        pytest.skip("faiss not installed")
     rng = np.random.default_rng(2)
     q, c = make_data("unit", rng, 30, 2000, 64)
     judged = random_judged(rng, 30, 2000)
     ref = exact_search(q, c, judged, depth=20, backend="torch", device="cpu")
+    seen = []
+    real = search_mod.score_bound
+    monkeypatch.setattr(search_mod, "score_bound", lambda *a: seen.append(a[3] if len(a) > 3 else 0.0) or real(*a))
     old = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")
-        got = exact_search(q, c, judged, depth=20, backend="torch", device=device)
+        got = exact_search(q, c, judged, depth=20, backend=backend, device=device)
     finally:
         torch.set_float32_matmul_precision(old)
     assert_same_result(ref, got)
+    assert seen and seen[0] == 2.0**-7  # the input rounding of a reduced-precision matmul is covered
 
 
 @pytest.mark.parametrize("d", [4, 64, 512])

@@ -1699,8 +1699,10 @@ def exact_search(
     kp = int(min(n_c, 2 * depth + 128 if half else depth + max(32, depth // 4)))
     plan = _plan_chunks(int(max_chunk_bytes), n_q, n_c, dim, kp, dev, backend, half, int(torch.get_num_threads()))
     chunk_rows = plan.rows
-    # faiss-gpu's kernels may round their inputs (TF32): covered like PyTorch's reduced precision
-    in_round = _input_rounding(torch, dev) if backend == "torch" else (2.0**-7 if dev.type == "cuda" else 0.0)
+    # faiss-gpu's kernels may round their inputs (TF32): covered like PyTorch's reduced precision;
+    # faiss on the CPU is float32, but its row scans recompute fast rows with torch (same setting)
+    in_round = _input_rounding(torch, dev) if backend == "torch" else (2.0**-7 if dev.type == "cuda" else
+                                                                     _input_rounding(torch, torch.device("cpu")))
     scale_q = scale_c = 1.0
     bound = score_bound(dim, q_norm, c_max, in_round)
     if fdt != "float32":
