@@ -1890,6 +1890,7 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
     # FAISS tiles its own score matrix (4096 queries x 1024 candidates); our chunk only bounds the
     # result lists, so use FAISS's query block (fallback scans are bounded by ctx.scan_rows)
     faiss_rows = max(4096, chunk_rows)
+    scan_buf: "torch.Tensor | None" = None  # rescanned fast rows (at most ctx.scan_rows at a time)
     with torch.inference_mode():
         for q0 in range(0, n_q, faiss_rows):
             q1 = min(n_q, q0 + faiss_rows)
@@ -1897,8 +1898,12 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
             li = li.astype(np.int64, copy=False)
 
             def fast_rows(local: np.ndarray, q0: int = q0) -> tuple["torch.Tensor", np.ndarray]:
+                nonlocal scan_buf
                 sel = torch.from_numpy(np.asarray(local, dtype=np.int64) + q0)
-                out = torch.empty((len(local), ctx.n), dtype=torch.float32)
+                if scan_buf is None or scan_buf.shape[0] < len(local):  # reused: no fresh pages per scan
+                    scan_buf = None
+                    scan_buf = torch.empty((len(local), ctx.n), dtype=torch.float32)
+                out = scan_buf[: len(local)]
                 return _fast_scores_cpu(ctx.qt.index_select(0, sel), ctx.ct, out), np.arange(len(local))
 
             _finalise_chunk(ctx, q0, lf, li, fast_rows)
