@@ -1118,11 +1118,14 @@ def _scan_windows(
     if fast.device.type == "cpu":
         full = fast.numpy()
         cols = []
+        # reused masks: a fresh row-sized array per pass would be fresh pages every time
+        gtm = np.empty(full.shape[1], dtype=bool)
+        win = np.empty(full.shape[1], dtype=bool)
         for k in range(n_entries):
             row = full[pos[k]]
-            gtm = row > hi[k]
+            np.greater(row, hi[k], out=gtm)
             above[k] = np.count_nonzero(gtm)
-            win = row >= lo[k]
+            np.greater_equal(row, lo[k], out=win)
             win ^= gtm  # hi >= lo, so "> hi" is a subset of ">= lo"
             w = np.flatnonzero(win)
             if w.size > max_amb:
