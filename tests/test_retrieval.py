@@ -172,6 +172,36 @@ def test_matches_naive_reference_beyond_top_list(runner, kind):
     assert res.n_ties.tolist() == ref_ties
 
 
+@pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
+@pytest.mark.parametrize("kind", KINDS)
+def test_faiss_tiled_counts_match_naive_reference(kind, monkeypatch):
+    """The faiss backend counts few judged candidates below its lists tile by tile
+    (_counts_by_tiles): with tiny tiles and passes (many of both, windows crossing tiles, huge
+    windows turning queries dense) the results equal the naive reference and the torch backend."""
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_TILED_SCAN_MIN_TILE", 16)
+    monkeypatch.setattr(search_mod, "_TILED_SCAN_QUERIES", 3)
+    monkeypatch.setattr(search_mod, "_TILED_SCAN_MIN_BYTES", 4 * 3 * 37)  # 37 candidates per tile
+    calls = []
+    real = search_mod._counts_by_tiles
+    monkeypatch.setattr(search_mod, "_counts_by_tiles", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(11 + KINDS.index(kind))
+    n_q, n, d = 9, 700, 12
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = random_judged(rng, n_q, n, max_judged=4)
+    depth = 5
+    ref_ranks, ref_tops, ref_ties, ref_scores = naive_search(q, c, judged, depth)
+    res = exact_search(q, c, judged, depth=depth, backend="faiss", max_chunk_bytes=1 << 12)
+    assert res.judged_ranks == ref_ranks
+    assert res.judged_scores == ref_scores
+    assert res.topk_indices.tolist() == ref_tops
+    assert res.n_ties.tolist() == ref_ties
+    assert_same_result(res, exact_search(q, c, judged, depth=depth, backend="torch", device="cpu"))
+    if kind in ("random", "unit"):
+        assert calls  # the tiled path ran
+
+
 def test_hand_example_pessimistic_ties():
     # one-dimensional embeddings make the scores obvious: score = candidate value
     c = np.array([[0.5], [0.9], [0.5], [0.5], [0.1]], dtype=np.float32)

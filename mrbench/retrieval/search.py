@@ -63,7 +63,11 @@ Backends
     window lies inside the list get their ranks from the list. For queries where a judged
     candidate lies below the list, or where a tie (or near-tie) touches the list boundary, the
     fast score row is recomputed with a PyTorch matmul for that query (the "exact row scan") and
-    handled exactly as the torch backend does.
+    handled exactly as the torch backend does. On the CPU with pools above ``_TILED_SCAN_MIN_TILE``
+    candidates, queries with only a few judged candidates below their list skip the full rows:
+    their fast scores are computed for many queries at once, one wide tile of candidates at a
+    time, and counted tile by tile (:func:`_counts_by_tiles`; at 1M candidates x 256 dims with
+    three judged candidates per query below the lists, 13 s -> 7.6 s per 1,000 queries).
 ``"auto"``
     torch on a GPU if one is available; on the CPU, torch for small problems (at most
     ``_SMALL_SEARCH`` query x candidate pairs, where both take the same time and importing faiss
@@ -1102,6 +1106,94 @@ def _counts_by_comparison(
     return gt, eq, too_big
 
 
+_TILED_SCAN_QUERIES = 512
+"""Most queries whose fast scores one pass of :func:`_counts_by_tiles` computes together."""
+_TILED_SCAN_MIN_TILE = 16384
+"""Fewest candidates per tile of :func:`_counts_by_tiles` (fewer queries per pass instead); pools
+of at most this many candidates keep the row scans."""
+_TILED_SCAN_MIN_BYTES = 1 << 22
+"""Smallest product tile of :func:`_counts_by_tiles`, in bytes, whatever the chunk budget."""
+
+
+def _counts_by_tiles(
+    ctx: _Ctx,
+    queries: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    s: np.ndarray,
+    max_amb: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_counts_by_comparison`'s ``(gt, eq, too_big)`` for judged pairs whose fast rows are
+    not at hand (the faiss backend on the CPU), without materialising full rows.
+
+    The fast scores of many queries are computed together, one wide tile of candidates at a time
+    (the pool is read once per pass, not once per few dozen recomputed rows), and each pair is
+    compared with its tile row while that row is in cache: ``f > hi`` counted, ``lo <= f <= hi``
+    collected for canonical rescoring. A pair whose window grows past ``max_amb`` entries stops
+    collecting and is flagged. The counts equal a row scan's: any float32 product is within the
+    error bound, and only the bound is relied on.
+    """
+    import torch
+
+    n = ctx.n
+    p_all = queries.size
+    gt = np.zeros(p_all, dtype=np.int64)
+    eq = np.zeros(p_all, dtype=np.int64)
+    too_big = np.zeros(p_all, dtype=bool)
+    if p_all == 0:
+        return gt, eq, too_big
+    # bytes for the product tile: a quarter of the chunk budget (row_elements is 1/256 of it); the
+    # rows of a faiss chunk's own scans, which these pairs no longer need, had it to themselves
+    scratch = max(_TILED_SCAN_MIN_BYTES, ctx.row_elements * 64)
+    rows = int(max(1, min(_TILED_SCAN_QUERIES, scratch // (4 * min(n, _TILED_SCAN_MIN_TILE)))))
+    tile = int(max(1, min(n, scratch // (4 * rows))))
+    order = np.argsort(queries, kind="stable")
+    _, first = np.unique(queries[order], return_index=True)
+    bounds = [*first[::rows].tolist(), p_all]
+    gtm = np.empty(tile, dtype=bool)
+    win = np.empty(tile, dtype=bool)
+    in_win = np.zeros(p_all, dtype=np.int64)
+    kks: list[int] = []  # pair of each collected window slice, its size, and the columns
+    kns: list[int] = []
+    ccs: list[np.ndarray] = []
+    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        ks = order[b0:b1]  # this pass's pairs, grouped by query
+        qs, p_row = np.unique(queries[ks], return_inverse=True)
+        q_t = ctx.qt.index_select(0, torch.from_numpy(qs.astype(np.int64)))
+        buf = torch.empty((qs.size, tile), dtype=torch.float32)
+        work = list(zip(ks.tolist(), p_row.reshape(-1).tolist(), lo[ks].tolist(), hi[ks].tolist()))
+        for n0 in range(0, n, tile):
+            n1 = min(n, n0 + tile)
+            w = n1 - n0
+            f = torch.mm(q_t, ctx.ct[n0:n1].T, out=buf[:, :w]).numpy()
+            g, v = gtm[:w], win[:w]
+            for k, r, lo_k, hi_k in work:
+                row = f[r]
+                np.greater(row, hi_k, out=g)
+                gt[k] += np.count_nonzero(g)
+                np.greater_equal(row, lo_k, out=v)
+                v ^= g  # hi >= lo, so "> hi" is a subset of ">= lo"
+                c = np.count_nonzero(v)
+                if c and not too_big[k]:
+                    in_win[k] += c
+                    if in_win[k] > max_amb:
+                        too_big[k] = True
+                    else:
+                        kks.append(k)
+                        kns.append(c)
+                        ccs.append(v.nonzero()[0] + n0)
+    if kks:
+        kk = np.repeat(np.asarray(kks, dtype=np.int64), kns)
+        cc = np.concatenate(ccs).astype(np.int64)
+        keep = ~too_big[kk]
+        kk, cc = kk[keep], cc[keep]
+        sc = ctx.canon(queries[kk], cc)
+        ref = s[kk]
+        gt += np.bincount(kk, weights=sc > ref, minlength=p_all).astype(np.int64)
+        eq += np.bincount(kk, weights=sc == ref, minlength=p_all).astype(np.int64)
+    return gt, eq, too_big
+
+
 def _scan_windows(
     fast: "torch.Tensor", pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, block: int, max_amb: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1219,6 +1311,7 @@ def _finalise_chunk(
     li: np.ndarray,
     fast_rows: Callable[[np.ndarray], tuple["torch.Tensor", np.ndarray]],
     scan_rows: int | None = None,
+    tiled_scan: bool = False,
 ) -> None:
     """Exact results for queries ``q0 .. q0+len(lf)`` from their fast top lists.
 
@@ -1295,10 +1388,19 @@ def _finalise_chunk(
 
     # --- row scans: pools touching the list boundary, judged candidates below the list --------
     bad = sparse[~in_list[sparse]]
+    max_amb = n // _DENSE_AMBIGUOUS
+    if tiled_scan and bad.size:
+        # few judged candidates below the list per query: counted tile by tile, no full rows
+        per_row = np.bincount(jq[bad], minlength=c)
+        few = bad[per_row[jq[bad]] <= _few_pairs(n)]
+        if few.size:
+            gt, eq, big = _counts_by_tiles(ctx, q0 + jq[few], lo32[few], hi32[few], pairs.score[few], max_amb)
+            pairs.gt[few], pairs.eq[few] = gt, eq
+            dense[jq[few[big]]] = True
+            bad = bad[per_row[jq[bad]] > _few_pairs(n)]
     scan = np.unique(np.concatenate([np.flatnonzero(~pool_ok & ~dense), jq[bad]]))
     step = max(1, scan_rows if scan_rows is not None else ctx.scan_rows)
     block = max(1, min(step, ctx.scan_block))  # rows per comparison block (GPU; the CPU goes row by row)
-    max_amb = n // _DENSE_AMBIGUOUS
     for s0 in range(0, scan.size, step):
         sub = scan[s0 : s0 + step]
         fast, row_map = fast_rows(sub)  # fast scores of the rows ``sub``
@@ -1909,6 +2011,7 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
                 out = scan_buf[: len(local)]
                 return _fast_scores_cpu(ctx.qt.index_select(0, sel), ctx.ct, out), np.arange(len(local))
 
-            _finalise_chunk(ctx, q0, lf, li, fast_rows)
+            # faiss keeps no score rows: few judged candidates below a list are counted tile by tile
+            _finalise_chunk(ctx, q0, lf, li, fast_rows, tiled_scan=ctx.faiss_device is None and ctx.n > _TILED_SCAN_MIN_TILE)
             if progress is not None:
                 progress(q1 - q0)
