@@ -142,7 +142,7 @@ def test_corrupt_shard_data_found_late(tmp_path, caplog):
 def test_dimension_conflict(tmp_path):
     c = EmbeddingCache(tmp_path, "enc@r1")
     c.put_many(_keys(2), np.ones((2, 4), np.float32))
-    with pytest.raises(EncoderError, match="dimension 8"):
+    with pytest.raises(EncoderError, match="the batch being written holds dimension 8 but a batch written earlier holds 4"):
         c.put_many(_keys(2, "y"), np.ones((2, 8), np.float32))
     # two shards on disk that disagree: fatal when the index is built
     with open(c.path / "shard-99999999999999999999-other.npz", "wb") as f:

@@ -40,6 +40,7 @@ CACHE_ENV = "MRBENCH_CACHE"
 
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _KEY_DTYPE = "<U64"
+_BATCH_BEING_WRITTEN = "the batch being written"
 
 
 def default_cache_root() -> Path:
@@ -218,7 +219,9 @@ class EmbeddingCache:
 
     def _check_dim(self, d: int, source: Path | str) -> None:
         if self._dim is None:
-            self._dim, self._dim_source = d, str(source)
+            # a batch this object wrote is later compared with the next one: name it as such
+            self._dim = d
+            self._dim_source = "a batch written earlier" if source == _BATCH_BEING_WRITTEN else str(source)
         elif d != self._dim:
             raise EncoderError(
                 f"embedding cache {self.path}: {source} holds dimension {d} but {self._dim_source} holds "
@@ -267,7 +270,7 @@ class EmbeddingCache:
         if len(keys) == 0:
             return None
         index = self._ensure_index()
-        self._check_dim(emb.shape[1], "the batch being written")
+        self._check_dim(emb.shape[1], _BATCH_BEING_WRITTEN)
         key_arr = np.asarray(list(keys), dtype=_KEY_DTYPE)
         self.path.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.npz"
