@@ -5,7 +5,8 @@ take for the batch at ``--forward-rate`` items/s (default 19,300 images/s: open_
 bf16 on an H100, measured by ``bench_encode.py``) and returns constant embeddings. Everything else
 is :func:`mrbench.encoders.harness.encode_items` as ``evaluate`` runs it on MRBench-Synth's images —
 hashing, decoding with the model-like transform (resize 224 + centre crop, uint8), or reading a warm
-pixel cache, batching, validation. ``share`` = harness rate / forward rate: the fraction of the GPU's
+pixel cache, batching, validation (and, in the last row, writing the embedding cache as ``evaluate``
+does). ``share`` = harness rate / forward rate: the fraction of the GPU's
 rate the pipeline sustains on this machine's cores (the speed goal asks >= 0.8 on a GPU).
 
     python benchmarks/bench_feed.py --out benchmarks/results/feed_cpu.json
@@ -41,7 +42,7 @@ class SimulatedGPUEncoder:
         self._stage = Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size)])
         self.transform_id = f"simulated-gpu-{size}"
         self._tokenizer = None
-        self.meta = EncoderMeta(name="simulated-gpu", revision="1", dim=8, batch_size=batch_size,
+        self.meta = EncoderMeta(name="simulated-gpu", revision="1", dim=512, batch_size=batch_size,
                                 modalities=("text", "image"))
 
     def pixel_transform(self):
@@ -69,7 +70,7 @@ class SimulatedGPUEncoder:
     def encode(self, items, *, role, task):
         rate = self.text_rate if all(it.image_path is None for it in items) else self.rate
         time.sleep(len(items) / rate)
-        return np.ones((len(items), 8), dtype=np.float32)
+        return np.ones((len(items), 512), dtype=np.float32)  # ViT-B/32 embeds in 512 dims
 
 
 def main() -> None:
@@ -98,14 +99,14 @@ def main() -> None:
     texts = (t2i.queries * (1 + args.n_texts // max(1, len(t2i.queries))))[: args.n_texts]
     rows = []
 
-    def run(groups: list[tuple[str, list]], role: str, pixel_cache) -> tuple[float, EncodeStats]:
+    def run(groups: list[tuple[str, list]], role: str, pixel_cache, cache=None) -> tuple[float, EncodeStats]:
         stats = EncodeStats()
         t0 = time.perf_counter()
         # the short thread switch interval encode_items uses when it feeds a CUDA encoder
         with _short_switch_interval(True):
             for name, items in groups:
                 encode_items(enc, items, role=role, task=bench.task(name), bench=bench, batch_size=args.batch,
-                             num_workers=workers, pixel_cache=pixel_cache, stats=stats)
+                             num_workers=workers, pixel_cache=pixel_cache, stats=stats, cache=cache)
         return time.perf_counter() - t0, stats
 
     def row(label: str, n: int, rate: float, wall: float, stats: EncodeStats) -> dict:
@@ -130,6 +131,12 @@ def main() -> None:
     try:
         run([("t2i", texts[: 2 * args.batch])], "query", None)
         rows.append(row("texts, tokenised ahead", len(texts), args.text_rate, *run([("t2i", texts)], "query", None)))
+        # as evaluate runs it: the embeddings also written to an (empty) embedding cache
+        from mrbench.encoders.cache import EmbeddingCache
+
+        with tempfile.TemporaryDirectory() as d:
+            rows.append(row("texts, + embedding cache", len(texts), args.text_rate,
+                            *run([("t2i", texts)], "query", None, EmbeddingCache(d, "simulated-gpu@1"))))
     finally:
         harness._gpu_decode_device = real
     out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "workers": workers,

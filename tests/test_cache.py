@@ -243,3 +243,32 @@ def test_encoded_batches_are_written_in_few_shards(tmp_path, monkeypatch, caplog
         encode_items(eb.ScriptedEncoder(dies_on_second, batch_size=3), task.queries, role="query", task=task,
                      bench=bench, cache=fourth)
     assert any("could not write 3 encoded embeddings to the cache: disk full" in r.getMessage() for r in caplog.records)
+
+
+def test_background_cache_write_errors_are_raised(tmp_path, monkeypatch):
+    """Shards are written by a background thread; a write that fails there fails encode_items (no
+    silent loss), and every shard is on disk when encode_items returns."""
+    import mrbench.encoders.harness as harness
+
+    monkeypatch.setattr(harness, "CACHE_FLUSH_ROWS", 3)
+    bench = eb.text_bench(10)
+    task = bench.tasks[0]
+    ok = EmbeddingCache(tmp_path, "scripted@ok")
+    encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items), batch_size=3), task.queries,
+                 role="query", task=task, bench=bench, cache=ok)
+    assert sorted(len(np.load(p)["keys"]) for p in ok.path.glob("shard-*.npz")) == [1, 3, 3, 3]
+    assert EmbeddingCache(tmp_path, "scripted@ok").get_many([ok.key("query", None, "nothing")])[0].tolist() == [False]
+
+    bad = EmbeddingCache(tmp_path, "scripted@bad")
+    calls = []
+
+    def fails_second(keys, emb):
+        calls.append(len(keys))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return EmbeddingCache.put_many(bad, keys, emb)
+
+    monkeypatch.setattr(bad, "put_many", fails_second)
+    with pytest.raises(OSError, match="disk full"):
+        encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items), batch_size=3), task.queries,
+                     role="query", task=task, bench=bench, cache=bad)
