@@ -299,8 +299,8 @@ class EmbeddingCache:
         returns the new shards (``paths`` unchanged when there are fewer than two).
 
         Meant for one writer compacting what it wrote itself (``mrbench encode``: each rank merges
-        its own per-batch shards), so a namespace filled by many processes ends up with a handful of
-        files instead of one per batch. The new shards are written (atomically, under fresh unique
+        its own shards, one per few thousand rows), so a namespace filled by many processes ends up with
+        a handful of files instead of many small ones. The new shards are written (atomically, under fresh unique
         names) before the old ones are deleted, so a crash in between leaves duplicates, never a
         loss. Other writers' shards are untouched; only a reader that indexed ``paths`` *before* the
         merge and loads them afterwards misses them (it logs a corrupt-shard warning and

@@ -18,7 +18,7 @@ cached and only retrieves and scores:
    the harness (:func:`~mrbench.encoders.harness.encode_items`: cache hits skipped, batches
    validated) into the shared cache. Shard file names carry time, pid and a random token, and no
    index file is shared, so concurrent ranks never clobber each other.
-4. **Merge** — each rank rewrites the per-batch shards it wrote as one shard
+4. **Merge** — each rank rewrites the shards it wrote as one shard
    (:meth:`~mrbench.encoders.cache.EmbeddingCache.merge_shards`), so the namespace ends with about
    one file per rank.
 5. **Validate** — after a barrier, every rank sends its keys to rank 0, which rescans the cache
@@ -405,7 +405,7 @@ def encode_benchmark(
         store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir)
         rec = _RecordingCache(store)
         # Every rank indexes the shards already on disk *before* any rank writes: a rank never lists
-        # another's per-batch shards, which that rank deletes when it merges them (the shares are
+        # another's shards, which that rank deletes when it merges them (the shares are
         # disjoint, so no rank needs another's new entries).
         len(store)
         ctx.barrier()

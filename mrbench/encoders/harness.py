@@ -14,8 +14,10 @@ The harness — not the encoder — owns:
   the current one is encoded (a bounded queue: :data:`PREFETCH_BATCHES` prepared and one decoding
   behind them, so memory stays flat on any pool size); optionally an on-disk cache of preprocessed pixels
   (:mod:`mrbench.encoders.pixel_cache`, off by default);
-* **caching**: only cache misses are encoded; each batch is validated and written to the cache at
-  once, so an interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
+* **caching**: only cache misses are encoded; each batch is validated, and the embeddings are written
+  to the cache by a background thread, one shard per :data:`CACHE_FLUSH_ROWS` rows or
+  :data:`CACHE_FLUSH_SECONDS` seconds and whatever is left when the call ends or fails, so an
+  interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
   ``False`` (their output depends on more than content, like the oracle) bypass the cache;
 * **validation** of every batch: array-like (numpy, torch tensors, nested lists) convertible to
   float32, shape ``[len(batch), D]``, the same ``D`` in every batch and equal to ``meta.dim`` when set,
@@ -1215,7 +1217,8 @@ def encode_items(
         items: queries or candidates of ``task`` (any objects with ``id``, ``text``, ``image``, ``meta``).
         role: ``"query"`` or ``"candidate"`` (selects the instruction and the cache key).
         task, bench: the task (instructions, metadata) and its benchmark (image root, vocabulary).
-        cache: embedding cache; hits are reused, misses encoded and written batch by batch.
+        cache: embedding cache; hits are reused, misses encoded and written as they come (see
+            "caching" above); everything is written when the call returns or raises.
         batch_size: items per ``encode`` call (default ``encoder.meta.batch_size``).
         num_workers: threads decoding images, running the encoder's ``prepare_image`` hook and
             hashing files (Pillow and torch transforms release the GIL); 0 decodes inline; ``None``
