@@ -202,6 +202,21 @@ def test_faiss_tiled_counts_match_naive_reference(kind, monkeypatch):
         assert calls  # the tiled path ran
 
 
+def test_scan_windows_per_entry_allowance():
+    """_scan_windows flags a window larger than its own entry's allowance (as _counts_by_tiles uses
+    it: what is left of max_amb after earlier tiles) and keeps the others' columns."""
+    from mrbench.retrieval.search import _scan_windows
+
+    fast = torch.tensor([[0.0, 1.0, 1.0, 1.0, 2.0], [1.0, 1.0, 3.0, 0.0, 0.0]])
+    pos = np.array([0, 0, 1])
+    lo = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+    hi = np.array([1.0, 1.0, 1.0], dtype=np.float32)
+    above, big, kk, cc = _scan_windows(fast, pos, lo, hi, 1, np.array([3, 2, 2]))
+    assert above.tolist() == [1, 1, 1] and big.tolist() == [False, True, False]
+    assert kk.tolist() == [0, 0, 0, 2, 2] and cc.tolist() == [1, 2, 3, 0, 1]
+    assert _scan_windows(fast, pos, lo, hi, 1, 2)[1].tolist() == [True, True, False]
+
+
 def test_hand_example_pessimistic_ties():
     # one-dimensional embeddings make the scores obvious: score = candidate value
     c = np.array([[0.5], [0.9], [0.5], [0.5], [0.1]], dtype=np.float32)
