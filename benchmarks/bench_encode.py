@@ -49,14 +49,14 @@ def _timed(fn, device: str, repeats: int = 1) -> float:
 
 
 def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
-                   kinds: tuple[str, ...] = ("auto",), n_texts: int = 8192) -> list[dict]:
+                   kinds: tuple[str, ...] = ("auto",), n_texts: int = 8192, one_call: bool = False) -> list[dict]:
     """Rows for open_clip ViT-B/32. Image kinds: decode worker kinds (``auto``, ``thread``,
     ``process``, ``gpu``) and ``cache`` (a warm pixel cache: filled by one untimed pass, then timed).
     Texts: the raw baseline is the text tower on token ids already on the device (tokenisation is
     harness work, done ahead in worker processes); ``raw_incl_tokenize_per_s`` adds it back."""
     import torch
 
-    from mrbench.encoders.harness import encode_items
+    from mrbench.encoders.harness import EncodeStats, encode_items
     from mrbench.encoders.pixel_cache import PixelCache
     from mrbench.encoders.registry import get_encoder
     from mrbench.encoders.runtime import autocast
@@ -71,21 +71,29 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
         by_task.setdefault(t.name, []).append(c)
     first = next(iter(by_task))
     harness: dict[str, float] = {}
+    stats: dict[str, EncodeStats] = {}
     with tempfile.TemporaryDirectory() as pix_dir:
         for kind in kinds:
             decode = "auto" if kind == "cache" else kind
             pcache = PixelCache(pix_dir) if kind == "cache" else False
 
-            def harness_images(decode: str = decode, pcache=pcache) -> None:
+            def harness_images(decode: str = decode, pcache=pcache, st: EncodeStats | None = None) -> None:
                 for name, items in by_task.items():
                     encode_items(enc, items, role="candidate", task=bench.task(name), bench=bench, batch_size=batch,
-                                 num_workers=workers, workers=decode, pixel_cache=pcache)
+                                 num_workers=workers, workers=decode, pixel_cache=pcache, stats=st)
 
             encode_items(enc, by_task[first][:batch], role="candidate", task=bench.task(first), bench=bench,
                          batch_size=batch, num_workers=workers, workers=decode)  # warm-up (kernels, allocator, pool)
             if kind == "cache":
                 harness_images()  # fills the pixel cache (untimed)
-            harness[kind] = _timed(harness_images, device)
+            stats[kind] = EncodeStats()
+            harness[kind] = _timed(lambda: harness_images(st=stats[kind]), device)
+            if kind == "cache" and one_call:  # the same images in one call: the pipeline's steady rate
+                every = [c for items in by_task.values() for c in items]
+                stats["cache, one call"] = EncodeStats()
+                harness["cache, one call"] = _timed(lambda: encode_items(
+                    enc, every, role="candidate", task=bench.task(first), bench=bench, batch_size=batch,
+                    num_workers=workers, pixel_cache=pcache, stats=stats["cache, one call"]), device)
     from mrbench.encoders.harness import load_rgb
 
     sample = [c for c in by_task[first][:batch]]
@@ -100,15 +108,16 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
     t_r = _timed(raw_images, device, reps)
     n_raw = reps * len(sample)
     for kind, t_h in harness.items():
-        label = "images (warm pixel cache)" if kind == "cache" else f"images ({kind} decode)"
-        rows.append(_row("openclip ViT-B/32", label, len(cands), t_h, n_raw, t_r, enc))
+        label = f"images (warm pixel {kind})" if kind.startswith("cache") else f"images ({kind} decode)"
+        rows.append(_row("openclip ViT-B/32", label, len(cands), t_h, n_raw, t_r, enc, stats[kind]))
 
     t2i = bench.task("t2i")
     texts = t2i.queries
     texts = (texts * (1 + n_texts // max(1, len(texts))))[:n_texts]
     encode_items(enc, texts[: 2 * batch], role="query", task=t2i, bench=bench, batch_size=batch, num_workers=workers)
+    st = EncodeStats()
     t_h = _timed(lambda: encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=batch,
-                                      num_workers=workers), device)
+                                      num_workers=workers, stats=st), device)
     batch_texts = [q.text for q in texts[:batch]]
     tokens = enc.tokenizer(batch_texts).to(device)
 
@@ -125,7 +134,7 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
     reps = max(1, len(texts) // batch)
     t_r = _timed(raw_tokens, device, reps)
     t_rt = _timed(raw_texts, device, reps)
-    row = _row("openclip ViT-B/32", "texts", len(texts), t_h, reps * batch, t_r, enc)
+    row = _row("openclip ViT-B/32", "texts", len(texts), t_h, reps * batch, t_r, enc, st)
     row["raw_incl_tokenize_per_s"] = round(reps * batch / t_rt, 1)
     row["ratio_vs_raw_incl_tokenize"] = round((len(texts) / t_h) / (reps * batch / t_rt), 3)
     rows.append(row)
@@ -215,12 +224,15 @@ def bench_ret(bench, device: str, n_queries: int, batch: int, workers: int, size
             for kind, t_h in harness.items()]
 
 
-def _row(model: str, what: str, n_h: int, t_h: float, n_r: int, t_r: float, enc) -> dict:
+def _row(model: str, what: str, n_h: int, t_h: float, n_r: int, t_r: float, enc, stats=None) -> dict:
     h, r = n_h / t_h, n_r / t_r
-    return {"model": model, "items": what, "harness_items": n_h, "harness_s": round(t_h, 3),
-            "harness_per_s": round(h, 1), "raw_items": n_r, "raw_s": round(t_r, 3), "raw_per_s": round(r, 1),
-            "ratio": round(h / r, 3), "device": enc.device, "precision": enc.meta.extra.get("precision"),
-            "batch_size": enc.batch_size}
+    row = {"model": model, "items": what, "harness_items": n_h, "harness_s": round(t_h, 3),
+           "harness_per_s": round(h, 1), "raw_items": n_r, "raw_s": round(t_r, 3), "raw_per_s": round(r, 1),
+           "ratio": round(h / r, 3), "device": enc.device, "precision": enc.meta.extra.get("precision"),
+           "batch_size": enc.batch_size}
+    if stats is not None:  # where the harness's wall went: waiting for inputs, and in (or waiting on) the encoder
+        row |= {"input_wait_s": round(stats.input_wait_seconds, 3), "encoder_s": round(stats.encode_seconds, 3)}
+    return row
 
 
 def main() -> None:
@@ -237,18 +249,26 @@ def main() -> None:
     ap.add_argument("--decode", default="auto", help="comma-separated image paths to time: auto,thread,process,gpu "
                     "(decode worker kinds) and cache (a warm pixel cache)")
     ap.add_argument("--n-texts", type=int, default=8192)
+    ap.add_argument("--one-call", action="store_true", help="with cache in --decode: also time every image in one "
+                    "encode_items call (the pipeline's steady rate, without the per-task start and drain)")
+    ap.add_argument("--sync", action="store_true", help="A/B: the harness calls encode() and waits for each batch "
+                    "instead of queueing the next one first (encode_async)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import mrbench
     import torch
 
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
+    if args.sync:
+        from mrbench.encoders import harness
+
+        harness.async_encode_of = lambda encoder: None
     bench = mrbench.load_benchmark("mrbench-synth")
     rows: list[dict] = []
     fams = args.families.split(",")
     if "openclip" in fams:
         rows += bench_openclip(bench, args.device, args.n_images, args.batch, workers, tuple(args.decode.split(",")),
-                               n_texts=args.n_texts)
+                               n_texts=args.n_texts, one_call=args.one_call)
     if "ret" in fams:
         rows += bench_ret(bench, args.device, args.n_queries, args.ret_batch, workers, args.ret_size,
                           args.summary_tokens, tuple(args.decode.split(",")))

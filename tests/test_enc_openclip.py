@@ -663,3 +663,20 @@ def test_truncation_counted_from_the_tokenised_rows(tiny):
     b = enc.encode([dataclasses.replace(it, tokens=rows[k]) for k, it in enumerate(items)], role="query", task=TASK)
     assert n_inline == 2 and enc.truncated_texts == 2 * n_inline
     np.testing.assert_array_equal(a, b)
+
+
+def test_async_encode_gives_what_encode_gives(tiny, small_bench):
+    """The harness collects each batch one behind through ``encode_async``; forcing the plain
+    ``encode`` (defined on the instance, so the harness must not bypass it) changes nothing."""
+    from mrbench.encoders.harness import async_encode_of
+
+    bench = small_bench
+    task = next(t for t in bench.tasks if any(c.image for c in t.candidates))
+    enc = make(tiny.st, batch_size=3)
+    assert async_encode_of(enc) is not None
+    ahead = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    enc.encode = enc.encode
+    assert async_encode_of(enc) is None
+    plain = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    np.testing.assert_array_equal(ahead, plain)
+    assert enc.encode_async([], role="candidate", task=TASK)().shape == (0, enc.meta.dim)

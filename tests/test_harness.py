@@ -325,3 +325,76 @@ def test_device_stager_leaves_what_it_cannot_stack_alone():
     for loaded in cases:
         out, ready = stager.stage(loaded)
         assert out is loaded and ready is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# asynchronous encoders: batch b is checked after batch b + 1 is queued
+
+
+class AsyncScripted(eb.ScriptedEncoder):
+    """``encode_async`` that records when each call is launched and when its result is collected."""
+
+    def __init__(self, fn, **kw):
+        super().__init__(fn, **kw)
+        self.events: list[tuple[str, int]] = []
+
+    def encode_async(self, items, *, role, task):
+        k = len(self.calls)
+        out = self.encode(items, role=role, task=task)  # a failing call fails at launch
+        self.events.append(("launch", k))
+
+        def finish():
+            self.events.append(("finish", k))
+            return out
+
+        return finish
+
+
+def test_async_encoder_results_collected_one_batch_behind():
+    enc = AsyncScripted(lambda items, role, k: eb.hashed(items), batch_size=3)
+    stats, seen = EncodeStats(), []
+    got = _run(enc, n=10, stats=stats, progress=seen.append)
+    assert enc.events == [("launch", 0), ("launch", 1), ("finish", 0), ("launch", 2), ("finish", 1),
+                          ("launch", 3), ("finish", 2), ("finish", 3)]
+    assert seen == [3, 3, 3, 1] and (stats.encoded, stats.batches) == (10, 4)
+    np.testing.assert_array_equal(got, _run(_enc(lambda items, role, k: eb.hashed(items), batch_size=3), n=10))
+
+
+def test_async_launch_failure_still_stores_the_batch_in_flight(tmp_path):
+    from mrbench.encoders.cache import EmbeddingCache
+
+    def dies_on_third(items, role, k):
+        if k == 2:
+            raise KeyboardInterrupt
+        return eb.hashed(items)
+
+    bench = eb.text_bench(10)
+    task = bench.tasks[0]
+    first = AsyncScripted(dies_on_third, batch_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        encode_items(first, task.queries, role="query", task=task, bench=bench, cache=EmbeddingCache(tmp_path, "s@1"))
+    assert first.events == [("launch", 0), ("launch", 1), ("finish", 0), ("finish", 1)]
+    second = _enc(lambda items, role, k: eb.hashed(items), batch_size=3)
+    encode_items(second, task.queries, role="query", task=task, bench=bench, cache=EmbeddingCache(tmp_path, "s@1"))
+    assert second.calls == [["q6", "q7", "q8"], ["q9"]]
+
+
+def test_async_encode_used_only_where_it_cannot_bypass_encode():
+    from mrbench.encoders.harness import async_encode_of
+
+    fn = lambda items, role, k: eb.hashed(items)  # noqa: E731
+    assert async_encode_of(_enc(fn)) is None  # no encode_async
+    enc = AsyncScripted(fn)
+    assert async_encode_of(enc) == enc.encode_async
+
+    class OwnEncode(AsyncScripted):  # encode overridden below the class that defines encode_async
+        def encode(self, items, *, role, task):
+            return super().encode(items, role=role, task=task) * 2
+
+    assert async_encode_of(OwnEncode(fn)) is None
+    patched = AsyncScripted(fn)
+    patched.encode = lambda items, *, role, task: eb.hashed(items)
+    assert async_encode_of(patched) is None
+    per_instance = _enc(fn)
+    per_instance.encode_async = lambda items, *, role, task: (lambda: eb.hashed(items))
+    assert async_encode_of(per_instance) is per_instance.encode_async

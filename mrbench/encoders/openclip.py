@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -261,14 +261,14 @@ class OpenClipEncoder(DualTowerEncoder):
             pixels = pixels.float().div_(255.0).sub_(mean).div_(std)
         return self.model.encode_image(pixels)
 
-    def encode(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> np.ndarray:
+    def encode_async(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> Callable[[], np.ndarray]:
         # counted once per call here, not per micro-batch (an out-of-memory retry would count twice)
         rows = [it.tokens for it in items if it.text]
         if rows and all(r is not None for r in rows):  # tokenised ahead: the flag column counts the cut ones
             self.count_truncated(int(sum(int(np.asarray(r)[-1]) for r in rows)))
         elif rows:
             self.count_truncated(self.count_too_long([self.text_of(it) for it in items if it.text]))
-        return super().encode(items, role=role, task=task)
+        return super().encode_async(items, role=role, task=task)
 
     # -- truncation -------------------------------------------------------------------------------
     def count_too_long(self, texts: list[str]) -> int:

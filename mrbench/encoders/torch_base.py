@@ -14,7 +14,7 @@ image-only candidate ties).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,17 +75,46 @@ class TorchEncoder:
             self.meta.extra["batch_size_after_oom"] = bs
 
     def encode(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> np.ndarray:
+        return self.encode_async(items, role=role, task=task)()
+
+    def encode_async(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> Callable[[], np.ndarray]:
+        """Start encoding ``items``; the returned function waits and gives float32 ``[len(items), D]``.
+
+        On a CUDA device the micro-batches' forwards are queued, each output is copied to pinned
+        host memory without waiting, and the function waits on an event recorded after the copies:
+        the caller can queue the next batch before it waits for this one, so the GPU does not idle
+        while the host checks a batch (the harness does this, see
+        :func:`mrbench.encoders.harness.encode_items`). Elsewhere the work is done before this returns.
+        Subclasses that add work to every call override this method (:meth:`encode` calls it).
+        """
         import torch
+
+        on_cuda = torch.device(self.device).type == "cuda"
 
         def run(chunk: Sequence[EncodeInput]) -> torch.Tensor:
             with torch.inference_mode(), autocast(self.device, self.dtype):
                 out = self._forward(chunk, role=role, task=task)
-            return out.detach().float().cpu()
+            out = out.detach().float()
+            if on_cuda and out.is_cuda:
+                host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+                return host.copy_(out, non_blocking=True)
+            return out.cpu()
 
         parts = run_with_backoff(run, list(items), self.batch_size, label=self.meta.name, on_shrink=self._shrink)
         if not parts:
-            return np.zeros((0, self.meta.dim or 0), dtype=np.float32)
-        return torch.cat(parts).numpy()
+            empty = np.zeros((0, self.meta.dim or 0), dtype=np.float32)
+            return lambda: empty
+        done = None
+        if on_cuda:
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+
+        def finish() -> np.ndarray:
+            if done is not None:
+                done.synchronize()
+            return (parts[0] if len(parts) == 1 else torch.cat(parts)).numpy()
+
+        return finish
 
 
 class DualTowerEncoder(TorchEncoder):
