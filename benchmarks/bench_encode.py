@@ -49,7 +49,8 @@ def _timed(fn, device: str, repeats: int = 1) -> float:
 
 
 def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
-                   kinds: tuple[str, ...] = ("auto",), n_texts: int = 8192, one_call: bool = False) -> list[dict]:
+                   kinds: tuple[str, ...] = ("auto",), n_texts: int = 8192, one_call: bool = False,
+                   graphs: bool = True) -> list[dict]:
     """Rows for open_clip ViT-B/32. Image kinds: decode worker kinds (``auto``, ``thread``,
     ``process``, ``gpu``) and ``cache`` (a warm pixel cache: filled by one untimed pass, then timed).
     Texts: the raw baseline is the text tower on token ids already on the device (tokenisation is
@@ -61,7 +62,7 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
     from mrbench.encoders.registry import get_encoder
     from mrbench.encoders.runtime import autocast
 
-    enc = get_encoder("openclip:ViT-B-32", random_init=True, device=device, batch_size=batch)
+    enc = get_encoder("openclip:ViT-B-32", random_init=True, device=device, batch_size=batch, cuda_graphs=graphs)
     rows = []
     # images: candidate pools of the image-candidate tasks
     cands = [(t, c) for t in bench.tasks if t.candidate_modality == "image" for c in t.candidates]
@@ -107,9 +108,24 @@ def bench_openclip(bench, device: str, n_images: int, batch: int, workers: int,
     raw_images()
     t_r = _timed(raw_images, device, reps)
     n_raw = reps * len(sample)
+    t_rg = None
+    if device.startswith("cuda"):  # the same forward replayed from a CUDA graph (what cuda_graphs=True runs)
+        from mrbench.encoders.runtime import GraphedCall
+
+        graphed = GraphedCall(enc.encode_images, label="raw")
+
+        def raw_graphed() -> None:
+            with torch.inference_mode(), autocast(enc.device, enc.dtype):
+                graphed(pix)
+
+        raw_graphed()
+        t_rg = _timed(raw_graphed, device, reps)
+        del graphed
     for kind, t_h in harness.items():
         label = f"images (warm pixel {kind})" if kind.startswith("cache") else f"images ({kind} decode)"
         rows.append(_row("openclip ViT-B/32", label, len(cands), t_h, n_raw, t_r, enc, stats[kind]))
+        if t_rg is not None:
+            rows[-1]["raw_graphed_per_s"] = round(n_raw / t_rg, 1)
 
     t2i = bench.task("t2i")
     texts = t2i.queries
@@ -251,6 +267,7 @@ def main() -> None:
     ap.add_argument("--n-texts", type=int, default=8192)
     ap.add_argument("--one-call", action="store_true", help="with cache in --decode: also time every image in one "
                     "encode_items call (the pipeline's steady rate, without the per-task start and drain)")
+    ap.add_argument("--eager", action="store_true", help="A/B: open_clip without CUDA graphs (cuda_graphs=False)")
     ap.add_argument("--sync", action="store_true", help="A/B: the harness calls encode() and waits for each batch "
                     "instead of queueing the next one first (encode_async)")
     ap.add_argument("--out", type=Path)
@@ -268,7 +285,7 @@ def main() -> None:
     fams = args.families.split(",")
     if "openclip" in fams:
         rows += bench_openclip(bench, args.device, args.n_images, args.batch, workers, tuple(args.decode.split(",")),
-                               n_texts=args.n_texts, one_call=args.one_call)
+                               n_texts=args.n_texts, one_call=args.one_call, graphs=not args.eager)
     if "ret" in fams:
         rows += bench_ret(bench, args.device, args.n_queries, args.ret_batch, workers, args.ret_size,
                           args.summary_tokens, tuple(args.decode.split(",")))

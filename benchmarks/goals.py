@@ -208,7 +208,7 @@ def entry_encode(ctx: Ctx) -> dict[str, Any]:
         return _encode_feed_proxy(ctx)
     out = ctx.tmp / "encode.json"
     cmd = [sys.executable, _script("bench_encode.py"), "--device", ctx.device, "--families", "openclip",
-           "--decode", "auto,cache"]
+           "--decode", "auto,cache", "--one-call"]
     cmd += (["--n-images", "512", "--batch", "128", "--n-texts", "1024"] if ctx.args.quick
             else ["--n-images", "4096", "--batch", "256", "--n-texts", "16384"])
     cmd += ["--workers", str(min(16, os.cpu_count() or 1)), "--out", str(out)]

@@ -442,6 +442,7 @@ def test_weights_required_and_conflicting_kwargs(tiny, tmp_path):
     _expect(EncoderError, "tiny", "not found", model_config=str(tmp_path / "cfg.json"), random_init=True)
     _expect(EncoderError, "tiny", "pretrained must be a string", pretrained=3)
     _expect(EncoderError, "tiny", "batch_size must be a positive integer", batch_size=0)
+    _expect(EncoderError, "tiny", "cuda_graphs must be true or false", cuda_graphs="yes")
     _expect(EncoderError, "", "empty spec")
 
 
@@ -680,3 +681,24 @@ def test_async_encode_gives_what_encode_gives(tiny, small_bench):
     plain = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
     np.testing.assert_array_equal(ahead, plain)
     assert enc.encode_async([], role="candidate", task=TASK)().shape == (0, enc.meta.dim)
+
+
+def test_cuda_graphs_only_on_a_cuda_device(tiny):
+    enc = make(tiny.st)
+    assert enc.cuda_graphs is False and enc.meta.extra["cuda_graphs"] is False  # CPU: eager, recorded
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_give_what_the_eager_forward_gives(tiny, small_bench):
+    bench = small_bench
+    task = next(t for t in bench.tasks if any(c.image for c in t.candidates))
+    t2i = next(t for t in bench.tasks if t.query_modality == "text")
+    kw = dict(device="cuda", precision="bf16", batch_size=4)
+    graphed, eager = make(tiny.st, **kw), make(tiny.st, **kw, cuda_graphs=False)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    for role, items, t in (("candidate", task.candidates, task), ("query", t2i.queries, t2i)):
+        a = encode_items(graphed, items, role=role, task=t, bench=bench, num_workers=2)
+        b = encode_items(eager, items, role=role, task=t, bench=bench, num_workers=2)
+        np.testing.assert_array_equal(a, b)
+    assert set(graphed._graphed) == {"encode_images", "encode_tokens"}
+    assert all(g.graphs and not g.failed for g in graphed._graphed.values())

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from mrbench.data.schema import TaskInfo  # noqa: E402
 from mrbench.encoders.base import EncodeInput, EncoderMeta  # noqa: E402
 from mrbench.encoders.runtime import (  # noqa: E402
+    GraphedCall,
     check_tokenizer,
     dir_revision,
     file_revision,
@@ -253,3 +254,43 @@ def test_encoders_listing_shows_extras() -> None:
     for name in ("openclip:<spec>", "hf:<spec>", "st:<spec>", "vlm2vec:<spec>", "ret:<spec>", "minilm"):
         assert name in res.output
     assert "mrbench[clip]" in res.output and "mrbench[mllm]" in res.output
+
+
+def test_graphed_call_runs_eagerly_off_cuda_with_grad_or_when_not_eligible() -> None:
+    calls = []
+
+    def fn(x):
+        calls.append(tuple(x.shape))
+        return x * 2
+
+    g = GraphedCall(fn, label="t", eligible=lambda x: x.shape[0] == 4)
+    x = torch.ones(4, 3)
+    with torch.inference_mode():
+        assert torch.equal(g(x), x * 2)  # a CPU tensor
+    assert torch.equal(g(x), x * 2) and calls == [(4, 3), (4, 3)] and not g.graphs and not g.failed
+
+
+def test_dual_tower_uses_graphed_towers_only_when_asked() -> None:
+    enc = _Towers()
+    items = [_item(i, "x" * i) for i in range(5)]
+    ref = enc.encode(items, role="query", task=TASK)
+    enc.cuda_graphs = True  # on the CPU every call falls through to the eager tower
+    np.testing.assert_array_equal(enc.encode(items, role="query", task=TASK), ref)
+    assert "encode_texts" not in enc.__dict__.get("_graphed", {})  # text without text_transform: tokenised inline
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_call_captures_replays_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    lin = torch.nn.Linear(8, 8).cuda()
+    g = GraphedCall(lin, label="lin")
+    with torch.inference_mode():
+        xs = [torch.randn(16, 8, device="cuda") for _ in range(3)]
+        outs = [g(x) for x in xs]  # the first captures, the rest replay
+        for x, o in zip(xs, outs):
+            torch.testing.assert_close(o, lin(x), rtol=0, atol=0)
+        assert len(g.graphs) == 1
+        bad = GraphedCall(lambda x: x * float(x.sum().item()), label="syncs")
+        with caplog.at_level(logging.WARNING):
+            out = bad(xs[0])
+        assert bad.failed and "CUDA graph capture failed" in caplog.text
+        torch.testing.assert_close(out, xs[0] * float(xs[0].sum().item()))

@@ -114,6 +114,9 @@ class OpenClipEncoder(DualTowerEncoder):
         seed: the seed of the random initialisation.
         cache_dir: Hugging Face hub cache (and URL download directory) to look in instead of the
             default ones.
+        cuda_graphs: on a CUDA device, replay each tower's forward for full batches from a CUDA
+            graph (one launch per batch instead of one per kernel; falls back to eager with one
+            warning if a model cannot be captured). Ignored on the CPU.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class OpenClipEncoder(DualTowerEncoder):
         random_init: bool = False,
         seed: int = 0,
         cache_dir: str | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         label = f"openclip:{spec}"
         if not isinstance(spec, str) or not spec.strip():
@@ -146,7 +150,10 @@ class OpenClipEncoder(DualTowerEncoder):
             raise EncoderError(f"encoder {label!r}: batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise EncoderError(f"encoder {label!r}: seed must be an integer, got {seed!r}")
+        if not isinstance(cuda_graphs, bool):
+            raise EncoderError(f"encoder {label!r}: cuda_graphs must be true or false, got {cuda_graphs!r}")
         super().__init__(device=device, precision=precision, batch_size=batch_size)
+        self.cuda_graphs = cuda_graphs and self.device.startswith("cuda")
         self.spec = spec.strip()
         self.label = label
         self.use_instruction = bool(use_instruction)
@@ -205,6 +212,7 @@ class OpenClipEncoder(DualTowerEncoder):
             "fusion": FUSION,
             "text_prompt": "raw text (no prompt template)",
             "use_instruction": self.use_instruction,
+            "cuda_graphs": self.cuda_graphs,
             **self.runtime_extra(),
         }
         self.meta = EncoderMeta(

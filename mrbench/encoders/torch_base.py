@@ -21,6 +21,7 @@ import numpy as np
 
 from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
 from mrbench.encoders.runtime import (
+    GraphedCall,
     autocast,
     dtype_name,
     resolve_device,
@@ -71,6 +72,8 @@ class TorchEncoder:
 
     def _shrink(self, bs: int) -> None:
         self.batch_size = bs
+        for graphed in getattr(self, "_graphed", {}).values():
+            graphed.clear()  # captured for the old size: their memory goes back to the allocator
         if hasattr(self, "meta"):
             self.meta.extra["batch_size_after_oom"] = bs
 
@@ -137,6 +140,9 @@ class DualTowerEncoder(TorchEncoder):
 
     use_instruction: bool = False
     pixels_on_device: bool = True
+    cuda_graphs: bool = False
+    """Replay the towers' forwards (:meth:`encode_images`, :meth:`encode_tokens`) from CUDA graphs for
+    full batches on a CUDA device (:class:`~mrbench.encoders.runtime.GraphedCall`)."""
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """``[len(texts), D]`` text-tower embeddings (not necessarily normalised)."""
@@ -180,6 +186,16 @@ class DualTowerEncoder(TorchEncoder):
         assert it.image_path is not None
         return self.prepare_image(load_rgb(it.image_path, it.id))
 
+    def _tower(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``getattr(self, name)(x)``, through a CUDA graph when :attr:`cuda_graphs` is on."""
+        if not self.cuda_graphs:
+            return getattr(self, name)(x)
+        graphed = self.__dict__.setdefault("_graphed", {})
+        if name not in graphed:
+            graphed[name] = GraphedCall(lambda t: getattr(self, name)(t), label=self.meta.name,
+                                        eligible=lambda t: t.shape[0] == self.batch_size)
+        return graphed[name](x)
+
     def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
@@ -196,14 +212,14 @@ class DualTowerEncoder(TorchEncoder):
             rows = [items[i].tokens for i in t_idx]
             if all(r is not None for r in rows):  # tokenised ahead by the harness
                 tok = torch.as_tensor(np.stack([np.asarray(r) for r in rows]))
-                t_raw = self.encode_tokens(tok.to(self.device, non_blocking=True))
+                t_raw = self._tower("encode_tokens", tok.to(self.device, non_blocking=True))
             else:
                 t_raw = self.encode_texts([self.text_of(items[i]) for i in t_idx])
             t_emb = F.normalize(t_raw.float(), dim=-1)
         i_emb = None
         if i_idx:
             pix = torch.stack([self._pixels_of(items[i]) for i in i_idx]).to(self.device, non_blocking=True)
-            i_emb = F.normalize(self.encode_images(pix).float(), dim=-1)
+            i_emb = F.normalize(self._tower("encode_images", pix).float(), dim=-1)
         if i_emb is None and len(t_idx) == len(items):  # one modality: no scatter (and no device sync)
             return t_emb  # type: ignore[return-value]
         if t_emb is None and len(i_idx) == len(items):
