@@ -187,6 +187,8 @@ class OpenClipEncoder(DualTowerEncoder):
             fill_color=pp.get("fill_color", 0),
         )
         self._pil_stage, self._norm = _split_transform(self.preprocess)
+        if self._norm is not None:  # on the model's device once: a per-batch copy would wait for the GPU
+            self._norm = (self._norm[0].to(self.device), self._norm[1].to(self.device))
         dim = int(src.model_cfg["embed_dim"])
         extra: dict[str, Any] = {
             "family": "openclip",
@@ -265,7 +267,9 @@ class OpenClipEncoder(DualTowerEncoder):
 
         if pixels.dtype == torch.uint8:
             assert self._norm is not None
-            mean, std = (t.to(pixels.device) for t in self._norm)
+            mean, std = self._norm
+            if mean.device != pixels.device:
+                mean, std = mean.to(pixels.device), std.to(pixels.device)
             pixels = pixels.float().div_(255.0).sub_(mean).div_(std)
         return self.model.encode_image(pixels)
 

@@ -212,6 +212,8 @@ class DualTowerEncoder(TorchEncoder):
             rows = [items[i].tokens for i in t_idx]
             if all(r is not None for r in rows):  # tokenised ahead by the harness
                 tok = torch.as_tensor(np.stack([np.asarray(r) for r in rows]))
+                if self.device.startswith("cuda"):  # a pageable source would make the copy wait
+                    tok = tok.pin_memory()
                 t_raw = self._tower("encode_tokens", tok.to(self.device, non_blocking=True))
             else:
                 t_raw = self.encode_texts([self.text_of(items[i]) for i in t_idx])
