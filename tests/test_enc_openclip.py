@@ -693,10 +693,10 @@ def test_cuda_graphs_give_what_the_eager_forward_gives(tiny, small_bench):
     bench = small_bench
     task = next(t for t in bench.tasks if any(c.image for c in t.candidates))
     t2i = next(t for t in bench.tasks if t.query_modality == "text")
-    kw = dict(device="cuda", precision="bf16", batch_size=4)
+    kw = dict(device="cuda", precision="bf16", batch_size=2)
     graphed, eager = make(tiny.st, **kw), make(tiny.st, **kw, cuda_graphs=False)
     assert graphed.cuda_graphs and not eager.cuda_graphs
-    for role, items, t in (("candidate", task.candidates, task), ("query", t2i.queries, t2i)):
+    for role, items, t in (("candidate", task.candidates * 3, task), ("query", t2i.queries * 3, t2i)):
         a = encode_items(graphed, items, role=role, task=t, bench=bench, num_workers=2)
         b = encode_items(eager, items, role=role, task=t, bench=bench, num_workers=2)
         np.testing.assert_array_equal(a, b)

@@ -398,3 +398,24 @@ def test_async_encode_used_only_where_it_cannot_bypass_encode():
     per_instance = _enc(fn)
     per_instance.encode_async = lambda items, *, role, task: (lambda: eb.hashed(items))
     assert async_encode_of(per_instance) is per_instance.encode_async
+
+
+def test_device_stager_copies_a_batch_read_into_its_own_buffer_as_it_is():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from mrbench.encoders import harness
+
+    st = harness._DeviceStager("cuda")
+    buf = st.alloc(3, (2, 2), np.dtype(np.uint8))
+    buf[:] = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
+    out, ready = st.stage([(None, buf[j]) for j in range(3)])
+    ready()
+    assert not st._buffers  # taken as the batch's pinned block
+    for j in range(3):
+        np.testing.assert_array_equal(out[j][1].cpu().numpy(), buf[j])
+    other = st.alloc(2, (2,), np.dtype(np.uint8))
+    other[:] = [[1, 2], [3, 4]]
+    out, ready = st.stage([(None, other[1]), (None, other[0])])  # rows out of order: stacked anew
+    ready()
+    assert [o[1].cpu().tolist() for o in out] == [[3, 4], [1, 2]]

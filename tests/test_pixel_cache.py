@@ -631,3 +631,56 @@ def test_shard_reader_rejects_damaged_files(tmp_path):
         with pytest.raises(ValueError):
             with _ShardReader(p) as f:
                 f.get_array("a")
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading a batch straight into the staging buffer
+
+
+def test_get_many_reads_into_given_arrays(tmp_path):
+    cache = PixelCache(tmp_path)
+    vals = {"a" * 64: np.arange(12, dtype=np.uint8).reshape(3, 2, 2), "b" * 64: np.ones((3, 2, 2), np.uint8),
+            "c" * 64: np.zeros((2, 2), np.float32)}
+    cache.put_many(FP, vals)
+    buf = np.full((3, 3, 2, 2), 7, np.uint8)
+    got = cache.get_many(FP, list(vals), into=[buf[0], buf[1], buf[2]])
+    for k, (dg, v) in enumerate(vals.items()):
+        np.testing.assert_array_equal(got[k], v)
+    assert np.shares_memory(got[0], buf[0]) and np.shares_memory(got[1], buf[1])
+    assert not np.shares_memory(got[2], buf)  # shape and dtype differ: read into an array of its own
+    assert (buf[2] == 7).all()
+
+
+class _HostStager:
+    """The device stager's host side without a GPU: alloc() buffers, stage() records what it got."""
+
+    def __init__(self, device):
+        self.buffers: list[np.ndarray] = []
+        self.in_place: list[bool] = []
+
+    def alloc(self, n, shape, dtype):
+        self.buffers.append(np.empty((n, *shape), dtype))
+        return self.buffers[-1]
+
+    def stage(self, loaded):
+        vals = [np.asarray(p) for _, p in loaded]
+        self.in_place.append(any(all(np.shares_memory(v, b[j]) for j, v in enumerate(vals)) and len(vals) == len(b)
+                                 for b in self.buffers))
+        return loaded, None
+
+
+def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_path, monkeypatch):
+    bench = _bench(tmp_path / "b", n=7)
+    ref = _encode(PixEncoder(batch_size=2), bench)
+    _encode(PixEncoder(batch_size=2), bench, pixel_cache=tmp_path / "px")  # fills the cache
+    stagers: list[_HostStager] = []
+    monkeypatch.setattr(harness, "_DeviceStager", lambda device: stagers.append(_HostStager(device)) or stagers[-1])
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")
+    enc = PixEncoder(batch_size=2)
+    enc.pixels_on_device = True
+    warm = _encode(enc, bench, pixel_cache=tmp_path / "px")
+    np.testing.assert_array_equal(warm, ref)
+    (st,) = stagers
+    # the first batch teaches the layout (the second is already being read by then); the next ones
+    # (2 images, then 1) are read in place
+    assert st.in_place == [False, False, True, True] and [b.shape[0] for b in st.buffers] == [2, 1]

@@ -816,6 +816,31 @@ class _DeviceStager:
 
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(device=self.device)
+        self._lock = threading.Lock()
+        self._buffers: dict[int, Any] = {}  # address → pinned tensor handed out by alloc()
+
+    def alloc(self, n: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A pinned ``[n, *shape]`` host buffer (numpy view) to read a batch into: when a batch's
+        pixels are its rows, in order, :meth:`stage` copies it to the device as it is."""
+        import torch
+
+        host = torch.empty((n, *shape), dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+        arr = host.numpy()
+        with self._lock:
+            self._buffers[arr.ctypes.data] = host
+        return arr
+
+    def _own_buffer(self, vals: list[np.ndarray]) -> Any:
+        """The :meth:`alloc` buffer whose rows ``vals`` are, in order, else ``None``."""
+        with self._lock:
+            host = self._buffers.pop(vals[0].ctypes.data, None)
+        if host is None or host.shape[0] != len(vals):
+            return None
+        row = vals[0].nbytes
+        base = vals[0].ctypes.data
+        if all(v.ctypes.data == base + j * row and v.nbytes == row for j, v in enumerate(vals)):
+            return host
+        return None
 
     def stage(self, loaded: list[Loaded]) -> tuple[list[Loaded], Callable[[], None] | None]:
         """``(loaded with device pixels, ready)``; ``ready()`` (on the consuming thread) makes the
@@ -841,9 +866,11 @@ class _DeviceStager:
         shape, dtype = vals[0].shape, vals[0].dtype
         if any(v.shape != shape or v.dtype != dtype for v in vals):
             return loaded, None
-        host = torch.empty((len(vals), *shape), dtype=torch.from_numpy(vals[0][:0]).dtype, pin_memory=True)
-        # torch's stack copies without the GIL (numpy's holds it ~10 ms a batch, blocking kernel launches)
-        torch.stack([torch.from_numpy(v if v.flags.writeable else v.copy()) for v in vals], out=host)
+        host = self._own_buffer(vals) if vals[0].flags.c_contiguous else None
+        if host is None:  # not read in place: stack into a pinned block
+            host = torch.empty((len(vals), *shape), dtype=torch.from_numpy(vals[0][:0]).dtype, pin_memory=True)
+            # torch's stack copies without the GIL (numpy's holds it ~10 ms a batch, blocking kernel launches)
+            torch.stack([torch.from_numpy(v if v.flags.writeable else v.copy()) for v in vals], out=host)
         with torch.cuda.stream(self.stream):
             dev = host.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
@@ -954,6 +981,24 @@ class _Tokenizer:
             self.procs.shutdown(wait=True, cancel_futures=True)
 
 
+def _layout(loaded: list[Loaded]) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` shared by every pixel value of a batch when all are numpy arrays (or CPU
+    tensors numpy can view), else ``None``."""
+    seen = set()
+    for _, v in loaded:
+        if v is None:
+            continue
+        if not isinstance(v, np.ndarray):
+            try:
+                v = v.numpy()  # a CPU torch tensor; bfloat16, device tensors and others raise
+            except Exception:
+                return None
+        if not isinstance(v, np.ndarray) or v.dtype.hasobject:
+            return None
+        seen.add((tuple(v.shape), v.dtype))
+    return next(iter(seen)) if len(seen) == 1 else None
+
+
 class _Decoder:
     """The decode side of :func:`encode_items`: ``submit(batch)`` starts decoding one batch (threads,
     processes or the GPU; cached pixels read from the pixel cache) and returns a function that waits
@@ -987,6 +1032,9 @@ class _Decoder:
         self.writer: ThreadPoolExecutor | None = None
         self.writes: deque[Future] = deque()
         self.digests: dict[int, str] = digests if digests is not None else {}
+        # with a device stager: a batch found whole in the pixel cache is read into its pinned buffer
+        self.host_alloc: Callable[[int, tuple[int, ...], np.dtype], np.ndarray] | None = None
+        self.layout: tuple[tuple[int, ...], np.dtype] | None = None  # of the pixels seen so far
         if pixel_cache is not None and any(p is not None for p in paths):
             self._open_cache(pixel_cache)
 
@@ -1077,9 +1125,13 @@ class _Decoder:
         if hits:
             assert self.cache is not None
             digests = [self._digest(i) for i in hits]
+            into: list[np.ndarray] | None = None
+            if self.host_alloc is not None and self.layout is not None and len(hits) == len(batch):
+                into = list(self.host_alloc(len(hits), *self.layout))
             if self.pool is not None:  # shard reads and CRC checks on a few workers (more fight over the GIL)
                 size = max(CACHE_READ_SLICE, -(-len(digests) // max(1, min(CACHE_READ_THREADS, self.num_workers))))
-                hit_futs = [self.pool.submit(self.cache.get_many, self.fp, digests[k : k + size])
+                hit_futs = [self.pool.submit(self.cache.get_many, self.fp, digests[k : k + size],
+                                             None if into is None else into[k : k + size])
                             for k in range(0, len(digests), size)]
 
                 def hit_fn() -> list[Any]:
@@ -1088,7 +1140,7 @@ class _Decoder:
                 cache = self.cache
 
                 def hit_fn() -> list[Any]:
-                    return cache.get_many(self.fp, digests)
+                    return cache.get_many(self.fp, digests, into)
 
         def collect() -> list[Loaded]:
             got: dict[int, Loaded] = {}
@@ -1109,6 +1161,8 @@ class _Decoder:
                 self.stats.pixel_cache_misses += len(fresh)
                 self._store(fresh, got)
             out = [got[i] for i in batch]
+            if self.host_alloc is not None and self.layout is None:
+                self.layout = _layout(out)
             return self._on_device(out) if self.gpu is not None else out
 
         return collect
@@ -1327,6 +1381,7 @@ def encode_items(
             if (decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
                     and _gpu_decode_device(encoder)):
                 device_stager = _DeviceStager(str(getattr(encoder, "device")))
+                decoder.host_alloc = device_stager.alloc
         text_fn = getattr(encoder, "text_transform", None)
         if batches and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
             n_texts = sum(1 for i in miss if items[i].text is not None)

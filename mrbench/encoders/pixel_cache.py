@@ -496,9 +496,14 @@ class PixelCache:
             return [dg in index for dg in digests]
 
     # -- reading ----------------------------------------------------------------------------------
-    def get_many(self, fingerprint: str, digests: Sequence[str]) -> list[Any]:
+    def get_many(self, fingerprint: str, digests: Sequence[str],
+                 into: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         """The stored values (``None`` for a miss). A corrupt shard is warned about once and dropped
-        from the index; its entries come from another copy when there is one, else are ``None``."""
+        from the index; its entries come from another copy when there is one, else are ``None``.
+
+        ``into`` (optional, one per digest): destination arrays. An entry stored as one array whose
+        shape and dtype match ``into[i]`` (C-contiguous, writeable) is read straight into it, and
+        its value shares that memory (the harness reads a batch into its pinned staging buffer)."""
         out: list[Any] = [None] * len(digests)
         pending = list(range(len(digests)))
         while pending:
@@ -511,7 +516,7 @@ class PixelCache:
                         by_shard.setdefault(shards[-1], []).append(i)
             pending = []
             for p, rows in by_shard.items():
-                got = self._read(p, digests, rows)
+                got = self._read(p, digests, rows, into)
                 if got is None:
                     pending.extend(rows)  # other copies, if any, on the next pass
                     continue
@@ -523,7 +528,8 @@ class PixelCache:
             self.stats.misses += len(digests) - n_hit
         return out
 
-    def _read(self, p: Path, digests: Sequence[str], rows: list[int]) -> dict[int, Any] | None:
+    def _read(self, p: Path, digests: Sequence[str], rows: list[int],
+              into: Sequence[np.ndarray | None] | None = None) -> dict[int, Any] | None:
         """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt."""
         try:
             got: dict[int, Any] = {}
@@ -533,8 +539,9 @@ class PixelCache:
                     dg = digests[i]
                     e = entries[dg]
                     arrays = {}
+                    dest = into[i] if into is not None and e.get("kind") in ("numpy", "torch") else None
                     for suffix, crc in e["crc"].items():
-                        arr = f.get_array(dg + suffix)
+                        arr = f.get_array(dg + suffix, dest if suffix == "" else None)
                         if _crc(arr) != int(crc):
                             raise ValueError(f"CRC mismatch in tensor {dg[:12]}…{suffix}")
                         arrays[suffix] = arr
@@ -635,12 +642,19 @@ class _ShardReader:
         self.metadata: dict[str, str] = meta if isinstance(meta, dict) else {}
         self.header = header
 
-    def get_array(self, name: str) -> np.ndarray:
+    def get_array(self, name: str, into: np.ndarray | None = None) -> np.ndarray:
+        """Tensor ``name``, read into ``into`` when that matches its shape and dtype (C-contiguous,
+        writeable), else into a new array."""
         info = self.header.get(name)
         if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
             raise ValueError(f"tensor {name[:12]}… missing or of an unknown dtype")
         shape, (b, e) = [int(x) for x in info["shape"]], [int(x) for x in info["data_offsets"]]
-        arr = np.empty(shape, dtype=np.dtype(_ST_DTYPES[info["dtype"]]))
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+        if (into is not None and into.shape == tuple(shape) and into.dtype == dtype and into.flags.c_contiguous
+                and into.flags.writeable):
+            arr = into
+        else:
+            arr = np.empty(shape, dtype=dtype)
         if not (0 <= b <= e <= self.data_size and e - b == arr.nbytes):
             raise ValueError(f"tensor {name[:12]}… has offsets outside the file or not matching its shape")
         self.f.seek(self.base + b)
