@@ -170,6 +170,8 @@ class GraphedCall:
                 static_out = self.fn(static_in)
         finally:
             torch.set_autocast_cache_enabled(cached)
+        # the warm-up's activations sit cached in the general pool; the graph has its own from now on
+        torch.cuda.empty_cache()
         return graph, static_in, static_out
 
 
