@@ -909,11 +909,25 @@ def test_tiled_cpu_product_and_small_scratch_identical(kind, monkeypatch):
     refs = [run(r, q, c, judged, depth=30) for r in runners]
     threads = torch.get_num_threads()
     monkeypatch.setattr(search_mod, "_MM_TILE", 96)  # 11 tiles, the last one partial
+    monkeypatch.setattr(search_mod, "_TOPK_TILE", 96)  # top lists from 11 tiles' winners as well
     monkeypatch.setattr(search_mod, "_SCRATCH_SHARE", 1 << 20)  # scratch rows: 1 each
     for r, want in zip(runners, refs):
         for chunk in (None, 4 * n * 5, 1):
             assert_same_result(want, run(r, q, c, judged, depth=30, max_chunk_bytes=chunk))
     assert torch.get_num_threads() == threads
+
+
+def test_tiled_topk_returns_the_top_scores(monkeypatch):
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_TOPK_TILE", 64)
+    g = torch.Generator().manual_seed(3)
+    for s in (torch.randn(5, 1000, generator=g), torch.randint(0, 4, (5, 1000), generator=g).float()):
+        assert search_mod._topk_tiles(s.shape[1]) == 16
+        want, _ = torch.topk(s, 70, dim=1)
+        got, idx = search_mod._topk_cpu(s, 70)
+        assert torch.equal(got, want) and torch.equal(torch.gather(s, 1, idx), got)
+        assert all(len(set(r.tolist())) == 70 for r in idx)  # no candidate twice
 
 
 def test_chunk_plan_fits_the_budget():

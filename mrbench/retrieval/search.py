@@ -209,6 +209,40 @@ def _fast_scores_cpu(q: "torch.Tensor", c: "torch.Tensor", out: "torch.Tensor") 
     return out
 
 
+_TOPK_TILE = 1 << 16
+"""Candidates per tile of the CPU top lists (:func:`_topk_cpu`) for pools over ``4 * _TOPK_TILE``."""
+
+
+def _topk_tiles(n: int) -> int:
+    """Tiles :func:`_topk_cpu` splits ``n`` candidates into (1: one ``topk`` over the row)."""
+    return -(-n // _TOPK_TILE) if n > 4 * _TOPK_TILE else 1
+
+
+def _topk_cpu(s: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``torch.topk(s, k, dim=1, sorted=True)`` on the CPU, over ``_TOPK_TILE`` columns at a time on
+    large pools (then the best ``k`` of the tiles' winners).
+
+    ``topk`` copies each row it works on into a (value, index) buffer, 16 bytes per candidate per
+    thread (16 MiB a row at 1M candidates); freed and reallocated row after row, those buffers
+    left the process ~100 MiB above its chunk budget. Tiles bound them to 1 MiB. Which of several
+    equal scores is returned may differ from one ``topk`` call; nothing downstream depends on it
+    (see the module docs on ties).
+    """
+    import torch
+
+    n = int(s.shape[1])
+    if _topk_tiles(n) == 1:
+        return torch.topk(s, k, dim=1, largest=True, sorted=True)
+    vals, idx = [], []
+    for n0 in range(0, n, _TOPK_TILE):
+        n1 = min(n, n0 + _TOPK_TILE)
+        v, i = torch.topk(s[:, n0:n1], min(k, n1 - n0), dim=1, largest=True, sorted=False)
+        vals.append(v)
+        idx.append(i.add_(n0))
+    best_v, best = torch.topk(torch.cat(vals, dim=1), k, dim=1, largest=True, sorted=True)
+    return best_v, torch.gather(torch.cat(idx, dim=1), 1, best)
+
+
 @dataclass(frozen=True)
 class _ChunkPlan:
     """How one ``max_chunk_bytes`` budget is divided (see :func:`_plan_chunks`)."""
@@ -246,11 +280,12 @@ def _plan_chunks(budget: int, n_q: int, n: int, dim: int, kp: int, dev: "torch.d
     budget = int(budget)
     scratch = budget // _SCRATCH_SHARE
     fixed = 4 * _block_elements(dev)  # canonical rescoring block (_canonical_grid / canonical_scores)
+    tiles = _topk_tiles(n) if dev.type == "cpu" else 1
     if dev.type == "cpu":
-        fixed += threads * n * 16  # topk: a (value, index) buffer of one row per thread
+        fixed += threads * min(n, _TOPK_TILE if tiles > 1 else n) * 16  # topk: a (value, index) row buffer per thread
         if not half:  # both backends: the chunk's product, or a row scan's (faiss)
             fixed += 4 * dim * min(n, _MM_TILE) + (1 << 20)  # MKL's packed panels of one tile
-    per_row = n * (2 if half else 4) + 40 * kp
+    per_row = n * (2 if half else 4) + 40 * kp + (24 * kp * tiles if tiles > 1 else 0)  # + the tiles' winners
     if backend == "faiss":
         per_row = n * 4 + 40 * kp  # the lists come from FAISS; the chunk is the rescanned fast rows
     rows = int(max(1, min(max(n_q, 1), (budget - scratch - fixed) // per_row)))
@@ -1898,7 +1933,10 @@ def _run_torch(ctx: _Ctx, dev: "torch.device", chunk_rows: int, progress: Callab
             s_mat = _fast_scores_cpu(q_dev[q0:q1], c_dev, buf[: q1 - q0])
         else:
             s_mat = q_dev[q0:q1] @ c_dev.T
-        vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
+        if on_cpu:
+            vals, idx = _topk_cpu(s_mat, ctx.kp)
+        else:
+            vals, idx = torch.topk(s_mat, ctx.kp, dim=1, largest=True, sorted=True)
         if half:
             vals = vals.float() * unscale
         if not use_async:
