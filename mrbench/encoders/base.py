@@ -99,7 +99,14 @@ class EncoderMeta:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """What the harness needs from an encoder: a ``meta`` record and ``encode``."""
+    """What the harness needs from an encoder: a ``meta`` record and ``encode``.
+
+    Optional: ``encode_async(items, *, role, task)`` returning a function that waits for and returns
+    what ``encode`` would. The harness then queues the next batch before it waits for this one (an
+    accelerator keeps working while the host checks a batch); it calls it only where ``encode`` is
+    not overridden below the class that defines ``encode_async``. Every
+    :class:`~mrbench.encoders.torch_base.TorchEncoder` has one.
+    """
 
     meta: EncoderMeta
 

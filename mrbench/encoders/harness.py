@@ -19,6 +19,9 @@ The harness — not the encoder — owns:
   :data:`CACHE_FLUSH_SECONDS` seconds and whatever is left when the call ends or fails, so an
   interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
   ``False`` (their output depends on more than content, like the oracle) bypass the cache;
+* **keeping the device busy**: with an encoder whose ``encode_async`` may stand in for ``encode``
+  (:func:`async_encode_of`; every :class:`~mrbench.encoders.torch_base.TorchEncoder`), batch b + 1
+  is queued before batch b's embeddings are waited for and checked;
 * **validation** of every batch: array-like (numpy, torch tensors, nested lists) convertible to
   float32, shape ``[len(batch), D]``, the same ``D`` in every batch and equal to ``meta.dim`` when set,
   no NaN/Inf; for ``similarity="cosine"`` rows are L2-normalised (a zero row is an error).
@@ -600,7 +603,8 @@ def build_inputs(
 class EncodeStats:
     """Counters accumulated over :func:`encode_items` calls (pass the same object to several).
 
-    ``encode_seconds`` is the time spent inside ``encoder.encode``; ``total_seconds`` the wall time
+    ``encode_seconds`` is the time spent inside ``encoder.encode`` (or launching ``encode_async``
+    and waiting for its result, see :func:`async_encode_of`); ``total_seconds`` the wall time
     of the harness calls (hashing, cache I/O, decoding not overlapped with encoding, validation
     included); their difference is the harness overhead. ``pixel_cache_hits`` / ``pixel_cache_misses``
     count images read from / decoded for the pixel cache (0 while it is off); ``gpu_decoded`` the
