@@ -610,7 +610,10 @@ class EncodeStats:
     count images read from / decoded for the pixel cache (0 while it is off); ``gpu_decoded`` the
     images decoded by ``workers="gpu"`` on the device; ``input_wait_seconds`` the time the model
     waited for its next batch to be prepared (decoded, staged, tokenised): near 0 when the input
-    pipeline keeps up.
+    pipeline keeps up. Where preparing went, summed over batches on the preparing thread:
+    ``read_wait_seconds`` waiting for a batch's decoded images or pixel-cache reads,
+    ``stage_seconds`` staging its pixels in pinned memory and queueing their copy to the device,
+    ``tokenize_seconds`` tokenising its texts.
     """
 
     items: int = 0
@@ -623,6 +626,9 @@ class EncodeStats:
     pixel_cache_misses: int = 0
     gpu_decoded: int = 0
     input_wait_seconds: float = 0.0
+    read_wait_seconds: float = 0.0
+    stage_seconds: float = 0.0
+    tokenize_seconds: float = 0.0
 
     @property
     def overhead_seconds(self) -> float:
@@ -641,6 +647,9 @@ class EncodeStats:
             "pixel_cache_misses": self.pixel_cache_misses,
             "gpu_decoded": self.gpu_decoded,
             "input_wait_seconds": self.input_wait_seconds,
+            "read_wait_seconds": self.read_wait_seconds,
+            "stage_seconds": self.stage_seconds,
+            "tokenize_seconds": self.tokenize_seconds,
         }
 
 
@@ -1401,9 +1410,13 @@ def encode_items(
                     decoding[b] = decoder.submit(batch)
                 if b + 1 < len(batches) and b + 1 not in decoding:
                     decoding[b + 1] = decoder.submit(batches[b + 1])
+                t0 = time.perf_counter()
                 loaded = decoding.pop(b)()
+                t1 = time.perf_counter()
+                stats.read_wait_seconds += t1 - t0
                 if device_stager is not None:
                     loaded, ready = device_stager.stage(loaded)
+                    stats.stage_seconds += time.perf_counter() - t1
             else:
                 loaded = [(None, None)] * len(batch)
             inputs = [
@@ -1419,7 +1432,12 @@ def encode_items(
                 )
                 for i, (img, pix) in zip(batch, loaded)
             ]
-            return (tokenizer(inputs) if tokenizer is not None else inputs), ready
+            if tokenizer is None:
+                return inputs, ready
+            t0 = time.perf_counter()
+            inputs = tokenizer(inputs)
+            stats.tokenize_seconds += time.perf_counter() - t0
+            return inputs, ready
 
         # a bounded queue: the batch being encoded and PREFETCH_BATCHES prepared in one background
         # thread (which also keeps the next batch decoding), never more, so memory stays flat
