@@ -670,6 +670,7 @@ class _HostStager:
 
 
 def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "_LAYOUTS", {})
     bench = _bench(tmp_path / "b", n=7)
     ref = _encode(PixEncoder(batch_size=2), bench)
     _encode(PixEncoder(batch_size=2), bench, pixel_cache=tmp_path / "px")  # fills the cache
@@ -687,3 +688,6 @@ def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_p
     # the first batch teaches the layout (the second is already being read by then); the next ones
     # (2 images, then 1) are read in place
     assert st.in_place == [False, False, True, True] and [b.shape[0] for b in st.buffers] == [2, 1]
+    # a later call knows the layout from the start: every batch is read in place
+    np.testing.assert_array_equal(_encode(enc, bench, pixel_cache=tmp_path / "px"), ref)
+    assert stagers[-1].in_place == [True] * 4

@@ -994,6 +994,11 @@ class _Tokenizer:
             self.procs.shutdown(wait=True, cancel_futures=True)
 
 
+_LAYOUTS: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+"""Pixel layout (shape, dtype) seen per pixel-cache fingerprint in this process (a hint: an entry of
+another shape is read into an array of its own and its batch stacked as usual)."""
+
+
 def _layout(loaded: list[Loaded]) -> tuple[tuple[int, ...], np.dtype] | None:
     """``(shape, dtype)`` shared by every pixel value of a batch when all are numpy arrays (or CPU
     tensors numpy can view), else ``None``."""
@@ -1075,6 +1080,7 @@ class _Decoder:
         cache.describe_to(self.fp, desc, self.name)
         cache.refresh(self.fp)
         self.cache = cache
+        self.layout = _LAYOUTS.get(self.fp)  # learnt by an earlier call: every batch can be read in place
 
     def _digest(self, i: int) -> str:
         d = self.digests.get(i)
@@ -1176,6 +1182,8 @@ class _Decoder:
             out = [got[i] for i in batch]
             if self.host_alloc is not None and self.layout is None:
                 self.layout = _layout(out)
+                if self.layout is not None and self.cache is not None:
+                    _LAYOUTS[self.fp] = self.layout
             return self._on_device(out) if self.gpu is not None else out
 
         return collect
