@@ -249,7 +249,7 @@ def _row(model: str, what: str, n_h: int, t_h: float, n_r: int, t_r: float, enc,
     if stats is not None:  # where the harness's wall went: waiting for inputs, and in (or waiting on) the encoder
         row |= {"input_wait_s": round(stats.input_wait_seconds, 3), "encoder_s": round(stats.encode_seconds, 3),
                 "read_wait_s": round(stats.read_wait_seconds, 3), "stage_s": round(stats.stage_seconds, 3),
-                "tokenize_s": round(stats.tokenize_seconds, 3)}
+                "tokenize_s": round(stats.tokenize_seconds, 3), "startup_s": round(stats.startup_seconds, 3)}
     return row
 
 

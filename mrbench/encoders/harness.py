@@ -613,7 +613,8 @@ class EncodeStats:
     pipeline keeps up. Where preparing went, summed over batches on the preparing thread:
     ``read_wait_seconds`` waiting for a batch's decoded images or pixel-cache reads,
     ``stage_seconds`` staging its pixels in pinned memory and queueing their copy to the device,
-    ``tokenize_seconds`` tokenising its texts.
+    ``tokenize_seconds`` tokenising its texts. ``startup_seconds``: from the start of each call to its
+    first batch reaching the encoder (hashing, cache lookups, the first batch's preparation).
     """
 
     items: int = 0
@@ -629,6 +630,7 @@ class EncodeStats:
     read_wait_seconds: float = 0.0
     stage_seconds: float = 0.0
     tokenize_seconds: float = 0.0
+    startup_seconds: float = 0.0
 
     @property
     def overhead_seconds(self) -> float:
@@ -650,6 +652,7 @@ class EncodeStats:
             "read_wait_seconds": self.read_wait_seconds,
             "stage_seconds": self.stage_seconds,
             "tokenize_seconds": self.tokenize_seconds,
+            "startup_seconds": self.startup_seconds,
         }
 
 
@@ -1488,6 +1491,8 @@ def encode_items(
                 inputs, _ = prepare(b)
             ids = [it.id for it in inputs]
             t0 = time.perf_counter()
+            if b == 0:
+                stats.startup_seconds += t0 - t_start
             if launch is None:
                 raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
                 stats.encode_seconds += time.perf_counter() - t0
