@@ -511,11 +511,10 @@ def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: list[dict
     """
     import torch
 
-    from mrbench.retrieval.search import canonical_scores
+    from mrbench.retrieval.search import _flatten_judged, canonical_scores
 
-    sizes = np.fromiter((len(j) for j in judged), dtype=np.int64, count=len(judged))
-    qi = np.repeat(np.arange(len(judged), dtype=np.int64), sizes)
-    ci = np.fromiter((c for j in judged for c in j), dtype=np.int64, count=int(sizes.sum()))
+    ptr, ci, grades = _flatten_judged(judged, len(judged), len(candidates))  # grade-0 entries dropped, as search does
+    qi = np.repeat(np.arange(len(judged), dtype=np.int64), np.diff(ptr))
     if qi.size == 0:
         return judged
     scores = canonical_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)),
@@ -524,6 +523,6 @@ def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: list[dict
     np.maximum.at(best, qi, scores)
     keep = np.flatnonzero(scores == best[qi])
     out: list[dict[int, int]] = [{} for _ in judged]
-    for q, c in zip(qi[keep].tolist(), ci[keep].tolist()):
-        out[q][c] = judged[q][c]
+    for q, c, g in zip(qi[keep].tolist(), ci[keep].tolist(), grades[keep].tolist()):
+        out[q][c] = g
     return out

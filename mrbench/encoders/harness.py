@@ -1493,13 +1493,12 @@ def encode_items(
             t0 = time.perf_counter()
             if b == 0:
                 stats.startup_seconds += t0 - t_start
-            if launch is None:
-                raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
-                stats.encode_seconds += time.perf_counter() - t0
-                complete(batch, ids, lambda raw=raw: raw)
-                continue
             try:
-                result = launch(inputs, role=role, task=info)
+                if launch is not None:
+                    result = launch(inputs, role=role, task=info)
+                else:
+                    raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
+                    result = lambda raw=raw: raw  # noqa: E731
             except BaseException:
                 if pending is not None:  # keep (and cache) the batch already on its way
                     with contextlib.suppress(Exception):
@@ -1509,6 +1508,9 @@ def encode_items(
             if pending is not None:
                 complete(*pending)
             pending = (batch, ids, result)
+            if launch is None:  # a synchronous encoder's batch is checked at once
+                complete(*pending)
+                pending = None
         if pending is not None:
             complete(*pending)
         if writer is not None:

@@ -282,7 +282,7 @@ def _plan_chunks(budget: int, n_q: int, n: int, dim: int, kp: int, dev: "torch.d
     fixed = 4 * _block_elements(dev)  # canonical rescoring block (_canonical_grid / canonical_scores)
     tiles = _topk_tiles(n) if dev.type == "cpu" else 1
     if dev.type == "cpu":
-        fixed += threads * min(n, _TOPK_TILE if tiles > 1 else n) * 16  # topk: a (value, index) row buffer per thread
+        fixed += threads * (_TOPK_TILE if tiles > 1 else n) * 16  # topk: a (value, index) row buffer per thread
         if not half:  # both backends: the chunk's product, or a row scan's (faiss)
             fixed += 4 * dim * min(n, _MM_TILE) + (1 << 20)  # MKL's packed panels of one tile
     per_row = n * (2 if half else 4) + 40 * kp + (24 * kp * tiles if tiles > 1 else 0)  # + the tiles' winners
