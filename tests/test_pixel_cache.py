@@ -692,3 +692,59 @@ def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_p
     # a later call knows the layout from the start: every batch is read in place
     np.testing.assert_array_equal(_encode(enc, bench, pixel_cache=tmp_path / "px"), ref)
     assert stagers[-1].in_place == [True] * 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# parsed shard headers are remembered
+
+
+def test_warm_reads_parse_each_shard_header_once(tmp_path, monkeypatch):
+    from mrbench.encoders import pixel_cache as pc
+
+    parsed: list[str] = []
+    real = pc._ShardReader._parse
+
+    def counting(self, size, sig):
+        parsed.append(self.f.name)
+        return real(self, size, sig)
+
+    monkeypatch.setattr(pc._ShardReader, "_parse", counting)
+    cache = PixelCache(tmp_path)
+    vals = {c * 64: np.full((3, 4), k, np.uint8) for k, c in enumerate("abcdef")}
+    cache.put_many(FP, vals)
+    for _ in range(3):  # every read of the shard, in slices as the harness reads a batch
+        for dg in vals:
+            np.testing.assert_array_equal(cache.get_many(FP, [dg])[0], vals[dg])
+    assert len(parsed) == 1
+    # a fresh cache object (another run) parses it again, once
+    fresh = PixelCache(tmp_path)
+    fresh.refresh(FP)
+    np.testing.assert_array_equal(fresh.get_many(FP, list(vals))[2], vals["c" * 64])
+    assert len(parsed) == 2
+
+
+def test_a_shard_replaced_at_the_same_path_is_read_afresh(tmp_path):
+    import os
+
+    cache = PixelCache(tmp_path)
+    first = cache.put_many(FP, {"a" * 64: np.arange(6, dtype=np.uint8).reshape(2, 3)})
+    np.testing.assert_array_equal(cache.get_many(FP, ["a" * 64])[0], np.arange(6).reshape(2, 3))
+    # another writer's shard with a different layout moved onto that name (a new inode and size)
+    other = PixelCache(tmp_path / "other").put_many(FP, {"b" * 64: np.zeros(5, np.float32),
+                                                          "a" * 64: np.full((2, 3), 9, np.uint8)})
+    os.replace(other, first)
+    np.testing.assert_array_equal(cache.get_many(FP, ["a" * 64])[0], np.full((2, 3), 9, np.uint8))
+
+
+def test_header_memo_keeps_the_most_recently_used_shards(monkeypatch):
+    from mrbench.encoders.pixel_cache import _HeaderMemo, _ShardHeader
+
+    monkeypatch.setattr(_HeaderMemo, "MAX_SHARDS", 2)
+    memo = _HeaderMemo()
+    heads = {k: _ShardHeader((k, 1, 1), 8, 0, {}, {}) for k in range(3)}
+    memo.put("s0", heads[0])
+    memo.put("s1", heads[1])
+    assert memo.get("s0", (0, 1, 1)) is heads[0]  # s0 used last: s1 goes first
+    memo.put("s2", heads[2])
+    assert memo.get("s1", (1, 1, 1)) is None and memo.get("s0", (0, 1, 1)) is heads[0]
+    assert memo.get("s2", (9, 1, 1)) is None  # another file at that path

@@ -395,6 +395,7 @@ class PixelCache:
         self._seen: dict[str, set[Path]] = {}  # fingerprint -> shards read (or found corrupt)
         self._dirs: dict[str, Path] = {}
         self._bad: set[Path] = set()
+        self._headers = _HeaderMemo()  # parsed shard headers: warm reads parse no JSON
 
     def __repr__(self) -> str:
         return f"PixelCache({str(self.root)!r})"
@@ -533,8 +534,8 @@ class PixelCache:
         """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt."""
         try:
             got: dict[int, Any] = {}
-            with _ShardReader(p) as f:
-                entries = json.loads(f.metadata["entries"])
+            with _ShardReader(p, self._headers) as f:
+                entries = f.entries
                 for i in rows:
                     dg = digests[i]
                     e = entries[dg]
@@ -617,30 +618,97 @@ _ST_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "
               "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8"}
 
 
+class _ShardHeader:
+    """A shard's parsed safetensors header (and, once asked for, its ``entries`` metadata), valid
+    while the file keeps its ``signature`` (inode, size, mtime)."""
+
+    __slots__ = ("signature", "base", "data_size", "metadata", "tensors", "entries")
+
+    def __init__(self, signature: tuple[int, int, int], base: int, data_size: int, metadata: dict[str, str],
+                 tensors: dict[str, Any]) -> None:
+        self.signature, self.base, self.data_size = signature, base, data_size
+        self.metadata, self.tensors = metadata, tensors
+        self.entries: dict[str, Any] | None = None
+
+
+class _HeaderMemo:
+    """The parsed headers of the last :attr:`MAX_SHARDS` shards read (thread-safe, least recently
+    used dropped). Shards never change once written, so a warm run reads tensors without parsing a
+    header again: the JSON parsing, under the GIL, was half of the reader threads' GIL time per
+    64-image slice (each slice of a batch re-read its shard's header)."""
+
+    MAX_SHARDS = 256
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self._lock = threading.Lock()
+        self._items: "OrderedDict[str, _ShardHeader]" = OrderedDict()
+
+    def get(self, path: str, signature: tuple[int, int, int]) -> "_ShardHeader | None":
+        with self._lock:
+            h = self._items.get(path)
+            if h is None or h.signature != signature:
+                return None
+            self._items.move_to_end(path)
+            return h
+
+    def put(self, path: str, header: _ShardHeader) -> None:
+        with self._lock:
+            self._items[path] = header
+            self._items.move_to_end(path)
+            while len(self._items) > self.MAX_SHARDS:
+                self._items.popitem(last=False)
+
+
 class _ShardReader:
     """Reads tensors of a shard (a safetensors file, as :func:`safetensors.numpy.save_file` wrote it)
     with one ``readinto`` per tensor straight into its array: the copy runs outside the GIL (the
     library's ``get_tensor`` copies from its mmap holding it, which starved a GPU's launching thread
-    when many workers read). The header is checked: offsets inside the file, sizes matching shapes."""
+    when many workers read). The header is checked: offsets inside the file, sizes matching shapes.
+    With a ``memo``, a header parsed before is reused while the file's inode, size and mtime are
+    unchanged."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memo: _HeaderMemo | None = None) -> None:
         self.f = open(path, "rb", buffering=0)
         try:
-            size = os.fstat(self.f.fileno()).st_size
-            head = self.f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < n <= size - 8:
-                raise ValueError("not a safetensors file (bad header length)")
-            header = json.loads(self.f.read(n))
-            if not isinstance(header, dict):
-                raise ValueError("safetensors header is not an object")
+            st = os.fstat(self.f.fileno())
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            key = os.fspath(path)
+            h = memo.get(key, sig) if memo is not None else None
+            if h is None:
+                h = self._parse(st.st_size, sig)
+                if memo is not None:
+                    memo.put(key, h)
         except BaseException:
             self.f.close()
             raise
-        self.base, self.data_size = 8 + n, size - 8 - n
+        self._h = h
+        self.base, self.data_size = h.base, h.data_size
+        self.metadata: dict[str, str] = h.metadata
+        self.header = h.tensors
+
+    def _parse(self, size: int, sig: tuple[int, int, int]) -> _ShardHeader:
+        head = self.f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise ValueError("not a safetensors file (bad header length)")
+        header = json.loads(self.f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("safetensors header is not an object")
         meta = header.pop("__metadata__", None) or {}
-        self.metadata: dict[str, str] = meta if isinstance(meta, dict) else {}
-        self.header = header
+        return _ShardHeader(sig, 8 + n, size - 8 - n, meta if isinstance(meta, dict) else {}, header)
+
+    @property
+    def entries(self) -> dict[str, Any]:
+        """The ``entries`` metadata (JSON), parsed once per memoised header."""
+        e = self._h.entries
+        if e is None:
+            e = json.loads(self.metadata["entries"])
+            if not isinstance(e, dict):
+                raise ValueError("'entries' is not an object")
+            self._h.entries = e
+        return e
 
     def get_array(self, name: str, into: np.ndarray | None = None) -> np.ndarray:
         """Tensor ``name``, read into ``into`` when that matches its shape and dtype (C-contiguous,
