@@ -45,7 +45,8 @@ into place with :func:`os.replace` (no fsync: a shard lost to a power cut reads 
 recomputed), names are unique per writer, so several processes may fill one directory at once;
 readers pick up shards written by others at their next lookup. Shards are written with
 :func:`safetensors.numpy.save_file` and read by :class:`_ShardReader` (one ``readinto`` per tensor,
-outside the GIL, after checking the header's offsets and shapes). A shard that cannot be read or whose
+outside the GIL, after checking the header's offsets and shapes; a :class:`PixelCache` remembers the
+parsed headers of the last 256 shards it read, checked against each file's inode, size and mtime). A shard that cannot be read or whose
 CRC does not match is reported once (one warning line) and its entries are recomputed (and written
 again to a new shard). No pickle anywhere. To clear the cache, delete the directory.
 """
