@@ -6,8 +6,11 @@ bf16 on an H100, measured by ``bench_encode.py``) and returns constant embedding
 is :func:`mrbench.encoders.harness.encode_items` as ``evaluate`` runs it on MRBench-Synth's images —
 hashing, decoding with the model-like transform (resize 224 + centre crop, uint8), or reading a warm
 pixel cache, batching, validation (and, in the last row, writing the embedding cache as ``evaluate``
-does). ``share`` = harness rate / forward rate: the fraction of the GPU's
-rate the pipeline sustains on this machine's cores (the speed goal asks >= 0.8 on a GPU).
+does). The images are encoded in one call per task, one after the other, and ("ahead") with each
+call started while the one before it runs, as ``evaluate`` does
+(:func:`~mrbench.encoders.harness.start_encode`). ``share`` = harness rate / forward rate: the
+fraction of the GPU's rate the pipeline sustains on this machine's cores (the speed goal asks
+>= 0.8 on a GPU).
 
     python benchmarks/bench_feed.py --out benchmarks/results/feed_cpu.json
     python benchmarks/bench_feed.py --workers 16 --n-images 4096        # on a 16-core GPU host
@@ -85,7 +88,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import mrbench
-    from mrbench.encoders.harness import EncodeStats, _short_switch_interval, encode_items
+    from mrbench.encoders.harness import EncodeStats, _short_switch_interval, encode_groups
     from mrbench.encoders.pixel_cache import PixelCache
 
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
@@ -99,14 +102,15 @@ def main() -> None:
     texts = (t2i.queries * (1 + args.n_texts // max(1, len(t2i.queries))))[: args.n_texts]
     rows = []
 
-    def run(groups: list[tuple[str, list]], role: str, pixel_cache, cache=None) -> tuple[float, EncodeStats]:
+    def run(groups: list[tuple[str, list]], role: str, pixel_cache, cache=None, ahead: bool = False
+            ) -> tuple[float, EncodeStats]:
         stats = EncodeStats()
         t0 = time.perf_counter()
         # the short thread switch interval encode_items uses when it feeds a CUDA encoder
         with _short_switch_interval(True):
-            for name, items in groups:
-                encode_items(enc, items, role=role, task=bench.task(name), bench=bench, batch_size=args.batch,
-                             num_workers=workers, pixel_cache=pixel_cache, stats=stats, cache=cache)
+            encode_groups(enc, [(bench.task(name), items) for name, items in groups], role=role, bench=bench,
+                          ahead=ahead, stats=stats, batch_size=args.batch, num_workers=workers,
+                          pixel_cache=pixel_cache, cache=cache)
         return time.perf_counter() - t0, stats
 
     def row(label: str, n: int, rate: float, wall: float, stats: EncodeStats) -> dict:
@@ -122,6 +126,9 @@ def main() -> None:
         for label, pc in (("decode (Pillow workers)", False), ("pixel cache, filling", cache),
                           ("pixel cache, warm", cache)):
             rows.append(row(label, len(cands), args.forward_rate, *run(images, "candidate", pc)))
+        # as evaluate runs its calls: each started (set up, first batches prepared) during the one before
+        rows.append(row("pixel cache, warm, ahead", len(cands), args.forward_rate,
+                        *run(images, "candidate", cache, ahead=True)))
     # texts: tokenised ahead in worker processes, as for an encoder on a GPU (the harness only forks
     # tokenising workers to feed one, so it is told the simulated encoder is on one)
     from mrbench.encoders import harness

@@ -190,7 +190,7 @@ def evaluate(
             and for ``depth``); grain sensitivity stays exact. ``None`` (default): exact search only.
     """
     from mrbench.data.registry import load_benchmark
-    from mrbench.encoders.harness import EncodeStats, HashWarmer, check_dims, encode_items
+    from mrbench.encoders.harness import EncodeStats, HashWarmer, check_dims, start_encode
     from mrbench.retrieval.search import exact_search
 
     if progress is True:
@@ -262,43 +262,69 @@ def evaluate(
         pool_tmp = tempfile.TemporaryDirectory(prefix="pool-", dir=mrbench_home() / "tmp")
     # on an exception the TemporaryDirectory's own finaliser removes the pool files
     pool_dir = Path(pool_tmp.name) if pool_tmp is not None else None
-    for task in task_list:
-        t0 = time.perf_counter()
-        with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
-            q_emb = encode_items(enc, task.queries, role="query", task=task, bench=bench, cache=store,
-                                 batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
-        with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
-            c_emb = _encode_pool(enc, task, bench, int(q_emb.shape[1]), stream_pool, pool_dir,
-                                 dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode,
-                                      progress=adv, stats=stats))
-        check_dims(q_emb, c_emb, meta.name, task.name)
-        timings["encode"] += time.perf_counter() - t0
+    # each encode call is started (hashes, cache lookups, its first batches prepared) while the one
+    # before it runs: a task's candidates while its queries are encoded, the next task's queries
+    # while its candidates are (see start_encode); a streamed pool is encoded slice by slice instead
+    call_kw = dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode)
+    ahead: dict[tuple[str, str], Any] = {}
 
-        with gc_paused():  # our own bounded, acyclic allocations (see gc_paused)
-            t0 = time.perf_counter()
-            judged = judged_grades(task)
-            with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
-                res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
-                                   backend=backend, progress=adv, stream=True if stream_pool else None)
-            device = res.device
-            run_res = res
-            if approx_spec is not None:
-                run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
-                                       approx_recall, approx_used)
-            runs[task.name] = (task, run_res)
-            timings["retrieve"] += time.perf_counter() - t0
+    def start(task: Task, role: str, now: bool = False) -> None:
+        if ENCODE_AHEAD or now:
+            items = task.queries if role == "query" else task.candidates
+            ahead[(task.name, role)] = start_encode(enc, items, role=role, task=task, bench=bench, **call_kw)
 
+    try:
+        for ti, task in enumerate(task_list):
             t0 = time.perf_counter()
-            frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
-            timings["score"] += time.perf_counter() - t0
+            if (task.name, "query") not in ahead:
+                start(task, "query", now=True)
+            if not stream_pool and meta.dim and _pool_fits(task, int(meta.dim)):
+                start(task, "candidate")
+            with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
+                q_emb = ahead.pop((task.name, "query")).result(progress=adv, stats=stats)
+            if ti + 1 < len(task_list):
+                start(task_list[ti + 1], "query")
+            with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
+                c_call = ahead.pop((task.name, "candidate"), None)
+                if c_call is not None and _pool_fits(task, int(q_emb.shape[1])):
+                    c_emb = c_call.result(progress=adv, stats=stats)
+                else:
+                    if c_call is not None:
+                        c_call.close()
+                    c_emb = _encode_pool(enc, task, bench, int(q_emb.shape[1]), stream_pool, pool_dir,
+                                         dict(call_kw, progress=adv, stats=stats))
+            check_dims(q_emb, c_emb, meta.name, task.name)
+            timings["encode"] += time.perf_counter() - t0
 
-        if grain_sensitivity and task.query_modality != "image":
-            t0 = time.perf_counter()
-            sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
-                                    num_workers, backend, reporter, decode, stream=True if stream_pool else None)
-            if sf is not None:
-                sens_frames.append(sf)
-            timings["sensitivity"] += time.perf_counter() - t0
+            with gc_paused():  # our own bounded, acyclic allocations (see gc_paused)
+                t0 = time.perf_counter()
+                judged = judged_grades(task)
+                with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
+                    res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
+                                       backend=backend, progress=adv, stream=True if stream_pool else None)
+                device = res.device
+                run_res = res
+                if approx_spec is not None:
+                    run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
+                                           approx_recall, approx_used)
+                runs[task.name] = (task, run_res)
+                timings["retrieve"] += time.perf_counter() - t0
+
+                t0 = time.perf_counter()
+                frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
+                timings["score"] += time.perf_counter() - t0
+
+            if grain_sensitivity and task.query_modality != "image":
+                t0 = time.perf_counter()
+                sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
+                                        num_workers, backend, reporter, decode, stream=True if stream_pool else None)
+                if sf is not None:
+                    sens_frames.append(sf)
+                timings["sensitivity"] += time.perf_counter() - t0
+
+    finally:
+        for call in ahead.values():  # started but not reached: an earlier step failed
+            call.close()
 
     if pool_tmp is not None:
         pool_tmp.cleanup()
@@ -358,6 +384,10 @@ def evaluate(
     return result
 
 
+ENCODE_AHEAD = True
+"""Start each encode call while the one before it runs (see :func:`evaluate`); ``False`` runs
+them one after the other (for benchmarks)."""
+
 POOL_SLICE = 65_536
 """Candidates encoded per slice when ``stream_pool`` writes a task's pool to a memory-mapped file."""
 
@@ -379,6 +409,13 @@ def available_memory() -> int | None:
         return None
 
 
+def _pool_fits(task: Task, dim: int) -> bool:
+    """Whether a task's float32 candidate embeddings of ``dim`` dims fit in half of the available
+    memory (``True`` when that is unknown)."""
+    avail = available_memory()
+    return avail is None or len(task.candidates) * max(1, dim) * 4 <= avail // 2
+
+
 def _encode_pool(enc, task: Task, bench: Benchmark, dim: int, stream_pool: bool, pool_dir: Path | None,
                  kw: dict[str, Any]) -> np.ndarray:
     """A task's candidate embeddings: in memory, or (``stream_pool``) in a memory-mapped ``.npy``
@@ -387,13 +424,12 @@ def _encode_pool(enc, task: Task, bench: Benchmark, dim: int, stream_pool: bool,
     from mrbench.encoders.harness import encode_items
 
     n = len(task.candidates)
-    need = n * max(1, dim) * 4
     if not stream_pool:
-        avail = available_memory()
-        if avail is not None and need > avail // 2:
+        if not _pool_fits(task, dim):
+            avail = available_memory() or 0
             raise MrbenchError(
-                f"task {task.name}: {n:,} candidates x {dim} dims need {need / 2**30:.1f} GiB of float32 embeddings, "
-                f"more than half of the {avail / 2**30:.1f} GiB of available memory; pass --stream-pool "
+                f"task {task.name}: {n:,} candidates x {dim} dims need {n * max(1, dim) * 4 / 2**30:.1f} GiB of float32 "
+                f"embeddings, more than half of the {avail / 2**30:.1f} GiB of available memory; pass --stream-pool "
                 "(evaluate(stream_pool=True)) to keep them in a memory-mapped file and stream them through the search")
         return encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, **kw)
     from numpy.lib.format import open_memmap

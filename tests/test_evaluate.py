@@ -243,3 +243,53 @@ def test_sensitivity_first_rank_from_best_scoring_candidates():
         red = exact_search(qq, cc, best, depth=1, backend="torch")
         assert [min(r.values()) for r in full.judged_ranks] == [min(r.values()) for r in red.judged_ranks]
     assert _best_scoring(q, c, [{} for _ in range(40)]) == [{} for _ in range(40)]
+
+
+def test_each_encode_call_is_started_while_the_one_before_runs(monkeypatch):
+    """A task's candidates are set up while its queries are encoded, the next task's queries while
+    its candidates are; the scores are those of calls run one after the other."""
+    from mrbench.encoders import harness
+
+    events: list[tuple[str, str, str]] = []
+    real = harness.start_encode
+
+    def spy(enc, items, *, role, task, **kw):
+        events.append(("start", task.name, role))
+        pending = real(enc, items, role=role, task=task, **kw)
+        result = pending.result
+
+        def logged(**kw2):
+            events.append(("result", task.name, role))
+            return result(**kw2)
+
+        pending.result = logged
+        return pending
+
+    ref = mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
+    monkeypatch.setattr(harness, "start_encode", spy)
+    res = mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
+    assert res.scores == ref.scores
+    names = list(res.scores["tasks"])
+    want = []
+    for i, t in enumerate(names):
+        if i == 0:
+            want.append(("start", t, "query"))
+        want += [("start", t, "candidate"), ("result", t, "query")]
+        if i + 1 < len(names):
+            want.append(("start", names[i + 1], "query"))
+        want.append(("result", t, "candidate"))
+    assert events == want
+
+
+def test_a_failure_discards_the_calls_started_ahead(tmp_path):
+    import threading
+    import time
+
+    with pytest.raises(KeyboardInterrupt):
+        mrbench.evaluate(TINY, Flaky(fail_on=3), cache_dir=tmp_path / "c", grain_sensitivity=False)
+    for _ in range(100):
+        if not [t for t in threading.enumerate() if t.name.startswith(("mrbench-encode-ahead", "mrbench-prepare"))]:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("threads of a discarded call are still running")

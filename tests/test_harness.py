@@ -419,3 +419,131 @@ def test_device_stager_copies_a_batch_read_into_its_own_buffer_as_it_is():
     out, ready = st.stage([(None, other[1]), (None, other[0])])  # rows out of order: stacked anew
     ready()
     assert [o[1].cpu().tolist() for o in out] == [[3, 4], [1, 2]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# calls started ahead (start_encode)
+
+
+def _prepare_threads() -> list:
+    import threading
+    import time
+
+    for _ in range(100):  # a discarded call's workers stop once its setup thread has ended
+        alive = [t for t in threading.enumerate() if t.name.startswith(("mrbench-prepare", "mrbench-encode-ahead"))]
+        if not alive:
+            return []
+        time.sleep(0.02)
+    return alive
+
+
+def test_a_call_started_ahead_gives_what_encode_items_gives(tmp_path):
+    from mrbench.encoders.cache import EmbeddingCache
+    from mrbench.encoders.harness import start_encode
+
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+    ref_stats = EncodeStats()
+    ref = encode_items(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench, num_workers=2,
+                       stats=ref_stats)
+    cache = EmbeddingCache(tmp_path / "cache", "ns")
+    enc = _pixel_encoder()
+    pending = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2, cache=cache)
+    done: list[int] = []
+    stats = EncodeStats()
+    out = pending.result(progress=done.append, stats=stats)
+    np.testing.assert_array_equal(out, ref)
+    assert sum(done) == 7 and [len(c) for c in enc.calls] == [2, 2, 2, 1]
+    assert (stats.items, stats.encoded, stats.batches) == (ref_stats.items, ref_stats.encoded, ref_stats.batches)
+    pending.close()  # after result(): nothing left to do
+    # the same call again: every embedding from the cache, none encoded
+    again = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2, cache=cache)
+    done.clear()
+    np.testing.assert_array_equal(again.result(progress=done.append, stats=stats), ref)
+    assert done == [7] and stats.cache_hits == 7 and len(enc.calls) == 4
+    assert _prepare_threads() == []
+
+
+def test_a_call_started_ahead_raises_its_setup_error_when_its_result_is_asked_for(tmp_path):
+    from mrbench.encoders.harness import start_encode
+
+    bench = eb.image_bench(tmp_path, n=4)
+    task = bench.tasks[0]
+    (tmp_path / "images" / "c2.png").unlink()
+    pending = start_encode(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    with pytest.raises(BenchmarkError, match=r"c2.png: cannot read image of item 'c2'"):
+        pending.result()
+    assert _prepare_threads() == []
+
+
+def test_a_discarded_call_encodes_nothing_and_stops_its_workers(tmp_path):
+    from mrbench.encoders.harness import start_encode
+
+    bench = eb.image_bench(tmp_path, n=9)
+    task = bench.tasks[0]
+    enc = _pixel_encoder()
+    pending = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    pending.close()
+    assert _prepare_threads() == [] and enc.calls == []
+
+
+def test_embedding_cache_is_consistent_under_concurrent_lookups_and_writes(tmp_path):
+    import threading
+
+    from mrbench.encoders.cache import EmbeddingCache
+
+    writer = EmbeddingCache(tmp_path, "ns")
+    rng = np.random.default_rng(0)
+    shards = [(([f"k{s}-{r}" for r in range(50)]), rng.standard_normal((50, 4)).astype(np.float32)) for s in range(12)]
+    for keys, emb in shards:
+        writer.put_many(keys, emb)
+    cache = EmbeddingCache(tmp_path, "ns")  # a fresh object: its index is built by whichever thread comes first
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def look(s: int) -> None:
+        try:
+            barrier.wait()
+            keys, emb = shards[s]
+            mask, got = cache.get_many(keys)
+            assert mask.all()
+            np.testing.assert_array_equal(got, emb)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def write() -> None:
+        try:
+            barrier.wait()
+            for j in range(5):
+                cache.put_many([f"new{j}"], np.full((1, 4), j, np.float32))
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=look, args=(s,)) for s in range(5)] + [threading.Thread(target=write)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for keys, emb in shards:
+        np.testing.assert_array_equal(cache.get_many(keys)[1], emb)
+    assert len(cache) == 12 * 50 + 5
+
+
+def test_encode_groups_ahead_or_not_gives_the_same_arrays_and_discards_on_error(tmp_path):
+    from mrbench.encoders.harness import encode_groups
+
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+    groups = [(task, task.candidates[:3]), (task, task.candidates[3:5]), (task, task.candidates[5:])]
+    one_by_one = encode_groups(_pixel_encoder(), groups, role="candidate", bench=bench, ahead=False, num_workers=2)
+    stats = EncodeStats()
+    ahead = encode_groups(_pixel_encoder(), groups, role="candidate", bench=bench, stats=stats, num_workers=2)
+    assert [a.shape for a in ahead] == [(3, 4), (2, 4), (2, 4)] and stats.encoded == 7
+    for a, b in zip(ahead, one_by_one):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "images" / "c4.png").unlink()  # the second group fails; the third, started ahead, is discarded
+    enc = _pixel_encoder()
+    with pytest.raises(BenchmarkError, match="c4.png"):
+        encode_groups(enc, groups, role="candidate", bench=bench, num_workers=2)
+    assert [len(c) for c in enc.calls] == [2, 1] and _prepare_threads() == []

@@ -106,6 +106,12 @@ class Encoder(Protocol):
     accelerator keeps working while the host checks a batch); it calls it only where ``encode`` is
     not overridden below the class that defines ``encode_async``. Every
     :class:`~mrbench.encoders.torch_base.TorchEncoder` has one.
+
+    Threads: ``encode`` (and ``encode_async``) is only ever called from one thread at a time. The
+    input hooks (``prepare_image``, ``pixel_transform()``, ``text_transform()`` and the transforms
+    they return, ``text_of``) run in the harness's background threads, also while ``encode`` runs:
+    ``evaluate`` sets up each encode call, and prepares its first batches, while the call before it
+    is being encoded (:func:`~mrbench.encoders.harness.start_encode`).
     """
 
     meta: EncoderMeta

@@ -22,12 +22,14 @@ import json
 import logging
 import os
 import re
+import functools
 import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -98,8 +100,24 @@ class CacheStats:
     written: int = 0
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(fn: _F) -> _F:
+    """Run the method under the instance's (re-entrant) lock."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "EmbeddingCache", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class EmbeddingCache:
     """Append-only embedding store for one encoder namespace (see the module docstring).
+
+    Thread-safe: ``evaluate`` looks up one call's keys while the call before it writes its shards.
 
     ``namespace`` is an arbitrary string (see :func:`cache_namespace`); it enters every key and
     names the directory (slugged, plus a short hash of the raw string when slugging lost anything).
@@ -120,6 +138,7 @@ class EmbeddingCache:
         self._arrays: dict[int, np.ndarray] = {}  # shard number -> emb, loaded on demand
         self._dim: int | None = None
         self._dim_source: str | None = None
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------------------------------------
     def key(self, role: str, instruction: str | None, content_hash: str) -> str:
@@ -127,14 +146,17 @@ class EmbeddingCache:
         return cache_key(self.namespace, role, instruction, content_hash)
 
     @property
+    @_locked
     def dim(self) -> int | None:
         """Embedding dimension of the stored entries (``None`` while empty)."""
         self._ensure_index()
         return self._dim
 
+    @_locked
     def __len__(self) -> int:
         return len(self._ensure_index())
 
+    @_locked
     def __contains__(self, key: object) -> bool:
         return key in self._ensure_index()
 
@@ -229,6 +251,7 @@ class EmbeddingCache:
             )
 
     # ---------------------------------------------------------------------------------------------
+    @_locked
     def get_many(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Look up ``keys``: ``(mask bool[N], emb float32[N, D])``; rows of misses are zero.
 
@@ -258,6 +281,7 @@ class EmbeddingCache:
             emb[dst] = self._arrays[s][src]
         return mask, emb
 
+    @_locked
     def put_many(self, keys: Sequence[str], emb: np.ndarray) -> Path | None:
         """Store ``emb[i]`` under ``keys[i]`` as one new shard (atomic); returns its path.
 
@@ -293,6 +317,7 @@ class EmbeddingCache:
         self.stats.written += len(keys)
         return final
 
+    @_locked
     def merge_shards(self, paths: Sequence[Path | str], *, max_rows: int = 1_000_000) -> list[Path]:
         """Rewrite the shards ``paths`` of this namespace as a few shards of at most ``max_rows`` rows
         each (a key held by several keeps its last row in ``paths`` order), then delete ``paths``;

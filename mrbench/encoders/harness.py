@@ -636,6 +636,12 @@ class EncodeStats:
     def overhead_seconds(self) -> float:
         return max(0.0, self.total_seconds - self.encode_seconds)
 
+    def add(self, other: "EncodeStats") -> None:
+        """Add ``other``'s counters and timings to these."""
+        for k, v in other.to_dict().items():
+            if k != "overhead_seconds":
+                setattr(self, k, getattr(self, k) + v)
+
     def to_dict(self) -> dict[str, float | int]:
         return {
             "items": self.items,
@@ -1339,139 +1345,304 @@ def encode_items(
             are neither decoded nor transformed; the encoder gets ``image=None`` and the stored
             ``pixels`` (as from decode processes). Embeddings are identical with it on or off.
     """
-    t_start = time.perf_counter()
-    _check_role(role)
-    meta = encoder.meta
-    bs = batch_size if batch_size is not None else meta.batch_size
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise EncoderError(f"batch size must be a positive integer, got {bs!r}")
-    if num_workers is None:
-        num_workers = default_workers()
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    stats = stats if stats is not None else EncodeStats()
-    n = len(items)
-    instruction = instruction_for(task, role)
-    info = task_info(task, bench)
-    paths = [bench.image_path(it.image) if it.image else None for it in items]
-    decode = bool(meta.needs_pixels) and "image" in meta.modalities
-    use_cache = cache is not None and meta.cacheable and meta.extra.get("cacheable", True) is not False
-    ctx = dict(encoder_name=meta.name, task_name=task.name, role=role)
+    call = _EncodeCall(encoder, items, role=role, task=task, bench=bench, cache=cache, batch_size=batch_size,
+                       num_workers=num_workers, workers=workers, pixel_cache=pixel_cache)
+    return call.result(progress=progress, stats=stats)
 
-    pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
-    decoder: _Decoder | None = None
-    device_stager: _DeviceStager | None = None
-    tokenizer: _Tokenizer | None = None
-    stager: ThreadPoolExecutor | None = None
-    ahead: deque[Future] = deque()
-    stack = contextlib.ExitStack()
-    writer: _CacheWriter | None = None
+
+def start_encode(
+    encoder: Encoder,
+    items: Sequence["Query | Candidate"],
+    *,
+    role: str,
+    task: "Task",
+    bench: "Benchmark",
+    cache: "EmbeddingCache | None" = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    workers: str = "auto",
+    pixel_cache: "PixelCache | str | os.PathLike[str] | bool | None" = None,
+) -> "PendingEncode":
+    """Start an :func:`encode_items` call ahead of time; ``.result(progress=, stats=)`` finishes it.
+
+    Its setup — content hashes, the embedding-cache lookup, the decoder, tokenizer and device
+    stager — runs in a background thread from now on, and so does the preparation of its first
+    :data:`PREFETCH_BATCHES` batches (decoded or read from the pixel cache, staged, tokenised).
+    ``evaluate`` starts each call while the one before it is being encoded, so a new call's
+    start-up no longer leaves the model idle. Nothing reaches the encoder before ``result()``, which
+    runs the encode loop on the calling thread and returns exactly what ``encode_items`` with the
+    same arguments would (errors included, raised there). Call ``close()`` on a call that will not
+    be consumed (after an earlier error); ``result()`` may be called once, ``close()`` after it is
+    a no-op. The encoder's hooks (``text_transform``, ``pixel_transform``, ``prepare_image``) may
+    thus run in a background thread while ``encode`` runs for the call before; nothing calls
+    ``encode`` concurrently. Arguments: as :func:`encode_items`.
+    """
+    call = _EncodeCall(encoder, items, role=role, task=task, bench=bench, cache=cache, batch_size=batch_size,
+                       num_workers=num_workers, workers=workers, pixel_cache=pixel_cache)
+    return PendingEncode(call)
+
+
+def encode_groups(
+    encoder: Encoder,
+    groups: Sequence[tuple["Task", Sequence["Query | Candidate"]]],
+    *,
+    role: str,
+    bench: "Benchmark",
+    ahead: bool = True,
+    stats: EncodeStats | None = None,
+    **kwargs: Any,
+) -> list[np.ndarray]:
+    """:func:`encode_items` over ``(task, items)`` groups in order, one array per group; with
+    ``ahead`` each call is started (:func:`start_encode`) while the one before it runs, as
+    ``evaluate`` does. ``kwargs``: the other arguments of :func:`start_encode`."""
+    if not ahead:
+        return [encode_items(encoder, items, role=role, task=task, bench=bench, stats=stats, **kwargs)
+                for task, items in groups]
+    out: list[np.ndarray] = []
+    calls: list[PendingEncode] = []  # started; each closed after its result (a no-op) or on an error
     try:
+        for k, (task, items) in enumerate(groups):
+            if k == 0:
+                calls.append(start_encode(encoder, items, role=role, task=task, bench=bench, **kwargs))
+            if k + 1 < len(groups):
+                nt, ni = groups[k + 1]
+                calls.append(start_encode(encoder, ni, role=role, task=nt, bench=bench, **kwargs))
+            out.append(calls[k].result(stats=stats))
+    finally:
+        for call in calls:
+            call.close()
+    return out
+
+
+class PendingEncode:
+    """An encode call started by :func:`start_encode` (see there)."""
+
+    def __init__(self, call: "_EncodeCall") -> None:
+        self._call = call
+        self._lock = threading.Lock()
+        self._setup_done = False
+        self._discarded = False
+        self._thread = threading.Thread(target=self._setup, name="mrbench-encode-ahead", daemon=True)
+        self._thread.start()
+
+    def _setup(self) -> None:
+        self._call.setup_safely()
+        with self._lock:
+            self._setup_done = True
+            discard = self._discarded
+        if discard:
+            self._call.close()
+
+    def result(self, *, progress: Callable[[int], None] | None = None, stats: EncodeStats | None = None) -> np.ndarray:
+        """Wait for the setup, run the encode loop here; the embeddings ``float32 [len(items), D]``."""
+        self._thread.join()
+        return self._call.result(progress=progress, stats=stats)
+
+    def close(self) -> None:
+        """Discard the call (nothing is encoded). Returns at once: its workers are stopped here, or,
+        while its setup (which cannot be interrupted) still runs, by the setup thread when it ends."""
+        with self._lock:
+            self._discarded = True
+            done = self._setup_done
+        if done:
+            self._call.close()
+
+
+class _EncodeCall:
+    """One :func:`encode_items` call: :meth:`setup` (everything before the first batch reaches the
+    encoder), then :meth:`result` (the encode loop), :meth:`close` (every resource released; safe
+    to call at any point, more than once). The call's counters accumulate in its own
+    :class:`EncodeStats`, added to the caller's when it ends (so a setup running in a background
+    thread never races the caller's counters)."""
+
+    def __init__(self, encoder: Encoder, items: Sequence["Query | Candidate"], *, role: str, task: "Task",
+                 bench: "Benchmark", cache: "EmbeddingCache | None", batch_size: int | None,
+                 num_workers: int | None, workers: str,
+                 pixel_cache: "PixelCache | str | os.PathLike[str] | bool | None") -> None:
+        self.t_start = time.perf_counter()
+        _check_role(role)
+        meta = encoder.meta
+        bs = batch_size if batch_size is not None else meta.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise EncoderError(f"batch size must be a positive integer, got {bs!r}")
+        if num_workers is None:
+            num_workers = default_workers()
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.encoder, self.items, self.role, self.task, self.bench = encoder, items, role, task, bench
+        self.meta, self.bs, self.num_workers, self.workers = meta, bs, num_workers, workers
+        self.cache, self.pixel_cache = cache, pixel_cache
+        self.stats = EncodeStats()
+        self.n = len(items)
+        self.instruction = instruction_for(task, role)
+        self.info = task_info(task, bench)
+        self.use_cache = cache is not None and meta.cacheable and meta.extra.get("cacheable", True) is not False
+        self.ctx = dict(encoder_name=meta.name, task_name=task.name, role=role)
+        self.pool: ThreadPoolExecutor | None = None
+        self.decoder: _Decoder | None = None
+        self.device_stager: _DeviceStager | None = None
+        self.tokenizer: _Tokenizer | None = None
+        self.stager: ThreadPoolExecutor | None = None
+        self.ahead: deque[Future] = deque()
+        self.decoding: dict[int, Callable[[], list[Loaded]]] = {}
+        self.stack = contextlib.ExitStack()
+        self.writer: _CacheWriter | None = None
+        self.batches: list[list[int]] = []
+        self.keys: list[str] = []
+        self.dim = meta.dim
+        self.out: np.ndarray | None = None
+        self.n_hit = 0
+        self.setup_error: BaseException | None = None
+        self.ready_ahead = False  # setup done (its first batches are being prepared)
+        self.closed = False
+
+    # -- before the first batch -------------------------------------------------------------------
+    def setup(self) -> None:
+        meta, items, role, n, stats = self.meta, self.items, self.role, self.n, self.stats
+        bench, task, encoder = self.bench, self.task, self.encoder
+        self.paths = paths = [bench.image_path(it.image) if it.image else None for it in items]
+        decode = bool(meta.needs_pixels) and "image" in meta.modalities
+        num_workers = self.num_workers
+        self.pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
         file_digests: dict[int, str] = {}
-        hashes = _hash_items(items, paths, pool, window=max(16, 4 * num_workers), file_digests=file_digests)
-        dim = meta.dim
-        out: np.ndarray | None = None
-        if use_cache:
+        self.hashes = _hash_items(items, paths, self.pool, window=max(16, 4 * num_workers), file_digests=file_digests)
+        if self.use_cache:
+            cache = self.cache
             assert cache is not None
-            keys = [cache.key(role, instruction, h) for h in hashes]
-            mask, cached = cache.get_many(keys)
+            self.keys = [cache.key(role, self.instruction, h) for h in self.hashes]
+            mask, cached = cache.get_many(self.keys)
             if cached is not None:
-                if dim is not None and cached.shape[1] != dim:
+                if self.dim is not None and cached.shape[1] != self.dim:
                     raise EncoderError(
                         f"encoder {meta.name!r}: the embedding cache {cache.path} holds dimension {cached.shape[1]} "
-                        f"but meta.dim is {dim}; delete that directory and re-run"
+                        f"but meta.dim is {self.dim}; delete that directory and re-run"
                     )
-                dim = cached.shape[1]
-                out = cached
+                self.dim = cached.shape[1]
+                self.out = cached
         else:
-            keys = []
             mask = np.zeros(n, dtype=bool)
-        n_hit = int(mask.sum())
+        self.n_hit = int(mask.sum())
         stats.items += n
-        stats.cache_hits += n_hit
-        if progress is not None and n_hit:
-            progress(n_hit)
+        stats.cache_hits += self.n_hit
 
         miss = np.flatnonzero(~mask)
-        batches = [miss[i : i + bs].tolist() for i in range(0, len(miss), bs)]
-        if use_cache and batches:
-            assert cache is not None
-            writer = _CacheWriter(cache)
+        self.batches = batches = [miss[i : i + self.bs].tolist() for i in range(0, len(miss), self.bs)]
+        if self.use_cache and batches:
+            assert self.cache is not None
+            self.writer = _CacheWriter(self.cache)
 
         if decode:
             from mrbench.encoders.pixel_cache import resolve_pixel_cache
 
-            decoder = _Decoder(encoder, items, paths, task.name, num_workers, workers, pool,
-                               resolve_pixel_cache(pixel_cache) if batches else None, stats, file_digests)
-            if (decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
+            self.decoder = _Decoder(encoder, items, paths, task.name, num_workers, self.workers, self.pool,
+                                    resolve_pixel_cache(self.pixel_cache) if batches else None, stats, file_digests)
+            if (self.decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
                     and _gpu_decode_device(encoder)):
-                device_stager = _DeviceStager(str(getattr(encoder, "device")))
-                decoder.host_alloc = device_stager.alloc
+                self.device_stager = _DeviceStager(str(getattr(encoder, "device")))
+                self.decoder.host_alloc = self.device_stager.alloc
         text_fn = getattr(encoder, "text_transform", None)
         if batches and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
             n_texts = sum(1 for i in miss if items[i].text is not None)
             fn = text_fn() if n_texts else None
             if fn is not None:
-                tokenizer = _Tokenizer(encoder, fn, n_texts, num_workers)
-
-        def prepare(b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
-            """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1``."""
-            batch, ready = batches[b], None
-            if decoder is not None:
-                if b not in decoding:
-                    decoding[b] = decoder.submit(batch)
-                if b + 1 < len(batches) and b + 1 not in decoding:
-                    decoding[b + 1] = decoder.submit(batches[b + 1])
-                t0 = time.perf_counter()
-                loaded = decoding.pop(b)()
-                t1 = time.perf_counter()
-                stats.read_wait_seconds += t1 - t0
-                if device_stager is not None:
-                    loaded, ready = device_stager.stage(loaded)
-                    stats.stage_seconds += time.perf_counter() - t1
-            else:
-                loaded = [(None, None)] * len(batch)
-            inputs = [
-                EncodeInput(
-                    id=items[i].id,
-                    text=items[i].text,
-                    image=img,
-                    image_path=paths[i],
-                    instruction=instruction,
-                    content_hash=hashes[i],
-                    meta=MappingProxyType(items[i].meta or {}),
-                    pixels=pix,
-                )
-                for i, (img, pix) in zip(batch, loaded)
-            ]
-            if tokenizer is None:
-                return inputs, ready
-            t0 = time.perf_counter()
-            inputs = tokenizer(inputs)
-            stats.tokenize_seconds += time.perf_counter() - t0
-            return inputs, ready
-
+                self.tokenizer = _Tokenizer(encoder, fn, n_texts, num_workers)
         # a bounded queue: the batch being encoded and PREFETCH_BATCHES prepared in one background
         # thread (which also keeps the next batch decoding), never more, so memory stays flat
-        decoding: dict[int, Callable[[], list[Loaded]]] = {}
-        if batches and (decoder is not None or tokenizer is not None):
-            stager = ThreadPoolExecutor(1, thread_name_prefix="mrbench-prepare")
-            stack.enter_context(_short_switch_interval(_gpu_decode_device(encoder) is not None))
+        if batches and (self.decoder is not None or self.tokenizer is not None):
+            self.stager = ThreadPoolExecutor(1, thread_name_prefix="mrbench-prepare")
+            self.stack.enter_context(_short_switch_interval(_gpu_decode_device(encoder) is not None))
+            self._fill_ahead(0)
+
+    def setup_safely(self) -> None:
+        """:meth:`setup` in a background thread: an error is kept for :meth:`result` to raise."""
+        try:
+            self.setup()
+        except BaseException as e:
+            self.setup_error = e
+        self.ready_ahead = True
+
+    def _fill_ahead(self, b: int) -> None:
+        """Keep batches ``b .. b + PREFETCH_BATCHES - 1`` being prepared."""
+        assert self.stager is not None
+        while len(self.ahead) < PREFETCH_BATCHES and b + len(self.ahead) < len(self.batches):
+            self.ahead.append(self.stager.submit(self._prepare, b + len(self.ahead)))
+
+    def _prepare(self, b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
+        """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1``."""
+        batches, decoder, stats, items = self.batches, self.decoder, self.stats, self.items
+        batch, ready = batches[b], None
+        if decoder is not None:
+            decoding = self.decoding
+            if b not in decoding:
+                decoding[b] = decoder.submit(batch)
+            if b + 1 < len(batches) and b + 1 not in decoding:
+                decoding[b + 1] = decoder.submit(batches[b + 1])
+            t0 = time.perf_counter()
+            loaded = decoding.pop(b)()
+            t1 = time.perf_counter()
+            stats.read_wait_seconds += t1 - t0
+            if self.device_stager is not None:
+                loaded, ready = self.device_stager.stage(loaded)
+                stats.stage_seconds += time.perf_counter() - t1
+        else:
+            loaded = [(None, None)] * len(batch)
+        paths, hashes, instruction = self.paths, self.hashes, self.instruction
+        inputs = [
+            EncodeInput(
+                id=items[i].id,
+                text=items[i].text,
+                image=img,
+                image_path=paths[i],
+                instruction=instruction,
+                content_hash=hashes[i],
+                meta=MappingProxyType(items[i].meta or {}),
+                pixels=pix,
+            )
+            for i, (img, pix) in zip(batch, loaded)
+        ]
+        if self.tokenizer is None:
+            return inputs, ready
+        t0 = time.perf_counter()
+        inputs = self.tokenizer(inputs)
+        stats.tokenize_seconds += time.perf_counter() - t0
+        return inputs, ready
+
+    # -- the encode loop --------------------------------------------------------------------------
+    def result(self, *, progress: Callable[[int], None] | None = None, stats: EncodeStats | None = None) -> np.ndarray:
+        t_run = time.perf_counter()
+        ahead = self.ready_ahead
+        try:
+            if self.setup_error is not None:
+                raise self.setup_error
+            if not ahead:
+                self.setup()
+            out = self._run(progress, t_run if ahead else self.t_start)
+        finally:
+            self.close()
+            self.stats.total_seconds += time.perf_counter() - (t_run if ahead else self.t_start)
+            if stats is not None:
+                stats.add(self.stats)
+        return out
+
+    def _run(self, progress: Callable[[int], None] | None, t_start: float) -> np.ndarray:
+        encoder, meta, stats, role, info = self.encoder, self.meta, self.stats, self.role, self.info
+        if progress is not None and self.n_hit:
+            progress(self.n_hit)
         launch = async_encode_of(encoder)
 
         def complete(batch: list[int], ids: list[str], result: Callable[[], Any]) -> None:
             """Wait for one batch's embeddings, check them and store them (array, cache, progress)."""
-            nonlocal dim, out
             t0 = time.perf_counter()
             raw = result()
             stats.encode_seconds += time.perf_counter() - t0
-            emb = validate_embeddings(raw, ids=ids, expected_dim=dim, normalise=meta.similarity == "cosine", **ctx)
-            dim = emb.shape[1]
-            if out is None:
-                out = np.zeros((n, dim), dtype=np.float32)
-            out[batch] = emb
-            if writer is not None:
-                writer.add([keys[i] for i in batch], emb)
+            emb = validate_embeddings(raw, ids=ids, expected_dim=self.dim, normalise=meta.similarity == "cosine",
+                                      **self.ctx)
+            self.dim = emb.shape[1]
+            if self.out is None:
+                self.out = np.zeros((self.n, self.dim), dtype=np.float32)
+            self.out[batch] = emb
+            if self.writer is not None:
+                self.writer.add([self.keys[i] for i in batch], emb)
             stats.encoded += len(batch)
             stats.batches += 1
             if progress is not None:
@@ -1479,17 +1650,16 @@ def encode_items(
 
         # with an asynchronous encoder, batch b is checked after batch b + 1 is queued on the device
         pending: tuple[list[int], list[str], Callable[[], Any]] | None = None
-        for b, batch in enumerate(batches):
-            if stager is not None:
-                while len(ahead) < PREFETCH_BATCHES and b + len(ahead) < len(batches):
-                    ahead.append(stager.submit(prepare, b + len(ahead)))
+        for b, batch in enumerate(self.batches):
+            if self.stager is not None:
+                self._fill_ahead(b)
                 t_wait = time.perf_counter()
-                inputs, ready = ahead.popleft().result()
+                inputs, ready = self.ahead.popleft().result()
                 stats.input_wait_seconds += time.perf_counter() - t_wait
                 if ready is not None:
                     ready()
             else:
-                inputs, _ = prepare(b)
+                inputs, _ = self._prepare(b)
             ids = [it.id for it in inputs]
             t0 = time.perf_counter()
             if b == 0:
@@ -1514,14 +1684,22 @@ def encode_items(
                 pending = None
         if pending is not None:
             complete(*pending)
-        if writer is not None:
-            writer.flush()
-    finally:
-        for f in ahead:
+        if self.writer is not None:
+            self.writer.flush()
+        if self.out is None:  # no items
+            self.out = np.zeros((0, self.dim or 0), dtype=np.float32)
+        return self.out
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for f in self.ahead:
             f.cancel()
-        if stager is not None:
-            stager.shutdown(wait=True, cancel_futures=True)
-        stack.close()
+        if self.stager is not None:
+            self.stager.shutdown(wait=True, cancel_futures=True)
+        self.stack.close()
+        writer = self.writer
         if writer is not None:
             if writer.unwritten:  # a batch failed: keep what was encoded before it
                 n_kept = writer.unwritten
@@ -1530,13 +1708,9 @@ def encode_items(
                 except Exception as e:  # the batch's own error is the one to report
                     log.warning("could not write %d encoded embeddings to the cache: %s", n_kept, e)
             writer.close()
-        if tokenizer is not None:
-            tokenizer.close()
-        if decoder is not None:
-            decoder.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        stats.total_seconds += time.perf_counter() - t_start
-    if out is None:  # no items
-        out = np.zeros((0, dim or 0), dtype=np.float32)
-    return out
+        if self.tokenizer is not None:
+            self.tokenizer.close()
+        if self.decoder is not None:
+            self.decoder.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
