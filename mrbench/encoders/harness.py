@@ -1609,6 +1609,8 @@ class _EncodeCall:
 
     # -- the encode loop --------------------------------------------------------------------------
     def result(self, *, progress: Callable[[int], None] | None = None, stats: EncodeStats | None = None) -> np.ndarray:
+        if self.closed:
+            raise RuntimeError("this encode call was already consumed or closed")
         t_run = time.perf_counter()
         ahead = self.ready_ahead
         try:

@@ -289,7 +289,13 @@ class HFClipEncoder(DualTowerEncoder):
         import torch
 
         keep = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
-        tensors = {k: torch.as_tensor(v, dtype=torch.long, device=self.device) for k, v in enc.items() if k in keep}
+        tensors = {}
+        for k, v in enc.items():
+            if k in keep:
+                t = torch.as_tensor(v, dtype=torch.long)
+                if self.device.startswith("cuda"):  # from pageable memory the copy would wait for the GPU
+                    t = t.pin_memory()
+                tensors[k] = t.to(self.device, non_blocking=True)
         return tensors, n_trunc
 
     def _n_truncated(self, texts: list[str], enc: Any) -> int:
