@@ -268,10 +268,14 @@ def evaluate(
     call_kw = dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode)
     ahead: dict[tuple[str, str], Any] = {}
 
+    last: list[Any] = []  # the call started last: the next one waits for its inputs (start_encode's after)
+
     def start(task: Task, role: str, now: bool = False) -> None:
         if ENCODE_AHEAD or now:
             items = task.queries if role == "query" else task.candidates
-            ahead[(task.name, role)] = start_encode(enc, items, role=role, task=task, bench=bench, **call_kw)
+            after = last[0] if last and ENCODE_AHEAD else None
+            ahead[(task.name, role)] = start_encode(enc, items, role=role, task=task, bench=bench, after=after, **call_kw)
+            last[:] = [ahead[(task.name, role)]]
 
     try:
         for ti, task in enumerate(task_list):

@@ -547,3 +547,35 @@ def test_encode_groups_ahead_or_not_gives_the_same_arrays_and_discards_on_error(
     with pytest.raises(BenchmarkError, match="c4.png"):
         encode_groups(enc, groups, role="candidate", bench=bench, num_workers=2)
     assert [len(c) for c in enc.calls] == [2, 1] and _prepare_threads() == []
+
+
+def test_a_call_started_after_another_waits_for_that_calls_inputs(tmp_path):
+    import time
+
+    from mrbench.encoders.harness import start_encode
+
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+    enc = _pixel_encoder()
+    # 4 batches of 2: the first two are prepared ahead, the last two only as the call runs
+    first = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    second = start_encode(enc, task.candidates[4:], role="candidate", task=task, bench=bench, num_workers=2,
+                          after=first)
+    time.sleep(0.2)
+    assert not second._call.ready_ahead  # not set up while the first call's batches are still to come
+    a = first.result()
+    b = second.result()
+    ref = encode_items(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench, num_workers=0)
+    np.testing.assert_array_equal(a, ref)
+    np.testing.assert_array_equal(b, ref[4:])
+    # a discarded first call releases the one waiting for it, which can still be discarded in turn
+    first = start_encode(enc, task.candidates[:4], role="candidate", task=task, bench=bench, num_workers=2)
+    second = start_encode(enc, task.candidates[4:], role="candidate", task=task, bench=bench, num_workers=2,
+                          after=first)
+    first.close()
+    np.testing.assert_array_equal(second.result(), ref[4:])
+    third = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2, after=second)
+    fourth = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2, after=third)
+    fourth.close()
+    third.close()
+    assert _prepare_threads() == []

@@ -1362,12 +1362,16 @@ def start_encode(
     num_workers: int | None = None,
     workers: str = "auto",
     pixel_cache: "PixelCache | str | os.PathLike[str] | bool | None" = None,
+    after: "PendingEncode | None" = None,
 ) -> "PendingEncode":
     """Start an :func:`encode_items` call ahead of time; ``.result(progress=, stats=)`` finishes it.
 
     Its setup — content hashes, the embedding-cache lookup, the decoder, tokenizer and device
-    stager — runs in a background thread from now on, and so does the preparation of its first
-    :data:`PREFETCH_BATCHES` batches (decoded or read from the pixel cache, staged, tokenised).
+    stager — runs in a background thread, and so does the preparation of its first
+    :data:`PREFETCH_BATCHES` batches (decoded or read from the pixel cache, staged, tokenised):
+    from now on, or, with ``after`` (the call that will run before it), once that call's last batch
+    is prepared, so the two calls' inputs never compete and the new call's are ready when the model
+    finishes the old call's last batches.
     ``evaluate`` starts each call while the one before it is being encoded, so a new call's
     start-up no longer leaves the model idle. Nothing reaches the encoder before ``result()``, which
     runs the encode loop on the calling thread and returns exactly what ``encode_items`` with the
@@ -1379,7 +1383,7 @@ def start_encode(
     """
     call = _EncodeCall(encoder, items, role=role, task=task, bench=bench, cache=cache, batch_size=batch_size,
                        num_workers=num_workers, workers=workers, pixel_cache=pixel_cache)
-    return PendingEncode(call)
+    return PendingEncode(call, after=after._call if after is not None else None)
 
 
 def encode_groups(
@@ -1406,7 +1410,7 @@ def encode_groups(
                 calls.append(start_encode(encoder, items, role=role, task=task, bench=bench, **kwargs))
             if k + 1 < len(groups):
                 nt, ni = groups[k + 1]
-                calls.append(start_encode(encoder, ni, role=role, task=nt, bench=bench, **kwargs))
+                calls.append(start_encode(encoder, ni, role=role, task=nt, bench=bench, after=calls[k], **kwargs))
             out.append(calls[k].result(stats=stats))
     finally:
         for call in calls:
@@ -1417,8 +1421,8 @@ def encode_groups(
 class PendingEncode:
     """An encode call started by :func:`start_encode` (see there)."""
 
-    def __init__(self, call: "_EncodeCall") -> None:
-        self._call = call
+    def __init__(self, call: "_EncodeCall", after: "_EncodeCall | None" = None) -> None:
+        self._call, self._after = call, after
         self._lock = threading.Lock()
         self._setup_done = False
         self._discarded = False
@@ -1426,7 +1430,12 @@ class PendingEncode:
         self._thread.start()
 
     def _setup(self) -> None:
-        self._call.setup_safely()
+        if self._after is not None:
+            self._after.inputs_done.wait()
+        with self._lock:
+            discarded = self._discarded
+        if not discarded:  # (a call discarded while it waited is not set up at all)
+            self._call.setup_safely()
         with self._lock:
             self._setup_done = True
             discard = self._discarded
@@ -1495,6 +1504,7 @@ class _EncodeCall:
         self.setup_error: BaseException | None = None
         self.ready_ahead = False  # setup done (its first batches are being prepared)
         self.closed = False
+        self.inputs_done = threading.Event()  # every batch prepared (or the call ended): a next call may start
 
     # -- before the first batch -------------------------------------------------------------------
     def setup(self) -> None:
@@ -1527,6 +1537,8 @@ class _EncodeCall:
 
         miss = np.flatnonzero(~mask)
         self.batches = batches = [miss[i : i + self.bs].tolist() for i in range(0, len(miss), self.bs)]
+        if not batches:
+            self.inputs_done.set()
         if self.use_cache and batches:
             assert self.cache is not None
             self.writer = _CacheWriter(self.cache)
@@ -1559,6 +1571,7 @@ class _EncodeCall:
             self.setup()
         except BaseException as e:
             self.setup_error = e
+            self.inputs_done.set()
         self.ready_ahead = True
 
     def _fill_ahead(self, b: int) -> None:
@@ -1600,11 +1613,12 @@ class _EncodeCall:
             )
             for i, (img, pix) in zip(batch, loaded)
         ]
-        if self.tokenizer is None:
-            return inputs, ready
-        t0 = time.perf_counter()
-        inputs = self.tokenizer(inputs)
-        stats.tokenize_seconds += time.perf_counter() - t0
+        if self.tokenizer is not None:
+            t0 = time.perf_counter()
+            inputs = self.tokenizer(inputs)
+            stats.tokenize_seconds += time.perf_counter() - t0
+        if b == len(batches) - 1:
+            self.inputs_done.set()
         return inputs, ready
 
     # -- the encode loop --------------------------------------------------------------------------
@@ -1696,6 +1710,7 @@ class _EncodeCall:
         if self.closed:
             return
         self.closed = True
+        self.inputs_done.set()
         for f in self.ahead:
             f.cancel()
         if self.stager is not None:
