@@ -341,6 +341,11 @@ def evaluate(
         sensitivity = pd.concat(sens_frames, ignore_index=True) if sens_frames else None
         timings["encoder_forward"] = stats.encode_seconds
         timings["input_wait"] = stats.input_wait_seconds  # the model waiting for its next batch's inputs
+        # where preparing the inputs went (summed over batches, in the background) and the calls' starts
+        timings["input_read"] = stats.read_wait_seconds
+        timings["input_stage"] = stats.stage_seconds
+        timings["input_tokenize"] = stats.tokenize_seconds
+        timings["encode_startup"] = stats.startup_seconds
         timings["total"] = time.perf_counter() - t_start
         result = EvaluationResult.build(
             bench=bench,

@@ -57,8 +57,10 @@ def test_random_is_deterministic_and_outputs_are_complete(tmp_path):
     assert data["schema_version"] == 1 and data["benchmark"]["fingerprint"].startswith("sha256:")
     assert data["encoder"]["name"] == "random" and data["encoder"]["spec"] == "random"
     assert data["settings"]["ks"] == [1, 5, 10] and data["settings"]["tie_policy"] == "pessimistic"
-    for key in ("load", "encoder_init", "encode", "retrieve", "score", "total"):
+    for key in ("load", "encoder_init", "encode", "retrieve", "score", "total", "input_wait", "input_read",
+                "input_stage", "input_tokenize", "encode_startup"):
         assert data["timings"][key] >= 0
+    assert data["timings"]["encode_startup"] > 0  # every call's start to its first batch
     assert data["hardware"]["torch"]
     for task, rel in data["files"]["runs"].items():
         lines = (out / rel).read_text().splitlines()

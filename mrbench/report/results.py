@@ -9,7 +9,11 @@
 * ``hardware``: platform, python, cpu_count, torch, faiss, device, cuda
 * ``timings``: seconds per stage (load, encoder_init, encode, encoder_forward, input_wait, retrieve, score, sensitivity,
   total, aggregate); ``EvaluationResult.timings`` adds ``report`` (writing the output directory) and
-  ``chart`` (drawing grains.png, part of ``report``) after results.json is written
+  ``chart`` (drawing grains.png, part of ``report``) after results.json is written. Diagnostics of the
+  input pipeline (see :class:`~mrbench.encoders.harness.EncodeStats`), summed over batches on the
+  background threads that prepare them: ``input_read`` (decoding or pixel-cache reads),
+  ``input_stage`` (pinned staging for a GPU), ``input_tokenize``; ``encode_startup``: from each
+  encode call's start to its first batch reaching the encoder
 * ``cache``: items, hits, encoded
 * ``scores``: ``macro`` (each task weighs the same), ``tasks`` (per task), ``grain_count`` (per task
   and pooled ``all``, buckets "2", "3", "4", "5+"), ``grain_type`` (per task; a query counts under
