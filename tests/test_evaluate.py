@@ -60,7 +60,6 @@ def test_random_is_deterministic_and_outputs_are_complete(tmp_path):
     for key in ("load", "encoder_init", "encode", "retrieve", "score", "total", "input_wait", "input_read",
                 "input_stage", "input_tokenize", "encode_startup"):
         assert data["timings"][key] >= 0
-    assert data["timings"]["encode_startup"] > 0  # every call's start to its first batch
     assert data["hardware"]["torch"]
     for task, rel in data["files"]["runs"].items():
         lines = (out / rel).read_text().splitlines()
