@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mrbench.data.io import gc_paused
+from mrbench.data.io import gc_frozen, gc_paused
 from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
 from mrbench.report.progress import NullReporter
@@ -245,152 +245,154 @@ def evaluate(
     finally:
         warmer.stop()
     timings["encoder_init"] = time.perf_counter() - t0
+    # from here on the collector leaves the objects alive now (torch's, the benchmark) alone: see gc_frozen
+    with gc_frozen() as refreeze:
+        stats = EncodeStats()
+        frames = []
+        runs: dict[str, tuple[Task, Any]] = {}
+        sens_frames = []
+        timings.update(encode=0.0, retrieve=0.0, score=0.0, sensitivity=0.0)
+        device = "cpu"
+        pool_tmp = None
+        if stream_pool:
+            import tempfile
 
-    stats = EncodeStats()
-    frames = []
-    runs: dict[str, tuple[Task, Any]] = {}
-    sens_frames = []
-    timings.update(encode=0.0, retrieve=0.0, score=0.0, sensitivity=0.0)
-    device = "cpu"
-    pool_tmp = None
-    if stream_pool:
-        import tempfile
+            from mrbench.data.registry import mrbench_home
 
-        from mrbench.data.registry import mrbench_home
+            (mrbench_home() / "tmp").mkdir(parents=True, exist_ok=True)
+            pool_tmp = tempfile.TemporaryDirectory(prefix="pool-", dir=mrbench_home() / "tmp")
+        # on an exception the TemporaryDirectory's own finaliser removes the pool files
+        pool_dir = Path(pool_tmp.name) if pool_tmp is not None else None
+        # each encode call is started (hashes, cache lookups, its first batches prepared) while the one
+        # before it runs: a task's candidates while its queries are encoded, the next task's queries
+        # while its candidates are (see start_encode); a streamed pool is encoded slice by slice instead
+        call_kw = dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode)
+        ahead: dict[tuple[str, str], Any] = {}
 
-        (mrbench_home() / "tmp").mkdir(parents=True, exist_ok=True)
-        pool_tmp = tempfile.TemporaryDirectory(prefix="pool-", dir=mrbench_home() / "tmp")
-    # on an exception the TemporaryDirectory's own finaliser removes the pool files
-    pool_dir = Path(pool_tmp.name) if pool_tmp is not None else None
-    # each encode call is started (hashes, cache lookups, its first batches prepared) while the one
-    # before it runs: a task's candidates while its queries are encoded, the next task's queries
-    # while its candidates are (see start_encode); a streamed pool is encoded slice by slice instead
-    call_kw = dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode)
-    ahead: dict[tuple[str, str], Any] = {}
+        last: list[Any] = []  # the call started last: the next one waits for its inputs (start_encode's after)
 
-    last: list[Any] = []  # the call started last: the next one waits for its inputs (start_encode's after)
+        def start(task: Task, role: str, now: bool = False) -> None:
+            if ENCODE_AHEAD or now:
+                items = task.queries if role == "query" else task.candidates
+                after = last[0] if last and ENCODE_AHEAD else None
+                ahead[(task.name, role)] = start_encode(enc, items, role=role, task=task, bench=bench, after=after, **call_kw)
+                last[:] = [ahead[(task.name, role)]]
 
-    def start(task: Task, role: str, now: bool = False) -> None:
-        if ENCODE_AHEAD or now:
-            items = task.queries if role == "query" else task.candidates
-            after = last[0] if last and ENCODE_AHEAD else None
-            ahead[(task.name, role)] = start_encode(enc, items, role=role, task=task, bench=bench, after=after, **call_kw)
-            last[:] = [ahead[(task.name, role)]]
+        try:
+            for ti, task in enumerate(task_list):
+                refreeze()  # what earlier tasks left (their tables, pandas once imported) is long-lived too
+                t0 = time.perf_counter()
+                if (task.name, "query") not in ahead:
+                    start(task, "query", now=True)
+                if not stream_pool and meta.dim and _pool_fits(task, int(meta.dim)):
+                    start(task, "candidate")
+                with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
+                    q_emb = ahead.pop((task.name, "query")).result(progress=adv, stats=stats)
+                if ti + 1 < len(task_list):
+                    start(task_list[ti + 1], "query")
+                with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
+                    c_call = ahead.pop((task.name, "candidate"), None)
+                    if c_call is not None and _pool_fits(task, int(q_emb.shape[1])):
+                        c_emb = c_call.result(progress=adv, stats=stats)
+                    else:
+                        if c_call is not None:
+                            c_call.close()
+                        c_emb = _encode_pool(enc, task, bench, int(q_emb.shape[1]), stream_pool, pool_dir,
+                                             dict(call_kw, progress=adv, stats=stats))
+                check_dims(q_emb, c_emb, meta.name, task.name)
+                timings["encode"] += time.perf_counter() - t0
 
-    try:
-        for ti, task in enumerate(task_list):
+                with gc_paused():  # our own bounded, acyclic allocations (see gc_paused)
+                    t0 = time.perf_counter()
+                    judged = judged_grades(task)
+                    with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
+                        res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
+                                           backend=backend, progress=adv, stream=True if stream_pool else None)
+                    device = res.device
+                    run_res = res
+                    if approx_spec is not None:
+                        run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
+                                               approx_recall, approx_used)
+                    runs[task.name] = (task, run_res)
+                    timings["retrieve"] += time.perf_counter() - t0
+
+                    t0 = time.perf_counter()
+                    frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
+                    timings["score"] += time.perf_counter() - t0
+
+                if grain_sensitivity and task.query_modality != "image":
+                    t0 = time.perf_counter()
+                    sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
+                                            num_workers, backend, reporter, decode, stream=True if stream_pool else None)
+                    if sf is not None:
+                        sens_frames.append(sf)
+                    timings["sensitivity"] += time.perf_counter() - t0
+
+        finally:
+            for call in ahead.values():  # started but not reached: an earlier step failed
+                call.close()
+
+        if pool_tmp is not None:
+            pool_tmp.cleanup()
+
+        t_agg = time.perf_counter()
+        import pandas as pd
+
+        with gc_paused():
+            per_query = pd.concat(frames, ignore_index=True)
+            sensitivity = pd.concat(sens_frames, ignore_index=True) if sens_frames else None
+            timings["encoder_forward"] = stats.encode_seconds
+            timings["input_wait"] = stats.input_wait_seconds  # the model waiting for its next batch's inputs
+            # where preparing the inputs went (summed over batches, in the background) and the calls' starts
+            timings["input_read"] = stats.read_wait_seconds
+            timings["input_stage"] = stats.stage_seconds
+            timings["input_tokenize"] = stats.tokenize_seconds
+            timings["encode_startup"] = stats.startup_seconds
+            timings["total"] = time.perf_counter() - t_start
+            result = EvaluationResult.build(
+                bench=bench,
+                tasks=[t.name for t in task_list],
+                encoder_meta=meta,
+                encoder_spec=spec,
+                encoder_kwargs=encoder_kwargs or {},
+                settings={
+                    "ks": list(ks_t),
+                    "depth": depth,
+                    "backend": backend,
+                    "device": device,
+                    "tie_policy": "pessimistic",
+                    "batch_size": batch_size or meta.batch_size,
+                    "decode_workers": num_workers,
+                    "decode": decode,
+                    "cache": bool(cache),
+                    "grain_sensitivity": bool(grain_sensitivity),
+                    "verify_fingerprint": bool(verify),
+                    **({"stream_pool": True} if stream_pool else {}),
+                    **({"approx": {**approx_spec, "tasks": approx_used}} if approx_spec is not None else {}),
+                },
+                hardware=_hardware(device),
+                timings=timings,
+                cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded,
+                             **{k: getattr(stats, k) for k in ("pixel_cache_hits", "pixel_cache_misses", "gpu_decoded")
+                                if getattr(stats, k, 0)}},
+                per_query=per_query,
+                sensitivity=sensitivity,
+                runs=runs,
+            )
+            if approx_spec is not None:
+                from mrbench.report.results import _clean
+
+                result.data["scores"]["approx_recall"] = _clean(approx_recall)
+        # per-query tables joined, hardware recorded, scores aggregated (written to results.json; "total"
+        # above stops before it, as it always has)
+        result.timings["aggregate"] = time.perf_counter() - t_agg
+        if out_path is not None:
             t0 = time.perf_counter()
-            if (task.name, "query") not in ahead:
-                start(task, "query", now=True)
-            if not stream_pool and meta.dim and _pool_fits(task, int(meta.dim)):
-                start(task, "candidate")
-            with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
-                q_emb = ahead.pop((task.name, "query")).result(progress=adv, stats=stats)
-            if ti + 1 < len(task_list):
-                start(task_list[ti + 1], "query")
-            with reporter.stage(f"{task.name}: encode candidates", len(task.candidates)) as adv:
-                c_call = ahead.pop((task.name, "candidate"), None)
-                if c_call is not None and _pool_fits(task, int(q_emb.shape[1])):
-                    c_emb = c_call.result(progress=adv, stats=stats)
-                else:
-                    if c_call is not None:
-                        c_call.close()
-                    c_emb = _encode_pool(enc, task, bench, int(q_emb.shape[1]), stream_pool, pool_dir,
-                                         dict(call_kw, progress=adv, stats=stats))
-            check_dims(q_emb, c_emb, meta.name, task.name)
-            timings["encode"] += time.perf_counter() - t0
-
-            with gc_paused():  # our own bounded, acyclic allocations (see gc_paused)
-                t0 = time.perf_counter()
-                judged = judged_grades(task)
-                with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
-                    res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
-                                       backend=backend, progress=adv, stream=True if stream_pool else None)
-                device = res.device
-                run_res = res
-                if approx_spec is not None:
-                    run_res = _approx_task(task, q_emb, c_emb, judged, depth, ks_t, approx_spec, res, reporter,
-                                           approx_recall, approx_used)
-                runs[task.name] = (task, run_res)
-                timings["retrieve"] += time.perf_counter() - t0
-
-                t0 = time.perf_counter()
-                frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
-                timings["score"] += time.perf_counter() - t0
-
-            if grain_sensitivity and task.query_modality != "image":
-                t0 = time.perf_counter()
-                sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
-                                        num_workers, backend, reporter, decode, stream=True if stream_pool else None)
-                if sf is not None:
-                    sens_frames.append(sf)
-                timings["sensitivity"] += time.perf_counter() - t0
-
-    finally:
-        for call in ahead.values():  # started but not reached: an earlier step failed
-            call.close()
-
-    if pool_tmp is not None:
-        pool_tmp.cleanup()
-
-    t_agg = time.perf_counter()
-    import pandas as pd
-
-    with gc_paused():
-        per_query = pd.concat(frames, ignore_index=True)
-        sensitivity = pd.concat(sens_frames, ignore_index=True) if sens_frames else None
-        timings["encoder_forward"] = stats.encode_seconds
-        timings["input_wait"] = stats.input_wait_seconds  # the model waiting for its next batch's inputs
-        # where preparing the inputs went (summed over batches, in the background) and the calls' starts
-        timings["input_read"] = stats.read_wait_seconds
-        timings["input_stage"] = stats.stage_seconds
-        timings["input_tokenize"] = stats.tokenize_seconds
-        timings["encode_startup"] = stats.startup_seconds
-        timings["total"] = time.perf_counter() - t_start
-        result = EvaluationResult.build(
-            bench=bench,
-            tasks=[t.name for t in task_list],
-            encoder_meta=meta,
-            encoder_spec=spec,
-            encoder_kwargs=encoder_kwargs or {},
-            settings={
-                "ks": list(ks_t),
-                "depth": depth,
-                "backend": backend,
-                "device": device,
-                "tie_policy": "pessimistic",
-                "batch_size": batch_size or meta.batch_size,
-                "decode_workers": num_workers,
-                "decode": decode,
-                "cache": bool(cache),
-                "grain_sensitivity": bool(grain_sensitivity),
-                "verify_fingerprint": bool(verify),
-                **({"stream_pool": True} if stream_pool else {}),
-                **({"approx": {**approx_spec, "tasks": approx_used}} if approx_spec is not None else {}),
-            },
-            hardware=_hardware(device),
-            timings=timings,
-            cache_stats={"items": stats.items, "hits": stats.cache_hits, "encoded": stats.encoded,
-                         **{k: getattr(stats, k) for k in ("pixel_cache_hits", "pixel_cache_misses", "gpu_decoded")
-                            if getattr(stats, k, 0)}},
-            per_query=per_query,
-            sensitivity=sensitivity,
-            runs=runs,
-        )
-        if approx_spec is not None:
-            from mrbench.report.results import _clean
-
-            result.data["scores"]["approx_recall"] = _clean(approx_recall)
-    # per-query tables joined, hardware recorded, scores aggregated (written to results.json; "total"
-    # above stops before it, as it always has)
-    result.timings["aggregate"] = time.perf_counter() - t_agg
-    if out_path is not None:
-        t0 = time.perf_counter()
-        result.save(out_path, overwrite=overwrite)
-        # after results.json is written: the writing itself, and the chart drawn during it
-        result.timings["report"] = time.perf_counter() - t0
-        result.timings.update(result.save_timings)
-    return result
+            result.save(out_path, overwrite=overwrite)
+            # after results.json is written: the writing itself, and the chart drawn during it
+            result.timings["report"] = time.perf_counter() - t0
+            result.timings.update(result.save_timings)
+        return result
 
 
 ENCODE_AHEAD = True

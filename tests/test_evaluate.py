@@ -286,8 +286,11 @@ def test_a_failure_discards_the_calls_started_ahead(tmp_path):
     import threading
     import time
 
+    import gc
+
     with pytest.raises(KeyboardInterrupt):
         mrbench.evaluate(TINY, Flaky(fail_on=3), cache_dir=tmp_path / "c", grain_sensitivity=False)
+    assert gc.get_freeze_count() == 0  # the objects evaluate froze are handed back to the collector
     for _ in range(100):
         if not [t for t in threading.enumerate() if t.name.startswith(("mrbench-encode-ahead", "mrbench-prepare"))]:
             break

@@ -251,3 +251,26 @@ def test_gc_paused_restores_the_collector():
         assert not gc.isenabled()  # was off: stays off
     finally:
         gc.enable()
+
+
+def test_gc_frozen_freezes_then_unfreezes_and_leaves_a_callers_freeze_alone():
+    import gc
+
+    from mrbench.data.io import gc_frozen
+
+    assert gc.get_freeze_count() == 0
+    with gc_frozen() as refreeze:
+        n = gc.get_freeze_count()
+        assert n > 0
+        keep = [[] for _ in range(1000)]  # noqa: F841  (alive at the refreeze below)
+        refreeze()
+        assert gc.get_freeze_count() >= n + 1000
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # the caller's own
+    try:
+        before = gc.get_freeze_count()
+        with gc_frozen() as refreeze:
+            refreeze()
+        assert gc.get_freeze_count() == before  # neither added to nor unfrozen
+    finally:
+        gc.unfreeze()

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +317,30 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+@contextlib.contextmanager
+def gc_frozen() -> Iterator[Callable[[], None]]:
+    """Leave the objects alive now out of the cyclic collector's passes until the block ends
+    (:func:`gc.freeze`, then :func:`gc.unfreeze`); the block gets a function that freezes what is
+    alive when it is called, too. A no-op (and so is that function) when objects are already frozen
+    (by the caller's own ``gc.freeze``).
+
+    The collector still runs, over the objects made since, so cyclic garbage of the block (an
+    encoder's included) is collected as usual; only the long-lived objects (torch's, pandas', the
+    benchmark) are not walked again at every full collection. ``evaluate`` with the tiny torch
+    encoder spent 0.44 s of an 8.2 s cold run in collections, 0.29 s of it in full ones.
+    """
+    import gc
+
+    if gc.get_freeze_count():
+        yield lambda: None
+        return
+    gc.freeze()
+    try:
+        yield gc.freeze
+    finally:
+        gc.unfreeze()
 
 
 def load_benchmark_dir(root: Path, verify: bool = True) -> Benchmark:
