@@ -21,7 +21,9 @@ The harness — not the encoder — owns:
   ``False`` (their output depends on more than content, like the oracle) bypass the cache;
 * **keeping the device busy**: with an encoder whose ``encode_async`` may stand in for ``encode``
   (:func:`async_encode_of`; every :class:`~mrbench.encoders.torch_base.TorchEncoder`), batch b + 1
-  is queued before batch b's embeddings are waited for and checked;
+  is queued before batch b's embeddings are waited for and checked; a call can be started before
+  the one in front of it ends (:func:`start_encode`, :func:`encode_groups`: set up and its first
+  batches prepared once that call's last batch is), so its start-up does not leave the model idle;
 * **validation** of every batch: array-like (numpy, torch tensors, nested lists) convertible to
   float32, shape ``[len(batch), D]``, the same ``D`` in every batch and equal to ``meta.dim`` when set,
   no NaN/Inf; for ``similarity="cosine"`` rows are L2-normalised (a zero row is an error).
@@ -1371,7 +1373,8 @@ def start_encode(
     :data:`PREFETCH_BATCHES` batches (decoded or read from the pixel cache, staged, tokenised):
     from now on, or, with ``after`` (the call that will run before it), once that call's last batch
     is prepared, so the two calls' inputs never compete and the new call's are ready when the model
-    finishes the old call's last batches.
+    finishes the old call's last batches. ``after`` must be consumed (``result()``) or closed before
+    this call's ``result()``, which otherwise waits for it.
     ``evaluate`` starts each call while the one before it is being encoded, so a new call's
     start-up no longer leaves the model idle. Nothing reaches the encoder before ``result()``, which
     runs the encode loop on the calling thread and returns exactly what ``encode_items`` with the
