@@ -20,6 +20,7 @@ Where the harness time goes (``breakdown`` in the JSON, one entry per run):
 
     python benchmarks/bench_evaluate.py --encoder random --out benchmarks/results/evaluate.json
     python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --write-results
+    python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --sequential
 """
 
 from __future__ import annotations
@@ -120,8 +121,15 @@ def main() -> None:
     ap.add_argument("--write-results", action="store_true",
                     help="also write each run's output directory (results.json, runs, tables, chart), as "
                          "'mrbench evaluate --output' does; timed as report / chart")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run the encode calls one after the other (mrbench.pipeline.ENCODE_AHEAD off), "
+                         "for an A/B against evaluate's calls started ahead")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.sequential:
+        import mrbench.pipeline
+
+        mrbench.pipeline.ENCODE_AHEAD = False
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
         t0 = time.perf_counter()
@@ -141,6 +149,7 @@ def main() -> None:
         "benchmark": args.benchmark,
         "encoder": args.encoder,
         "write_results": bool(args.write_results),
+        "encode_ahead": not args.sequential,
         "build_seconds": build,
         "cold": cold,
         "warm": warm,
