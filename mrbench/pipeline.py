@@ -191,6 +191,7 @@ def evaluate(
     """
     from mrbench.data.registry import load_benchmark
     from mrbench.encoders.harness import EncodeStats, HashWarmer, check_dims, start_encode
+    from mrbench.grains.masking import drop_one_variants
     from mrbench.retrieval.search import exact_search
 
     if progress is True:
@@ -271,12 +272,16 @@ def evaluate(
 
         last: list[Any] = []  # the call started last: the next one waits for its inputs (start_encode's after)
 
-        def start(task: Task, role: str, now: bool = False) -> None:
+        def start(task: Task, what: str, now: bool = False, items: Sequence[Any] | None = None) -> None:
+            """Start the call ``what`` ("query", "candidate" or "sensitivity": the reduced queries)."""
             if ENCODE_AHEAD or now:
-                items = task.queries if role == "query" else task.candidates
+                if items is None:
+                    items = task.queries if what == "query" else task.candidates
+                role = "candidate" if what == "candidate" else "query"
                 after = last[0] if last and ENCODE_AHEAD else None
-                ahead[(task.name, role)] = start_encode(enc, items, role=role, task=task, bench=bench, after=after, **call_kw)
-                last[:] = [ahead[(task.name, role)]]
+                ahead[(task.name, what)] = start_encode(enc, items, role=role, task=task, bench=bench, after=after,
+                                                        **call_kw)
+                last[:] = [ahead[(task.name, what)]]
 
         try:
             for ti, task in enumerate(task_list):
@@ -286,6 +291,16 @@ def evaluate(
                     start(task, "query", now=True)
                 if not stream_pool and meta.dim and _pool_fits(task, int(meta.dim)):
                     start(task, "candidate")
+                t_j = time.perf_counter()
+                judged = judged_grades(task)
+                timings["retrieve"] += time.perf_counter() - t_j
+                variants = None
+                if grain_sensitivity and task.query_modality != "image":
+                    t_s = time.perf_counter()
+                    variants = drop_one_variants(task, judged)  # (reduced queries, their owners)
+                    if variants[0] and not stream_pool:
+                        start(task, "sensitivity", items=variants[0])
+                    timings["sensitivity"] += time.perf_counter() - t_s
                 with reporter.stage(f"{task.name}: encode queries", len(task.queries)) as adv:
                     q_emb = ahead.pop((task.name, "query")).result(progress=adv, stats=stats)
                 if ti + 1 < len(task_list):
@@ -304,7 +319,6 @@ def evaluate(
 
                 with gc_paused():  # our own bounded, acyclic allocations (see gc_paused)
                     t0 = time.perf_counter()
-                    judged = judged_grades(task)
                     with reporter.stage(f"{task.name}: retrieve", len(task.queries)) as adv:
                         res = exact_search(q_emb, c_emb, judged, depth=depth, relevance_level=task.relevance_level,
                                            backend=backend, progress=adv, stream=True if stream_pool else None)
@@ -320,10 +334,11 @@ def evaluate(
                     frames.append(task_frame(task, run_res.judged_ranks, judged, ks_t, run_res.n_ties))
                     timings["score"] += time.perf_counter() - t0
 
-                if grain_sensitivity and task.query_modality != "image":
+                if variants is not None:
                     t0 = time.perf_counter()
                     sf = _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size,
-                                            num_workers, backend, reporter, decode, stream=True if stream_pool else None)
+                                            num_workers, backend, reporter, decode, stream=True if stream_pool else None,
+                                            variants=variants, pending=ahead.pop((task.name, "sensitivity"), None))
                     if sf is not None:
                         sens_frames.append(sf)
                     timings["sensitivity"] += time.perf_counter() - t0
@@ -484,8 +499,11 @@ def _approx_task(task, q_emb, c_emb, judged, depth, ks, spec, exact, reporter, r
 
 
 def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats, batch_size, num_workers,
-                       backend, reporter, decode="auto", stream=None):
+                       backend, reporter, decode="auto", stream=None, variants=None, pending=None):
     """Drop one grain at a time from every text-bearing query, re-encode and re-rank.
+
+    ``variants``: :func:`~mrbench.grains.masking.drop_one_variants` of the task, when already made;
+    ``pending``: the reduced queries' encode call, when already started (``evaluate``).
 
     Returns one row per (query, dropped grain) with ``mask_distance`` = 1 − cos(full, reduced)
     (computed on L2-normalised embeddings whatever the encoder's similarity) and ``rank_change`` =
@@ -496,12 +514,15 @@ def _grain_sensitivity(enc, task, bench, q_emb, c_emb, judged, res, store, stats
     from mrbench.encoders.harness import encode_items
     from mrbench.grains.masking import drop_one_variants
 
-    reduced, owners = drop_one_variants(task, judged)
+    reduced, owners = variants if variants is not None else drop_one_variants(task, judged)
     if not reduced:
         return None
     with reporter.stage(f"{task.name}: grain sensitivity", len(reduced)) as adv:
-        r_emb = encode_items(enc, reduced, role="query", task=task, bench=bench, cache=store,
-                             batch_size=batch_size, num_workers=num_workers, workers=decode, progress=adv, stats=stats)
+        if pending is not None:
+            r_emb = pending.result(progress=adv, stats=stats)
+        else:
+            r_emb = encode_items(enc, reduced, role="query", task=task, bench=bench, cache=store, batch_size=batch_size,
+                                 num_workers=num_workers, workers=decode, progress=adv, stats=stats)
     with gc_paused():
         return _sensitivity_frame(task, q_emb, c_emb, r_emb, judged, res, owners, backend, stream)
 

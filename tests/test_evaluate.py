@@ -297,3 +297,32 @@ def test_a_failure_discards_the_calls_started_ahead(tmp_path):
         time.sleep(0.02)
     else:
         raise AssertionError("threads of a discarded call are still running")
+
+
+def test_grain_sensitivity_calls_started_ahead_give_the_same_results(monkeypatch):
+    """The reduced queries' call is started after the task's candidates (and the next task's queries
+    after it); every score, table and sensitivity row equals the one-call-at-a-time run's."""
+    import mrbench.pipeline as pl
+    from mrbench.encoders import harness
+
+    events: list[tuple[str, str, int]] = []
+    real = harness.start_encode
+
+    def spy(enc, items, *, role, task, **kw):
+        events.append((task.name, role, len(items)))
+        return real(enc, items, role=role, task=task, **kw)
+
+    monkeypatch.setattr(harness, "start_encode", spy)
+    got = mrbench.evaluate(TINY, Flaky(), cache=False)
+    monkeypatch.setattr(pl, "ENCODE_AHEAD", False)
+    ref = mrbench.evaluate(TINY, Flaky(), cache=False)
+    assert got.scores == ref.scores
+    assert got.per_query.equals(ref.per_query) and got.sensitivity.equals(ref.sensitivity)
+    bench = mrbench.load_benchmark(TINY)
+    ahead_calls = events[: len(events) - len(bench.tasks)]  # the second run starts only its queries' calls
+    for t in bench.tasks:
+        sens = [e for e in ahead_calls if e[0] == t.name and e[1] == "query" and e[2] != len(t.queries)]
+        assert len(sens) == (1 if t.query_modality != "image" else 0), t.name
+        if sens:  # started right after the task's candidates
+            k = ahead_calls.index(sens[0])
+            assert ahead_calls[k - 1] == (t.name, "candidate", len(t.candidates))
