@@ -20,7 +20,7 @@ Where the harness time goes (``breakdown`` in the JSON, one entry per run):
 
     python benchmarks/bench_evaluate.py --encoder random --out benchmarks/results/evaluate.json
     python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --write-results
-    python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --sequential
+    python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --encode-ahead on
 """
 
 from __future__ import annotations
@@ -121,15 +121,15 @@ def main() -> None:
     ap.add_argument("--write-results", action="store_true",
                     help="also write each run's output directory (results.json, runs, tables, chart), as "
                          "'mrbench evaluate --output' does; timed as report / chart")
-    ap.add_argument("--sequential", action="store_true",
-                    help="run the encode calls one after the other (mrbench.pipeline.ENCODE_AHEAD off), "
-                         "for an A/B against evaluate's calls started ahead")
+    ap.add_argument("--encode-ahead", choices=("auto", "on", "off"), default="auto",
+                    help="start each encode call while the one before it runs (mrbench.pipeline.ENCODE_AHEAD): "
+                         "auto (evaluate's default: for encoders on a GPU), on, off")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if args.sequential:
+    if args.encode_ahead != "auto":
         import mrbench.pipeline
 
-        mrbench.pipeline.ENCODE_AHEAD = False
+        mrbench.pipeline.ENCODE_AHEAD = args.encode_ahead == "on"
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
         t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def main() -> None:
         "benchmark": args.benchmark,
         "encoder": args.encoder,
         "write_results": bool(args.write_results),
-        "encode_ahead": not args.sequential,
+        "encode_ahead": args.encode_ahead,
         "build_seconds": build,
         "cold": cold,
         "warm": warm,

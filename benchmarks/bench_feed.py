@@ -85,6 +85,10 @@ def main() -> None:
     ap.add_argument("--n-texts", type=int, default=16384)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: every core up to 16)")
+    ap.add_argument("--evaluate", type=int, default=0, metavar="N",
+                    help="also time N whole `evaluate` runs of MRBench-Synth with the simulated encoder (warm pixel "
+                         "cache, no embedding cache) with the encode calls started ahead and N one after the other, "
+                         "alternating; reports the medians")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import mrbench
@@ -144,11 +148,18 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             rows.append(row("texts, + embedding cache", len(texts), args.text_rate,
                             *run([("t2i", texts)], "query", None, EmbeddingCache(d, "simulated-gpu@1"))))
+        evaluate_rows = _evaluate_ab(enc, args.evaluate, workers) if args.evaluate else []
     finally:
         harness._gpu_decode_device = real
     out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "workers": workers,
                        "python": platform.python_version()},
            "forward_rate": args.forward_rate, "text_rate": args.text_rate, "batch": args.batch, "rows": rows}
+    if evaluate_rows:
+        out["evaluate"] = evaluate_rows
+        for r in evaluate_rows:
+            print(f"evaluate, calls {r['calls']:<10} wall {r['wall_s']:.3f} s (median of {r['runs']}); encode "
+                  f"{r['encode_s']:.3f}, retrieve {r['retrieve_s']:.3f}, sensitivity {r['sensitivity_s']:.3f}; "
+                  f"calls' start-up {r['encode_startup_s']:.3f}, model waiting for inputs {r['input_wait_s']:.3f}")
     for r in rows:
         rate = args.text_rate if r["path"].startswith("texts") else args.forward_rate
         print(f"{r['path']:<26} {r['harness_per_s']:>9.0f} items/s  share of a {rate:,.0f}/s forward "
@@ -156,6 +167,40 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _evaluate_ab(enc, n: int, workers: int) -> list[dict]:
+    """Medians of ``n`` MRBench-Synth evaluations with the encode calls started ahead and ``n`` one after
+    the other (``mrbench.pipeline.ENCODE_AHEAD``), alternating; the pixel cache warm (filled by an untimed
+    first run), no embedding cache."""
+    import statistics
+
+    import mrbench
+    import mrbench.pipeline as pl
+
+    keys = ("encode", "retrieve", "score", "sensitivity", "encode_startup", "input_wait")
+    runs: dict[bool, list[dict]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as d:
+        kw = dict(cache=False, num_workers=workers)
+        saved_env, saved_flag = os.environ.get("MRBENCH_PIXEL_CACHE"), pl.ENCODE_AHEAD
+        os.environ["MRBENCH_PIXEL_CACHE"] = d
+        try:
+            mrbench.evaluate("mrbench-synth", enc, **kw)
+            for _ in range(n):
+                for flag in (True, False):
+                    pl.ENCODE_AHEAD = flag
+                    t0 = time.perf_counter()
+                    res = mrbench.evaluate("mrbench-synth", enc, **kw)
+                    runs[flag].append({"wall": time.perf_counter() - t0, **{k: res.timings[k] for k in keys}})
+        finally:
+            pl.ENCODE_AHEAD = saved_flag
+            if saved_env is None:
+                os.environ.pop("MRBENCH_PIXEL_CACHE", None)
+            else:
+                os.environ["MRBENCH_PIXEL_CACHE"] = saved_env
+    return [{"calls": "ahead" if flag else "sequential", "runs": n,
+             **{f"{k}_s": round(statistics.median(r[k] for r in rows), 3) for k in ("wall", *keys)}}
+            for flag, rows in runs.items()]
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def entry_encode(ctx: Ctx) -> dict[str, Any]:
 def _encode_feed_proxy(ctx: Ctx) -> dict[str, Any]:
     """Without a GPU: how much of a simulated ViT-B/32-on-H100 forward (19.3k images/s) this host's
     input pipeline sustains (bench_feed.py), judged on the warm pixel cache as on a GPU, with the
-    calls started ahead as ``evaluate`` runs them."""
+    calls started ahead as ``evaluate`` runs them for an encoder on a GPU."""
     out = ctx.tmp / "feed.json"
     cmd = [sys.executable, _script("bench_feed.py"), "--n-images", "512" if ctx.args.quick else "4096",
            "--out", str(out)]

@@ -264,21 +264,25 @@ def evaluate(
             pool_tmp = tempfile.TemporaryDirectory(prefix="pool-", dir=mrbench_home() / "tmp")
         # on an exception the TemporaryDirectory's own finaliser removes the pool files
         pool_dir = Path(pool_tmp.name) if pool_tmp is not None else None
-        # each encode call is started (hashes, cache lookups, its first batches prepared) while the one
-        # before it runs: a task's candidates while its queries are encoded, the next task's queries
-        # while its candidates are (see start_encode); a streamed pool is encoded slice by slice instead
+        # for an encoder on a GPU (see ENCODE_AHEAD), each encode call is started (hashes, cache lookups,
+        # its first batches prepared) once the call before it has prepared its last batch: a task's
+        # candidates after its queries, its reduced queries (grain sensitivity) after them, the next task's
+        # queries after those (see start_encode); a streamed pool is encoded slice by slice instead
         call_kw = dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode)
         ahead: dict[tuple[str, str], Any] = {}
 
         last: list[Any] = []  # the call started last: the next one waits for its inputs (start_encode's after)
+        from mrbench.encoders.harness import _gpu_decode_device
+
+        overlap = ENCODE_AHEAD if ENCODE_AHEAD is not None else _gpu_decode_device(enc) is not None
 
         def start(task: Task, what: str, now: bool = False, items: Sequence[Any] | None = None) -> None:
             """Start the call ``what`` ("query", "candidate" or "sensitivity": the reduced queries)."""
-            if ENCODE_AHEAD or now:
+            if overlap or now:
                 if items is None:
                     items = task.queries if what == "query" else task.candidates
                 role = "candidate" if what == "candidate" else "query"
-                after = last[0] if last and ENCODE_AHEAD else None
+                after = last[0] if last and overlap else None
                 ahead[(task.name, what)] = start_encode(enc, items, role=role, task=task, bench=bench, after=after,
                                                         **call_kw)
                 last[:] = [ahead[(task.name, what)]]
@@ -410,9 +414,14 @@ def evaluate(
         return result
 
 
-ENCODE_AHEAD = True
-"""Start each encode call while the one before it runs (see :func:`evaluate`); ``False`` runs
-them one after the other (for benchmarks)."""
+ENCODE_AHEAD: bool | None = None
+"""Start each encode call while the one before it runs (see :func:`evaluate`): ``None`` (default)
+for encoders on a CUDA device, ``True`` always, ``False`` never (one call after the other).
+
+On the CPU the model's own threads use every core: started ahead, a call's set-up only competes with
+them and with the retrieval that runs meanwhile (MRBench-Synth, 2 cores: the tiny torch encoder's
+wall unchanged; a simulated GPU encoder with CPU retrieval 2.55 vs 2.43 s,
+``benchmarks/bench_feed.py --evaluate``), so CPU encoders keep one call after the other."""
 
 POOL_SLICE = 65_536
 """Candidates encoded per slice when ``stream_pool`` writes a task's pool to a memory-mapped file."""

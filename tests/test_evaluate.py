@@ -266,7 +266,10 @@ def test_each_encode_call_is_started_while_the_one_before_runs(monkeypatch):
         pending.result = logged
         return pending
 
+    import mrbench.pipeline as pl
+
     ref = mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
+    monkeypatch.setattr(pl, "ENCODE_AHEAD", True)  # as for an encoder on a GPU
     monkeypatch.setattr(harness, "start_encode", spy)
     res = mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
     assert res.scores == ref.scores
@@ -282,9 +285,13 @@ def test_each_encode_call_is_started_while_the_one_before_runs(monkeypatch):
     assert events == want
 
 
-def test_a_failure_discards_the_calls_started_ahead(tmp_path):
+def test_a_failure_discards_the_calls_started_ahead(tmp_path, monkeypatch):
     import threading
     import time
+
+    import mrbench.pipeline as pl
+
+    monkeypatch.setattr(pl, "ENCODE_AHEAD", True)
 
     import gc
 
@@ -313,6 +320,7 @@ def test_grain_sensitivity_calls_started_ahead_give_the_same_results(monkeypatch
         return real(enc, items, role=role, task=task, **kw)
 
     monkeypatch.setattr(harness, "start_encode", spy)
+    monkeypatch.setattr(pl, "ENCODE_AHEAD", True)
     got = mrbench.evaluate(TINY, Flaky(), cache=False)
     monkeypatch.setattr(pl, "ENCODE_AHEAD", False)
     ref = mrbench.evaluate(TINY, Flaky(), cache=False)
@@ -326,3 +334,23 @@ def test_grain_sensitivity_calls_started_ahead_give_the_same_results(monkeypatch
         if sens:  # started right after the task's candidates
             k = ahead_calls.index(sens[0])
             assert ahead_calls[k - 1] == (t.name, "candidate", len(t.candidates))
+
+
+def test_calls_are_started_ahead_by_default_only_for_an_encoder_on_a_gpu(monkeypatch):
+    from mrbench.encoders import harness
+
+    started: list[str] = []
+    real = harness.start_encode
+
+    def spy(enc, items, *, role, task, **kw):
+        started.append(task.name)
+        return real(enc, items, role=role, task=task, **kw)
+
+    monkeypatch.setattr(harness, "start_encode", spy)
+    n_tasks = len(mrbench.load_benchmark(TINY).tasks)
+    mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
+    assert len(started) == n_tasks  # on the CPU: each task's queries, then its candidates as before
+    started.clear()
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")  # as if it were on a GPU
+    mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
+    assert len(started) == 2 * n_tasks  # queries and candidates, each started ahead

@@ -110,8 +110,8 @@ class Encoder(Protocol):
     Threads: ``encode`` (and ``encode_async``) is only ever called from one thread at a time. The
     input hooks (``prepare_image``, ``pixel_transform()``, ``text_transform()`` and the transforms
     they return, ``text_of``) run in the harness's background threads, also while ``encode`` runs:
-    ``evaluate`` sets up each encode call, and prepares its first batches, while the call before it
-    is being encoded (:func:`~mrbench.encoders.harness.start_encode`).
+    for an encoder on a GPU, ``evaluate`` sets up each encode call, and prepares its first batches,
+    while the call before it is being encoded (:func:`~mrbench.encoders.harness.start_encode`).
     """
 
     meta: EncoderMeta

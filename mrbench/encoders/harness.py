@@ -1375,8 +1375,8 @@ def start_encode(
     is prepared, so the two calls' inputs never compete and the new call's are ready when the model
     finishes the old call's last batches. ``after`` must be consumed (``result()``) or closed before
     this call's ``result()``, which otherwise waits for it.
-    ``evaluate`` starts each call while the one before it is being encoded, so a new call's
-    start-up no longer leaves the model idle. Nothing reaches the encoder before ``result()``, which
+    ``evaluate`` does this for an encoder on a GPU (``mrbench.pipeline.ENCODE_AHEAD``), so a new
+    call's start-up no longer leaves the model idle. Nothing reaches the encoder before ``result()``, which
     runs the encode loop on the calling thread and returns exactly what ``encode_items`` with the
     same arguments would (errors included, raised there). Call ``close()`` on a call that will not
     be consumed (after an earlier error); ``result()`` may be called once, ``close()`` after it is
