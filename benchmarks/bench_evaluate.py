@@ -21,6 +21,8 @@ Where the harness time goes (``breakdown`` in the JSON, one entry per run):
     python benchmarks/bench_evaluate.py --encoder random --out benchmarks/results/evaluate.json
     python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --write-results
     python benchmarks/bench_evaluate.py --encoder benchmarks/tiny_torch_encoder.py:TinyTorchEncoder --encode-ahead on
+    MRBENCH_PIXEL_CACHE=1 python benchmarks/bench_evaluate.py --encoder openclip:ViT-B-32 \
+        --encoder-kwargs '{"random_init": true, "device": "cuda"}' --encode-ahead off     # on a GPU: auto = on
 """
 
 from __future__ import annotations
@@ -83,14 +85,15 @@ def import_timer():
         out["imports_by_package"] = {k: round(v, 4) for k, v in sorted(by_pkg.items(), key=lambda kv: -kv[1]) if v >= 0.001}
 
 
-def run_once(benchmark: str, encoder: str, home: Path, output: Path | None, cache: str = "embeddings") -> dict:
+def run_once(benchmark: str, encoder: str, home: Path, output: Path | None, cache: str = "embeddings",
+             encoder_kwargs: dict | None = None) -> dict:
     os.environ["MRBENCH_HOME"] = str(home)
     os.environ["MRBENCH_CACHE"] = str(home / cache)
     import mrbench
 
     with import_timer() as imp:
         t0 = time.perf_counter()
-        res = mrbench.evaluate(benchmark, encoder, output=output)
+        res = mrbench.evaluate(benchmark, encoder, output=output, encoder_kwargs=encoder_kwargs)
         wall = time.perf_counter() - t0
     t = dict(res.timings)
     t["wall"] = wall
@@ -121,6 +124,9 @@ def main() -> None:
     ap.add_argument("--write-results", action="store_true",
                     help="also write each run's output directory (results.json, runs, tables, chart), as "
                          "'mrbench evaluate --output' does; timed as report / chart")
+    ap.add_argument("--encoder-kwargs", type=json.loads, default=None, metavar="JSON",
+                    help='constructor arguments, e.g. \'{"random_init": true, "device": "cuda"}\' with '
+                         '--encoder openclip:ViT-B-32')
     ap.add_argument("--encode-ahead", choices=("auto", "on", "off"), default="auto",
                     help="start each encode call while the one before it runs (mrbench.pipeline.ENCODE_AHEAD): "
                          "auto (evaluate's default: for encoders on a GPU), on, off")
@@ -138,16 +144,20 @@ def main() -> None:
         os.environ["MRBENCH_HOME"] = str(home)
         load_benchmark(args.benchmark)
         build = time.perf_counter() - t0
-        cold = run_once(args.benchmark, args.encoder, home, home / "results-cold" if args.write_results else None)
-        warm = run_once(args.benchmark, args.encoder, home, home / "results-warm" if args.write_results else None)
+        kw = args.encoder_kwargs
+        cold = run_once(args.benchmark, args.encoder, home, home / "results-cold" if args.write_results else None,
+                        encoder_kwargs=kw)
+        warm = run_once(args.benchmark, args.encoder, home, home / "results-warm" if args.write_results else None,
+                        encoder_kwargs=kw)
         # every item encoded again (an empty cache), in an interpreter that has imported everything
         fresh = run_once(args.benchmark, args.encoder, home, home / "results-fresh" if args.write_results else None,
-                         cache="embeddings-fresh")
+                         cache="embeddings-fresh", encoder_kwargs=kw)
     out = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "benchmark": args.benchmark,
         "encoder": args.encoder,
+        "encoder_kwargs": args.encoder_kwargs,
         "write_results": bool(args.write_results),
         "encode_ahead": args.encode_ahead,
         "build_seconds": build,
