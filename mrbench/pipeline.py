@@ -420,7 +420,7 @@ for encoders on a CUDA device, ``True`` always, ``False`` never (one call after 
 
 On the CPU the model's own threads use every core: started ahead, a call's set-up only competes with
 them and with the retrieval that runs meanwhile (MRBench-Synth, 2 cores: the tiny torch encoder's
-wall unchanged; a simulated GPU encoder with CPU retrieval 2.55 vs 2.43 s,
+wall unchanged; a simulated GPU encoder with CPU retrieval 2.58 vs 2.46 s,
 ``benchmarks/bench_feed.py --evaluate``), so CPU encoders keep one call after the other."""
 
 POOL_SLICE = 65_536
