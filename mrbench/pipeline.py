@@ -228,26 +228,29 @@ def evaluate(
     out_path = Path(output) if output is not None else None
     _check_output(out_path, overwrite)
 
-    t0 = time.perf_counter()
-    bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(
-        benchmark, verify=verify, progress=reporter.builder_callback()
-    )
-    task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
-    timings["load"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    # image content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
-    warmer = HashWarmer(bench.image_path(it.image) for t in task_list
-                        for it in itertools.chain(t.queries, t.candidates) if it.image)
-    try:
-        enc, spec = resolve_encoder(encoder, encoder_kwargs)
-        meta = enc.meta
-        store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
-    finally:
-        warmer.stop()
-    timings["encoder_init"] = time.perf_counter() - t0
-    # from here on the collector leaves the objects alive now (torch's, the benchmark) alone: see gc_frozen
+    # the collector leaves the objects alive now (the caller's), and those alive after loading and after
+    # building the encoder (torch's, the benchmark), alone until evaluate returns: see gc_frozen
     with gc_frozen() as refreeze:
+        t0 = time.perf_counter()
+        bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(
+            benchmark, verify=verify, progress=reporter.builder_callback()
+        )
+        task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
+        timings["load"] = time.perf_counter() - t0
+        refreeze()
+
+        t0 = time.perf_counter()
+        # image content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
+        warmer = HashWarmer(bench.image_path(it.image) for t in task_list
+                            for it in itertools.chain(t.queries, t.candidates) if it.image)
+        try:
+            enc, spec = resolve_encoder(encoder, encoder_kwargs)
+            meta = enc.meta
+            store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
+        finally:
+            warmer.stop()
+        timings["encoder_init"] = time.perf_counter() - t0
+        refreeze()
         stats = EncodeStats()
         frames = []
         runs: dict[str, tuple[Task, Any]] = {}
