@@ -190,7 +190,7 @@ def evaluate(
             and for ``depth``); grain sensitivity stays exact. ``None`` (default): exact search only.
     """
     from mrbench.data.registry import load_benchmark
-    from mrbench.encoders.harness import EncodeStats, HashWarmer, check_dims, start_encode
+    from mrbench.encoders.harness import EncodeStats, HashWarmer, _gpu_decode_device, check_dims, start_encode
     from mrbench.grains.masking import drop_one_variants
     from mrbench.retrieval.search import exact_search
 
@@ -273,10 +273,7 @@ def evaluate(
         # queries after those (see start_encode); a streamed pool is encoded slice by slice instead
         call_kw = dict(cache=store, batch_size=batch_size, num_workers=num_workers, workers=decode)
         ahead: dict[tuple[str, str], Any] = {}
-
         last: list[Any] = []  # the call started last: the next one waits for its inputs (start_encode's after)
-        from mrbench.encoders.harness import _gpu_decode_device
-
         overlap = ENCODE_AHEAD if ENCODE_AHEAD is not None else _gpu_decode_device(enc) is not None
 
         def start(task: Task, what: str, now: bool = False, items: Sequence[Any] | None = None) -> None:
