@@ -1447,7 +1447,11 @@ class PendingEncode:
 
     def result(self, *, progress: Callable[[int], None] | None = None, stats: EncodeStats | None = None) -> np.ndarray:
         """Wait for the setup, run the encode loop here; the embeddings ``float32 [len(items), D]``."""
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException:  # interrupted while waiting (Ctrl-C): the call is given up
+            self.close()
+            raise
         return self._call.result(progress=progress, stats=stats)
 
     def close(self) -> None:
