@@ -579,3 +579,22 @@ def test_a_call_started_after_another_waits_for_that_calls_inputs(tmp_path):
     fourth.close()
     third.close()
     assert _prepare_threads() == []
+
+
+def test_a_call_interrupted_while_waiting_for_its_setup_is_given_up(tmp_path):
+    from mrbench.encoders.harness import start_encode
+
+    bench = eb.image_bench(tmp_path, n=9)
+    task = bench.tasks[0]
+    enc = _pixel_encoder()
+    pending = start_encode(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2)
+    pending._thread.join()
+
+    class Interrupted:
+        def join(self):
+            raise KeyboardInterrupt
+
+    pending._thread = Interrupted()  # Ctrl-C while result() waits
+    with pytest.raises(KeyboardInterrupt):
+        pending.result()
+    assert pending._call.closed and enc.calls == [] and _prepare_threads() == []
