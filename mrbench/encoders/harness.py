@@ -1633,16 +1633,17 @@ class _EncodeCall:
         if self.closed:
             raise RuntimeError("this encode call was already consumed or closed")
         t_run = time.perf_counter()
-        ahead = self.ready_ahead
+        # a call set up in the background is timed from here, one set up now from its creation
+        t_from = t_run if self.ready_ahead else self.t_start
         try:
             if self.setup_error is not None:
                 raise self.setup_error
-            if not ahead:
+            if not self.ready_ahead:
                 self.setup()
-            out = self._run(progress, t_run if ahead else self.t_start)
+            out = self._run(progress, t_from)
         finally:
             self.close()
-            self.stats.total_seconds += time.perf_counter() - (t_run if ahead else self.t_start)
+            self.stats.total_seconds += time.perf_counter() - t_from
             if stats is not None:
                 stats.add(self.stats)
         return out

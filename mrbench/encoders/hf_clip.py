@@ -37,6 +37,7 @@ from mrbench.encoders.runtime import (
     check_tokenizer,
     quiet_transformers,
     resolve_model_dir,
+    to_device,
 )
 from mrbench.encoders.torch_base import DualTowerEncoder
 from mrbench.errors import EncoderError
@@ -289,13 +290,7 @@ class HFClipEncoder(DualTowerEncoder):
         import torch
 
         keep = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
-        tensors = {}
-        for k, v in enc.items():
-            if k in keep:
-                t = torch.as_tensor(v, dtype=torch.long)
-                if self.device.startswith("cuda"):  # from pageable memory the copy would wait for the GPU
-                    t = t.pin_memory()
-                tensors[k] = t.to(self.device, non_blocking=True)
+        tensors = {k: to_device(torch.as_tensor(v, dtype=torch.long), self.device) for k, v in enc.items() if k in keep}
         return tensors, n_trunc
 
     def _n_truncated(self, texts: list[str], enc: Any) -> int:

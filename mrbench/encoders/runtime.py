@@ -95,6 +95,14 @@ def autocast(device: str, dtype: torch.dtype) -> Iterator[None]:
         yield
 
 
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """``t`` (a CPU tensor) on ``device``; to a CUDA device it is pinned first and copied without
+    waiting (from pageable memory the copy would wait for the GPU to finish its queued work)."""
+    if str(device).startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class GraphedCall:
     """``fn(x)`` replayed from a captured CUDA graph, one per input (shape, dtype, device, autocast
     state); ``fn`` runs eagerly on the CPU, with autograd on, for inputs ``eligible`` rejects, past

@@ -27,6 +27,7 @@ from mrbench.encoders.runtime import (
     resolve_device,
     resolve_dtype,
     run_with_backoff,
+    to_device,
 )
 
 if TYPE_CHECKING:
@@ -211,10 +212,8 @@ class DualTowerEncoder(TorchEncoder):
         if t_idx:
             rows = [items[i].tokens for i in t_idx]
             if all(r is not None for r in rows):  # tokenised ahead by the harness
-                tok = torch.as_tensor(np.stack([np.asarray(r) for r in rows]))
-                if self.device.startswith("cuda"):  # a pageable source would make the copy wait
-                    tok = tok.pin_memory()
-                t_raw = self._tower("encode_tokens", tok.to(self.device, non_blocking=True))
+                tok = to_device(torch.as_tensor(np.stack([np.asarray(r) for r in rows])), self.device)
+                t_raw = self._tower("encode_tokens", tok)
             else:
                 t_raw = self.encode_texts([self.text_of(items[i]) for i in t_idx])
             t_emb = F.normalize(t_raw.float(), dim=-1)
