@@ -202,6 +202,47 @@ def test_faiss_tiled_counts_match_naive_reference(kind, monkeypatch):
         assert calls  # the tiled path ran
 
 
+@pytest.mark.skipif(not HAS_FAISS, reason="faiss not installed")
+def test_faiss_small_query_batches_use_blas_and_setting_is_restored(monkeypatch):
+    """FAISS scores < 250 queries (D = 512) pair by pair unless told otherwise, ~10x slower on big
+    pools: exact_search lowers faiss's BLAS threshold for its calls only (results unchanged) and
+    restores it afterwards, after an error too, and only when the last concurrent block exits."""
+    import faiss
+
+    from mrbench.retrieval.search import faiss_blas_products
+
+    before = int(faiss.cvar.distance_compute_blas_threshold)
+    rng = np.random.default_rng(5)
+    n_q, n, d = 7, 400, 16
+    q = rng.standard_normal((n_q, d), dtype=np.float32)
+    c = rng.standard_normal((n, d), dtype=np.float32)
+    judged = random_judged(rng, n_q, n, max_judged=3)
+    seen = []
+    real_knn = faiss.knn
+
+    def spy(x, *a, **k):
+        seen.append(int(faiss.cvar.distance_compute_blas_threshold))
+        return real_knn(x, *a, **k)
+
+    monkeypatch.setattr(faiss, "knn", spy)
+    res = exact_search(q, c, judged, depth=10, backend="faiss")
+    assert seen and all(n_q * d >= t for t in seen) and 2 * d < min(seen)  # BLAS for 7 queries, not for 2
+    assert int(faiss.cvar.distance_compute_blas_threshold) == before
+    assert_same_result(res, exact_search(q, c, judged, depth=10, backend="torch", device="cpu"))
+
+    monkeypatch.setattr(faiss, "knn", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        exact_search(q, c, judged, depth=10, backend="faiss")
+    assert int(faiss.cvar.distance_compute_blas_threshold) == before
+
+    outer, inner = faiss_blas_products(512), faiss_blas_products(16)
+    with outer:
+        with inner:
+            assert int(faiss.cvar.distance_compute_blas_threshold) == 2 * 16 + 1  # the lowest wins
+        assert int(faiss.cvar.distance_compute_blas_threshold) < before  # still inside one block
+    assert int(faiss.cvar.distance_compute_blas_threshold) == before
+
+
 def test_scan_windows_per_entry_allowance():
     """_scan_windows flags a window larger than its own entry's allowance (as _counts_by_tiles uses
     it: what is left of max_amb after earlier tiles) and keeps the others' columns."""

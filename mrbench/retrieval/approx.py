@@ -374,7 +374,10 @@ class ApproxIndex:
             dist[todo], ids[todo] = d2, i2
             todo = todo[(i2 < 0).any(axis=1)]
         if todo.size:  # HNSW only: a graph walk that cannot reach kp candidates; scan exhaustively
-            d2, i2 = faiss.knn(np.ascontiguousarray(q[todo]), self._c_np, kp, metric=faiss.METRIC_INNER_PRODUCT)
+            from mrbench.retrieval.search import faiss_blas_products
+
+            with faiss_blas_products(q.shape[1]):
+                d2, i2 = faiss.knn(np.ascontiguousarray(q[todo]), self._c_np, kp, metric=faiss.METRIC_INNER_PRODUCT)
             dist[todo], ids[todo] = d2, i2
         return int(short.size)
 

@@ -116,6 +116,7 @@ score ties costs about one extra pass over the candidates per query.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -1998,6 +1999,62 @@ class _full_precision_reductions:
             setattr(self.mm, f, v)
 
 
+_FAISS_PAIRWISE_MAX_QUERIES = 2
+"""At most this many queries per FAISS CPU call are scored pair by pair, more by BLAS (see
+:class:`faiss_blas_products`)."""
+
+
+class faiss_blas_products:
+    """Inside the block, FAISS's exhaustive CPU searches (``faiss.knn``, ``IndexFlat*.search``) score
+    every batch of more than :data:`_FAISS_PAIRWISE_MAX_QUERIES` queries with BLAS matrix products.
+
+    FAISS picks its pairwise SIMD loop over BLAS while ``queries x D < distance_compute_blas_threshold``
+    (128,000: fewer than 250 queries at ``D = 512``), which is ~10-18x slower on a large pool: on this
+    project's 2-core machine, 249 queries x 1M x 512 took 17.2 s pair by pair and 0.95 s by BLAS,
+    100 queries x 100k x 512 0.58 s and 0.05 s (``benchmarks/bench_search.py --q 100``). The lists
+    are the same up to float32 rounding, which :func:`exact_search` rescores anyway.
+
+    The setting is process-global: it is lowered for as long as any thread is inside a block
+    (a counted, locked section) and then restored, even after an error.
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved = 0
+
+    def __init__(self, dim: int) -> None:
+        self.value = _FAISS_PAIRWISE_MAX_QUERIES * max(1, int(dim)) + 1
+
+    def __enter__(self) -> None:
+        cvar = self._cvar()
+        if cvar is None:  # pragma: no cover - a FAISS build without the setting
+            return
+        cls = type(self)
+        with cls._lock:
+            current = int(cvar.distance_compute_blas_threshold)
+            if cls._users == 0:
+                cls._saved = current
+            cls._users += 1
+            cvar.distance_compute_blas_threshold = min(self.value, current)  # the lowest of concurrent blocks
+
+    def __exit__(self, *exc: Any) -> None:
+        cvar = self._cvar()
+        if cvar is None:  # pragma: no cover
+            return
+        cls = type(self)
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0:
+                cvar.distance_compute_blas_threshold = cls._saved
+
+    @staticmethod
+    def _cvar() -> Any:
+        import faiss
+
+        cvar = getattr(faiss, "cvar", None)
+        return cvar if hasattr(cvar, "distance_compute_blas_threshold") else None
+
+
 def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | None) -> None:
     import faiss
     import torch
@@ -2030,7 +2087,7 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
     # result lists, so use FAISS's query block (fallback scans are bounded by ctx.scan_rows)
     faiss_rows = max(4096, chunk_rows)
     scan_buf: "torch.Tensor | None" = None  # rescanned fast rows (at most ctx.scan_rows at a time)
-    with torch.inference_mode():
+    with torch.inference_mode(), faiss_blas_products(int(dim)):
         for q0 in range(0, n_q, faiss_rows):
             q1 = min(n_q, q0 + faiss_rows)
             lf, li = search(q_np[q0:q1], ctx.kp)
