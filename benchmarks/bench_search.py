@@ -9,7 +9,10 @@ lists, times
   ``Qc @ C.T`` + ``topk(depth)`` with the same chunk size as ``exact_search`` (the GPU baseline,
   where FAISS is not installed);
 * ``exact-faiss``: ``exact_search(backend="faiss")``;
-* ``exact-torch``: ``exact_search(backend="torch")`` (on the GPU when there is one).
+* ``exact-torch``: ``exact_search(backend="torch")`` (on the GPU when there is one);
+* ``exact-stream``: ``exact_search(backend="torch", stream=True)``: the pool passed through the
+  device in blocks, as ``mrbench evaluate --stream-pool`` runs pools larger than memory (here the
+  pool is in RAM, so no disk reads are timed).
 
 Ratios are throughput relative to a baseline (>1 = faster): ``vs faiss`` against ``faiss-raw``
 including ``add`` (the copy into the index), ``vs search`` against its ``search`` call alone,
@@ -42,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("faiss-raw", "torch-raw", "exact-faiss", "exact-torch")
+METHODS = ("faiss-raw", "torch-raw", "exact-faiss", "exact-torch", "exact-stream")
 
 
 def make_data(
@@ -127,6 +130,12 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _exact_backend(method: str) -> tuple[str, bool | None]:
+    """``(backend, stream)`` of an ``exact-*`` method."""
+    name = method.split("-", 1)[1]
+    return ("torch", True) if name == "stream" else (name, None)
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Run one method ``args.repeats`` times in this process; return timings and memory."""
     import torch
@@ -152,8 +161,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     elif args.worker == "torch-raw":
         torch.topk(torch.from_numpy(wq).to(device) @ torch.from_numpy(wc).to(device).T, 4, dim=1)[0].cpu()
     elif args.worker.startswith("exact-"):
-        wb = args.worker.split("-", 1)[1]
-        exact_search(wq, wc, wj, depth=4, backend=wb, device=device if wb == "torch" else None)
+        wb, stream = _exact_backend(args.worker)
+        exact_search(wq, wc, wj, depth=4, backend=wb, device=device if wb == "torch" else None, stream=stream)
     base_rss = _rss_mib()
     peak_reset = _reset_peak_rss()  # so that the peak below covers the timed calls only
     times: list[float] = []
@@ -178,7 +187,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 del c_dev, q_dev
             extra["device"] = device
         else:
-            backend = args.worker.split("-", 1)[1]
+            backend, stream = _exact_backend(args.worker)
             prof = None
             if args.profile:
                 import cProfile
@@ -187,7 +196,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 prof.enable()
             res = exact_search(
                 qry, cand, judged, depth=args.depth, backend=backend,
-                device=device if backend == "torch" else None, max_chunk_bytes=chunk_bytes,
+                device=device if backend == "torch" else None, max_chunk_bytes=chunk_bytes, stream=stream,
             )
             if prof is not None:
                 import io

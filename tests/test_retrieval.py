@@ -243,6 +243,32 @@ def test_faiss_small_query_batches_use_blas_and_setting_is_restored(monkeypatch)
     assert int(faiss.cvar.distance_compute_blas_threshold) == before
 
 
+@pytest.mark.parametrize("device_counts", [False, True], ids=["cpu-counts", "gpu-counts-on-cpu"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_streamed_judged_counts_match_naive_reference(kind, device_counts, monkeypatch):
+    """The streamed pass counts each block's judged pairs from the block's top list when their window
+    lies above it, else over whole rows (NumPy row by row on the CPU; on a GPU the j-th pair of every
+    row at once, in place for slots most rows have, on copied rows otherwise; rescoring gathered rows
+    in slices). With many judged
+    candidates per query (several slots, dense and sparse), tiny blocks and both routes, the results
+    equal the naive reference."""
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_DEVICE_STREAM_ON_CPU", device_counts)
+    rng = np.random.default_rng(41 + KINDS.index(kind))
+    n_q, n, d = 12, 600, 10
+    q, c = make_data(kind, rng, n_q, n, d)
+    judged = random_judged(rng, n_q, n, max_judged=7)
+    judged[0] = {int(r): 1 for r in rng.choice(n, 9, replace=False)}  # one row with many pairs: sparse slots
+    for depth in (3, 40):
+        ref_ranks, ref_tops, ref_ties, ref_scores = naive_search(q, c, judged, depth)
+        res = exact_search(q, c, judged, depth=depth, backend="torch", device="cpu", stream=True, stream_block_rows=53)
+        assert res.judged_ranks == ref_ranks
+        assert res.judged_scores == ref_scores
+        assert res.topk_indices.tolist() == ref_tops
+        assert res.n_ties.tolist() == ref_ties
+
+
 def test_scan_windows_per_entry_allowance():
     """_scan_windows flags a window larger than its own entry's allowance (as _counts_by_tiles uses
     it: what is left of max_amb after earlier tiles) and keeps the others' columns."""

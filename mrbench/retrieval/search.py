@@ -788,6 +788,9 @@ _DENSE_AMBIGUOUS = 4
 _FEW_PAIRS = 4
 _DEVICE_TOP_LISTS_ON_CPU = False
 """Tests set this to run the GPU's top-list selection (:func:`_top_lists_rect_device`) on the CPU."""
+_DEVICE_STREAM_ON_CPU = False
+"""Tests set this to run the GPU's code of the streamed pass on the CPU (judged counts, see
+:func:`_stream_block_counts`; canonical rescoring of gathered candidate rows, :func:`_host_canon`)."""
 
 
 def _few_pairs(n: int) -> int:
@@ -1524,15 +1527,22 @@ _STREAM_WINDOW_CAP = 4096
 its query to the exact (canonical) second pass instead."""
 
 
+def _in_place_canon(ctx: _Ctx, dev: "torch.device") -> bool:
+    """Whether a streamed search rescores candidates where they are (both on the CPU)."""
+    return dev.type == "cpu" and ctx.ct.device.type == "cpu" and not _DEVICE_STREAM_ON_CPU
+
+
 def _host_canon(ctx: _Ctx, dev: "torch.device", qglob: np.ndarray, crow: np.ndarray) -> np.ndarray:
     """Canonical scores of pairs whose candidates live in ``ctx.ct`` (host memory while streaming):
-    the rows needed are gathered and copied to ``dev`` once per slice."""
+    on the CPU in place; for a GPU the rows needed are gathered and copied once per 64 MiB slice."""
     import torch
 
     qglob = np.asarray(qglob, dtype=np.int64).reshape(-1)
     crow = np.asarray(crow, dtype=np.int64).reshape(-1)
+    if _in_place_canon(ctx, dev):  # no gathered copy (it took 200+ MiB at 100k pairs)
+        return canonical_scores(ctx.sq, ctx.ct, qglob, crow)
     out = np.empty(qglob.size, dtype=np.float32)
-    step = max(1, (256 << 20) // (4 * max(1, int(ctx.ct.shape[1]))))  # rows gathered per slice
+    step = max(1, (64 << 20) // (4 * max(1, int(ctx.ct.shape[1]))))  # rows gathered per slice
     for a in range(0, qglob.size, step):
         b = min(qglob.size, a + step)
         urow, inv = np.unique(crow[a:b], return_inverse=True)
@@ -1588,33 +1598,30 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             wk: list[np.ndarray] = []
             wc: list[np.ndarray] = []
             run_v = run_i = None
+            # the fast block is written into one reused buffer on the CPU (no fresh pages per block)
+            s_buf = torch.empty(c * min(n, block_rows), dtype=torch.float32) if dev.type == "cpu" and not half else None
             for n0 in range(0, n, block_rows):
                 n1 = min(n, n0 + block_rows)
                 cb = ctx.ct[n0:n1].to(dev)
-                s_mat = q_fast[q0:q1] @ ((cb * (1.0 / scale_c)).to(hdt) if half else cb).T
+                if s_buf is not None:
+                    s_mat = _fast_scores_cpu(q_fast[q0:q1], cb, s_buf[: c * (n1 - n0)].view(c, n1 - n0))
+                else:
+                    s_mat = q_fast[q0:q1] @ ((cb * (1.0 / scale_c)).to(hdt) if half else cb).T
                 if half:
                     s_mat = s_mat.float().mul_(unscale)
-                v, i = torch.topk(s_mat, min(kp, n1 - n0), dim=1, largest=True, sorted=False)
+                kb = min(kp, n1 - n0)
+                v, i = torch.topk(s_mat, kb, dim=1, largest=True, sorted=False)
                 i = i + n0
+                if sp.size:
+                    _stream_block_counts(s_mat, v, i, n0, kb < n1 - n0, prow_t, lo_t, hi_t, gt_t, wn_t, wk, wc)
                 if run_v is None:
                     run_v, run_i = v, i
                 else:
                     v2, i2 = torch.cat([run_v, v], dim=1), torch.cat([run_i, i], dim=1)
                     run_v, pos = torch.topk(v2, min(kp, int(v2.shape[1])), dim=1, largest=True, sorted=False)
                     run_i = torch.gather(i2, 1, pos)
-                if sp.size:
-                    step = max(1, (64 << 20) // (n1 - n0))
-                    for a in range(0, sp.size, step):
-                        b = min(sp.size, a + step)
-                        sv = s_mat.index_select(0, prow_t[a:b])
-                        gtm = sv > hi_t[a:b, None]
-                        gt_t[a:b] += gtm.sum(dim=1)
-                        win = (sv >= lo_t[a:b, None]) & ~gtm
-                        wn_t[a:b] += win.sum(dim=1)
-                        idx = torch.nonzero(win, as_tuple=False).cpu().numpy().astype(np.int64)
-                        wk.append(idx[:, 0] + a)
-                        wc.append(idx[:, 1] + n0)
                 del s_mat
+            del s_buf
             assert run_v is not None and run_i is not None
             run_v, order = torch.sort(run_v, dim=1, descending=True)
             lf = run_v.cpu().numpy()
@@ -1631,7 +1638,10 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
                 mask = lf64[rows_ok] >= pool_thr[rows_ok, None]  # a prefix of each list
                 m = int(mask.sum(axis=1).max())
                 cand = li[rows_ok, :m]
-                cv = _host_canon(ctx, dev, np.repeat(q0 + rows_ok, m), cand.reshape(-1)).reshape(-1, m)
+                if _in_place_canon(ctx, dev):  # broadcast queries, no gathered copies
+                    cv = _canonical_grid(ctx.sq, ctx.ct, q0 + rows_ok, cand)
+                else:
+                    cv = _host_canon(ctx, dev, np.repeat(q0 + rows_ok, m), cand.reshape(-1)).reshape(-1, m)
                 _top_lists_rect(ctx, q0 + rows_ok, cand, cv, mask[:, :m])
             pairs.gt[sp] = gt_t.cpu().numpy()
             k_all = np.concatenate(wk) if wk else np.zeros(0, dtype=np.int64)
@@ -1649,6 +1659,104 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             _assemble_ranks(ctx, q0, p0, p1, pairs)
             if progress is not None:
                 progress(c)
+
+
+def _stream_block_counts(s_mat: "torch.Tensor", v: "torch.Tensor", i: "torch.Tensor", n0: int, partial: bool,
+                         prow_t: "torch.Tensor", lo_t: "torch.Tensor", hi_t: "torch.Tensor", gt_t: "torch.Tensor",
+                         wn_t: "torch.Tensor", wk: list[np.ndarray], wc: list[np.ndarray]) -> None:
+    """Add one streamed block's counts to every followed judged pair: fast scores above its window
+    (``gt_t``), and the window's size (``wn_t``) and members (``wk``: pair positions, ``wc``: candidate rows).
+
+    ``s_mat`` ``[c, b]``: the block's fast scores (candidates ``n0 ..``); ``v`` / ``i``: its top-``kb``
+    fast scores per row and their candidate rows (``partial``: ``kb < b``); ``prow_t``: each pair's
+    row, non-decreasing. A pair whose window lies above its row's lowest listed score
+    (``lo > min(v)``) is counted from the list alone: every score above that minimum is listed, so
+    the counts equal those over the whole row, at ``kb / b`` of the cost. The other pairs (judged
+    candidates below the block's list) compare whole rows: on the CPU row by row
+    (:func:`_scan_windows`); on a GPU the ``j``-th such pair of every row at once, against ``s_mat``
+    in place when most rows have one (no row copies), else on copied rows.
+    """
+    import torch
+
+    dev = prow_t.device
+    if not partial:  # the list holds the whole block
+        _window_counts(v, i, None, torch.arange(int(prow_t.shape[0]), device=dev), prow_t, lo_t, hi_t, gt_t, wn_t, wk, wc)
+        return
+    cheap = lo_t > v.min(dim=1).values.index_select(0, prow_t)
+    sel = torch.nonzero(cheap).view(-1)
+    if sel.numel():
+        _window_counts(v, i, None, sel, prow_t, lo_t, hi_t, gt_t, wn_t, wk, wc)
+    sel = torch.nonzero(~cheap).view(-1)
+    if sel.numel() == 0:
+        return
+    if s_mat.device.type == "cpu" and not _DEVICE_STREAM_ON_CPU:  # NumPy, row by row in cache
+        ps = sel.numpy()
+        above, _, kk, cc = _scan_windows(s_mat, prow_t.numpy()[ps], lo_t.numpy()[ps], hi_t.numpy()[ps], 1,
+                                         np.iinfo(np.int64).max)
+        gt_t.index_add_(0, sel, torch.from_numpy(above))
+        wn_t.index_add_(0, sel, torch.from_numpy(np.bincount(kk, minlength=ps.size)))
+        wk.append(ps[kk])
+        wc.append(cc + n0)
+        return
+    c = int(s_mat.shape[0])
+    rows_np = prow_t.index_select(0, sel).cpu().numpy()
+    slot, width = _slots(rows_np, c)
+    slot_t = torch.from_numpy(slot).to(dev)
+    for j in range(width):
+        ps = sel[slot_t == j]
+        if 2 * int(ps.numel()) >= c:  # most rows: thresholds of +inf for the others count nothing
+            _window_counts(s_mat, None, n0, ps, prow_t, lo_t, hi_t, gt_t, wn_t, wk, wc, in_place=True)
+        else:
+            _window_counts(s_mat, None, n0, ps, prow_t, lo_t, hi_t, gt_t, wn_t, wk, wc)
+
+
+def _window_counts(src: "torch.Tensor", cols: "torch.Tensor | None", n0: int | None, ps: "torch.Tensor",
+                   prow_t: "torch.Tensor", lo_t: "torch.Tensor", hi_t: "torch.Tensor", gt_t: "torch.Tensor",
+                   wn_t: "torch.Tensor", wk: list[np.ndarray], wc: list[np.ndarray], in_place: bool = False) -> None:
+    """Counts of :func:`_stream_block_counts` for the pairs ``ps`` against their rows of ``src``.
+
+    ``src`` columns are candidate rows ``cols[row, col]`` (a block's top list) or ``n0 + col`` (the
+    block itself). ``in_place``: ``ps`` has at most one pair per row; every row of ``src`` is
+    compared (no copies), rows without a pair against ``+inf``. Otherwise the pairs' rows are
+    copied, at most 64 MiB at a time.
+    """
+    import torch
+
+    if in_place:
+        parts = [ps]
+    else:
+        step = max(1, (64 << 20) // max(1, 4 * int(src.shape[1])))
+        parts = [ps[a : a + step] for a in range(0, int(ps.numel()), step)]
+    for part in parts:
+        rows = prow_t.index_select(0, part)
+        if in_place:
+            sv = src
+            lo = torch.full((int(src.shape[0]), 1), math.inf, dtype=src.dtype, device=src.device)
+            hi = lo.clone()
+            lo[rows, 0] = lo_t.index_select(0, part)
+            hi[rows, 0] = hi_t.index_select(0, part)
+        else:
+            sv = src.index_select(0, rows)
+            lo, hi = lo_t.index_select(0, part)[:, None], hi_t.index_select(0, part)[:, None]
+        gtm = sv > hi
+        ge = sv >= lo  # lo <= hi, so gtm is a subset of ge and the window is ge minus gtm
+        gt = gtm.sum(dim=1, dtype=torch.int32)  # (int32 sums of booleans: 2x faster than int64)
+        wn = ge.sum(dim=1, dtype=torch.int32) - gt
+        if in_place:
+            gt, wn = gt.index_select(0, rows), wn.index_select(0, rows)
+        gt_t.index_add_(0, part, gt.to(torch.int64))
+        wn_t.index_add_(0, part, wn.to(torch.int64))
+        hit = torch.nonzero(wn > 0).view(-1)  # members are listed for non-empty windows only
+        if hit.numel() == 0:
+            continue
+        mrow = rows.index_select(0, hit) if in_place else hit  # the hit pairs' rows of sv
+        idx = torch.nonzero(ge.index_select(0, mrow) & ~gtm.index_select(0, mrow), as_tuple=False)
+        local = hit.index_select(0, idx[:, 0])
+        wk.append(part.index_select(0, local).cpu().numpy().astype(np.int64))
+        if cols is not None:
+            wc.append(cols[rows.index_select(0, local), idx[:, 1]].cpu().numpy().astype(np.int64))
+        else:
+            wc.append((idx[:, 1] + int(n0 or 0)).cpu().numpy().astype(np.int64))
 
 
 def _stream_exact_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray, pairs: _Pairs, block_rows: int) -> None:
