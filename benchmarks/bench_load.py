@@ -6,6 +6,11 @@ a session that evaluates several models; best and median of the rounds are repor
 
     python benchmarks/bench_load.py --out benchmarks/results/load_cpu.json            # MRBench-Synth
     python benchmarks/bench_load.py --candidates 1000000 --out load_1m.json           # generated, text only
+    python benchmarks/bench_load.py --candidates 10000 --queries 2000 --judged 2500   # dense graded qrels (5M pairs)
+
+Also reported: the first load of the benchmark directory with its fingerprint checked (``verify=True``
+with no verification stamp yet: every image and qrels line hashed), as ``mrbench evaluate`` does the
+first time it sees a benchmark.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def generated(root: Path, n_candidates: int, n_queries: int) -> Path:
-    """A text-only benchmark directory: ``n_candidates`` six-word candidates, 3 relevant each query."""
+def generated(root: Path, n_candidates: int, n_queries: int, judged: int = 3) -> Path:
+    """A text-only benchmark directory: ``n_candidates`` six-word candidates; per query ``judged``
+    judged candidates (3: all relevant, grade 1; more: graded 0-100 like MRBench-Synth's partial matches)."""
     import numpy as np
 
     from mrbench.data.io import write_benchmark_files
@@ -36,7 +42,11 @@ def generated(root: Path, n_candidates: int, n_queries: int) -> Path:
     words = np.array(["red", "blue", "dog", "cat", "large", "small", "left", "right", "standing", "lying", "car", "tree"])
     cands = [Candidate(id=f"c{i}", text=" ".join(rng.choice(words, 6))) for i in range(n_candidates)]
     queries = [Query(id=f"q{i}", text=" ".join(rng.choice(words, 4))) for i in range(n_queries)]
-    qrels = {q.id: {f"c{int(j)}": 1 for j in rng.integers(0, n_candidates, 3)} for q in queries}
+    if judged <= 3:
+        qrels = {q.id: {f"c{int(j)}": 1 for j in rng.integers(0, n_candidates, judged)} for q in queries}
+    else:
+        qrels = {q.id: {f"c{int(j)}": int(g) for j, g in zip(rng.choice(n_candidates, judged, replace=False),
+                                                              rng.integers(0, 101, judged))} for q in queries}
     task = Task(name="t2t", query_modality="text", candidate_modality="text", queries=queries, candidates=cands,
                 qrels=qrels)
     root.mkdir(parents=True, exist_ok=True)
@@ -49,6 +59,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=0, help="generate a text-only benchmark of this many candidates "
                                                                   "(default: load the built-in MRBench-Synth)")
     ap.add_argument("--queries", type=int, default=20000)
+    ap.add_argument("--judged", type=int, default=3, help="judged candidates per query of the generated benchmark")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -59,13 +70,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         if args.candidates:
-            root = generated(Path(d) / "bench", args.candidates, args.queries)
-            label = f"generated, {args.candidates:,} candidates, {args.queries:,} queries"
+            root = generated(Path(d) / "bench", args.candidates, args.queries, args.judged)
+            label = f"generated, {args.candidates:,} candidates, {args.queries:,} queries, {args.judged:,} judged each"
         else:
             from mrbench.data.registry import load_benchmark
 
             root = Path(load_benchmark("mrbench-synth").root)
             label = "mrbench-synth"
+        t0 = time.perf_counter()
+        io.load_benchmark_dir(root, verify=True)
+        first_verified = time.perf_counter() - t0
+        print(f"{label}: first load, fingerprint checked {first_verified:.3f} s")
         paused = io.gc_paused
         times: dict[str, list[float]] = {"paused": [], "running": []}
         alive = []
@@ -82,7 +97,7 @@ def main() -> None:
         print(f"{label}: collector {m:<8} best {r['best_s']:.3f} s  median {r['median_s']:.3f} s")
     if args.out:
         out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-               "benchmark": label, "rounds": args.rounds, "load": rows}
+               "benchmark": label, "rounds": args.rounds, "load": rows, "first_verified_s": round(first_verified, 3)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -122,6 +122,80 @@ def test_read_qrels_accepts_trec_whitespace(tmp_path):
     assert read_qrels(p) == {"a": {"b": 3}, "c": {"d": 0}}
 
 
+def _line_parse(path, monkeypatch):
+    import mrbench.data.io as io
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "_FAST_QRELS_BYTES", 1 << 62)
+        return read_qrels(path)
+
+
+def test_read_qrels_arrow_path_equals_line_path(tmp_path, monkeypatch):
+    """Large qrels go through Arrow's CSV reader: the same dict as the line parser (a query in two
+    separate runs, ids with quotes and non-ASCII, negative and large grades), with candidate ids
+    shared between queries."""
+    import mrbench.data.io as io
+
+    lines = [f"q{i % 7} 0 c{j + 100 * (i // 7)}\"é {(i * 31 + j) % 5 - 1}" for i in range(40) for j in range(i % 3, 60, 3 + i % 4)]
+    lines.append("q9 0 big 12345678901")
+    p = tmp_path / "qrels.txt"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    used = []
+    real = io._read_qrels_arrow
+    monkeypatch.setattr(io, "_read_qrels_arrow", lambda path: used.append(1) or real(path))
+    monkeypatch.setattr(io, "_FAST_QRELS_BYTES", 0)
+    fast = read_qrels(p)
+    assert used and real(p) is not None
+    slow = _line_parse(p, monkeypatch)
+    assert fast == slow and list(fast) == list(slow)
+    ids = {id(d) for docs in fast.values() for d in docs}
+    assert len(ids) == len({d for docs in fast.values() for d in docs})  # one object per distinct id
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a 0 b 1\nc 0 d 2\na 0 b 3\n", r"q.txt:3: duplicate qrels line for \(a, b\)"),
+    ("a 0 b 1\na 0 b 3\n", r"q.txt:2: duplicate qrels line for \(a, b\)"),
+    ("a 0 b x\n", r"q.txt:1: grade 'x' is not an integer"),
+    ("a 0 b\n", r"q.txt:1: expected 4 fields"),
+    ("a 0 b 1 2\n", r"q.txt:1: expected 4 fields"),
+    ("a 0 b 1.5\n", r"q.txt:1: grade '1.5' is not an integer"),
+    ("a 0 b\u00a0c 1\n", r"q.txt:1: expected 4 fields"),  # a non-ASCII space splits a token, as str.split() does
+])
+def test_read_qrels_large_file_errors_name_the_line(tmp_path, monkeypatch, text, match):
+    """A large file that Arrow's path cannot take as is (duplicates, bad grades, wrong field
+    counts) is read line by line, whose error names the file and line."""
+    import mrbench.data.io as io
+
+    monkeypatch.setattr(io, "_FAST_QRELS_BYTES", 0)
+    p = tmp_path / "q.txt"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(BenchmarkError, match=match):
+        read_qrels(p)
+
+
+@pytest.mark.parametrize("text", ["a\t0\tb\t3\n\nc 0 d 0\n", "a 0 b 3\r\nc 0 d 0\r\n", "a  0 b 3\nc 0 d 0\n",
+                                  "a 0 b 3\n   \nc 0 d 0", "a 0 b 3\n\nc 0 d 0\n"])
+def test_read_qrels_large_file_other_whitespace(tmp_path, monkeypatch, text):
+    """Tabs, CRLF, runs of spaces, blank or space-only lines: the same result on both paths."""
+    import mrbench.data.io as io
+
+    monkeypatch.setattr(io, "_FAST_QRELS_BYTES", 0)
+    p = tmp_path / "q.txt"
+    p.write_text(text, newline="")
+    assert read_qrels(p) == {"a": {"b": 3}, "c": {"d": 0}}
+
+
+def test_fingerprint_qrels_lines_are_canonical_json():
+    """The fingerprint's fast qrels serialisation is byte for byte canonical_json of each record."""
+    from mrbench.data.fingerprint import _qrels_lines, canonical_json
+    from mrbench.data.schema import Task
+
+    qrels = {"q\"1": {"c\\x": 2, "ç\u2028": 0, "d\x01": 7}, "q0": {"é": 1}}
+    t = Task(name="t", query_modality="text", candidate_modality="text", queries=[], candidates=[], qrels=qrels)
+    want = b"".join(canonical_json(["qrel", q, d, qrels[q][d]]) + b"\n" for q in sorted(qrels) for d in sorted(qrels[q]))
+    assert b"".join(_qrels_lines(t)) == want
+
+
 def test_parquet_round_trip_same_fingerprint_and_readable_by_datasets(small_bench, tmp_path):
     import datasets
     import pandas as pd
