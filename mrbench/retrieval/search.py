@@ -1286,7 +1286,7 @@ def _scan_windows(
 
 
 def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None:
-    """Exact results of the local query ``rows`` from their full canonical score rows.
+    """Exact results of the local query ``rows`` (ascending) from their full canonical score rows.
 
     One :func:`_canonical_rows` pass and one sort per query; in the sorted row, the exact ties of
     each candidate form a run, so a judged candidate's counts are read off its run
@@ -1297,6 +1297,7 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
 
     n, depth = ctx.n, ctx.depth
     step = max(1, ctx.dense_rows)
+    ptr = np.searchsorted(pairs.q, np.arange(pairs.n_queries + 1))  # pairs of query r: ptr[r]:ptr[r+1]
     for s0 in range(0, rows.size, step):
         blk = rows[s0 : s0 + step]
         b = blk.size
@@ -1314,8 +1315,9 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
         starts = torch.nonzero(new)[:, 0]
         ends = torch.cat([starts[1:], torch.tensor([b * n], device=dev)])
         # judged candidates: position in the sorted row, then their run
-        sel = np.flatnonzero(_member(pairs.q, blk, pairs.n_queries))
-        p_row = np.searchsorted(blk, pairs.q[sel])
+        lens = ptr[blk + 1] - ptr[blk]  # rows are ascending and pairs grouped by row: concatenated ranges
+        p_row = np.repeat(np.arange(b, dtype=np.int64), lens)
+        sel = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(ptr[blk] - (np.cumsum(lens) - lens), lens)
         if sel.size:
             p_row_t = torch.from_numpy(p_row).to(dev)
             inv = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(b, n))
