@@ -1560,7 +1560,8 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
 
     Pass 1, per query chunk and candidate block: the fast product, a running top-``kp`` fast list per
     query (merged block by block), and for every judged candidate (its canonical score is computed
-    first) the count of fast scores above its window and the members of its window. Then, as in
+    first) the count of fast scores above its window and the members of its window (from the block's
+    own top list where it can, see :func:`_stream_block_counts`). Then, as in
     :func:`_finalise_chunk`, top lists come from the rescored pool prefix and judged counts from the
     rescored window members. Queries whose pool reaches past the list, whose windows overflow, or
     that are dense go to pass 2 (:func:`_stream_exact_rows`): canonical scores of every candidate,
