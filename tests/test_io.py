@@ -173,6 +173,17 @@ def test_read_qrels_large_file_errors_name_the_line(tmp_path, monkeypatch, text,
         read_qrels(p)
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["lines", "arrow"])
+def test_read_qrels_not_utf8_is_one_line_error(tmp_path, monkeypatch, big):
+    import mrbench.data.io as io
+
+    monkeypatch.setattr(io, "_FAST_QRELS_BYTES", 0 if big else 1 << 62)
+    p = tmp_path / "q.txt"
+    p.write_bytes(b"a 0 b 1\nc 0 \xff\xfe 2\n")
+    with pytest.raises(BenchmarkError, match=r"q.txt: not UTF-8 text"):
+        read_qrels(p)
+
+
 @pytest.mark.parametrize("text", ["a\t0\tb\t3\n\nc 0 d 0\n", "a 0 b 3\r\nc 0 d 0\r\n", "a  0 b 3\nc 0 d 0\n",
                                   "a 0 b 3\n   \nc 0 d 0", "a 0 b 3\n\nc 0 d 0\n"])
 def test_read_qrels_large_file_other_whitespace(tmp_path, monkeypatch, text):

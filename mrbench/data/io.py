@@ -315,6 +315,8 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 qrels[qid][did] = g
     except FileNotFoundError:
         raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
+    except UnicodeDecodeError:
+        raise BenchmarkError(f"{path}: not UTF-8 text; the file is corrupt, rebuild the benchmark") from None
     return qrels
 
 
