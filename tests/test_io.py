@@ -302,6 +302,37 @@ def test_verification_stamp_skips_rehash_until_a_file_changes(small_bench, monke
     assert calls == [1]
 
 
+def test_fingerprint_check_is_logged_and_skipped_after_a_build(small_bench, tmp_path, monkeypatch):
+    """A load that computes the fingerprint says so in one line (a large benchmark takes seconds);
+    a freshly built synth directory carries its verification stamp, so its first load does not
+    hash everything again."""
+    import os
+
+    import mrbench.data.fingerprint as fpmod
+    from mrbench.builders.synth import build_synth
+
+    calls = []
+    real = fpmod.fingerprint
+    monkeypatch.setattr(fpmod, "fingerprint", lambda b, *a, **k: calls.append(1) or real(b, *a, **k))
+    lines: list[str] = []
+    load_benchmark_dir(small_bench.root, log=lines.append)
+    assert calls == [1] and len(lines) == 1
+    assert "checking the fingerprint of" in lines[0] and "qrels pairs" in lines[0] and "--no-verify" in lines[0]
+    load_benchmark_dir(small_bench.root, log=lines.append)  # stamped now: no hashing, no line
+    assert calls == [1] and len(lines) == 1
+
+    built = build_synth(tmp_path / "synth", size="tiny", seed=0)
+    calls.clear()
+    lines.clear()
+    assert load_benchmark_dir(built.root, log=lines.append).fingerprint == built.fingerprint
+    assert calls == [] and lines == []  # the first load after the build trusts the build's stamp
+    p = built.root / "tasks/t2i/qrels.txt"
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    load_benchmark_dir(built.root, log=lines.append)
+    assert calls == [1] and len(lines) == 1
+
+
 def test_builtin_is_built_once_and_rebuilt_when_damaged():
     from mrbench.data.registry import builtin_dir, load_benchmark
 

@@ -886,7 +886,7 @@ def build_synth(
     for ``"write"``. Writing is atomic (:func:`mrbench.data.io.atomic_dir`); an existing non-empty
     ``output`` is refused unless ``overwrite``.
     """
-    from mrbench.data.io import atomic_dir, write_benchmark_files
+    from mrbench.data.io import atomic_dir, record_verified, write_benchmark_files
 
     output = Path(output)
     n = resolve_size(size)
@@ -928,6 +928,7 @@ def build_synth(
             progress("write", 1, 1)
     bench.root = output
     bench.fingerprint = fp
+    record_verified(bench)  # its files were just fingerprinted: the first load need not hash them again
     return bench
 
 

@@ -104,7 +104,8 @@ def _run(encoder: list[str], benchmark: str, tasks: Optional[str], encoder_kwarg
             from mrbench.report.progress import RichReporter
 
             reporter = RichReporter()
-        bench = load_benchmark(benchmark, verify=verify, progress=reporter.builder_callback() if reporter else None)
+        bench = load_benchmark(benchmark, verify=verify, progress=reporter.builder_callback() if reporter else None,
+                               log=reporter.log if reporter else None)
         for name in task_names or []:
             bench.task(name)  # unknown task: one line, before any encoder is loaded
         for enc in encoders:

@@ -422,13 +422,17 @@ def gc_frozen() -> Iterator[Callable[[], None]]:
         gc.unfreeze()
 
 
-def load_benchmark_dir(root: Path, verify: bool = True) -> Benchmark:
-    """Load a benchmark directory, validate it, and (when ``verify``) check its fingerprint."""
+def load_benchmark_dir(root: Path, verify: bool = True, log: Callable[[str], None] | None = None) -> Benchmark:
+    """Load a benchmark directory, validate it, and (when ``verify``) check its fingerprint.
+
+    ``log(message)`` gets one line before the fingerprint is computed (skipped while the files are
+    unchanged since the last check, see the verification stamps below).
+    """
     with gc_paused():
-        return _load_benchmark_dir(Path(root), verify)
+        return _load_benchmark_dir(Path(root), verify, log)
 
 
-def _load_benchmark_dir(root: Path, verify: bool) -> Benchmark:
+def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | None = None) -> Benchmark:
     from mrbench.data.fingerprint import fingerprint
 
     if not root.is_dir():
@@ -480,6 +484,11 @@ def _load_benchmark_dir(root: Path, verify: bool) -> Benchmark:
     )
     validate(bench, where=str(root))
     if verify and not _stamp_ok(bench):
+        if log is not None:
+            n_img = len({it.image for t in bench.tasks for it in (*t.queries, *t.candidates) if it.image})
+            n_pairs = sum(len(d) for t in bench.tasks for d in t.qrels.values())
+            log(f"checking the fingerprint of {root} ({n_img:,} images, {n_pairs:,} qrels pairs; "
+                "once, until its files change; --no-verify skips it)")
         actual = fingerprint(bench)
         if bench.fingerprint != actual:
             raise FingerprintMismatch(
@@ -526,6 +535,14 @@ def _stamp_ok(bench: Benchmark) -> bool:
         return rec.get("fingerprint") == bench.fingerprint and rec.get("stat") == _stat_signature(bench)
     except (OSError, ValueError):
         return False
+
+
+def record_verified(bench: Benchmark) -> None:
+    """Record that the files under ``bench.root`` (as they are now) have ``bench.fingerprint``, so
+    that loading them skips recomputing it until a file changes. For a builder that has just
+    written the directory from the content it fingerprinted."""
+    if bench.root is not None and bench.fingerprint:
+        _write_stamp(bench)
 
 
 def _write_stamp(bench: Benchmark) -> None:
