@@ -379,6 +379,19 @@ def test_tiny_chunks_identical(runner, kind):
     assert_same_result(big, one)
 
 
+def test_streamed_progress_moves_per_block():
+    """A streamed pass reports progress after every candidate block (integers adding up to the
+    queries), not only when a whole chunk of queries is done."""
+    rng = np.random.default_rng(6)
+    q, c = make_data("unit", rng, 40, 1000, 8)
+    judged = random_judged(rng, 40, 1000)
+    steps: list[int] = []
+    exact_search(q, c, judged, depth=10, backend="torch", device="cpu", stream=True, stream_block_rows=100,
+                 progress=steps.append)
+    assert sum(steps) == 40 and all(isinstance(s, int) and s > 0 for s in steps)
+    assert len(steps) == 10  # one chunk of 40 queries, 10 blocks
+
+
 # ------------------------------------------------------------------------------------------------
 # the finaliser's routes (dense rows, list windows, comparison scans, sorted scans, escalation)
 # ------------------------------------------------------------------------------------------------

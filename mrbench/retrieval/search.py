@@ -1601,6 +1601,7 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             wk: list[np.ndarray] = []
             wc: list[np.ndarray] = []
             run_v = run_i = None
+            reported = 0  # progress: the chunk's queries pro rata of the blocks done (a pass may take minutes)
             # the fast block is written into one reused buffer on the CPU (no fresh pages per block)
             s_buf = torch.empty(c * min(n, block_rows), dtype=torch.float32) if dev.type == "cpu" and not half else None
             for n0 in range(0, n, block_rows):
@@ -1624,6 +1625,9 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
                     run_v, pos = torch.topk(v2, min(kp, int(v2.shape[1])), dim=1, largest=True, sorted=False)
                     run_i = torch.gather(i2, 1, pos)
                 del s_mat
+                if progress is not None and (c * n1) // n > reported:
+                    progress((c * n1) // n - reported)
+                    reported = (c * n1) // n
             del s_buf
             assert run_v is not None and run_i is not None
             run_v, order = torch.sort(run_v, dim=1, descending=True)
@@ -1660,8 +1664,8 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             if rows_redo.size:
                 _stream_exact_rows(ctx, dev, q0, rows_redo, pairs, block_rows)
             _assemble_ranks(ctx, q0, p0, p1, pairs)
-            if progress is not None:
-                progress(c)
+            if progress is not None and c > reported:
+                progress(c - reported)
 
 
 def _stream_block_counts(s_mat: "torch.Tensor", v: "torch.Tensor", i: "torch.Tensor", n0: int, partial: bool,
@@ -1880,7 +1884,9 @@ def exact_search(
     stream_block_rows
         Candidates per streamed block (default: 64 MiB of float32 rows, at least ``depth``).
     progress
-        Called with the number of queries finished after each chunk.
+        Called with the number of queries finished after each chunk (an ``int``; the calls add up
+        to ``Q``). With ``stream=True`` also after each candidate block, with the chunk's queries
+        pro rata of the blocks done, so a long pass over a large pool shows progress.
 
     Raises
     ------
