@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors
+from mrbench.cli.common import handle_errors, reflow_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train ELVA-style retrievers (InfoNCE warmup → GRPO with rule rewards) and plot training logs.")
@@ -100,6 +100,9 @@ def bundle(
         typer.echo(f"{name}: trained in {rec['train_seconds']:.0f} s; MRBench-Synth test hit@5 {sc['hit@5']:.3f}, "
                    f"hit@5 (>=3 grains) {sc['hit@5_3plus']:.3f}, drop-one-grain 1-cos {sc['drop_distance']:.4f}")
     typer.echo(f"wrote {Path(out) / 'recipes.json'}")
+
+
+reflow_help(app)
 
 
 def main() -> None:

@@ -38,6 +38,18 @@ def test_help_lists_commands():
     assert r.exit_code == 0 and "--encoder" in r.stdout and "pessimistic" in r.stdout
 
 
+def test_help_paragraphs_are_reflowed():
+    """Docstring line breaks do not survive into --help: at 80 columns the terminal wraps the text."""
+    from mrbench.cli.common import reflow
+
+    assert reflow("One line\n    two.\n\n    Second\n    para.\n\n    - item\n      more") == (
+        "One line two.\n\nSecond para.\n\n- item\n  more")
+    r = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "queries without a relevant candidate are dropped and counted" in r.stdout
+    r = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "200"})
+    assert "scene-graph relevance over four tasks (text" in r.stdout
+
+
 def test_evaluate_writes_results_and_prints_tables(tmp_path):
     out = tmp_path / "out"
     r = invoke("evaluate", "-b", TINY, "-e", "oracle", "-e", "random", "-o", str(out), "-q")

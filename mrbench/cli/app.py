@@ -12,6 +12,7 @@ from mrbench.cli import encode as _encode
 from mrbench.cli import evaluate as _evaluate
 from mrbench.cli import leaderboard as _leaderboard
 from mrbench.cli import listing as _listing
+from mrbench.cli.common import reflow_help
 
 app = typer.Typer(
     name="mrbench",
@@ -52,6 +53,9 @@ def version() -> None:
     import mrbench
 
     print(mrbench.__version__)
+
+
+reflow_help(app)
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import re
 import sys
 from typing import Any, Callable
 
@@ -32,6 +34,36 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def reflow(text: str) -> str:
+    """Help text with the hard line breaks inside each paragraph removed, so the terminal wraps it.
+
+    Typer's rich help keeps single newlines of a docstring, which leaves ragged lines on any terminal
+    narrower than the source (80 columns). Paragraphs (separated by a blank line) stay apart; a
+    paragraph whose lines are indented or start with ``-``, ``*`` or ``\\b`` is kept as written.
+    """
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    out = []
+    for para in paragraphs:
+        lines = para.splitlines()
+        if any(ln.startswith((" ", "\t", "-", "*", "\b")) for ln in lines):
+            out.append(para)
+        else:
+            out.append(" ".join(ln.strip() for ln in lines))
+    return "\n\n".join(out)
+
+
+def reflow_help(app: typer.Typer) -> typer.Typer:
+    """Apply :func:`reflow` to the help of every command and sub-group of ``app`` (recursively)."""
+    for cmd in app.registered_commands:
+        doc = cmd.help or inspect.getdoc(cmd.callback)
+        if doc:
+            cmd.help = reflow(doc)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+    return app
 
 
 def parse_json_kwargs(value: str | None, option: str = "--encoder-kwargs",
