@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mrbench.data.csr import CsrMappings
 from mrbench.data.io import gc_frozen, gc_paused
 from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
@@ -48,10 +49,34 @@ def _check_output(output: Path | None, overwrite: bool) -> None:
         raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose another --output")
 
 
-def judged_grades(task: Task) -> list[dict[int, int]]:
-    """Per query (in task order), its graded candidates as ``{candidate index: grade > 0}``."""
+def judged_grades(task: Task) -> CsrMappings:
+    """Per query (in task order), its graded candidates as ``{candidate index: grade > 0}``.
+
+    A :class:`~mrbench.data.csr.CsrMappings` (a read-only list of dicts backed by arrays), with the
+    candidate indices ascending within each query: the layout
+    :func:`~mrbench.retrieval.search.exact_search` returns its ranks in, so scoring reads both as
+    aligned arrays.
+    """
+    from itertools import chain
+
     index = task.candidate_index()
-    return [{index[d]: g for d, g in task.qrels.get(q.id, {}).items() if g > 0} for q in task.queries]
+    empty: dict[str, int] = {}
+    per_q = [task.qrels.get(q.id, empty) for q in task.queries]
+    lens = np.fromiter(map(len, per_q), dtype=np.int64, count=len(per_q))
+    total = int(lens.sum())
+    rows = np.fromiter(chain.from_iterable(map(index.__getitem__, m) for m in per_q), dtype=np.int64, count=total)
+    grades = np.fromiter(chain.from_iterable(m.values() for m in per_q), dtype=np.int64, count=total)
+    qidx = np.repeat(np.arange(len(per_q), dtype=np.int64), lens)
+    keep = grades > 0
+    if not keep.all():
+        rows, grades, qidx = rows[keep], grades[keep], qidx[keep]
+    key = qidx * max(1, len(task.candidates)) + rows
+    if key.size > 1 and not bool((key[1:] > key[:-1]).all()):
+        order = np.argsort(key, kind="stable")
+        rows, grades, qidx = rows[order], grades[order], qidx[order]
+    ptr = np.zeros(len(per_q) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(qidx, minlength=len(per_q)), out=ptr[1:])
+    return CsrMappings(ptr, rows, grades)
 
 
 def _hardware(device: str) -> dict[str, Any]:
@@ -549,20 +574,16 @@ def _sensitivity_frame(task, q_emb, c_emb, r_emb, judged, res, owners, backend, 
         return x / np.where(n == 0, 1, n)
 
     cos = np.sum(unit(q_emb[qi_arr]) * unit(r_emb), axis=1)
+    level = task.relevance_level
+    judged = judged if isinstance(judged, CsrMappings) else CsrMappings.from_mappings(judged, dtype=np.int64)
     # only the first relevant rank matters here; partial grades rank like non-relevant ones in ties
-    rel_only = [{d: g for d, g in j.items() if g >= task.relevance_level} for j in judged]
-    r_judged = [rel_only[i] for i in qi_arr]
+    r_judged = judged.select(judged.values >= level).take(qi_arr)
     if not stream:
         r_judged = _best_scoring(r_emb, c_emb, r_judged)
-    r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=task.relevance_level, backend=backend,
-                         stream=stream)
-
-    def first_rank(ranks: dict[int, int], grades: dict[int, int]) -> int:
-        return min(r for d, r in ranks.items() if grades[d] >= task.relevance_level)
-
-    full_of = {i: first_rank(res.judged_ranks[i], judged[i]) for i in dict.fromkeys(qi_arr.tolist())}
-    full_rank = np.array([full_of[i] for i in qi_arr.tolist()])
-    red_rank = np.array([first_rank(r_res.judged_ranks[j], r_judged[j]) for j in range(len(owners))])
+    r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=level, backend=backend, stream=stream)
+    full_rank = _first_relevant_ranks(res.judged_ranks, judged, level, np.unique(qi_arr))
+    full_rank = full_rank[np.searchsorted(np.unique(qi_arr), qi_arr)]
+    red_rank = _first_relevant_ranks(r_res.judged_ranks, r_judged, level, np.arange(len(owners)))
     return pd.DataFrame(
         {
             "task": task.name,
@@ -578,8 +599,32 @@ def _sensitivity_frame(task, q_emb, c_emb, r_emb, judged, res, owners, backend, 
     )
 
 
-def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: list[dict[int, int]]) -> list[dict[int, int]]:
-    """Per query, only the judged candidates with its highest canonical score (ties all kept).
+def _first_relevant_ranks(ranks: CsrMappings, grades: CsrMappings, level: int, queries: np.ndarray) -> np.ndarray:
+    """int64 ``[len(queries)]``: the best rank among each of ``queries``' candidates with
+    ``grade >= level`` (each must have one), from ``exact_search``'s ranks for these ``grades``."""
+    queries = np.asarray(queries, dtype=np.int64)
+    if not ranks.same_layout(grades):  # grades not in exact_search's layout (keys unsorted, zeros)
+        out = []
+        for i in queries.tolist():
+            g = grades[i]
+            out.append(min(r for d, r in ranks[i].items() if g.get(d, 0) >= level))
+        return np.array(out, dtype=np.int64)
+    big = np.iinfo(np.int64).max
+    vals = np.where(grades.values >= level, ranks.values, big)
+    lens = ranks.lengths
+    best = np.full(len(ranks), big, dtype=np.int64)
+    nonempty = lens > 0
+    if vals.size:
+        best[nonempty] = np.minimum.reduceat(vals, ranks.ptr[:-1][nonempty])
+    out = best[queries]
+    if (out == big).any():
+        raise ValueError("a query without a relevant candidate has no first relevant rank")
+    return out
+
+
+def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: Sequence[dict[int, int]]) -> CsrMappings:
+    """Per query, only the judged candidates with its highest canonical score (ties all kept), in
+    ``exact_search``'s layout (rows ascending within a query).
 
     The first rank among ``judged`` is that of one of these (a lower-scoring candidate ranks below
     them whatever its grade, and the tied ones keep their grades, which order them), so
@@ -591,15 +636,13 @@ def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: list[dict
     from mrbench.retrieval.search import _flatten_judged, canonical_scores
 
     ptr, ci, grades = _flatten_judged(judged, len(judged), len(candidates))  # grade-0 entries dropped, as search does
-    qi = np.repeat(np.arange(len(judged), dtype=np.int64), np.diff(ptr))
+    flat = CsrMappings(ptr, ci, grades)
+    qi = flat.query_of()
     if qi.size == 0:
-        return judged
+        return flat
     scores = canonical_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)),
                               torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)), qi, ci)
     best = np.full(len(judged), -np.inf, dtype=np.float32)
-    np.maximum.at(best, qi, scores)
-    keep = np.flatnonzero(scores == best[qi])
-    out: list[dict[int, int]] = [{} for _ in judged]
-    for q, c, g in zip(qi[keep].tolist(), ci[keep].tolist(), grades[keep].tolist()):
-        out[q][c] = g
-    return out
+    nonempty = np.diff(ptr) > 0
+    best[nonempty] = np.maximum.reduceat(scores, ptr[:-1][nonempty])
+    return flat.select(scores == best[qi])

@@ -137,9 +137,12 @@ def ndcg_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level:
     r, g = _check(ranks, grades, k)
     rel = _relevant(g, relevance_level)
     gains = np.where(g > 0, g, 0.0)
-    in_k = r <= k
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dcg = np.where(in_k & (gains > 0), gains / np.log2(np.where(in_k, r, 1.0) + 1.0), 0.0).sum(axis=1)
+    # DCG from the few gains ranked within k only (not a log over the whole [Q, M] matrix), each
+    # query's added in rank order, as trec_eval adds them
+    rows, cols = np.nonzero((r <= k) & (gains > 0))
+    rk, gk = r[rows, cols], gains[rows, cols]
+    order = np.lexsort((rk, rows))
+    dcg = np.bincount(rows[order], weights=gk[order] / np.log2(rk[order] + 1.0), minlength=r.shape[0])
     m = gains.shape[1]
     kk = min(int(k), m)
     ideal = -np.sort(-gains, axis=1)[:, :kk]
@@ -164,7 +167,9 @@ def judged_matrix(
             f"judged_ranks has {len(judged_ranks)} queries but grades has {len(grades)}; pass one mapping per query for both"
         )
     try:
-        fast = _judged_matrix_fast(judged_ranks, grades)
+        fast = _judged_matrix_csr(judged_ranks, grades)
+        if fast is None:
+            fast = _judged_matrix_fast(judged_ranks, grades)
     except (TypeError, ValueError, OverflowError):
         fast = None
     if fast is not None:
@@ -207,6 +212,44 @@ def _pad(per_q: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, np.n
     return ranks, grd
 
 
+def _judged_matrix_csr(
+    judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`judged_matrix` straight from the arrays when both inputs are
+    :class:`~mrbench.data.csr.CsrMappings` whose ranks cover the grades' keys in the same order
+    (``exact_search``'s ranks for ``judged_grades``' grades), else ``None``."""
+    from mrbench.data.csr import CsrMappings
+
+    if not (isinstance(judged_ranks, CsrMappings) and isinstance(grades, CsrMappings)):
+        return None
+    if grades.values.dtype.kind not in "iub":
+        return None
+    g = grades.values.astype(np.float64)
+    if not (g >= 0).all():
+        return None
+    keep = g > 0
+    if keep.all():
+        sub = grades
+    else:
+        sub = grades.select(keep)
+        g = g[keep]
+    if not judged_ranks.same_layout(sub) or judged_ranks.values.dtype.kind not in "iu":
+        return None
+    r = judged_ranks.values.astype(np.float64)
+    if r.size and not (r >= 1).all():
+        return None
+    counts = sub.lengths
+    n_q = counts.size
+    width = int(counts.max()) if n_q else 0
+    ranks = np.full((n_q, width), np.inf)
+    grd = np.zeros((n_q, width))
+    row = sub.query_of()
+    col = np.arange(row.size, dtype=np.int64) - sub.ptr[:-1][row]
+    ranks[row, col] = r
+    grd[row, col] = g
+    return ranks, grd
+
+
 def _judged_matrix_fast(
     judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -215,6 +258,10 @@ def _judged_matrix_fast(
     ``>= 1``); raises ``TypeError`` / ``ValueError`` on non-numeric values."""
     from itertools import chain, repeat
 
+    from mrbench.data.csr import CsrMappings
+
+    if isinstance(grades, CsrMappings):  # read below three times: build its dicts once
+        grades = list(grades)
     n_q = len(grades)
     lens = np.fromiter(map(len, grades), dtype=np.int64, count=n_q)
     total = int(lens.sum())

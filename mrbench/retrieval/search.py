@@ -122,6 +122,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mrbench.data.csr import CsrMappings
 from mrbench.errors import MrbenchError, UnknownNameError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -328,9 +329,12 @@ class RetrievalResult:
         float32 ``[Q, depth]``: canonical scores of ``topk_indices`` (non-increasing along a row).
     judged_ranks
         Per query: candidate row → 1-based pessimistic rank, for every judged candidate
-        (grade > 0, including grades below ``relevance_level``).
+        (grade > 0, including grades below ``relevance_level``). A
+        :class:`~mrbench.data.csr.CsrMappings`: it reads as a list of dicts, and its arrays
+        (rows ascending within a query, int64 ranks) serve array code directly.
     judged_scores
-        Per query: candidate row → canonical score, same keys as ``judged_ranks``.
+        Per query: candidate row → canonical score (float32 array, Python floats when read as
+        dicts), same layout as ``judged_ranks``.
     n_ties
         int64 ``[Q]``: number of *non-relevant* candidates (grade < ``relevance_level``) whose score
         equals exactly the score of the query's best-ranked relevant candidate — the ties that cost
@@ -344,8 +348,8 @@ class RetrievalResult:
 
     topk_indices: np.ndarray
     topk_scores: np.ndarray
-    judged_ranks: list[dict[int, int]]
-    judged_scores: list[dict[int, float]]
+    judged_ranks: CsrMappings
+    judged_scores: CsrMappings
     n_ties: np.ndarray
     backend: str
     device: str
@@ -682,18 +686,24 @@ def _flatten_judged(judged: Sequence[Mapping[int, int]], n_queries: int, n_candi
             f"judged has {len(judged)} entries but there are {n_queries} queries; pass one "
             "{candidate_row: grade} mapping per query (an empty dict for unjudged queries)"
         )
-    counts = np.zeros(n_queries, dtype=np.int64)
-    keys: list[Any] = []
-    vals: list[Any] = []
-    for q, m in enumerate(judged):
-        if type(m) is not dict and not isinstance(m, Mapping):  # fast path for plain dicts
-            raise SearchError(f"judged[{q}] must be a mapping candidate_row -> grade, got {type(m).__name__}")
-        counts[q] = len(m)
-        keys.extend(m.keys())
-        vals.extend(m.values())
-    rows = _int_array(keys, "candidate rows")
-    grades = _int_array(vals, "grades")
-    qidx = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
+    if isinstance(judged, CsrMappings):
+        rows, grades, qidx = judged.keys, judged.values, judged.query_of()
+        if grades.dtype.kind not in "iub":
+            raise SearchError("judged must map integer candidate rows to integer grades; found non-integer grades")
+        grades = grades.astype(np.int64, copy=False)
+    else:
+        counts = np.zeros(n_queries, dtype=np.int64)
+        keys: list[Any] = []
+        vals: list[Any] = []
+        for q, m in enumerate(judged):
+            if type(m) is not dict and not isinstance(m, Mapping):  # fast path for plain dicts
+                raise SearchError(f"judged[{q}] must be a mapping candidate_row -> grade, got {type(m).__name__}")
+            counts[q] = len(m)
+            keys.extend(m.keys())
+            vals.extend(m.values())
+        rows = _int_array(keys, "candidate rows")
+        grades = _int_array(vals, "grades")
+        qidx = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
     bad = np.flatnonzero((rows < 0) | (rows >= n_candidates))
     if bad.size:
         raise SearchError(
@@ -706,12 +716,18 @@ def _flatten_judged(judged: Sequence[Mapping[int, int]], n_queries: int, n_candi
             f"judged[{int(qidx[bad[0]])}] has a negative grade {int(grades[bad[0]])}; qrels grades must be >= 0"
         )
     keep = grades > 0
-    rows, grades, qidx = rows[keep], grades[keep], qidx[keep]
+    if not keep.all():
+        rows, grades, qidx = rows[keep], grades[keep], qidx[keep]
     key = qidx * n_candidates + rows
-    order = np.argsort(key)  # fast unstable sort; keys repeat only for a Mapping with duplicate keys
-    if order.size > 1 and bool((key[order][1:] == key[order][:-1]).any()):
-        order = np.argsort(key, kind="stable")
-    rows, grades, qidx = rows[order], grades[order], qidx[order]
+    if key.size > 1 and not bool((key[1:] > key[:-1]).all()):  # not already ascending and unique
+        order = np.argsort(key)  # fast unstable sort; keys repeat only for a Mapping with duplicate keys
+        if bool((key[order][1:] == key[order][:-1]).any()):
+            if isinstance(judged, CsrMappings):
+                dup = order[1:][key[order][1:] == key[order][:-1]][0]
+                raise SearchError(f"judged[{int(qidx[dup])}] lists candidate row {int(rows[dup])} twice; "
+                                  "each query maps a candidate to one grade")
+            order = np.argsort(key, kind="stable")
+        rows, grades, qidx = rows[order], grades[order], qidx[order]
     ptr = np.zeros(n_queries + 1, dtype=np.int64)
     np.cumsum(np.bincount(qidx, minlength=n_queries), out=ptr[1:])
     return ptr, rows, grades
@@ -1490,34 +1506,44 @@ def _finalise_chunk(
 
 def _assemble_ranks(ctx: _Ctx, q0: int, p0: int, p1: int, pairs: _Pairs) -> None:
     """Ranks, scores and tie counts of the judged pairs ``p0:p1`` (queries from ``q0``) from their
-    exact counts: rank = 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row)."""
-    n = ctx.n
+    exact counts: rank = 1 + higher + unjudged ties + judged ties that precede (lower grade, lower row).
+
+    A pair with no exact tie (``eq == 1``, the common case) ranks ``1 + gt``; only tied pairs are
+    sorted to place judged ties among themselves. Pairs are grouped by query (``pairs.q``
+    non-decreasing), so each query's best relevant pair is found per segment, without a sort.
+    """
     npairs = p1 - p0
     jq = pairs.q
-    if npairs:
-        js, jr, jg = pairs.score, pairs.row, pairs.grade
-        gt, eq = pairs.gt, pairs.eq
-        key = _score_key(jq, js)
-        order = _order_with_ties(key, lambda: jg, jr)  # (query, score, grade, row)
+    if not npairs:
+        return
+    js, jr, jg = pairs.score, pairs.row, pairs.grade
+    gt, eq = pairs.gt, pairs.eq
+    rank = 1 + gt
+    tied = np.flatnonzero(eq > 1)  # every judged pair sharing a pair's exact score is in here too
+    if tied.size:
+        tg, tr = jg[tied], jr[tied]
+        key = _score_key(jq[tied], js[tied])
+        order = _order_with_ties(key, lambda: tg, tr)  # (query, score, grade, row)
         ok = key[order]
         new_grp = np.r_[True, ok[1:] != ok[:-1]]
-        grp_start = np.maximum.accumulate(np.where(new_grp, np.arange(npairs), 0))
+        grp_start = np.maximum.accumulate(np.where(new_grp, np.arange(tied.size), 0))
         grp_id = np.cumsum(new_grp) - 1
-        grp_size = np.bincount(grp_id)[grp_id]
-        before = np.empty(npairs, dtype=np.int64)
-        n_judged_eq = np.empty(npairs, dtype=np.int64)
-        before[order] = np.arange(npairs) - grp_start
-        n_judged_eq[order] = grp_size
-        rank = 1 + gt + (eq - n_judged_eq) + before
-        ctx.pair_rank[p0:p1] = rank
-        ctx.pair_score[p0:p1] = js
-        # ties of the best-ranked relevant candidate
-        rel = np.flatnonzero(jg >= ctx.relevance_level)
-        if rel.size:
-            rel = rel[np.argsort(jq[rel] * (n + 1) + rank[rel])]  # by query, then rank (unique)
-            firsts = rel[np.r_[True, jq[rel][1:] != jq[rel][:-1]]]
-            # non-relevant candidates tied with it: exactly those placed before it in its tie group
-            ctx.n_ties[q0 + jq[firsts]] = rank[firsts] - 1 - gt[firsts]
+        before = np.empty(tied.size, dtype=np.int64)
+        n_judged_eq = np.empty(tied.size, dtype=np.int64)
+        before[order] = np.arange(tied.size) - grp_start
+        n_judged_eq[order] = np.bincount(grp_id)[grp_id]
+        rank[tied] += (eq[tied] - n_judged_eq) + before
+    ctx.pair_rank[p0:p1] = rank
+    ctx.pair_score[p0:p1] = js
+    # ties of the best-ranked relevant candidate (ranks are unique within a query)
+    rel = np.flatnonzero(jg >= ctx.relevance_level)
+    if rel.size:
+        qr = jq[rel]
+        first_of_q = np.r_[True, qr[1:] != qr[:-1]]
+        best = np.minimum.reduceat(rank[rel], np.flatnonzero(first_of_q))
+        firsts = rel[rank[rel] == best[np.cumsum(first_of_q) - 1]]
+        # non-relevant candidates tied with it: exactly those placed before it in its tie group
+        ctx.n_ties[q0 + jq[firsts]] = rank[firsts] - 1 - gt[firsts]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1851,7 +1877,9 @@ def exact_search(
     judged
         One mapping per query: candidate row → qrels grade. Grades must be ``>= 0``; grade-0
         entries are ignored (same as unjudged). Grades order exact ties (lower first) and select
-        the relevant candidates (``grade >= relevance_level``) for ``n_ties``.
+        the relevant candidates (``grade >= relevance_level``) for ``n_ties``. A list of dicts,
+        or a :class:`~mrbench.data.csr.CsrMappings` (what ``mrbench.pipeline.judged_grades``
+        returns), whose arrays are read without a per-pair Python loop.
     depth
         Length of the top lists; clipped to ``N``.
     relevance_level
@@ -2004,20 +2032,11 @@ def exact_search(
         else:
             _run_faiss(ctx, chunk_rows, progress)
 
-    judged_ranks: list[dict[int, int]] = []
-    judged_scores: list[dict[int, float]] = []
-    rows_l = rows.tolist()
-    rank_l = ctx.pair_rank.tolist()
-    score_l = ctx.pair_score.astype(np.float64).tolist()
-    for q in range(n_q):
-        a, b = int(ptr[q]), int(ptr[q + 1])
-        judged_ranks.append(dict(zip(rows_l[a:b], rank_l[a:b])))
-        judged_scores.append(dict(zip(rows_l[a:b], score_l[a:b])))
     return RetrievalResult(
         topk_indices=ctx.topk_idx,
         topk_scores=ctx.topk_scores,
-        judged_ranks=judged_ranks,
-        judged_scores=judged_scores,
+        judged_ranks=CsrMappings(ptr, rows, ctx.pair_rank),
+        judged_scores=CsrMappings(ptr, rows, ctx.pair_score),
         n_ties=ctx.n_ties,
         backend=backend,
         device=dev_str,
