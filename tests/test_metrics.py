@@ -260,3 +260,42 @@ def test_aggregation_errors():
         by_task(per_query_table().assign(task="all"))
     with pytest.raises(AggregationError, match="strictly increasing"):
         by_grain_count(per_query_table(), buckets=(3, 2))
+
+
+def test_score_queries_equals_direct_formulas_on_random_matrices():
+    """score_queries shares intermediates between its columns (one sort, one scan of the entries within
+    the largest cutoff); each column must equal the metric's definition computed on its own."""
+    rng = np.random.default_rng(7)
+    q, m = 60, 40
+    r = rng.permutation(np.arange(1, q * m + 1)).reshape(q, m).astype(np.float64) % 25 + 1
+    r[rng.random((q, m)) < 0.3] = np.inf  # unranked
+    g = rng.integers(0, 4, (q, m)).astype(np.float64)
+    g[:5] = np.minimum(g[:5], 1)  # at relevance level 2: dropped
+    for level in (1, 2):
+        rel = g >= level
+        kept = rel.any(axis=1)
+        first = np.where(rel, r, np.inf).min(axis=1)
+        ranks_l = [{j: r[i, j] for j in range(m) if np.isfinite(r[i, j])} for i in range(q)]
+        grades_l = [{j: int(g[i, j]) for j in range(m) if g[i, j] > 0} for i in range(q)]
+        df = score_queries(ranks_l, grades_l, ks=(10, 1, 3, 50), relevance_level=level)
+        for k in (10, 1, 3, 50):
+            want = {
+                "hit": (rel & (r <= k)).any(axis=1).astype(float),
+                "recall": (rel & (r <= k)).sum(axis=1) / np.maximum(rel.sum(axis=1), 1),
+                "mrr": np.where(first <= k, 1.0 / first, 0.0),
+            }
+            gains = np.where(g > 0, g, 0.0)
+            dcg = np.array([sum(gains[i, j] / math.log2(r[i, j] + 1) for j in np.argsort(r[i]) if r[i, j] <= k)
+                            for i in range(q)])
+            ideal = -np.sort(-gains, axis=1)[:, : min(k, m)]
+            idcg = (ideal / np.log2(np.arange(2, ideal.shape[1] + 2))).sum(axis=1)
+            want["ndcg"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
+            for name, w in want.items():
+                got = df[f"{name}@{k}"].to_numpy()
+                np.testing.assert_allclose(got[kept], w[kept], rtol=1e-12, err_msg=f"{name}@{k} level {level}")
+                assert np.isnan(got[~kept]).all()
+                single = {"hit": hit_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "ndcg": ndcg_at_k}[name]
+                mr, mg = judged_matrix(ranks_l, grades_l)
+                np.testing.assert_array_equal(single(mr, mg, k, relevance_level=level), got)
+        np.testing.assert_array_equal(df["first_rank"].to_numpy()[kept], first[kept])
+        assert df["n_relevant"].tolist() == rel.sum(axis=1).tolist()

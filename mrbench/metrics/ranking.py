@@ -83,49 +83,112 @@ def _relevant(g: np.ndarray, relevance_level: int) -> np.ndarray:
     return g >= relevance_level
 
 
+class _Prepared:
+    """What the metrics of one ``(ranks, grades)`` pair share, each computed once, on first use.
+
+    Every metric function builds one for its own call; :func:`score_queries` builds one for all its
+    columns, so the ``[Q, M]`` matrices are scanned a few times in all instead of a few times per
+    metric and cutoff (they hold millions of cells for a benchmark with graded partial matches).
+    ``kmax``: the largest cutoff that will be asked for.
+    """
+
+    def __init__(self, r: np.ndarray, g: np.ndarray, relevance_level: int, kmax: int = 1) -> None:
+        self.r, self.g, self.kmax = r, g, int(kmax)
+        self.rel = _relevant(g, relevance_level)
+        self.dropped = ~self.rel.any(axis=1)
+        self._first: np.ndarray | None = None
+        self._n_rel: np.ndarray | None = None
+        self._within: tuple[np.ndarray, ...] | None = None
+        self._ideal: np.ndarray | None = None
+
+    def nan_dropped(self, values: np.ndarray) -> np.ndarray:
+        out = values.astype(np.float64)
+        out[self.dropped] = np.nan
+        return out
+
+    @property
+    def first(self) -> np.ndarray:
+        """Best rank of a relevant candidate per query (``inf``: none ranked or none relevant)."""
+        if self._first is None:
+            self._first = np.where(self.rel, self.r, np.inf).min(axis=1, initial=np.inf)
+        return self._first
+
+    @property
+    def n_rel(self) -> np.ndarray:
+        if self._n_rel is None:
+            self._n_rel = self.rel.sum(axis=1)
+        return self._n_rel
+
+    def within(self, k: int) -> tuple[np.ndarray, ...]:
+        """``(query, rank, grade, relevant)`` of the entries ranked within ``kmax`` (at least ``k``;
+        grade > 0), sorted by query, then rank."""
+        if k > self.kmax:
+            self.kmax, self._within = int(k), None
+        if self._within is None:
+            rows, cols = np.nonzero((self.r <= self.kmax) & (self.g > 0))
+            rk = self.r[rows, cols]
+            order = np.lexsort((rk, rows))
+            rows, cols = rows[order], cols[order]
+            self._within = (rows, rk[order], self.g[rows, cols], self.rel[rows, cols])
+        return self._within
+
+    def ideal(self, kk: int) -> np.ndarray:
+        """The ``kk`` (``<= max(kmax, ...)``) largest gains of each query, descending."""
+        if self._ideal is None or self._ideal.shape[1] < kk:
+            gains = np.where(self.g > 0, self.g, 0.0)
+            self._ideal = -np.sort(-gains, axis=1)[:, : max(kk, min(self.kmax, gains.shape[1]))]
+        return self._ideal[:, :kk]
+
+    # -- the metrics -----------------------------------------------------------------------------
+    def hit(self, k: int) -> np.ndarray:
+        return self.nan_dropped(self.first <= k)
+
+    def recall(self, k: int) -> np.ndarray:
+        rows, rk, _, rel = self.within(k)
+        found = np.bincount(rows[rel & (rk <= k)], minlength=self.r.shape[0])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.nan_dropped(found / np.maximum(self.n_rel, 1))
+
+    def mrr(self, k: int) -> np.ndarray:
+        first = self.first
+        with np.errstate(divide="ignore"):
+            return self.nan_dropped(np.where(first <= k, 1.0 / first, 0.0))
+
+    def ndcg(self, k: int) -> np.ndarray:
+        rows, rk, gk, _ = self.within(k)
+        m = rk <= k  # each query's gains added in rank order, as trec_eval adds them
+        dcg = np.bincount(rows[m], weights=gk[m] / np.log2(rk[m] + 1.0), minlength=self.r.shape[0])
+        kk = min(int(k), self.g.shape[1])
+        idcg = (self.ideal(kk) / np.log2(np.arange(2, kk + 2, dtype=np.float64))).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.nan_dropped(np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0))
+
+
 def n_relevant(ranks: np.ndarray, grades: np.ndarray, *, relevance_level: int = 1) -> np.ndarray:
     """Number of relevant candidates (``grade >= relevance_level``) per query, int64 ``[Q]``."""
     _, g = _check(ranks, grades)
     return _relevant(g, relevance_level).sum(axis=1).astype(np.int64)
 
 
-def _dropped_nan(values: np.ndarray, rel: np.ndarray) -> np.ndarray:
-    out = values.astype(np.float64)
-    out[~rel.any(axis=1)] = np.nan
-    return out
-
-
 def first_rank(ranks: np.ndarray, grades: np.ndarray, *, relevance_level: int = 1) -> np.ndarray:
     """Rank of the best-ranked relevant candidate per query (``inf`` if none ranked, NaN if dropped)."""
-    r, g = _check(ranks, grades)
-    rel = _relevant(g, relevance_level)
-    best = np.where(rel, r, np.inf).min(axis=1, initial=np.inf)
-    return _dropped_nan(best, rel)
+    p = _Prepared(*_check(ranks, grades), relevance_level)
+    return p.nan_dropped(p.first)
 
 
 def hit_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
     """``hit@k``: 1.0 if a relevant candidate has rank ``<= k``, else 0.0; NaN for dropped queries."""
-    r, g = _check(ranks, grades, k)
-    rel = _relevant(g, relevance_level)
-    return _dropped_nan((rel & (r <= k)).any(axis=1), rel)
+    return _Prepared(*_check(ranks, grades, k), relevance_level, k).hit(k)
 
 
 def recall_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
     """``recall@k``: relevant candidates with rank ``<= k`` / all relevant; NaN for dropped queries."""
-    r, g = _check(ranks, grades, k)
-    rel = _relevant(g, relevance_level)
-    n_rel = rel.sum(axis=1)
-    found = (rel & (r <= k)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _dropped_nan(found / np.maximum(n_rel, 1), rel)
+    return _Prepared(*_check(ranks, grades, k), relevance_level, k).recall(k)
 
 
 def mrr_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
     """``mrr@k``: ``1 / first_rank`` if ``first_rank <= k`` else 0.0; NaN for dropped queries."""
-    r, g = _check(ranks, grades, k)
-    rel = _relevant(g, relevance_level)
-    best = np.where(rel, r, np.inf).min(axis=1, initial=np.inf)
-    return _dropped_nan(np.where(best <= k, 1.0 / best, 0.0), rel)
+    return _Prepared(*_check(ranks, grades, k), relevance_level, k).mrr(k)
 
 
 def ndcg_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
@@ -134,22 +197,7 @@ def ndcg_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level:
     All judged grades ``> 0`` are gains, including those below ``relevance_level``;
     ``relevance_level`` only decides which queries are dropped (no relevant candidate → NaN).
     """
-    r, g = _check(ranks, grades, k)
-    rel = _relevant(g, relevance_level)
-    gains = np.where(g > 0, g, 0.0)
-    # DCG from the few gains ranked within k only (not a log over the whole [Q, M] matrix), each
-    # query's added in rank order, as trec_eval adds them
-    rows, cols = np.nonzero((r <= k) & (gains > 0))
-    rk, gk = r[rows, cols], gains[rows, cols]
-    order = np.lexsort((rk, rows))
-    dcg = np.bincount(rows[order], weights=gk[order] / np.log2(rk[order] + 1.0), minlength=r.shape[0])
-    m = gains.shape[1]
-    kk = min(int(k), m)
-    ideal = -np.sort(-gains, axis=1)[:, :kk]
-    idcg = (ideal / np.log2(np.arange(2, kk + 2, dtype=np.float64))).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        val = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
-    return _dropped_nan(val, rel)
+    return _Prepared(*_check(ranks, grades, k), relevance_level, k).ndcg(k)
 
 
 def judged_matrix(
@@ -330,13 +378,14 @@ def score_queries(
         if len(query_ids) != n_q:
             raise MetricInputError(f"{len(query_ids)} query ids for {n_q} queries; pass one id per query")
         index = pd.Index(list(query_ids), name="qid")
-    funcs = {"hit": hit_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "ndcg": ndcg_at_k}
+    p = _Prepared(ranks, g, relevance_level, max(int(k) for k in ks))  # shared by every column
+    funcs = {"hit": p.hit, "recall": p.recall, "mrr": p.mrr, "ndcg": p.ndcg}
     cols: dict[str, np.ndarray] = {}
     for name in METRIC_NAMES:
         for k in ks:
-            cols[f"{name}@{int(k)}"] = funcs[name](ranks, g, int(k), relevance_level=relevance_level)
-    cols["first_rank"] = first_rank(ranks, g, relevance_level=relevance_level)
-    nrel = n_relevant(ranks, g, relevance_level=relevance_level)
+            cols[f"{name}@{int(k)}"] = funcs[name](int(k))
+    cols["first_rank"] = p.nan_dropped(p.first)
+    nrel = p.n_rel.astype(np.int64)
     cols["n_relevant"] = nrel
     cols["dropped"] = nrel == 0
     return pd.DataFrame(cols, index=index)
