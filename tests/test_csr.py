@@ -113,8 +113,8 @@ def test_judged_matrix_and_scores_from_arrays_equal_the_dict_path():
     grades = csr.select(csr.values > 0)
     order = np.lexsort((grades.keys, grades.query_of()))  # exact_search's layout: rows ascending
     grades = CsrMappings(grades.ptr, grades.keys[order], grades.values[order])
-    assert ranking._judged_matrix_csr(res.judged_ranks, grades) is not None  # the array path is taken
-    assert ranking._judged_matrix_csr(res.judged_ranks, csr) is None  # zeros dropped, but keys unsorted
+    assert ranking._judged_flat_csr(res.judged_ranks, grades) is not None  # the array path is taken
+    assert ranking._judged_flat_csr(res.judged_ranks, csr) is None  # zeros dropped, but keys unsorted
     r_arr, g_arr = judged_matrix(res.judged_ranks, grades)
     r_ref, g_ref = judged_matrix(list(res.judged_ranks), list(grades))
     assert np.array_equal(r_arr, r_ref) and np.array_equal(g_arr, g_ref)

@@ -299,3 +299,41 @@ def test_score_queries_equals_direct_formulas_on_random_matrices():
                 np.testing.assert_array_equal(single(mr, mg, k, relevance_level=level), got)
         np.testing.assert_array_equal(df["first_rank"].to_numpy()[kept], first[kept])
         assert df["n_relevant"].tolist() == rel.sum(axis=1).tolist()
+
+
+def test_ndcg_with_many_distinct_gains_sorts_them():
+    """Non-integer gains (more distinct values than the per-grade counting handles) take the sorting
+    route of the ideal DCG; both equal the definition."""
+    rng = np.random.default_rng(11)
+    r = rng.integers(1, 30, (20, 50)).astype(np.float64)
+    g = np.round(rng.random((20, 50)) * 4, 3)
+    g[g < 1] = 0.0
+    for k in (1, 5, 40, 60):
+        gains = np.where(g > 0, g, 0.0)
+        dcg = np.array([sum(gains[i, j] / math.log2(r[i, j] + 1) for j in range(50) if r[i, j] <= k) for i in range(20)])
+        ideal = -np.sort(-gains, axis=1)[:, : min(k, 50)]
+        idcg = (ideal / np.log2(np.arange(2, ideal.shape[1] + 2))).sum(axis=1)
+        np.testing.assert_allclose(ndcg_at_k(r, g, k), dcg / idcg, rtol=1e-12)
+
+
+def test_score_queries_does_not_pad_to_the_longest_query():
+    """One query judging 200k candidates next to 2,000 short ones: the scores come from the judged
+    pairs themselves, not from a [2001, 200k] matrix (6.4 GB for ranks and grades)."""
+    import tracemalloc
+
+    from mrbench.data.csr import CsrMappings
+
+    lens = np.r_[200_000, np.full(2000, 3)]
+    ptr = np.r_[0, np.cumsum(lens)]
+    keys = np.concatenate([np.arange(n) for n in lens])
+    grades = CsrMappings(ptr, keys, np.ones(keys.size, dtype=np.int64))
+    ranks = grades.with_values(np.concatenate([np.arange(1, n + 1) for n in lens]))
+    tracemalloc.start()
+    try:
+        df = score_queries(ranks, grades, ks=(1, 10))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert df["recall@10"].iloc[0] == 10 / 200_000 and df["recall@10"].iloc[1] == 1.0
+    assert df["ndcg@10"].tolist() == [1.0] * 2001
+    assert peak < 64 << 20, peak

@@ -84,22 +84,31 @@ def _relevant(g: np.ndarray, relevance_level: int) -> np.ndarray:
 
 
 class _Prepared:
-    """What the metrics of one ``(ranks, grades)`` pair share, each computed once, on first use.
+    """The judged entries of ``n_q`` queries as flat arrays, and what the metrics share, each computed
+    once, on first use.
 
-    Every metric function builds one for its own call; :func:`score_queries` builds one for all its
-    columns, so the ``[Q, M]`` matrices are scanned a few times in all instead of a few times per
-    metric and cutoff (they hold millions of cells for a benchmark with graded partial matches).
+    ``q`` (int64, non-decreasing), ``r``, ``g`` (float64): query, rank and grade of every entry with
+    grade ``> 0`` (the only entries any metric reads; padding and grade-0 entries are left out).
+    Every metric function builds one for its call; :func:`score_queries` builds one for all its
+    columns from the judged pairs directly, so no ``[Q, M]`` matrix is padded out to the longest
+    query (a benchmark with graded partial matches has millions of pairs, a few queries thousands).
     ``kmax``: the largest cutoff that will be asked for.
     """
 
-    def __init__(self, r: np.ndarray, g: np.ndarray, relevance_level: int, kmax: int = 1) -> None:
-        self.r, self.g, self.kmax = r, g, int(kmax)
+    def __init__(self, q: np.ndarray, r: np.ndarray, g: np.ndarray, n_q: int, relevance_level: int,
+                 kmax: int = 1) -> None:
+        self.q, self.r, self.g, self.n_q, self.kmax = q, r, g, int(n_q), int(kmax)
         self.rel = _relevant(g, relevance_level)
-        self.dropped = ~self.rel.any(axis=1)
+        self.n_rel = np.bincount(q[self.rel], minlength=self.n_q)
+        self.dropped = self.n_rel == 0
         self._first: np.ndarray | None = None
-        self._n_rel: np.ndarray | None = None
         self._within: tuple[np.ndarray, ...] | None = None
-        self._ideal: np.ndarray | None = None
+        self._grade_counts: list[tuple[float, np.ndarray]] | None = None
+
+    @classmethod
+    def from_matrix(cls, r: np.ndarray, g: np.ndarray, relevance_level: int, kmax: int = 1) -> "_Prepared":
+        rows, cols = np.nonzero(g > 0)
+        return cls(rows.astype(np.int64), r[rows, cols], g[rows, cols], r.shape[0], relevance_level, kmax)
 
     def nan_dropped(self, values: np.ndarray) -> np.ndarray:
         out = values.astype(np.float64)
@@ -108,36 +117,50 @@ class _Prepared:
 
     @property
     def first(self) -> np.ndarray:
-        """Best rank of a relevant candidate per query (``inf``: none ranked or none relevant)."""
+        """Best rank of a relevant entry per query (``inf``: none ranked or none relevant)."""
         if self._first is None:
-            self._first = np.where(self.rel, self.r, np.inf).min(axis=1, initial=np.inf)
+            first = np.full(self.n_q, np.inf)
+            qr = self.q[self.rel]
+            if qr.size:
+                starts = np.flatnonzero(np.r_[True, qr[1:] != qr[:-1]])
+                first[qr[starts]] = np.minimum.reduceat(self.r[self.rel], starts)
+            self._first = first
         return self._first
 
-    @property
-    def n_rel(self) -> np.ndarray:
-        if self._n_rel is None:
-            self._n_rel = self.rel.sum(axis=1)
-        return self._n_rel
-
     def within(self, k: int) -> tuple[np.ndarray, ...]:
-        """``(query, rank, grade, relevant)`` of the entries ranked within ``kmax`` (at least ``k``;
-        grade > 0), sorted by query, then rank."""
+        """``(query, rank, grade, relevant)`` of the entries ranked within ``kmax`` (at least ``k``),
+        sorted by query, then rank."""
         if k > self.kmax:
             self.kmax, self._within = int(k), None
         if self._within is None:
-            rows, cols = np.nonzero((self.r <= self.kmax) & (self.g > 0))
-            rk = self.r[rows, cols]
-            order = np.lexsort((rk, rows))
-            rows, cols = rows[order], cols[order]
-            self._within = (rows, rk[order], self.g[rows, cols], self.rel[rows, cols])
+            idx = np.flatnonzero(self.r <= self.kmax)
+            idx = idx[np.lexsort((self.r[idx], self.q[idx]))]
+            self._within = (self.q[idx], self.r[idx], self.g[idx], self.rel[idx])
         return self._within
 
-    def ideal(self, kk: int) -> np.ndarray:
-        """The ``kk`` (``<= max(kmax, ...)``) largest gains of each query, descending."""
-        if self._ideal is None or self._ideal.shape[1] < kk:
-            gains = np.where(self.g > 0, self.g, 0.0)
-            self._ideal = -np.sort(-gains, axis=1)[:, : max(kk, min(self.kmax, gains.shape[1]))]
-        return self._ideal[:, :kk]
+    def idcg(self, kk: int) -> np.ndarray:
+        """Per query, the DCG of its ``kk`` largest gains in descending order (the ideal ranking)."""
+        disc = 1.0 / np.log2(np.arange(2, kk + 2, dtype=np.float64))
+        if self._grade_counts is None:
+            values = np.unique(self.g)[::-1]
+            if values.size <= 64:  # qrels grades: a few integers; count each per query once
+                self._grade_counts = [(float(v), np.bincount(self.q[self.g == v], minlength=self.n_q))
+                                      for v in values]
+        if self._grade_counts is not None:
+            # the ideal list holds each grade value, largest first, as often as the query has it
+            cum = np.r_[0.0, np.cumsum(disc)]
+            out = np.zeros(self.n_q)
+            taken = np.zeros(self.n_q, dtype=np.int64)
+            for v, c in self._grade_counts:
+                end = np.minimum(taken + c, kk)
+                out += v * (cum[end] - cum[taken])
+                taken = end
+            return out
+        order = np.lexsort((-self.g, self.q))  # many distinct (non-integer) gains: sort them
+        qs, gs = self.q[order], self.g[order]
+        pos = np.arange(qs.size) - np.searchsorted(qs, qs)  # position within its query
+        top = pos < kk
+        return np.bincount(qs[top], weights=gs[top] * disc[pos[top]], minlength=self.n_q)
 
     # -- the metrics -----------------------------------------------------------------------------
     def hit(self, k: int) -> np.ndarray:
@@ -145,7 +168,7 @@ class _Prepared:
 
     def recall(self, k: int) -> np.ndarray:
         rows, rk, _, rel = self.within(k)
-        found = np.bincount(rows[rel & (rk <= k)], minlength=self.r.shape[0])
+        found = np.bincount(rows[rel & (rk <= k)], minlength=self.n_q)
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.nan_dropped(found / np.maximum(self.n_rel, 1))
 
@@ -157,9 +180,8 @@ class _Prepared:
     def ndcg(self, k: int) -> np.ndarray:
         rows, rk, gk, _ = self.within(k)
         m = rk <= k  # each query's gains added in rank order, as trec_eval adds them
-        dcg = np.bincount(rows[m], weights=gk[m] / np.log2(rk[m] + 1.0), minlength=self.r.shape[0])
-        kk = min(int(k), self.g.shape[1])
-        idcg = (self.ideal(kk) / np.log2(np.arange(2, kk + 2, dtype=np.float64))).sum(axis=1)
+        dcg = np.bincount(rows[m], weights=gk[m] / np.log2(rk[m] + 1.0), minlength=self.n_q)
+        idcg = self.idcg(int(k))
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.nan_dropped(np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0))
 
@@ -172,23 +194,23 @@ def n_relevant(ranks: np.ndarray, grades: np.ndarray, *, relevance_level: int = 
 
 def first_rank(ranks: np.ndarray, grades: np.ndarray, *, relevance_level: int = 1) -> np.ndarray:
     """Rank of the best-ranked relevant candidate per query (``inf`` if none ranked, NaN if dropped)."""
-    p = _Prepared(*_check(ranks, grades), relevance_level)
+    p = _Prepared.from_matrix(*_check(ranks, grades), relevance_level)
     return p.nan_dropped(p.first)
 
 
 def hit_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
     """``hit@k``: 1.0 if a relevant candidate has rank ``<= k``, else 0.0; NaN for dropped queries."""
-    return _Prepared(*_check(ranks, grades, k), relevance_level, k).hit(k)
+    return _Prepared.from_matrix(*_check(ranks, grades, k), relevance_level, k).hit(k)
 
 
 def recall_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
     """``recall@k``: relevant candidates with rank ``<= k`` / all relevant; NaN for dropped queries."""
-    return _Prepared(*_check(ranks, grades, k), relevance_level, k).recall(k)
+    return _Prepared.from_matrix(*_check(ranks, grades, k), relevance_level, k).recall(k)
 
 
 def mrr_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
     """``mrr@k``: ``1 / first_rank`` if ``first_rank <= k`` else 0.0; NaN for dropped queries."""
-    return _Prepared(*_check(ranks, grades, k), relevance_level, k).mrr(k)
+    return _Prepared.from_matrix(*_check(ranks, grades, k), relevance_level, k).mrr(k)
 
 
 def ndcg_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level: int = 1) -> np.ndarray:
@@ -197,7 +219,7 @@ def ndcg_at_k(ranks: np.ndarray, grades: np.ndarray, k: int, *, relevance_level:
     All judged grades ``> 0`` are gains, including those below ``relevance_level``;
     ``relevance_level`` only decides which queries are dropped (no relevant candidate → NaN).
     """
-    return _Prepared(*_check(ranks, grades, k), relevance_level, k).ndcg(k)
+    return _Prepared.from_matrix(*_check(ranks, grades, k), relevance_level, k).ndcg(k)
 
 
 def judged_matrix(
@@ -210,14 +232,30 @@ def judged_matrix(
     without a rank gets ``inf``; ranks of ungraded candidates are ignored. Padding: rank ``inf``,
     grade 0.
     """
+    q, r, g, n_q = _judged_flat(judged_ranks, grades)
+    counts = np.bincount(q, minlength=n_q)
+    width = int(counts.max()) if n_q else 0
+    ranks = np.full((n_q, width), np.inf)
+    grd = np.zeros((n_q, width))
+    col = np.arange(q.size, dtype=np.int64) - (np.cumsum(counts) - counts)[q]
+    ranks[q, col] = r
+    grd[q, col] = g
+    return ranks, grd
+
+
+def _judged_flat(
+    judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(query, rank, grade, Q)``: the entries of :func:`judged_matrix` without the padding, query by
+    query (``query`` non-decreasing; int64, float64, float64)."""
     if len(judged_ranks) != len(grades):
         raise MetricInputError(
             f"judged_ranks has {len(judged_ranks)} queries but grades has {len(grades)}; pass one mapping per query for both"
         )
     try:
-        fast = _judged_matrix_csr(judged_ranks, grades)
+        fast = _judged_flat_csr(judged_ranks, grades)
         if fast is None:
-            fast = _judged_matrix_fast(judged_ranks, grades)
+            fast = _judged_flat_fast(judged_ranks, grades)
     except (TypeError, ValueError, OverflowError):
         fast = None
     if fast is not None:
@@ -225,7 +263,10 @@ def judged_matrix(
     # anything unusual (non-integer or negative grades, bad ranks, non-numeric values): the
     # reference loop, which also raises the error of the first offending entry
     per_q = [_judged_row(q, grades[q], judged_ranks[q]) for q in range(len(grades))]
-    return _pad(per_q)
+    lens = [len(gs) for _, gs in per_q]
+    return (np.repeat(np.arange(len(per_q), dtype=np.int64), lens),
+            np.array([x for rs, _ in per_q for x in rs], dtype=np.float64),
+            np.array([x for _, gs in per_q for x in gs], dtype=np.float64), len(per_q))
 
 
 def _judged_row(q: int, gq: Mapping[int, int], rq: Mapping[int, int]) -> tuple[list[float], list[float]]:
@@ -250,20 +291,10 @@ def _judged_row(q: int, gq: Mapping[int, int], rq: Mapping[int, int]) -> tuple[l
     return rs, gs
 
 
-def _pad(per_q: list[tuple[list[float], list[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    width = max((len(gs) for _, gs in per_q), default=0)
-    ranks = np.full((len(per_q), width), np.inf)
-    grd = np.zeros((len(per_q), width))
-    for q, (rs, gs) in enumerate(per_q):
-        ranks[q, : len(rs)] = rs
-        grd[q, : len(gs)] = gs
-    return ranks, grd
-
-
-def _judged_matrix_csr(
+def _judged_flat_csr(
     judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`judged_matrix` straight from the arrays when both inputs are
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """:func:`_judged_flat` straight from the arrays when both inputs are
     :class:`~mrbench.data.csr.CsrMappings` whose ranks cover the grades' keys in the same order
     (``exact_search``'s ranks for ``judged_grades``' grades), else ``None``."""
     from mrbench.data.csr import CsrMappings
@@ -286,22 +317,13 @@ def _judged_matrix_csr(
     r = judged_ranks.values.astype(np.float64)
     if r.size and not (r >= 1).all():
         return None
-    counts = sub.lengths
-    n_q = counts.size
-    width = int(counts.max()) if n_q else 0
-    ranks = np.full((n_q, width), np.inf)
-    grd = np.zeros((n_q, width))
-    row = sub.query_of()
-    col = np.arange(row.size, dtype=np.int64) - sub.ptr[:-1][row]
-    ranks[row, col] = r
-    grd[row, col] = g
-    return ranks, grd
+    return sub.query_of(), r, g, len(sub)
 
 
-def _judged_matrix_fast(
+def _judged_flat_fast(
     judged_ranks: Sequence[Mapping[int, int]], grades: Sequence[Mapping[int, int]]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`judged_matrix` with the per-entry work in numpy: the same arrays, or ``None`` when an
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """:func:`_judged_flat` with the per-entry work in numpy: the same arrays, or ``None`` when an
     entry needs the reference loop (a negative or non-integer grade, a rank that is not an integer
     ``>= 1``); raises ``TypeError`` / ``ValueError`` on non-numeric values."""
     from itertools import chain, repeat
@@ -325,21 +347,13 @@ def _judged_matrix_fast(
     ok = miss | (np.isfinite(rk) & (rk >= 1) & (rk == np.trunc(rk)))
     if not ok.all():
         return None
-    row = np.repeat(np.arange(n_q), lens)[keep]
-    counts = np.bincount(row, minlength=n_q)
-    width = int(counts.max()) if n_q else 0
-    ranks = np.full((n_q, width), np.inf)
-    grd = np.zeros((n_q, width))
-    starts = np.cumsum(counts) - counts
-    col = np.arange(len(row)) - starts[row]
-    ranks[row, col] = np.where(miss, np.inf, rk)
-    grd[row, col] = g[keep]
+    row = np.repeat(np.arange(n_q, dtype=np.int64), lens)[keep]
     if miss.any():
-        # a NaN may be a missing rank (→ inf) or a stored NaN / None (an error): recheck those rows
+        # a NaN may be a missing rank (→ inf) or a stored NaN / None (an error): recheck those queries
         for q in np.unique(row[miss]).tolist():
-            rs, _ = _judged_row(q, grades[q], judged_ranks[q])
-            ranks[q, : len(rs)] = rs
-    return ranks, grd
+            _judged_row(q, grades[q], judged_ranks[q])  # raises on a stored NaN / None
+        rk = np.where(miss, np.inf, rk)
+    return row, rk, g[keep], n_q
 
 
 def score_queries(
@@ -370,15 +384,14 @@ def score_queries(
         raise MetricInputError(f"ks {ks} has duplicates; pass each cutoff once")
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
         raise MetricInputError(f"relevance_level must be an integer >= 1, got {relevance_level!r}")
-    ranks, g = judged_matrix(judged_ranks, grades)
-    n_q = ranks.shape[0]
+    q, r, g, n_q = _judged_flat(judged_ranks, grades)
     if query_ids is None:
         index = pd.RangeIndex(n_q, name="qid")
     else:
         if len(query_ids) != n_q:
             raise MetricInputError(f"{len(query_ids)} query ids for {n_q} queries; pass one id per query")
         index = pd.Index(list(query_ids), name="qid")
-    p = _Prepared(ranks, g, relevance_level, max(int(k) for k in ks))  # shared by every column
+    p = _Prepared(q, r, g, n_q, relevance_level, max(int(k) for k in ks))  # shared by every column
     funcs = {"hit": p.hit, "recall": p.recall, "mrr": p.mrr, "ndcg": p.ndcg}
     cols: dict[str, np.ndarray] = {}
     for name in METRIC_NAMES:
