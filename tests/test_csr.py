@@ -26,6 +26,7 @@ def test_reads_as_a_list_of_dicts():
     assert m.select(m.values >= 2) == [{0: 2}, {}, {7: 5}, {4: 3}]
     assert m.take(np.array([3, 0, 3])) == [DICTS[3], DICTS[0], DICTS[3]]
     assert m.take(np.array([], dtype=np.int64)) == []
+    assert m.max_values().tolist() == [2.0, -np.inf, 5.0, 3.0]
     assert m.with_values(np.arange(6)) == [{3: 0, 0: 1}, {}, {7: 2}, {1: 3, 2: 4, 4: 5}]
     f = CsrMappings(m.ptr, m.keys, m.values.astype(np.float32) / 2)
     assert f[0] == {3: 0.5, 0: 1.0} and type(f[0][3]) is float
@@ -136,3 +137,17 @@ def test_first_relevant_ranks_array_and_dict_paths():
         res.judged_ranks.query_of().tolist(), res.judged_ranks.keys.tolist())]))
     for grades in (sorted_grades, csr):  # same layout as the ranks (arrays) / not (dicts)
         assert _first_relevant_ranks(res.judged_ranks, grades, level, np.array(want_q)).tolist() == want
+
+
+def test_drop_one_variants_reads_csr_like_dicts():
+    from mrbench.data.registry import load_benchmark
+    from mrbench.grains.masking import drop_one_variants
+    from mrbench.pipeline import judged_grades
+
+    task = load_benchmark("mrbench-synth-tiny").task("t2i")
+    judged = judged_grades(task)
+    judged = judged.select(~((judged.query_of() < 2) & (judged.values >= task.relevance_level)))
+    assert (judged.max_values() < task.relevance_level).tolist()[:3] == [True, True, False]  # 2 skipped
+    a, oa = drop_one_variants(task, judged)
+    b, ob = drop_one_variants(task, list(judged))
+    assert oa == ob and [q.id for q in a] == [q.id for q in b] and oa

@@ -86,6 +86,14 @@ class CsrMappings(Sequence):
         """int64 ``[P]``: the query of every entry."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
+    def max_values(self) -> np.ndarray:
+        """float64 ``[Q]``: each query's largest value (``-inf`` for a query without entries)."""
+        out = np.full(len(self), -np.inf)
+        nonempty = self.lengths > 0
+        if self.values.size:
+            out[nonempty] = np.maximum.reduceat(self.values, self.ptr[:-1][nonempty])
+        return out
+
     def same_layout(self, other: "CsrMappings") -> bool:
         """Whether ``other`` has the same queries and keys in the same order (values may differ)."""
         return self.ptr.shape == other.ptr.shape and bool(np.array_equal(self.ptr, other.ptr)) and bool(

@@ -48,9 +48,16 @@ def drop_one_variants(task: Any, judged: Sequence[Mapping[int, int]]) -> tuple[l
     index, grain type, grain text)``. Used by ``evaluate``'s diagnostic and by ``mrbench encode``."""
     from dataclasses import replace
 
+    from mrbench.data.csr import CsrMappings
+
+    level = task.relevance_level
+    if isinstance(judged, CsrMappings):  # millions of judged pairs: no dict per query
+        has_relevant = (judged.max_values() >= level).tolist()
+    else:
+        has_relevant = [any(g >= level for g in m.values()) for m in judged]
     reduced, owners = [], []
     for qi, q in enumerate(task.queries):
-        if not any(g >= task.relevance_level for g in judged[qi].values()):
+        if not has_relevant[qi]:
             continue
         for gi, grain in enumerate(q.grains):
             text = drop_grain_text(q, gi)
