@@ -610,12 +610,7 @@ def _first_relevant_ranks(ranks: CsrMappings, grades: CsrMappings, level: int, q
             out.append(min(r for d, r in ranks[i].items() if g.get(d, 0) >= level))
         return np.array(out, dtype=np.int64)
     big = np.iinfo(np.int64).max
-    vals = np.where(grades.values >= level, ranks.values, big)
-    lens = ranks.lengths
-    best = np.full(len(ranks), big, dtype=np.int64)
-    nonempty = lens > 0
-    if vals.size:
-        best[nonempty] = np.minimum.reduceat(vals, ranks.ptr[:-1][nonempty])
+    best = ranks.reduce(np.minimum, np.where(grades.values >= level, ranks.values, big), empty=big, dtype=np.int64)
     out = best[queries]
     if (out == big).any():
         raise ValueError("a query without a relevant candidate has no first relevant rank")
@@ -642,7 +637,5 @@ def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: Sequence[
         return flat
     scores = canonical_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)),
                               torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)), qi, ci)
-    best = np.full(len(judged), -np.inf, dtype=np.float32)
-    nonempty = np.diff(ptr) > 0
-    best[nonempty] = np.maximum.reduceat(scores, ptr[:-1][nonempty])
+    best = flat.reduce(np.maximum, scores, empty=-np.inf)
     return flat.select(scores == best[qi])

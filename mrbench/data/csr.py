@@ -86,13 +86,19 @@ class CsrMappings(Sequence):
         """int64 ``[P]``: the query of every entry."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
+    def reduce(self, ufunc: np.ufunc, values: np.ndarray | None = None, empty: Any = 0, dtype: Any = None) -> np.ndarray:
+        """``[Q]``: per query, ``ufunc`` reduced over its entries of ``values`` (``[P]``, default: the
+        mapped values), ``empty`` for a query without entries; dtype ``dtype`` (default: the values')."""
+        v = self.values if values is None else np.asarray(values)
+        out = np.full(len(self), empty, dtype=v.dtype if dtype is None else dtype)
+        nonempty = self.lengths > 0
+        if v.size:
+            out[nonempty] = ufunc.reduceat(v, self.ptr[:-1][nonempty])
+        return out
+
     def max_values(self) -> np.ndarray:
         """float64 ``[Q]``: each query's largest value (``-inf`` for a query without entries)."""
-        out = np.full(len(self), -np.inf)
-        nonempty = self.lengths > 0
-        if self.values.size:
-            out[nonempty] = np.maximum.reduceat(self.values, self.ptr[:-1][nonempty])
-        return out
+        return self.reduce(np.maximum, empty=-np.inf, dtype=np.float64)
 
     def same_layout(self, other: "CsrMappings") -> bool:
         """Whether ``other`` has the same queries and keys in the same order (values may differ)."""
