@@ -33,6 +33,9 @@ def test_reads_as_a_list_of_dicts():
     for ptr in ([1, 2], [0, 3, 2], [0, 5]):
         with pytest.raises(ValueError):
             CsrMappings(np.array(ptr), np.zeros(2, np.int64), np.zeros(2))
+    with pytest.raises(ValueError, match="integer ptr and keys"):
+        CsrMappings(np.array([0, 1]), np.array([1.7]), np.array([1]))
+    assert CsrMappings(np.array([0]), np.array([]), np.array([])) == [] and CsrMappings([0, 0], [], []) == [{}]
 
 
 def _task_like(seed: int = 0):

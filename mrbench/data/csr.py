@@ -33,9 +33,10 @@ class CsrMappings(Sequence):
     __slots__ = ("ptr", "keys", "values")
 
     def __init__(self, ptr: np.ndarray, keys: np.ndarray, values: np.ndarray) -> None:
-        ptr = np.asarray(ptr, dtype=np.int64)
-        keys = np.asarray(keys, dtype=np.int64)
-        values = np.asarray(values)
+        ptr, keys, values = np.asarray(ptr), np.asarray(keys), np.asarray(values)
+        if (ptr.size and ptr.dtype.kind not in "iu") or (keys.size and keys.dtype.kind not in "iu"):
+            raise ValueError(f"CsrMappings needs integer ptr and keys, got {ptr.dtype} and {keys.dtype}")
+        ptr, keys = ptr.astype(np.int64, copy=False), keys.astype(np.int64, copy=False)
         if ptr.ndim != 1 or ptr.size < 1 or ptr[0] != 0 or keys.ndim != 1 or values.shape != keys.shape:
             raise ValueError("CsrMappings needs ptr [Q+1] starting at 0 and keys / values of one length [P]")
         if int(ptr[-1]) != keys.size or (ptr.size > 1 and bool((np.diff(ptr) < 0).any())):
