@@ -337,3 +337,26 @@ def test_score_queries_does_not_pad_to_the_longest_query():
     assert df["recall@10"].iloc[0] == 10 / 200_000 and df["recall@10"].iloc[1] == 1.0
     assert df["ndcg@10"].tolist() == [1.0] * 2001
     assert peak < 64 << 20, peak
+
+
+def test_ndcg_of_an_ideal_ranking_is_exactly_one():
+    """DCG and ideal DCG are added term by term in the same order, so an ideal ranking (any grades,
+    ties between grades, gains beyond the cutoff) scores 1.0 exactly, not 1 +- 1 ulp."""
+    rng = np.random.default_rng(5)
+    ranks_l, grades_l = [], []
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        g = np.sort(rng.integers(1, 5, n))[::-1]
+        cands = rng.permutation(1000)[:n]
+        grades_l.append({int(c): int(x) for c, x in zip(cands[::-1], g[::-1])})  # stored in any order
+        ranks_l.append({int(c): i + 1 for i, c in enumerate(cands)})  # best gains first
+    df = score_queries(ranks_l, grades_l, ks=(1, 3, 10, 50))
+    for k in (1, 3, 10, 50):
+        assert (df[f"ndcg@{k}"] == 1.0).all(), k
+    # non-integer gains (the sorting route), ideal order, ties among them
+    g = np.round(rng.random((50, 30)) * 4 + 1, 2)
+    g[:, 10:12] = g[:, 9:10]
+    g = -np.sort(-g, axis=1)
+    r = np.tile(np.arange(1, 31, dtype=np.float64), (50, 1))
+    for k in (1, 5, 30):
+        assert (ndcg_at_k(r, g, k) == 1.0).all(), k

@@ -139,8 +139,11 @@ class _Prepared:
         return self._within
 
     def idcg(self, kk: int) -> np.ndarray:
-        """Per query, the DCG of its ``kk`` largest gains in descending order (the ideal ranking)."""
-        disc = 1.0 / np.log2(np.arange(2, kk + 2, dtype=np.float64))
+        """Per query, the DCG of its ``kk`` largest gains in descending order (the ideal ranking).
+
+        Computed exactly as :meth:`ndcg` computes a DCG (one ``gain / log2(rank + 1)`` term per
+        rank, added in rank order), so a ranking that is ideal scores exactly 1.0.
+        """
         if self._grade_counts is None:
             values = np.unique(self.g)[::-1]
             if values.size <= 64:  # qrels grades: a few integers; count each per query once
@@ -148,19 +151,19 @@ class _Prepared:
                                       for v in values]
         if self._grade_counts is not None:
             # the ideal list holds each grade value, largest first, as often as the query has it
-            cum = np.r_[0.0, np.cumsum(disc)]
-            out = np.zeros(self.n_q)
-            taken = np.zeros(self.n_q, dtype=np.int64)
-            for v, c in self._grade_counts:
-                end = np.minimum(taken + c, kk)
-                out += v * (cum[end] - cum[taken])
-                taken = end
-            return out
-        order = np.lexsort((-self.g, self.q))  # many distinct (non-integer) gains: sort them
-        qs, gs = self.q[order], self.g[order]
-        pos = np.arange(qs.size) - np.searchsorted(qs, qs)  # position within its query
-        top = pos < kk
-        return np.bincount(qs[top], weights=gs[top] * disc[pos[top]], minlength=self.n_q)
+            vals = np.array([v for v, _ in self._grade_counts])
+            cum = np.cumsum(np.array([c for _, c in self._grade_counts]), axis=0)  # [values, Q]
+            n = np.minimum(cum[-1] if len(vals) else np.zeros(self.n_q, dtype=np.int64), kk)
+            qs = np.repeat(np.arange(self.n_q, dtype=np.int64), n)
+            rank = np.arange(qs.size, dtype=np.int64) - np.repeat(np.cumsum(n) - n, n) + 1
+            gs = vals[(cum[:, qs] < rank[None, :]).sum(axis=0)] if qs.size else np.zeros(0)
+        else:  # many distinct (non-integer) gains: sort them
+            order = np.lexsort((-self.g, self.q))
+            qs, gs = self.q[order], self.g[order]
+            rank = np.arange(qs.size) - np.searchsorted(qs, qs) + 1  # 1-based position within its query
+            top = rank <= kk
+            qs, gs, rank = qs[top], gs[top], rank[top]
+        return np.bincount(qs, weights=gs / np.log2(rank.astype(np.float64) + 1.0), minlength=self.n_q)
 
     # -- the metrics -----------------------------------------------------------------------------
     def hit(self, k: int) -> np.ndarray:
