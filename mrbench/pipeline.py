@@ -59,6 +59,8 @@ def judged_grades(task: Task) -> CsrMappings:
     """
     from itertools import chain
 
+    from mrbench.retrieval.search import _flatten_judged
+
     index = task.candidate_index()
     empty: dict[str, int] = {}
     per_q = [task.qrels.get(q.id, empty) for q in task.queries]
@@ -66,17 +68,9 @@ def judged_grades(task: Task) -> CsrMappings:
     total = int(lens.sum())
     rows = np.fromiter(chain.from_iterable(map(index.__getitem__, m) for m in per_q), dtype=np.int64, count=total)
     grades = np.fromiter(chain.from_iterable(m.values() for m in per_q), dtype=np.int64, count=total)
-    qidx = np.repeat(np.arange(len(per_q), dtype=np.int64), lens)
-    keep = grades > 0
-    if not keep.all():
-        rows, grades, qidx = rows[keep], grades[keep], qidx[keep]
-    key = qidx * max(1, len(task.candidates)) + rows
-    if key.size > 1 and not bool((key[1:] > key[:-1]).all()):
-        order = np.argsort(key, kind="stable")
-        rows, grades, qidx = rows[order], grades[order], qidx[order]
-    ptr = np.zeros(len(per_q) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(qidx, minlength=len(per_q)), out=ptr[1:])
-    return CsrMappings(ptr, rows, grades)
+    qrels = CsrMappings(np.r_[0, np.cumsum(lens)], rows, grades)
+    # exact_search's own normalisation: grade-0 entries dropped, rows ascending within each query
+    return CsrMappings(*_flatten_judged(qrels, len(per_q), max(1, len(task.candidates))))
 
 
 def _hardware(device: str) -> dict[str, Any]:

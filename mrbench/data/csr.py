@@ -90,12 +90,7 @@ class CsrMappings(Sequence):
     def reduce(self, ufunc: np.ufunc, values: np.ndarray | None = None, empty: Any = 0, dtype: Any = None) -> np.ndarray:
         """``[Q]``: per query, ``ufunc`` reduced over its entries of ``values`` (``[P]``, default: the
         mapped values), ``empty`` for a query without entries; dtype ``dtype`` (default: the values')."""
-        v = self.values if values is None else np.asarray(values)
-        out = np.full(len(self), empty, dtype=v.dtype if dtype is None else dtype)
-        nonempty = self.lengths > 0
-        if v.size:
-            out[nonempty] = ufunc.reduceat(v, self.ptr[:-1][nonempty])
-        return out
+        return reduce_segments(ufunc, self.values if values is None else values, self.ptr, empty, dtype)
 
     def max_values(self) -> np.ndarray:
         """float64 ``[Q]``: each query's largest value (``-inf`` for a query without entries)."""
@@ -113,9 +108,7 @@ class CsrMappings(Sequence):
     def select(self, mask: np.ndarray) -> "CsrMappings":
         """The entries where the bool ``[P]`` ``mask`` is true (every query kept, maybe empty)."""
         mask = np.asarray(mask, dtype=bool)
-        ptr = np.zeros_like(self.ptr)
-        np.cumsum(np.bincount(self.query_of()[mask], minlength=len(self)), out=ptr[1:])
-        return CsrMappings(ptr, self.keys[mask], self.values[mask])
+        return CsrMappings(segment_ptr(self.query_of()[mask], len(self)), self.keys[mask], self.values[mask])
 
     def take(self, queries: np.ndarray) -> "CsrMappings":
         """The mappings of ``queries`` (int ``[R]``, repeats allowed), in that order."""
@@ -138,3 +131,23 @@ class CsrMappings(Sequence):
         keys = np.fromiter(chain.from_iterable(m.keys() for m in mappings), dtype=np.int64, count=total)
         values = np.array(list(chain.from_iterable(m.values() for m in mappings)), dtype=dtype)
         return cls(ptr, keys, values.reshape(total))
+
+
+def reduce_segments(ufunc: np.ufunc, values: np.ndarray, ptr: np.ndarray, empty: Any = 0, dtype: Any = None) -> np.ndarray:
+    """``[len(ptr) - 1]``: ``ufunc`` reduced over each segment ``values[ptr[s]:ptr[s+1]]``
+    (``ptr`` non-decreasing, from 0 to ``len(values)``), ``empty`` for an empty segment; dtype
+    ``dtype`` (default: the values')."""
+    v = np.asarray(values)
+    ptr = np.asarray(ptr)
+    out = np.full(ptr.size - 1, empty, dtype=v.dtype if dtype is None else dtype)
+    nonempty = ptr[1:] > ptr[:-1]
+    if v.size:
+        out[nonempty] = ufunc.reduceat(v, ptr[:-1][nonempty])
+    return out
+
+
+def segment_ptr(group: np.ndarray, n_groups: int) -> np.ndarray:
+    """int64 ``[n_groups + 1]``: the segment bounds of non-decreasing group numbers ``group``."""
+    ptr = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(group, minlength=n_groups), out=ptr[1:])
+    return ptr

@@ -119,12 +119,10 @@ class _Prepared:
     def first(self) -> np.ndarray:
         """Best rank of a relevant entry per query (``inf``: none ranked or none relevant)."""
         if self._first is None:
-            first = np.full(self.n_q, np.inf)
-            qr = self.q[self.rel]
-            if qr.size:
-                starts = np.flatnonzero(np.r_[True, qr[1:] != qr[:-1]])
-                first[qr[starts]] = np.minimum.reduceat(self.r[self.rel], starts)
-            self._first = first
+            from mrbench.data.csr import reduce_segments, segment_ptr
+
+            self._first = reduce_segments(np.minimum, self.r[self.rel], segment_ptr(self.q[self.rel], self.n_q),
+                                          np.inf, np.float64)
         return self._first
 
     def within(self, k: int) -> tuple[np.ndarray, ...]:

@@ -122,7 +122,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mrbench.data.csr import CsrMappings
+from mrbench.data.csr import CsrMappings, reduce_segments, segment_ptr
 from mrbench.errors import MrbenchError, UnknownNameError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -728,9 +728,7 @@ def _flatten_judged(judged: Sequence[Mapping[int, int]], n_queries: int, n_candi
                                   "each query maps a candidate to one grade")
             order = np.argsort(key, kind="stable")
         rows, grades, qidx = rows[order], grades[order], qidx[order]
-    ptr = np.zeros(n_queries + 1, dtype=np.int64)
-    np.cumsum(np.bincount(qidx, minlength=n_queries), out=ptr[1:])
-    return ptr, rows, grades
+    return segment_ptr(qidx, n_queries), rows, grades
 
 
 _SMALL_SEARCH = 1 << 22
@@ -1538,10 +1536,8 @@ def _assemble_ranks(ctx: _Ctx, q0: int, p0: int, p1: int, pairs: _Pairs) -> None
     # ties of the best-ranked relevant candidate (ranks are unique within a query)
     rel = np.flatnonzero(jg >= ctx.relevance_level)
     if rel.size:
-        qr = jq[rel]
-        first_of_q = np.r_[True, qr[1:] != qr[:-1]]
-        best = np.minimum.reduceat(rank[rel], np.flatnonzero(first_of_q))
-        firsts = rel[rank[rel] == best[np.cumsum(first_of_q) - 1]]
+        best = reduce_segments(np.minimum, rank[rel], segment_ptr(jq[rel], pairs.n_queries), 0)
+        firsts = rel[rank[rel] == best[jq[rel]]]
         # non-relevant candidates tied with it: exactly those placed before it in its tie group
         ctx.n_ties[q0 + jq[firsts]] = rank[firsts] - 1 - gt[firsts]
 
