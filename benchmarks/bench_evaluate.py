@@ -108,11 +108,14 @@ def run_once(benchmark: str, encoder: str, home: Path, output: Path | None, cach
 
 
 def help_time(repeats: int = 5) -> float:
+    """Median wall time of ``mrbench --help``: the installed script, or ``python -m mrbench`` where the
+    package is only on ``PYTHONPATH`` (a GPU host with no install)."""
     exe = Path(sys.executable).with_name("mrbench")
+    cmd = [str(exe), "--help"] if exe.exists() else [sys.executable, "-m", "mrbench", "--help"]
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([str(exe), "--help"], check=True, capture_output=True)
+        subprocess.run(cmd, check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
