@@ -152,6 +152,32 @@ class _CountDecodes:
 # the store
 
 
+def test_checksum_is_the_wrapping_sum_of_little_endian_words():
+    from mrbench.encoders.pixel_cache import checksum
+
+    def reference(arr):
+        b = np.ascontiguousarray(arr).tobytes()
+        b += bytes(-len(b) % 8)
+        return sum(int.from_bytes(b[k : k + 8], "little") for k in range(0, len(b), 8)) % (1 << 64)
+
+    rng = np.random.default_rng(3)
+    big = np.full((3, 224, 224), 255, dtype=np.uint8)  # the sum wraps around 2**64 many times
+    for arr in (big, rng.integers(0, 256, (3, 5, 7), dtype=np.uint8), rng.standard_normal((4, 3)).astype(np.float32),
+                rng.integers(0, 256, (9, 6), dtype=np.uint8)[:, ::2], np.zeros(0, np.uint8), np.arange(13, dtype=np.uint8)):
+        assert checksum(arr) == reference(arr)
+    img = rng.integers(1, 256, (3, 224, 224), dtype=np.uint8)
+    c = checksum(img)
+    for damage in ("flip", "zeros", "tail"):
+        bad = img.copy().reshape(-1)
+        if damage == "flip":
+            bad[77_777] ^= 0x10
+        elif damage == "zeros":
+            bad[8192:12288] = 0  # a lost 4 KiB block
+        else:
+            bad[-1] ^= 1
+        assert checksum(bad.reshape(img.shape)) != c, damage
+
+
 def test_round_trip_bitwise(tmp_path):
     from mrbench.encoders.qwen2vl import PreparedImage
 
@@ -365,7 +391,7 @@ def test_corrupt_shard_warns_and_recomputes(tmp_path, caplog, monkeypatch, damag
     data = bytearray(bad.read_bytes())
     if damage == "truncate":  # the header no longer matches the file: found when indexing
         bad.write_bytes(bytes(data[: len(data) // 2]))
-    else:  # a flipped byte in the tensor data: found by the CRC when reading
+    else:  # a flipped byte in the tensor data: found by the checksum when reading
         data[-5] ^= 0xFF
         bad.write_bytes(bytes(data))
     counter = _CountDecodes(monkeypatch)

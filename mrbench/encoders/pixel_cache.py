@@ -40,14 +40,17 @@ is not cached (one warning line); the cached values are handed to the encoder as
 **Layout**: ``<root>/<slug(meta.name)>-<fingerprint>/shard-<time>-<pid>-<random>.safetensors`` plus a
 human-readable ``transform.json`` (the description that was hashed). A shard holds one batch of
 entries: tensor ``<image sha256>`` (or ``<image sha256>.<field>`` for dataclasses), and in its
-metadata the entry kinds and a CRC-32 per tensor. Shards are written to a temporary file and moved
+metadata the entry kinds and a checksum per tensor (:func:`checksum`: the sum of its bytes as
+little-endian 64-bit words, modulo 2**64; ten times cheaper than zlib's CRC-32, which cost as much as
+the read itself, and it still catches what it is there for: zero-filled or lost blocks, flipped
+bits). Shards are written to a temporary file and moved
 into place with :func:`os.replace` (no fsync: a shard lost to a power cut reads as corrupt and is
 recomputed), names are unique per writer, so several processes may fill one directory at once;
 readers pick up shards written by others at their next lookup. Shards are written with
 :func:`safetensors.numpy.save_file` and read by :class:`_ShardReader` (one ``readinto`` per tensor,
 outside the GIL, after checking the header's offsets and shapes; a :class:`PixelCache` remembers the
-parsed headers of the last 256 shards it read, checked against each file's inode, size and mtime). A shard that cannot be read or whose
-CRC does not match is reported once (one warning line) and its entries are recomputed (and written
+parsed headers of the last 256 shards it read, checked against each file's inode, size and
+mtime). A shard that cannot be read or whose checksum does not match is reported once (one warning line) and its entries are recomputed (and written
 again to a new shard). No pickle anywhere. To clear the cache, delete the directory.
 """
 
@@ -66,7 +69,6 @@ import secrets
 import threading
 import time
 import types
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +82,7 @@ PIXEL_CACHE_ENV = "MRBENCH_PIXEL_CACHE"
 """``1``/``true``/``on``: cache under :func:`default_pixel_cache_root`; ``0``/``false``/``off``/unset:
 off; anything else: the cache root directory."""
 
-FORMAT = "mrbench-pixels-v1"
+FORMAT = "mrbench-pixels-v2"
 _ON = {"1", "true", "yes", "on"}
 _OFF = {"", "0", "false", "no", "off"}
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -459,7 +461,7 @@ class PixelCache:
         if not isinstance(entries, dict):
             raise ValueError("'entries' is not an object")
         for digest, e in entries.items():
-            want = {digest + s for s in e.get("crc", {})}
+            want = {digest + s for s in e.get("sum64", {})}
             if not want or not want <= names:
                 raise ValueError(f"tensors of entry {digest[:12]}… are missing")
         return entries
@@ -542,10 +544,10 @@ class PixelCache:
                     e = entries[dg]
                     arrays = {}
                     dest = into[i] if into is not None and e.get("kind") in ("numpy", "torch") else None
-                    for suffix, crc in e["crc"].items():
+                    for suffix, want in e["sum64"].items():
                         arr = f.get_array(dg + suffix, dest if suffix == "" else None)
-                        if _crc(arr) != int(crc):
-                            raise ValueError(f"CRC mismatch in tensor {dg[:12]}…{suffix}")
+                        if checksum(arr) != int(want):
+                            raise ValueError(f"checksum mismatch in tensor {dg[:12]}…{suffix}")
                         arrays[suffix] = arr
                     got[i] = _unpack(e, arrays)
         except Exception as e:
@@ -571,7 +573,7 @@ class PixelCache:
             if packed is None:
                 continue
             entry, arrays = packed
-            entry["crc"] = {suffix: None for suffix in arrays}
+            entry["sum64"] = {suffix: None for suffix in arrays}
             for suffix, arr in arrays.items():
                 tensors[digest + suffix] = arr
             meta[digest] = entry
@@ -587,8 +589,8 @@ class PixelCache:
         if not new:
             return None
         for dg, e in new.items():
-            e["crc"] = {s: _crc(tensors[dg + s]) for s in e["crc"]}
-        names = {dg + s for dg, e in new.items() for s in e["crc"]}
+            e["sum64"] = {s: checksum(tensors[dg + s]) for s in e["sum64"]}
+        names = {dg + s for dg, e in new.items() for s in e["sum64"]}
         d = self.directory(fingerprint)
         d.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
@@ -743,8 +745,20 @@ class _ShardReader:
         self.f.close()
 
 
-def _crc(arr: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+_WORD = np.dtype("<u8")
+
+
+def checksum(arr: np.ndarray) -> int:
+    """A pixel-cache entry's checksum: the sum of ``arr``'s bytes (C order) read as little-endian
+    unsigned 64-bit words, the last partial word zero-padded, modulo 2**64. Any single flipped bit
+    and any block of nonzero data turned to zeros change it. One vectorised pass (~3 us for a
+    224-px uint8 image, where ``zlib.crc32`` takes 27-68 us)."""
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    n = flat.size - flat.size % 8
+    total = int(np.add.reduce(flat[:n].view(_WORD), dtype=np.uint64)) if n else 0
+    if n < flat.size:
+        total += int.from_bytes(flat[n:].tobytes(), "little")
+    return total & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _first_line(e: BaseException) -> str:
