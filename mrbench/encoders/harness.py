@@ -71,12 +71,31 @@ _FILE_HASHES_LOCK = threading.Lock()
 _FILE_HASHES_MAX = 1_000_000
 
 
+def _memo_key(path: str) -> tuple[str, int, int]:
+    """The memo key of ``path``: (absolute path, mtime_ns, size), from one ``stat``."""
+    st = os.stat(path)
+    return (path if os.path.isabs(path) else os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
 def _memoised_hash(path: Path) -> tuple[str | None, tuple[str, int, int]]:
     """``(digest or None, memo key)`` of ``path`` from the per-process memo (one ``stat``)."""
-    st = os.stat(path)
-    memo_key = (os.fspath(path) if os.path.isabs(path) else os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    memo_key = _memo_key(os.fspath(path))
     with _FILE_HASHES_LOCK:
         return _FILE_HASHES.get(memo_key), memo_key
+
+
+def _memoised_many(paths: Sequence[Path]) -> list[str | None]:
+    """The memoised digests of ``paths`` (``None``: not memoised, or the file cannot be stat'ed),
+    each checked by one ``stat`` as :func:`file_content_hash` does, under one lock for all."""
+    keys: list[tuple[str, int, int] | None] = []
+    for p in paths:
+        try:
+            keys.append(_memo_key(os.fspath(p)))
+        except OSError:
+            keys.append(None)
+    with _FILE_HASHES_LOCK:
+        get = _FILE_HASHES.get
+        return [None if k is None else get(k) for k in keys]
 
 
 def file_content_hash(path: Path) -> str:
@@ -707,30 +726,23 @@ def _hash_items(
 ) -> list[str]:
     """Content hashes of ``items`` (see :func:`item_content_hash`); fills ``file_digests`` (item
     index → sha256 of its image file) when given."""
-    unique = sorted({p for p in paths if p is not None}, key=str)
-    owner: dict[Path, str] = {}
-    for it, p in zip(items, paths):
-        if p is not None:
-            owner.setdefault(p, it.id)
+    unique = list(dict.fromkeys(p for p in paths if p is not None))
 
     def one(p: Path) -> str:
         try:
             return file_content_hash(p)
         except OSError as e:
+            owner = next(it.id for it, q in zip(items, paths) if q == p)
             raise BenchmarkError(
-                f"{p}: cannot read image of item {owner[p]!r} ({e.strerror or e}); restore the file or rebuild the benchmark"
+                f"{p}: cannot read image of item {owner!r} ({e.strerror or e}); restore the file or rebuild the benchmark"
             ) from None
 
     digests: dict[Path, str] = {}
     todo = unique
     if pool is not None and len(unique) > 8:  # memoised ones inline (a stat each), the rest in the pool
         todo = []
-        for p in unique:
-            try:
-                hit = _memoised_hash(p)[0]
-            except OSError:
-                hit = None  # reported by one() below
-            if hit is None:
+        for p, hit in zip(unique, _memoised_many(unique)):
+            if hit is None:  # not hashed yet (or unreadable: reported by one() below)
                 todo.append(p)
             else:
                 digests[p] = hit
@@ -754,8 +766,10 @@ CACHE_READ_SLICE = 64
 """Fewest pixel-cache hits read per worker task (each task opens the shards it reads; their parsed
 headers are remembered by the cache)."""
 CACHE_READ_THREADS = 16
-"""Most workers reading one batch's pixel-cache hits (the CRC checks release the GIL; on an H100
-host with 16 cores, 16 readers gave 4.2k warm images/s against 3.7k with 4)."""
+"""Most workers reading one batch's pixel-cache hits (reads and checksums release the GIL). With
+the default slice of 64, a batch of 256 is read by four; on an H200 host (16 cores) more readers in
+flight — smaller slices, or several batches read ahead — made the whole pipeline slower, as
+their Python work took the GIL from the thread launching the model."""
 PREFETCH_BATCHES = 2
 """Batches prepared (decoded, staged, tokenised) ahead of the one being encoded."""
 TEXT_PROCESS_MIN = 512
@@ -1159,7 +1173,7 @@ class _Decoder:
             into: list[np.ndarray] | None = None
             if self.host_alloc is not None and self.layout is not None and len(hits) == len(batch):
                 into = list(self.host_alloc(len(hits), *self.layout))
-            if self.pool is not None:  # shard reads and CRC checks on a few workers (more fight over the GIL)
+            if self.pool is not None:  # shard reads and checksums on a few workers (more fight over the GIL)
                 size = max(CACHE_READ_SLICE, -(-len(digests) // max(1, min(CACHE_READ_THREADS, self.num_workers))))
                 hit_futs = [self.pool.submit(self.cache.get_many, self.fp, digests[k : k + size],
                                              None if into is None else into[k : k + size])
