@@ -720,6 +720,82 @@ def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_p
     assert stagers[-1].in_place == [True] * 4
 
 
+def test_a_batch_read_into_the_staging_buffer_is_reordered_to_the_shards_file_order(tmp_path, monkeypatch):
+    """Warm batches read in place are sorted by where their pixels lie, so each worker reads a run
+    with one readinto; every item still gets its own embedding."""
+    from mrbench.encoders import pixel_cache as pc
+
+    monkeypatch.setattr(harness, "_LAYOUTS", {})
+    bench = _bench(tmp_path / "b", n=8)
+    ref = _encode(PixEncoder(batch_size=4), bench)
+    _encode(PixEncoder(batch_size=4), bench, pixel_cache=tmp_path / "px")  # fills the cache, a shard per batch
+    monkeypatch.setattr(harness, "_DeviceStager", lambda device: _HostStager(device))
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")
+    learner = PixEncoder(batch_size=4)
+    learner.pixels_on_device = True
+    _encode(learner, bench, pixel_cache=tmp_path / "px")  # learns the layout
+    reads: list[tuple[int, ...]] = []
+    real = pc._ShardReader.read_into
+    monkeypatch.setattr(pc._ShardReader, "read_into", lambda self, b, arr: reads.append(arr.shape) or real(self, b, arr))
+    seen: list[list[str]] = []
+
+    class Order(PixEncoder):
+        def encode(self, items, *, role, task):
+            seen.append([it.id for it in items])
+            return super().encode(items, role=role, task=task)
+
+    enc = Order(batch_size=4)
+    enc.pixels_on_device = True
+    np.testing.assert_array_equal(_encode(enc, bench, pixel_cache=tmp_path / "px", num_workers=0), ref)
+    cache = PixelCache(tmp_path / "px")
+    (fp_dir,) = (tmp_path / "px").iterdir()
+    fp = fp_dir.name.rsplit("-", 1)[-1]
+    cache.refresh(fp)
+    digest = {c.id: harness.file_content_hash(bench.image_path(c.image)) for c in bench.tasks[0].candidates}
+    natural = [[c.id for c in bench.tasks[0].candidates][k : k + 4] for k in (0, 4)]
+    assert [sorted(b) for b in seen] == [sorted(b) for b in natural]
+    for ids in seen:  # each batch in file order: one read of its 4 rows
+        where = cache.locate(fp, [digest[i] for i in ids])
+        assert where == sorted(where)
+    assert seen != natural  # (the fixture's digests are not in item order)
+    assert reads == [(4, *enc.seen["c0"].shape)] * 2
+
+
+def test_get_many_reads_a_run_of_consecutive_rows_at_once_and_checks_each(tmp_path, monkeypatch, caplog):
+    from mrbench.encoders import pixel_cache as pc
+
+    cache = PixelCache(tmp_path)
+    rng = np.random.default_rng(5)
+    vals = {f"{k:02x}" * 32: rng.integers(0, 256, (3, 8, 8), dtype=np.uint8) for k in range(9)}
+    cache.put_many(FP, vals)
+    digests = list(vals)
+    where = cache.locate(FP, digests)
+    assert all(w is not None for w in where) and len({w[0] for w in where}) == 1
+    assert cache.locate(FP, ["ff" * 32]) == [None]
+    in_file = [dg for _, dg in sorted(zip(where, digests))]
+    reads: list[tuple[int, ...]] = []
+    real = pc._ShardReader.read_into
+    monkeypatch.setattr(pc._ShardReader, "read_into", lambda self, b, arr: reads.append(arr.shape) or real(self, b, arr))
+    for order, n_reads in ((in_file, 1), (in_file[::-1], 9)):  # rows against the file order: one read each
+        reads.clear()
+        buf = np.empty((9, 3, 8, 8), np.uint8)
+        got = cache.get_many(FP, order, list(buf))
+        assert len(reads) == n_reads
+        for dg, v, row in zip(order, got, buf):
+            np.testing.assert_array_equal(v, vals[dg])
+            assert np.shares_memory(v, row)
+    shard = next(tmp_path.rglob("shard-*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x40  # one bit of one tensor in the middle of the run
+    shard.write_bytes(bytes(data))
+    fresh = PixelCache(tmp_path)
+    assert fresh.contains(FP, in_file) == [True] * 9  # indexed: the damage is inside the data
+    with caplog.at_level(logging.WARNING):
+        got = fresh.get_many(FP, in_file, list(np.empty((9, 3, 8, 8), np.uint8)))
+    assert got == [None] * 9
+    assert len([r for r in caplog.records if "checksum mismatch" in r.getMessage()]) == 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # parsed shard headers are remembered
 

@@ -1157,7 +1157,10 @@ class _Decoder:
     def _load(self, i: int) -> Loaded:
         return load_prepared(self.encoder, self.paths[i], self.items[i].id, self.task_name)  # type: ignore[arg-type]
 
-    def submit(self, batch: Sequence[int]) -> Callable[[], list[Loaded]]:
+    def submit(self, batch: list[int]) -> Callable[[], list[Loaded]]:
+        """Start loading ``batch``'s pixels (pixel-cache reads, decoding); the returned function
+        waits for them, in batch order. A batch found whole in the pixel cache and read into the
+        device stager's buffer is first reordered *in place* by its pixels' position in the shards."""
         hits: list[int] = []
         if self.cache is not None:
             with_path = [i for i in batch if self.paths[i] is not None]
@@ -1172,6 +1175,13 @@ class _Decoder:
             digests = [self._digest(i) for i in hits]
             into: list[np.ndarray] | None = None
             if self.host_alloc is not None and self.layout is not None and len(hits) == len(batch):
+                # the batch's items in the order their pixels lie in the shards, so that each worker
+                # reads a run of them with one readinto (embeddings are stored by item index)
+                where = self.cache.locate(self.fp, digests)
+                if all(w is not None for w in where):
+                    order = sorted(range(len(batch)), key=where.__getitem__)
+                    batch[:] = hits = [hits[j] for j in order]
+                    digests = [digests[j] for j in order]
                 into = list(self.host_alloc(len(hits), *self.layout))
             if self.pool is not None:  # shard reads and checksums on a few workers (more fight over the GIL)
                 size = max(CACHE_READ_SLICE, -(-len(digests) // max(1, min(CACHE_READ_THREADS, self.num_workers))))
