@@ -636,6 +636,42 @@ def test_texts_tokenised_ahead_give_the_same_embeddings(tiny, small_bench, monke
     np.testing.assert_array_equal(ahead, inline)
 
 
+def test_tokenising_processes_are_forked_once_per_transform(tiny, small_bench, monkeypatch):
+    """The fork pool of tokenising workers outlives a call: a later call with the same transform
+    (the same tokenizer) reuses it; another tokenizer gets a pool of its own."""
+    import concurrent.futures
+
+    from mrbench.encoders import harness
+
+    monkeypatch.setattr(harness, "TEXT_PROCESS_MIN", 1)
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: "cuda")
+    created = []
+
+    class Counting(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *a, **k):
+            created.append(k.get("initargs"))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Counting)
+    harness._shutdown_text_pool()
+    try:
+        task = next(t for t in small_bench.tasks if all(q.text and q.image is None for q in t.queries))
+        qs = task.queries * 4
+        enc = make(tiny.st, batch_size=8)
+        assert enc.text_transform() == enc.text_transform()
+        first = encode_items(enc, qs, role="query", task=task, bench=small_bench, num_workers=2)
+        again = encode_items(enc, qs, role="query", task=task, bench=small_bench, num_workers=2)
+        np.testing.assert_array_equal(first, again)
+        assert len(created) == 1
+        other = make(tiny.st, batch_size=8)
+        assert other.text_transform() != enc.text_transform()
+        np.testing.assert_array_equal(encode_items(other, qs, role="query", task=task, bench=small_bench,
+                                                   num_workers=2), first)
+        assert len(created) == 2
+    finally:
+        harness._shutdown_text_pool()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pixels_staged_on_the_device_give_the_same_embeddings(tiny, small_bench, monkeypatch):
     bench = small_bench

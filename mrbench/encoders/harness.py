@@ -974,9 +974,61 @@ def _tokenize_chunk(texts: list[str]) -> np.ndarray:
     return np.asarray(_TEXT_FN(texts))
 
 
+_TEXT_POOL: Any = None
+_TEXT_POOL_KEY: tuple[int, Any] | None = None  # (workers, the text transform they were forked with)
+
+
+def _same_transform(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
+def _text_pool(n: int, fn: Callable[[list[str]], Any]) -> Any:
+    """A persistent fork-based pool of ``n`` tokenising workers holding ``fn`` (it reaches them
+    through fork, never pickled). Forking costs tens of milliseconds per call (more in a process
+    holding a GPU context), so the pool is kept for later calls whose transform is the same object
+    or ``==`` to it (as :class:`~mrbench.encoders.openclip.TokenizeToNumpy` over the same tokenizer
+    is); another size or transform, or a broken pool, forks a new one."""
+    global _TEXT_POOL, _TEXT_POOL_KEY
+    import atexit
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _PROC_LOCK:
+        pool, key = _TEXT_POOL, _TEXT_POOL_KEY
+        broken = pool is not None and getattr(pool, "_broken", False)
+        if pool is not None and not broken and key is not None and key[0] == n and _same_transform(key[1], fn):
+            return pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            atexit.register(_shutdown_text_pool)
+        _TEXT_POOL = _TEXT_POOL_KEY = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_text_worker_init, initargs=(fn,))
+        # fork every worker now, from the calling thread, not later from the preparing thread
+        _result(pool.submit(int), *_TOKENIZE_FAILURE)
+        _TEXT_POOL, _TEXT_POOL_KEY = pool, (n, fn)
+        return pool
+
+
+def _shutdown_text_pool() -> None:
+    global _TEXT_POOL, _TEXT_POOL_KEY
+    if _TEXT_POOL is not None:
+        _TEXT_POOL.shutdown(wait=False, cancel_futures=True)
+        _TEXT_POOL = _TEXT_POOL_KEY = None
+
+
 class _Tokenizer:
-    """The encoder's ``text_transform()`` run ahead of the model: in fork worker processes (the
-    function reaches them through fork, never pickled) for many texts, else in the calling thread."""
+    """The encoder's ``text_transform()`` run ahead of the model: in fork worker processes
+    (:func:`_text_pool`, kept between calls) for many texts, else in the calling thread."""
 
     def __init__(self, encoder: Encoder, fn: Callable[[list[str]], Any], n_texts: int, num_workers: int) -> None:
         import multiprocessing
@@ -987,15 +1039,7 @@ class _Tokenizer:
         fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
         # on the CPU the model's own threads use the cores; processes only pay off feeding a GPU
         if fork and num_workers >= 2 and n_texts >= TEXT_PROCESS_MIN and _gpu_decode_device(encoder):
-            import warnings
-            from concurrent.futures import ProcessPoolExecutor
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self.procs = ProcessPoolExecutor(max_workers=self.n, mp_context=multiprocessing.get_context("fork"),
-                                                 initializer=_text_worker_init, initargs=(fn,))
-            # fork every worker now, from the calling thread, not later from the preparing thread
-            _result(self.procs.submit(int), *_TOKENIZE_FAILURE)
+            self.procs = _text_pool(self.n, fn)
 
     def __call__(self, inputs: list[EncodeInput]) -> list[EncodeInput]:
         import dataclasses
@@ -1016,8 +1060,7 @@ class _Tokenizer:
         return out
 
     def close(self) -> None:
-        if self.procs is not None:
-            self.procs.shutdown(wait=True, cancel_futures=True)
+        self.procs = None  # the pool stays for the next call (_text_pool)
 
 
 _LAYOUTS: dict[str, tuple[tuple[int, ...], np.dtype]] = {}

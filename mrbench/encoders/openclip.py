@@ -895,6 +895,12 @@ class TokenizeToNumpy:
     def __init__(self, tokenizer: Any, context_length: int) -> None:
         self.tokenizer, self.ctx = tokenizer, int(context_length)
 
+    def __eq__(self, other: object) -> bool:  # the same tokenizer object and length: the same ids
+        return isinstance(other, TokenizeToNumpy) and other.tokenizer is self.tokenizer and other.ctx == self.ctx
+
+    def __hash__(self) -> int:
+        return hash((id(self.tokenizer), self.ctx))
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         texts = list(texts)
         ids = np.asarray(self.tokenizer(texts), dtype=np.int64)
