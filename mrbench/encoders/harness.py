@@ -1004,8 +1004,8 @@ def _text_pool(n: int, fn: Callable[[list[str]], Any]) -> Any:
         broken = pool is not None and getattr(pool, "_broken", False)
         if pool is not None and not broken and key is not None and key[0] == n and _same_transform(key[1], fn):
             return pool
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:  # its queued chunks (a call still running elsewhere) are finished first
+            pool.shutdown(wait=False)
         else:
             atexit.register(_shutdown_text_pool)
         _TEXT_POOL = _TEXT_POOL_KEY = None
