@@ -8,7 +8,9 @@ hashing, decoding with the model-like transform (resize 224 + centre crop, uint8
 pixel cache, batching, validation (and, in the last row, writing the embedding cache as ``evaluate``
 does). The images are encoded in one call per task, one after the other, and ("ahead") with each
 call started while the one before it runs, as ``evaluate`` does
-(:func:`~mrbench.encoders.harness.start_encode`). ``share`` = harness rate / forward rate: the
+(:func:`~mrbench.encoders.harness.start_encode`); the "staged" rows read warm batches into staging
+buffers, as ``encode_items`` does for an encoder on a GPU (:class:`HostStager` stands in for the
+pinned buffers, without the copy to a device). ``share`` = harness rate / forward rate: the
 fraction of the GPU's rate the pipeline sustains on this machine's cores (the speed goal asks
 >= 0.8 on a GPU).
 
@@ -76,6 +78,33 @@ class SimulatedGPUEncoder:
         return np.ones((len(items), 512), dtype=np.float32)  # ViT-B/32 embeds in 512 dims
 
 
+class HostStager:
+    """The device stager's host side, for a machine without a GPU: a batch found whole in the
+    pixel cache is read into a staging buffer as it is for an encoder on a GPU (its items ordered
+    by where their pixels lie in the shards, read in runs), from a ring of reused buffers as CUDA's
+    caching host allocator hands them out; ``stage`` hands the batch on without the per-row checks
+    and the copy to a device that :class:`~mrbench.encoders.harness._DeviceStager` adds."""
+
+    RING = 8  # more than the batches alive at once, two calls overlapping: encoded, prepared (2), being read
+    _buffers: dict[tuple, list[np.ndarray]] = {}  # shared by every call, as the caching allocator is
+    _next: dict[tuple, int] = {}
+
+    def __init__(self, device: str) -> None:
+        pass
+
+    def alloc(self, n: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (n, tuple(shape), np.dtype(dtype).str)
+        ring = self._buffers.setdefault(key, [])
+        k = self._next.get(key, 0)
+        self._next[key] = (k + 1) % self.RING
+        if k == len(ring):
+            ring.append(np.zeros((n, *shape), dtype))
+        return ring[k]
+
+    def stage(self, loaded):
+        return loaded, None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--forward-rate", type=float, default=19300.0, help="simulated model rate, items/s")
@@ -124,6 +153,8 @@ def main() -> None:
                 "input_wait_s": round(stats.input_wait_seconds, 3), "pixel_cache_hits": stats.pixel_cache_hits}
 
     images = list(by_task.items())
+    from mrbench.encoders import harness
+
     with tempfile.TemporaryDirectory() as d:
         cache = PixelCache(d)
         run(images, "candidate", False)  # warm-up: file hashes memoised, process pool started (as in a long evaluate)
@@ -133,6 +164,19 @@ def main() -> None:
         # as evaluate runs its calls: each started (set up, first batches prepared) during the one before
         rows.append(row("pixel cache, warm, ahead", len(cands), args.forward_rate,
                         *run(images, "candidate", cache, ahead=True)))
+        # the path of an encoder on a GPU: batches read into staging buffers (HostStager stands in)
+        real_stager, real_device = harness._DeviceStager, harness._gpu_decode_device
+        harness._DeviceStager, harness._gpu_decode_device = HostStager, lambda encoder: "cuda"
+        enc.pixels_on_device, enc.device = True, "cuda"
+        try:
+            run(images, "candidate", cache)  # learns the pixel layout (the first batch of a fingerprint)
+            rows.append(row("pixel cache, warm, staged", len(cands), args.forward_rate,
+                            *run(images, "candidate", cache)))
+            rows.append(row("pixel cache, warm, staged, ahead", len(cands), args.forward_rate,
+                            *run(images, "candidate", cache, ahead=True)))
+        finally:
+            harness._DeviceStager, harness._gpu_decode_device = real_stager, real_device
+            enc.pixels_on_device = False
     # texts: tokenised ahead in worker processes, as for an encoder on a GPU (the harness only forks
     # tokenising workers to feed one, so it is told the simulated encoder is on one)
     from mrbench.encoders import harness
@@ -162,7 +206,7 @@ def main() -> None:
                   f"calls' start-up {r['encode_startup_s']:.3f}, model waiting for inputs {r['input_wait_s']:.3f}")
     for r in rows:
         rate = args.text_rate if r["path"].startswith("texts") else args.forward_rate
-        print(f"{r['path']:<26} {r['harness_per_s']:>9.0f} items/s  share of a {rate:,.0f}/s forward "
+        print(f"{r['path']:<33} {r['harness_per_s']:>9.0f} items/s  share of a {rate:,.0f}/s forward "
               f"{r['share']:.2f}  (model waited {r['input_wait_s']:.2f} s for inputs)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

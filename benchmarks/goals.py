@@ -234,14 +234,14 @@ def entry_encode(ctx: Ctx) -> dict[str, Any]:
 
 def _encode_feed_proxy(ctx: Ctx) -> dict[str, Any]:
     """Without a GPU: how much of a simulated ViT-B/32-on-H100 forward (19.3k images/s) this host's
-    input pipeline sustains (bench_feed.py), judged on the warm pixel cache as on a GPU, with the
-    calls started ahead as ``evaluate`` runs them for an encoder on a GPU."""
+    input pipeline sustains (bench_feed.py), judged on the warm pixel cache read into staging
+    buffers as for an encoder on a GPU, with the calls started ahead as ``evaluate`` runs them."""
     out = ctx.tmp / "feed.json"
     cmd = [sys.executable, _script("bench_feed.py"), "--n-images", "512" if ctx.args.quick else "4096",
            "--out", str(out)]
     data = _run(cmd, ctx, 540, out)
     rows = {r["path"]: r for r in data["rows"]}
-    warm = rows["pixel cache, warm, ahead"]["share"]
+    warm = rows["pixel cache, warm, staged, ahead"]["share"]
     measured = "; ".join(f"{k} {r['share']:.2f}" for k, r in rows.items())
     return {
         "value": warm,
