@@ -712,9 +712,9 @@ def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_p
     times = stats.to_dict()  # where preparing went: reading and staging (no texts to tokenise)
     assert times["read_wait_seconds"] > 0 and times["stage_seconds"] > 0 and times["tokenize_seconds"] == 0
     assert 0 < times["startup_seconds"] < times["total_seconds"]
-    # the first batch teaches the layout (the second is already being read by then); the next ones
-    # (2 images, then 1) are read in place
-    assert st.in_place == [False, False, True, True] and [b.shape[0] for b in st.buffers] == [2, 1]
+    # the first batch teaches the layout (it is read before the second is started); the next ones
+    # (2, 2, then 1 image) are read in place
+    assert st.in_place == [False, True, True, True] and [b.shape[0] for b in st.buffers] == [2, 2, 1]
     # a later call knows the layout from the start: every batch is read in place
     np.testing.assert_array_equal(_encode(enc, bench, pixel_cache=tmp_path / "px"), ref)
     assert stagers[-1].in_place == [True] * 4

@@ -1662,10 +1662,13 @@ class _EncodeCall:
             decoding = self.decoding
             if b not in decoding:
                 decoding[b] = decoder.submit(batch)
+            t0 = time.perf_counter()
+            if b == 0:  # the model is idle: the first batch gets every worker before the next is started
+                loaded = decoding.pop(b)()
             if b + 1 < len(batches) and b + 1 not in decoding:
                 decoding[b + 1] = decoder.submit(batches[b + 1])
-            t0 = time.perf_counter()
-            loaded = decoding.pop(b)()
+            if b != 0:
+                loaded = decoding.pop(b)()
             t1 = time.perf_counter()
             stats.read_wait_seconds += t1 - t0
             if self.device_stager is not None:
