@@ -43,14 +43,16 @@ entries: tensor ``<image sha256>`` (or ``<image sha256>.<field>`` for dataclasse
 metadata the entry kinds and a checksum per tensor (:func:`checksum`: the sum of its bytes as
 little-endian 64-bit words, modulo 2**64; ten times cheaper than zlib's CRC-32, which cost as much as
 the read itself, and it still catches what it is there for: zero-filled or lost blocks, flipped
-bits). Shards are written to a temporary file and moved
-into place with :func:`os.replace` (no fsync: a shard lost to a power cut reads as corrupt and is
-recomputed), names are unique per writer, so several processes may fill one directory at once;
-readers pick up shards written by others at their next lookup. Shards are written with
-:func:`safetensors.numpy.save_file` and read by :class:`_ShardReader` (one ``readinto`` per tensor,
-outside the GIL, after checking the header's offsets and shapes; a :class:`PixelCache` remembers the
-parsed headers of the last 256 shards it read, checked against each file's inode, size and
-mtime). A shard that cannot be read or whose checksum does not match is reported once (one warning line) and its entries are recomputed (and written
+bits). Shards are written to a temporary file and moved into place with :func:`os.replace` (no
+fsync: a shard lost to a power cut reads as corrupt and is recomputed), names are unique per writer,
+so several processes may fill one directory at once; readers pick up shards written by others at
+their next lookup. Shards are written with :func:`safetensors.numpy.save_file` and read by
+:class:`_ShardReader`, outside the GIL, after checking the header's offsets and shapes: one
+``readinto`` per tensor, or one per run of tensors that lie back to back in the file and land in
+consecutive rows of a staging buffer (:meth:`PixelCache.locate` lets a caller order a batch that
+way). A :class:`PixelCache` remembers the parsed headers of the last 256 shards it read, checked
+against each file's inode, size and mtime. A shard that cannot be read or whose checksum does not
+match is reported once (one warning line) and its entries are recomputed (and written
 again to a new shard). No pickle anywhere. To clear the cache, delete the directory.
 """
 
