@@ -101,7 +101,7 @@ class HostStager:
             ring.append(np.zeros((n, *shape), dtype))
         return ring[k]
 
-    def stage(self, loaded):
+    def stage(self, loaded, whole=None):
         return loaded, None
 
 

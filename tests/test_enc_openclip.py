@@ -649,7 +649,7 @@ def test_warm_batches_read_in_shard_order_give_the_same_embeddings(tiny, monkeyp
         def alloc(self, n, shape, dtype):
             return np.zeros((n, *shape), dtype)
 
-        def stage(self, loaded):
+        def stage(self, loaded, whole=None):
             return loaded, None
 
     from PIL import Image

@@ -400,6 +400,36 @@ def test_async_encode_used_only_where_it_cannot_bypass_encode():
     assert async_encode_of(per_instance) is per_instance.encode_async
 
 
+def test_device_stager_copies_a_whole_batch_buffer_without_row_checks(monkeypatch):
+    """stage(loaded, whole=buf): the alloc() buffer the batch was read into is copied as it is and
+    its rows become the items' pixels (the logic, on the CPU: torch.cuda's stream and event are
+    stood in for; the copy is the one the per-row path makes, timed on a GPU)."""
+    import contextlib
+    import threading
+
+    import torch
+
+    from mrbench.encoders import harness
+
+    class Event:
+        def record(self, stream):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    st = object.__new__(harness._DeviceStager)
+    st.device, st.stream, st._lock, st._buffers = torch.device("cpu"), None, threading.Lock(), {}
+    host = torch.arange(24, dtype=torch.uint8).reshape(4, 3, 2)
+    buf = host.numpy()
+    st._buffers[buf.ctypes.data] = host
+    loaded = [(None, torch.from_numpy(buf[j])) for j in range(4)]
+    out, ready = st.stage(loaded, whole=buf)
+    assert callable(ready) and not st._buffers  # taken as the batch's block
+    assert [o[0] for o in out] == [None] * 4
+    for j in range(4):
+        assert torch.equal(out[j][1], host[j])
+
+
 def test_device_stager_copies_a_batch_read_into_its_own_buffer_as_it_is():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -414,6 +444,11 @@ def test_device_stager_copies_a_batch_read_into_its_own_buffer_as_it_is():
     assert not st._buffers  # taken as the batch's pinned block
     for j in range(3):
         np.testing.assert_array_equal(out[j][1].cpu().numpy(), buf[j])
+    whole = st.alloc(3, (2, 2), np.dtype(np.uint8))  # the same, handed over as its buffer
+    whole[:] = buf
+    out, ready = st.stage([(None, whole[j]) for j in range(3)], whole=whole)
+    ready()
+    assert not st._buffers and [o[1].cpu().tolist() for o in out] == buf.tolist()
     other = st.alloc(2, (2,), np.dtype(np.uint8))
     other[:] = [[1, 2], [3, 4]]
     out, ready = st.stage([(None, other[1]), (None, other[0])])  # rows out of order: stacked anew

@@ -683,15 +683,20 @@ class _HostStager:
     def __init__(self, device):
         self.buffers: list[np.ndarray] = []
         self.in_place: list[bool] = []
+        self.whole: list[bool] = []  # handed over as one buffer (no per-row checks), rows checked here
 
     def alloc(self, n, shape, dtype):
         self.buffers.append(np.empty((n, *shape), dtype))
         return self.buffers[-1]
 
-    def stage(self, loaded):
+    def stage(self, loaded, whole=None):
         vals = [np.asarray(p) for _, p in loaded]
         self.in_place.append(any(all(np.shares_memory(v, b[j]) for j, v in enumerate(vals)) and len(vals) == len(b)
                                  for b in self.buffers))
+        if whole is not None:
+            assert any(whole is b for b in self.buffers) and len(whole) == len(vals)
+            assert all(np.shares_memory(v, whole[j]) and v.shape == whole[j].shape for j, v in enumerate(vals))
+        self.whole.append(whole is not None)
         return loaded, None
 
 
@@ -715,6 +720,7 @@ def test_batches_found_whole_in_the_cache_are_read_into_the_staging_buffer(tmp_p
     # the first batch teaches the layout (it is read before the second is started); the next ones
     # (2, 2, then 1 image) are read in place
     assert st.in_place == [False, True, True, True] and [b.shape[0] for b in st.buffers] == [2, 2, 1]
+    assert st.whole == [False, True, True, True]  # those are handed to the stager as their buffer
     # a later call knows the layout from the start: every batch is read in place
     np.testing.assert_array_equal(_encode(enc, bench, pixel_cache=tmp_path / "px"), ref)
     assert stagers[-1].in_place == [True] * 4

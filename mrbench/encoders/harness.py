@@ -762,6 +762,13 @@ def _hash_items(
 Loaded = tuple[Any, Any]  # (PIL image or None, pixels or None) of one item
 
 
+class _WholeBatch(list):
+    """A batch's loaded items whose pixels are, in order, the rows of ``whole`` (the staging buffer
+    they were read into): the device stager copies it as it is, without checking each row."""
+
+    whole: np.ndarray | None = None
+
+
 CACHE_READ_SLICE = 64
 """Fewest pixel-cache hits read per worker task (each task opens the shards it reads; their parsed
 headers are remembered by the cache)."""
@@ -881,11 +888,24 @@ class _DeviceStager:
             return host
         return None
 
-    def stage(self, loaded: list[Loaded]) -> tuple[list[Loaded], Callable[[], None] | None]:
+    def stage(self, loaded: list[Loaded], whole: np.ndarray | None = None
+              ) -> tuple[list[Loaded], Callable[[], None] | None]:
         """``(loaded with device pixels, ready)``; ``ready()`` (on the consuming thread) makes the
-        current stream wait for the copy. Mixed shapes, dtypes or non-array pixels stay as they are."""
+        current stream wait for the copy. Mixed shapes, dtypes or non-array pixels stay as they are.
+        ``whole``: an :meth:`alloc` buffer whose rows are, in order, the items' pixels (the harness
+        read the batch into it); it is copied as it is, without checking each row."""
         import torch
 
+        if whole is not None:
+            with self._lock:
+                host = self._buffers.pop(whole.ctypes.data, None)
+            if host is not None and host.shape[0] == len(loaded):
+                with torch.cuda.stream(self.stream):
+                    dev = host.to(self.device, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(self.stream)
+                rows = dev.unbind(0)
+                return [(img, row) for (img, _), row in zip(loaded, rows)], self._ready(dev, event)
         idx = [k for k, (_, pix) in enumerate(loaded) if pix is not None]
         if not idx:
             return loaded, None
@@ -917,13 +937,17 @@ class _DeviceStager:
         out = list(loaded)
         for j, k in enumerate(idx):
             out[k] = (loaded[k][0], dev[j])
+        return out, self._ready(dev, event)
+
+    def _ready(self, dev: Any, event: Any) -> Callable[[], None]:
+        import torch
 
         def ready() -> None:
             cur = torch.cuda.current_stream(self.device)
             cur.wait_event(event)
             dev.record_stream(cur)  # the allocator must not reuse it while the forward reads it
 
-        return out, ready
+        return ready
 
 
 GPU_SWITCH_INTERVAL_S = 2e-4
@@ -1213,6 +1237,8 @@ class _Decoder:
         rest = [i for i in batch if i not in hit_set]
         rest_fn = self._submit_decode(rest) if rest else None
         hit_fn: Callable[[], list[Any]] | None = None
+        whole: np.ndarray | None = None  # the staging buffer the whole batch is read into, row k = item k
+        placed: list[int] = []  # entries read straight into their row (list.extend is atomic: slices share it)
         if hits:
             assert self.cache is not None
             digests = [self._digest(i) for i in hits]
@@ -1225,11 +1251,12 @@ class _Decoder:
                     order = sorted(range(len(batch)), key=where.__getitem__)
                     batch[:] = hits = [hits[j] for j in order]
                     digests = [digests[j] for j in order]
-                into = list(self.host_alloc(len(hits), *self.layout))
+                whole = self.host_alloc(len(hits), *self.layout)
+                into = list(whole)
             if self.pool is not None:  # shard reads and checksums on a few workers (more fight over the GIL)
                 size = max(CACHE_READ_SLICE, -(-len(digests) // max(1, min(CACHE_READ_THREADS, self.num_workers))))
                 hit_futs = [self.pool.submit(self.cache.get_many, self.fp, digests[k : k + size],
-                                             None if into is None else into[k : k + size])
+                                             None if into is None else into[k : k + size], placed)
                             for k in range(0, len(digests), size)]
 
                 def hit_fn() -> list[Any]:
@@ -1238,7 +1265,7 @@ class _Decoder:
                 cache = self.cache
 
                 def hit_fn() -> list[Any]:
-                    return cache.get_many(self.fp, digests, into)
+                    return cache.get_many(self.fp, digests, into, placed)
 
         def collect() -> list[Loaded]:
             got: dict[int, Loaded] = {}
@@ -1258,7 +1285,10 @@ class _Decoder:
                 self.stats.pixel_cache_hits += len(hits) - len(redo)
                 self.stats.pixel_cache_misses += len(fresh)
                 self._store(fresh, got)
-            out = [got[i] for i in batch]
+            out: list[Loaded] = [got[i] for i in batch]
+            if whole is not None and not redo and len(placed) == len(batch):
+                out = _WholeBatch(out)
+                out.whole = whole
             if self.host_alloc is not None and self.layout is None:
                 self.layout = _layout(out)
                 if self.layout is not None and self.cache is not None:
@@ -1672,7 +1702,9 @@ class _EncodeCall:
             t1 = time.perf_counter()
             stats.read_wait_seconds += t1 - t0
             if self.device_stager is not None:
-                loaded, ready = self.device_stager.stage(loaded)
+                whole = getattr(loaded, "whole", None)
+                loaded, ready = (self.device_stager.stage(loaded) if whole is None
+                                 else self.device_stager.stage(loaded, whole=whole))
                 stats.stage_seconds += time.perf_counter() - t1
         else:
             loaded = [(None, None)] * len(batch)

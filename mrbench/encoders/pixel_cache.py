@@ -532,13 +532,14 @@ class PixelCache:
         return out
 
     def get_many(self, fingerprint: str, digests: Sequence[str],
-                 into: Sequence[np.ndarray | None] | None = None) -> list[Any]:
+                 into: Sequence[np.ndarray | None] | None = None, placed: list[int] | None = None) -> list[Any]:
         """The stored values (``None`` for a miss). A corrupt shard is warned about once and dropped
         from the index; its entries come from another copy when there is one, else are ``None``.
 
         ``into`` (optional, one per digest): destination arrays. An entry stored as one array whose
         shape and dtype match ``into[i]`` (C-contiguous, writeable) is read straight into it, and
-        its value shares that memory (the harness reads a batch into its pinned staging buffer)."""
+        its value shares that memory (the harness reads a batch into its pinned staging buffer);
+        ``placed`` (optional) receives the position of every entry read that way."""
         out: list[Any] = [None] * len(digests)
         pending = list(range(len(digests)))
         while pending:
@@ -551,12 +552,15 @@ class PixelCache:
                         by_shard.setdefault(shards[-1], []).append(i)
             pending = []
             for p, rows in by_shard.items():
-                got = self._read(p, digests, rows, into)
+                straight: list[int] = []
+                got = self._read(p, digests, rows, into, straight)
                 if got is None:
                     pending.extend(rows)  # other copies, if any, on the next pass
                     continue
                 for i, v in got.items():
                     out[i] = v
+                if placed is not None:
+                    placed.extend(straight)
         n_hit = sum(v is not None for v in out)
         with self._lock:
             self.stats.hits += n_hit
@@ -564,8 +568,10 @@ class PixelCache:
         return out
 
     def _read(self, p: Path, digests: Sequence[str], rows: list[int],
-              into: Sequence[np.ndarray | None] | None = None) -> dict[int, Any] | None:
-        """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt."""
+              into: Sequence[np.ndarray | None] | None = None,
+              placed: list[int] | None = None) -> dict[int, Any] | None:
+        """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt.
+        ``placed`` receives the rows read straight into their ``into`` array."""
         try:
             got: dict[int, Any] = {}
             with _ShardReader(p, self._headers) as f:
@@ -590,6 +596,8 @@ class PixelCache:
                 if straight:
                     assert into is not None
                     self._read_straight(f, entries, digests, straight, into, got)
+                    if placed is not None:
+                        placed.extend(i for _, _, i in straight)
         except Exception as e:
             self._warn_corrupt(p, _first_line(e))
             return None
