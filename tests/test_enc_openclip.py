@@ -698,7 +698,7 @@ def test_tokenising_processes_are_forked_once_per_transform(tiny, small_bench, m
             super().__init__(*a, **k)
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Counting)
-    harness._shutdown_text_pool()
+    harness._TEXT_POOL.shutdown()
     try:
         task = next(t for t in small_bench.tasks if all(q.text and q.image is None for q in t.queries))
         qs = task.queries * 4
@@ -714,7 +714,7 @@ def test_tokenising_processes_are_forked_once_per_transform(tiny, small_bench, m
                                                    num_workers=2), first)
         assert len(created) == 2
     finally:
-        harness._shutdown_text_pool()
+        harness._TEXT_POOL.shutdown()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -230,8 +230,6 @@ def load_rgb(path: Path, item_id: str) -> "Image":
 
 WORKER_KINDS = ("auto", "thread", "process", "gpu")
 DECODE_TIMEOUT_S = 300
-_PROC_POOL: Any = None
-_PROC_POOL_SIZE = 0
 _PROC_LOCK = threading.Lock()
 
 
@@ -261,28 +259,62 @@ def _process_transform(encoder: Encoder, num_workers: int, kind: str) -> Callabl
     return transform
 
 
-def _process_pool(n: int) -> Any:
-    """A persistent fork-based process pool of ``n`` workers (re-created when the size changes or
-    it broke). Workers run Pillow, numpy and single-threaded torch CPU ops (never CUDA)."""
-    global _PROC_POOL, _PROC_POOL_SIZE
-    import atexit
-    import multiprocessing
-    import warnings
-    from concurrent.futures import ProcessPoolExecutor
+def _same_key(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
 
-    with _PROC_LOCK:
-        broken = _PROC_POOL is not None and getattr(_PROC_POOL, "_broken", False)
-        if _PROC_POOL is None or _PROC_POOL_SIZE != n or broken:
-            if _PROC_POOL is not None:
-                _PROC_POOL.shutdown(wait=False, cancel_futures=True)
-            else:
-                atexit.register(_shutdown_process_pool)
+
+class _ForkPool:
+    """A persistent fork-based process pool (forking costs tens of milliseconds, more in a process
+    holding a GPU context). :meth:`get` re-creates it when the workers asked for differ — their number,
+    or a ``key`` (what the initializer hands them) that is not the same object nor ``==`` — or when it
+    broke; the pool it replaces finishes the work already queued (a call may still be using it). Shut
+    down at exit."""
+
+    def __init__(self, initializer: Callable[..., None]) -> None:
+        self.initializer = initializer
+        self.pool: Any = None
+        self.n = 0
+        self.key: Any = None
+        self._at_exit = False
+
+    def get(self, n: int, key: Any = None, initargs: tuple[Any, ...] = (),
+            prefork: tuple[str, str] | None = None) -> Any:
+        """The pool of ``n`` workers for ``key``; ``prefork``: fork every worker now, from the calling
+        thread (the what / fix of :func:`_result`'s error when that fails)."""
+        import atexit
+        import multiprocessing
+        import warnings
+        from concurrent.futures import ProcessPoolExecutor
+
+        with _PROC_LOCK:
+            pool = self.pool
+            if pool is not None and not getattr(pool, "_broken", False) and self.n == n and _same_key(self.key, key):
+                return pool
+            if pool is not None:
+                pool.shutdown(wait=False)
+            elif not self._at_exit:
+                atexit.register(self.shutdown)
+                self._at_exit = True
+            self.pool = None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # "process is multi-threaded" on 3.12+
-                _PROC_POOL = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"),
-                                                 initializer=_worker_init)
-            _PROC_POOL_SIZE = n
-        return _PROC_POOL
+                pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"),
+                                           initializer=self.initializer, initargs=initargs)
+            if prefork is not None:
+                _result(pool.submit(int), *prefork)
+            self.pool, self.n, self.key = pool, n, key
+            return pool
+
+    def shutdown(self) -> None:
+        """Stop the pool (queued work cancelled); the next :meth:`get` forks a new one."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _worker_init() -> None:
@@ -295,11 +327,8 @@ def _worker_init() -> None:
         torch.set_num_threads(1)
 
 
-def _shutdown_process_pool() -> None:
-    global _PROC_POOL
-    if _PROC_POOL is not None:
-        _PROC_POOL.shutdown(wait=False, cancel_futures=True)
-        _PROC_POOL = None
+_DECODE_POOL = _ForkPool(_worker_init)
+"""Decode workers: Pillow, numpy and single-threaded torch CPU ops (never CUDA)."""
 
 
 def _decode_chunk(paths: list[Path], ids: list[str], task_name: str, encoder_name: str,
@@ -328,8 +357,9 @@ def _result(fut: Future, what: str = "an image decode", fix: str = "lower --work
 
     try:
         return fut.result(timeout=DECODE_TIMEOUT_S)
-    except TimeoutError:
-        _shutdown_process_pool()
+    except TimeoutError:  # a hung pool is not kept for the next call
+        _DECODE_POOL.shutdown()
+        _TEXT_POOL.shutdown()
         raise EncoderError(
             f"{what} worker process made no progress for {DECODE_TIMEOUT_S} s; {fix} and report the encoder"
         ) from None
@@ -900,12 +930,8 @@ class _DeviceStager:
             with self._lock:
                 host = self._buffers.pop(whole.ctypes.data, None)
             if host is not None and host.shape[0] == len(loaded):
-                with torch.cuda.stream(self.stream):
-                    dev = host.to(self.device, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record(self.stream)
-                rows = dev.unbind(0)
-                return [(img, row) for (img, _), row in zip(loaded, rows)], self._ready(dev, event)
+                dev, ready = self._copy(host)
+                return [(img, row) for (img, _), row in zip(loaded, dev.unbind(0))], ready
         idx = [k for k, (_, pix) in enumerate(loaded) if pix is not None]
         if not idx:
             return loaded, None
@@ -930,24 +956,27 @@ class _DeviceStager:
             host = torch.empty((len(vals), *shape), dtype=torch.from_numpy(vals[0][:0]).dtype, pin_memory=True)
             # torch's stack copies without the GIL (numpy's holds it ~10 ms a batch, blocking kernel launches)
             torch.stack([torch.from_numpy(v if v.flags.writeable else v.copy()) for v in vals], out=host)
+        dev, ready = self._copy(host)
+        out = list(loaded)
+        for j, k in enumerate(idx):
+            out[k] = (loaded[k][0], dev[j])
+        return out, ready
+
+    def _copy(self, host: Any) -> tuple[Any, Callable[[], None]]:
+        """``(device copy of the pinned block, ready)``: the copy queued on the side stream."""
+        import torch
+
         with torch.cuda.stream(self.stream):
             dev = host.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self.stream)
-        out = list(loaded)
-        for j, k in enumerate(idx):
-            out[k] = (loaded[k][0], dev[j])
-        return out, self._ready(dev, event)
-
-    def _ready(self, dev: Any, event: Any) -> Callable[[], None]:
-        import torch
 
         def ready() -> None:
             cur = torch.cuda.current_stream(self.device)
             cur.wait_event(event)
             dev.record_stream(cur)  # the allocator must not reuse it while the forward reads it
 
-        return ready
+        return dev, ready
 
 
 GPU_SWITCH_INTERVAL_S = 2e-4
@@ -998,61 +1027,15 @@ def _tokenize_chunk(texts: list[str]) -> np.ndarray:
     return np.asarray(_TEXT_FN(texts))
 
 
-_TEXT_POOL: Any = None
-_TEXT_POOL_KEY: tuple[int, Any] | None = None  # (workers, the text transform they were forked with)
-
-
-def _same_transform(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:
-        return False
-
-
-def _text_pool(n: int, fn: Callable[[list[str]], Any]) -> Any:
-    """A persistent fork-based pool of ``n`` tokenising workers holding ``fn`` (it reaches them
-    through fork, never pickled). Forking costs tens of milliseconds per call (more in a process
-    holding a GPU context), so the pool is kept for later calls whose transform is the same object
-    or ``==`` to it (as :class:`~mrbench.encoders.openclip.TokenizeToNumpy` over the same tokenizer
-    is); another size or transform, or a broken pool, forks a new one."""
-    global _TEXT_POOL, _TEXT_POOL_KEY
-    import atexit
-    import multiprocessing
-    import warnings
-    from concurrent.futures import ProcessPoolExecutor
-
-    with _PROC_LOCK:
-        pool, key = _TEXT_POOL, _TEXT_POOL_KEY
-        broken = pool is not None and getattr(pool, "_broken", False)
-        if pool is not None and not broken and key is not None and key[0] == n and _same_transform(key[1], fn):
-            return pool
-        if pool is not None:  # its queued chunks (a call still running elsewhere) are finished first
-            pool.shutdown(wait=False)
-        else:
-            atexit.register(_shutdown_text_pool)
-        _TEXT_POOL = _TEXT_POOL_KEY = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_text_worker_init, initargs=(fn,))
-        # fork every worker now, from the calling thread, not later from the preparing thread
-        _result(pool.submit(int), *_TOKENIZE_FAILURE)
-        _TEXT_POOL, _TEXT_POOL_KEY = pool, (n, fn)
-        return pool
-
-
-def _shutdown_text_pool() -> None:
-    global _TEXT_POOL, _TEXT_POOL_KEY
-    if _TEXT_POOL is not None:
-        _TEXT_POOL.shutdown(wait=False, cancel_futures=True)
-        _TEXT_POOL = _TEXT_POOL_KEY = None
+_TEXT_POOL = _ForkPool(_text_worker_init)
+"""Tokenising workers, holding the text transform they were forked with (it reaches them through
+fork, never pickled): kept for later calls whose transform is the same object or ``==`` to it (as
+:class:`~mrbench.encoders.openclip.TokenizeToNumpy` over the same tokenizer is)."""
 
 
 class _Tokenizer:
     """The encoder's ``text_transform()`` run ahead of the model: in fork worker processes
-    (:func:`_text_pool`, kept between calls) for many texts, else in the calling thread."""
+    (:data:`_TEXT_POOL`, kept between calls) for many texts, else in the calling thread."""
 
     def __init__(self, encoder: Encoder, fn: Callable[[list[str]], Any], n_texts: int, num_workers: int) -> None:
         import multiprocessing
@@ -1063,7 +1046,7 @@ class _Tokenizer:
         fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
         # on the CPU the model's own threads use the cores; processes only pay off feeding a GPU
         if fork and num_workers >= 2 and n_texts >= TEXT_PROCESS_MIN and _gpu_decode_device(encoder):
-            self.procs = _text_pool(self.n, fn)
+            self.procs = _TEXT_POOL.get(self.n, key=fn, initargs=(fn,), prefork=_TOKENIZE_FAILURE)
 
     def __call__(self, inputs: list[EncodeInput]) -> list[EncodeInput]:
         import dataclasses
@@ -1084,7 +1067,7 @@ class _Tokenizer:
         return out
 
     def close(self) -> None:
-        self.procs = None  # the pool stays for the next call (_text_pool)
+        self.procs = None  # the pool stays for the next call (_TEXT_POOL)
 
 
 _LAYOUTS: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -1136,7 +1119,7 @@ class _Decoder:
             else:
                 self.gpu, cpu_kind = plan, "thread"
         self.transform = _process_transform(encoder, num_workers, cpu_kind)
-        self.procs = _process_pool(num_workers) if self.transform is not None else None
+        self.procs = _DECODE_POOL.get(num_workers) if self.transform is not None else None
         self.gpu_exec = ThreadPoolExecutor(1, thread_name_prefix="mrbench-gpu-decode") if self.gpu else None
         self.cache: PixelCache | None = None
         self.fp = ""
