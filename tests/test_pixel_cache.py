@@ -782,14 +782,27 @@ def test_get_many_reads_a_run_of_consecutive_rows_at_once_and_checks_each(tmp_pa
     reads: list[tuple[int, ...]] = []
     real = pc._ShardReader.read_into
     monkeypatch.setattr(pc._ShardReader, "read_into", lambda self, b, arr: reads.append(arr.shape) or real(self, b, arr))
-    for order, n_reads in ((in_file, 1), (in_file[::-1], 9)):  # rows against the file order: one read each
+    # rows against the file order: one read each; ``into`` as a list of rows or as one array
+    for order, n_reads, as_array in ((in_file, 1, False), (in_file[::-1], 9, False), (in_file, 1, True),
+                                     (in_file[::-1], 9, True)):
         reads.clear()
         buf = np.empty((9, 3, 8, 8), np.uint8)
-        got = cache.get_many(FP, order, list(buf))
+        placed: list[int] = []
+        got = cache.get_many(FP, order, buf if as_array else list(buf), placed)
         assert len(reads) == n_reads
+        assert sorted(placed) == list(range(9))
         for dg, v, row in zip(order, got, buf):
             np.testing.assert_array_equal(v, vals[dg])
             assert np.shares_memory(v, row)
+    # a slice of the array whose rows are read in two runs (a gap in the file between them)
+    reads.clear()
+    buf = np.empty((9, 3, 8, 8), np.uint8)
+    order = in_file[:3] + in_file[5:]
+    got = cache.get_many(FP, order, buf[2:2 + len(order)])
+    assert len(reads) == 2
+    for dg, v, row in zip(order, got, buf[2:]):
+        np.testing.assert_array_equal(v, vals[dg])
+        assert np.shares_memory(v, row)
     shard = next(tmp_path.rglob("shard-*.safetensors"))
     data = bytearray(shard.read_bytes())
     data[-100] ^= 0x40  # one bit of one tensor in the middle of the run
@@ -798,6 +811,13 @@ def test_get_many_reads_a_run_of_consecutive_rows_at_once_and_checks_each(tmp_pa
     assert fresh.contains(FP, in_file) == [True] * 9  # indexed: the damage is inside the data
     with caplog.at_level(logging.WARNING):
         got = fresh.get_many(FP, in_file, list(np.empty((9, 3, 8, 8), np.uint8)))
+    assert got == [None] * 9
+    assert len([r for r in caplog.records if "checksum mismatch" in r.getMessage()]) == 1
+    fresh = PixelCache(tmp_path)
+    fresh.refresh(FP)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        got = fresh.get_many(FP, in_file, np.empty((9, 3, 8, 8), np.uint8))
     assert got == [None] * 9
     assert len([r for r in caplog.records if "checksum mismatch" in r.getMessage()]) == 1
 
@@ -817,13 +837,18 @@ def test_warm_reads_parse_each_shard_header_once(tmp_path, monkeypatch):
         return real(self, size, sig)
 
     monkeypatch.setattr(pc._ShardReader, "_parse", counting)
+    checked: list[str] = []
+    real_check = pc._ShardReader._check_layout
+    monkeypatch.setattr(pc._ShardReader, "_check_layout", lambda self, name: checked.append(name) or real_check(self, name))
     cache = PixelCache(tmp_path)
     vals = {c * 64: np.full((3, 4), k, np.uint8) for k, c in enumerate("abcdef")}
     cache.put_many(FP, vals)
     for _ in range(3):  # every read of the shard, in slices as the harness reads a batch
         for dg in vals:
             np.testing.assert_array_equal(cache.get_many(FP, [dg])[0], vals[dg])
+            np.testing.assert_array_equal(cache.get_many(FP, [dg], np.empty((1, 3, 4), np.uint8))[0], vals[dg])
     assert len(parsed) == 1
+    assert sorted(checked) == sorted(vals)  # each tensor's offsets and shape checked once
     # a fresh cache object (another run) parses it again, once
     fresh = PixelCache(tmp_path)
     fresh.refresh(FP)

@@ -1225,7 +1225,7 @@ class _Decoder:
         if hits:
             assert self.cache is not None
             digests = [self._digest(i) for i in hits]
-            into: list[np.ndarray] | None = None
+            into: np.ndarray | None = None
             if self.host_alloc is not None and self.layout is not None and len(hits) == len(batch):
                 # the batch's items in the order their pixels lie in the shards, so that each worker
                 # reads a run of them with one readinto (embeddings are stored by item index)
@@ -1234,8 +1234,7 @@ class _Decoder:
                     order = sorted(range(len(batch)), key=where.__getitem__)
                     batch[:] = hits = [hits[j] for j in order]
                     digests = [digests[j] for j in order]
-                whole = self.host_alloc(len(hits), *self.layout)
-                into = list(whole)
+                into = whole = self.host_alloc(len(hits), *self.layout)
             if self.pool is not None:  # shard reads and checksums on a few workers (more fight over the GIL)
                 size = max(CACHE_READ_SLICE, -(-len(digests) // max(1, min(CACHE_READ_THREADS, self.num_workers))))
                 hit_futs = [self.pool.submit(self.cache.get_many, self.fp, digests[k : k + size],

@@ -532,13 +532,14 @@ class PixelCache:
         return out
 
     def get_many(self, fingerprint: str, digests: Sequence[str],
-                 into: Sequence[np.ndarray | None] | None = None, placed: list[int] | None = None) -> list[Any]:
+                 into: Sequence[np.ndarray | None] | np.ndarray | None = None, placed: list[int] | None = None) -> list[Any]:
         """The stored values (``None`` for a miss). A corrupt shard is warned about once and dropped
         from the index; its entries come from another copy when there is one, else are ``None``.
 
-        ``into`` (optional, one per digest): destination arrays. An entry stored as one array whose
-        shape and dtype match ``into[i]`` (C-contiguous, writeable) is read straight into it, and
-        its value shares that memory (the harness reads a batch into its pinned staging buffer);
+        ``into`` (optional): one destination array per digest, or one array whose row ``i`` is
+        entry ``i``'s destination (consecutive rows are then read as one block without checking
+        each row's address). An entry stored as one array whose shape and dtype match ``into[i]``
+        (C-contiguous, writeable) is read straight into it, and its value shares that memory (the harness reads a batch into its pinned staging buffer);
         ``placed`` (optional) receives the position of every entry read that way."""
         out: list[Any] = [None] * len(digests)
         pending = list(range(len(digests)))
@@ -568,7 +569,7 @@ class PixelCache:
         return out
 
     def _read(self, p: Path, digests: Sequence[str], rows: list[int],
-              into: Sequence[np.ndarray | None] | None = None,
+              into: Sequence[np.ndarray | None] | np.ndarray | None = None,
               placed: list[int] | None = None) -> dict[int, Any] | None:
         """Rows ``rows`` of ``digests`` from shard ``p``; ``None`` (warned) when it is corrupt.
         ``placed`` receives the rows read straight into their ``into`` array."""
@@ -605,7 +606,7 @@ class PixelCache:
 
     @staticmethod
     def _read_straight(f: "_ShardReader", entries: Mapping[str, Any], digests: Sequence[str],
-                       straight: list[tuple[int, int, int]], into: Sequence[np.ndarray | None],
+                       straight: list[tuple[int, int, int]], into: Sequence[np.ndarray | None] | np.ndarray,
                        got: dict[int, Any]) -> None:
         """Read single-tensor entries straight into their destinations: a run of entries that lie
         back to back in the file and whose destinations are consecutive rows of one array is read
@@ -619,9 +620,17 @@ class PixelCache:
             while (k + len(run) < len(straight) and straight[k + len(run)][0] == run[-1][1]):
                 run.append(straight[k + len(run)])
             k += len(run)
-            dests = [into[i] for _, _, i in run]
-            block = _rows_block(dests) if len(run) > 1 else None  # type: ignore[arg-type]
+            block = None
+            if len(run) > 1:
+                first = run[0][2]
+                if isinstance(into, np.ndarray) and all(i == first + j for j, (_, _, i) in enumerate(run)):
+                    block = into[first : first + len(run)]  # rows of one array: no per-row address checks
+                    if not (block.flags.c_contiguous and block.flags.writeable):
+                        block = None
+                else:
+                    block = _rows_block([into[i] for _, _, i in run])  # type: ignore[misc]
             if block is None:  # one by one
+                dests = [into[i] for _, _, i in run]
                 for (b, _, i), d in zip(run, dests):
                     assert d is not None
                     f.read_into(b, d)
@@ -707,13 +716,14 @@ class _ShardHeader:
     """A shard's parsed safetensors header (and, once asked for, its ``entries`` metadata), valid
     while the file keeps its ``signature`` (inode, size, mtime)."""
 
-    __slots__ = ("signature", "base", "data_size", "metadata", "tensors", "entries")
+    __slots__ = ("signature", "base", "data_size", "metadata", "tensors", "entries", "layouts")
 
     def __init__(self, signature: tuple[int, int, int], base: int, data_size: int, metadata: dict[str, str],
                  tensors: dict[str, Any]) -> None:
         self.signature, self.base, self.data_size = signature, base, data_size
         self.metadata, self.tensors = metadata, tensors
         self.entries: dict[str, Any] | None = None
+        self.layouts: dict[str, tuple[tuple[int, ...], np.dtype, int, int]] = {}  # checked, by tensor name
 
 
 class _HeaderMemo:
@@ -796,7 +806,14 @@ class _ShardReader:
         return e
 
     def _layout(self, name: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
-        """``(shape, dtype, begin, end)`` of tensor ``name`` (data offsets), checked against the file."""
+        """``(shape, dtype, begin, end)`` of tensor ``name`` (data offsets), checked against the file
+        (once per memoised header: a warm reader asks for every image's)."""
+        got = self._h.layouts.get(name)
+        if got is None:
+            got = self._h.layouts[name] = self._check_layout(name)
+        return got
+
+    def _check_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
         info = self.header.get(name)
         if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
             raise ValueError(f"tensor {name[:12]}… missing or of an unknown dtype")
@@ -869,7 +886,7 @@ def checksums(block: np.ndarray) -> list[int]:
     if n == 0 or row % 8 or not block.flags.c_contiguous:
         return [checksum(r) for r in block]
     words = block.reshape(-1).view(np.uint8).view(_WORD).reshape(n, row // 8)
-    return [int(x) for x in np.add.reduce(words, axis=1, dtype=np.uint64)]
+    return np.add.reduce(words, axis=1, dtype=np.uint64).tolist()
 
 
 def _rows_block(dests: Sequence[np.ndarray]) -> np.ndarray | None:
