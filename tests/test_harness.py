@@ -291,6 +291,29 @@ def test_image_text_items_and_relative_paths(tmp_path):
     np.testing.assert_array_equal(out[0], out[1])
 
 
+def test_the_inputs_an_encoder_is_handed_are_those_build_inputs_gives(tmp_path):
+    import dataclasses
+
+    from mrbench.encoders import harness
+    from mrbench.encoders.base import EncodeInput
+    from mrbench.encoders.harness import build_inputs
+
+    # the harness builds each EncodeInput without its __init__: every field must be given
+    assert harness._ENCODE_INPUT_FIELDS == tuple(f.name for f in dataclasses.fields(EncodeInput))
+    bench = eb.image_bench(tmp_path, n=5)
+    task = bench.tasks[0]
+    seen: list[EncodeInput] = []
+    enc = _enc(lambda items, role, k: seen.extend(items) or eb.hashed(items), needs_pixels=False, batch_size=2)
+    for role, items in (("query", task.queries), ("candidate", task.candidates)):
+        seen.clear()
+        encode_items(enc, items, role=role, task=task, bench=bench)
+        want, _ = build_inputs(enc, items, role=role, task=task, bench=bench)
+        assert seen == want and len(seen) == len(items)
+        assert all(type(x) is EncodeInput for x in seen)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            seen[0].text = "changed"  # type: ignore[misc]
+
+
 def test_short_switch_interval_nests_and_restores():
     import sys
 

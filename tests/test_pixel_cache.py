@@ -778,6 +778,10 @@ def test_get_many_reads_a_run_of_consecutive_rows_at_once_and_checks_each(tmp_pa
     where = cache.locate(FP, digests)
     assert all(w is not None for w in where) and len({w[0] for w in where}) == 1
     assert cache.locate(FP, ["ff" * 32]) == [None]
+    opened: list[object] = []
+    real_init = pc._ShardReader.__init__
+    monkeypatch.setattr(pc._ShardReader, "__init__", lambda self, *a: opened.append(a[0]) or real_init(self, *a))
+    assert cache.locate(FP, digests) == where and opened == []  # the remembered header: no file opened
     in_file = [dg for _, dg in sorted(zip(where, digests))]
     reads: list[tuple[int, ...]] = []
     real = pc._ShardReader.read_into

@@ -822,6 +822,18 @@ CACHE_FLUSH_SECONDS = 30.0
 """Longest time encoded embeddings wait in memory before being written to the cache."""
 
 
+_ENCODE_INPUT_FIELDS = ("id", "text", "image", "image_path", "instruction", "content_hash", "meta", "pixels", "tokens")
+
+
+def _encode_input(**fields: Any) -> EncodeInput:
+    """``EncodeInput(**fields)`` with every field given (:data:`_ENCODE_INPUT_FIELDS`), built without
+    the frozen dataclass's ``__init__``, which sets each field through ``object.__setattr__``: 3x the
+    cost, on the thread preparing batches for a GPU (0.36 against 0.12 ms per 256 items)."""
+    x = object.__new__(EncodeInput)
+    x.__dict__.update(fields)
+    return x
+
+
 class _CacheWriter:
     """Collects encoded batches and writes them to the embedding cache as one shard per
     :data:`CACHE_FLUSH_ROWS` rows or :data:`CACHE_FLUSH_SECONDS` seconds (a shard per batch cost
@@ -1691,19 +1703,12 @@ class _EncodeCall:
         else:
             loaded = [(None, None)] * len(batch)
         paths, hashes, instruction = self.paths, self.hashes, self.instruction
-        inputs = [
-            EncodeInput(
-                id=items[i].id,
-                text=items[i].text,
-                image=img,
-                image_path=paths[i],
-                instruction=instruction,
-                content_hash=hashes[i],
-                meta=MappingProxyType(items[i].meta or {}),
-                pixels=pix,
-            )
-            for i, (img, pix) in zip(batch, loaded)
-        ]
+        inputs = []
+        for i, (img, pix) in zip(batch, loaded):
+            it = items[i]
+            inputs.append(_encode_input(id=it.id, text=it.text, image=img, image_path=paths[i], instruction=instruction,
+                                        content_hash=hashes[i], meta=MappingProxyType(it.meta or {}), pixels=pix,
+                                        tokens=None))
         if self.tokenizer is not None:
             t0 = time.perf_counter()
             inputs = self.tokenizer(inputs)

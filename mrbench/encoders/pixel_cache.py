@@ -506,27 +506,33 @@ class PixelCache:
         """Where each digest's pixels lie: ``(shard path, data offset)`` of its tensor in the shard
         :meth:`get_many` would read, or ``None`` (not stored, stored as several tensors, or the
         shard's header unreadable). Sorting a batch by it makes its reads sequential. Shard
-        headers are parsed once (and remembered)."""
+        headers are parsed once (and remembered); a remembered header is used without checking
+        the file again (a stale one only spoils the order: :meth:`get_many` checks what it reads)."""
         with self._lock:
             index = self._index.get(fingerprint, {})
             shards = [(index.get(dg) or [None])[-1] for dg in digests]
-        headers: dict[Path, dict[str, Any]] = {}
+        headers: dict[Path, tuple[str, dict[str, Any]]] = {}
         out: list[tuple[str, int] | None] = []
         for dg, p in zip(digests, shards):
             if p is None:
                 out.append(None)
                 continue
-            h = headers.get(p)
-            if h is None:
-                try:
-                    with _ShardReader(p, self._headers) as f:
-                        h = f.header
-                except (OSError, ValueError):
-                    h = {}
-                headers[p] = h
-            info = h.get(dg)
+            known = headers.get(p)
+            if known is None:
+                path = os.fspath(p)
+                memo = self._headers.get(path, None)
+                if memo is not None:
+                    h = memo.tensors
+                else:
+                    try:
+                        with _ShardReader(p, self._headers) as f:
+                            h = f.header
+                    except (OSError, ValueError):
+                        h = {}
+                known = headers[p] = (path, h)
+            info = known[1].get(dg)
             try:
-                out.append((os.fspath(p), int(info["data_offsets"][0])) if isinstance(info, dict) else None)
+                out.append((known[0], int(info["data_offsets"][0])) if isinstance(info, dict) else None)
             except (KeyError, TypeError, ValueError, IndexError):
                 out.append(None)
         return out
@@ -740,10 +746,12 @@ class _HeaderMemo:
         self._lock = threading.Lock()
         self._items: "OrderedDict[str, _ShardHeader]" = OrderedDict()
 
-    def get(self, path: str, signature: tuple[int, int, int]) -> "_ShardHeader | None":
+    def get(self, path: str, signature: tuple[int, int, int] | None) -> "_ShardHeader | None":
+        """The header memoised for ``path`` if the file still has ``signature``; with ``None``,
+        whatever is memoised, unchecked (for hints only, such as the read order)."""
         with self._lock:
             h = self._items.get(path)
-            if h is None or h.signature != signature:
+            if h is None or (signature is not None and h.signature != signature):
                 return None
             self._items.move_to_end(path)
             return h
