@@ -313,6 +313,20 @@ def test_the_inputs_an_encoder_is_handed_are_those_build_inputs_gives(tmp_path):
         with pytest.raises(dataclasses.FrozenInstanceError):
             seen[0].text = "changed"  # type: ignore[misc]
 
+    class Tokenising(eb.ScriptedEncoder):  # texts tokenised ahead by the harness (in the preparing thread here)
+        def text_of(self, it):
+            return it.text
+
+        def text_transform(self):
+            return lambda texts: np.array([[len(t), t.count(" ")] for t in texts])
+
+    tok = Tokenising(lambda items, role, k: seen.extend(items) or eb.hashed(items), batch_size=2)
+    seen.clear()
+    encode_items(tok, task.queries, role="query", task=task, bench=bench, num_workers=0)
+    want, _ = build_inputs(tok, task.queries, role="query", task=task, bench=bench)
+    assert [dataclasses.replace(x, tokens=None) for x in seen] == want
+    assert [x.tokens.tolist() for x in seen] == [[len(w.text), w.text.count(" ")] for w in want]
+
 
 def test_short_switch_interval_nests_and_restores():
     import sys
