@@ -328,6 +328,57 @@ def test_the_inputs_an_encoder_is_handed_are_those_build_inputs_gives(tmp_path):
     assert [x.tokens.tolist() for x in seen] == [[len(w.text), w.text.count(" ")] for w in want]
 
 
+def test_text_batches_are_tokenised_one_ahead_in_the_workers(tmp_path, monkeypatch):
+    from mrbench.encoders import harness
+    from mrbench.encoders.harness import _Tokenizer, build_inputs
+
+    monkeypatch.setattr(harness, "TEXT_PROCESS_MIN", 1)
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: "cuda")  # processes serve a GPU encoder
+
+    class Tokenising(eb.ScriptedEncoder):
+        def text_of(self, it):
+            return it.text
+
+        def text_transform(self):
+            return lambda texts: np.array([[len(t), t.count(" ")] for t in texts])
+
+    events: list[tuple[str, tuple[str, ...]]] = []
+    real_submit = _Tokenizer.submit
+
+    def submit(self, inputs):
+        events.append(("submit", tuple(it.id for it in inputs)))
+        finish = real_submit(self, inputs)
+
+        def logged(got):
+            events.append(("finish", tuple(it.id for it in got)))
+            return finish(got)
+
+        return logged
+
+    monkeypatch.setattr(_Tokenizer, "submit", submit)
+    bench = eb.text_bench(20)
+    task = bench.tasks[0]
+    seen = []
+    enc = Tokenising(lambda items, role, k: seen.extend(items) or eb.hashed(items), batch_size=4)
+    encode_items(enc, task.queries, role="query", task=task, bench=bench, num_workers=2)
+    batches = [tuple(q.id for q in task.queries[k : k + 4]) for k in range(0, 20, 4)]
+    assert [e for e in events if e[0] == "finish"] == [("finish", b) for b in batches]
+    for k in range(len(batches) - 1):  # batch k + 1 went to the workers before batch k was collected
+        assert events.index(("submit", batches[k + 1])) < events.index(("finish", batches[k]))
+    want, _ = build_inputs(enc, task.queries, role="query", task=task, bench=bench)
+    assert [x.tokens.tolist() for x in seen] == [[len(w.text), w.text.count(" ")] for w in want]
+
+    # rows submitted for other items are not used for these: they are tokenised afresh
+    import dataclasses
+
+    tok = _Tokenizer(enc, enc.text_transform(), n_texts=4, num_workers=0)
+    first = [dataclasses.replace(want[0], text="a b c"), dataclasses.replace(want[1], text="de")]
+    finish = real_submit(tok, first)
+    assert [x.tokens.tolist() for x in finish(first)] == [[5, 2], [2, 0]]
+    for other in ([dataclasses.replace(want[0], text="fgh"), first[1]], want[2:4]):  # other texts, other ids
+        assert [x.tokens.tolist() for x in finish(other)] == [[len(w.text), w.text.count(" ")] for w in other]
+
+
 def test_short_switch_interval_nests_and_restores():
     import sys
 

@@ -1065,20 +1065,41 @@ class _Tokenizer:
             self.procs = _TEXT_POOL.get(self.n, key=fn, initargs=(fn,), prefork=_TOKENIZE_FAILURE)
 
     def __call__(self, inputs: list[EncodeInput]) -> list[EncodeInput]:
+        return self.submit(inputs)(inputs)
+
+    def submit(self, inputs: list[EncodeInput]) -> Callable[[list[EncodeInput]], list[EncodeInput]]:
+        """Start tokenising the texts of ``inputs`` (in the worker processes, when there are any);
+        the returned function waits for the rows and gives its argument — ``inputs`` or items with
+        the same ids and texts — with their tokens set (it tokenises them afresh if they differ)."""
         idx = [k for k, it in enumerate(inputs) if it.text is not None]
         if not idx:
-            return inputs
+            return lambda got: got
         texts = [self.encoder.text_of(inputs[k]) for k in idx]  # type: ignore[attr-defined]
         if self.procs is not None and len(texts) >= 2 * self.n:
             size = -(-len(texts) // self.n)
             futs = [self.procs.submit(_tokenize_chunk, texts[k : k + size]) for k in range(0, len(texts), size)]
-            rows = np.concatenate([_result(f, *_TOKENIZE_FAILURE) for f in futs])
+
+            def rows_of() -> np.ndarray:
+                return np.concatenate([_result(f, *_TOKENIZE_FAILURE) for f in futs])
         else:
             rows = np.asarray(self.fn(texts))
-        out = list(inputs)
-        for j, k in enumerate(idx):
-            out[k] = _encode_input(inputs[k], tokens=rows[j])
-        return out
+
+            def rows_of() -> np.ndarray:
+                return rows
+
+        ids = [it.id for it in inputs]
+
+        def finish(got: list[EncodeInput]) -> list[EncodeInput]:
+            if got is not inputs and ([it.id for it in got] != ids
+                                      or [self.encoder.text_of(got[k]) for k in idx] != texts):  # type: ignore[attr-defined]
+                return self(got)
+            rows = rows_of()
+            out = list(got)
+            for j, k in enumerate(idx):
+                out[k] = _encode_input(got[k], tokens=rows[j])
+            return out
+
+        return finish
 
     def close(self) -> None:
         self.procs = None  # the pool stays for the next call (_TEXT_POOL)
@@ -1594,6 +1615,7 @@ class _EncodeCall:
         self.stager: ThreadPoolExecutor | None = None
         self.ahead: deque[Future] = deque()
         self.decoding: dict[int, Callable[[], list[Loaded]]] = {}
+        self.tokenizing: dict[int, Callable[[list[EncodeInput]], list[EncodeInput]]] = {}
         self.stack = contextlib.ExitStack()
         self.writer: _CacheWriter | None = None
         self.batches: list[list[int]] = []
@@ -1682,7 +1704,7 @@ class _EncodeCall:
 
     def _prepare(self, b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
         """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1``."""
-        batches, decoder, stats, items = self.batches, self.decoder, self.stats, self.items
+        batches, decoder, stats = self.batches, self.decoder, self.stats
         batch, ready = batches[b], None
         if decoder is not None:
             decoding = self.decoding
@@ -1704,20 +1726,32 @@ class _EncodeCall:
                 stats.stage_seconds += time.perf_counter() - t1
         else:
             loaded = [(None, None)] * len(batch)
-        paths, hashes, instruction = self.paths, self.hashes, self.instruction
+        inputs = self._inputs(batch, loaded)
+        tokenizer = self.tokenizer
+        if tokenizer is not None:
+            t0 = time.perf_counter()
+            finish = self.tokenizing.pop(b, None) or tokenizer.submit(inputs)
+            nxt = b + 1
+            # a batch without images has its inputs already: its texts go to the workers now, so
+            # they tokenise it while this one is collected (each batch's own wait was ~10 ms on a GPU host)
+            if (tokenizer.procs is not None and nxt < len(batches)
+                    and all(self.paths[i] is None for i in batches[nxt])):
+                self.tokenizing[nxt] = tokenizer.submit(self._inputs(batches[nxt], [(None, None)] * len(batches[nxt])))
+            inputs = finish(inputs)
+            stats.tokenize_seconds += time.perf_counter() - t0
+        if b == len(batches) - 1:
+            self.inputs_done.set()
+        return inputs, ready
+
+    def _inputs(self, batch: list[int], loaded: Sequence[Loaded]) -> list[EncodeInput]:
+        items, paths, hashes, instruction = self.items, self.paths, self.hashes, self.instruction
         inputs = []
         for i, (img, pix) in zip(batch, loaded):
             it = items[i]
             inputs.append(_encode_input(id=it.id, text=it.text, image=img, image_path=paths[i], instruction=instruction,
                                         content_hash=hashes[i], meta=MappingProxyType(it.meta or {}), pixels=pix,
                                         tokens=None))
-        if self.tokenizer is not None:
-            t0 = time.perf_counter()
-            inputs = self.tokenizer(inputs)
-            stats.tokenize_seconds += time.perf_counter() - t0
-        if b == len(batches) - 1:
-            self.inputs_done.set()
-        return inputs, ready
+        return inputs
 
     # -- the encode loop --------------------------------------------------------------------------
     def result(self, *, progress: Callable[[int], None] | None = None, stats: EncodeStats | None = None) -> np.ndarray:
@@ -1824,6 +1858,7 @@ class _EncodeCall:
                 except Exception as e:  # the batch's own error is the one to report
                     log.warning("could not write %d encoded embeddings to the cache: %s", n_kept, e)
             writer.close()
+        self.tokenizing.clear()  # (a batch tokenised ahead for nothing: its workers just finish it)
         if self.tokenizer is not None:
             self.tokenizer.close()
         if self.decoder is not None:
