@@ -545,8 +545,9 @@ class PixelCache:
         ``into`` (optional): one destination array per digest, or one array whose row ``i`` is
         entry ``i``'s destination (consecutive rows are then read as one block without checking
         each row's address). An entry stored as one array whose shape and dtype match ``into[i]``
-        (C-contiguous, writeable) is read straight into it, and its value shares that memory (the harness reads a batch into its pinned staging buffer);
-        ``placed`` (optional) receives the position of every entry read that way."""
+        (C-contiguous, writeable) is read straight into it, and its value shares that memory (the
+        harness reads a batch into its pinned staging buffer); ``placed`` (optional) receives the
+        position of every entry read that way."""
         out: list[Any] = [None] * len(digests)
         pending = list(range(len(digests)))
         while pending:
