@@ -50,8 +50,9 @@ their next lookup. Shards are written with :func:`safetensors.numpy.save_file` a
 :class:`_ShardReader`, outside the GIL, after checking the header's offsets and shapes: one
 ``readinto`` per tensor, or one per run of tensors that lie back to back in the file and land in
 consecutive rows of a staging buffer (:meth:`PixelCache.locate` lets a caller order a batch that
-way). A :class:`PixelCache` remembers the parsed headers of the last 256 shards it read, checked
-against each file's inode, size and mtime. A shard that cannot be read or whose checksum does not
+way). A :class:`PixelCache` remembers the parsed headers of the last 256 shards it read (with
+each tensor's offsets and shape once checked), checked against each file's inode, size and mtime. A
+shard that cannot be read or whose checksum does not
 match is reported once (one warning line) and its entries are recomputed (and written
 again to a new shard). No pickle anywhere. To clear the cache, delete the directory.
 """
