@@ -334,6 +334,7 @@ def test_text_batches_are_tokenised_one_ahead_in_the_workers(tmp_path, monkeypat
 
     monkeypatch.setattr(harness, "TEXT_PROCESS_MIN", 1)
     monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: "cuda")  # processes serve a GPU encoder
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: 16)  # a GPU host's cores: sent ahead
 
     class Tokenising(eb.ScriptedEncoder):
         def text_of(self, it):
@@ -367,6 +368,12 @@ def test_text_batches_are_tokenised_one_ahead_in_the_workers(tmp_path, monkeypat
         assert events.index(("submit", batches[k + 1])) < events.index(("finish", batches[k]))
     want, _ = build_inputs(enc, task.queries, role="query", task=task, bench=bench)
     assert [x.tokens.tolist() for x in seen] == [[len(w.text), w.text.count(" ")] for w in want]
+
+    # without cores to spare (the workers would take them from the model's thread), one batch at a time
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: 4)
+    events.clear()
+    encode_items(enc, task.queries, role="query", task=task, bench=bench, num_workers=2)
+    assert events == [(kind, b) for b in batches for kind in ("submit", "finish")]
 
     # rows submitted for other items are not used for these: they are tokenised afresh
     import dataclasses
