@@ -228,6 +228,9 @@ def evaluate(
     from mrbench.encoders.harness import check_worker_kind
 
     check_worker_kind(decode)
+    from mrbench.retrieval.search import check_backend  # (search's torch import stays lazy)
+
+    check_backend(backend)
     if depth < max(ks_t):
         raise MrbenchError(f"--depth {depth} is smaller than the largest k ({max(ks_t)}); raise --depth")
     approx_spec = None

@@ -178,6 +178,22 @@ def test_bad_arguments():
         mrbench.evaluate(TINY, "random", ks=(1, 50), depth=10)
 
 
+def test_an_unknown_backend_is_refused_before_anything_is_encoded(tmp_path):
+    calls = []
+
+    class Counting:
+        meta = EncoderMeta(name="counting", revision="r1", dim=4, modalities=("text", "image"))
+
+        def encode(self, items, *, role, task):
+            calls.append(len(items))
+            return np.ones((len(items), 4), np.float32)
+
+    with pytest.raises(UnknownNameError, match=r"unknown search backend 'faiss-gpu' \(did you mean 'faiss'\?\)") as ei:
+        mrbench.evaluate(TINY, Counting(), backend="faiss-gpu", output=tmp_path / "out", cache=False)
+    assert calls == [] and "\n" not in str(ei.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_backends_agree():
     a = mrbench.evaluate(TINY, "random", backend="torch", grain_sensitivity=False)
     b = mrbench.evaluate(TINY, "random", backend="faiss", grain_sensitivity=False)

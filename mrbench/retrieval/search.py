@@ -736,13 +736,19 @@ _SMALL_SEARCH = 1 << 22
 the same time there (MRBench-Synth's tasks: 0.64 s vs 0.66 s), and importing faiss costs 0.1-0.2 s."""
 
 
-def _resolve_backend(backend: str, device: str | None, pairs: int | None = None) -> tuple[str, str]:
-    """Return ``(backend, device)`` with ``"auto"`` and the default device resolved (``pairs``:
-    queries x candidates; at most :data:`_SMALL_SEARCH` keeps ``"auto"`` on torch on the CPU)."""
+def check_backend(backend: str) -> None:
+    """Raise a one-line :class:`~mrbench.errors.UnknownNameError` unless ``backend`` is one of
+    :data:`BACKENDS` (callers check it before encoding anything)."""
     if backend not in BACKENDS:
         raise UnknownNameError(
             f"unknown search backend {backend!r}{did_you_mean(str(backend), BACKENDS)}; choose one of: {', '.join(BACKENDS)}"
         )
+
+
+def _resolve_backend(backend: str, device: str | None, pairs: int | None = None) -> tuple[str, str]:
+    """Return ``(backend, device)`` with ``"auto"`` and the default device resolved (``pairs``:
+    queries x candidates; at most :data:`_SMALL_SEARCH` keeps ``"auto"`` on torch on the CPU)."""
+    check_backend(backend)
     import torch
 
     if device is not None:
