@@ -225,9 +225,10 @@ def evaluate(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     ks_t = _parse_ks(ks)
-    from mrbench.encoders.harness import check_worker_kind
+    from mrbench.encoders.harness import check_worker_kind, check_workers
 
     check_worker_kind(decode)
+    check_workers(num_workers)
     from mrbench.retrieval.search import check_backend  # (search's torch import stays lazy)
 
     check_backend(backend)

@@ -78,11 +78,17 @@ def test_existing_output_is_refused(tmp_path):
         (("evaluate", "-b", TINY, "--tasks", "t2i,zzz"), "no task 'zzz'"),
         (("evaluate", "-b", TINY, "--k", "0"), "--k"),
         (("evaluate", "-b", TINY, "-e", "random", "-e", "random"), "twice"),
+        (("evaluate", "-b", TINY, "-e", "random", "--workers", "-1"), "--workers -1: expected 0 or more"),
+        (("evaluate", "-b", TINY, "-e", "random", "--backend", "faiss-gpu"), "unknown search backend 'faiss-gpu'"),
+        (("encode", "-b", TINY, "-e", "random", "--workers", "-2"), "--workers -2: expected 0 or more"),
         (("build", "synth", "-o", "/tmp/x-mrbench-never", "--size", "huge"), "--size"),
         (("info", "nope-bench"), "unknown benchmark"),
     ],
 )
 def test_bad_input_gives_one_line(args, pattern):
+    import mrbench
+
+    mrbench.load_benchmark(TINY)  # built first: its build lines would reach stderr (the case run alone)
     one_line_error(invoke(*args), pattern)
 
 

@@ -77,7 +77,7 @@ def _run(encoder: list[str], benchmark: str, tasks: Optional[str], encoder_kwarg
          batch_size: Optional[int], workers: Optional[int], decode: str, cache_dir: Optional[Path],
          sensitivity: bool, merge: bool, validate: bool, verify: bool, quiet: bool) -> None:
     from mrbench.encoders.distributed import DistContext, encode_benchmark
-    from mrbench.encoders.harness import check_worker_kind
+    from mrbench.encoders.harness import check_worker_kind, check_workers
     from mrbench.errors import MrbenchError
 
     kwargs = parse_json_kwargs(encoder_kwargs)
@@ -86,8 +86,7 @@ def _run(encoder: list[str], benchmark: str, tasks: Optional[str], encoder_kwarg
         raise MrbenchError("--encoder: the same encoder is given twice; give each once")
     if batch_size is not None and batch_size < 1:
         raise MrbenchError(f"--batch-size {batch_size}: expected a positive integer")
-    if workers is not None and workers < 0:
-        raise MrbenchError(f"--workers {workers}: expected 0 or more")
+    check_workers(workers)
     check_worker_kind(decode)
     task_names = [t for t in tasks.split(",") if t] if tasks else None
 

@@ -239,6 +239,12 @@ def check_worker_kind(kind: str) -> None:
         raise EncoderError(f"--decode {kind!r}: expected one of {', '.join(WORKER_KINDS)}")
 
 
+def check_workers(n: int | None) -> None:
+    """One-line error for a negative number of decode workers (``None``: the default)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise EncoderError(f"--workers {n!r}: expected 0 or more (0: images decoded in the calling thread)")
+
+
 def _process_transform(encoder: Encoder, num_workers: int, kind: str) -> Callable[[Any], Any] | None:
     """The encoder's ``pixel_transform()`` when decode worker processes are to be used, else ``None``
     (asked only then: building it may pickle a processor)."""
@@ -1602,10 +1608,9 @@ class _EncodeCall:
         bs = batch_size if batch_size is not None else meta.batch_size
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise EncoderError(f"batch size must be a positive integer, got {bs!r}")
+        check_workers(num_workers)
         if num_workers is None:
             num_workers = default_workers()
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.encoder, self.items, self.role, self.task, self.bench = encoder, items, role, task, bench
         self.meta, self.bs, self.num_workers, self.workers = meta, bs, num_workers, workers
         self.cache, self.pixel_cache = cache, pixel_cache
