@@ -10,7 +10,9 @@ and a per-grain chart.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,6 +150,16 @@ def open_cache(spec: str, revision: str, encoder_kwargs: dict[str, Any] | None, 
     from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+    try:  # checked before anything is encoded: a write that fails later would lose the embeddings
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as e:
+        what = "a file is there" if root.exists() and not root.is_dir() else (e.strerror or str(e))
+        raise MrbenchError(
+            f"{root}: cannot hold the embedding cache ({what}); pass --cache-dir DIR (or set $MRBENCH_CACHE) "
+            "to a writable directory"
+        ) from None
     return EmbeddingCache(root, cache_namespace(spec, revision, encoder_kwargs or {}))
 
 

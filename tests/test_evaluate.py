@@ -178,7 +178,7 @@ def test_bad_arguments():
         mrbench.evaluate(TINY, "random", ks=(1, 50), depth=10)
 
 
-def test_an_unknown_backend_is_refused_before_anything_is_encoded(tmp_path):
+def test_an_unknown_backend_or_unusable_cache_dir_is_refused_before_anything_is_encoded(tmp_path):
     calls = []
 
     class Counting:
@@ -192,6 +192,13 @@ def test_an_unknown_backend_is_refused_before_anything_is_encoded(tmp_path):
         mrbench.evaluate(TINY, Counting(), backend="faiss-gpu", output=tmp_path / "out", cache=False)
     assert calls == [] and "\n" not in str(ei.value)
     assert not (tmp_path / "out").exists()
+
+    # an embedding cache directory that cannot be one: refused before encoding, not when first written
+    (tmp_path / "file").write_text("x")
+    for where, what in ((tmp_path / "file", "a file is there"), (tmp_path / "file" / "sub", "")):
+        with pytest.raises(MrbenchError, match="cannot hold the embedding cache") as ei:
+            mrbench.evaluate(TINY, Counting(), cache_dir=where, grain_sensitivity=False)
+        assert calls == [] and "\n" not in str(ei.value) and what in str(ei.value) and str(where) in str(ei.value)
 
 
 def test_backends_agree():
