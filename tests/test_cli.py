@@ -81,6 +81,8 @@ def test_existing_output_is_refused(tmp_path):
         (("evaluate", "-b", TINY, "-e", "random", "--workers", "-1"), "--workers -1: expected 0 or more"),
         (("evaluate", "-b", TINY, "-e", "random", "--backend", "faiss-gpu"), "unknown search backend 'faiss-gpu'"),
         (("encode", "-b", TINY, "-e", "random", "--workers", "-2"), "--workers -2: expected 0 or more"),
+        (("evaluate", "-b", TINY, "-e", "random", "--tasks", ",,"), "--tasks ',,': no name in it"),
+        (("encode", "-b", TINY, "-e", "random", "--tasks", " , "), "--tasks ' , ': no name in it"),
         (("build", "synth", "-o", "/tmp/x-mrbench-never", "--size", "huge"), "--size"),
         (("info", "nope-bench"), "unknown benchmark"),
     ],
@@ -90,6 +92,15 @@ def test_bad_input_gives_one_line(args, pattern):
 
     mrbench.load_benchmark(TINY)  # built first: its build lines would reach stderr (the case run alone)
     one_line_error(invoke(*args), pattern)
+
+
+def test_comma_separated_names_and_probe_size():
+    from mrbench.cli.common import parse_names
+
+    assert parse_names(None) is None
+    assert parse_names(" t2i, ,i2t,") == ["t2i", "i2t"]
+    res = invoke("check-encoder", "random", "--n-items", "0")  # a 2-item probe at least, not a silent clamp
+    assert res.exit_code == 2 and "--n-items" in res.output and "Traceback" not in res.output
 
 
 def test_broken_benchmark_directory_gives_one_line(tmp_path):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mrbench.cli.common import handle_errors
+from mrbench.cli.common import handle_errors, parse_names
 
 
 @handle_errors
@@ -61,7 +61,7 @@ def mbeir(
     with each query, a fingerprint and build_report.json."""
     from mrbench.builders.mbeir import build_mbeir
 
-    bench, report = build_mbeir(mbeir_dir, output, tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+    bench, report = build_mbeir(mbeir_dir, output, tasks=parse_names(tasks, "--tasks", "mscoco_task0,cirr_task7"),
                                 per_task=per_task, min_grains=min_grains, extractor=extractor,
                                 extractor_model=extractor_model, annotations=annotations,
                                 seed=seed, split=split, image_root=image_root, skip_missing=skip_missing,

@@ -82,6 +82,19 @@ def parse_json_kwargs(value: str | None, option: str = "--encoder-kwargs",
     return obj
 
 
+def parse_names(value: str | None, option: str = "--tasks", example: str = "t2i,i2t") -> list[str] | None:
+    """A comma-separated option value as a list of names (spaces and empty entries dropped), or
+    ``None`` when not given (all); one-line error naming ``option`` when it holds no name."""
+    from mrbench.errors import MrbenchError
+
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise MrbenchError(f"{option} {value!r}: no name in it; pass comma-separated names such as {example}")
+    return names
+
+
 def stdout_console():
     from rich.console import Console
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors, parse_json_kwargs
+from mrbench.cli.common import handle_errors, parse_json_kwargs, parse_names
 
 
 @handle_errors
@@ -88,7 +88,7 @@ def _run(encoder: list[str], benchmark: str, tasks: Optional[str], encoder_kwarg
         raise MrbenchError(f"--batch-size {batch_size}: expected a positive integer")
     check_workers(workers)
     check_worker_kind(decode)
-    task_names = [t for t in tasks.split(",") if t] if tasks else None
+    task_names = parse_names(tasks)
 
     with DistContext.from_env() as ctx:
         from mrbench.data.registry import load_benchmark

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors, parse_json_kwargs
+from mrbench.cli.common import handle_errors, parse_json_kwargs, parse_names
 
 
 @handle_errors
@@ -90,7 +90,7 @@ def evaluate(
     results = []
     for enc, out in zip(encoders, outs):
         res = run(
-            benchmark, enc, encoder_kwargs=kwargs, tasks=tasks.split(",") if tasks else None, ks=k, depth=depth,
+            benchmark, enc, encoder_kwargs=kwargs, tasks=parse_names(tasks), ks=k, depth=depth,
             output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
             num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
             **({"approx": approx_spec} if approx_spec is not None else {}),

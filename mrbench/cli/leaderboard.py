@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import err, handle_errors, stdout_console
+from mrbench.cli.common import err, handle_errors, parse_names, stdout_console
 
 _LB_HELP = "Leaderboard JSON file (default: leaderboard/leaderboard.json in the working directory)."
 _BENCH_HELP = ("The benchmark the results were computed on (a built-in name or a directory), when the path "
@@ -107,7 +107,7 @@ def show(
         from mrbench.errors import MrbenchError
 
         raise MrbenchError(f"--sort: {e}") from None
-    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    cols = parse_names(columns, "--columns", "model,macro")
     if markdown:
         print(render.to_markdown(rows, cols))
     else:

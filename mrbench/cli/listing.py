@@ -77,7 +77,7 @@ def info(
 def check_encoder(
     name: Annotated[str, typer.Argument(help="Encoder name, 'pkg.module:Class', 'file.py:Class' or 'family:spec'.")],
     encoder_kwargs: Annotated[Optional[str], typer.Option("--encoder-kwargs", help="JSON object for the constructor.")] = None,
-    n_items: Annotated[int, typer.Option(help="Items per modality in the probe task.")] = 16,
+    n_items: Annotated[int, typer.Option(min=2, help="Items per modality in the probe task (at least 2).")] = 16,
 ) -> None:
     """Run an encoder through a tiny probe task and report what is wrong (shape, NaN, normalisation,
     determinism, dimension, speed). Exits non-zero when a check fails."""
