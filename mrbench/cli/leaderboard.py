@@ -107,7 +107,7 @@ def show(
         from mrbench.errors import MrbenchError
 
         raise MrbenchError(f"--sort: {e}") from None
-    cols = parse_names(columns, "--columns", "model,macro")
+    cols = parse_names(columns, "--columns", "model,hit@5,g2")
     if markdown:
         print(render.to_markdown(rows, cols))
     else:
