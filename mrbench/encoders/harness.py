@@ -1732,9 +1732,7 @@ class _EncodeCall:
             t1 = time.perf_counter()
             stats.read_wait_seconds += t1 - t0
             if self.device_stager is not None:
-                whole = getattr(loaded, "whole", None)
-                loaded, ready = (self.device_stager.stage(loaded) if whole is None
-                                 else self.device_stager.stage(loaded, whole=whole))
+                loaded, ready = self.device_stager.stage(loaded, whole=getattr(loaded, "whole", None))
                 stats.stage_seconds += time.perf_counter() - t1
         else:
             loaded = [(None, None)] * len(batch)

@@ -561,15 +561,12 @@ class PixelCache:
                         by_shard.setdefault(shards[-1], []).append(i)
             pending = []
             for p, rows in by_shard.items():
-                straight: list[int] = []
-                got = self._read(p, digests, rows, into, straight)
+                got = self._read(p, digests, rows, into, placed)
                 if got is None:
                     pending.extend(rows)  # other copies, if any, on the next pass
                     continue
                 for i, v in got.items():
                     out[i] = v
-                if placed is not None:
-                    placed.extend(straight)
         n_hit = sum(v is not None for v in out)
         with self._lock:
             self.stats.hits += n_hit
@@ -857,11 +854,7 @@ class _ShardReader:
         """Tensor ``name``, read into ``into`` when that matches its shape and dtype (C-contiguous,
         writeable), else into a new array."""
         shape, dtype, b, _ = self._layout(name)
-        if (into is not None and into.shape == shape and into.dtype == dtype and into.flags.c_contiguous
-                and into.flags.writeable):
-            arr = into
-        else:
-            arr = np.empty(shape, dtype=dtype)
+        arr = into if into is not None and self.span(name, into) is not None else np.empty(shape, dtype=dtype)
         self.read_into(b, arr)
         return arr
 
