@@ -84,6 +84,66 @@ def test_broken_directories_fail_with_one_line_naming_the_culprit(small_bench, m
     assert "\n" not in str(ei.value)
 
 
+@pytest.mark.parametrize(
+    "rows, pattern",
+    [
+        ('{"id": "c red", "image": "images/red.png"}\n', r"candidate id 'c red' is empty or contains whitespace"),
+        ('{"id": "c\\tred", "image": "images/red.png"}\n', r"candidate id 'c\\tred' is empty or contains whitespace"),
+        ('{"id": "", "image": "images/red.png"}\n', r"candidate id '' is empty"),
+        ('{"id": "c_red", "image": "images/red.png"}\n{"id": "c_blue"}\n', r"candidate 'c_blue' has no image"),
+    ],
+)
+def test_whole_list_checks_still_name_the_culprit(small_bench, rows, pattern):
+    (small_bench.root / "tasks/t2i/candidates.jsonl").write_text(rows)
+    with pytest.raises(BenchmarkError, match=pattern):
+        load_benchmark_dir(small_bench.root, verify=False)
+
+
+def test_query_without_text_is_named(small_bench):
+    p = small_bench.root / "tasks/t2i/queries.jsonl"
+    rows = [json.loads(x) for x in p.read_text().splitlines()]
+    rows[1]["text"] = ""
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(BenchmarkError, match=rf"query {rows[1]['id']!r} has no text"):
+        load_benchmark_dir(small_bench.root, verify=False)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 64, 1 << 20])
+def test_read_jsonl_in_chunks_equals_line_by_line(tmp_path, monkeypatch, chunk_bytes):
+    from mrbench.data import io
+
+    monkeypatch.setattr(io, "_JSONL_CHUNK_BYTES", chunk_bytes)
+    rows = [{"id": f"c{i}", "text": "a, b] {c}" * (i % 3), "meta": {"k": [i, {"x": None}]}} for i in range(50)]
+    p = tmp_path / "c.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert io._read_jsonl(p) == io._read_jsonl_lines(p) == rows
+    # blank lines and a missing final newline: the line-by-line reader decides, same rows
+    p.write_text("\n" + "\n  \n".join(json.dumps(r) for r in rows))
+    assert io._read_jsonl(p) == rows
+    p.write_text("")
+    assert io._read_jsonl(p) == []
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('{"id": "a"}, {"id": "b"}\n', r"c.jsonl:1: not valid JSON"),  # two objects on one line
+        ('{"id": "a"}\n{"id": "b",\n"text": "x"}\n', r"c.jsonl:2: not valid JSON"),  # one object over two lines
+        ('{"id": "a"}\n[1, 2]\n', r"c.jsonl:2: expected a JSON object with an 'id' field"),
+        ('{"id": "a"}\n{"text": "x"}\n', r"c.jsonl:2: expected a JSON object with an 'id' field"),
+        ('{"id": "a"}\n3\n', r"c.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_read_jsonl_errors_name_the_line(tmp_path, text, match):
+    from mrbench.data.io import _read_jsonl
+
+    p = tmp_path / "c.jsonl"
+    p.write_text(text)
+    with pytest.raises(BenchmarkError, match=match) as ei:
+        _read_jsonl(p)
+    assert "\n" not in str(ei.value)
+
+
 def test_missing_directory_says_how_to_build(tmp_path):
     with pytest.raises(BenchmarkError, match="mrbench build synth"):
         load_benchmark_dir(tmp_path / "nope")
@@ -194,6 +254,25 @@ def test_read_qrels_large_file_other_whitespace(tmp_path, monkeypatch, text):
     p = tmp_path / "q.txt"
     p.write_text(text, newline="")
     assert read_qrels(p) == {"a": {"b": 3}, "c": {"d": 0}}
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"id": "c1", "text": "a dog", "image": None, "kind": "candidate"},
+        {"z": 1, "a": [1.5, -0.0, 1e300, 10**30, True, False, None], "m": {"é": "ü\n\t\"\\", "b": {"y": [], "x": {}}}},
+        ["qrel", "q1", "c2", 3],
+        "plain \u2603 string",
+        {"grains": [{"text": "red", "type": "attribute", "key": None}], "id": "q"},
+    ],
+)
+def test_canonical_json_is_json_dumps_byte_for_byte(obj):
+    from mrbench.data.fingerprint import canonical_json
+
+    want = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    assert canonical_json(obj) == want
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
 
 
 def test_fingerprint_qrels_lines_are_canonical_json():

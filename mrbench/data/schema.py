@@ -73,7 +73,9 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Candidate":
-        return cls(id=str(d["id"]), text=d.get("text"), image=d.get("image"), meta=dict(d.get("meta") or {}))
+        # positional, no copies where none are needed: called once per pool item (millions) on load
+        i, m = d["id"], d.get("meta")
+        return cls(i if type(i) is str else str(i), d.get("text"), d.get("image"), dict(m) if m else {})
 
 
 @dataclass
@@ -115,12 +117,13 @@ class Query:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Query":
+        i, m = d["id"], d.get("meta")
         return cls(
-            id=str(d["id"]),
-            text=d.get("text"),
-            image=d.get("image"),
-            grains=[Grain.from_dict(g) for g in d.get("grains") or []],
-            meta=dict(d.get("meta") or {}),
+            i if type(i) is str else str(i),
+            d.get("text"),
+            d.get("image"),
+            [Grain.from_dict(g) for g in d.get("grains") or []],
+            dict(m) if m else {},
         )
 
 
