@@ -266,13 +266,32 @@ def test_read_qrels_large_file_other_whitespace(tmp_path, monkeypatch, text):
         {"grains": [{"text": "red", "type": "attribute", "key": None}], "id": "q"},
     ],
 )
-def test_canonical_json_is_json_dumps_byte_for_byte(obj):
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False),  # the fingerprint's
+        dict(sort_keys=True, ensure_ascii=False),  # benchmark JSON lines
+        {},
+    ],
+)
+def test_dumps_function_is_json_dumps_byte_for_byte(obj, options):
     from mrbench.data.fingerprint import canonical_json
+    from mrbench.data.jsonenc import dumps_function
 
-    want = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    assert canonical_json(obj) == want
-    with pytest.raises(ValueError):
-        canonical_json({"x": float("nan")})
+    assert dumps_function(**options)(obj) == json.dumps(obj, **options)
+    if options.get("allow_nan") is False:
+        assert canonical_json(obj) == json.dumps(obj, **options).encode()
+    with pytest.raises(ValueError if options.get("allow_nan") is False else TypeError):
+        dumps_function(**options)({"x": float("nan") if options.get("allow_nan") is False else object()})
+
+
+def test_written_json_lines_are_those_of_json_dumps(tmp_path):
+    from mrbench.data.io import _write_jsonl
+
+    rows = [{"id": f"c{i}", "text": "caf\u00e9 \"x\"" * (i % 2), "meta": {"b": 1, "a": [i, None]}} for i in range(5)]
+    _write_jsonl(tmp_path / "c.jsonl", rows)
+    want = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    assert (tmp_path / "c.jsonl").read_text(encoding="utf-8") == want
 
 
 def test_fingerprint_qrels_lines_are_canonical_json():

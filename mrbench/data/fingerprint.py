@@ -17,48 +17,20 @@ Benchmark name, version, description and split are labels, not content, and are 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from mrbench.data.jsonenc import dumps_function
 from mrbench.data.schema import Benchmark, Task
 
 FINGERPRINT_ALGO = "sha256/canonical-jsonl-v1/png-pixels"
 
 
-_CANONICAL = dict(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _canonical_encoder() -> Callable[[Any], str]:
-    """``json.dumps(obj, **_CANONICAL)`` as one reused function.
-
-    ``json.dumps`` with arguments builds a ``JSONEncoder`` and then CPython's C encoder on every call;
-    per record of a 1M-candidate pool that was 2.6 s of a 3.2 s fingerprint. The C encoder is built
-    here once, exactly as ``JSONEncoder.iterencode`` builds it (same arguments; no circular-reference
-    check: records are trees), so the text is the same byte for byte (tested against ``json.dumps``).
-    """
-    from json import encoder as je
-
-    slow = functools.partial(json.dumps, **_CANONICAL)
-    probe = {"b": [1, 2.5, None, True, "\u00e9\n\"", {"y": -0.0, "x": 10**20}], "a": "z"}
-    try:
-        enc = je.c_make_encoder(None, json.JSONEncoder(**_CANONICAL).default, je.encode_basestring, None,
-                                ":", ",", True, False, False)
-
-        def fast(obj: Any) -> str:
-            return "".join(enc(obj, 0))
-
-        if fast(probe) == slow(probe):
-            return fast
-    except (TypeError, AttributeError):  # pragma: no cover - no _json accelerator, or its signature changed
-        pass
-    return slow  # pragma: no cover
-
-
-_dumps = _canonical_encoder()
+_dumps = dumps_function(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""The canonical serialisation as text (one reused encoder: see :mod:`mrbench.data.jsonenc`)."""
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -27,6 +27,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from mrbench.data.jsonenc import dumps_function
 from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Query, Task
 from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError
 
@@ -74,10 +75,10 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    dumps = dumps_function(ensure_ascii=False, sort_keys=True)  # json.dumps(r, ensure_ascii=False, sort_keys=True)
     with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True))
-            f.write("\n")
+        for s in range(0, len(rows), 1 << 16):
+            f.write("".join([dumps(r) + "\n" for r in rows[s : s + (1 << 16)]]))
 
 
 def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:

@@ -1,0 +1,48 @@
+"""``json.dumps`` as a reusable function, for code that serialises millions of small records.
+
+``json.dumps(obj, **options)`` builds a ``JSONEncoder`` and then CPython's C encoder on every call:
+for a 1M-candidate pool that was 2.6 s of a 3.2 s fingerprint. :func:`dumps_function` builds the C
+encoder once, exactly as ``JSONEncoder.iterencode`` builds it, so the text is the same byte for
+byte; it checks that on a probe object and falls back to ``json.dumps`` where it differs or the
+accelerator is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+_PROBE = {"b": [1, 2.5, None, True, "\u00e9\n\"\\", {"y": -0.0, "x": 10**20}], "a": "z", "c": 1e300}
+
+
+def dumps_function(
+    *, sort_keys: bool = False, separators: tuple[str, str] = (", ", ": "), ensure_ascii: bool = True,
+    allow_nan: bool = True,
+) -> Callable[[Any], str]:
+    """A function equal to ``functools.partial(json.dumps, **options)`` for trees of JSON values
+    (dicts with string keys, lists, strings, numbers, booleans, ``None``), without per-call set-up.
+
+    No circular-reference check (a cyclic object recurses until ``RecursionError`` instead of
+    ``json.dumps``'s ``ValueError``); no ``indent``; non-JSON values raise ``TypeError`` as in
+    ``json.dumps``.
+    """
+    from json import encoder as je
+
+    options = dict(sort_keys=sort_keys, separators=separators, ensure_ascii=ensure_ascii, allow_nan=allow_nan)
+    slow = functools.partial(json.dumps, **options)
+    try:
+        enc = je.c_make_encoder(
+            None, json.JSONEncoder(**options).default,
+            je.encode_basestring_ascii if ensure_ascii else je.encode_basestring,
+            None, separators[1], separators[0], sort_keys, False, allow_nan,
+        )
+
+        def fast(obj: Any) -> str:
+            return "".join(enc(obj, 0))
+
+        if fast(_PROBE) == slow(_PROBE):
+            return fast
+    except (TypeError, AttributeError):  # pragma: no cover - no _json accelerator, or its signature changed
+        pass
+    return slow  # pragma: no cover
