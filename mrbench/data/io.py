@@ -436,8 +436,8 @@ def gc_paused() -> Iterator[None]:
     Parsing a benchmark creates hundreds of thousands of acyclic objects (dicts, strings); each
     collection the allocations trigger walks the young objects, and the full ones every object of
     the process (torch's and pandas' included). ``benchmarks/bench_load.py``, with torch, pandas
-    and two earlier loads in memory: MRBench-Synth 0.29 s paused vs 0.54 s (medians), a generated
-    1M-candidate benchmark 3.4 s vs 5.2 s. Use only around bounded work that creates no reference
+    and two earlier loads in memory: MRBench-Synth 0.23 s paused vs 0.42 s (medians), a generated
+    1M-candidate benchmark 1.74 s vs 3.25 s. Use only around bounded work that creates no reference
     cycles worth collecting.
     """
     import gc
