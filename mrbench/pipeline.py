@@ -268,8 +268,8 @@ def evaluate(
     with gc_frozen() as refreeze:
         t0 = time.perf_counter()
         bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(
-            benchmark, verify=verify, progress=reporter.builder_callback(), log=reporter.log
-        )
+            benchmark, verify=verify, progress=reporter.builder_callback(), log=reporter.log, tasks=tasks or None
+        )  # with tasks, only theirs are read
         task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
         timings["load"] = time.perf_counter() - t0
         refreeze()

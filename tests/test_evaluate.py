@@ -377,3 +377,17 @@ def test_calls_are_started_ahead_by_default_only_for_an_encoder_on_a_gpu(monkeyp
     monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")  # as if it were on a GPU
     mrbench.evaluate(TINY, Flaky(), cache=False, grain_sensitivity=False)
     assert len(started) == 2 * n_tasks  # queries and candidates, each started ahead
+
+
+def test_evaluate_some_tasks_reads_only_theirs_same_scores(small_bench, monkeypatch):
+    from mrbench.data import io
+
+    whole = mrbench.evaluate(small_bench.root, "random", cache=False)  # verifies the benchmark (stamp)
+    read: list[str] = []
+    real = io._read_jsonl
+    monkeypatch.setattr(io, "_read_jsonl", lambda p: read.append(p.parent.name) or real(p))
+    part = mrbench.evaluate(small_bench.root, "random", tasks=["i2t"], cache=False)
+    assert set(read) == {"i2t"}
+    assert list(part.scores["tasks"]) == ["i2t"]
+    assert part.scores["tasks"]["i2t"] == whole.scores["tasks"]["i2t"]
+    assert part.data["benchmark"]["fingerprint"] == whole.data["benchmark"]["fingerprint"]

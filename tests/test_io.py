@@ -488,3 +488,88 @@ def test_gc_frozen_freezes_then_unfreezes_and_leaves_a_callers_freeze_alone():
         assert gc.get_freeze_count() == before  # neither added to nor unfrozen
     finally:
         gc.unfreeze()
+
+
+def _count_fingerprints(monkeypatch) -> list[int]:
+    import mrbench.data.fingerprint as fpmod
+
+    calls: list[int] = []
+    real = fpmod.fingerprint
+    monkeypatch.setattr(fpmod, "fingerprint", lambda b, *a, **k: calls.append(1) or real(b, *a, **k))
+    return calls
+
+
+def test_loading_some_tasks_reads_only_their_files(small_bench, monkeypatch):
+    from mrbench.data import io
+
+    whole = load_benchmark_dir(small_bench.root)  # verified, stamp written
+    read: list[str] = []
+    real_jsonl, real_qrels = io._read_jsonl, io.read_qrels
+    monkeypatch.setattr(io, "_read_jsonl", lambda p: read.append(p.parent.name) or real_jsonl(p))
+    monkeypatch.setattr(io, "read_qrels", lambda p: read.append(p.parent.name) or real_qrels(p))
+    calls = _count_fingerprints(monkeypatch)
+    part = load_benchmark_dir(small_bench.root, tasks=["i2t"])
+    assert read == ["i2t"] * 3 and calls == []
+    assert part.task_names == ["i2t"] and part.task("i2t") == whole.task("i2t")
+    assert part.fingerprint == whole.fingerprint and part.name == whole.name and part.root == whole.root
+    # every task asked for, in any order: the whole benchmark, checked as a whole
+    assert load_benchmark_dir(small_bench.root, tasks=["i2t", "t2i"]).task_names == ["t2i", "i2t"]
+
+
+def test_some_tasks_trusted_while_their_files_are_unchanged(small_bench, monkeypatch):
+
+    load_benchmark_dir(small_bench.root)
+    calls = _count_fingerprints(monkeypatch)
+    # another task's files changing does not matter to i2t ...
+    (small_bench.root / "tasks/t2i/candidates.jsonl").write_text('{"id": "broken"')
+    assert load_benchmark_dir(small_bench.root, tasks=["i2t"]).task_names == ["i2t"] and calls == []
+    # ... but loading t2i, or everything, reads (and here refuses) it
+    with pytest.raises(BenchmarkError, match=r"t2i/candidates.jsonl:1: not valid JSON"):
+        load_benchmark_dir(small_bench.root, tasks=["t2i"])
+    with pytest.raises(BenchmarkError, match=r"t2i/candidates.jsonl:1: not valid JSON"):
+        load_benchmark_dir(small_bench.root)
+
+
+def test_some_tasks_whose_files_changed_are_verified_with_the_whole(small_bench, monkeypatch):
+    import os
+
+    load_benchmark_dir(small_bench.root)
+    calls = _count_fingerprints(monkeypatch)
+    p = small_bench.root / "images/red.png"  # i2t's query image (and a t2i candidate's)
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert load_benchmark_dir(small_bench.root, tasks=["i2t"]).task_names == ["i2t"]
+    assert calls == [1]  # the whole fingerprint, once; the stamp renewed
+    load_benchmark_dir(small_bench.root, tasks=["i2t"])
+    load_benchmark_dir(small_bench.root)
+    assert calls == [1]
+
+
+def test_some_tasks_tampered_are_refused(small_bench):
+    load_benchmark_dir(small_bench.root)
+    p = small_bench.root / "tasks/i2t/candidates.jsonl"
+    p.write_text(p.read_text().replace("a red square", "a red circle"))
+    with pytest.raises(FingerprintMismatch, match="fingerprint mismatch"):
+        load_benchmark_dir(small_bench.root, tasks=["i2t"])
+    assert load_benchmark_dir(small_bench.root, tasks=["i2t"], verify=False).task("i2t").candidates[0].text == "a red circle"
+
+
+def test_some_tasks_with_a_stamp_of_an_older_version(small_bench, monkeypatch):
+    """A stamp without per-task signatures is renewed by the first load of some tasks, without hashing."""
+    from mrbench.data import io
+
+    b = load_benchmark_dir(small_bench.root)
+    stamp = io._stamp_path(b)
+    rec = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({k: rec[k] for k in ("root", "fingerprint", "stat")}))
+    calls = _count_fingerprints(monkeypatch)
+    assert load_benchmark_dir(small_bench.root, tasks=["t2i"]).task_names == ["t2i"]
+    assert calls == [] and set(json.loads(stamp.read_text())["tasks"]) == {"t2i", "i2t"}
+
+
+def test_unknown_task_names_one_line_with_suggestion(small_bench):
+    from mrbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"has no task 'i2tt'.*did you mean 'i2t'.*tasks: t2i, i2t") as ei:
+        load_benchmark_dir(small_bench.root, tasks=["i2tt"])
+    assert "\n" not in str(ei.value)

@@ -104,7 +104,7 @@ def _run(encoder: list[str], benchmark: str, tasks: Optional[str], encoder_kwarg
 
             reporter = RichReporter()
         bench = load_benchmark(benchmark, verify=verify, progress=reporter.builder_callback() if reporter else None,
-                               log=reporter.log if reporter else None)
+                               log=reporter.log if reporter else None, tasks=task_names or None)
         for name in task_names or []:
             bench.task(name)  # unknown task: one line, before any encoder is loaded
         for enc in encoders:

@@ -25,7 +25,7 @@ def evaluate(
                                      "(one sub-directory per encoder when several are given).")
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Cutoffs for hit@k (R@K), recall@k, mrr@k, ndcg@k.")] = "1,5,10",
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task names (default: all).")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task names (default: all); only their files are read.")] = None,
     encoder_kwargs: Annotated[
         Optional[str], typer.Option("--encoder-kwargs", help="JSON object passed to the encoder's constructor, e.g. '{\"dim\": 128}'.")
     ] = None,

@@ -17,19 +17,21 @@ leaves a half-written benchmark.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from mrbench.data.jsonenc import dumps_function
 from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Query, Task
-from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError
+from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError, UnknownNameError, did_you_mean
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -478,17 +480,26 @@ def gc_frozen() -> Iterator[Callable[[], None]]:
         gc.unfreeze()
 
 
-def load_benchmark_dir(root: Path, verify: bool = True, log: Callable[[str], None] | None = None) -> Benchmark:
+def load_benchmark_dir(root: Path, verify: bool = True, log: Callable[[str], None] | None = None,
+                       tasks: Sequence[str] | None = None) -> Benchmark:
     """Load a benchmark directory, validate it, and (when ``verify``) check its fingerprint.
 
     ``log(message)`` gets one line before the fingerprint is computed (skipped while the files are
     unchanged since the last check, see the verification stamps below).
+
+    ``tasks``: load only these tasks (names from the manifest; an unknown name is an
+    :class:`~mrbench.errors.UnknownNameError`); the other tasks' files are not read. The returned
+    benchmark holds just those tasks, in the manifest's order; its ``fingerprint`` is still the whole
+    benchmark's. With ``verify``, they are trusted while their own files and the manifest are unchanged
+    since the whole benchmark was last verified (the stamp keeps one signature per task); otherwise
+    the whole benchmark is loaded and its fingerprint checked first, as without ``tasks``.
     """
     with gc_paused():
-        return _load_benchmark_dir(Path(root), verify, log)
+        return _load_benchmark_dir(Path(root), verify, log, tasks)
 
 
-def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | None = None) -> Benchmark:
+def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | None = None,
+                        only: Sequence[str] | None = None) -> Benchmark:
     from mrbench.data.fingerprint import fingerprint
 
     if not root.is_dir():
@@ -503,11 +514,14 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
     for key in ("name", "version", "tasks"):
         if key not in man:
             raise BenchmarkError(f"{man_path}: field {key!r} is missing; the manifest is corrupt, rebuild the benchmark")
+    wanted = _wanted_tasks(man, man_path, only)
     tasks = []
     for i, tm in enumerate(man["tasks"]):
         try:
             files = tm["files"]
             name = tm["name"]
+            if wanted is not None and name not in wanted:
+                continue
             qrows = _read_jsonl(root / files["queries"])
             crows = _read_jsonl(root / files["candidates"])
             qrels = read_qrels(root / files["qrels"])
@@ -539,6 +553,12 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
         metadata=dict(man.get("metadata") or {}),
     )
     validate(bench, where=str(root))
+    if wanted is not None:
+        if not verify or _task_stamps_ok(bench):
+            return bench
+        whole = _load_benchmark_dir(root, verify, log)  # verified as a whole first
+        _write_stamp(whole)  # with the per-task signatures (a stamp from an older version has none)
+        return dataclasses.replace(whole, tasks=[t for t in whole.tasks if t.name in wanted])
     if verify and not _stamp_ok(bench):
         if log is not None:
             n_img = len({it.image for t in bench.tasks for it in (*t.queries, *t.candidates) if it.image})
@@ -555,25 +575,56 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
     return bench
 
 
+def _wanted_tasks(man: dict[str, Any], man_path: Path, only: Sequence[str] | None) -> set[str] | None:
+    """The task names to load (``None``: all of them); unknown names are refused."""
+    if only is None:
+        return None
+    try:
+        names = [tm["name"] for tm in man["tasks"]]
+    except (KeyError, TypeError):
+        raise BenchmarkError(f"{man_path}: a task lacks its name; the manifest is corrupt, rebuild the benchmark") from None
+    for n in only:
+        if n not in names:
+            raise UnknownNameError(f"benchmark {man.get('name')!r} has no task {n!r}{did_you_mean(n, names)}; "
+                                   f"tasks: {', '.join(names)}")
+    return None if set(names) <= set(only) else set(only)
+
+
 # --------------------------------------------------------------------------- verification stamps
 # Hashing every image on every load would dominate a warm evaluate. After a successful check we
 # record the (path, size, mtime) of every file the benchmark uses; while none of them changes, the
 # next load trusts the recorded fingerprint (the same rule make and git use for their indexes).
-def _stat_signature(bench: Benchmark) -> str:
+# A stamp also keeps one such signature per task (its three files and its images) and one of the
+# manifest, so that loading some tasks only (``tasks=``) checks those tasks' files alone.
+def _task_files(t: Task) -> set[str]:
+    paths = {f"tasks/{t.name}/queries.jsonl", f"tasks/{t.name}/candidates.jsonl", f"tasks/{t.name}/qrels.txt"}
+    paths.update(it.image for it in itertools.chain(t.queries, t.candidates) if it.image)
+    return paths
+
+
+def _signature(bench: Benchmark, paths: set[str], lines: dict[str, str] | None = None) -> str:
+    """sha256 over ``path NUL size NUL mtime_ns`` lines of ``paths`` in sorted order; ``lines`` keeps
+    each file's line, so that several signatures stat a file once."""
     import hashlib
 
     assert bench.root is not None
     h = hashlib.sha256()
+    for rel in sorted(paths):
+        line = lines.get(rel) if lines is not None else None
+        if line is None:
+            st = os.stat(bench.image_path(rel))
+            line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"
+            if lines is not None:
+                lines[rel] = line
+        h.update(line.encode())
+    return h.hexdigest()
+
+
+def _stat_signature(bench: Benchmark, lines: dict[str, str] | None = None) -> str:
     paths = {MANIFEST}
     for t in bench.tasks:
-        paths.update((f"tasks/{t.name}/queries.jsonl", f"tasks/{t.name}/candidates.jsonl", f"tasks/{t.name}/qrels.txt"))
-        for it in [*t.queries, *t.candidates]:
-            if it.image:
-                paths.add(it.image)
-    for rel in sorted(paths):
-        st = os.stat(bench.image_path(rel))
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+        paths.update(_task_files(t))
+    return _signature(bench, paths, lines)
 
 
 def _stamp_path(bench: Benchmark) -> Path:
@@ -589,7 +640,20 @@ def _stamp_ok(bench: Benchmark) -> bool:
     try:
         rec = json.loads(_stamp_path(bench).read_text(encoding="utf-8"))
         return rec.get("fingerprint") == bench.fingerprint and rec.get("stat") == _stat_signature(bench)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _task_stamps_ok(bench: Benchmark) -> bool:
+    """Whether the stamp vouches for the tasks ``bench`` holds: same fingerprint, and the manifest's
+    and each of these tasks' signatures unchanged since the whole benchmark was verified."""
+    try:
+        rec = json.loads(_stamp_path(bench).read_text(encoding="utf-8"))
+        per_task = rec.get("tasks") or {}
+        return (rec.get("fingerprint") == bench.fingerprint and bench.fingerprint is not None
+                and rec.get("manifest") == _signature(bench, {MANIFEST})
+                and all(per_task.get(t.name) == _signature(bench, _task_files(t)) for t in bench.tasks))
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -603,7 +667,10 @@ def record_verified(bench: Benchmark) -> None:
 
 def _write_stamp(bench: Benchmark) -> None:
     try:
-        rec = {"root": str(Path(bench.root).resolve()), "fingerprint": bench.fingerprint, "stat": _stat_signature(bench)}
+        lines: dict[str, str] = {}
+        rec = {"root": str(Path(bench.root).resolve()), "fingerprint": bench.fingerprint,
+               "stat": _stat_signature(bench, lines), "manifest": _signature(bench, {MANIFEST}, lines),
+               "tasks": {t.name: _signature(bench, _task_files(t), lines) for t in bench.tasks}}
         atomic_write_text(_stamp_path(bench), json.dumps(rec))
     except OSError:  # a read-only home only costs speed
         pass

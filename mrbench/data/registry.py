@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from mrbench.data.schema import Benchmark
 from mrbench.errors import UnknownNameError, did_you_mean
@@ -55,7 +55,7 @@ def builtin_dir(name: str) -> Path:
 
 
 def _load_builtin(name: str, verify: bool, progress: Callable[[str, int, int], None] | None,
-                  log: Callable[[str], None] | None = None) -> Benchmark:
+                  log: Callable[[str], None] | None = None, tasks: Sequence[str] | None = None) -> Benchmark:
     """Load a built-in benchmark, building it on first use; a damaged build is rebuilt once."""
     import logging
 
@@ -71,11 +71,13 @@ def _load_builtin(name: str, verify: bool, progress: Callable[[str, int, int], N
     with FileLock(str(d) + ".lock"):
         if (d / "manifest.json").is_file():
             try:
-                return load_benchmark_dir(d, verify=verify, log=log)
+                return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
+            except UnknownNameError:
+                raise
             except BenchmarkError as e:
                 logging.getLogger("mrbench").warning("built-in %s at %s is damaged (%s); rebuilding it", name, d, e)
         build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress)
-        return load_benchmark_dir(d, verify=verify, log=log)
+        return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
 
 
 def load_benchmark(
@@ -84,11 +86,13 @@ def load_benchmark(
     verify: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> Benchmark:
     """Load a benchmark from a directory or by built-in name (building it on first use).
 
     ``progress(stage, done, total)`` follows a first-use build; ``log(message)`` gets one line
     before a long fingerprint check (the first load of a directory, or after its files changed).
+    ``tasks`` loads only those tasks (see :func:`mrbench.data.io.load_benchmark_dir`).
 
     Raises :class:`~mrbench.errors.UnknownNameError` for a name that is neither a directory nor a
     built-in benchmark, and :class:`~mrbench.errors.BenchmarkError` for a broken directory.
@@ -98,11 +102,11 @@ def load_benchmark(
     p = Path(name_or_path)
     s = str(name_or_path)
     if s in BUILTIN_BENCHMARKS and not p.exists():
-        return _load_builtin(s, verify=verify, progress=progress, log=log)
+        return _load_builtin(s, verify=verify, progress=progress, log=log, tasks=tasks)
     if p.is_dir():
         if _is_parquet_export(p):
-            return _load_parquet_export(p, verify=verify, log=log)
-        return load_benchmark_dir(p, verify=verify, log=log)
+            return _load_parquet_export(p, verify=verify, log=log, tasks=tasks)
+        return load_benchmark_dir(p, verify=verify, log=log, tasks=tasks)
     hint = did_you_mean(s, list(BUILTIN_BENCHMARKS))
     raise UnknownNameError(
         f"unknown benchmark {s!r}{hint}: pass a benchmark directory or one of {', '.join(BUILTIN_BENCHMARKS)} "
@@ -119,7 +123,8 @@ def _is_parquet_export(p: Path) -> bool:
         return False
 
 
-def _load_parquet_export(p: Path, verify: bool, log: Callable[[str], None] | None = None) -> Benchmark:
+def _load_parquet_export(p: Path, verify: bool, log: Callable[[str], None] | None = None,
+                         tasks: Sequence[str] | None = None) -> Benchmark:
     """Materialise a Parquet export once under ``$MRBENCH_HOME/imported/<fingerprint>`` and load it."""
     import json
 
@@ -134,4 +139,4 @@ def _load_parquet_export(p: Path, verify: bool, log: Callable[[str], None] | Non
     with FileLock(str(d) + ".lock"):
         if not (d / "manifest.json").is_file():
             import_parquet(p, d, overwrite=True)
-    return load_benchmark_dir(d, verify=verify, log=log)
+    return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)

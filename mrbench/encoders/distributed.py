@@ -391,7 +391,7 @@ def encode_benchmark(
             num_workers = _default_workers(ctx.local_world_size)
 
         bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(
-            benchmark, verify=verify, progress=reporter.builder_callback()
+            benchmark, verify=verify, progress=reporter.builder_callback(), tasks=tasks or None
         )
         task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
 
