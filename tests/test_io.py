@@ -573,3 +573,12 @@ def test_unknown_task_names_one_line_with_suggestion(small_bench):
     with pytest.raises(UnknownNameError, match=r"has no task 'i2tt'.*did you mean 'i2t'.*tasks: t2i, i2t") as ei:
         load_benchmark_dir(small_bench.root, tasks=["i2tt"])
     assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("tasks", [None, ["i2t"]])
+def test_missing_image_of_a_stamped_benchmark_is_named(small_bench, tasks):
+    load_benchmark_dir(small_bench.root)  # verified, stamp written
+    (small_bench.root / "images/red.png").unlink()
+    with pytest.raises(BenchmarkError, match=r"red.png: image of (query|candidate) .* is missing") as ei:
+        load_benchmark_dir(small_bench.root, tasks=tasks)
+    assert "\n" not in str(ei.value)

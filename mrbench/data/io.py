@@ -217,7 +217,6 @@ def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> No
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise BenchmarkError(f"{w}duplicate task name {sorted(dup)[0]!r}; task names must be unique")
-    root_s = os.fspath(bench.root) if bench.root is not None else None
     for t in bench.tasks:
         tw = f"{w}task {t.name!r}"
         for side, mod in (("query_modality", t.query_modality), ("candidate_modality", t.candidate_modality)):
@@ -243,14 +242,8 @@ def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> No
                         raise BenchmarkError(f"{tw}: {kind} {it.id!r} has no text but the {kind} modality is {mod!r}")
                     if "image" in mod and not it.image:
                         raise BenchmarkError(f"{tw}: {kind} {it.id!r} has no image but the {kind} modality is {mod!r}")
-            if check_images and root_s is not None:
-                for it in items:
-                    # os.path first (a tenth of the cost of pathlib per image); the pathlib check decides
-                    if it.image and not os.path.isfile(os.path.join(root_s, it.image)):
-                        p = bench.image_path(it.image)
-                        if not p.is_file():
-                            raise BenchmarkError(f"{p}: image of {kind} {it.id!r} in task {t.name!r} is missing; "
-                                                 "restore it or rebuild the benchmark")
+        if check_images:
+            _check_task_images(bench, t)
         qids, dids = id_sets
         for qid, docs in t.qrels.items():
             if qid not in qids:
@@ -263,6 +256,21 @@ def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> No
                     raise BenchmarkError(f"{tw}: qrels of query {qid!r} refer to unknown candidate id {did!r}; fix or remove that line")
                 if not isinstance(grade, int) or isinstance(grade, bool) or grade < 0:
                     raise BenchmarkError(f"{tw}: qrels grade {grade!r} for ({qid}, {did}) is not a non-negative integer")
+
+
+def _check_task_images(bench: Benchmark, t: Task) -> None:
+    """Raise :class:`BenchmarkError` naming the first image file of ``t``'s items that is missing."""
+    if bench.root is None:
+        return
+    root_s = os.fspath(bench.root)
+    for kind, items in (("query", t.queries), ("candidate", t.candidates)):
+        for it in items:
+            # os.path first (a tenth of the cost of pathlib per image); the pathlib check decides
+            if it.image and not os.path.isfile(os.path.join(root_s, it.image)):
+                p = bench.image_path(it.image)
+                if not p.is_file():
+                    raise BenchmarkError(f"{p}: image of {kind} {it.id!r} in task {t.name!r} is missing; "
+                                         "restore it or rebuild the benchmark")
 
 
 # --------------------------------------------------------------------------- loading
@@ -552,14 +560,23 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
         fingerprint=man.get("fingerprint"),
         metadata=dict(man.get("metadata") or {}),
     )
-    validate(bench, where=str(root))
+    # the image files are looked for only where no valid stamp has just stat'ed them all (one stat each)
+    validate(bench, where=str(root), check_images=False)
     if wanted is not None:
-        if not verify or _task_stamps_ok(bench):
+        if verify and _task_stamps_ok(bench):
+            return bench
+        if not verify:
+            for t in bench.tasks:
+                _check_task_images(bench, t)
             return bench
         whole = _load_benchmark_dir(root, verify, log)  # verified as a whole first
         _write_stamp(whole)  # with the per-task signatures (a stamp from an older version has none)
         return dataclasses.replace(whole, tasks=[t for t in whole.tasks if t.name in wanted])
-    if verify and not _stamp_ok(bench):
+    if verify and _stamp_ok(bench):
+        return bench
+    for t in bench.tasks:
+        _check_task_images(bench, t)
+    if verify:
         if log is not None:
             n_img = len({it.image for t in bench.tasks for it in (*t.queries, *t.candidates) if it.image})
             n_pairs = sum(len(d) for t in bench.tasks for d in t.qrels.values())
