@@ -18,6 +18,7 @@ shards present when it first uses the cache plus the ones it writes itself.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -42,6 +43,8 @@ CACHE_ENV = "MRBENCH_CACHE"
 
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _KEY_DTYPE = "<U64"
+_ROW_BITS = 32  # an index entry packs (shard number, row) into one int
+_ROW_MASK = (1 << _ROW_BITS) - 1
 _BATCH_BEING_WRITTEN = "the batch being written"
 
 
@@ -133,7 +136,7 @@ class EmbeddingCache:
             s = f"{s}-{hashlib.sha256(namespace.encode()).hexdigest()[:8]}"
         self.path = self.root / s
         self.stats = CacheStats()
-        self._index: dict[str, tuple[int, int]] | None = None  # key -> (shard number, row)
+        self._index: dict[str, int] | None = None  # key -> shard number << _ROW_BITS | row
         self._shards: list[Path] = []
         self._arrays: dict[int, np.ndarray] = {}  # shard number -> emb, loaded on demand
         self._dim: int | None = None
@@ -161,11 +164,12 @@ class EmbeddingCache:
         return key in self._ensure_index()
 
     # ---------------------------------------------------------------------------------------------
-    def _ensure_index(self) -> dict[str, tuple[int, int]]:
-        """Build the key index from every shard's ``keys`` (embeddings are loaded on demand)."""
+    def _ensure_index(self) -> dict[str, int]:
+        """Build the key index from every shard's ``keys`` (embeddings are loaded on demand): key ->
+        ``shard number << _ROW_BITS | row``, one int per key (a later shard's row wins)."""
         if self._index is not None:
             return self._index
-        index: dict[str, tuple[int, int]] = {}
+        index: dict[str, int] = {}
         paths = sorted(self.path.glob("shard-*.npz")) if self.path.is_dir() else []
         for p in paths:
             keys = self._shard_keys(p)
@@ -173,8 +177,7 @@ class EmbeddingCache:
                 continue
             n = len(self._shards)
             self._shards.append(p)
-            for row, k in enumerate(keys.tolist()):
-                index[k] = (n, row)
+            index.update(zip(keys.tolist(), range(n << _ROW_BITS, (n << _ROW_BITS) + len(keys))))
         self._index = index
         return index
 
@@ -233,7 +236,7 @@ class EmbeddingCache:
         if problem is not None:
             self._warn_corrupt(p, problem)
             index = self._ensure_index()
-            for k in [k for k, (s, _) in index.items() if s == n]:
+            for k in [k for k, c in index.items() if c >> _ROW_BITS == n]:
                 del index[k]
             return None
         self._arrays[n] = emb
@@ -258,12 +261,14 @@ class EmbeddingCache:
         ``emb`` is ``None`` when nothing was found. Updates :attr:`stats`.
         """
         index = self._ensure_index()
-        found = [index.get(k) for k in keys]
-        for s in sorted({h[0] for h in found if h is not None}):
-            if self._load_emb(s) is None:  # corrupt data: its keys left the index
-                found = [h if h is None or h[0] != s else None for h in found]
         n = len(keys)
-        mask = np.fromiter((h is not None for h in found), dtype=bool, count=n)
+        # one C-level pass over the keys; shards and rows are then array operations
+        codes = np.fromiter(map(index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=n)
+        shard = codes >> _ROW_BITS  # -1 for a miss
+        for s in np.unique(shard[shard >= 0]).tolist():
+            if self._load_emb(s) is None:  # corrupt data: its keys left the index
+                codes[shard == s] = -1
+        mask = codes >= 0
         n_hit = int(mask.sum())
         self.stats.hits += n_hit
         self.stats.misses += n - n_hit
@@ -271,14 +276,13 @@ class EmbeddingCache:
             return mask, None
         assert self._dim is not None
         emb = np.zeros((n, self._dim), dtype=np.float32)
-        by_shard: dict[int, tuple[list[int], list[int]]] = {}
-        for i, h in enumerate(found):
-            if h is not None:
-                dst, src = by_shard.setdefault(h[0], ([], []))
-                dst.append(i)
-                src.append(h[1])
-        for s, (dst, src) in by_shard.items():
-            emb[dst] = self._arrays[s][src]
+        hit = np.flatnonzero(mask)
+        hit = hit[np.argsort(shard[hit], kind="stable")]  # grouped by shard
+        sh = shard[hit]
+        starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(hit)]):
+            dst = hit[a:b]
+            emb[dst] = self._arrays[int(sh[a])][codes[dst] & _ROW_MASK]
         return mask, emb
 
     @_locked
@@ -312,8 +316,7 @@ class EmbeddingCache:
         n = len(self._shards)
         self._shards.append(final)
         self._arrays[n] = emb.copy()
-        for row, k in enumerate(key_arr.tolist()):
-            index[k] = (n, row)
+        index.update(zip(key_arr.tolist(), range(n << _ROW_BITS, (n << _ROW_BITS) + len(key_arr))))
         self.stats.written += len(keys)
         return final
 
