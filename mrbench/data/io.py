@@ -562,18 +562,13 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
     )
     # the image files are looked for only where no valid stamp has just stat'ed them all (one stat each)
     validate(bench, where=str(root), check_images=False)
-    if wanted is not None:
-        if verify and _task_stamps_ok(bench):
+    if verify:
+        if _task_stamps_ok(bench) if wanted is not None else _stamp_ok(bench):
             return bench
-        if not verify:
-            for t in bench.tasks:
-                _check_task_images(bench, t)
-            return bench
-        whole = _load_benchmark_dir(root, verify, log)  # verified as a whole first
-        _write_stamp(whole)  # with the per-task signatures (a stamp from an older version has none)
-        return dataclasses.replace(whole, tasks=[t for t in whole.tasks if t.name in wanted])
-    if verify and _stamp_ok(bench):
-        return bench
+        if wanted is not None:
+            whole = _load_benchmark_dir(root, verify, log)  # verified as a whole first
+            _write_stamp(whole)  # with the per-task signatures (a stamp from an older version has none)
+            return dataclasses.replace(whole, tasks=[t for t in whole.tasks if t.name in wanted])
     for t in bench.tasks:
         _check_task_images(bench, t)
     if verify:
