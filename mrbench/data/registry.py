@@ -72,9 +72,7 @@ def _load_builtin(name: str, verify: bool, progress: Callable[[str, int, int], N
         if (d / "manifest.json").is_file():
             try:
                 return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
-            except UnknownNameError:
-                raise
-            except BenchmarkError as e:
+            except BenchmarkError as e:  # (an unknown task name is no BenchmarkError: raised as it is)
                 logging.getLogger("mrbench").warning("built-in %s at %s is damaged (%s); rebuilding it", name, d, e)
         build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress)
         return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
