@@ -222,6 +222,7 @@ def evaluate(
     """
     from mrbench.data.registry import load_benchmark
     from mrbench.encoders.harness import EncodeStats, HashWarmer, _gpu_decode_device, check_dims, start_encode
+    from mrbench.encoders.hash_store import load_file_hashes, save_file_hashes
     from mrbench.grains.masking import drop_one_variants
     from mrbench.retrieval.search import exact_search
 
@@ -275,6 +276,9 @@ def evaluate(
         refreeze()
 
         t0 = time.perf_counter()
+        has_images = any(it.image for t in task_list for it in itertools.chain(t.queries, t.candidates))
+        if has_images:
+            load_file_hashes(bench.root)  # the image digests of earlier runs (see mrbench.encoders.hash_store)
         # image content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
         warmer = HashWarmer(bench.image_path(it.image) for t in task_list
                             for it in itertools.chain(t.queries, t.candidates) if it.image)
@@ -388,6 +392,8 @@ def evaluate(
 
         if pool_tmp is not None:
             pool_tmp.cleanup()
+        if has_images:
+            save_file_hashes(bench.root)
 
         t_agg = time.perf_counter()
         import pandas as pd

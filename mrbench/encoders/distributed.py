@@ -371,6 +371,7 @@ def encode_benchmark(
         encode_items,
         instruction_for,
     )
+    from mrbench.encoders.hash_store import load_file_hashes, save_file_hashes
     from mrbench.pipeline import open_cache, resolve_encoder
     from mrbench.report.progress import NullReporter
 
@@ -394,6 +395,7 @@ def encode_benchmark(
             benchmark, verify=verify, progress=reporter.builder_callback(), tasks=tasks or None
         )
         task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
+        load_file_hashes(bench.root)  # image digests of earlier runs (see mrbench.encoders.hash_store)
 
         enc, spec = resolve_encoder(encoder, encoder_kwargs)
         meta = enc.meta
@@ -434,6 +436,8 @@ def encode_benchmark(
                 instruction = instruction_for(task, role)
                 my_keys += [store.key(role, instruction, h) for h in _hash_items(items, paths, None)]
         me.cache_hits, me.encoded, me.encode_seconds = stats.cache_hits, stats.encoded, stats.encode_seconds
+        if not ctx.distributed:  # a rank hashed its share only: one rank's store would drop the others'
+            save_file_hashes(bench.root)
         if merge and len(rec.written) > 1:
             rec.written = store.merge_shards(rec.written)
         me.shards = [p.name for p in rec.written]

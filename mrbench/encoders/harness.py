@@ -69,6 +69,7 @@ ITEM_HASH_VERSION = b"mrbench-item-v1"
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 _FILE_HASHES_LOCK = threading.Lock()
 _FILE_HASHES_MAX = 1_000_000
+_FILE_HASHES_COMPUTED = [0]  # files hashed by this process (read by mrbench.encoders.hash_store)
 
 
 def _memo_key(path: str) -> tuple[str, int, int]:
@@ -113,6 +114,7 @@ def file_content_hash(path: Path) -> str:
         if len(_FILE_HASHES) >= _FILE_HASHES_MAX:
             _FILE_HASHES.clear()
         _FILE_HASHES[memo_key] = digest
+        _FILE_HASHES_COMPUTED[0] += 1
     return digest
 
 
