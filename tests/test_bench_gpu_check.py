@@ -48,7 +48,8 @@ def test_gpu_check_quick_cpu(tmp_path: Path) -> None:
         assert summ["exact_s"] > 0 and summ["raw_device_s"] > 0 and summ["ratio_exact_over_raw_device"] > 0
         assert ex["exact_result"]["target_in_top_depth"] > 0.9
         assert ex["exact_result"]["top_overlap_with_raw_fp32"] > 0.99
-        assert "exact_search" in ex["exact"]["warmup_profile_tottime"]
+        # the warm-up's top functions by own time: some of the search module's (which ones depends on the load)
+        assert "retrieval/search.py" in ex["exact"]["warmup_profile_tottime"]
 
     ident = secs["cpu_gpu_identity"]
     assert ident["identical"] is True and ident["cuda_compared"] is False
