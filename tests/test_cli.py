@@ -184,3 +184,14 @@ def test_truncated_image_is_named(tmp_path):
     victim.write_bytes(victim.read_bytes()[:60])
     r = invoke("evaluate", "-b", str(out), "-q")
     one_line_error(r, victim.name)
+
+
+def test_several_encoders_load_the_benchmark_once(monkeypatch):
+    from mrbench.data import io
+
+    loads: list[str] = []
+    real = io._load_benchmark_dir
+    monkeypatch.setattr(io, "_load_benchmark_dir", lambda root, *a, **k: loads.append(root.name) or real(root, *a, **k))
+    r = invoke("evaluate", "-b", TINY, "-e", "random", "-e", "constant", "--tasks", "i2t", "-q", "--no-sensitivity")
+    assert r.exit_code == 0, r.output
+    assert len(loads) == 1 and "comparison" in r.stdout

@@ -87,10 +87,17 @@ def evaluate(
             _check_output(o, overwrite)
     console = stdout_console()
     reporter = NullReporter() if quiet else RichReporter()
+    task_names = parse_names(tasks)
+    bench: object = benchmark
+    if len(encoders) > 1:  # loaded (and checked) once for all of them
+        from mrbench.data.registry import load_benchmark
+
+        bench = load_benchmark(benchmark, verify=verify, progress=reporter.builder_callback(), log=reporter.log,
+                               tasks=task_names or None)
     results = []
     for enc, out in zip(encoders, outs):
         res = run(
-            benchmark, enc, encoder_kwargs=kwargs, tasks=parse_names(tasks), ks=k, depth=depth,
+            bench, enc, encoder_kwargs=kwargs, tasks=task_names, ks=k, depth=depth,
             output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
             num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
             **({"approx": approx_spec} if approx_spec is not None else {}),
