@@ -116,7 +116,8 @@ def test_read_jsonl_in_chunks_equals_line_by_line(tmp_path, monkeypatch, chunk_b
     rows = [{"id": f"c{i}", "text": "a, b] {c}" * (i % 3), "meta": {"k": [i, {"x": None}]}} for i in range(50)]
     p = tmp_path / "c.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert io._read_jsonl(p) == io._read_jsonl_lines(p) == rows
+    with open(p, encoding="utf-8") as f:
+        assert io._read_jsonl(p) == io._jsonl_lines(f, p) == rows
     # blank lines and a missing final newline: the line-by-line reader decides, same rows
     p.write_text("\n" + "\n  \n".join(json.dumps(r) for r in rows))
     assert io._read_jsonl(p) == rows

@@ -301,45 +301,49 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     Parsed ``_JSONL_CHUNK_BYTES`` at a time as one JSON array (the lines joined by commas: one C-level
     parse instead of a ``json.loads`` call per line, half the time at 1M lines). A chunk that does not
     parse to exactly one object with an id per line (a blank line, a syntax error, anything else) sends
-    the whole file to :func:`_read_jsonl_lines`, which reads line by line and names the culprit.
+    the whole file to the line-by-line reader, which names the culprit.
     """
-    rows: list[dict[str, Any]] = []
     try:
         with open(path, encoding="utf-8") as f:
-            while lines := f.readlines(_JSONL_CHUNK_BYTES):
-                try:
-                    chunk = json.loads("[" + ",".join(lines) + "]")
-                except json.JSONDecodeError:
-                    return _read_jsonl_lines(path)
-                if len(chunk) != len(lines) or not all(type(r) is dict and "id" in r for r in chunk):
-                    return _read_jsonl_lines(path)
-                rows.extend(chunk)
+            rows = _jsonl_chunks(f)
+        if rows is None:
+            with open(path, encoding="utf-8") as f:
+                rows = _jsonl_lines(f, path)
+        return rows
     except FileNotFoundError:
         raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
     except UnicodeDecodeError:
         raise BenchmarkError(f"{path}: not UTF-8 text; the file is corrupt, rebuild the benchmark") from None
+
+
+def _jsonl_chunks(f: Any) -> list[dict[str, Any]] | None:
+    """The rows of an open JSON-lines file, a chunk at a time, or ``None`` where a chunk is not plainly
+    one object with an id per line."""
+    rows: list[dict[str, Any]] = []
+    while lines := f.readlines(_JSONL_CHUNK_BYTES):
+        try:
+            chunk = json.loads("[" + ",".join(lines) + "]")
+        except json.JSONDecodeError:
+            return None
+        if len(chunk) != len(lines) or not all(type(r) is dict and "id" in r for r in chunk):
+            return None
+        rows.extend(chunk)
     return rows
 
 
-def _read_jsonl_lines(path: Path) -> list[dict[str, Any]]:
-    """:func:`_read_jsonl` line by line (blank lines skipped): the first bad line is named."""
+def _jsonl_lines(f: Any, path: Path) -> list[dict[str, Any]]:
+    """The rows of an open JSON-lines file line by line (blank lines skipped); the first bad line is named."""
     rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({e.msg}); the file is corrupt, rebuild the benchmark") from None
-                if not isinstance(obj, dict) or "id" not in obj:
-                    raise BenchmarkError(f"{path}:{lineno}: expected a JSON object with an 'id' field")
-                rows.append(obj)
-    except FileNotFoundError:
-        raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
-    except UnicodeDecodeError:
-        raise BenchmarkError(f"{path}: not UTF-8 text; the file is corrupt, rebuild the benchmark") from None
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({e.msg}); the file is corrupt, rebuild the benchmark") from None
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise BenchmarkError(f"{path}:{lineno}: expected a JSON object with an 'id' field")
+        rows.append(obj)
     return rows
 
 
