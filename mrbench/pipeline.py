@@ -276,9 +276,7 @@ def evaluate(
         refreeze()
 
         t0 = time.perf_counter()
-        has_images = any(it.image for t in task_list for it in itertools.chain(t.queries, t.candidates))
-        if has_images:
-            load_file_hashes(bench.root)  # the image digests of earlier runs (see mrbench.encoders.hash_store)
+        load_file_hashes(bench.root)  # the image digests of earlier runs (see mrbench.encoders.hash_store)
         # image content hashes (cache keys) are computed while the encoder is built (see HashWarmer)
         warmer = HashWarmer(bench.image_path(it.image) for t in task_list
                             for it in itertools.chain(t.queries, t.candidates) if it.image)
@@ -392,8 +390,7 @@ def evaluate(
 
         if pool_tmp is not None:
             pool_tmp.cleanup()
-        if has_images:
-            save_file_hashes(bench.root)
+        save_file_hashes(bench.root)  # (only when this process hashed files)
 
         t_agg = time.perf_counter()
         import pandas as pd
