@@ -419,3 +419,24 @@ def test_approximate_results_are_refused(world: dict[str, Path], tmp_path: Path,
     with pytest.raises(SubmissionError, match="approximate search .*ivf.*exact search only"):
         submit(d, lb, benchmark=world["bench"])
     assert lb.read_bytes() == before
+
+
+def test_verification_reads_only_the_results_tasks_and_names_an_unknown_one(world: dict[str, Path], tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from mrbench import evaluate
+    from mrbench.data import io
+
+    part = tmp_path / "part"
+    evaluate(world["bench"], "random", tasks=["i2t"], output=part, cache=False, grain_sensitivity=False)
+    read: list[str] = []
+    real = io._read_jsonl
+    monkeypatch.setattr(io, "_read_jsonl", lambda p: read.append(p.parent.name) or real(p))
+    assert verify_results(part, benchmark=world["bench"]).ok
+    assert set(read) == {"i2t"}
+    def unknown_task(x: dict) -> None:
+        x["settings"]["tasks"] = ["i2t", "zzz"]
+        x["scores"]["tasks"]["zzz"] = x["scores"]["tasks"]["i2t"]
+
+    _edit_results(part, unknown_task)
+    with pytest.raises(SubmissionError, match=r"results.json: settings.tasks: .*no task 'zzz'"):
+        verify_results(part, benchmark=world["bench"])

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrbench.errors import MrbenchError
+from mrbench.errors import MrbenchError, UnknownNameError
 
 RESULTS_FILE = "results.json"
 _SCHEMAS = Path(__file__).resolve().parent
@@ -128,7 +128,12 @@ def load_submission_benchmark(data: dict[str, Any], benchmark: str | Path | None
         source = Path(data["benchmark"]["path"])
     else:
         source = data["benchmark"]["name"]
-    bench = load_benchmark(source)
+    tasks = (data.get("settings") or {}).get("tasks")
+    only = list(tasks) if isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks) else None
+    try:
+        bench = load_benchmark(source, tasks=only)  # the results' tasks only (their files alone are read)
+    except UnknownNameError as e:
+        raise SubmissionError(f"{where}: settings.tasks: {e}") from None
     if bench.fingerprint != want:
         raise SubmissionError(f"{where}: the results were computed on benchmark fingerprint {want}, but {source} has "
                               f"{bench.fingerprint}; pass --benchmark with the benchmark the run used")
