@@ -286,3 +286,16 @@ def test_lexicon_precision_recall_on_gold() -> None:
         print(f"{t:<16}{a:>5}{b:>6}{c:>6}{P:>8.3f}{R:>8.3f}")
     micro_p, micro_r = rows[-1][4], rows[-1][5]
     assert micro_p >= 0.85 and micro_r >= 0.85, (micro_p, micro_r)
+
+
+def test_parser_span_reach_equals_the_boundary_scan():
+    """The parser's precomputed reach (spans that cross no boundary) agrees with scanning the tokens."""
+    from mrbench.grains.lexicon import _Parser, _tokenize
+
+    for text in ["a red dog, next to a cat; two men (standing) and a tree", "dog", "a, b, c", "one two three four five six seven"]:
+        toks = _tokenize(text)
+        p = _Parser(text, toks)
+        for i in range(len(toks) + 1):
+            for j in range(i, len(toks) + 3):
+                naive = j <= len(toks) and not any(toks[k].boundary_before for k in range(i + 1, j))
+                assert p._span_ok(i, j) == naive, (text, i, j)

@@ -47,6 +47,7 @@ wins. Grains are returned in order of appearance (relations at their preposition
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +107,12 @@ def _tokenize(text: str) -> list[_Tok]:
 
 def singular_candidates(word: str) -> list[str]:
     """Possible singular forms of ``word`` (lowercase), most likely first; ``word`` itself is last."""
+    return list(_singular_candidates(word))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _singular_candidates(word: str) -> tuple[str, ...]:
+    """:func:`singular_candidates`, kept per word (the parser asks again and again)."""
     w = word.lower()
     out: list[str] = []
     if w in V.IRREGULAR_PLURALS:
@@ -121,7 +128,7 @@ def singular_candidates(word: str) -> list[str]:
     if len(w) > 3 and w.endswith("es"):
         out.append(w[:-2])
     out.append(w)
-    return list(dict.fromkeys(out))
+    return tuple(dict.fromkeys(out))
 
 
 def singularize(word: str) -> str:
@@ -157,33 +164,55 @@ class _Parser:
     def __init__(self, text: str, toks: list[_Tok]) -> None:
         self.text = text
         self.t = toks
-        self.n = len(toks)
-        self.negated = [False] * self.n
+        self.n = n = len(toks)
+        self.negated = [False] * n
+        self.low = [x.low for x in toks]
+        # reach[i]: end of the span from i that crosses no boundary (the first later token with a
+        # boundary before it, else n); a span [i, j) is usable iff j <= reach[i]
+        self.reach = reach = [n] * n
+        for i in range(n - 2, -1, -1):
+            reach[i] = i + 1 if toks[i + 1].boundary_before else reach[i + 1]
+        # the parse asks for the same positions many times: answers kept per position (and table)
+        self._nouns: dict[int, tuple[int, str, str] | None] = {}
+        self._matches: dict[tuple[int, int], int] = {}
 
     # ---------------------------------------------------------------- matching helpers
     def _span_ok(self, i: int, j: int) -> bool:
-        return j <= self.n and not any(self.t[k].boundary_before for k in range(i + 1, j))
+        return j <= self.n and (i >= self.n or j <= self.reach[i])
 
     def _match(self, i: int, table: frozenset[tuple[str, ...]]) -> int:
         """Length of the longest entry of ``table`` starting at ``i`` (0 if none)."""
-        for L in range(min(_MAXLEN, self.n - i), 0, -1):
-            if self._span_ok(i, i + L) and tuple(x.low for x in self.t[i:i + L]) in table:
-                return L
-        return 0
+        key = (i, id(table))
+        got = self._matches.get(key)
+        if got is None:
+            got = 0
+            if i < self.n:
+                low = self.low
+                for L in range(min(_MAXLEN, self.reach[i] - i), 0, -1):
+                    if tuple(low[i:i + L]) in table:
+                        got = L
+                        break
+            self._matches[key] = got
+        return got
 
     def _noun(self, i: int) -> tuple[int, str, str] | None:
         """Longest noun at ``i``: (length, lemma, ENTITY|SCENE); the last word may be plural."""
         if i >= self.n:
             return None
-        for L in range(min(_MAXLEN, self.n - i), 0, -1):
-            if not self._span_ok(i, i + L):
-                continue
-            words = [x.low for x in self.t[i:i + L]]
-            for last in singular_candidates(words[-1]):
+        if i in self._nouns:
+            return self._nouns[i]
+        found = None
+        for L in range(min(_MAXLEN, self.reach[i] - i), 0, -1):
+            words = self.low[i:i + L]
+            for last in _singular_candidates(words[-1]):
                 key = tuple(words[:-1] + [last])
                 if key in _NOUN_TABLE:
-                    return L, " ".join(key), _NOUN_TABLE[key]
-        return None
+                    found = L, " ".join(key), _NOUN_TABLE[key]
+                    break
+            if found is not None:
+                break
+        self._nouns[i] = found
+        return found
 
     def _adj(self, i: int) -> int:
         if i >= self.n:
