@@ -886,6 +886,7 @@ def build_synth(
     for ``"write"``. Writing is atomic (:func:`mrbench.data.io.atomic_dir`); an existing non-empty
     ``output`` is refused unless ``overwrite``.
     """
+    from mrbench.data.fingerprint import image_sha256, png_pixels_sha256
     from mrbench.data.io import atomic_dir, record_verified, write_benchmark_files
 
     output = Path(output)
@@ -911,6 +912,7 @@ def build_synth(
             "fact_vocabulary": list(fact_vocabulary()),
         },
     )
+    digests: dict[str, str] = {}  # the fingerprint's hash of each PNG, from the image as rendered
     with atomic_dir(output, overwrite=overwrite) as staging:
         for name, task_jobs in jobs:
             total = len(task_jobs)
@@ -918,12 +920,14 @@ def build_synth(
             if progress:
                 progress(stage, 0, total)
             for j, job in enumerate(task_jobs, 1):
-                save_png(render_scene(job.scene, image_size, job.nuisance), staging / job.rel)
+                img = render_scene(job.scene, image_size, job.nuisance)
+                save_png(img, staging / job.rel)
+                digests[job.rel] = png_pixels_sha256(img)  # PNG is lossless: the pixels read back are these
                 if progress and (j % 50 == 0 or j == total):
                     progress(stage, j, total)
         if progress:
             progress("write", 0, 1)
-        fp = write_benchmark_files(bench, staging)
+        fp = write_benchmark_files(bench, staging, image_hash=lambda rel: digests.get(rel) or image_sha256(staging / rel))
         if progress:
             progress("write", 1, 1)
     bench.root = output

@@ -48,10 +48,17 @@ def image_sha256(path: Path) -> str:
 
         with Image.open(path) as im:
             im.load()
-            h = hashlib.sha256(f"png-pixels:{im.mode}:{im.size[0]}x{im.size[1]}:".encode())
-            h.update(im.tobytes())
-            return h.hexdigest()
+            return png_pixels_sha256(im)
     return file_sha256(path)
+
+
+def png_pixels_sha256(im: Any) -> str:
+    """The content hash of a PNG whose decoded image is ``im`` (a loaded PIL image): mode, size and raw
+    pixel bytes. A builder that has just rendered ``im`` and writes it losslessly as PNG gets the hash
+    of the file it writes without reading it back."""
+    h = hashlib.sha256(f"png-pixels:{im.mode}:{im.size[0]}x{im.size[1]}:".encode())
+    h.update(im.tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

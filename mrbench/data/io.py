@@ -96,10 +96,12 @@ def _check_id(kind: str, id_: str, where: str) -> None:
         raise BenchmarkError(f"{where}: {kind} id {id_!r} is empty or contains whitespace; ids must be single tokens")
 
 
-def write_benchmark_files(bench: Benchmark, root: Path) -> str:
+def write_benchmark_files(bench: Benchmark, root: Path, image_hash: Callable[[str], str] | None = None) -> str:
     """Write manifest and task files of ``bench`` into ``root`` (images must already be there).
 
-    Validates the benchmark first and returns the fingerprint written to the manifest.
+    Validates the benchmark first and returns the fingerprint written to the manifest. ``image_hash``
+    (an image reference → its content hash, see :func:`mrbench.data.fingerprint.fingerprint`) spares
+    reading back images whose hashes the caller already has.
     """
     from mrbench.data.fingerprint import fingerprint
 
@@ -108,7 +110,7 @@ def write_benchmark_files(bench: Benchmark, root: Path) -> str:
     old_root = bench.root
     bench.root = root
     try:
-        fp = fingerprint(bench)
+        fp = fingerprint(bench, image_hash)
     finally:
         bench.root = old_root
     tasks_meta = []
