@@ -228,6 +228,20 @@ def test_resolve_switch(tmp_path, monkeypatch):
     assert resolve_pixel_cache(own) is own
 
 
+def test_a_file_where_the_pixel_cache_should_be_is_one_line(tmp_path, monkeypatch):
+    from mrbench.errors import MrbenchError
+
+    f = tmp_path / "not-a-dir"
+    f.write_text("x")
+    with pytest.raises(MrbenchError, match=r"not-a-dir: a file, so it cannot hold the pixel cache; point the pixel "
+                                           r"cache path at a directory") as ei:
+        resolve_pixel_cache(f)
+    assert "\n" not in str(ei.value)
+    monkeypatch.setenv(PIXEL_CACHE_ENV, str(f))
+    with pytest.raises(MrbenchError, match=r"point \$MRBENCH_PIXEL_CACHE=.*not-a-dir at a directory \(1 for the default"):
+        resolve_pixel_cache(None)
+
+
 # ---------------------------------------------------------------------------------------------------
 # fingerprints
 

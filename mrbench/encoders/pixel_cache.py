@@ -79,6 +79,8 @@ from typing import Any
 
 import numpy as np
 
+from mrbench.errors import MrbenchError
+
 log = logging.getLogger(__name__)
 
 PIXEL_CACHE_ENV = "MRBENCH_PIXEL_CACHE"
@@ -125,6 +127,10 @@ def resolve_pixel_cache(arg: "PixelCache | str | os.PathLike[str] | bool | None"
     else:
         root = Path(arg)
     root = root.expanduser()
+    if root.exists() and not root.is_dir():  # (a read-only directory is fine: a shared, filled cache)
+        where = f"${PIXEL_CACHE_ENV}={os.environ.get(PIXEL_CACHE_ENV, '')}" if arg is None else "the pixel cache path"
+        raise MrbenchError(f"{root}: a file, so it cannot hold the pixel cache; point {where} at a directory "
+                           "(1 for the default, 0 for none)")
     key = os.path.abspath(root)
     with _INSTANCES_LOCK:
         inst = _INSTANCES.get(key)
