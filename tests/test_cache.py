@@ -77,6 +77,14 @@ def test_keys_depend_on_role_instruction_namespace_content():
     assert kwargs_digest({"a": 1, "b": 2}) == kwargs_digest({"b": 2, "a": 1}) and kwargs_digest({}) == ""
 
 
+def test_keys_of_many_items_equal_one_by_one(tmp_path):
+    c = EmbeddingCache(tmp_path, "enc:é@r1#ab")
+    hashes = ["h", "", "ü" * 3, "a" * 64]
+    for role, instruction in (("query", None), ("candidate", ""), ("query", "Finde das Bild — schnell")):
+        assert c.keys(role, instruction, hashes) == [c.key(role, instruction, h) for h in hashes]
+    assert c.keys("query", None, []) == []
+
+
 def test_revision_change_misses(tmp_path):
     bench = eb.text_bench(4)
     task = bench.tasks[0]

@@ -41,6 +41,21 @@ def _run(enc, n=10, role="query", **kw):
 # content hashes, instructions, task info
 
 
+def test_item_content_hash_definition_is_pinned(tmp_path):
+    """Embedding-cache keys depend on it: sha256 over the version, the text's UTF-8 length and bytes,
+    and the image file's hex digest (written out here independently of the implementation)."""
+    import hashlib
+
+    img = tmp_path / "a.bin"
+    img.write_bytes(b"\x89PNG pixels")
+    d = hashlib.sha256(img.read_bytes()).hexdigest()
+    for text in (None, "", "a red dog", "caf\u00e9 \u2603"):
+        for path, digest in ((None, None), (img, d)):
+            t = b"\x00T-" if text is None else b"\x00T%d:" % len(text.encode()) + text.encode()
+            i = b"\x00I-" if digest is None else b"\x00I" + digest.encode()
+            assert item_content_hash(text, path) == hashlib.sha256(b"mrbench-item-v1" + t + i).hexdigest()
+
+
 def test_item_content_hash(tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "sub" / "b.png"
     b.parent.mkdir()

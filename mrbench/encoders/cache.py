@@ -148,6 +148,12 @@ class EmbeddingCache:
         """The key of one item in this namespace (see :func:`cache_key`)."""
         return cache_key(self.namespace, role, instruction, content_hash)
 
+    def keys(self, role: str, instruction: str | None, content_hashes: Sequence[str]) -> list[str]:
+        """:meth:`key` of each content hash (the same bytes hashed; the shared prefix encoded once)."""
+        head = "\x00".join((self.namespace, role, instruction or "", "")).encode()
+        sha = hashlib.sha256
+        return [sha(head + h.encode()).hexdigest() for h in content_hashes]
+
     @property
     @_locked
     def dim(self) -> int | None:

@@ -434,7 +434,7 @@ def encode_benchmark(
             if validate:  # keys for the final check (image hashes are memoised by encode_items: no re-read)
                 paths = [bench.image_path(it.image) if it.image else None for it in items]
                 instruction = instruction_for(task, role)
-                my_keys += [store.key(role, instruction, h) for h in _hash_items(items, paths, None)]
+                my_keys += store.keys(role, instruction, _hash_items(items, paths, None))
         me.cache_hits, me.encoded, me.encode_seconds = stats.cache_hits, stats.encoded, stats.encode_seconds
         if not ctx.distributed:  # a rank hashed its share only: one rank's store would drop the others'
             save_file_hashes(bench.root)

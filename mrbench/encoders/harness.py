@@ -156,14 +156,17 @@ class HashWarmer:
         self._thread.join()
 
 
+_ITEM_HASH_START = hashlib.sha256(ITEM_HASH_VERSION)  # copied per item: the version prefix hashed once
+
+
 def _combine_hash(text: str | None, image_digest: str | None) -> str:
-    h = hashlib.sha256(ITEM_HASH_VERSION)
+    h = _ITEM_HASH_START.copy()
     if text is None:
-        h.update(b"\x00T-")
+        t = b"\x00T-"
     else:
         b = text.encode("utf-8")
-        h.update(b"\x00T%d:" % len(b) + b)
-    h.update(b"\x00I-" if image_digest is None else b"\x00I" + image_digest.encode())
+        t = b"\x00T%d:" % len(b) + b
+    h.update(t + (b"\x00I-" if image_digest is None else b"\x00I" + image_digest.encode()))
     return h.hexdigest()
 
 
@@ -1655,7 +1658,7 @@ class _EncodeCall:
         if self.use_cache:
             cache = self.cache
             assert cache is not None
-            self.keys = [cache.key(role, self.instruction, h) for h in self.hashes]
+            self.keys = cache.keys(role, self.instruction, self.hashes)
             mask, cached = cache.get_many(self.keys)
             if cached is not None:
                 if self.dim is not None and cached.shape[1] != self.dim:
