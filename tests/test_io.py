@@ -583,3 +583,12 @@ def test_missing_image_of_a_stamped_benchmark_is_named(small_bench, tasks):
     with pytest.raises(BenchmarkError, match=r"red.png: image of (query|candidate) .* is missing") as ei:
         load_benchmark_dir(small_bench.root, tasks=tasks)
     assert "\n" not in str(ei.value)
+
+
+def test_loads_many_is_one_parse_or_none():
+    from mrbench.data.jsonenc import loads_many
+
+    texts = ['{"a": [1, 2]}\n', '"x, y"', "3", "null"]
+    assert loads_many(texts) == [json.loads(t) for t in texts] and loads_many([]) == []
+    for bad in (['{"a": 1}', "  "], ['{"a": 1}, {"b": 2}'], ['{"a": 1', "}"], ["{oops"]):
+        assert loads_many(bad) is None

@@ -29,7 +29,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from mrbench.data.jsonenc import dumps_function
+from mrbench.data.jsonenc import dumps_function, loads_many
 from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Query, Task
 from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError, UnknownNameError, did_you_mean
 
@@ -323,11 +323,8 @@ def _jsonl_chunks(f: Any) -> list[dict[str, Any]] | None:
     one object with an id per line."""
     rows: list[dict[str, Any]] = []
     while lines := f.readlines(_JSONL_CHUNK_BYTES):
-        try:
-            chunk = json.loads("[" + ",".join(lines) + "]")
-        except json.JSONDecodeError:
-            return None
-        if len(chunk) != len(lines) or not all(type(r) is dict and "id" in r for r in chunk):
+        chunk = loads_many(lines)
+        if chunk is None or not all(type(r) is dict and "id" in r for r in chunk):
             return None
         rows.extend(chunk)
     return rows

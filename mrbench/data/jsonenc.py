@@ -1,7 +1,10 @@
-"""``json.dumps`` as a reusable function, for code that serialises millions of small records.
+"""JSON in bulk, for code that reads or writes millions of small records.
 
-``json.dumps(obj, **options)`` builds a ``JSONEncoder`` and then CPython's C encoder on every call:
-for a 1M-candidate pool that was 2.6 s of a 3.2 s fingerprint. :func:`dumps_function` builds the C
+:func:`loads_many` parses many JSON texts in one call (one C-level parse instead of a ``json.loads``
+call each: half the time of reading 1M JSON lines).
+
+``json.dumps(obj, **options)`` builds a ``JSONEncoder`` and then CPython's C encoder on every call: for
+a 1M-candidate pool that was 2.6 s of a 3.2 s fingerprint. :func:`dumps_function` builds the C
 encoder once, exactly as ``JSONEncoder.iterencode`` builds it, so the text is the same byte for
 byte; it checks that on a probe object and falls back to ``json.dumps`` where it differs or the
 accelerator is missing.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any, Callable
 
 _PROBE = {"b": [1, 2.5, None, True, "\u00e9\n\"\\", {"y": -0.0, "x": 10**20}], "a": "z", "c": 1e300}
@@ -46,3 +50,16 @@ def dumps_function(
     except (TypeError, AttributeError):  # pragma: no cover - no _json accelerator, or its signature changed
         pass
     return slow  # pragma: no cover
+
+
+def loads_many(texts: Sequence[str]) -> list[Any] | None:
+    """``[json.loads(t) for t in texts]`` as one C-level parse (the texts joined as a JSON array), or
+    ``None`` when that does not give exactly one value per text (a syntax error, a blank text, a text
+    holding two values...): the caller then parses text by text, which names the bad one."""
+    if not texts:
+        return []
+    try:
+        out = json.loads("[" + ",".join(texts) + "]")
+    except json.JSONDecodeError:
+        return None
+    return out if len(out) == len(texts) else None

@@ -30,7 +30,7 @@ from mrbench.data.io import (
     validate,
     write_benchmark_files,
 )
-from mrbench.data.jsonenc import dumps_function
+from mrbench.data.jsonenc import dumps_function, loads_many
 from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
 from mrbench.errors import BenchmarkError, FingerprintMismatch
 
@@ -107,8 +107,8 @@ def _metas(col: list[Any]) -> list[dict[str, Any]]:
     (one call per row where that does not give one value per row)."""
     vals = [m if isinstance(m, str) and m else None for m in col]
     strs = [m for m in vals if m is not None]
-    parsed = json.loads("[" + ",".join(strs) + "]") if strs else []
-    if len(parsed) != len(strs):  # pragma: no cover - not written by export_parquet
+    parsed = loads_many(strs)
+    if parsed is None:  # pragma: no cover - not written by export_parquet: each parsed, the bad one raises
         parsed = [json.loads(m) for m in strs]
     it = iter(parsed)
     return [next(it) if m is not None else {} for m in vals]

@@ -90,8 +90,12 @@ def cache_namespace(name: str, revision: str, kwargs: Mapping[str, Any] | None =
 
 def cache_key(namespace: str, role: str, instruction: str | None, content_hash: str) -> str:
     """sha256 hex over ``(namespace, role, instruction or "", content_hash)``, NUL-separated."""
-    blob = "\x00".join((namespace, role, instruction or "", content_hash))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(_key_head(namespace, role, instruction) + content_hash.encode()).hexdigest()
+
+
+def _key_head(namespace: str, role: str, instruction: str | None) -> bytes:
+    """What every key of ``(namespace, role, instruction)`` hashes before the content hash."""
+    return "\x00".join((namespace, role, instruction or "", "")).encode()
 
 
 @dataclass
@@ -150,7 +154,7 @@ class EmbeddingCache:
 
     def keys(self, role: str, instruction: str | None, content_hashes: Sequence[str]) -> list[str]:
         """:meth:`key` of each content hash (the same bytes hashed; the shared prefix encoded once)."""
-        head = "\x00".join((self.namespace, role, instruction or "", "")).encode()
+        head = _key_head(self.namespace, role, instruction)
         sha = hashlib.sha256
         return [sha(head + h.encode()).hexdigest() for h in content_hashes]
 

@@ -177,9 +177,6 @@ class _Parser:
         self._matches: dict[tuple[int, int], int] = {}
 
     # ---------------------------------------------------------------- matching helpers
-    def _span_ok(self, i: int, j: int) -> bool:
-        return j <= self.n and (i >= self.n or j <= self.reach[i])
-
     def _match(self, i: int, table: frozenset[tuple[str, ...]]) -> int:
         """Length of the longest entry of ``table`` starting at ``i`` (0 if none)."""
         key = (i, id(table))
