@@ -440,3 +440,83 @@ def test_cuda_evaluate_end_to_end(dirs):
     res = mrbench.evaluate("mrbench-synth-tiny", f"hf:{dirs['siglip']}", tasks=["t2i", "it2i"], cache=False,
                            grain_sensitivity=False)
     assert res.data["encoder"]["extra"]["device"] == "cuda" and len(res.per_query) > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# texts tokenised ahead by the harness (text_transform + encode_tokens)
+
+
+def _text_task(texts: list[str]):
+    from mrbench.data.schema import Benchmark, Candidate, Query, Task
+
+    qs = [Query(id=f"q{i}", text=t) for i, t in enumerate(texts)]
+    task = Task(name="t2i", query_modality="text", candidate_modality="text", queries=qs,
+                candidates=[Candidate(id="c0", text="x")], qrels={q.id: {"c0": 1} for q in qs})
+    return Benchmark(name="txt", version="1", tasks=[task]), task
+
+
+LONG = "a photo of a dog on the left of a red square " * 8  # over every tiny context (CLIP 24, SigLIP 64)
+
+
+@pytest.mark.parametrize("procs", [False, True], ids=["thread", "processes"])
+@pytest.mark.parametrize("kind,max_length", [("clip", None), ("clip", 8), ("siglip", None), ("siglip", 4),
+                                             ("siglip2", None)])
+def test_texts_tokenised_ahead_give_the_same_embeddings(kind, max_length, procs, dirs, monkeypatch, capfd):
+    """The harness tokenises the next batch with text_transform() (in fork workers for many texts)
+    and the tower reads EncodeInput.tokens: the embeddings and the truncation count equal the
+    in-forward tokenisation's bit for bit, CLIP still padded to each batch's longest text."""
+    from mrbench.encoders import harness
+    from mrbench.encoders.harness import encode_items
+
+    if procs:  # processes are used when feeding a GPU: pretend the encoder runs on one
+        monkeypatch.setattr(harness, "TEXT_PROCESS_MIN", 1)
+        monkeypatch.setattr(harness, "_gpu_decode_device", lambda enc: "cuda")
+    texts = [t or "x" for t in TEXTS] * 3 + [LONG, "a dog", LONG[:40]]
+    bench, task = _text_task(texts)
+    enc = HFClipEncoder(str(dirs[kind]), device="cpu", batch_size=4, max_length=max_length)
+    shapes = []
+    real = enc.encode_tokens
+    monkeypatch.setattr(enc, "encode_tokens", lambda tok: shapes.append(tuple(tok.shape)) or real(tok))
+    before = enc.truncated_texts
+    ahead = encode_items(enc, task.queries, role="query", task=task, bench=bench, num_workers=2)
+    n_cut = enc.truncated_texts - before
+    assert len(shapes) == -(-len(texts) // 4)
+    keys = enc.token_rows.keys
+    if kind == "clip":  # input ids + attention mask, each cut to the batch's longest text
+        assert keys == ("input_ids", "attention_mask")
+        assert all(s[1] % 2 == 0 and s[1] <= 2 * enc.max_length for s in shapes)
+        if max_length is None:  # some batches hold only short texts
+            assert min(s[1] for s in shapes) < 2 * enc.max_length
+    else:  # SigLIP: input ids padded to the trained context whatever the cut
+        assert all(s[1] == len(keys) * 64 for s in shapes)
+    monkeypatch.setattr(enc, "text_transform", lambda: None)
+    inline = encode_items(enc, task.queries, role="query", task=task, bench=bench, num_workers=2)
+    np.testing.assert_array_equal(ahead, inline)
+    assert enc.truncated_texts - before - n_cut == n_cut > 0
+    if procs:  # forked after the parent tokenised: no "huggingface/tokenizers ... forked" warning
+        assert "huggingface/tokenizers" not in capfd.readouterr().err
+        harness._TEXT_POOL.shutdown()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_rows_batch_is_what_padding_to_the_longest_gives(side, dirs):
+    """HFTokenRows pads every text to max_length; a batch cut to its longest text equals the
+    tokenizer's own padding=True output, on either padding side."""
+    from transformers import AutoTokenizer
+
+    from mrbench.encoders.hf_clip import HFTokenRows
+
+    tok = AutoTokenizer.from_pretrained(str(dirs["clip"]))
+    tok.padding_side = side
+    rows_fn = HFTokenRows(tok, max_length=12, width=12, trim=True)
+    texts = ["a dog", "the cat", LONG, "red"]
+    rows = rows_fn(texts)
+    assert rows.shape == (4, 2 * 12 + 2) and list(rows[:, -1]) == [0, 0, 1, 0]
+    ref = tok(texts, padding=True, max_length=12, truncation=True, return_tensors="np")
+    got = rows_fn.inputs(torch.from_numpy(rows_fn.batch(rows)))
+    assert set(got) == {"input_ids", "attention_mask"}
+    for k in got:
+        np.testing.assert_array_equal(got[k].numpy(), ref[k])
+    assert rows_fn == HFTokenRows(tok, max_length=12, width=12, trim=True) != HFTokenRows(tok, max_length=8, width=8,
+                                                                                         trim=True)
+    assert rows_fn([]).shape == (0, 26)

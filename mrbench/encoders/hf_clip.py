@@ -28,9 +28,12 @@ Image+text items: score-level fusion (sum of the L2-normalised image and text em
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mrbench.encoders.base import EncoderMeta
+import numpy as np
+
+from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
 from mrbench.encoders.runtime import (
     _first_line,
     check_loading_info,
@@ -45,6 +48,8 @@ from mrbench.errors import EncoderError
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
+
+    from mrbench.data.schema import TaskInfo
 
 #: model types verified by the test suite; others with get_text_features/get_image_features load
 #: only when the load-time probe confirms their features equal the model's own embeddings.
@@ -181,6 +186,15 @@ class HFClipEncoder(DualTowerEncoder):
                     f"{self.context_length} tokens; pass at most {self.context_length}"
                 )
         self.max_length = int(max_length) if max_length is not None else self.context_length
+        try:
+            self.token_rows = HFTokenRows(self.tokenizer, max_length=self.max_length,
+                                          width=self.context_length if self.is_siglip else self.max_length,
+                                          trim=not self.is_siglip)
+        except Exception as e:
+            raise EncoderError(
+                f"encoder {label!r}: the tokenizer in {path} cannot pad and cut texts "
+                f"({type(e).__name__}: {_first_line(e)}); pass a directory holding a working tokenizer"
+            ) from None
 
         dim, verified = self._probe()
         if not verified and self.model_type not in TESTED_MODEL_TYPES:
@@ -273,38 +287,39 @@ class HFClipEncoder(DualTowerEncoder):
         return int(t.shape[1]), True
 
     # -- towers ---------------------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str]) -> tuple[dict[str, Any], int]:
-        """Tokenizer outputs (on the device) for ``texts`` and how many were truncated."""
-        if self.is_siglip:
-            # SigLIP: every text padded to the trained context length (its text tower pools the last position)
-            enc = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True)
-            n_trunc = self._n_truncated(texts, enc)
-            if self.max_length < self.context_length:  # a shorter cut still pads to the full context
-                pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-                for k in list(enc.keys()):
-                    fill = pad_id if k == "input_ids" else 0
-                    enc[k] = [list(row) + [fill] * (self.context_length - len(row)) for row in enc[k]]
-        else:
-            enc = self.tokenizer(texts, padding=True, max_length=self.max_length, truncation=True)
-            n_trunc = self._n_truncated(texts, enc)
+    def text_transform(self) -> HFTokenRows:
+        """The tokenising as a ``texts → int64 rows`` function (:class:`HFTokenRows`): the harness
+        runs it ahead of the model (in worker processes for many texts, on a GPU) and hands the rows
+        to :meth:`encode_tokens`; :meth:`encode_texts` goes through the same rows."""
+        return self.token_rows
+
+    def _token_batch(self, rows: list[Any]) -> torch.Tensor:
         import torch
 
-        keep = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
-        tensors = {k: to_device(torch.as_tensor(v, dtype=torch.long), self.device) for k, v in enc.items() if k in keep}
-        return tensors, n_trunc
+        return to_device(torch.from_numpy(self.token_rows.batch(np.stack([np.asarray(r) for r in rows]))), self.device)
 
-    def _n_truncated(self, texts: list[str], enc: Any) -> int:
-        encodings = getattr(enc, "encodings", None)
-        if encodings:
-            return sum(1 for e in encodings if e.overflowing)
-        full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-        return sum(1 for ids in full if len(ids) > self.max_length)
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text embeddings from a :meth:`HFTokenRows.batch` tensor (the tokenizer outputs side by side)."""
+        return _features(self.model.get_text_features(**self.token_rows.inputs(tokens)), "text")
+
+    def _tokenize(self, texts: list[str]) -> tuple[dict[str, Any], int]:
+        """Tokenizer outputs (on the device) for ``texts`` and how many were truncated."""
+        rows = self.token_rows(texts)
+        batch = self._token_batch(list(rows))
+        return self.token_rows.inputs(batch), int(rows[:, -1].sum())
 
     def encode_texts(self, texts: list[str], count: bool = True) -> torch.Tensor:
         inputs, n_trunc = self._tokenize(texts)
         if count:
             self.count_truncated(n_trunc)
         return _features(self.model.get_text_features(**inputs), "text")
+
+    def encode_async(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> Callable[[], np.ndarray]:
+        # texts tokenised ahead: their rows' last column flags the cut ones (else encode_texts counts)
+        rows = [it.tokens for it in items if it.text is not None]
+        if rows and all(r is not None for r in rows):
+            self.count_truncated(int(sum(int(np.asarray(r)[-1]) for r in rows)))
+        return super().encode_async(items, role=role, task=task)
 
     def _image_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.is_naflex:
@@ -336,3 +351,80 @@ class HFClipEncoder(DualTowerEncoder):
         packed[:p, d] = mask
         packed[p, :2] = shape
         return packed
+
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
+"""Tokenizer outputs passed to the text tower (in this order), where the tokenizer gives them."""
+
+
+class HFTokenRows:
+    """The ``hf`` family's tokenising as ``list[str] → int64 [n, K·W + 2]`` rows, one per text.
+
+    Columns: the ``K`` tokenizer outputs the text tower takes (:attr:`keys`, from
+    :data:`_TEXT_KEYS`), each ``W`` wide — every text cut at ``max_length`` tokens and padded to
+    ``width`` (CLIP: ``max_length``; SigLIP: its full context, as it was trained) — then the
+    text's length in tokens and a flag that is 1 where the text was cut. :meth:`batch` turns
+    stacked rows into the tower's input, :meth:`inputs` that into keyword arguments: CLIP's rows
+    cut to the batch's longest text, which is what ``padding=True`` gives, SigLIP's as they are.
+    The harness runs this function ahead of the model (in forked worker processes, never pickled)
+    and :meth:`HFClipEncoder.encode_texts` runs it too, so both paths feed the tower the same
+    tensors.
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int, width: int, trim: bool) -> None:
+        self.tokenizer, self.max_length, self.width, self.trim = tokenizer, int(max_length), int(width), bool(trim)
+        probe = tokenizer(["a"], padding="max_length", max_length=self.max_length, truncation=True)
+        self.keys = tuple(k for k in _TEXT_KEYS if k in probe)
+        pad = tokenizer.pad_token_id
+        self.fills = {k: (pad if pad is not None else 0) if k == "input_ids" else 0 for k in self.keys}
+        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def __eq__(self, other: object) -> bool:  # the same tokenizer object and settings: the same rows
+        return (isinstance(other, HFTokenRows) and other.tokenizer is self.tokenizer
+                and (other.max_length, other.width, other.trim) == (self.max_length, self.width, self.trim))
+
+    def __hash__(self) -> int:
+        return hash((id(self.tokenizer), self.max_length, self.width, self.trim))
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        n, w = len(texts), self.width
+        out = np.empty((n, len(self.keys) * w + 2), dtype=np.int64)
+        if n == 0:
+            return out
+        enc = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True)
+        m = self.max_length
+        for j, k in enumerate(self.keys):
+            block = out[:, j * w : (j + 1) * w]
+            block[:, :m] = np.asarray(enc[k], dtype=np.int64).reshape(n, m)
+            block[:, m:] = self.fills[k]  # SigLIP cut shorter than its context: padded to the context
+        encodings = getattr(enc, "encodings", None)
+        if "attention_mask" in enc:
+            out[:, -2] = np.asarray(enc["attention_mask"], dtype=np.int64).reshape(n, m).sum(axis=1)
+        elif encodings:
+            out[:, -2] = [sum(e.attention_mask) for e in encodings]
+        else:
+            out[:, -2] = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=m)["input_ids"]]
+        if encodings:
+            out[:, -1] = [1 if e.overflowing else 0 for e in encodings]
+        else:
+            full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+            out[:, -1] = [1 if len(ids) > m else 0 for ids in full]
+        return out
+
+    def batch(self, rows: np.ndarray) -> np.ndarray:
+        """Stacked rows ``[B, K·W + 2]`` → the tower's input ``[B, K·L]``: each output ``L`` wide
+        (``L``: the longest text of the batch where rows are trimmed, else ``W``)."""
+        k, w = len(self.keys), self.width
+        parts = rows[:, : k * w].reshape(len(rows), k, w)
+        if self.trim and len(rows):
+            size = max(1, int(rows[:, -2].max()))
+            parts = parts[:, :, w - size :] if self.left else parts[:, :, :size]
+        return np.ascontiguousarray(parts).reshape(len(rows), -1)
+
+    def inputs(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tower's keyword arguments from a :meth:`batch` tensor (on any device)."""
+        import torch
+
+        size = batch.shape[1] // len(self.keys)
+        return {k: batch[:, j * size : (j + 1) * size].contiguous().to(torch.long) for j, k in enumerate(self.keys)}

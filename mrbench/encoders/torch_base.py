@@ -163,8 +163,15 @@ class DualTowerEncoder(TorchEncoder):
         return None
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` text-tower embeddings from stacked rows of :meth:`text_transform`."""
+        """``[B, D]`` text-tower embeddings from a :meth:`_token_batch` of :meth:`text_transform` rows."""
         raise NotImplementedError
+
+    def _token_batch(self, rows: list[Any]) -> torch.Tensor:
+        """One batch's :meth:`text_transform` rows as the tensor :meth:`encode_tokens` takes, on
+        :attr:`device` (here: stacked as they are)."""
+        import torch
+
+        return to_device(torch.as_tensor(np.stack([np.asarray(r) for r in rows])), self.device)
 
     def text_of(self, it: EncodeInput) -> str:
         """The text the tower reads for ``it`` (instruction prepended when ``use_instruction``)."""
@@ -212,8 +219,7 @@ class DualTowerEncoder(TorchEncoder):
         if t_idx:
             rows = [items[i].tokens for i in t_idx]
             if all(r is not None for r in rows):  # tokenised ahead by the harness
-                tok = to_device(torch.as_tensor(np.stack([np.asarray(r) for r in rows])), self.device)
-                t_raw = self._tower("encode_tokens", tok)
+                t_raw = self._tower("encode_tokens", self._token_batch(rows))
             else:
                 t_raw = self.encode_texts([self.text_of(items[i]) for i in t_idx])
             t_emb = F.normalize(t_raw.float(), dim=-1)
