@@ -144,6 +144,46 @@ def test_truncation_counted(dirs):
     assert enc.truncated_texts == 2 and enc.meta.extra["truncated_texts"] == 2
 
 
+@pytest.mark.parametrize("which", ["text", "clip", "minilm"])
+def test_truncation_count_skips_only_texts_that_cannot_be_cut(which, dirs, clip_enc, real_minilm):
+    """Short ASCII texts are not tokenised a second time to count truncations; the count equals
+    the count from tokenising every text, for word-level, byte-level BPE and WordPiece tokenizers,
+    at and around the bound, with non-ASCII texts and a prompt."""
+    import random
+
+    enc = {"text": lambda: SentenceTransformerEncoder(str(dirs["text"]), device="cpu"), "clip": lambda: clip_enc,
+           "minilm": lambda: real_minilm}[which]()
+    rng = random.Random(0)
+    words = ["a", "dog", "red", "square", "photo", "of", "the", "left", "x", "ab", "ünï", "日本", "caf\u00e9"]
+    n = enc.max_seq_length  # 16 (tiny models) or 256 (MiniLM): 0 to 2n words, cut at 0 to 8n characters
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 2 * n)))[: rng.randint(0, 8 * n)] for _ in range(400)]
+    for prompt in ("", "photo of "):
+        ids = enc.tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=False,
+                            verbose=False)["input_ids"]
+        expected = sum(1 for x in ids if len(x) > enc.max_seq_length)
+        assert 0 < expected < len(texts)
+        seen = []
+        real = enc.tokenizer.__call__
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(enc.tokenizer_real, name)
+
+            def __call__(self, batch, **kw):
+                seen.append(len(batch))
+                return real(batch, **kw)
+
+        enc.tokenizer_real = enc.tokenizer
+        enc.tokenizer = Spy()
+        try:
+            before = enc.truncated_texts
+            enc._count(texts, prompt)
+            assert enc.truncated_texts - before == expected
+        finally:
+            enc.tokenizer = enc.tokenizer_real
+        assert seen and seen[0] < len(texts)  # the short ASCII ones were skipped
+
+
 def test_prompts_from_model_and_kwarg(dirs):
     enc = SentenceTransformerEncoder(str(dirs["prompted"]), device="cpu")
     assert enc.meta.extra["prompts"] == {"query": "photo of ", "candidate": "picture of "}

@@ -195,9 +195,22 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         return out.float()
 
     def _count(self, texts: list[str], prompt: str | None) -> None:
+        """Count the texts ``model.encode`` cuts at ``max_seq_length`` tokens (prompt included).
+
+        An ASCII text of ``n`` characters is at most ``n + 1`` tokens plus the special tokens (every
+        token spans at least one character or byte; the ``+ 1``: a SentencePiece word-start marker
+        before the first word), so the short ones, nearly every caption, need no second tokenising.
+        """
         if self.tokenizer is None or self.max_seq_length is None:
             return
         full = [(prompt or "") + t for t in texts]
+        try:
+            room = self.max_seq_length - 1 - int(self.tokenizer.num_special_tokens_to_add(pair=False))
+        except Exception:
+            room = -1
+        full = [t for t in full if not (len(t) <= room and t.isascii())]
+        if not full:
+            return
         try:
             ids = self.tokenizer(full, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         except Exception:  # counting is best-effort; encoding itself must not fail because of it
