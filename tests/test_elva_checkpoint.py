@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import pickle
 import shutil
@@ -97,8 +99,11 @@ def test_round_trip(trained) -> None:
     assert sd.keys() == sl.keys() and all(torch.equal(sd[k], sl[k]) for k in sd)
     assert loaded.head.learnable and torch.allclose(loaded.head.sigma, model.head.sigma)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    # compared frozen, as loaded: with trainable parameters the text tower's attention may take
+    # another kernel path (about 1e-7 apart on the CPU with open_clip 3.3 / torch 2.14)
+    frozen = copy.deepcopy(model).requires_grad_(False)
     with torch.no_grad():
-        assert torch.equal(model.embed(_probe(model)), loaded.embed(_probe(loaded)))
+        assert torch.equal(frozen.embed(_probe(frozen)), loaded.embed(_probe(loaded)))
 
 
 def test_resume_state(trained) -> None:
