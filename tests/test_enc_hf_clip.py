@@ -520,3 +520,63 @@ def test_token_rows_batch_is_what_padding_to_the_longest_gives(side, dirs):
     assert rows_fn == HFTokenRows(tok, max_length=12, width=12, trim=True) != HFTokenRows(tok, max_length=8, width=8,
                                                                                          trim=True)
     assert rows_fn([]).shape == (0, 26)
+
+
+# ---------------------------------------------------------------------------------------------------
+# images prepared in decode worker processes and kept in the pixel cache (pixel_transform)
+
+
+def _image_bench(root: Path, n: int = 9):
+    from mrbench.data.schema import Benchmark, Candidate, Query, Task
+
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cands = []
+    for i in range(n):
+        arr = rng.integers(0, 256, (18 + 5 * i, 40 - 2 * i, 3), dtype=np.uint8)  # varied sizes and aspect ratios
+        Image.fromarray(arr).save(root / "images" / f"c{i}.png")
+        cands.append(Candidate(id=f"c{i}", image=f"images/c{i}.png"))
+    task = Task(name="t2i", query_modality="text", candidate_modality="image", queries=[Query(id="q0", text="x")],
+                candidates=cands, qrels={"q0": {"c0": 1}})
+    return Benchmark(name="px", version="1", tasks=[task], root=root), task
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pixel_transform_is_prepare_image(kind, encoders, images):
+    """pixel_transform() gives, as numpy, exactly what prepare_image gives (the processor's own output;
+    SigLIP 2: its patches packed with mask and shape), and keys the pixel cache by the processor's config."""
+    enc = encoders[kind]
+    fn = enc.pixel_transform()
+    assert fn is not None and fn.transform_id.startswith(f"hf-image-processor:{type(enc.image_processor).__name__}:")
+    for p in images:
+        im = Image.open(p).convert("RGB")
+        got = fn(im)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, enc.prepare_image(im).numpy())
+        ref = enc.image_processor(images=[im], return_tensors="pt")["pixel_values"][0].float().numpy()
+        np.testing.assert_array_equal(got[: ref.shape[0], : ref.shape[1]] if kind == "siglip2" else got, ref)
+    import copy
+
+    other = copy.deepcopy(enc.image_processor)
+    other.image_mean = [0.25, 0.5, 0.75]  # no model here uses this mean
+    from mrbench.encoders.hf_clip import HFImagePrep
+
+    assert HFImagePrep(other, naflex=kind == "siglip2").transform_id != fn.transform_id
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_process_decode_and_pixel_cache_give_the_same_embeddings(kind, dirs, tmp_path):
+    """Images prepared in worker processes, and read back from the pixel cache, give the embeddings
+    of images prepared in threads, bit for bit."""
+    from mrbench.encoders.harness import EncodeStats, encode_items
+
+    bench, task = _image_bench(tmp_path / "b")
+    enc = HFClipEncoder(str(dirs[kind]), device="cpu", batch_size=4)
+    kw = dict(role="candidate", task=task, bench=bench, num_workers=2)
+    ref = encode_items(enc, task.candidates, workers="thread", **kw)
+    np.testing.assert_array_equal(encode_items(enc, task.candidates, workers="process", **kw), ref)
+    for n_hits in (0, len(task.candidates)):  # fills the cache, then reads every image from it
+        st = EncodeStats()
+        out = encode_items(enc, task.candidates, workers="process", pixel_cache=tmp_path / "px", stats=st, **kw)
+        np.testing.assert_array_equal(out, ref)
+        assert st.pixel_cache_hits == n_hits

@@ -33,7 +33,7 @@ def evaluate(
     batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call (default: the encoder's own).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Image decode + preprocessing workers (default: all cores, at most 8).")] = None,
     decode: Annotated[str, typer.Option(help="Decode workers: thread, process (outside the GIL; for encoders with a "
-                                        "pixel_transform, e.g. openclip, ret, vlm2vec), auto (processes from 4 workers) or gpu (JPEGs decoded "
+                                        "pixel_transform, e.g. openclip, hf, ret, vlm2vec), auto (processes from 4 workers) or gpu (JPEGs decoded "
                                         "on the encoder's CUDA device with torchvision; falls back to auto with one warning). "
                                         "Set MRBENCH_PIXEL_CACHE=1 to cache preprocessed pixels on disk.")] = "auto",
     backend: Annotated[str, typer.Option(help="Exact search backend: torch, faiss, or auto (torch on a GPU and for small problems, else faiss when installed). Results are identical on every backend.")] = "auto",

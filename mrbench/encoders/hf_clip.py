@@ -27,6 +27,7 @@ Image+text items: score-level fusion (sum of the L2-normalised image and text em
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -186,6 +187,7 @@ class HFClipEncoder(DualTowerEncoder):
                     f"{self.context_length} tokens; pass at most {self.context_length}"
                 )
         self.max_length = int(max_length) if max_length is not None else self.context_length
+        self.image_prep = HFImagePrep(self.image_processor, naflex=self.is_naflex)
         try:
             self.token_rows = HFTokenRows(self.tokenizer, max_length=self.max_length,
                                           width=self.context_length if self.is_siglip else self.max_length,
@@ -339,18 +341,12 @@ class HFClipEncoder(DualTowerEncoder):
         """The model's own image processor on one image → ``[3, H, W]`` (SigLIP 2: packed NaFlex patches)."""
         import torch
 
-        out = self.image_processor(images=[image], return_tensors="pt")
-        pix = out["pixel_values"][0].float()
-        if not self.is_naflex:
-            return pix
-        mask = out["pixel_attention_mask"][0].float()
-        shape = out["spatial_shapes"][0].float()
-        p, d = pix.shape
-        packed = torch.zeros((p + 1, d + 1), dtype=torch.float32)
-        packed[:p, :d] = pix
-        packed[:p, d] = mask
-        packed[p, :2] = shape
-        return packed
+        return torch.from_numpy(self.image_prep(image))
+
+    def pixel_transform(self) -> HFImagePrep | None:
+        """:meth:`prepare_image` as a picklable function for decode worker processes and the pixel
+        cache (``None`` when the image processor cannot be pickled: images are then prepared in threads)."""
+        return self.image_prep if self.image_prep.picklable() else None
 
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
@@ -428,3 +424,39 @@ class HFTokenRows:
 
         size = batch.shape[1] // len(self.keys)
         return {k: batch[:, j * size : (j + 1) * size].contiguous().to(torch.long) for j, k in enumerate(self.keys)}
+
+
+class HFImagePrep:
+    """``PIL image → float32 numpy`` through the model's image processor: ``[3, H, W]``, or for
+    SigLIP 2 the NaFlex patches ``[P, D]`` packed with their mask as a last column and the spatial
+    shape as a last row (``[P + 1, D + 1]``). What :meth:`HFClipEncoder.prepare_image` returns;
+    picklable (module level) for decode worker processes. Its :attr:`transform_id` keys the pixel
+    cache: the processor's class and full configuration."""
+
+    def __init__(self, image_processor: Any, *, naflex: bool) -> None:
+        self.image_processor, self.naflex = image_processor, bool(naflex)
+        config = image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor)
+        digest = hashlib.sha256(config.encode()).hexdigest()[:16]
+        self.transform_id = f"hf-image-processor:{type(image_processor).__name__}:{digest}:naflex={self.naflex}"
+
+    def picklable(self) -> bool:
+        """Whether the image processor can travel to a decode worker process."""
+        import pickle
+
+        try:
+            pickle.dumps(self.image_processor)
+        except Exception:
+            return False
+        return True
+
+    def __call__(self, image: Image) -> np.ndarray:
+        out = self.image_processor(images=[image], return_tensors="np")
+        pix = np.asarray(out["pixel_values"][0], dtype=np.float32)
+        if not self.naflex:
+            return np.ascontiguousarray(pix)
+        p, d = pix.shape
+        packed = np.zeros((p + 1, d + 1), dtype=np.float32)
+        packed[:p, :d] = pix
+        packed[:p, d] = np.asarray(out["pixel_attention_mask"][0], dtype=np.float32)
+        packed[p, :2] = np.asarray(out["spatial_shapes"][0], dtype=np.float32)
+        return packed
