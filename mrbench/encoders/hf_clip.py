@@ -359,7 +359,8 @@ class HFTokenRows:
     Columns: the ``K`` tokenizer outputs the text tower takes (:attr:`keys`, from
     :data:`_TEXT_KEYS`), each ``W`` wide — every text cut at ``max_length`` tokens and padded to
     ``width`` (CLIP: ``max_length``; SigLIP: its full context, as it was trained) — then the
-    text's length in tokens and a flag that is 1 where the text was cut. :meth:`batch` turns
+    text's length in tokens (``W`` where rows are not trimmed) and a flag that is 1 where the text
+    was cut. :meth:`batch` turns
     stacked rows into the tower's input, :meth:`inputs` that into keyword arguments: CLIP's rows
     cut to the batch's longest text, which is what ``padding=True`` gives, SigLIP's as they are.
     The harness runs this function ahead of the model (in forked worker processes, never pickled)
@@ -395,7 +396,9 @@ class HFTokenRows:
             block[:, :m] = np.asarray(enc[k], dtype=np.int64).reshape(n, m)
             block[:, m:] = self.fills[k]  # SigLIP cut shorter than its context: padded to the context
         encodings = getattr(enc, "encodings", None)
-        if "attention_mask" in enc:
+        if not self.trim:  # the rows are used whole: their length is the width
+            out[:, -2] = w
+        elif "attention_mask" in enc:
             out[:, -2] = np.asarray(enc["attention_mask"], dtype=np.int64).reshape(n, m).sum(axis=1)
         elif encodings:
             out[:, -2] = [sum(e.attention_mask) for e in encodings]
@@ -435,19 +438,22 @@ class HFImagePrep:
 
     def __init__(self, image_processor: Any, *, naflex: bool) -> None:
         self.image_processor, self.naflex = image_processor, bool(naflex)
+        self._picklable: bool | None = None
         config = image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor)
         digest = hashlib.sha256(config.encode()).hexdigest()[:16]
         self.transform_id = f"hf-image-processor:{type(image_processor).__name__}:{digest}:naflex={self.naflex}"
 
     def picklable(self) -> bool:
-        """Whether the image processor can travel to a decode worker process."""
-        import pickle
+        """Whether the image processor can travel to a decode worker process (checked once)."""
+        if self._picklable is None:
+            import pickle
 
-        try:
-            pickle.dumps(self.image_processor)
-        except Exception:
-            return False
-        return True
+            try:
+                pickle.dumps(self.image_processor)
+                self._picklable = True
+            except Exception:
+                self._picklable = False
+        return self._picklable
 
     def __call__(self, image: Image) -> np.ndarray:
         out = self.image_processor(images=[image], return_tensors="np")
