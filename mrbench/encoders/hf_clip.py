@@ -15,7 +15,14 @@ Text: CLIP pads to the longest text in the batch and truncates at the model's co
 (``max_position_embeddings``, 77 for CLIP); SigLIP/SigLIP 2 pad every text to the context length
 (64) with ``padding="max_length"``, as SigLIP was trained (its text tower pools the last position),
 and pass exactly the inputs its tokenizer returns (SigLIP's: ``input_ids`` only, no attention mask).
-Truncated texts are counted in ``meta.extra["truncated_texts"]``.
+Truncated texts are counted in ``meta.extra["truncated_texts"]``. The tokenising is a function of its
+own (:class:`HFTokenRows`, ``text_transform()``), which the harness runs ahead of the model (in worker
+processes when feeding a GPU); the in-forward path runs the same function, so both give the tower the
+same tensors.
+
+Images: the model's image processor (:class:`HFImagePrep`, ``prepare_image`` / ``pixel_transform()``),
+run by the harness in decode threads or worker processes; its float32 output can be kept in the pixel
+cache, keyed by the processor's class and configuration.
 
 Similarity: CLIP scores with ``logit_scale·cos``; SigLIP with ``sigmoid(logit_scale·cos + bias)``.
 Both are strictly increasing in the cosine, so ranking by cosine (``similarity="cosine"``) gives
