@@ -580,3 +580,40 @@ def test_process_decode_and_pixel_cache_give_the_same_embeddings(kind, dirs, tmp
         out = encode_items(enc, task.candidates, workers="process", pixel_cache=tmp_path / "px", stats=st, **kw)
         np.testing.assert_array_equal(out, ref)
         assert st.pixel_cache_hits == n_hits
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip2"])
+def test_warm_batches_read_into_staging_buffers_give_the_same_embeddings(kind, dirs, tmp_path, monkeypatch):
+    """As for an encoder on a GPU: warm batches of the processor's float32 pixels (SigLIP 2: packed
+    patches) are read from the pixel cache into reused staging buffers, one read per run of the
+    shards; the embeddings equal an uncached run's (the device side stood in for on the CPU)."""
+    from mrbench.encoders import harness
+    from mrbench.encoders.harness import encode_items
+
+    class HostStager:  # the device stager's host side (no GPU here)
+        def __init__(self, device):
+            pass
+
+        def alloc(self, n, shape, dtype):
+            return np.zeros((n, *shape), dtype)
+
+        def stage(self, loaded, whole=None):
+            return loaded, None
+
+    bench, task = _image_bench(tmp_path / "b", n=10)
+    enc = HFClipEncoder(str(dirs[kind]), device="cpu", batch_size=4)
+    kw = dict(role="candidate", task=task, bench=bench, num_workers=2)
+    ref = encode_items(enc, task.candidates, workers="thread", **kw)
+    monkeypatch.setattr(harness, "_DeviceStager", HostStager)
+    monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")
+    monkeypatch.setattr(harness, "_LAYOUTS", {})
+    from mrbench.encoders import pixel_cache as pc
+
+    reads = []
+    real = pc._ShardReader.read_into
+    monkeypatch.setattr(pc._ShardReader, "read_into", lambda self, b, arr: reads.append(len(arr)) or real(self, b, arr))
+    for _ in range(3):  # fills the cache, learns the pixel layout, reads whole batches into the buffers
+        reads.clear()
+        out = encode_items(enc, task.candidates, pixel_cache=tmp_path / "px", **kw)
+        np.testing.assert_array_equal(out, ref)
+    assert sorted(reads) == [2, 4, 4]  # one read per batch (its shard's run), not one per image
