@@ -28,6 +28,7 @@ from mrbench.encoders.registry import get_encoder  # noqa: E402
 from mrbench.errors import EncoderError  # noqa: E402
 
 from fixtures import tiny_hf as th  # noqa: E402  (tests/ is on sys.path under pytest)
+from fixtures.staging import image_bench, stage_on_host  # noqa: E402
 
 TASK = TaskInfo(name="t", query_modality="text", candidate_modality="image", query_instruction="Find the picture.")
 KINDS = ("clip", "siglip", "siglip2")
@@ -526,21 +527,6 @@ def test_token_rows_batch_is_what_padding_to_the_longest_gives(side, dirs):
 # images prepared in decode worker processes and kept in the pixel cache (pixel_transform)
 
 
-def _image_bench(root: Path, n: int = 9):
-    from mrbench.data.schema import Benchmark, Candidate, Query, Task
-
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    cands = []
-    for i in range(n):
-        arr = rng.integers(0, 256, (18 + 5 * i, 40 - 2 * i, 3), dtype=np.uint8)  # varied sizes and aspect ratios
-        Image.fromarray(arr).save(root / "images" / f"c{i}.png")
-        cands.append(Candidate(id=f"c{i}", image=f"images/c{i}.png"))
-    task = Task(name="t2i", query_modality="text", candidate_modality="image", queries=[Query(id="q0", text="x")],
-                candidates=cands, qrels={"q0": {"c0": 1}})
-    return Benchmark(name="px", version="1", tasks=[task], root=root), task
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_pixel_transform_is_prepare_image(kind, encoders, images):
     """pixel_transform() gives, as numpy, exactly what prepare_image gives (the processor's own output;
@@ -570,7 +556,7 @@ def test_process_decode_and_pixel_cache_give_the_same_embeddings(kind, dirs, tmp
     of images prepared in threads, bit for bit."""
     from mrbench.encoders.harness import EncodeStats, encode_items
 
-    bench, task = _image_bench(tmp_path / "b")
+    bench, task = image_bench(tmp_path / "b", n=9)
     enc = HFClipEncoder(str(dirs[kind]), device="cpu", batch_size=4)
     kw = dict(role="candidate", task=task, bench=bench, num_workers=2)
     ref = encode_items(enc, task.candidates, workers="thread", **kw)
@@ -587,31 +573,13 @@ def test_warm_batches_read_into_staging_buffers_give_the_same_embeddings(kind, d
     """As for an encoder on a GPU: warm batches of the processor's float32 pixels (SigLIP 2: packed
     patches) are read from the pixel cache into reused staging buffers, one read per run of the
     shards; the embeddings equal an uncached run's (the device side stood in for on the CPU)."""
-    from mrbench.encoders import harness
     from mrbench.encoders.harness import encode_items
 
-    class HostStager:  # the device stager's host side (no GPU here)
-        def __init__(self, device):
-            pass
-
-        def alloc(self, n, shape, dtype):
-            return np.zeros((n, *shape), dtype)
-
-        def stage(self, loaded, whole=None):
-            return loaded, None
-
-    bench, task = _image_bench(tmp_path / "b", n=10)
+    bench, task = image_bench(tmp_path / "b", n=10)
     enc = HFClipEncoder(str(dirs[kind]), device="cpu", batch_size=4)
     kw = dict(role="candidate", task=task, bench=bench, num_workers=2)
     ref = encode_items(enc, task.candidates, workers="thread", **kw)
-    monkeypatch.setattr(harness, "_DeviceStager", HostStager)
-    monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")
-    monkeypatch.setattr(harness, "_LAYOUTS", {})
-    from mrbench.encoders import pixel_cache as pc
-
-    reads = []
-    real = pc._ShardReader.read_into
-    monkeypatch.setattr(pc._ShardReader, "read_into", lambda self, b, arr: reads.append(len(arr)) or real(self, b, arr))
+    reads = stage_on_host(monkeypatch)
     for _ in range(3):  # fills the cache, learns the pixel layout, reads whole batches into the buffers
         reads.clear()
         out = encode_items(enc, task.candidates, pixel_cache=tmp_path / "px", **kw)

@@ -639,40 +639,13 @@ def test_texts_tokenised_ahead_give_the_same_embeddings(tiny, small_bench, monke
 def test_warm_batches_read_in_shard_order_give_the_same_embeddings(tiny, monkeypatch, tmp_path):
     """A warm batch read into the staging buffer is reordered by where its pixels lie in the shards
     and read in runs; a real tower still gives every item the embedding of an uncached run."""
-    from mrbench.encoders import harness
-    from mrbench.encoders import pixel_cache as pc
+    from fixtures.staging import image_bench, stage_on_host
 
-    class HostStager:  # the device stager's host side (no GPU here)
-        def __init__(self, device):
-            pass
-
-        def alloc(self, n, shape, dtype):
-            return np.zeros((n, *shape), dtype)
-
-        def stage(self, loaded, whole=None):
-            return loaded, None
-
-    from PIL import Image
-
-    from mrbench.data.schema import Benchmark, Candidate, Query, Task
-
-    rng = np.random.default_rng(0)
-    (tmp_path / "b" / "images").mkdir(parents=True)
-    items = []
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 256, (20 + 3 * i, 30, 3), dtype=np.uint8)).save(tmp_path / "b" / "images" / f"c{i}.png")
-        items.append(Candidate(id=f"c{i}", image=f"images/c{i}.png"))
-    task = Task(name="t2i", query_modality="text", candidate_modality="image", queries=[Query(id="q0", text="x")],
-                candidates=items, qrels={"q0": {"c0": 1}})
-    bench = Benchmark(name="px", version="1", tasks=[task], root=tmp_path / "b")
+    bench, task = image_bench(tmp_path / "b")
+    items = task.candidates
     enc = make(tiny.st, batch_size=4)
     ref = encode_items(enc, items, role="candidate", task=task, bench=bench, num_workers=2)
-    monkeypatch.setattr(harness, "_DeviceStager", HostStager)
-    monkeypatch.setattr(harness, "_gpu_decode_device", lambda encoder: "cuda")
-    monkeypatch.setattr(harness, "_LAYOUTS", {})
-    reads = []
-    real = pc._ShardReader.read_into
-    monkeypatch.setattr(pc._ShardReader, "read_into", lambda self, b, arr: reads.append(len(arr)) or real(self, b, arr))
+    reads = stage_on_host(monkeypatch)
     for _ in range(3):  # fills the cache, learns the pixel layout, reads whole batches in runs
         reads.clear()
         out = encode_items(enc, items, role="candidate", task=task, bench=bench, num_workers=2,
