@@ -174,7 +174,7 @@ def test_prepare_image_is_used(encoders, images):
     enc = encoders["clip"]
     im = Image.open(images[2]).convert("RGB")
     pix = enc.prepare_image(im)
-    assert tuple(pix.shape) == (3, 32, 32) and pix.dtype == torch.float32
+    assert tuple(pix.shape) == (3, 32, 32) and pix.dtype == torch.uint8  # normalised on the model's device
     with_pixels = EncodeInput(id="a", text=None, image=None, image_path=images[2], instruction=None,
                               content_hash="a", pixels=pix)
     from_path = EncodeInput(id="a", text=None, image=None, image_path=images[2], instruction=None, content_hash="a")
@@ -534,13 +534,18 @@ def test_pixel_transform_is_prepare_image(kind, encoders, images):
     enc = encoders[kind]
     fn = enc.pixel_transform()
     assert fn is not None and fn.transform_id.startswith(f"hf-image-processor:{type(enc.image_processor).__name__}:")
+    split = kind != "siglip2"  # CLIP / SigLIP: uint8, rescaled and normalised on the device; NaFlex: float32
+    assert (fn.split is not None) == split and fn.transform_id.endswith(":uint8" if split else ":float32")
     for p in images:
         im = Image.open(p).convert("RGB")
         got = fn(im)
-        assert isinstance(got, np.ndarray) and got.dtype == np.float32
+        assert isinstance(got, np.ndarray) and got.dtype == (np.uint8 if split else np.float32)
         np.testing.assert_array_equal(got, enc.prepare_image(im).numpy())
         ref = enc.image_processor(images=[im], return_tensors="pt")["pixel_values"][0].float().numpy()
-        np.testing.assert_array_equal(got[: ref.shape[0], : ref.shape[1]] if kind == "siglip2" else got, ref)
+        if split:  # the processor's own float32 output, bit for bit
+            np.testing.assert_array_equal(fn.normalise(torch.from_numpy(got)[None])[0].numpy(), ref)
+        else:
+            np.testing.assert_array_equal(got[: ref.shape[0], : ref.shape[1]], ref)
     import copy
 
     other = copy.deepcopy(enc.image_processor)
@@ -548,6 +553,48 @@ def test_pixel_transform_is_prepare_image(kind, encoders, images):
     from mrbench.encoders.hf_clip import HFImagePrep
 
     assert HFImagePrep(other, naflex=kind == "siglip2").transform_id != fn.transform_id
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_uint8_batch_normalised_equals_processor_batch(kind, encoders, images):
+    """A batch of uint8 images, stacked and normalised at once (as on the model's device), is the
+    processor's own float32 output for the same images, bit for bit; the embeddings equal those of
+    the processor's output fed to the tower."""
+    enc = encoders[kind]
+    ims = [Image.open(p).convert("RGB") for p in images]
+    batch = torch.stack([enc.prepare_image(im) for im in ims])
+    assert batch.dtype == torch.uint8
+    ref = enc.image_processor(images=ims, return_tensors="pt")["pixel_values"]
+    assert torch.equal(enc.image_prep.normalise(batch), ref)
+    with torch.inference_mode():
+        assert torch.equal(enc.encode_images(batch), enc.encode_images(ref))
+
+
+def test_processors_without_a_bitwise_split_keep_float32(dirs, images):
+    """The Pillow backend, and a processor that changes its output after rescale_and_normalize, keep
+    the processor's float32 output (the probe finds no bit-for-bit split); their cache keys differ."""
+    from transformers import AutoImageProcessor
+
+    from mrbench.encoders.hf_clip import HFImagePrep
+
+    pil = AutoImageProcessor.from_pretrained(str(dirs["clip"]), backend="pil")
+    fast = AutoImageProcessor.from_pretrained(str(dirs["clip"]))
+
+    class Shifted(type(fast)):  # one more elementwise step after the processor's normalisation
+        def _preprocess(self, *args, **kwargs):
+            out = super()._preprocess(*args, **kwargs)
+            out["pixel_values"] = out["pixel_values"] + 0.5
+            return out
+
+    shifted = Shifted.from_pretrained(str(dirs["clip"]))
+    im = Image.open(images[3]).convert("RGB")
+    for proc in (pil, shifted):
+        prep = HFImagePrep(proc, naflex=False)
+        assert prep.split is None and prep.transform_id.endswith(":float32")
+        got = prep(im)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.asarray(proc(images=[im], return_tensors="np")["pixel_values"][0]))
+    assert HFImagePrep(fast, naflex=False).split is not None
 
 
 @pytest.mark.parametrize("kind", KINDS)

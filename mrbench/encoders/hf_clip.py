@@ -21,8 +21,11 @@ processes when feeding a GPU); the in-forward path runs the same function, so bo
 same tensors.
 
 Images: the model's image processor (:class:`HFImagePrep`, ``prepare_image`` / ``pixel_transform()``),
-run by the harness in decode threads or worker processes; its float32 output can be kept in the pixel
-cache, keyed by the processor's class and configuration.
+run by the harness in decode threads or worker processes; its output can be kept in the pixel cache,
+keyed by the processor's class and configuration. For a torchvision-backend processor (transformers
+5's default) that output is the resized and cropped uint8 image, and the processor's own rescale and
+normalisation run batched on the model's device — used only where a probe image shows this gives the
+processor's float32 output bit for bit; otherwise (Pillow backend, NaFlex patches) the float32 output.
 
 Similarity: CLIP scores with ``logit_scale·cos``; SigLIP with ``sigmoid(logit_scale·cos + bias)``.
 Both are strictly increasing in the cosine, so ranking by cosine (``similarity="cosine"``) gives
@@ -35,6 +38,7 @@ Image+text items: score-level fusion (sum of the L2-normalised image and text em
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from mrbench.data.schema import TaskInfo
+
+log = logging.getLogger(__name__)
 
 #: model types verified by the test suite; others with get_text_features/get_image_features load
 #: only when the load-time probe confirms their features equal the model's own embeddings.
@@ -332,6 +338,10 @@ class HFClipEncoder(DualTowerEncoder):
 
     def _image_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.is_naflex:
+            import torch
+
+            if pixels.dtype == torch.uint8:  # resized and cropped by the processor: rescaled and normalised here
+                pixels = self.image_prep.normalise(pixels)
             return {"pixel_values": pixels}
         # unpack [B, P+1, D+1]: patches, their mask in the last column, spatial shape in the last row
         d = pixels.shape[-1] - 1
@@ -345,7 +355,9 @@ class HFClipEncoder(DualTowerEncoder):
         return _features(self.model.get_image_features(**self._image_inputs(pixels)), "image")
 
     def prepare_image(self, image: Image) -> torch.Tensor:
-        """The model's own image processor on one image → ``[3, H, W]`` (SigLIP 2: packed NaFlex patches)."""
+        """The model's own image processor on one image → ``[3, H, W]`` (SigLIP 2: packed NaFlex
+        patches); uint8 where the processor's rescale and normalisation can run later on the model's
+        device, float32 otherwise (see :class:`HFImagePrep`)."""
         import torch
 
         return torch.from_numpy(self.image_prep(image))
@@ -437,18 +449,31 @@ class HFTokenRows:
 
 
 class HFImagePrep:
-    """``PIL image → float32 numpy`` through the model's image processor: ``[3, H, W]``, or for
-    SigLIP 2 the NaFlex patches ``[P, D]`` packed with their mask as a last column and the spatial
-    shape as a last row (``[P + 1, D + 1]``). What :meth:`HFClipEncoder.prepare_image` returns;
-    picklable (module level) for decode worker processes. Its :attr:`transform_id` keys the pixel
-    cache: the processor's class and full configuration."""
+    """``PIL image → numpy`` through the model's image processor: ``[3, H, W]``, or for SigLIP 2 the
+    NaFlex patches ``[P, D]`` packed with their mask as a last column and the spatial shape as a last
+    row (``[P + 1, D + 1]``, float32). What :meth:`HFClipEncoder.prepare_image` returns; picklable
+    (module level) for decode worker processes. Its :attr:`transform_id` keys the pixel cache: the
+    processor's class and full configuration, and the output kind.
+
+    ``[3, H, W]`` images come as **uint8** where the processor allows it (:attr:`split` is set): the
+    processor runs without its rescale and normalisation (resize and crop only), and
+    :meth:`normalise` applies them later, batched on the model's device, by calling the processor's
+    own ``rescale_and_normalize`` with the arguments the processor passes it. That split is used only
+    when, on a probe image, it reproduces the processor's float32 output bit for bit (a torchvision
+    backend processor, whose last step is that elementwise call); otherwise (Pillow backend, a
+    processor that does more after it, NaFlex patches) the output is the processor's float32
+    output. uint8 keeps pixel-cache entries and host-to-device copies four times smaller.
+    """
 
     def __init__(self, image_processor: Any, *, naflex: bool) -> None:
         self.image_processor, self.naflex = image_processor, bool(naflex)
         self._picklable: bool | None = None
+        #: ``(args, kwargs)`` of the processor's own ``rescale_and_normalize`` call (after the images)
+        self.split: tuple[tuple[Any, ...], dict[str, Any]] | None = None if naflex else _normalise_split(image_processor)
         config = image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor)
         digest = hashlib.sha256(config.encode()).hexdigest()[:16]
-        self.transform_id = f"hf-image-processor:{type(image_processor).__name__}:{digest}:naflex={self.naflex}"
+        kind = "uint8" if self.split is not None else "float32"
+        self.transform_id = f"hf-image-processor:{type(image_processor).__name__}:{digest}:naflex={self.naflex}:{kind}"
 
     def picklable(self) -> bool:
         """Whether the image processor can travel to a decode worker process (checked once)."""
@@ -463,6 +488,9 @@ class HFImagePrep:
         return self._picklable
 
     def __call__(self, image: Image) -> np.ndarray:
+        if self.split is not None:
+            out = self.image_processor(images=[image], return_tensors="np", do_rescale=False, do_normalize=False)
+            return np.ascontiguousarray(out["pixel_values"][0])
         out = self.image_processor(images=[image], return_tensors="np")
         pix = np.asarray(out["pixel_values"][0], dtype=np.float32)
         if not self.naflex:
@@ -473,3 +501,60 @@ class HFImagePrep:
         packed[:p, d] = np.asarray(out["pixel_attention_mask"][0], dtype=np.float32)
         packed[p, :2] = np.asarray(out["spatial_shapes"][0], dtype=np.float32)
         return packed
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A batch ``[B, 3, H, W]`` of this function's uint8 images (on any device) → the processor's
+        float32 ``pixel_values``, bit for bit (elementwise IEEE operations, the same on every device)."""
+        assert self.split is not None, "normalise() applies only to uint8 (split) output"
+        args, kwargs = self.split
+        return self.image_processor.rescale_and_normalize(pixels, *args, **kwargs)
+
+
+def _probe_image() -> Image:
+    """A small RGB image of odd size whose pixels take most byte values (for :func:`_normalise_split`)."""
+    from PIL import Image
+
+    w, h = 37, 29
+    arr = (np.arange(w * h * 3, dtype=np.int64).reshape(h, w, 3) * 97 % 256).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def _normalise_split(processor: Any) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """``(args, kwargs)`` after the images of the one ``rescale_and_normalize`` call the processor
+    makes, when its output equals, bit for bit, that call applied to its uint8 output without rescale
+    and normalisation (checked on :func:`_probe_image`); ``None`` when it does not, or for any
+    processor that is not a transformers torchvision-backend one."""
+    try:
+        import torch
+        from transformers.image_processing_backends import TorchvisionBackend
+    except ImportError:  # transformers 4.x: no backends; the float32 output is kept
+        return None
+    if not isinstance(processor, TorchvisionBackend):
+        return None
+    import copy
+
+    try:
+        spy = copy.deepcopy(processor)
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        own = spy.rescale_and_normalize
+
+        def record(images: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append((args, kwargs))
+            return own(images, *args, **kwargs)
+
+        spy.rescale_and_normalize = record
+        img = _probe_image()
+        full = spy(images=[img], return_tensors="pt")["pixel_values"]
+        raw = processor(images=[img], return_tensors="pt", do_rescale=False, do_normalize=False)["pixel_values"]
+        if len(calls) != 1 or not isinstance(full, torch.Tensor) or not isinstance(raw, torch.Tensor):
+            return None
+        if raw.dtype != torch.uint8 or full.dtype != torch.float32 or raw.shape != full.shape or raw.ndim != 4:
+            return None
+        args, kwargs = calls[0]
+        again = processor.rescale_and_normalize(raw, *args, **kwargs)
+        if not (isinstance(again, torch.Tensor) and again.dtype == full.dtype and torch.equal(again, full)):
+            return None
+        return args, dict(kwargs)
+    except Exception as e:  # a processor this check cannot run: keep its float32 output
+        log.debug("hf: no uint8 split for %s (%s)", type(processor).__name__, e)
+        return None
