@@ -595,6 +595,8 @@ def test_processors_without_a_bitwise_split_keep_float32(dirs, images):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, np.asarray(proc(images=[im], return_tensors="np")["pixel_values"][0]))
     assert HFImagePrep(fast, naflex=False).split is not None
+    off = HFImagePrep(fast, naflex=False, uint8=False)  # asked for the float32 output (bench_hf_images.py)
+    assert off.split is None and off(im).dtype == np.float32 and off.transform_id.endswith(":float32")
 
 
 @pytest.mark.parametrize("kind", KINDS)

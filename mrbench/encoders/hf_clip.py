@@ -465,11 +465,13 @@ class HFImagePrep:
     output. uint8 keeps pixel-cache entries and host-to-device copies four times smaller.
     """
 
-    def __init__(self, image_processor: Any, *, naflex: bool) -> None:
+    def __init__(self, image_processor: Any, *, naflex: bool, uint8: bool = True) -> None:
         self.image_processor, self.naflex = image_processor, bool(naflex)
         self._picklable: bool | None = None
-        #: ``(args, kwargs)`` of the processor's own ``rescale_and_normalize`` call (after the images)
-        self.split: tuple[tuple[Any, ...], dict[str, Any]] | None = None if naflex else _normalise_split(image_processor)
+        #: ``(args, kwargs)`` of the processor's own ``rescale_and_normalize`` call (after the images);
+        #: ``None``: float32 output (NaFlex, no bit-for-bit split, or ``uint8=False``)
+        self.split: tuple[tuple[Any, ...], dict[str, Any]] | None = (
+            _normalise_split(image_processor) if uint8 and not naflex else None)
         config = image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor)
         digest = hashlib.sha256(config.encode()).hexdigest()[:16]
         kind = "uint8" if self.split is not None else "float32"
