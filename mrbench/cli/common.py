@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
@@ -17,23 +18,56 @@ def err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`MrbenchError` into ``error: <message>`` and a non-zero exit; Ctrl-C into a hint."""
+INTERRUPTED_HINT = "finished batches are in the embedding cache; re-run the same command to resume"
+"""What ``handle_errors`` prints after ``interrupted:`` on Ctrl-C unless a command says otherwise."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mrbench.errors import MrbenchError
+_OS_HINTS = {
+    errno.EEXIST: "a file stands where a directory is needed; choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory; choose another path",
+    errno.EACCES: "permission denied; choose a path you can write to",
+    errno.EPERM: "operation not permitted; choose a path you can write to",
+    errno.EROFS: "read-only file system; choose a path you can write to",
+    errno.ENOSPC: "no space left on the device; free some space or choose another path",
+    errno.ENOENT: "no such file or directory; check the path",
+    errno.EISDIR: "is a directory, not a file; name a file",
+}
 
-        try:
-            return fn(*args, **kwargs)
-        except MrbenchError as e:
-            err(f"error: {e}")
-            raise typer.Exit(code=e.exit_code) from None
-        except KeyboardInterrupt:
-            err("interrupted: finished batches are in the embedding cache; re-run the same command to resume")
-            raise typer.Exit(code=130) from None
 
-    return wrapper
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error: the path, what went wrong, what to do."""
+    hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
+    if hint is None:
+        hint = f"{e.strerror or type(e).__name__}; check the path and free space"
+    return f"{e.filename}: {hint}" if e.filename is not None else f"{e.strerror or e}; check the paths given"
+
+
+def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = INTERRUPTED_HINT) -> Any:
+    """Decorator: :class:`MrbenchError` and file-system errors (:class:`OSError`) become one
+    ``error: <message>`` line and a non-zero exit; Ctrl-C prints ``interrupted: <interrupted>``.
+
+    Use as ``@handle_errors`` or ``@handle_errors(interrupted="...")`` (a command whose re-run does
+    not resume from the embedding cache says what does)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from mrbench.errors import MrbenchError
+
+            try:
+                return fn(*args, **kwargs)
+            except MrbenchError as e:
+                err(f"error: {e}")
+                raise typer.Exit(code=e.exit_code) from None
+            except KeyboardInterrupt:
+                err(f"interrupted: {interrupted}")
+                raise typer.Exit(code=130) from None
+            except OSError as e:  # an output path that cannot be written, a disk that is full ...
+                err(f"error: {os_error_line(e)}")
+                raise typer.Exit(code=1) from None
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def reflow(text: str) -> str:
