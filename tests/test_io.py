@@ -592,3 +592,24 @@ def test_loads_many_is_one_parse_or_none():
     assert loads_many(texts) == [json.loads(t) for t in texts] and loads_many([]) == []
     for bad in (['{"a": 1}', "  "], ['{"a": 1}, {"b": 2}'], ['{"a": 1', "}"], ["{oops"]):
         assert loads_many(bad) is None
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (lambda r: r.update(grains="dog"), r"field 'grains' must be a list"),
+        (lambda r: r.update(grains=["dog"]), r"grain #1 must be an object with 'text' and 'type', not str"),
+        (lambda r: r["grains"][0].pop("type"), r"grain #1 lacks field 'type'"),
+        (lambda r: r.update(meta="x"), r"field 'meta' must be an object"),
+    ],
+)
+def test_malformed_query_fields_name_file_query_and_field(small_bench, change, pattern):
+    """A malformed field of one query names its file, the query id and the field, not the manifest."""
+    p = small_bench.root / "tasks/t2i/queries.jsonl"
+    rows = [json.loads(x) for x in p.read_text().splitlines()]
+    assert rows[1]["grains"]
+    change(rows[1])
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(BenchmarkError, match=rf"queries.jsonl: query {rows[1]['id']!r} \(record 2\): {pattern}") as ei:
+        load_benchmark_dir(small_bench.root, verify=False)
+    assert "\n" not in str(ei.value) and "manifest" not in str(ei.value)
