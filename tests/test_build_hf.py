@@ -192,3 +192,63 @@ def test_unreadable_dataset_is_named(tmp_path: Path) -> None:
         build_hf("no-such-org/no-such-dataset", tmp_path / "x")
     r = CliRunner().invoke(_cli(), ["hf", "--dataset", str(missing), "-o", str(tmp_path / "y")])
     assert r.exit_code == 2 and r.output.strip().startswith("error: ") and len(r.output.strip().splitlines()) == 1
+
+
+def test_missing_local_directory_is_not_sent_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative directory that does not exist (trailing slash, or a deeper path) is reported as missing,
+    not looked up on the hub."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("no_photos/", "data/no/photos"):
+        with pytest.raises(BenchmarkError, match=rf"{name}: no such file or directory"):
+            build_hf(name, tmp_path / "x")
+
+
+def test_extractor_annotations_and_mllm_options(folder: Path, tmp_path: Path) -> None:
+    """--extractor annotations reads the grains of every caption from --annotations; with another
+    extractor the file overrides it for the captions it lists; mllm without a model, or annotations
+    without a file, is one line (no TypeError traceback)."""
+    from mrbench.grains.lexicon import LexiconExtractor
+
+    caps = sorted({c for i in range(10) for c in
+                   ([CAPTIONS[i % 6], f"{CAPTIONS[(i + 1) % 6]} at night", "a photo"] if i < 9 else ["a photo"])})
+    ann = tmp_path / "grains.jsonl"
+    lines = []
+    for c in caps:
+        words = [w for w in c.split() if len(w) > 3][:3]
+        lines.append({"text": c, "grains": [{"text": w, "type": "entity"} for w in words]})
+    ann.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    bench, report = build_hf(folder, tmp_path / "a", extractor="annotations", annotations=ann, per_task=3)
+    assert report["annotations"] == str(ann)
+    want = {x["text"]: [g["text"] for g in x["grains"]] for x in lines}
+    for q in bench.task("t2i").queries:
+        assert [g.text for g in q.grains] == want[q.text]
+    # a partial file overrides the extractor only for the captions it lists
+    listed = caps[0]
+    ann.write_text(json.dumps(lines[0]) + "\n")
+    bench, _ = build_hf(folder, tmp_path / "b", annotations=ann, per_task=50, min_grains=0)
+    lex = LexiconExtractor()
+    for q in bench.task("t2i").queries:
+        ref = want[listed] if q.text == listed else [g.text for g in lex.extract([q.text])[0]]
+        assert [g.text for g in q.grains] == ref
+    for kwargs, pattern in (({"extractor": "mllm"}, r"--extractor mllm needs --extractor-model"),
+                            ({"extractor": "annotations"}, r"--extractor annotations needs --annotations")):
+        r = CliRunner().invoke(_cli(), ["hf", "--dataset", str(folder), "-o", str(tmp_path / "c"),
+                                        *[f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()]])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith("error: ") and __import__("re").search(pattern, r.output), r.output
+    ann.write_text(json.dumps(lines[0]) + "\n")  # annotations only: a caption missing from the file is named
+    with pytest.raises(mrbench.errors.MrbenchError, match=r"has no grain annotations in .*grains.jsonl") as e:
+        build_hf(folder, tmp_path / "d", extractor="annotations", annotations=ann)
+    assert "\n" not in str(e.value) and not (tmp_path / "d").exists()
+
+
+def test_unreadable_image_names_its_file(tmp_path: Path) -> None:
+    root = tmp_path / "folder"
+    root.mkdir()
+    _image(0).save(root / "00.png")
+    (root / "01.png").write_bytes(b"not an image")
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"0{i}.png", "caption": CAPTIONS[i]}) + "\n"
+                                                 for i in range(2)))
+    with pytest.raises(BenchmarkError, match=r"row 1, column 'image' \(01\.png\): not a readable image") as e:
+        build_hf(root, tmp_path / "x", min_grains=0)
+    assert "BytesIO" not in str(e.value) and "\n" not in str(e.value)

@@ -80,7 +80,9 @@ class _Image:
 
 # --------------------------------------------------------------------------- loading
 def _looks_local(s: str) -> bool:
-    return s.startswith(("/", "./", "../", "~", ".\\")) or s.lower().endswith((".parquet", ".jsonl", ".csv", ".json", ".arrow"))
+    """Whether ``s`` can only be a local path (a hub id is ``name`` or ``org/name``, no trailing slash)."""
+    return (s.startswith(("/", "./", "../", "~", ".\\")) or s.endswith(("/", "\\")) or s.count("/") > 1
+            or s.lower().endswith((".parquet", ".jsonl", ".csv", ".json", ".arrow")))
 
 
 def _resolve_source(dataset: str, data_files: Any, split: str) -> tuple[str, dict[str, Any], Path | None]:
@@ -131,6 +133,7 @@ def _load(dataset: str, split: str, config: str | None, data_files: Any, cache_d
         if local is None:
             hint = ("HF_DATASETS_OFFLINE is set, so hub datasets must already be cached; pass a local imagefolder or "
                     "Parquet path instead" if offline else "check the hub id (and --config), or pass a local path")
+            hint += f" (no local file or directory {dataset!r} exists either)"
         else:
             hint = "check that it is an imagefolder (images + metadata.jsonl/csv) or Parquet files"
         raise BenchmarkError(f"{dataset}: cannot read dataset ({type(e).__name__}: {msg}); {hint}") from None
@@ -158,6 +161,12 @@ def _captions_of(value: Any, row: int, column: str) -> list[str]:
         if t and t not in out:
             out.append(t)
     return out
+
+
+def _source_of(value: Any) -> str | None:
+    """The file an image cell came from, where the cell says (for messages)."""
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return str(path) if path else None
 
 
 def _image_bytes(value: Any, row: int, column: str, local: Path | None) -> bytes | None:
@@ -191,8 +200,9 @@ def _image_bytes(value: Any, row: int, column: str, local: Path | None) -> bytes
         raise BenchmarkError(f"row {row}, column {column!r}: cannot read image file {p} ({e.strerror or e})") from None
 
 
-def _normalise_image(data: bytes, row: int, column: str) -> tuple[bytes, str]:
-    """Return ``(bytes to write, extension)``: PNG/JPEG unchanged, anything else re-encoded to PNG."""
+def _normalise_image(data: bytes, row: int, column: str, source: str | None = None) -> tuple[bytes, str]:
+    """Return ``(bytes to write, extension)``: PNG/JPEG unchanged, anything else re-encoded to PNG.
+    ``source``: the file the bytes came from, named in the error for an unreadable image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -208,7 +218,9 @@ def _normalise_image(data: bytes, row: int, column: str) -> tuple[bytes, str]:
             im.save(buf, format="PNG")
             return buf.getvalue(), ".png"
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BenchmarkError(f"row {row}, column {column!r}: not a readable image ({e}); fix or drop that row") from None
+        why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip() or type(e).__name__
+        where = f" ({Path(source).name})" if source else ""
+        raise BenchmarkError(f"row {row}, column {column!r}{where}: not a readable image ({why}); fix or drop that row") from None
 
 
 def _read_rows(ds: Any, image_column: str, caption_column: str, local: Path | None, staging: Path,
@@ -238,7 +250,7 @@ def _read_rows(ds: Any, image_column: str, caption_column: str, local: Path | No
         h = hashlib.sha256(data).hexdigest()
         img = by_hash.get(h)
         if img is None:
-            out, ext = _normalise_image(data, row, image_column)
+            out, ext = _normalise_image(data, row, image_column, _source_of(rec[image_column]))
             iid = f"img{row:0{width}d}"
             img = _Image(id=iid, rel=f"images/{iid}{ext}")
             (staging / img.rel).write_bytes(out)
@@ -315,6 +327,20 @@ def _tasks(images: list[_Image], grains: dict[tuple[str, int], list[Grain]], *, 
 
 
 # --------------------------------------------------------------------------- entry point
+def _extract(texts: list[str], extractor: Any, annotations: Any) -> list[list[Grain]]:
+    """Grains of each caption: from ``annotations`` where it lists the caption, else from
+    ``extractor`` (``None``: annotations only, a caption they lack is an error)."""
+    if annotations is None:
+        return extractor.extract(texts)
+    if extractor is None:
+        return annotations.extract(texts)
+    todo = [i for i, t in enumerate(texts) if not annotations.has_text(t)]
+    out = [annotations.extract([t])[0] if annotations.has_text(t) else [] for t in texts]
+    for i, g in zip(todo, extractor.extract([texts[i] for i in todo]) if todo else []):
+        out[i] = g
+    return out
+
+
 def build_hf(
     dataset: str | Path,
     output: str | Path,
@@ -327,6 +353,8 @@ def build_hf(
     per_task: int = 250,
     min_grains: int = 2,
     extractor: str = "lexicon",
+    extractor_model: str | None = None,
+    annotations: str | Path | None = None,
     seed: int = 0,
     heldout: float = 0.0,
     max_images: int | None = None,
@@ -339,7 +367,11 @@ def build_hf(
     ``<output>-train``) and return ``(test benchmark, report)``.
 
     ``split`` is the split of the *source* dataset to read; ``max_images`` caps the rows read (the
-    first rows); ``cache_dir`` is passed to ``datasets.load_dataset``. Raises
+    first rows); ``cache_dir`` is passed to ``datasets.load_dataset``. Grains: ``extractor``
+    (``lexicon``; ``mllm`` with ``extractor_model``, a local Qwen2-VL / Qwen2.5-VL directory; or
+    ``annotations``); ``annotations``, a JSONL of ``{"text": caption, "grains": [...]}`` lines
+    (:mod:`mrbench.grains.annotations`), gives the grains of the captions it lists and the extractor
+    those of the others (with ``extractor="annotations"`` every caption must be listed). Raises
     :class:`~mrbench.errors.BenchmarkError` (one line) for an unreadable dataset, a missing column
     (listing the available ones), a bad cell (row and column), or a task without eligible queries.
     """
@@ -355,7 +387,14 @@ def build_hf(
         raise BenchmarkError(f"--heldout {heldout}: must be a fraction in [0, 1), e.g. 0.2")
     if max_images is not None and max_images < 1:
         raise BenchmarkError(f"--max-images {max_images}: must be at least 1")
-    ex = get_extractor(extractor)
+    kind = extractor.strip().lower() if isinstance(extractor, str) else extractor
+    if kind == "annotations" and annotations is None:
+        raise BenchmarkError("--extractor annotations needs --annotations FILE (a JSONL of {\"text\": caption, "
+                             "\"grains\": [...]} lines)")
+    if kind == "mllm" and not extractor_model:
+        raise BenchmarkError("--extractor mllm needs --extractor-model DIR (a local Qwen2-VL / Qwen2.5-VL directory)")
+    ann = get_extractor("annotations", path=annotations) if annotations is not None else None
+    ex = None if kind == "annotations" else get_extractor(extractor, **({"model": extractor_model} if kind == "mllm" else {}))
     output = Path(output)
     train_out = heldout_path(output) if heldout > 0 else None
     for out in (output, train_out):
@@ -386,7 +425,7 @@ def build_hf(
         if progress:
             progress(f"extracting grains from {sum(len(im.captions) for im in images)} captions")
         keys = [(im.id, j) for im in images for j in range(len(im.captions))]
-        extracted = ex.extract([im.captions[j] for im in images for j in range(len(im.captions))])
+        extracted = _extract([im.captions[j] for im in images for j in range(len(im.captions))], ex, ann)
         grains = dict(zip(keys, extracted))
 
         test_images, train_images = images, []
@@ -404,7 +443,8 @@ def build_hf(
         report: dict[str, Any] = {
             "source": "huggingface", "dataset": str(dataset), "builder": builder, "config": config, "split": split,
             "image_column": image_column, "caption_column": caption_column, "per_task": per_task,
-            "min_grains": min_grains, "extractor": extractor, "seed": seed, "max_images": max_images,
+            "min_grains": min_grains, "extractor": extractor, "extractor_model": extractor_model,
+            "annotations": str(annotations) if annotations is not None else None, "seed": seed, "max_images": max_images,
             **stats, "images": len(images), "captions": len(keys),
         }
         tasks, task_report = _tasks(test_images, grains, per_task=per_task, min_grains=min_grains, seed=seed,

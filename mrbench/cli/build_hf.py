@@ -21,7 +21,11 @@ def hf(
     config: Annotated[str | None, typer.Option(help="Dataset configuration name (hub datasets).")] = None,
     per_task: Annotated[int, typer.Option(help="Queries kept per task (drawn from the eligible ones).")] = 250,
     min_grains: Annotated[int, typer.Option(help="A query is eligible with at least this many grains.")] = 2,
-    extractor: Annotated[str, typer.Option(help="Grain extractor for captions (lexicon: offline rules).")] = "lexicon",
+    extractor: Annotated[str, typer.Option(help="Grain extractor for captions: lexicon (offline rules), mllm (a local "
+                                           "vision-language model, --extractor-model) or annotations (--annotations).")] = "lexicon",
+    extractor_model: Annotated[str | None, typer.Option(help="Model directory for --extractor mllm (Qwen2-VL / Qwen2.5-VL).")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="JSONL of grains by caption ({\"text\": caption, \"grains\": [...]} "
+                                                     "per line); overrides the extractor for the captions it lists.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws; the same inputs and seed give the same fingerprint.")] = 0,
     heldout: Annotated[float, typer.Option(help="Fraction of the images held out as a train benchmark at <output>-train "
                                            "(0: none).")] = 0.0,
@@ -32,7 +36,8 @@ def hf(
     from mrbench.builders.hf import build_hf
 
     bench, report = build_hf(dataset, output, image_column=image_column, caption_column=caption_column, split=split,
-                             config=config, per_task=per_task, min_grains=min_grains, extractor=extractor, seed=seed,
+                             config=config, per_task=per_task, min_grains=min_grains, extractor=extractor, extractor_model=extractor_model,
+                             annotations=annotations, seed=seed,
                              heldout=heldout, max_images=max_images, overwrite=overwrite)
     print(f"read {report['rows_read']} rows: {report['images']} images, {report['captions']} captions")
     for name, r in report["tasks"].items():

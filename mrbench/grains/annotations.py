@@ -101,6 +101,10 @@ class AnnotationsExtractor:
             out.append(list(self._by_text[t]))
         return out
 
+    def has_text(self, text: str) -> bool:
+        """Whether a line with exactly this ``text`` exists."""
+        return text in self._by_text
+
     def has_id(self, id: str | int) -> bool:
         """Whether a line with this ``id`` (compared as a string) exists."""
         return str(id) in self._by_id
