@@ -85,6 +85,10 @@ def test_existing_output_is_refused(tmp_path):
         (("encode", "-b", TINY, "-e", "random", "--tasks", " , "), "--tasks ' , ': no name in it"),
         (("build", "synth", "-o", "/tmp/x-mrbench-never", "--size", "huge"), "--size"),
         (("info", "nope-bench"), "unknown benchmark"),
+        (("evaluate", "-b", "/no/such/dir"), "/no/such/dir: no such directory"),
+        (("evaluate", "-b", "no_such/"), "no_such/: no such directory"),
+        (("evaluate", "-b", ""), "no benchmark named"),
+        (("info", __file__), "a file, not a benchmark directory"),
     ],
 )
 def test_bad_input_gives_one_line(args, pattern):

@@ -53,7 +53,7 @@ def evaluate(
         "(torch backend), for pools larger than memory; without it a pool needing more than half of the "
         "available memory is refused."))] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and fill the on-disk embedding cache.")] = True,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE or ~/.cache/mrbench/embeddings).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE, else $MRBENCH_HOME/embeddings, else ~/.cache/mrbench/embeddings).")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity", help="Run the drop-one-grain diagnostic.")] = True,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the benchmark fingerprint on load.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing results in --output.")] = False,

@@ -99,17 +99,21 @@ def load_benchmark(
 
     p = Path(name_or_path)
     s = str(name_or_path)
+    choices = f"pass a benchmark directory or one of {', '.join(BUILTIN_BENCHMARKS)} (see 'mrbench benchmarks')"
+    if not s.strip():
+        raise UnknownNameError(f"no benchmark named (an empty name); {choices}")
     if s in BUILTIN_BENCHMARKS and not p.exists():
         return _load_builtin(s, verify=verify, progress=progress, log=log, tasks=tasks)
     if p.is_dir():
         if _is_parquet_export(p):
             return _load_parquet_export(p, verify=verify, log=log, tasks=tasks)
         return load_benchmark_dir(p, verify=verify, log=log, tasks=tasks)
+    if p.exists():
+        raise UnknownNameError(f"{s}: a file, not a benchmark directory; {choices}")
+    if any(c in s for c in "/\\") or s.startswith(("~", ".")):
+        raise UnknownNameError(f"{s}: no such directory; {choices}")
     hint = did_you_mean(s, list(BUILTIN_BENCHMARKS))
-    raise UnknownNameError(
-        f"unknown benchmark {s!r}{hint}: pass a benchmark directory or one of {', '.join(BUILTIN_BENCHMARKS)} "
-        "(see 'mrbench benchmarks')"
-    )
+    raise UnknownNameError(f"unknown benchmark {s!r}{hint}: {choices}")
 
 
 def _is_parquet_export(p: Path) -> bool:
