@@ -199,3 +199,33 @@ def test_several_encoders_load_the_benchmark_once(monkeypatch):
     r = invoke("evaluate", "-b", TINY, "-e", "random", "-e", "constant", "--tasks", "i2t", "-q", "--no-sensitivity")
     assert r.exit_code == 0, r.output
     assert len(loads) == 1 and "comparison" in r.stdout
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, cache):
+    """Ctrl-C during the second encoder of an evaluate with -o: one 'interrupted:' line that says what
+    was kept and the command that resumes (--overwrite, since the first encoder's results are written);
+    the re-run it names succeeds."""
+    import mrbench.pipeline
+
+    real = mrbench.pipeline.evaluate
+    calls = []
+
+    def second_interrupted(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mrbench.pipeline, "evaluate", second_interrupted)
+    out = tmp_path / "out"
+    args = ["evaluate", "-b", TINY, "-e", "random", "-e", "oracle", "-o", str(out), "-q", "--no-sensitivity",
+            *([] if cache else ["--no-cache"])]
+    r = invoke(*args)
+    assert r.exit_code == 130
+    err = r.stderr.strip()
+    assert "\n" not in err and err.startswith("interrupted: ")
+    kept = "finished batches are in the embedding cache" if cache else "nothing was kept (--no-cache)"
+    assert kept in err and "re-run the same command with --overwrite" in err, err
+    monkeypatch.setattr(mrbench.pipeline, "evaluate", real)
+    assert invoke(*args, "--overwrite").exit_code == 0

@@ -46,7 +46,8 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
     ``error: <message>`` line and a non-zero exit; Ctrl-C prints ``interrupted: <interrupted>``.
 
     Use as ``@handle_errors`` or ``@handle_errors(interrupted="...")`` (a command whose re-run does
-    not resume from the embedding cache says what does)."""
+    not resume from the embedding cache says what does); a command that knows better at run time
+    re-raises ``KeyboardInterrupt("<hint>")``."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -58,8 +59,9 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
             except MrbenchError as e:
                 err(f"error: {e}")
                 raise typer.Exit(code=e.exit_code) from None
-            except KeyboardInterrupt:
-                err(f"interrupted: {interrupted}")
+            except KeyboardInterrupt as e:  # a command may re-raise it with the hint that fits the run
+                hint = e.args[0] if e.args and isinstance(e.args[0], str) else interrupted
+                err(f"interrupted: {hint}")
                 raise typer.Exit(code=130) from None
             except OSError as e:  # an output path that cannot be written, a disk that is full ...
                 err(f"error: {os_error_line(e)}")

@@ -95,33 +95,44 @@ def evaluate(
         bench = load_benchmark(benchmark, verify=verify, progress=reporter.builder_callback(), log=reporter.log,
                                tasks=task_names or None)
     results = []
-    for enc, out in zip(encoders, outs):
-        res = run(
-            bench, enc, encoder_kwargs=kwargs, tasks=task_names, ks=k, depth=depth,
-            output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
-            num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
-            **({"approx": approx_spec} if approx_spec is not None else {}),
-            **({"stream_pool": True} if stream_pool else {}),
-        )
-        print_result(res, console)
-        t = res.timings
-        console.print(
-            f"[dim]{enc}: {t['total']:.2f} s total — encode {t['encode']:.2f} s (model {t['encoder_forward']:.2f} s), "
-            f"retrieve {t['retrieve']:.2f} s, score {t['score']:.2f} s, grain sensitivity {t['sensitivity']:.2f} s; "
-            f"cache hits {res.data['cache']['hits']}/{res.data['cache']['items']}[/dim]"
-        )
-        if approx_spec is not None:
-            rec = res.data["scores"].get("approx_recall") or {}
-            kmax = max(res.data["settings"]["ks"])
-            parts = ", ".join(f"{t} {v.get(f'recall@{kmax}'):.3f}" for t, v in rec.items()
-                              if v.get(f"recall@{kmax}") is not None)
-            console.print(f"[dim]approximate search ({res.data['settings']['approx']['index']}): recall@{kmax} "
-                          f"against exact search — {parts or 'no queries'}[/dim]")
-        if out is not None:
-            console.print(f"results written to [bold]{out}[/bold] (results.json, runs/, per_query.parquet, grains.png)")
-        results.append(res)
+    try:
+        for enc, out in zip(encoders, outs):
+            res = run(
+                bench, enc, encoder_kwargs=kwargs, tasks=task_names, ks=k, depth=depth,
+                output=out, overwrite=overwrite, cache=cache, cache_dir=cache_dir, batch_size=batch_size,
+                num_workers=workers, decode=decode, backend=backend, grain_sensitivity=sensitivity, verify=verify, progress=reporter,
+                **({"approx": approx_spec} if approx_spec is not None else {}),
+                **({"stream_pool": True} if stream_pool else {}),
+            )
+            print_result(res, console)
+            t = res.timings
+            console.print(
+                f"[dim]{enc}: {t['total']:.2f} s total — encode {t['encode']:.2f} s (model {t['encoder_forward']:.2f} s), "
+                f"retrieve {t['retrieve']:.2f} s, score {t['score']:.2f} s, grain sensitivity {t['sensitivity']:.2f} s; "
+                f"cache hits {res.data['cache']['hits']}/{res.data['cache']['items']}[/dim]"
+            )
+            if approx_spec is not None:
+                rec = res.data["scores"].get("approx_recall") or {}
+                kmax = max(res.data["settings"]["ks"])
+                parts = ", ".join(f"{t} {v.get(f'recall@{kmax}'):.3f}" for t, v in rec.items()
+                                  if v.get(f"recall@{kmax}") is not None)
+                console.print(f"[dim]approximate search ({res.data['settings']['approx']['index']}): recall@{kmax} "
+                              f"against exact search — {parts or 'no queries'}[/dim]")
+            if out is not None:
+                console.print(f"results written to [bold]{out}[/bold] (results.json, runs/, per_query.parquet, grains.png)")
+            results.append(res)
+    except KeyboardInterrupt:  # what the re-run needs: --overwrite once an encoder's results are written
+        raise KeyboardInterrupt(_resume_hint(cache, written=bool(results) and output is not None)) from None
     if len(results) > 1:
         console.print(comparison_table(results))
+
+
+def _resume_hint(cache: bool, *, written: bool) -> str:
+    """What ``evaluate`` says after Ctrl-C: what was kept, and the command that resumes."""
+    again = "re-run the same command with --overwrite" if written else "re-run the same command"
+    if not cache:
+        return f"nothing was kept (--no-cache); {again} to start again"
+    return f"finished batches are in the embedding cache; {again} to resume"
 
 
 def _parse_approx(value: str) -> dict:
