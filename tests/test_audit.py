@@ -175,6 +175,7 @@ def test_cli(tmp_path):
         (["-b", TINY, "--against", "oracel"], "did you mean 'oracle'"),
         (["-b", TINY, "--against", "oracle", "--k", "0"], "--k"),
         (["-b", TINY, "--against", "oracle", "--threshold", "-1"], "--threshold"),
+        (["-b", TINY, "--against", "oracle", "-o", __file__ + "/sub/audit.json"], "is a file, not a directory"),
     ],
 )
 def test_cli_bad_input_gives_one_line(args, pattern):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors, parse_json_kwargs
+from mrbench.cli.common import check_writable_file, handle_errors, parse_json_kwargs
 
 
 @handle_errors
@@ -50,6 +50,8 @@ def audit_cmd(
         raise MrbenchError("--encoder-kwargs: expected {encoder name: {kwargs}}, e.g. '{\"contrastive-tiny\": {\"batch_size\": 64}}'")
     if output is not None and output.is_dir():
         raise MrbenchError(f"--output {output}: is a directory; give a JSON file path such as {output / 'audit.json'}")
+    if output is not None:
+        check_writable_file(output)  # before the audit's encoding, not after
     console = stdout_console()
     res = audit(benchmark, blind=blind, against=list(against), ks=k, threshold=threshold, cache=cache,
                 progress=NullReporter() if quiet else RichReporter(), encoder_kwargs=kw)

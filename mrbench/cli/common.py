@@ -8,6 +8,7 @@ import inspect
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import typer
@@ -39,6 +40,22 @@ def os_error_line(e: OSError) -> str:
     if hint is None:
         hint = f"{e.strerror or type(e).__name__}; check the path and free space"
     return f"{e.filename}: {hint}" if e.filename is not None else f"{e.strerror or e}; check the paths given"
+
+
+def check_writable_file(path: Path, option: str = "--output") -> None:
+    """Refuse, before any work, an output file path that cannot be created: a part of its directory
+    is a file, or the nearest existing directory is not writable (one-line :class:`MrbenchError`)."""
+    import os
+
+    from mrbench.errors import MrbenchError
+
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MrbenchError(f"{option} {path}: {parent} is a file, not a directory; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MrbenchError(f"{option} {path}: cannot write in {parent} (permission denied); choose another path")
 
 
 def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = INTERRUPTED_HINT) -> Any:
