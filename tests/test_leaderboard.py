@@ -412,6 +412,29 @@ def test_cli_leaderboard_show_render_add(world: dict[str, Path], tmp_path: Path)
     assert r.exit_code != 0 and "--html" in r.output
 
 
+@pytest.mark.parametrize("args, line", [
+    (["show", "-b", "my-bench"], "error: {lb}: no benchmark matches 'my-bench' (did you mean 'mrbench-synth'?); "
+                                 "pass a benchmark name or fingerprint prefix; known benchmarks: mrbench-synth (b2f20e25aefb)"),
+    (["render", "--html", "{out}", "-b", "nope"], "error: {lb}: no benchmark matches 'nope'; "),
+    (["render", "--markdown", "{out}", "-b", "nope"], "error: {lb}: no benchmark matches 'nope'; "),
+    (["show", "--task", "nope"], "error: {lb}: unknown task 'nope'; known tasks: i2i, i2t, it2i, t2i"),
+    (["show", "--task", "t2"], "error: {lb}: unknown task 't2' (did you mean 't2i'"),
+    (["show", "--columns", "model,nope"], "error: --columns: unknown column 'nope'"),
+    (["show", "--markdown", "-c", "model,hit5"], "error: --columns: unknown column 'hit5' (did you mean 'hit@5'"),
+    (["show", "--sort", "hit5"], "error: --sort: unknown column 'hit5' (did you mean 'hit@5'"),
+], ids=["show-benchmark", "render-html", "render-markdown", "task", "task-typo", "columns", "columns-markdown", "sort"])
+def test_cli_unknown_benchmark_task_or_column_is_one_line(tmp_path: Path, args: list[str], line: str) -> None:
+    """An unknown --benchmark, --task or column is one 'error:' line with close matches, not a traceback,
+    and render writes nothing (not even the output's directory)."""
+    lbp = tmp_path / "lb.json"
+    shutil.copy(REPO / "leaderboard" / "leaderboard.json", lbp)
+    out = tmp_path / "new" / "x.out"
+    r = CliRunner().invoke(_app(), ["leaderboard", *[a.format(out=out) for a in args], "-l", str(lbp)])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith(line.format(lb=lbp)), r.output
+    assert not out.parent.exists()
+
+
 def test_approximate_results_are_refused(world: dict[str, Path], tmp_path: Path, lb: Path) -> None:
     d = _copy(world["random"], tmp_path / "r")
     _edit_results(d, lambda x: x["settings"].__setitem__("approx", {"index": "ivf"}))

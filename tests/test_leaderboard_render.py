@@ -207,6 +207,24 @@ def test_sort_rows_unknown_column(lb: dict[str, Any]) -> None:
     assert "'hit@50'" in msg and "known columns" in msg and "hit@5" in msg and "drop" in msg
 
 
+def test_unknown_names_are_mrbench_errors_with_suggestions(lb: dict[str, Any]) -> None:
+    """Unknown benchmark, task and column names raise a one-line MrbenchError (still a ValueError) with close matches."""
+    from mrbench.errors import MrbenchError
+
+    rows = R.entry_rows(lb)
+    for call, want in [
+        (lambda: R.entry_rows(lb, benchmark="mrbench-synt"), "no benchmark matches 'mrbench-synt' (did you mean 'mrbench-synth'?)"),
+        (lambda: R.entry_rows(lb, task="i2"), "unknown task 'i2' (did you mean "),
+        (lambda: R.sort_rows(rows, "ndcg10"), "unknown column 'ndcg10' (did you mean 'ndcg@10'"),
+        (lambda: R.to_markdown(rows, ["model", "hit5"]), "unknown column 'hit5' (did you mean 'hit@5'"),
+        (lambda: R.rich_table(rows, ["model", "g6"]), "unknown column 'g6' (did you mean "),
+        (lambda: R.to_html(lb, benchmark="nope"), "no benchmark matches 'nope'; pass a benchmark name"),
+    ]:
+        with pytest.raises(MrbenchError) as exc:
+            call()
+        assert isinstance(exc.value, ValueError) and str(exc.value).startswith(want) and "\n" not in str(exc.value)
+
+
 # ----------------------------------------------------------------------------------------- tables
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +21,18 @@ def _lb_path(path: Optional[Path]) -> Path:
     from mrbench.leaderboard.store import DEFAULT_LEADERBOARD
 
     return path if path is not None else DEFAULT_LEADERBOARD
+
+
+@contextmanager
+def _names(where: object) -> Iterator[None]:
+    """An unknown benchmark, task or column name (:class:`~mrbench.leaderboard.render.UnknownViewName`)
+    becomes a one-line error that starts with ``where`` (the leaderboard file or the option)."""
+    from mrbench.leaderboard.render import UnknownViewName
+
+    try:
+        yield
+    except UnknownViewName as e:
+        raise UnknownViewName(f"{where}: {e}") from None
 
 
 @handle_errors
@@ -96,28 +110,30 @@ def show(
     from mrbench.leaderboard import render
     from mrbench.leaderboard.store import load_leaderboard
 
-    lb = load_leaderboard(_lb_path(leaderboard))
-    rows = render.entry_rows(lb, benchmark=benchmark, task=task)
+    path = _lb_path(leaderboard)
+    lb = load_leaderboard(path)
+    with _names(path):
+        rows = render.entry_rows(lb, benchmark=benchmark, task=task)
     if not rows:
         err(f"no entries{' for benchmark ' + repr(benchmark) if benchmark else ''}{' with task ' + repr(task) if task else ''}")
         raise typer.Exit(code=1)
-    try:
+    with _names("--sort"):
         rows = render.sort_rows(rows, sort, descending=not ascending)
-    except ValueError as e:
-        from mrbench.errors import MrbenchError
-
-        raise MrbenchError(f"--sort: {e}") from None
     cols = parse_names(columns, "--columns", "model,hit@5,g2")
     if markdown:
-        print(render.to_markdown(rows, cols))
+        with _names("--columns"):
+            text = render.to_markdown(rows, cols)
+        print(text)
     else:
         title = f"MRBench leaderboard: {task or 'macro average'}, sorted by {sort}"
         if cols is None:
             cols = [c for c in render.TERMINAL_COLUMNS if c in rows[0]]
+        with _names("--columns"):
+            table = render.rich_table(rows, cols, title=title)
         console = stdout_console()
         if not console.is_terminal:  # piped: no terminal width to respect
             console.width = max(console.width, 160)
-        console.print(render.rich_table(rows, cols, title=title))
+        console.print(table)
 
 
 @leaderboard_app.command("render")
@@ -136,12 +152,15 @@ def render_cmd(
 
     if html is None and markdown is None:
         raise MrbenchError("nothing to render: pass --html PAGE.html and/or --markdown TABLE.md")
-    lb = load_leaderboard(_lb_path(leaderboard))
+    path = _lb_path(leaderboard)
+    lb = load_leaderboard(path)
+    with _names(path):  # an unknown --benchmark: nothing is written
+        page = render.to_html(lb, benchmark=benchmark) if html is not None else ""
+        rows = render.sort_rows(render.entry_rows(lb, benchmark=benchmark), "hit@5") if markdown is not None else []
     if html is not None:
-        atomic_write_text(html, render.to_html(lb, benchmark=benchmark))
+        atomic_write_text(html, page)
         print(f"wrote {html}")
     if markdown is not None:
-        rows = render.sort_rows(render.entry_rows(lb, benchmark=benchmark), "hit@5")
         atomic_write_text(markdown, render.to_markdown(rows) + "\n")
         print(f"wrote {markdown}")
 

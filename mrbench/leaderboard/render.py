@@ -15,7 +15,12 @@ Conventions shared by every view:
 * ``status`` is ``"verified"`` (metrics recomputed from the submitted run files) or ``"self-reported"``;
   tables show ``✓ verified`` / ``self-reported``.
 
-Only the standard library is imported at module level; :func:`rich_table` imports rich when called.
+A benchmark, task or column name that the leaderboard does not have raises :class:`UnknownViewName` (a
+:class:`~mrbench.errors.MrbenchError`, so the CLI prints one line, and a ``ValueError``) naming the close
+matches and the known names.
+
+Only the standard library (and :mod:`mrbench.errors`) is imported at module level; :func:`rich_table`
+imports rich when called.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from mrbench.errors import UnknownNameError, did_you_mean
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
 __all__ = [
     "DEFAULT_COLUMNS",
     "TERMINAL_COLUMNS",
+    "UnknownViewName",
     "GRAIN_COLUMNS",
     "INFO_COLUMNS",
     "entry_rows",
@@ -71,6 +79,10 @@ _STATUS_LABELS = {"verified": "✓ verified", "self-reported": "self-reported"}
 #: Okabe–Ito colours (colour-blind safe), yellow last: it is the hardest to see on white.
 _PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#F0E442")
 _DASHES = ("", "6 3", "2 3", "8 3 2 3")
+
+
+class UnknownViewName(UnknownNameError, ValueError):
+    """A benchmark, task or column name that the leaderboard does not have (the message lists the known ones)."""
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -139,7 +151,7 @@ def _same_bench(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _benchmarks(lb: dict[str, Any], sel: str | None) -> list[dict[str, Any]]:
     """The benchmarks of ``lb`` (its ``benchmarks`` list, then any only named by entries), filtered by ``sel``.
 
-    Raises ValueError when ``sel`` matches none of them.
+    Raises :class:`UnknownViewName` when ``sel`` matches none of them.
     """
     out: list[dict[str, Any]] = [b for b in lb.get("benchmarks") or [] if isinstance(b, dict)]
     for e in lb.get("entries") or []:
@@ -151,7 +163,9 @@ def _benchmarks(lb: dict[str, Any], sel: str | None) -> list[dict[str, Any]]:
     chosen = [b for b in out if _bench_matches(b, sel)]
     if not chosen:
         known = ", ".join(f"{b.get('name')} ({_short_fp(b.get('fingerprint'))})" for b in out) or "none"
-        raise ValueError(f"no benchmark matches {sel!r} (a name or a fingerprint prefix); known benchmarks: {known}")
+        names = [str(b.get("name")) for b in out if b.get("name")]
+        raise UnknownViewName(f"no benchmark matches {sel!r}{did_you_mean(sel, names)}; pass a benchmark name or "
+                              f"fingerprint prefix; known benchmarks: {known}")
     return chosen
 
 
@@ -209,10 +223,11 @@ def entry_rows(lb: dict[str, Any], *, benchmark: str | None = None, task: str | 
     """One flat row per leaderboard entry, in the leaderboard's order.
 
     ``benchmark``: keep only entries on the benchmark with that name, or whose fingerprint starts with that
-    prefix (``"sha256:b2f2"`` or ``"b2f2"``); None keeps every benchmark. ValueError if nothing matches.
+    prefix (``"sha256:b2f2"`` or ``"b2f2"``); None keeps every benchmark. :class:`UnknownViewName` if nothing
+    matches.
     ``task``: None gives the macro scores (``scores.macro``, grain columns from ``grain_count["all"]``);
     a task name gives that task's scores (``scores.tasks[task]``, ``grain_count[task]``) and drops entries
-    without that task. ValueError if no selected benchmark or entry knows the task.
+    without that task. :class:`UnknownViewName` if no selected benchmark or entry knows the task.
 
     Row keys, in order: ``model`` (encoder name), ``revision``, ``status``, ``training``, ``parameters``
     (int or None), ``benchmark`` (name), ``date``, ``id``; then every metric present in any row
@@ -228,7 +243,8 @@ def entry_rows(lb: dict[str, Any], *, benchmark: str | None = None, task: str | 
         known = {t for b in benches for t in b.get("tasks") or []}
         known |= {t for e in entries for t in (_get(e, "scores", "tasks") or {})}
         if task not in known:
-            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(known)) or 'none'}")
+            raise UnknownViewName(f"unknown task {task!r}{did_you_mean(task, sorted(known))}; "
+                                  f"known tasks: {', '.join(sorted(known)) or 'none'}")
     rows = [r for r in (_entry_row(e, task) for e in entries) if r is not None]
     return _normalise(rows)
 
@@ -244,13 +260,13 @@ def _check_columns(rows: list[dict[str, Any]], columns: list[str]) -> None:
     known = _known_columns(rows)
     for c in columns:
         if c not in known:
-            raise ValueError(f"unknown column {c!r}; known columns: {', '.join(known)}")
+            raise UnknownViewName(f"unknown column {c!r}{did_you_mean(c, known)}; known columns: {', '.join(known)}")
 
 
 def sort_rows(rows: list[dict[str, Any]], by: str, descending: bool = True) -> list[dict[str, Any]]:
     """A new list of ``rows`` sorted by column ``by``; stable (equal values keep their order), None last in
     both directions, strings compared case-insensitively. An empty ``rows`` is returned as is; a column
-    that no row has raises ValueError naming the known columns."""
+    that no row has raises :class:`UnknownViewName` naming the known columns."""
     if not rows:
         return []
     _check_columns(rows, [by])
