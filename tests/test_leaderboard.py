@@ -229,6 +229,10 @@ def test_wrong_benchmark_is_refused(world: dict[str, Path], tmp_path: Path) -> N
     (lambda d: d["benchmarks"].clear(), "is not in benchmarks"),
     (lambda d: d["entries"][0].__setitem__("status", "trusted"), r"entries\.0\.status: 'trusted' is not one of"),
     (lambda d: d.__setitem__("extra", 1), "Additional properties are not allowed"),
+    (lambda d: d["entries"][0]["scores"]["macro"].pop("hit@5"),
+     r"entries\.0 \(random@.*\): scores\.macro\.hit@5 is missing \(the score the leaderboard ranks by\)"),
+    (lambda d: d["entries"][0]["scores"]["tasks"]["i2t"].pop("mrr@10"),
+     r"entries\.0 \(random@.*\): scores\.tasks\.i2t\.mrr@10 is missing \(listed in verified_metrics\)"),
 ])
 def test_hand_edited_leaderboard_is_never_overwritten(world: dict[str, Path], lb: Path, edit, match: str) -> None:
     submit(world["random"], lb, benchmark=world["bench"])
@@ -239,6 +243,37 @@ def test_hand_edited_leaderboard_is_never_overwritten(world: dict[str, Path], lb
     with pytest.raises(SubmissionError, match=match) as e:
         submit(world["constant"], lb, benchmark=world["bench"])
     assert "was not changed" in str(e.value) or "remove" in str(e.value) or "should be" in str(e.value)
+    assert lb.read_bytes() == before
+
+
+def test_entry_without_its_headline_score_is_refused(world: dict[str, Path], lb: Path) -> None:
+    """A verified entry whose scores.macro lost hit@5 fails to load (show: one line), and --replace of the
+    same results does not write over the broken file."""
+    doc = json.loads((REPO / "leaderboard" / "leaderboard.json").read_text())
+    check_leaderboard(doc, "repo")  # the committed leaderboard has every required score
+    doc["entries"][2]["scores"]["macro"].pop("hit@5")
+    gap = lb.parent / "gap.json"
+    gap.write_text(json.dumps(doc, indent=2))
+    r = CliRunner().invoke(_app(), ["leaderboard", "show", "-l", str(gap)])
+    assert r.exit_code == 2 and r.output == (
+        f"error: {gap}: entries.2 ({doc['entries'][2]['id']}): scores.macro.hit@5 is missing (the score the leaderboard "
+        "ranks by); restore it (e.g. from git), or remove the entry and re-submit its results\n")
+    submit(world["random"], lb, benchmark=world["bench"])
+    doc = json.loads(lb.read_text())
+    doc["entries"][0]["scores"]["macro"].pop("hit@5")
+    lb.write_text(json.dumps(doc, indent=1))
+    before = lb.read_bytes()
+    with pytest.raises(SubmissionError, match=r"scores\.macro\.hit@5 is missing.*re-submit"):
+        submit(world["random"], lb, benchmark=world["bench"], replace=True)
+    assert lb.read_bytes() == before
+
+
+def test_results_without_the_headline_score_are_refused(world: dict[str, Path], tmp_path: Path, lb: Path) -> None:
+    d = _copy(world["constant"], tmp_path / "c")
+    _edit_results(d, lambda data: data["scores"]["tasks"]["t2i"].pop("hit@5"))
+    before = lb.read_bytes()
+    with pytest.raises(SubmissionError, match=r"results\.json: scores\.tasks\.t2i\.hit@5 is missing .*5 among its --k"):
+        submit(d, lb, self_reported=True)
     assert lb.read_bytes() == before
 
 
@@ -413,8 +448,8 @@ def test_cli_leaderboard_show_render_add(world: dict[str, Path], tmp_path: Path)
 
 
 @pytest.mark.parametrize("args, line", [
-    (["show", "-b", "my-bench"], "error: {lb}: no benchmark matches 'my-bench' (did you mean 'mrbench-synth'?); "
-                                 "pass a benchmark name or fingerprint prefix; known benchmarks: mrbench-synth (b2f20e25aefb)"),
+    (["show", "-b", "my-bench"], ("error: {lb}: no benchmark matches 'my-bench' (did you mean 'mrbench-synth'?); "
+                                  "pass a benchmark name or fingerprint prefix; known benchmarks: mrbench-synth (b2f20e25aefb)")),
     (["render", "--html", "{out}", "-b", "nope"], "error: {lb}: no benchmark matches 'nope'; "),
     (["render", "--markdown", "{out}", "-b", "nope"], "error: {lb}: no benchmark matches 'nope'; "),
     (["show", "--task", "nope"], "error: {lb}: unknown task 'nope'; known tasks: i2i, i2t, it2i, t2i"),

@@ -10,8 +10,9 @@ accepts) and ``entries``. An entry's ``id`` is ``"<encoder name>@<revision>/<ben
 Writes: every change happens under an exclusive lock (``filelock``, ``<file>.lock`` beside it), on a
 fresh read of the file, and replaces the file atomically (temporary file + rename), so concurrent
 submissions never lose an entry and a reader never sees half a file. A leaderboard that fails its
-schema or its consistency checks (unique ids, every entry's benchmark listed) is never written
-over: the error names the field and the file stays byte-identical.
+schema or its consistency checks (unique ids, every entry's benchmark listed, every entry's
+required scores present: :func:`missing_score`) is never read or written over: the error names the
+field and the file stays byte-identical.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mrbench.leaderboard.verify import (
+    _RANK_METRIC,
     SubmissionError,
     Verification,
     load_results,
@@ -35,6 +37,8 @@ from mrbench.leaderboard.verify import (
 DEFAULT_LEADERBOARD = Path("leaderboard") / "leaderboard.json"
 """Default ``--leaderboard``: the repository's leaderboard, relative to the working directory."""
 TRAINING = ("zero-shot", "train-split", "unknown")
+HEADLINE_METRIC = "hit@5"
+"""The score the leaderboard ranks by (``mrbench leaderboard show``, the page); its grain columns are hit@5 too."""
 LOCK_TIMEOUT_S = 120.0
 
 
@@ -57,9 +61,27 @@ def entry_id(encoder_name: str, revision: str, benchmark_name: str, fingerprint:
     return f"{encoder_name}@{revision}/{benchmark_name}@{short_fingerprint(fingerprint)}"
 
 
+def missing_score(scores: dict[str, Any], verified_metrics: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The first required score that ``scores`` lacks, as ``"scores.macro.hit@5 is missing (why)"``, or None.
+
+    Required: :data:`HEADLINE_METRIC` in ``scores.macro`` and in every ``scores.tasks`` item, and every
+    metric of ``verified_metrics`` (a verified entry's) in ``scores.macro``, its hit/recall/mrr/ndcg@k
+    in every task too. A score that is present but ``null`` (no query to average) is not missing."""
+    per_task = [HEADLINE_METRIC, *(m for m in verified_metrics if _RANK_METRIC.match(m))]
+    levels = [("macro", scores["macro"], [HEADLINE_METRIC, *verified_metrics])]
+    levels += [(f"tasks.{t}", metrics, per_task) for t, metrics in scores["tasks"].items()]
+    for level, metrics, need in levels:
+        for m in need:
+            if m not in metrics:
+                why = "the score the leaderboard ranks by" if m == HEADLINE_METRIC else "listed in verified_metrics"
+                return f"scores.{level}.{m} is missing ({why})"
+    return None
+
+
 def check_leaderboard(doc: Any, where: str) -> None:
     """Raise :class:`SubmissionError` naming the first problem: schema violation, duplicate entry id,
-    or an entry whose benchmark fingerprint is not in ``benchmarks``."""
+    an entry whose benchmark fingerprint is not in ``benchmarks``, or an entry without a score it
+    needs (:func:`missing_score`)."""
     errs = schema_errors(doc, "leaderboard")
     if errs:
         raise SubmissionError(f"{where}: {errs[0]}; the file was not changed: fix it by hand or restore it from git")
@@ -83,6 +105,10 @@ def check_leaderboard(doc: Any, where: str) -> None:
         if e["status"] == "verified" and (not e["verified_metrics"] or not e["run_sha256"]):
             raise SubmissionError(f"{where}: entries.{i} ({e['id']}): status 'verified' without verified_metrics and "
                                   "run_sha256; re-submit it or mark it 'self-reported'")
+        gap = missing_score(e["scores"], e["verified_metrics"] if e["status"] == "verified" else ())
+        if gap:
+            raise SubmissionError(f"{where}: entries.{i} ({e['id']}): {gap}; restore it (e.g. from git), or remove "
+                                  "the entry and re-submit its results")
 
 
 def load_leaderboard(path: str | Path = DEFAULT_LEADERBOARD) -> dict[str, Any]:
@@ -220,6 +246,10 @@ def submit(result_dir: str | Path, leaderboard: str | Path = DEFAULT_LEADERBOARD
         raise SubmissionError(f"{where}: these results come from an approximate search (--approx "
                               f"{data['settings']['approx'].get('index')}); the leaderboard takes exact search only: "
                               "re-run mrbench evaluate without --approx")
+    gap = missing_score(data["scores"])
+    if gap:
+        raise SubmissionError(f"{where}: {gap}; submit results of mrbench evaluate with 5 among its --k cutoffs "
+                              "(the default 1,5,10)")
     known = load_leaderboard(lb_path)
     fp = data["benchmark"]["fingerprint"]
     if not any(b["fingerprint"] == fp for b in known["benchmarks"]):
