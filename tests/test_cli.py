@@ -229,3 +229,17 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, cache):
     assert kept in err and "re-run the same command with --overwrite" in err, err
     monkeypatch.setattr(mrbench.pipeline, "evaluate", real)
     assert invoke(*args, "--overwrite").exit_code == 0
+
+
+def test_tables_fit_80_columns_with_every_score_whole():
+    """At 80 columns the result and comparison tables cut no score (they did: '0.1…'), long encoder
+    names fold instead."""
+    import re
+
+    r = runner.invoke(app, ["evaluate", "-b", TINY, "-e", "random", "-e", "oracle", "-q", "--no-cache"],
+                      env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.stdout and max(len(ln) for ln in r.stdout.splitlines()) <= 80
+    comparison = r.stdout[r.stdout.index("comparison (macro over tasks)"):]
+    rows = [ln for ln in comparison.splitlines() if ln.startswith(("random", "oracle"))]
+    assert len(rows) == 2 and all(len(re.findall(r"\d\.\d{3}", ln)) == 8 for ln in rows), rows

@@ -55,7 +55,8 @@ def audit_cmd(
     console = stdout_console()
     res = audit(benchmark, blind=blind, against=list(against), ks=k, threshold=threshold, cache=cache,
                 progress=NullReporter() if quiet else RichReporter(), encoder_kwargs=kw)
-    console.print(audit_table(res))
+    for table in audit_tables(res):
+        console.print(table)
     for note in res.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     for w in res.warnings:
@@ -74,52 +75,54 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}"
 
 
-def audit_table(res: Any):
-    """Rows: task × grain count (one "all" row for tasks whose queries have no text). Columns per k:
-    blind R@k, each multimodal R@k, and blind / best. Flagged rows are yellow."""
-    from rich.table import Table
+def audit_tables(res: Any) -> list[Any]:
+    """One table per k. Rows: task × grain count (one "all" row for tasks whose queries have no
+    text). Columns: blind R@k, each multimodal encoder's R@k, and blind / best. Flagged rows are
+    yellow."""
+    from mrbench.report.tables import label_column, new_table, score_column
 
     t = res.table
     ks = res.settings["ks"]
     labels = res.against_labels
-    table = Table(
-        title=f"blind audit of {res.benchmark['name']}: {res.blind['label']} (text only) vs {', '.join(labels)} — R@K = hit@k",
-        caption=f"ratio = blind / best multimodal; yellow = blind ≥ {res.settings['threshold']:g} × best; "
-        "n = scored queries",
-    )
-    table.add_column("task", style="bold")
-    table.add_column("grains")
-    table.add_column("n", justify="right")
-    for kk in ks:
-        table.add_column(f"blind R@{kk}", justify="right")
+    cells = [(task, gc) for task, gc in t.drop_duplicates(["task", "grain_count"])[["task", "grain_count"]]
+             .itertuples(index=False)]
+    tables = []
+    for i, kk in enumerate(ks):
+        last = i == len(ks) - 1
+        table = new_table(
+            f"blind audit of {res.benchmark['name']}: {res.blind['label']} (text only) vs {', '.join(labels)} "
+            f"— R@{kk} = hit@{kk}",
+            f"ratio = blind / best multimodal; yellow = blind ≥ {res.settings['threshold']:g} × best; "
+            "n = scored queries" if last else None,
+        )
+        label_column(table, "task", sorted(set(t["task"])), style="bold")
+        label_column(table, "grains")
+        score_column(table, "n", max(1, len(str(int(t["n_queries"].max())))) if len(t) else 1)
+        score_column(table, f"blind R@{kk}")
         for lb in labels:
-            table.add_column(f"{lb} R@{kk}", justify="right")
-        table.add_column(f"ratio@{kk}", justify="right")
-    table.add_column("note")
-    cells = t.drop_duplicates(["task", "grain_count"])[["task", "grain_count"]].itertuples(index=False)
-    prev = None
-    for task, gc in cells:
-        sub = t[(t["task"] == task) & (t["grain_count"] == gc)].set_index("k")
-        statuses = set(sub["status"])
-        no_text = statuses == {"no query text"}
-        if no_text and gc != "all":
-            continue
-        if prev is not None and task != prev:
-            table.add_section()
-        prev = task
-        vals: list[str] = []
-        for kk in ks:
+            score_column(table, f"{lb} R@{kk}")
+        score_column(table, "ratio")
+        label_column(table, "note", max_width=12)
+        prev = None
+        for task, gc in cells:
+            sub = t[(t["task"] == task) & (t["grain_count"] == gc)].set_index("k")
+            statuses = set(sub["status"])
+            no_text = statuses == {"no query text"}
+            if no_text and gc != "all":
+                continue
+            if prev is not None and task != prev:
+                table.add_section()
+            prev = task
             r = sub.loc[kk]
-            vals.append(_fmt(r["blind"]))
-            vals.extend(_fmt(r[lb]) for lb in labels)
-            vals.append(_fmt(r["ratio"]))
-        flagged = [int(kk) for kk in ks if bool(sub.loc[kk, "flag"])]
-        if no_text:
-            note = "blind model sees no query text"
-        elif flagged:
-            note = "close to multimodal at k=" + ",".join(map(str, flagged))
-        else:
-            note = ", ".join(sorted(s for s in statuses if s != "compared"))
-        table.add_row(task, gc, str(int(sub["n_queries"].iloc[0])), *vals, note,
-                      style="yellow" if flagged else ("dim" if no_text else None))
-    return table
+            flagged = bool(r["flag"])
+            if no_text:
+                note = "blind model sees no query text"
+            elif flagged:
+                note = f"close to multimodal at k={kk}"
+            else:
+                note = "" if r["status"] == "compared" else str(r["status"])
+            table.add_row(task, gc, str(int(sub["n_queries"].iloc[0])), _fmt(r["blind"]),
+                          *[_fmt(r[lb]) for lb in labels], _fmt(r["ratio"]), note,
+                          style="yellow" if flagged else ("dim" if no_text else None))
+        tables.append(table)
+    return tables

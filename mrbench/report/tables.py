@@ -5,6 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 
+def new_table(title: str, caption: str | None = None) -> Any:
+    """A compact table (a rule under the header, no vertical borders) so that rows of scores fit an
+    80-column terminal; add score columns with :func:`score_column`, labels with :func:`label_column`."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 collapse_padding=True)
+
+
+def score_column(table: Any, header: str, width: int = 5, max_header: int = 12) -> None:
+    """A right-aligned number column of fixed width: ``width`` (its widest value, ``0.123``) or the
+    header's longest word up to ``max_header`` (the header wraps at spaces, a longer word folds), so
+    numbers are never cut."""
+    words = [min(len(w), max_header) for w in header.split()]
+    table.add_column(header, justify="right", width=max([width, *words]), overflow="fold")
+
+
+def label_column(table: Any, header: str, labels: Any = (), max_width: int = 20, **kw: Any) -> None:
+    """A text column as wide as its longest label up to ``max_width`` (longer ones fold)."""
+    width = max([len(header), *(len(str(x)) for x in labels)])
+    table.add_column(header, overflow="fold", min_width=min(width, max_width), **kw)
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
@@ -16,21 +40,20 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def task_table(result: Any):
     """Rows: tasks and the macro average. Columns: hit@k for every k, recall, MRR, nDCG at the largest k,
     mean rank of the first relevant candidate, queries with ties, queries (dropped)."""
-    from rich.table import Table
-
     d = result.data
     ks = d["settings"]["ks"]
     kmax = max(ks)
-    t = Table(
-        title=f"{d['encoder']['name']} on {d['benchmark']['name']} — R@K = hit@k (any relevant in top k)",
-        caption="rec = recall@k; rank = mean rank of the first relevant; tied = queries whose first relevant ties "
+    t = new_table(
+        f"{d['encoder']['name']} on {d['benchmark']['name']} — R@K = hit@k (any relevant in top k)",
+        "rec = recall@k; rank = mean rank of the first relevant; tied = queries whose first relevant ties "
         "with others (ranked pessimistically); n = queries scored",
     )
-    t.add_column("task", style="bold")
+    label_column(t, "task", [*d["scores"]["tasks"], "macro"], style="bold")
     for k in ks:
-        t.add_column(f"R@{k}", justify="right")
-    for name in (f"rec@{kmax}", f"MRR@{kmax}", f"nDCG@{kmax}", "rank", "tied", "n"):
-        t.add_column(name, justify="right")
+        score_column(t, f"R@{k}")
+    for name in (f"rec@{kmax}", f"MRR@{kmax}", f"nDCG@{kmax}", "rank", "tied"):
+        score_column(t, name)
+    label_column(t, "n", justify="right")  # (with "(k dropped)" where queries were dropped)
     rows = list(d["scores"]["tasks"].items()) + [("macro", d["scores"]["macro"])]
     for name, s in rows:
         if name == "macro":
@@ -53,8 +76,6 @@ def task_table(result: Any):
 def grain_count_table(result: Any):
     """Rows: grain-count buckets (pooled over tasks). Columns: R@k for every k, then R@5 (or the
     headline k) per task."""
-    from rich.table import Table
-
     from mrbench.report.charts import headline_k
 
     d = result.data
@@ -62,15 +83,15 @@ def grain_count_table(result: Any):
     hk = headline_k(ks)
     gc = d["scores"]["grain_count"]
     tasks = [t for t in d["settings"]["tasks"] if t in gc]
-    t = Table(title="by number of grains (all = pooled over tasks)")
-    t.add_column("grains", style="bold")
+    t = new_table("by number of grains (all = pooled over tasks)")
+    label_column(t, "grains", style="bold")
     for k in ks:
-        t.add_column(f"all R@{k}", justify="right")
+        score_column(t, f"all R@{k}")
     for task in tasks:
-        t.add_column(f"{task} R@{hk}", justify="right")
-    t.add_column("n", justify="right")
+        score_column(t, f"{task} R@{hk}")
     pooled = gc.get("all", {})
     buckets = sorted({b for v in gc.values() for b in v}, key=lambda s: (len(s), s))
+    score_column(t, "n", max([1, *(len(_fmt((pooled.get(b) or {}).get("n_queries"))) for b in buckets)]))
     for b in buckets:
         p = pooled.get(b, {})
         t.add_row(
@@ -85,24 +106,21 @@ def grain_count_table(result: Any):
 def sensitivity_table(result: Any):
     """Rows: tasks with text queries. Columns: mean cosine distance when one grain is dropped, mean
     change of the target's rank, share of drops that worsened it, and the distance per grain type."""
-    from rich.table import Table
-
     sens = result.data["scores"].get("grain_sensitivity") or {}
     if not sens:
         return None
     types = sorted({g for v in sens.values() for g in v.get("by_type", {})})
-    t = Table(
-        title="grain sensitivity: drop one grain (a grain-blind encoder scores ≈ 0)",
-        caption="1−cos = mean cosine distance full vs reduced query (then per grain type); Δrank = mean change of "
+    t = new_table(
+        "grain sensitivity: drop one grain (a grain-blind encoder scores ≈ 0)",
+        "1−cos = mean cosine distance full vs reduced query (then per grain type); Δrank = mean change of "
         "the target's rank; worse = share of drops that pushed the target down",
     )
-    t.add_column("task", style="bold")
-    t.add_column("1−cos", justify="right")
-    t.add_column("Δrank", justify="right")
-    t.add_column("worse", justify="right")
+    label_column(t, "task", list(sens), style="bold")
+    for name in ("1−cos", "Δrank", "worse"):
+        score_column(t, name)
     short = {"action_or_state": "act/state", "attribute": "attr", "relation": "rel", "entity": "entity", "scene": "scene"}
     for g in types:
-        t.add_column(short.get(g, g), justify="right")
+        score_column(t, short.get(g, g))
     for task, v in sens.items():
         t.add_row(
             task,
@@ -116,20 +134,18 @@ def sensitivity_table(result: Any):
 
 def comparison_table(results: list[Any]):
     """One row per encoder: macro R@k and per-task R@(headline k)."""
-    from rich.table import Table
-
     from mrbench.report.charts import headline_k
 
     ks = results[0].data["settings"]["ks"]
     hk = headline_k(ks)
     tasks = results[0].data["settings"]["tasks"]
-    t = Table(title="comparison (macro over tasks)")
-    t.add_column("encoder", style="bold", no_wrap=True, min_width=min(40, max(len(r.data["encoder"]["name"]) for r in results)))
+    t = new_table("comparison (macro over tasks)")
+    label_column(t, "encoder", [r.data["encoder"]["name"] for r in results], style="bold")
     for k in ks:
-        t.add_column(f"R@{k}", justify="right")
+        score_column(t, f"R@{k}")
     for task in tasks:
-        t.add_column(f"{task} R@{hk}", justify="right")
-    t.add_column("1−cos (drop)", justify="right")
+        score_column(t, f"{task} R@{hk}")
+    score_column(t, "1−cos (drop)")
     for r in results:
         s = r.data["scores"]
         sens = s.get("grain_sensitivity") or {}
