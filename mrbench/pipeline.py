@@ -146,8 +146,14 @@ def resolve_encoder(encoder: Any, encoder_kwargs: dict[str, Any] | None = None) 
 
 def open_cache(spec: str, revision: str, encoder_kwargs: dict[str, Any] | None, cache_dir: str | Path | None):
     """The embedding cache of an encoder (``cache_dir`` or the default root; namespace from spec,
-    revision and constructor kwargs), shared by ``evaluate`` and ``mrbench encode``."""
+    revision and constructor kwargs — and, for a ``file.py:Class`` encoder, the file's content, see
+    :func:`~mrbench.encoders.registry.source_digest`), shared by ``evaluate`` and ``mrbench encode``."""
     from mrbench.encoders.cache import EmbeddingCache, cache_namespace, default_cache_root
+    from mrbench.encoders.registry import source_digest
+
+    src = source_digest(spec)
+    if src is not None:
+        revision = f"{revision}+src.{src}"
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
     try:  # checked before anything is encoded: a write that fails later would lose the embeddings

@@ -415,3 +415,28 @@ def test_check_text_only_and_bad_meta(tmp_path):
     enc.meta = EncoderMeta(name="t", modalities=("audio",), similarity="l2")  # type: ignore[arg-type]
     r = _by_name(check_encoder(enc, tmp_dir=tmp_path))
     assert not r["meta"].ok and "similarity 'l2'" in r["meta"].detail and "encode" not in r
+
+
+def test_file_encoder_cache_follows_its_source(tmp_path, monkeypatch):
+    """A 'file.py:Class' encoder's embedding cache is keyed by the file's content: a re-run with the
+    file unchanged hits the cache, one after an edit encodes again (no stale embeddings, even when
+    meta.revision was not bumped)."""
+    import shutil
+
+    import mrbench
+    from mrbench.encoders.registry import source_digest
+
+    monkeypatch.setenv("MRBENCH_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "mine.py"
+    shutil.copy(PLUGIN, src)
+    spec = f"{src}:MyEncoder"
+    kw = dict(tasks=["t2i"], grain_sensitivity=False)
+    first = mrbench.evaluate("mrbench-synth-tiny", spec, **kw)
+    assert first.data["cache"]["encoded"] > 0
+    again = mrbench.evaluate("mrbench-synth-tiny", spec, **kw)
+    assert again.data["cache"]["encoded"] == 0
+    before = source_digest(spec)
+    src.write_text(src.read_text() + "\n# edited\n")
+    assert source_digest(spec) != before and source_digest("random") is None
+    edited = mrbench.evaluate("mrbench-synth-tiny", spec, **kw)
+    assert edited.data["cache"]["hits"] == 0 and edited.data["cache"]["encoded"] == first.data["cache"]["encoded"]

@@ -221,6 +221,19 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
     raise _unknown(name, eps)
 
 
+def source_digest(name: str) -> str | None:
+    """sha256 (12 hex) of the Python file of a ``path/to/file.py:Class`` encoder, ``None`` for any
+    other name. The embedding cache keys such an encoder by it too, so that editing the file (a
+    script being developed) never silently reuses the embeddings of its previous version."""
+    left, _, _ = name.rpartition(":")
+    if not left.endswith(".py"):
+        return None
+    try:
+        return hashlib.sha256(Path(left).expanduser().read_bytes()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
 def _unknown(name: str, eps: dict[str, Any]) -> UnknownNameError:
     singles = [s.name for s in _REGISTRY.values() if not s.family] + [n for n in eps if n not in _REGISTRY]
     families = [s.name for s in _REGISTRY.values() if s.family]
