@@ -52,10 +52,9 @@ def main() -> None:
     from mrbench.encoders.harness import EncodeStats, encode_groups, encode_items, load_rgb
     from mrbench.encoders.pixel_cache import PixelCache
     from mrbench.encoders.registry import get_encoder
-    from mrbench.encoders.runtime import autocast
+    from bench_util import bare_rate, device_setup
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device, _, sync, gpu = device_setup(args.device)
     slices = [int(x) for x in args.slices.split(",") if x] or [harness.CACHE_READ_SLICE]
     bench = mrbench.load_benchmark("mrbench-synth")
     enc = get_encoder("openclip:ViT-B-32", random_init=True, device=device, batch_size=args.batch)
@@ -68,16 +67,7 @@ def main() -> None:
 
     sample = every[: args.batch]
     pix = torch.stack([enc.prepare_image(load_rgb(bench.image_path(c.image), c.id)) for c in sample]).to(device)
-    reps = max(1, len(every) // len(sample))
-    with torch.inference_mode(), autocast(enc.device, enc.dtype):
-        enc.encode_images(pix)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            enc.encode_images(pix)
-        sync()
-        raw_rate = reps * len(sample) / (time.perf_counter() - t0)
-    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    raw_rate = bare_rate(enc.encode_images, pix, len(sample), max(1, len(every) // len(sample)), enc, sync)
     print(f"{gpu}: bare forward {raw_rate:,.0f} images/s", flush=True)
 
     runs = []

@@ -51,11 +51,9 @@ def main() -> None:
     from mrbench.encoders.harness import EncodeStats, encode_items, load_rgb
     from mrbench.encoders.hf_clip import HFClipEncoder, HFImagePrep
     from mrbench.encoders.pixel_cache import PixelCache
-    from mrbench.encoders.runtime import autocast
+    from bench_util import bare_rate, device_setup
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    workers = args.workers or min(16, os.cpu_count() or 1)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device, workers, sync, name = device_setup(args.device, args.workers)
     bench = mrbench.load_benchmark("mrbench-synth")
     task = bench.task("t2i")
     cands = [c for t in bench.tasks if t.candidate_modality == "image" for c in t.candidates][: args.n_images]
@@ -66,21 +64,12 @@ def main() -> None:
         preps = {"uint8": enc.image_prep, "float32": HFImagePrep(enc.image_processor, naflex=False, uint8=False)}
         if preps["uint8"].split is None:
             raise SystemExit(f"{type(enc.image_processor).__name__}: no uint8 split for this processor; nothing to compare")
-        name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
 
         # the bare image tower on one prepared float32 batch already on the device
         sample = cands[: args.batch]
         pix = torch.stack([torch.from_numpy(preps["float32"](load_rgb(bench.image_path(c.image), c.id)))
                            for c in sample]).to(device)
-        reps = max(1, len(cands) // len(sample))
-        with torch.inference_mode(), autocast(enc.device, enc.dtype):
-            enc.encode_images(pix)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                enc.encode_images(pix)
-            sync()
-            raw = reps * len(sample) / (time.perf_counter() - t0)
+        raw = bare_rate(enc.encode_images, pix, len(sample), max(1, len(cands) // len(sample)), enc, sync)
         print(f"{name}: bare image tower {raw:,.0f} images/s (batch {len(sample)})", flush=True)
 
         cache = PixelCache(Path(tmp) / "pixels")

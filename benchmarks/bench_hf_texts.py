@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _random_clip(d: Path) -> Path:
@@ -60,11 +60,9 @@ def main() -> None:
     import mrbench
     from mrbench.encoders.harness import EncodeStats, encode_items
     from mrbench.encoders.hf_clip import HFClipEncoder
-    from mrbench.encoders.runtime import autocast
+    from bench_util import bare_rate, device_setup
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    workers = args.workers or min(16, os.cpu_count() or 1)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    device, workers, sync, name = device_setup(args.device, args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(_random_clip(Path(tmp) / "clip"))
         enc = HFClipEncoder(model, device=device, precision="bf16" if device.startswith("cuda") else "fp32",
@@ -75,16 +73,7 @@ def main() -> None:
     qs = (task.queries * (1 + n // len(task.queries)))[:n]
     rows = enc.token_rows([q.text for q in qs])
     batches = [enc._token_batch(list(rows[i : i + args.batch])) for i in range(0, n, args.batch)]
-    with torch.inference_mode(), autocast(enc.device, enc.dtype):
-        for b in batches[:2]:
-            enc.encode_tokens(b)
-        sync()
-        t0 = time.perf_counter()
-        for b in batches:
-            enc.encode_tokens(b)
-        sync()
-        raw = n / (time.perf_counter() - t0)
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    raw = bare_rate(lambda bs: [enc.encode_tokens(b) for b in bs], batches, n, 1, enc, sync)
     print(f"{name}: bare text tower on ready tokens {raw:,.0f} texts/s (mean {rows[:, -2].mean():.1f} tokens)", flush=True)
     real = enc.text_transform
     runs = []
