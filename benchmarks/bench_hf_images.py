@@ -17,7 +17,6 @@ image. Meant for a GPU host; on a CPU the forward dominates both modes (use a fe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -34,15 +33,9 @@ MODES = ("uint8", "float32")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default=None, help="default: cuda if available")
-    ap.add_argument("--model", default=None, help="an hf CLIP model directory (default: random ViT-B/32-sized)")
-    ap.add_argument("--n-images", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=None, help="default: every core up to 16")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    from bench_util import hf_parser
+
+    args = hf_parser(__doc__, "n-images", 4096).parse_args()
 
     import torch
 

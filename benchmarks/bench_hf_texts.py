@@ -15,7 +15,6 @@ than the real BPE). Meant for a GPU host; on a CPU the forward dominates both mo
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -44,15 +43,9 @@ def _random_clip(d: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default=None, help="default: cuda if available")
-    ap.add_argument("--model", default=None, help="an hf CLIP model directory (default: random ViT-B/32-sized)")
-    ap.add_argument("--n-texts", type=int, default=16384)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=None, help="default: every core up to 16")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    from bench_util import hf_parser
+
+    args = hf_parser(__doc__, "n-texts", 16384).parse_args()
 
     import numpy as np
     import torch

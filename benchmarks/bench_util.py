@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+
+def hf_parser(doc: str | None, items: str, default: int) -> argparse.ArgumentParser:
+    """The options of the ``hf`` CLIP benchmarks: ``--device --model --<items> --batch --rounds
+    --workers --out`` (``items``: e.g. ``n-texts``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="default: cuda if available")
+    ap.add_argument("--model", default=None, help="an hf CLIP model directory (default: random ViT-B/32-sized)")
+    ap.add_argument(f"--{items}", type=int, default=default)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=None, help="default: every core up to 16")
+    ap.add_argument("--out", type=Path)
+    return ap
 
 
 def device_setup(device: str | None, workers: int | None = None) -> tuple[str, int, Callable[[], None], str]:
