@@ -233,6 +233,35 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+RUN_CHECKPOINTS = ("final", "last", "rl", "warmup")
+"""The checkpoint subdirectories of an ``elva-train`` run directory, the one to evaluate first."""
+
+
+def _run_directory_hint(d: Path) -> str | None:
+    """One line naming the checkpoints to pass when ``d`` is an ``elva-train`` run directory (its
+    config.json is the trainer's configuration, not a checkpoint's, and/or it holds ``final/`` or
+    ``last/``), else ``None``."""
+    try:
+        cfg = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = None
+    if isinstance(cfg, dict) and cfg.get("format") == FORMAT:
+        return None  # a checkpoint (checked by the caller)
+    run_config = isinstance(cfg, dict) and {"stages", "warmup", "rl"} <= set(cfg)
+    if not (run_config or (d / "final").is_dir() or (d / "last").is_dir()):
+        return None
+    if run_config and cfg.get("regime") == "generative":
+        base = (cfg.get("generative") or {}).get("base") or "BASE"
+        return (f"{d} is an elva-train run directory of the generative regime, whose checkpoints are adapters; pass "
+                f"-e ret:{base} --encoder-kwargs '{{\"adapter\": \"{d / 'final'}\"}}'")
+    found = [d / n for n in RUN_CHECKPOINTS if _is_checkpoint_dir(d / n)]
+    if not found:
+        return f"{d} is an elva-train run directory that holds no checkpoint yet; pass a checkpoint such as a run's final/"
+    if found[0].name == "final":
+        return f"{d} is an elva-train run directory; pass {d / 'final'} (or {d / 'last'} for the last checkpoint)"
+    return f"{d} is an elva-train run directory (unfinished: no final/ yet); pass {found[0]} for its latest checkpoint"
+
+
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked config.json of a checkpoint directory (no weights read)."""
     d = Path(directory).expanduser()
@@ -241,6 +270,9 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint directory {str(d)!r} not found"
             + (" (it is a file; pass the directory that holds config.json and model.safetensors)" if d.is_file() else "")
         )
+    run_hint = _run_directory_hint(d)
+    if run_hint:
+        raise CheckpointError(run_hint)
     path = _need(d / CONFIG_FILE, "the architecture and training config")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))

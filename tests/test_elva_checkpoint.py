@@ -295,3 +295,25 @@ def test_compact_checkpoint_with_missing_rows_tensor_is_refused(trained, tmp_pat
     (dst / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"lacks clip.token_embedding.weight.rows"):
         load_checkpoint(dst)
+
+
+def test_a_run_directory_is_named_as_such(trained, tmp_path) -> None:
+    """`elva:RUN` (an elva-train run directory, not its final/) says which checkpoint to pass instead
+    of calling the run's config.json a checkpoint config of a newer format."""
+    from elva_baseline.config import TrainConfig
+
+    _, _, d = trained
+    run = tmp_path / "int3"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
+    _one_line_error(lambda: read_config(run), f"{run} is an elva-train run directory", "no checkpoint yet")
+    shutil.copytree(d, run / "last")
+    msg = _one_line_error(lambda: ElvaEncoder(str(run), device="cpu"), f"{run} is an elva-train run directory",
+                          f"pass {run / 'last'}")
+    assert "newer format" not in msg
+    shutil.copytree(d, run / "final")
+    _one_line_error(lambda: load_checkpoint(run), f"{run} is an elva-train run directory; pass {run / 'final'} "
+                    f"(or {run / 'last'} for the last checkpoint)")
+    assert read_config(run / "final")["step"] == 2  # its checkpoints still load
+    (run / "config.json").unlink()  # final/ alone marks a run directory too
+    _one_line_error(lambda: read_config(run), f"pass {run / 'final'}")
