@@ -14,8 +14,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train ELVA-style retrievers (InfoNCE warmup → GRPO with rule rewards) and plot training logs.")
 
 
+def interrupted_hint(output: Path) -> str:
+    """What ``elva-train run`` prints after ``interrupted:`` on Ctrl-C: how to go on from what the
+    run in ``output`` holds (a checkpoint to resume from, a run without one, nothing yet)."""
+    from elva_baseline.trainer import holds_run
+
+    last = output / "last"
+    if (last / "trainer_state.json").is_file():
+        return f"the last checkpoint is in {last}; re-run with --resume to continue"
+    if holds_run(output):
+        return f"no checkpoint to resume from was written to {output}; re-run with --overwrite to start over"
+    return "nothing was trained yet; re-run the same command"
+
+
 @app.command("run")
-@handle_errors
+@handle_errors(interrupted="nothing was trained yet; re-run the same command")
 def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: log, checkpoints (warmup/, rl/, last/, final/).")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="JSON or TOML config (see elva_baseline/config.py).")] = None,
@@ -28,15 +41,22 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train. Writes train_log.jsonl (plot it with `elva-train plot`), checkpoints loadable as
-    `mrbench evaluate -e elva:OUTPUT/final`, and summary.json."""
+    `mrbench evaluate -e elva:OUTPUT/final`, and summary.json. With --resume the run's saved
+    config.json is the configuration: options that would change it are refused."""
     import json
 
     from elva_baseline.config import ConfigError, TrainConfig
-    from elva_baseline.trainer import train
+    from elva_baseline.trainer import saved_config, train
+    from mrbench.cli.common import err
     from mrbench.errors import MrbenchError
 
     try:
-        cfg = TrainConfig.from_file(config) if config else TrainConfig()
+        if config:
+            cfg = TrainConfig.from_file(config)
+        elif resume and (output / "config.json").is_file():
+            cfg = saved_config(output)  # options given below are checked against it by the trainer
+        else:
+            cfg = TrainConfig()
         sets = list(set_ or [])
         if stages:
             sets.append("stages=" + json.dumps([s.strip() for s in stages.split(",") if s.strip()]))
@@ -49,7 +69,11 @@ def run(
     import os
 
     main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only the main process reports
-    summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet and main, threads=threads)
+    try:
+        summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet and main, threads=threads)
+    except KeyboardInterrupt:
+        err(f"interrupted: {interrupted_hint(output)}")
+        raise typer.Exit(code=130) from None
     if not main:
         return
     for st in summary["stages"]:
@@ -63,7 +87,7 @@ def run(
 
 
 @app.command("plot")
-@handle_errors
+@handle_errors(interrupted="nothing was written; re-run the same command")
 def plot(
     log: Annotated[Path, typer.Argument(help="A train_log.jsonl (or the run directory holding it).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: next to the log).")] = None,
@@ -81,7 +105,7 @@ def plot(
 
 
 @app.command("bundle")
-@handle_errors
+@handle_errors(interrupted="bundle does not resume; re-run the same command to rebuild both encoders")
 def bundle(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where the checkpoints and recipes.json go (default: the installed elva_baseline/bundled, which the registered encoders load).")] = None,
     warmup: Annotated[int, typer.Option(help="InfoNCE updates shared by both.")] = 300,

@@ -189,6 +189,13 @@ class TrainConfig:
             node[parts[-1]] = value
         return TrainConfig.from_dict(data, where="--set")
 
+    def first_difference(self, other: TrainConfig) -> tuple[str, Any, Any] | None:
+        """``(dotted key, self's value, other's value)`` of the first key (in field order, sections
+        and the free-form ``reward`` / ``sampling`` tables descended into) whose values differ, or
+        ``None`` when both configurations are equal. A key absent on one side has the value
+        :data:`UNSET`."""
+        return _first_difference(self.to_dict(), other.to_dict(), "")
+
     # -- validation ---------------------------------------------------------------------------------
     def validate(self) -> None:
         def need(ok: bool, key: str, what: str) -> None:
@@ -239,6 +246,22 @@ class TrainConfig:
         from elva_baseline.sampling import SamplingConfig
 
         return _sub_record(SamplingConfig, self.sampling, "sampling")
+
+
+UNSET = "<unset>"
+"""The value :meth:`TrainConfig.first_difference` reports for a key one side does not have."""
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str) -> tuple[str, Any, Any] | None:
+    for key in list(a) + [k for k in b if k not in a]:
+        va, vb = a.get(key, UNSET), b.get(key, UNSET)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif va != vb:
+            return f"{prefix}{key}", va, vb
+    return None
 
 
 def _sub_record(cls: Any, values: dict[str, Any], section: str) -> Any:

@@ -67,7 +67,9 @@ def train_generative(trainer: Any) -> dict[str, Any]:
         state = load_trainer_state(last)
     if not g.base:
         raise TrainingError("regime 'generative' needs generative.base: a Qwen2-VL model directory (or hub id)")
-    bench = load_benchmark(cfg.data.benchmark)
+    bench = getattr(trainer, "bench", None)
+    if bench is None:  # checked by the main process's Trainer; loaded here by the others
+        bench = load_benchmark(cfg.data.benchmark)
     if bench.split != "train":
         from elva_baseline.data import NotTrainSplitError
 

@@ -65,8 +65,10 @@ class Trainer:
 
     Args:
         cfg: the validated configuration.
-        output: the run directory (created; an existing non-empty one needs ``resume`` or ``overwrite``).
-        resume: continue from ``output/last`` (stage, step, model, optimizer, RNG).
+        output: the run directory (created once the inputs are checked; one that holds a run, see
+            :func:`holds_run`, needs ``resume`` or ``overwrite``).
+        resume: continue from ``output/last`` (stage, step, model, optimizer, RNG); ``cfg`` must equal
+            the run's ``output/config.json`` (:func:`saved_config`), which is not rewritten.
         progress: rich progress bars with the current loss/reward.
         threads: torch CPU threads (``None``: torch's default).
         stop_after: stop (as if interrupted) after this many updates in total — for tests of resume.
@@ -82,18 +84,64 @@ class Trainer:
         self.stop_after = stop_after
         self.threads = threads
         self.main_process = int(os.environ.get("RANK", "0")) == 0  # `accelerate launch` / torchrun set RANK
+        self.updates = 0
         if not self.main_process:  # the main process checks and prepares the output directory
             self.out.mkdir(parents=True, exist_ok=True)
-            self.updates = 0
             return
-        if self.out.exists() and any(self.out.iterdir()) and not (resume or overwrite):
+        if resume:
+            self._check_resumable()
+        elif holds_run(self.out) and not overwrite:
+            if not (self.out / "last" / "trainer_state.json").is_file():
+                raise TrainingError(f"{self.out}: already holds a run without a checkpoint to resume from; pass "
+                                    "--overwrite to start over")
             raise TrainingError(f"{self.out}: already holds a run; pass --resume to continue it or --overwrite to start over")
+        self._check_inputs()  # nothing is written (nor an old run deleted) before the inputs are known good
         if overwrite and not resume and self.out.exists():
             import shutil
 
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.updates = 0
+
+    def _check_resumable(self) -> None:
+        """``resume``: the run in ``output`` is unfinished, has a checkpoint to continue from and was
+        started with this configuration (its ``config.json``); else one line saying what to do."""
+        final, last = self.out / "final", self.out / "last"
+        if final.is_dir():
+            how = (f"mrbench evaluate -e ret:{self.cfg.generative.base} --encoder-kwargs '{{\"adapter\": \"{final}\"}}'"
+                   if self.cfg.regime == "generative" else f"mrbench evaluate -e elva:{final}")
+            raise TrainingError(f"{self.out}: the run is already complete (all stages done, {final} exists); evaluate "
+                                f"it with `{how}`, or pass --overwrite instead of --resume to train again")
+        if not (last / "trainer_state.json").is_file():
+            redo = "start again with --overwrite" if holds_run(self.out) else "start without --resume"
+            raise TrainingError(f"{last}: no trainer state to resume from; {redo}")
+        saved_path = self.out / "config.json"
+        saved = saved_config(self.out)
+        diff = saved.first_difference(self.cfg)
+        if diff is not None:
+            key, was, given = diff
+            raise TrainingError(
+                f"{saved_path}: the run was started with {key}={json.dumps(was)} but this command gives "
+                f"{key}={json.dumps(given)}; --resume continues the run as it was started: drop that option, or "
+                "start a new run with --overwrite"
+            )
+
+    def _check_inputs(self) -> None:
+        """What can be checked before anything is written: the benchmark (known, a train split, the
+        tasks it has), the ``model.init`` checkpoint, the generative base. Keeps the benchmark."""
+        from elva_baseline.data import _check_train
+        from mrbench.data.registry import load_benchmark
+
+        cfg = self.cfg
+        if cfg.regime == "generative" and not cfg.generative.base:
+            raise TrainingError("regime 'generative' needs generative.base: a Qwen2-VL model directory (or hub id)")
+        self.bench = load_benchmark(cfg.data.benchmark)
+        _check_train(self.bench)
+        for name in cfg.data.tasks or []:
+            self.bench.task(name)
+        if cfg.regime == "dual" and cfg.model.init and not self.resume:
+            from elva_baseline.checkpoint import read_config
+
+            read_config(cfg.model.init)
 
     # ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -109,8 +157,10 @@ class Trainer:
         if self.threads:
             torch.set_num_threads(int(self.threads))
         t_run = time.perf_counter()
-        if self.main_process:
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.main_process and not (self.resume and (self.out / "config.json").is_file()):
+            from mrbench.data.io import atomic_write_text
+
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         if cfg.regime == "generative":
             from elva_baseline.generative_trainer import train_generative
 
@@ -125,8 +175,6 @@ class Trainer:
         start_stage, start_step, state = cfg.stages[0], 0, None
         last = self.out / "last"
         if self.resume:
-            if not (last / "trainer_state.json").is_file():
-                raise TrainingError(f"{last}: no trainer state to resume from; start without --resume")
             model, _ = load_checkpoint(last, trainable=True)
             state = load_trainer_state(last)
             start_stage, start_step = state["stage"], int(state["step"])
@@ -146,7 +194,8 @@ class Trainer:
                 learn_sigma=cfg.rl.learnable_sigma,
                 seed=cfg.seed,
             )
-        self.bench = load_benchmark(cfg.data.benchmark)
+        if getattr(self, "bench", None) is None:
+            self.bench = load_benchmark(cfg.data.benchmark)
         data = TrainData.from_benchmark(self.bench, tasks=cfg.data.tasks, model=model)
         self.train_data, self.val_data = data.holdout(cfg.data.holdout, seed=cfg.seed)
         self.n_grains = {q.id: q.n_grains for t in self.bench.tasks for q in t.queries}
@@ -498,6 +547,40 @@ def _embed_chunks(model: Any, items: Any, chunk: int = 512) -> Any:
     n = len(items.ids)
     parts = [model.embed(items.select(torch.arange(i, min(n, i + chunk)))) for i in range(0, n, chunk)]
     return torch.cat(parts) if parts else torch.zeros(0, model.embed_dim)
+
+
+RUN_FILES = ("config.json", "train_log.jsonl")
+"""What a run writes before its first update: a directory holding only these (the log empty) is no run."""
+
+
+def holds_run(output: str | Path) -> bool:
+    """Whether ``output`` holds a run (or anything else) that a new run must not silently replace:
+    a non-empty directory, unless all it holds is a ``config.json`` and an empty ``train_log.jsonl``
+    (what a run that failed before its first update leaves behind)."""
+    out = Path(output)
+    if not out.is_dir():
+        return False  # nothing there, or a file (creating the directory then fails with one line)
+    for entry in out.iterdir():
+        if entry.name not in RUN_FILES or not entry.is_file():
+            return True
+        if entry.name == "train_log.jsonl" and entry.stat().st_size > 0:
+            return True
+    return False
+
+
+def saved_config(output: str | Path) -> TrainConfig:
+    """The configuration the run in ``output`` was started with (its ``config.json``): what
+    ``--resume`` continues with. One-line :class:`TrainingError` when it is missing or unreadable."""
+    from elva_baseline.config import ConfigError
+
+    path = Path(output) / "config.json"
+    if not path.is_file():
+        raise TrainingError(f"{path}: not found, so the configuration of the run in {output} is unknown; restore it, "
+                            "or start a new run with --overwrite")
+    try:
+        return TrainConfig.from_file(path)
+    except ConfigError as e:
+        raise TrainingError(f"{e}; this is the run's saved configuration: fix it, or start a new run with --overwrite") from None
 
 
 def train(cfg: TrainConfig, output: str | Path, **kwargs: Any) -> dict[str, Any]:

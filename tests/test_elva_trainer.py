@@ -233,3 +233,96 @@ def test_equal_update_baselines_share_their_warmup_bit_for_bit(tmp_path: Path) -
     assert all(torch.equal(warm[k], long8[k]) for k in warm)
     fin, fin2 = weights(tmp_path / "both" / "final"), weights(tmp_path / "split" / "final")
     assert all(torch.equal(fin[k], fin2[k]) for k in fin)
+
+
+def _cli(*args: str):
+    from elva_baseline.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _sets(*extra: str) -> list[str]:
+    return [a for s in TINY + list(extra) for a in ("--set", s)]
+
+
+def test_cli_resume_keeps_the_saved_configuration(tmp_path: Path) -> None:
+    """--resume continues with the run's config.json; options that would change it are refused with
+    one line naming the key, config.json is never rewritten."""
+    out = tmp_path / "int3"
+    first = Trainer(_cfg('stages=["warmup"]', "warmup.steps=10"), out, progress=False, stop_after=5).run()
+    assert first["updates"] == 5 and not first["final"]
+    saved = (out / "config.json").read_bytes()
+    for args, needle in [(["--set", "warmup.steps=300"], "warmup.steps=10 but this command gives warmup.steps=300"),
+                         (["--stages", "warmup,rl"], 'stages=["warmup"] but this command gives stages=["warmup", "rl"]'),
+                         (["--seed", "4"], "seed=0 but this command gives seed=4")]:
+        res = _cli("run", "-q", "-o", str(out), "--resume", *args)
+        assert res.exit_code == 2 and needle in res.output and "--overwrite" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+        assert (out / "config.json").read_bytes() == saved
+    res = _cli("run", "-q", "-o", str(out), "--resume", "--stages", "warmup", "--set", "warmup.steps=10")  # same values
+    assert res.exit_code == 0 and "warmup: 10 updates" in res.output, res.output
+    assert (out / "config.json").read_bytes() == saved
+    assert json.loads((out / "summary.json").read_text())["updates"] == 10
+
+
+def test_cli_failed_run_writes_nothing_and_does_not_block_a_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from elva_baseline.data import TrainData
+
+    for bad, needle in [("data.benchmark=nope", "unknown benchmark 'nope'"),
+                        ("model.init=/no/such", "'/no/such' not found"),
+                        ('data.tasks=["t2x"]', "no task 't2x'")]:
+        out = tmp_path / bad.split("=")[0]
+        res = _cli("run", "-q", "-o", str(out), *_sets(bad))
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not out.exists()
+    keep = tmp_path / "old"  # --overwrite with a bad input leaves the old run alone
+    (keep / "last").mkdir(parents=True)
+    res = _cli("run", "-q", "-o", str(keep), "--overwrite", *_sets("data.benchmark=nope"))
+    assert res.exit_code == 2 and (keep / "last").is_dir()
+    # a failure after config.json was written, before the first update: the re-run is not refused
+    out = tmp_path / "x6"
+    args = ["run", "-q", "-o", str(out), "--stages", "warmup", *_sets("warmup.steps=2")]
+    with monkeypatch.context() as m:
+        m.setattr(TrainData, "from_benchmark", classmethod(lambda *a, **k: (_ for _ in ()).throw(TrainingError("boom"))))
+        res = _cli(*args)
+    assert res.exit_code == 2 and "boom" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    res = _cli(*args)
+    assert res.exit_code == 0 and "warmup: 2 updates" in res.output, res.output
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(tmp_path: Path) -> None:
+    out = tmp_path / "elva"
+    assert train(_cfg("warmup.steps=2", "rl.steps=1"), out, progress=False)["final"]
+    res = _cli("run", "-q", "-o", str(out), "--resume")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "already complete" in res.output and f"elva:{out / 'final'}" in res.output and "--overwrite" in res.output
+    assert "optimizer" not in res.output
+
+
+def test_cli_ctrl_c_says_how_to_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in `elva-train run`: one line naming the checkpoint to --resume from (or --overwrite when
+    none was written yet), exit code 130; not mrbench's embedding-cache hint."""
+    from elva_baseline import losses
+
+    real = losses.info_nce
+    calls = {"n": 0, "at": 5}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["at"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(losses, "info_nce", interrupted)
+    out = tmp_path / "run"
+    args = ["run", "-q", "--stages", "warmup", *_sets()]
+    res = _cli(*args, "-o", str(out))  # checkpoint.every=3: last/ holds step 3
+    assert res.exit_code == 130
+    assert res.output.strip() == f"interrupted: the last checkpoint is in {out / 'last'}; re-run with --resume to continue"
+    calls.update(n=0, at=2)
+    res = _cli(*args, "-o", str(tmp_path / "early"))
+    assert res.exit_code == 130 and "re-run with --overwrite" in res.output and "embedding cache" not in res.output
+    calls.update(n=0, at=0)
+    res = _cli(*args, "-o", str(out), "--resume")
+    assert res.exit_code == 0 and "warmup: 8 updates" in res.output, res.output
