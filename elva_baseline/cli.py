@@ -47,7 +47,6 @@ def run(
 
     from elva_baseline.config import ConfigError, TrainConfig
     from elva_baseline.trainer import saved_config, train
-    from mrbench.cli.common import err
     from mrbench.errors import MrbenchError
 
     try:
@@ -71,9 +70,8 @@ def run(
     main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only the main process reports
     try:
         summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet and main, threads=threads)
-    except KeyboardInterrupt:
-        err(f"interrupted: {interrupted_hint(output)}")
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:  # handle_errors prints the hint that fits what the run left
+        raise KeyboardInterrupt(interrupted_hint(output)) from None
     if not main:
         return
     for st in summary["stages"]:
