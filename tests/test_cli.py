@@ -243,3 +243,16 @@ def test_tables_fit_80_columns_with_every_score_whole():
     comparison = r.stdout[r.stdout.index("comparison (macro over tasks)"):]
     rows = [ln for ln in comparison.splitlines() if ln.startswith(("random", "oracle"))]
     assert len(rows) == 2 and all(len(re.findall(r"\d\.\d{3}", ln)) == 8 for ln in rows), rows
+
+
+def test_output_path_under_a_file_is_one_line(tmp_path):
+    """An output path below a file is one 'error:' line naming the path (was a FileExistsError traceback)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for args in (("build", "synth", "-o", str(blocker / "sub")),
+                 ("evaluate", "-b", TINY, "-e", "random", "-q", "--no-sensitivity", "-o", str(blocker / "sub"))):
+        r = invoke(*args)
+        assert r.exit_code != 0
+        err = r.stderr.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output, err
+        assert "afile" in err and ("a file stands where a directory is needed" in err or "is a file" in err), err
