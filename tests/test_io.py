@@ -340,6 +340,48 @@ def test_parquet_import_detects_tampering(small_bench, tmp_path):
     assert not (tmp_path / "back").exists()
 
 
+def test_loading_an_export_checks_its_files_each_time(small_bench, tmp_path, monkeypatch):
+    """load_benchmark(export dir): an export edited after a first load is imported (and checked) again,
+    not served from the earlier import; a manifest without a fingerprint is refused; a broken export's
+    error names the export, not the internal staging directory."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from mrbench.data.parquet import export_parquet
+    from mrbench.data.registry import load_benchmark
+
+    monkeypatch.setenv("MRBENCH_HOME", str(tmp_path / "home"))
+    exp = export_parquet(load_benchmark_dir(small_bench.root), tmp_path / "pq")
+    assert load_benchmark(exp).fingerprint == small_bench.fingerprint
+    edited = tmp_path / "pq-edited"
+    shutil.copytree(exp, edited)
+    p = edited / "tasks/t2i/qrels.parquet"
+    df = pd.read_parquet(p)
+    df.iloc[:-1].to_parquet(p, index=False)  # one judgement dropped, the manifest left as it was
+    with pytest.raises(FingerprintMismatch, match=r"pq-edited: content hashes to .* but the source records"):
+        load_benchmark(edited)
+    p = exp / "tasks/t2i/qrels.parquet"  # the very export loaded above, edited in place
+    pd.read_parquet(p).iloc[:-1].to_parquet(p, index=False)
+    with pytest.raises(FingerprintMismatch, match=r"pq: content hashes to .* but the source records"):
+        load_benchmark(exp)
+    nofp = tmp_path / "pq-nofp"
+    shutil.copytree(exp, nofp)
+    man = json.loads((nofp / "manifest.json").read_text())
+    del man["fingerprint"]
+    (nofp / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BenchmarkError, match=r"pq-nofp/manifest.json: records no fingerprint"):
+        load_benchmark(nofp)
+    bad = tmp_path / "pq-bad"
+    shutil.copytree(exp, bad)
+    q = bad / "tasks/t2i/queries.parquet"
+    pd.read_parquet(q).assign(text=None).to_parquet(q, index=False)
+    with pytest.raises(BenchmarkError) as e:
+        load_benchmark(bad)
+    assert str(e.value).startswith(str(bad)) and "staging" not in str(e.value) and "\n" not in str(e.value)
+
+
 def test_hf_datasets_round_trip(small_bench, tmp_path):
     import datasets
 

@@ -189,7 +189,10 @@ def _materialise(header: dict[str, Any], frames: dict[str, dict[str, Any]], out:
             split=header.get("split", "test"), description=header.get("description", ""),
             metadata=dict(header.get("metadata") or {}),
         )
-        fp = write_benchmark_files(bench, st)
+        try:
+            fp = write_benchmark_files(bench, st)
+        except BenchmarkError as e:  # name the export, not the staging directory being written
+            raise type(e)(str(e).replace(str(st), where)) from None
         expected = header.get("fingerprint")
         if expected and expected != fp:
             raise FingerprintMismatch(f"{where}: content hashes to {fp} but the source records {expected}; the export was modified or is incomplete")

@@ -127,16 +127,31 @@ def _is_parquet_export(p: Path) -> bool:
 
 def _load_parquet_export(p: Path, verify: bool, log: Callable[[str], None] | None = None,
                          tasks: Sequence[str] | None = None) -> Benchmark:
-    """Materialise a Parquet export once under ``$MRBENCH_HOME/imported/<fingerprint>`` and load it."""
+    """Materialise a Parquet export under ``$MRBENCH_HOME/imported/<fingerprint>-<files>`` and load it.
+
+    The import is keyed by the manifest's fingerprint *and* the export's files (relative path, size,
+    mtime of each): an export edited since (or another export claiming the same fingerprint) is
+    imported, and so checked against its fingerprint, again instead of loading a stale import. An
+    export whose manifest records no fingerprint is refused (nothing to check its content against).
+    """
+    import hashlib
     import json
 
     from filelock import FileLock
 
     from mrbench.data.io import load_benchmark_dir
     from mrbench.data.parquet import import_parquet
+    from mrbench.errors import BenchmarkError
 
-    fp = str(json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("fingerprint", "unknown"))
-    d = mrbench_home() / "imported" / fp.replace("sha256:", "")[:16]
+    fp = json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
+    if not isinstance(fp, str) or not fp.startswith("sha256:"):
+        raise BenchmarkError(f"{p / 'manifest.json'}: records no fingerprint, so the export cannot be checked; "
+                             "export the benchmark again with 'mrbench export'")
+    files = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        st = f.stat()
+        files.update(f"{f.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    d = mrbench_home() / "imported" / f"{fp.removeprefix('sha256:')[:16]}-{files.hexdigest()[:12]}"
     d.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d) + ".lock"):
         if not (d / "manifest.json").is_file():
