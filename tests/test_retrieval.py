@@ -789,6 +789,23 @@ def test_run_file_round_trip(tmp_path):
         np.testing.assert_array_equal(scores.view(np.int32), res.topk_scores[q].view(np.int32))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_run_file_mode_follows_umask_like_other_outputs(tmp_path, umask):
+    """A run file gets the permissions of every other output (0o666 & ~umask), not mkstemp's 0600."""
+    from mrbench.data.io import atomic_write_text
+
+    res = _small_result()
+    old = os.umask(umask)
+    try:
+        run = write_trec_run(tmp_path / "run.trec", ["q1", "q2", "q3"], [f"d{i}" for i in range(12)], res, "x")
+        atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    mode = run.stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask
+    assert mode == (tmp_path / "results.json").stat().st_mode & 0o777
+
+
 def test_run_file_float32_round_trip_of_awkward_values(tmp_path):
     vals = np.array([[np.float32(1) / 3, np.nextafter(np.float32(0.1), np.float32(1)), np.float32(-1e-30)]], np.float32)
     res = RetrievalResult(

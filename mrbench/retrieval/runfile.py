@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Sequence
 
@@ -72,9 +72,10 @@ def write_trec_run(
         _check_token(dids[i], "candidate id")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # open(..., "x") creates the file with 0o666 & ~umask, like every other output (mkstemp gives 0600)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as fh:
             idx = result.topk_indices.tolist()
             scores = result.topk_scores.tolist()
             for q, qid in enumerate(qids):
