@@ -83,6 +83,12 @@ def test_existing_output_is_refused(tmp_path):
         (("encode", "-b", TINY, "-e", "random", "--workers", "-2"), "--workers -2: expected 0 or more"),
         (("evaluate", "-b", TINY, "-e", "random", "--tasks", ",,"), "--tasks ',,': no name in it"),
         (("encode", "-b", TINY, "-e", "random", "--tasks", " , "), "--tasks ' , ': no name in it"),
+        (("evaluate", "-b", TINY, "-e", "random", "--tasks", "t2i,t2i"),
+         "--tasks 't2i,t2i': 't2i' is given twice; give each once"),
+        (("encode", "-b", TINY, "-e", "random", "--tasks", "t2i, i2t ,t2i"), "'t2i' is given twice; give each once"),
+        (("build", "mbeir", "--mbeir-dir", "/no/such/mbeir", "-o", "/tmp/x-mrbench-never", "--tasks", "cirr_task7,cirr_task7"),
+         "--tasks 'cirr_task7,cirr_task7': 'cirr_task7' is given twice"),
+        (("leaderboard", "show", "--columns", "model,hit@5,model"), "--columns 'model,hit@5,model': 'model' is given twice"),
         (("build", "synth", "-o", "/tmp/x-mrbench-never", "--size", "huge"), "--size"),
         (("info", "nope-bench"), "unknown benchmark"),
         (("evaluate", "-b", "/no/such/dir"), "/no/such/dir: no such directory"),
@@ -100,9 +106,12 @@ def test_bad_input_gives_one_line(args, pattern):
 
 def test_comma_separated_names_and_probe_size():
     from mrbench.cli.common import parse_names
+    from mrbench.errors import MrbenchError
 
     assert parse_names(None) is None
     assert parse_names(" t2i, ,i2t,") == ["t2i", "i2t"]
+    with pytest.raises(MrbenchError, match=r"^--columns 'a,b,a': 'a' is given twice; give each once$"):
+        parse_names("a,b,a", "--columns")
     res = invoke("check-encoder", "random", "--n-items", "0")  # a 2-item probe at least, not a silent clamp
     assert res.exit_code == 2 and "--n-items" in res.output and "Traceback" not in res.output
 

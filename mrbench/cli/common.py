@@ -137,7 +137,8 @@ def parse_json_kwargs(value: str | None, option: str = "--encoder-kwargs",
 
 def parse_names(value: str | None, option: str = "--tasks", example: str = "t2i,i2t") -> list[str] | None:
     """A comma-separated option value as a list of names (spaces and empty entries dropped), or
-    ``None`` when not given (all); one-line error naming ``option`` when it holds no name."""
+    ``None`` when not given (all); one-line error naming ``option`` when it holds no name or a name
+    twice (a repeated task would be evaluated twice, a repeated column shown twice)."""
     from mrbench.errors import MrbenchError
 
     if value is None:
@@ -145,6 +146,11 @@ def parse_names(value: str | None, option: str = "--tasks", example: str = "t2i,
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise MrbenchError(f"{option} {value!r}: no name in it; pass comma-separated names such as {example}")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise MrbenchError(f"{option} {value!r}: {n!r} is given twice; give each once")
+        seen.add(n)
     return names
 
 
