@@ -265,3 +265,27 @@ def test_output_path_under_a_file_is_one_line(tmp_path):
         err = r.stderr.strip()
         assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output, err
         assert "afile" in err and ("a file stands where a directory is needed" in err or "is a file" in err), err
+
+
+def test_encoder_raising_in_encode_is_one_line(tmp_path, monkeypatch):
+    """An encoder whose encode() raises gives one 'error:' line naming the encoder, the exception and
+    the batch (was a ~100-line traceback); MRBENCH_TRACEBACK=1 shows the traceback with its cause."""
+    src = tmp_path / "bad.py"
+    src.write_text(
+        "import numpy as np\n"
+        "from mrbench.encoders.base import EncoderMeta\n"
+        "class Raises:\n"
+        "    def __init__(self):\n"
+        "        self.meta = EncoderMeta(name='raises', revision='1', dim=8, needs_pixels=False)\n"
+        "    def encode(self, items, *, role, task):\n"
+        "        raise RuntimeError('boom inside encode')\n"
+    )
+    for cmd in ("evaluate", "encode"):
+        r = invoke(cmd, "-b", TINY, "-e", f"{src}:Raises", "--tasks", "t2i", *(["-q"] if cmd == "evaluate" else []))
+        err = r.stderr.strip().splitlines()[-1]  # (encode reports its plan and progress on stderr first)
+        assert r.exit_code != 0 and err.startswith("error: ") and "Traceback" not in r.output, r.output
+        assert "encoder 'raises': encode raised RuntimeError: boom inside encode" in err and "task 't2i'" in err, err
+    monkeypatch.setenv("MRBENCH_TRACEBACK", "1")
+    r = invoke("evaluate", "-b", TINY, "-e", f"{src}:Raises", "--tasks", "t2i", "-q")
+    assert r.exit_code != 0 and isinstance(r.exception, Exception)
+    assert isinstance(r.exception.__cause__, RuntimeError)

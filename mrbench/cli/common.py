@@ -6,6 +6,7 @@ import errno
 import functools
 import inspect
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -45,8 +46,6 @@ def os_error_line(e: OSError) -> str:
 def check_writable_file(path: Path, option: str = "--output") -> None:
     """Refuse, before any work, an output file path that cannot be created: a part of its directory
     is a file, or the nearest existing directory is not writable (one-line :class:`MrbenchError`)."""
-    import os
-
     from mrbench.errors import MrbenchError
 
     parent = Path(os.path.abspath(path)).parent
@@ -64,7 +63,8 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
 
     Use as ``@handle_errors`` or ``@handle_errors(interrupted="...")`` (a command whose re-run does
     not resume from the embedding cache says what does); a command that knows better at run time
-    re-raises ``KeyboardInterrupt("<hint>")``."""
+    re-raises ``KeyboardInterrupt("<hint>")``. With ``MRBENCH_TRACEBACK=1`` in the environment an
+    :class:`MrbenchError` propagates with its traceback (and its cause) instead."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -74,6 +74,8 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
             try:
                 return fn(*args, **kwargs)
             except MrbenchError as e:
+                if os.environ.get("MRBENCH_TRACEBACK"):  # where it came from (an encoder's own error is its __cause__)
+                    raise
                 err(f"error: {e}")
                 raise typer.Exit(code=e.exit_code) from None
             except KeyboardInterrupt as e:  # a command may re-raise it with the hint that fits the run

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrbench.encoders.base import ROLES, EncodeInput, Encoder
-from mrbench.errors import BenchmarkError, EncoderError
+from mrbench.errors import BenchmarkError, EncoderError, MrbenchError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -1596,6 +1596,24 @@ class PendingEncode:
             self._call.close()
 
 
+@contextlib.contextmanager
+def _encoder_failure(name: str, role: str, task: str, ids: Sequence[str]) -> Iterator[None]:
+    """Turn an exception raised by the encoder's own code (not an :class:`MrbenchError`, not Ctrl-C)
+    into a one-line :class:`EncoderError` naming the encoder, the batch and what to run; the original
+    stays chained as ``__cause__`` (the CLI shows it with ``MRBENCH_TRACEBACK=1``)."""
+    try:
+        yield
+    except MrbenchError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise EncoderError(
+            f"encoder {name!r}: encode raised {type(e).__name__}{': ' + first[:200] if first else ''} on a batch of "
+            f"{len(ids)} {role} item(s) of task {task!r} (first id {ids[0] if ids else None!r}); run "
+            "'mrbench check-encoder' on it, or set MRBENCH_TRACEBACK=1 to see where"
+        ) from e
+
+
 class _EncodeCall:
     """One :func:`encode_items` call: :meth:`setup` (everything before the first batch reaches the
     encoder), then :meth:`result` (the encode loop), :meth:`close` (every resource released; safe
@@ -1797,7 +1815,8 @@ class _EncodeCall:
         def complete(batch: list[int], ids: list[str], result: Callable[[], Any]) -> None:
             """Wait for one batch's embeddings, check them and store them (array, cache, progress)."""
             t0 = time.perf_counter()
-            raw = result()
+            with _encoder_failure(meta.name, role, self.task.name, ids):
+                raw = result()
             stats.encode_seconds += time.perf_counter() - t0
             emb = validate_embeddings(raw, ids=ids, expected_dim=self.dim, normalise=meta.similarity == "cosine",
                                       **self.ctx)
@@ -1829,11 +1848,12 @@ class _EncodeCall:
             if b == 0:
                 stats.startup_seconds += t0 - t_start
             try:
-                if launch is not None:
-                    result = launch(inputs, role=role, task=info)
-                else:
-                    raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
-                    result = lambda raw=raw: raw  # noqa: E731
+                with _encoder_failure(meta.name, role, self.task.name, ids):
+                    if launch is not None:
+                        result = launch(inputs, role=role, task=info)
+                    else:
+                        raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
+                        result = lambda raw=raw: raw  # noqa: E731
             except BaseException:
                 if pending is not None:  # keep (and cache) the batch already on its way
                     with contextlib.suppress(Exception):
