@@ -251,6 +251,10 @@ def evaluate(
     from mrbench.retrieval.search import check_backend  # (search's torch import stays lazy)
 
     check_backend(backend)
+    if tasks is not None:
+        twice = sorted({n for n in tasks if list(tasks).count(n) > 1})
+        if twice:
+            raise MrbenchError(f"tasks: {', '.join(map(repr, twice))} given twice; give each task once")
     if depth < max(ks_t):
         raise MrbenchError(f"--depth {depth} is smaller than the largest k ({max(ks_t)}); raise --depth")
     approx_spec = None

@@ -391,3 +391,9 @@ def test_evaluate_some_tasks_reads_only_theirs_same_scores(small_bench, monkeypa
     assert list(part.scores["tasks"]) == ["i2t"]
     assert part.scores["tasks"]["i2t"] == whole.scores["tasks"]["i2t"]
     assert part.data["benchmark"]["fingerprint"] == whole.data["benchmark"]["fingerprint"]
+
+
+def test_a_task_given_twice_is_refused():
+    """tasks=["t2i", "t2i"] was evaluated twice (doubled per-query rows, results verify refused)."""
+    with pytest.raises(MrbenchError, match=r"'t2i' given twice; give each task once"):
+        mrbench.evaluate(TINY, "random", tasks=["t2i", "t2i"], cache=False)
