@@ -289,3 +289,40 @@ def test_encoder_raising_in_encode_is_one_line(tmp_path, monkeypatch):
     r = invoke("evaluate", "-b", TINY, "-e", f"{src}:Raises", "--tasks", "t2i", "-q")
     assert r.exit_code != 0 and isinstance(r.exception, Exception)
     assert isinstance(r.exception.__cause__, RuntimeError)
+
+
+def _interrupt(*a, **k):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "target, args, hint",
+    [
+        ("mrbench.builders.synth.build_synth", ("build", "synth", "-o", "{tmp}/b", "--size", "tiny"),
+         "nothing was written (the unfinished output is removed); re-run the same command"),
+        ("mrbench.builders.hf.build_hf", ("build", "hf", "--dataset", "{tmp}/ds", "-o", "{tmp}/b"),
+         "an unfinished output is removed; re-run the same command, adding --overwrite if it says the output exists"),
+        ("mrbench.builders.mbeir.build_mbeir", ("build", "mbeir", "--mbeir-dir", "{tmp}/m", "-o", "{tmp}/b"),
+         "adding --overwrite if it says the output exists"),
+        ("mrbench.data.registry.load_benchmark", ("export", TINY, "-o", "{tmp}/b"), "nothing was written"),
+        ("mrbench.data.registry.load_benchmark", ("info", TINY), "nothing was changed; re-run the same command"),
+        ("mrbench.audit.audit", ("audit", "--no-cache"), "nothing was kept (--no-cache); re-run the same command"),
+        ("mrbench.audit.audit", ("audit",), "finished batches are in the embedding cache"),
+        ("mrbench.leaderboard.store.submit", ("submit", "{tmp}/r", "-l", "{tmp}/lb.json"),
+         "the leaderboard file is replaced whole or not at all; re-run the same command"),
+        ("mrbench.encoders.registry.get_encoder", ("check-encoder", "random"), "nothing was changed"),
+    ],
+)
+def test_ctrl_c_hint_fits_the_command(tmp_path, monkeypatch, target, args, hint):
+    """Ctrl-C in a command other than evaluate/encode says what that command leaves behind (the
+    embedding-cache hint only where the cache is used), exit code 130, nothing written."""
+    import importlib
+
+    mod, _, attr = target.rpartition(".")
+    monkeypatch.setattr(importlib.import_module(mod), attr, _interrupt)
+    r = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.exit_code == 130, r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("interrupted: ") and hint in r.stderr, r.stderr
+    assert "embedding cache" not in r.stderr or "--no-cache" not in args and args[0] == "audit"
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "b").exists()

@@ -53,8 +53,13 @@ def audit_cmd(
     if output is not None:
         check_writable_file(output)  # before the audit's encoding, not after
     console = stdout_console()
-    res = audit(benchmark, blind=blind, against=list(against), ks=k, threshold=threshold, cache=cache,
-                progress=NullReporter() if quiet else RichReporter(), encoder_kwargs=kw)
+    try:
+        res = audit(benchmark, blind=blind, against=list(against), ks=k, threshold=threshold, cache=cache,
+                    progress=NullReporter() if quiet else RichReporter(), encoder_kwargs=kw)
+    except KeyboardInterrupt:  # the default hint (embedding cache) holds only with --cache; --output is written last
+        from mrbench.cli.evaluate import _resume_hint
+
+        raise KeyboardInterrupt(_resume_hint(cache, written=False)) from None
     for table in audit_tables(res):
         console.print(table)
     for note in res.notes:

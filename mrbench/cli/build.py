@@ -9,8 +9,15 @@ import typer
 
 from mrbench.cli.common import handle_errors, parse_names
 
+NOTHING_WRITTEN_HINT = "nothing was written (the unfinished output is removed); re-run the same command"
+"""Ctrl-C hint of ``build synth`` and ``export``: the output directory is staged and renamed only when complete."""
+BUILD_REPORT_HINT = ("an unfinished output is removed; re-run the same command, adding --overwrite if it says "
+                     "the output exists")
+"""Ctrl-C hint of ``build mbeir`` / ``build hf``: the benchmark is staged, but build_report.json (and a
+``--heldout`` train part) are written after it: a build stopped in between leaves a finished directory."""
 
-@handle_errors
+
+@handle_errors(interrupted=NOTHING_WRITTEN_HINT)
 def synth(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the benchmark to.")],
     size: Annotated[str, typer.Option(help="'default' (~250 queries per task, ~1k in all), 'tiny', or queries per task.")] = "default",
@@ -40,7 +47,7 @@ def synth(
     print(f"wrote {output}: {counts}; fingerprint {bench.fingerprint}")
 
 
-@handle_errors
+@handle_errors(interrupted=BUILD_REPORT_HINT)
 def mbeir(
     mbeir_dir: Annotated[Path, typer.Option("--mbeir-dir", help="Local M-BEIR copy (query/, cand_pool/local/, qrels/, instructions/, mbeir_images/).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the benchmark to.")],
@@ -72,7 +79,7 @@ def mbeir(
     print(f"wrote {output}; fingerprint {bench.fingerprint}")
 
 
-@handle_errors
+@handle_errors(interrupted=NOTHING_WRITTEN_HINT)
 def export(
     benchmark: Annotated[str, typer.Argument(help="Built-in name or benchmark directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write.")],

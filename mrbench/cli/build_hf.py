@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
+from mrbench.cli.build import BUILD_REPORT_HINT
 from mrbench.cli.common import handle_errors
 
 
-@handle_errors
+@handle_errors(interrupted=BUILD_REPORT_HINT)
 def hf(
     dataset: Annotated[str, typer.Option("--dataset", help="Imagefolder directory (images + metadata.jsonl/csv), Parquet "
                                          "file or directory, or a hub id (online only).")],

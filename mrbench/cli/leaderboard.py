@@ -11,6 +11,10 @@ import typer
 
 from mrbench.cli.common import err, handle_errors, parse_names, stdout_console
 
+_LB_WRITE_HINT = "the leaderboard file is replaced whole or not at all; re-run the same command"
+"""Ctrl-C hint of the commands that write the leaderboard (it is written atomically, under a lock)."""
+_READ_HINT = "nothing was changed; re-run the same command"
+
 _LB_HELP = "Leaderboard JSON file (default: leaderboard/leaderboard.json in the working directory)."
 _BENCH_HELP = ("The benchmark the results were computed on (a built-in name or a directory), when the path "
                "recorded in results.json is not on this machine. Its fingerprint must match.")
@@ -35,7 +39,7 @@ def _names(where: object) -> Iterator[None]:
         raise UnknownViewName(f"{where}: {e}") from None
 
 
-@handle_errors
+@handle_errors(interrupted=_LB_WRITE_HINT)
 def submit(
     result_dir: Annotated[Path, typer.Argument(help="Directory written by 'mrbench evaluate --output' (results.json + runs/).")],
     leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
@@ -68,7 +72,7 @@ def submit(
           f"{macro.get('hit@5', float('nan')):.4f} -> {_lb_path(leaderboard)}")
 
 
-@handle_errors
+@handle_errors(interrupted="verify writes nothing; re-run the same command")
 def verify(
     result_dir: Annotated[Path, typer.Argument(help="Directory written by 'mrbench evaluate --output'.")],
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help=_BENCH_HELP)] = None,
@@ -96,7 +100,7 @@ def verify(
 
 
 @leaderboard_app.command("show")
-@handle_errors
+@handle_errors(interrupted=_READ_HINT)
 def show(
     leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Only this benchmark (name or fingerprint prefix).")] = None,
@@ -137,7 +141,7 @@ def show(
 
 
 @leaderboard_app.command("render")
-@handle_errors
+@handle_errors(interrupted="each page is written whole or not at all; re-run the same command")
 def render_cmd(
     leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML page here.")] = None,
@@ -166,7 +170,7 @@ def render_cmd(
 
 
 @leaderboard_app.command("add-benchmark")
-@handle_errors
+@handle_errors(interrupted=_LB_WRITE_HINT)
 def add_benchmark_cmd(
     benchmark: Annotated[str, typer.Argument(help="Built-in benchmark name or benchmark directory to accept submissions for.")],
     leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
