@@ -360,6 +360,41 @@ def test_progress_overwrite_and_bad_arguments(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"image_size": 100_000}, r"^image_size 100000 is out of range; pass an integer from 32 to 1024 pixels$"),
+        ({"image_size": 1025}, r"^image_size 1025 is out of range"),
+        ({"image_size": 31}, r"^image_size 31 is out of range"),
+        ({"image_size": 64.0}, r"^image_size 64.0 is out of range"),
+        ({"size": 5001}, r"^size 5001 is too large; pass 1 to 5000 queries per task$"),
+        ({"size": "10000000"}, r"^size 10000000 is too large"),
+    ],
+)
+def test_size_options_are_bounded_before_anything_is_written(tmp_path: Path, monkeypatch, kwargs, pattern) -> None:
+    """An image side or a size too large to build (--image-size 100000 was killed for memory and left
+    a staging directory behind) is refused with one line before anything is planned or written."""
+    import mrbench.builders.synth as synth
+
+    def no_render(*a, **k):  # pragma: no cover - reached only without the bound
+        raise AssertionError("rendered despite an out-of-range size")
+
+    monkeypatch.setattr(synth, "render_scene", no_render)
+    monkeypatch.setattr(synth, "_TaskBuilder", no_render)
+    with pytest.raises(BenchmarkError, match=pattern):
+        build_synth(tmp_path / "x", **{"size": "tiny", **kwargs})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_bounds_are_inclusive(tmp_path: Path) -> None:
+    from mrbench.builders.synth import MAX_QUERIES_PER_TASK, check_image_size
+
+    assert resolve_size(MAX_QUERIES_PER_TASK) == MAX_QUERIES_PER_TASK
+    assert check_image_size(32) == 32 and check_image_size(1024) == 1024
+    b = build_synth(tmp_path / "big", size=1, image_size=1024)
+    assert b.n_queries == 4
+
+
 def test_default_build(tmp_path: Path) -> None:
     """The default size: ≈250 queries per task, pools up to ~1.5k, grain counts balanced (5–8 s here)."""
     t0 = time.perf_counter()

@@ -107,6 +107,10 @@ MIN_FRACTION = 0.5
 FILLERS_PER_QUERY = 1.0
 """Random filler candidates added to each pool, per query (at least ``MIN_FILLERS``)."""
 MIN_FILLERS = 4
+IMAGE_SIZE_RANGE: tuple[int, int] = (32, 1024)
+"""Allowed rendered image sides in pixels (drawn at 2×: a 1024 image is a 2048² canvas, ~12 MB)."""
+MAX_QUERIES_PER_TASK = 5_000
+"""Largest ``size``: planning keeps every task in memory and grows faster than linearly (~1 GB at 2000, ~4 GB at 5000)."""
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -847,7 +851,17 @@ def resolve_size(size: str | int) -> int:
         )
     if n < 1:
         raise BenchmarkError(f"size {n} is not positive; pass at least 1 query per task")
+    if n > MAX_QUERIES_PER_TASK:
+        raise BenchmarkError(f"size {n} is too large; pass 1 to {MAX_QUERIES_PER_TASK} queries per task")
     return n
+
+
+def check_image_size(image_size: int, option: str = "image_size") -> int:
+    """``image_size`` if it is an int in :data:`IMAGE_SIZE_RANGE`, else a one-line error naming ``option``."""
+    lo, hi = IMAGE_SIZE_RANGE
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or not lo <= image_size <= hi:
+        raise BenchmarkError(f"{option} {image_size!r} is out of range; pass an integer from {lo} to {hi} pixels")
+    return image_size
 
 
 def build_synth_tasks(
@@ -857,8 +871,7 @@ def build_synth_tasks(
     n = resolve_size(size)
     if split not in SPLITS:
         raise UnknownNameError(f"unknown split {split!r}{did_you_mean(split, list(SPLITS))}; pass 'test' or 'train'")
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:
-        raise BenchmarkError(f"image_size {image_size!r} is too small; pass an integer of at least 32 pixels")
+    check_image_size(image_size)
     tasks, jobs = [], []
     for name in TASK_NAMES:
         tb = _TaskBuilder(name, n, split, int(seed), image_size)
@@ -944,6 +957,7 @@ __all__ = [
     "Edit",
     "build_synth",
     "build_synth_tasks",
+    "check_image_size",
     "compute_qrels",
     "contrast_caption",
     "contrast_scene",

@@ -20,15 +20,15 @@ BUILD_REPORT_HINT = ("an unfinished output is removed; re-run the same command, 
 @handle_errors(interrupted=NOTHING_WRITTEN_HINT)
 def synth(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the benchmark to.")],
-    size: Annotated[str, typer.Option(help="'default' (~250 queries per task, ~1k in all), 'tiny', or queries per task.")] = "default",
+    size: Annotated[str, typer.Option(help="'default' (~250 queries per task, ~1k in all), 'tiny', or queries per task (at most 5000).")] = "default",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
     split: Annotated[str, typer.Option(help="'test' or 'train' (disjoint scenes).")] = "test",
-    image_size: Annotated[int, typer.Option(help="Rendered image side in pixels.")] = 128,
+    image_size: Annotated[int, typer.Option(help="Rendered image side in pixels (32 to 1024).")] = 128,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
 ) -> None:
     """Build MRBench-Synth: procedural scenes with exact, scene-graph relevance over four tasks
     (text→image, image→text, image→image, image+text→image) and grain-contrast distractors."""
-    from mrbench.builders.synth import build_synth
+    from mrbench.builders.synth import MAX_QUERIES_PER_TASK, build_synth, check_image_size
     from mrbench.errors import MrbenchError
     from mrbench.report.progress import RichReporter
 
@@ -38,6 +38,10 @@ def synth(
             sz = int(size)
         except ValueError:
             raise MrbenchError(f"--size {size!r}: use 'default', 'tiny' or a number of queries per task") from None
+        if not 1 <= sz <= MAX_QUERIES_PER_TASK:
+            raise MrbenchError(f"--size {size}: out of range; use 'default', 'tiny' or 1 to {MAX_QUERIES_PER_TASK} "
+                               "queries per task")
+    check_image_size(image_size, "--image-size")
     if split not in ("test", "train"):
         raise MrbenchError(f"--split {split!r}: use 'test' or 'train'")
     rep = RichReporter()
