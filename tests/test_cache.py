@@ -237,9 +237,10 @@ def test_encoded_batches_are_written_in_few_shards(tmp_path, monkeypatch, caplog
         return eb.hashed(items)
 
     third = EmbeddingCache(tmp_path, "scripted@r3")
-    with pytest.raises(RuntimeError, match="model exploded"):
+    with pytest.raises(EncoderError, match="model exploded") as e:  # the encoder's own error, named in one line
         encode_items(eb.ScriptedEncoder(dies_on_second, batch_size=3), task.queries, role="query", task=task,
                      bench=bench, cache=third)
+    assert isinstance(e.value.__cause__, RuntimeError)
     assert [len(np.load(p)["keys"]) for p in third.path.glob("shard-*.npz")] == [3]
 
     def refuse(*a, **k):
@@ -247,7 +248,7 @@ def test_encoded_batches_are_written_in_few_shards(tmp_path, monkeypatch, caplog
 
     fourth = EmbeddingCache(tmp_path, "scripted@r4")
     monkeypatch.setattr(fourth, "put_many", refuse)
-    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match="model exploded"):
+    with caplog.at_level(logging.WARNING), pytest.raises(EncoderError, match="model exploded"):
         encode_items(eb.ScriptedEncoder(dies_on_second, batch_size=3), task.queries, role="query", task=task,
                      bench=bench, cache=fourth)
     assert any("could not write 3 encoded embeddings to the cache: disk full" in r.getMessage() for r in caplog.records)
