@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mrbench.cli.common import check_writable_file, handle_errors, parse_json_kwargs
+from mrbench.cli.common import check_writable_file, handle_errors, parse_json_kwargs, resume_hint
 
 
 @handle_errors
@@ -57,9 +57,7 @@ def audit_cmd(
         res = audit(benchmark, blind=blind, against=list(against), ks=k, threshold=threshold, cache=cache,
                     progress=NullReporter() if quiet else RichReporter(), encoder_kwargs=kw)
     except KeyboardInterrupt:  # the default hint (embedding cache) holds only with --cache; --output is written last
-        from mrbench.cli.evaluate import _resume_hint
-
-        raise KeyboardInterrupt(_resume_hint(cache, written=False)) from None
+        raise KeyboardInterrupt(resume_hint(cache, written=False)) from None
     for table in audit_tables(res):
         console.print(table)
     for note in res.notes:

@@ -22,6 +22,17 @@ def err(message: str) -> None:
 
 INTERRUPTED_HINT = "finished batches are in the embedding cache; re-run the same command to resume"
 """What ``handle_errors`` prints after ``interrupted:`` on Ctrl-C unless a command says otherwise."""
+READ_ONLY_HINT = "nothing was changed; re-run the same command"
+"""Ctrl-C hint of the commands that only read."""
+
+
+def resume_hint(cache: bool, *, written: bool) -> str:
+    """Ctrl-C hint of a command that encodes through the embedding cache (``evaluate``, ``audit``):
+    what was kept, and the re-run that resumes (``--overwrite`` once results are ``written``)."""
+    again = "re-run the same command with --overwrite" if written else "re-run the same command"
+    if not cache:
+        return f"nothing was kept (--no-cache); {again} to start again"
+    return f"finished batches are in the embedding cache; {again} to resume"
 
 _OS_HINTS = {
     errno.EEXIST: "a file stands where a directory is needed; choose another path",

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors, parse_json_kwargs, parse_names
+from mrbench.cli.common import handle_errors, parse_json_kwargs, parse_names, resume_hint
 
 
 @handle_errors
@@ -122,17 +122,9 @@ def evaluate(
                 console.print(f"results written to [bold]{out}[/bold] (results.json, runs/, per_query.parquet, grains.png)")
             results.append(res)
     except KeyboardInterrupt:  # what the re-run needs: --overwrite once an encoder's results are written
-        raise KeyboardInterrupt(_resume_hint(cache, written=bool(results) and output is not None)) from None
+        raise KeyboardInterrupt(resume_hint(cache, written=bool(results) and output is not None)) from None
     if len(results) > 1:
         console.print(comparison_table(results))
-
-
-def _resume_hint(cache: bool, *, written: bool) -> str:
-    """What ``evaluate`` says after Ctrl-C: what was kept, and the command that resumes."""
-    again = "re-run the same command with --overwrite" if written else "re-run the same command"
-    if not cache:
-        return f"nothing was kept (--no-cache); {again} to start again"
-    return f"finished batches are in the embedding cache; {again} to resume"
 
 
 def _parse_approx(value: str) -> dict:

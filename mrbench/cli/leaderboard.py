@@ -9,11 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import err, handle_errors, parse_names, stdout_console
+from mrbench.cli.common import READ_ONLY_HINT, err, handle_errors, parse_names, stdout_console
 
 _LB_WRITE_HINT = "the leaderboard file is replaced whole or not at all; re-run the same command"
 """Ctrl-C hint of the commands that write the leaderboard (it is written atomically, under a lock)."""
-_READ_HINT = "nothing was changed; re-run the same command"
 
 _LB_HELP = "Leaderboard JSON file (default: leaderboard/leaderboard.json in the working directory)."
 _BENCH_HELP = ("The benchmark the results were computed on (a built-in name or a directory), when the path "
@@ -100,7 +99,7 @@ def verify(
 
 
 @leaderboard_app.command("show")
-@handle_errors(interrupted=_READ_HINT)
+@handle_errors(interrupted=READ_ONLY_HINT)
 def show(
     leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Only this benchmark (name or fingerprint prefix).")] = None,

@@ -6,13 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors, parse_json_kwargs, stdout_console
-
-_HINT = "nothing was changed; re-run the same command"
-"""Ctrl-C hint: these commands only read (a built-in benchmark built on first use is kept only when complete)."""
+from mrbench.cli.common import READ_ONLY_HINT, handle_errors, parse_json_kwargs, stdout_console
 
 
-@handle_errors(interrupted=_HINT)
+@handle_errors(interrupted=READ_ONLY_HINT)
 def encoders() -> None:
     """List the registered encoders and encoder families, the pip extra each needs and whether it is
     installed here. Any 'pkg.module:Class' or 'path/file.py:Class' works too (see the README)."""
@@ -32,7 +29,7 @@ def encoders() -> None:
     stdout_console().print(t)
 
 
-@handle_errors(interrupted=_HINT)
+@handle_errors(interrupted=READ_ONLY_HINT)
 def benchmarks() -> None:
     """List the built-in benchmarks (built on first use, deterministically)."""
     from rich.table import Table
@@ -48,7 +45,7 @@ def benchmarks() -> None:
     stdout_console().print(t)
 
 
-@handle_errors(interrupted=_HINT)
+@handle_errors(interrupted=READ_ONLY_HINT)
 def info(
     benchmark: Annotated[str, typer.Argument(help="Built-in name or benchmark directory.")] = "mrbench-synth",
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the fingerprint.")] = True,
@@ -76,7 +73,7 @@ def info(
     c.print(t)
 
 
-@handle_errors(interrupted=_HINT)
+@handle_errors(interrupted=READ_ONLY_HINT)
 def check_encoder(
     name: Annotated[str, typer.Argument(help="Encoder name, 'pkg.module:Class', 'file.py:Class' or 'family:spec'.")],
     encoder_kwargs: Annotated[Optional[str], typer.Option("--encoder-kwargs", help="JSON object for the constructor.")] = None,
