@@ -254,6 +254,9 @@ def _row(model: str, what: str, n_h: int, t_h: float, n_r: int, t_r: float, enc,
         row |= {"input_wait_s": round(stats.input_wait_seconds, 3), "encoder_s": round(stats.encode_seconds, 3),
                 "read_wait_s": round(stats.read_wait_seconds, 3), "stage_s": round(stats.stage_seconds, 3),
                 "tokenize_s": round(stats.tokenize_seconds, 3), "startup_s": round(stats.startup_seconds, 3)}
+        # the rate once each call has started (its start-up, a fixed latency per call, left out): informative
+        if t_h > stats.startup_seconds:
+            row["steady_ratio"] = round(n_h / (t_h - stats.startup_seconds) / r, 3)
     return row
 
 

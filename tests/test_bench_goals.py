@@ -76,3 +76,49 @@ def test_bench_load_generated_benchmark(tmp_path: Path) -> None:
     assert data["benchmark"].startswith("generated, 500 candidates")
     assert set(data["load"]) == {"paused", "running"}
     assert all(r["best_s"] > 0 and r["median_s"] >= r["best_s"] for r in data["load"].values())
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", REPO / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # (its dataclasses look their module up)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_encode_row_steady_ratio_leaves_out_startup() -> None:
+    """bench_encode's rows: ``ratio`` over the whole wall, ``steady_ratio`` without each call's start-up."""
+    from types import SimpleNamespace
+
+    be = _load_script("bench_encode")
+    enc = SimpleNamespace(device="cuda", meta=SimpleNamespace(extra={"precision": "bf16"}), batch_size=256)
+    stats = SimpleNamespace(input_wait_seconds=0.1, encode_seconds=0.2, read_wait_seconds=0.0, stage_seconds=0.0,
+                            tokenize_seconds=0.0, startup_seconds=0.1)
+    row = be._row("m", "images (warm pixel cache)", 1000, 0.5, 1000, 0.4, enc, stats)
+    assert row["ratio"] == 0.8  # (1000 / 0.5) / (1000 / 0.4)
+    assert row["steady_ratio"] == 1.0  # (1000 / 0.4) / (1000 / 0.4)
+    assert "steady_ratio" not in be._row("m", "texts", 10, 0.5, 10, 0.4, enc)  # no stats: not known
+
+
+def test_goals_encode_entry_judges_whole_wall(tmp_path: Path, monkeypatch) -> None:
+    """On a GPU the encode entry judges the worst whole-wall ratio of the judged rows; the rate after
+    start-up is shown beside it, never judged; the cold-decode row is reported only."""
+    import argparse
+
+    goals = _load_script("goals")
+    rows = [{"items": "images (auto decode)", "ratio": 0.1, "steady_ratio": 0.2},
+            {"items": "images (warm pixel cache)", "ratio": 0.58, "steady_ratio": 0.9},
+            {"items": "texts", "ratio": 1.1}]
+    monkeypatch.setattr(goals, "_run", lambda cmd, ctx, timeout, out: {"rows": rows, "machine": {"gpu": "G"}})
+    ctx = goals.Ctx(args=argparse.Namespace(quick=True), tmp=tmp_path, device="cuda")
+    e = goals.entry_encode(ctx)
+    assert e["value"] == 0.58 and e["met"] is False
+    assert "images (warm pixel cache) 0.58 [0.90 after start-up]" in e["measured"]
+    assert "images (auto) 0.10 (not judged);" in e["measured"]
+    assert "texts 1.10 (G)" in e["measured"]
