@@ -83,7 +83,7 @@ def test_tiny_loads_back_with_verified_fingerprint(tiny: Benchmark) -> None:
     from mrbench.data.fingerprint import fingerprint
 
     assert fingerprint(loaded) == tiny.fingerprint
-    assert (loaded.name, loaded.version, loaded.split) == ("mrbench-synth", "1.0", "test")
+    assert (loaded.name, loaded.version, loaded.split) == ("mrbench-synth-tiny", "1.0", "test")
     assert {t.name: (t.query_modality, t.candidate_modality) for t in loaded.tasks} == TASKS
     vocab = loaded.metadata["fact_vocabulary"]
     assert vocab == sorted(vocab) and len(vocab) == len(set(vocab)) > 100
@@ -402,9 +402,113 @@ def test_default_build(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - t0
     print(f"default build: {elapsed:.1f} s, {bench.n_queries} queries")
     assert bench.n_queries == 1000
+    # the built-in mrbench-synth: its name and the fingerprint the committed leaderboard pins
+    lb = json.loads((Path(__file__).resolve().parents[1] / "leaderboard" / "leaderboard.json").read_text())
+    assert (bench.name, bench.split) == ("mrbench-synth", "test")
+    assert bench.fingerprint in {b["fingerprint"] for b in lb["benchmarks"] if b["name"] == "mrbench-synth"}
     for t in bench.tasks:
         assert 300 <= len(t.candidates) <= 1600
         buckets = Counter(min(q.n_grains, 5) for q in t.queries)
         assert all(0.2 <= buckets[k] / len(t.queries) <= 0.3 for k in (2, 3, 4, 5)), buckets
         assert any(q.n_grains >= 6 for q in t.queries)
         assert all(t.relevant(q.id) for q in t.queries)
+
+
+# --------------------------------------------------------------------------- built-in names
+def test_each_builtin_is_named_after_its_size_and_split(tiny: Benchmark, tmp_path: Path) -> None:
+    """build_synth labels a build like the built-in of its size and split (the name is no content)."""
+    import dataclasses
+
+    from mrbench.builders.synth import synth_name
+    from mrbench.data.fingerprint import fingerprint
+    from mrbench.data.registry import BUILTIN_BENCHMARKS
+
+    assert {n: synth_name(b.size, b.split) for n, b in BUILTIN_BENCHMARKS.items()} == {n: n for n in BUILTIN_BENCHMARKS}
+    assert synth_name(8) == "mrbench-synth-tiny" and synth_name(250, "train") == "mrbench-synth-train"
+    assert synth_name(12) == "mrbench-synth"  # other sizes keep the family name; the fingerprint tells them apart
+    assert tiny.name == "mrbench-synth-tiny"
+    # the name is not hashed: relabelling never moves a fingerprint (the default's stays the leaderboard's)
+    assert fingerprint(dataclasses.replace(tiny, name="mrbench-synth")) == tiny.fingerprint
+    own = build_synth(tmp_path / "own", size=2, seed=3, image_size=32, name="my-synth")
+    assert own.name == "my-synth" and load_benchmark_dir(own.root).name == "my-synth"
+    assert own.fingerprint == build_synth(tmp_path / "plain", size=2, seed=3, image_size=32).fingerprint
+    for bad in ("", " x", "x\n", 0):
+        with pytest.raises(BenchmarkError, match="benchmark name"):
+            build_synth(tmp_path / "bad", size=2, name=bad)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """`random` on the built-in mrbench-synth-tiny, written out (MRBENCH_HOME as conftest sets it)."""
+    import mrbench
+
+    home = tmp_path_factory.getbasetemp() / "mrbench-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MRBENCH_HOME", str(home))
+        mp.setenv("MRBENCH_CACHE", str(home / "embeddings"))
+        out = tmp_path_factory.mktemp("tinyrun") / "random"
+        res = mrbench.evaluate("mrbench-synth-tiny", "random", output=out, cache=False, grain_sensitivity=False)
+    return res, out
+
+
+def test_builtins_record_their_own_name_in_results(tiny_run) -> None:
+    from mrbench.data.registry import load_benchmark
+
+    for name in ("mrbench-synth-tiny", "mrbench-synth-tiny-train"):
+        b = load_benchmark(name)
+        assert b.name == name and json.loads((b.root / "manifest.json").read_text())["name"] == name
+    res, out = tiny_run
+    assert res.data["benchmark"]["name"] == "mrbench-synth-tiny"
+    assert json.loads((out / "results.json").read_text())["benchmark"]["name"] == "mrbench-synth-tiny"
+
+
+def test_a_builtin_built_under_the_old_name_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny build left on disk by an older mrbench (manifest name ``mrbench-synth``) is never served."""
+    from mrbench.data.registry import builtin_dir, load_benchmark
+
+    monkeypatch.setenv("MRBENCH_HOME", str(tmp_path / "home"))
+    d = builtin_dir("mrbench-synth-tiny")
+    d.parent.mkdir(parents=True)
+    old = build_synth(d, size="tiny", name="mrbench-synth")
+    assert load_benchmark_dir(d).name == "mrbench-synth"
+    b = load_benchmark("mrbench-synth-tiny")
+    assert (b.name, b.root, b.fingerprint) == ("mrbench-synth-tiny", d, old.fingerprint)
+    assert json.loads((d / "manifest.json").read_text())["name"] == "mrbench-synth-tiny"
+
+
+def test_leaderboard_never_takes_a_tiny_run_for_mrbench_synth(tiny_run, tmp_path: Path) -> None:
+    import shutil
+
+    from mrbench.leaderboard.render import entry_rows
+    from mrbench.leaderboard.store import add_benchmark, load_leaderboard, short_fingerprint, submit
+    from mrbench.leaderboard.verify import SubmissionError
+
+    _, run = tiny_run
+    fp = json.loads((run / "results.json").read_text())["benchmark"]["fingerprint"]
+    # the repository's leaderboard lists only the full mrbench-synth: refused, named as what it is
+    lb = tmp_path / "lb.json"
+    shutil.copy(Path(__file__).resolve().parents[1] / "leaderboard" / "leaderboard.json", lb)
+    before = lb.read_bytes()
+    with pytest.raises(SubmissionError, match="benchmark 'mrbench-synth-tiny' fingerprint .* is not one this leaderboard knows"):
+        submit(run, lb)
+    assert lb.read_bytes() == before
+    # a leaderboard that takes the tiny benchmark labels it and its entries mrbench-synth-tiny
+    rec, added = add_benchmark(lb, "mrbench-synth-tiny")
+    assert added and (rec["name"], rec["fingerprint"]) == ("mrbench-synth-tiny", fp)
+    # results a tiny run wrote before the fix (named mrbench-synth) are refused, not filed as mrbench-synth
+    stale = tmp_path / "stale"
+    shutil.copytree(run, stale)
+    data = json.loads((stale / "results.json").read_text())
+    data["benchmark"]["name"] = "mrbench-synth"
+    (stale / "results.json").write_text(json.dumps(data))
+    before = lb.read_bytes()
+    with pytest.raises(SubmissionError, match=r"'mrbench-synth' fingerprint .* \(known: .*mrbench-synth-tiny"):
+        submit(stale, lb)
+    assert lb.read_bytes() == before
+    e = submit(run, lb).entry
+    assert e["id"] == f"random@sha256-normal-v1/mrbench-synth-tiny@{short_fingerprint(fp)}"
+    assert e["benchmark"]["name"] == "mrbench-synth-tiny"
+    doc = load_leaderboard(lb)
+    assert {r["id"] for r in entry_rows(doc, benchmark="mrbench-synth-tiny")} == {e["id"]}
+    assert e["id"] not in {r["id"] for r in entry_rows(doc, benchmark="mrbench-synth")}

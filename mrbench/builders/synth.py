@@ -881,6 +881,20 @@ def build_synth_tasks(
     return tasks, jobs
 
 
+def synth_name(size: str | int = "default", split: str = "test") -> str:
+    """The name :func:`build_synth` records by default: ``mrbench-synth``, plus ``-tiny`` when ``size``
+    comes to the tiny preset's queries per task, plus ``-train`` for the train split. These are the
+    names of the built-in benchmarks (:data:`mrbench.data.registry.BUILTIN_BENCHMARKS`) of that size
+    and split, so a directory built with ``mrbench build synth --size tiny`` is labelled like
+    ``mrbench-synth-tiny``. The name is a label: it is not part of the fingerprint."""
+    name = BENCHMARK_NAME
+    if resolve_size(size) == SIZE_PRESETS["tiny"]:
+        name += "-tiny"
+    if split == "train":
+        name += "-train"
+    return name
+
+
 def build_synth(
     output: Path,
     *,
@@ -890,11 +904,14 @@ def build_synth(
     image_size: int = 128,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    name: str | None = None,
 ) -> Benchmark:
     """Generate MRBench-Synth into the directory ``output`` and return it (root and fingerprint set).
 
     ``size``: ``"tiny"`` (8 queries per task), ``"default"`` (250 per task, ≈1k queries, near MRBench)
     or a number of queries per task. ``split``: ``"test"`` or ``"train"`` (disjoint target scenes).
+    ``name``: the benchmark name written into the manifest (and so into results and leaderboard
+    entries); by default :func:`synth_name` of ``size`` and ``split``. It does not enter the fingerprint.
     ``progress(stage, done, total)`` is called while rendering (stage ``"render <task>"``) and once
     for ``"write"``. Writing is atomic (:func:`mrbench.data.io.atomic_dir`); an existing non-empty
     ``output`` is refused unless ``overwrite``.
@@ -904,9 +921,13 @@ def build_synth(
 
     output = Path(output)
     n = resolve_size(size)
+    if name is None:
+        name = synth_name(n, split)
+    elif not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise BenchmarkError(f"benchmark name {name!r} is not usable; pass a non-empty name without surrounding spaces")
     tasks, jobs = build_synth_tasks(size=n, seed=seed, split=split, image_size=image_size)
     bench = Benchmark(
-        name=BENCHMARK_NAME,
+        name=name,
         version=BENCHMARK_VERSION,
         tasks=tasks,
         split=split,
@@ -971,4 +992,5 @@ __all__ = [
     "sample_edits",
     "scene_signature",
     "split_of_signature",
+    "synth_name",
 ]

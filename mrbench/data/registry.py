@@ -43,7 +43,9 @@ def mrbench_home() -> Path:
 
 def builtin_dir(name: str) -> Path:
     """Where a built-in benchmark lives once built (the name changes with the generator and with the
-    fingerprint algorithm, so an upgrade never reads a stale build)."""
+    fingerprint algorithm, so an upgrade never reads a stale build). It does not change with the
+    recorded benchmark name: a build that records another name (earlier versions wrote
+    ``mrbench-synth`` for every built-in) is rebuilt on load instead, see ``_load_builtin``."""
     import hashlib
 
     from mrbench.builders.synth import GENERATOR_VERSION
@@ -56,7 +58,10 @@ def builtin_dir(name: str) -> Path:
 
 def _load_builtin(name: str, verify: bool, progress: Callable[[str, int, int], None] | None,
                   log: Callable[[str], None] | None = None, tasks: Sequence[str] | None = None) -> Benchmark:
-    """Load a built-in benchmark, building it on first use; a damaged build is rebuilt once."""
+    """Load a built-in benchmark, building it on first use; a damaged build is rebuilt once, and so is
+    a build that records another name than ``name`` (older versions named every built-in
+    ``mrbench-synth``): a built-in is never served under another built-in's name. The name is not
+    part of the fingerprint, so the rebuild gives the same fingerprint."""
     import logging
 
     from filelock import FileLock
@@ -71,10 +76,15 @@ def _load_builtin(name: str, verify: bool, progress: Callable[[str, int, int], N
     with FileLock(str(d) + ".lock"):
         if (d / "manifest.json").is_file():
             try:
-                return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
+                bench = load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
             except BenchmarkError as e:  # (an unknown task name is no BenchmarkError: raised as it is)
                 logging.getLogger("mrbench").warning("built-in %s at %s is damaged (%s); rebuilding it", name, d, e)
-        build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress)
+            else:
+                if bench.name == b.name:
+                    return bench
+                logging.getLogger("mrbench").warning("built-in %s at %s records the name %r (an older mrbench built it); "
+                                                     "rebuilding it", name, d, bench.name)
+        build_synth(d, size=b.size, seed=b.seed, split=b.split, overwrite=True, progress=progress, name=b.name)
         return load_benchmark_dir(d, verify=verify, log=log, tasks=tasks)
 
 

@@ -252,7 +252,7 @@ def submit(result_dir: str | Path, leaderboard: str | Path = DEFAULT_LEADERBOARD
                               "(the default 1,5,10)")
     known = load_leaderboard(lb_path)
     fp = data["benchmark"]["fingerprint"]
-    if not any(b["fingerprint"] == fp for b in known["benchmarks"]):
+    if not any(b["fingerprint"] == fp and b["name"] == data["benchmark"]["name"] for b in known["benchmarks"]):
         names = ", ".join(f"{b['name']} ({short_fingerprint(b['fingerprint'])})" for b in known["benchmarks"]) or "none"
         raise SubmissionError(f"{where}: benchmark {data['benchmark']['name']!r} fingerprint {fp} is not one this "
                               f"leaderboard knows (known: {names}); evaluate on a listed benchmark")
