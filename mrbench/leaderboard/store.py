@@ -231,8 +231,8 @@ def submit(result_dir: str | Path, leaderboard: str | Path = DEFAULT_LEADERBOARD
            url: str | None = None, notes: str | None = None, tol: float = 1e-9) -> SubmitOutcome:
     """Validate, verify and add the results in ``result_dir`` to ``leaderboard``.
 
-    Steps: the results JSON against ``results.schema.json``; its benchmark fingerprint against the
-    leaderboard's ``benchmarks``; every score recomputed from the run files (skipped with
+    Steps: the results JSON against ``results.schema.json``; its benchmark's fingerprint and name
+    against the leaderboard's ``benchmarks`` (both must match one listed benchmark); every score recomputed from the run files (skipped with
     ``self_reported``), any mismatch rejects the submission naming the score; a duplicate (same
     encoder, revision and benchmark) is refused unless ``replace``; then the entry is written under
     the lock (module docstring). Every rejection is a one-line :class:`SubmissionError` and leaves the
