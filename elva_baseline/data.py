@@ -389,6 +389,18 @@ class TrainData:
         )
 
     # -- batches ----------------------------------------------------------------------------------
+    def n_batches(self, batch_size: int, *, tasks: Sequence[str] | None = None, drop_last: bool = False) -> int:
+        """How many batches one epoch of :meth:`batches` yields (the same for every seed)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        n = 0
+        for name in tasks if tasks is not None else self.task_names:
+            size = len(self.task(name))
+            for s in range(0, size, batch_size):
+                b = min(batch_size, size - s)
+                n += not (b < 2 or (drop_last and b < batch_size))
+        return n
+
     def batches(
         self,
         batch_size: int,
@@ -396,11 +408,14 @@ class TrainData:
         *,
         tasks: Sequence[str] | None = None,
         drop_last: bool = False,
+        start: int = 0,
     ) -> Iterator[Batch]:
         """One epoch of InfoNCE batches: every query of every task once, in batches of ``batch_size``
         queries of one task, the batches of all tasks shuffled together. Deterministic in ``seed``
         (pass ``seed + epoch`` for the next epoch). ``drop_last`` drops each task's last short batch;
-        a batch of one query (no in-batch negative) is never yielded."""
+        a batch of one query (no in-batch negative) is never yielded. ``start`` skips the epoch's first
+        ``start`` batches: the others are those the full epoch yields (what a resumed run continues with).
+        Every epoch has :meth:`n_batches` batches, whatever the seed."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rng = random.Random(f"elva-batches:{seed}")
@@ -415,9 +430,11 @@ class TrainData:
                     continue
                 plan.append((name, chunk))
         rng.shuffle(plan)
-        for name, chunk in plan:
+        for k, (name, chunk) in enumerate(plan):
             t = self.tasks[name]
             pos = [t.positives[i][rng.randrange(len(t.positives[i]))].item() for i in chunk]
+            if k < start:  # skipped, its positives drawn all the same: the batches after it are unchanged
+                continue
             pos_sets = [set(t.positives[i].tolist()) for i in chunk]
             b = len(chunk)
             fn = torch.tensor([[i != j and pos[j] in pos_sets[i] for j in range(b)] for i in range(b)], dtype=torch.bool)

@@ -14,7 +14,8 @@ Checkpoints are adapter directories (``warmup/``, ``rl/``, ``final/``) that load
 ``trainer_state.json`` (stage, step, the data-order RNG); the RL stage's mined negatives are kept in
 ``rl_negatives/<task>.npy``. ``--resume`` restarts from ``last/``: the adapter, the optimizer, the step
 and the batch order (each update's batch is drawn from a seed of its own) continue where they stopped,
-and the rollout sampler is reseeded from the seed and the step. The log, evaluation and NaN guard
+and the rollout sampler is reseeded from the seed and the step. The log is cut back to the checkpoint
+first (each process's own), so the updates redone are logged once. The log, evaluation and NaN guard
 match the dual regime.
 
 Multi-GPU: launched with ``accelerate launch`` (or ``torchrun``; ``WORLD_SIZE`` > 1), the run is data
@@ -124,7 +125,10 @@ def train_generative(trainer: Any) -> dict[str, Any]:
     names = [n for n in data if data[n]["train"]]
     if not names:
         raise TrainingError(f"no training query with a relevant candidate in {cfg.data.benchmark}")
-    with TrainLog(trainer.out / ("train_log.jsonl" if main else f".train_log.rank{rank}.jsonl")) as log:
+    log_path = trainer.out / ("train_log.jsonl" if main else f".train_log.rank{rank}.jsonl")
+    if state:  # every process cuts its own log back to the checkpoint: the updates after it are redone
+        trainer.rewind_log(log_path, start_stage, start_step)
+    with TrainLog(log_path) as log:
         trainer.log = log
         trainer.t0 = time.perf_counter() - float(((state or {}).get("extra") or {}).get("time", 0.0))
 

@@ -22,6 +22,14 @@ Outputs in ``output/``: ``train_log.jsonl`` (one record per update and per evalu
 ``config.json`` (the resolved configuration), checkpoints ``warmup/`` and ``rl/`` at each stage's end,
 ``last/`` every ``checkpoint.every`` updates (with the optimizer and RNG state, for ``resume``) and
 ``final/`` = the last stage's model. Each checkpoint loads as an mrbench encoder: ``elva:output/final``.
+
+Resume (``--resume``) continues from ``last/``: the log is first cut back to that checkpoint's step
+(:func:`~elva_baseline.trainlog.rewind_log`, atomically), since the updates logged after it are redone,
+so every step is logged once. The redone updates are those an uninterrupted run makes: warmup goes on
+with the batch it would have taken next, and the RL stage restores its samplers from the checkpoint.
+One exception: the RL candidate pools (unless ``rl.fresh_candidates``) are re-embedded at the resumed
+step, so a resume from a step that is not a multiple of ``rl.refresh_every`` scores candidates with
+fresher embeddings until the next refresh than an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -60,6 +68,30 @@ def _rng_state() -> dict[str, Any]:
     return {"torch_initial_seed": int(torch.initial_seed())}
 
 
+def _rng_states(gen: Any, rng: random.Random) -> dict[str, Any]:
+    """The RL stage's samplers (the rollout ``torch.Generator``, the batch ``random.Random``), JSON-able,
+    for a checkpoint to resume them from."""
+    import base64
+
+    version, internal, gauss = rng.getstate()
+    return {"torch": base64.b64encode(bytes(gen.get_state().tolist())).decode("ascii"),
+            "python": [version, list(internal), gauss]}
+
+
+def _set_rng_states(gen: Any, rng: random.Random, saved: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_states` saved."""
+    import base64
+
+    import torch
+
+    try:
+        gen.set_state(torch.tensor(list(base64.b64decode(saved["torch"])), dtype=torch.uint8))
+        version, internal, gauss = saved["python"]
+        rng.setstate((version, tuple(internal), gauss))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TrainingError(f"the checkpoint's RL sampler state is damaged ({e}); start the run again with --overwrite") from None
+
+
 class Trainer:
     """Run the configured stages; ``run()`` returns a summary dict (also written to ``summary.json``).
 
@@ -68,7 +100,8 @@ class Trainer:
         output: the run directory (created once the inputs are checked; one that holds a run, see
             :func:`holds_run`, needs ``resume`` or ``overwrite``).
         resume: continue from ``output/last`` (stage, step, model, optimizer, RNG); ``cfg`` must equal
-            the run's ``output/config.json`` (:func:`saved_config`), which is not rewritten.
+            the run's ``output/config.json`` (:func:`saved_config`), which is not rewritten. The log is
+            cut back to that checkpoint first (the updates after it are redone).
         progress: rich progress bars with the current loss/reward.
         threads: torch CPU threads (``None``: torch's default).
         stop_after: stop (as if interrupted) after this many updates in total — for tests of resume.
@@ -201,6 +234,8 @@ class Trainer:
         self.n_grains = {q.id: q.n_grains for t in self.bench.tasks for q in t.queries}
 
         results: list[StageResult] = []
+        if self.resume:  # the updates after the checkpoint are redone: their records go
+            self.rewind_log(self.out / "train_log.jsonl", start_stage, start_step)
         with TrainLog(self.out / "train_log.jsonl") as log:
             self.log = log
             self.t0 = time.perf_counter() - float((state or {}).get("extra", {}).get("time", 0.0) if state else 0.0)
@@ -226,6 +261,17 @@ class Trainer:
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def rewind_log(self, path: Path, stage: str, step: int) -> None:
+        """Cut the log at ``path`` back to the checkpoint a resumed run starts from (``stage``,
+        ``step``; :func:`~elva_baseline.trainlog.rewind_log`), so that the updates logged after it
+        and redone now are logged once; one-line :class:`TrainingError` for a damaged log."""
+        from elva_baseline.trainlog import rewind_log
+
+        try:
+            rewind_log(path, self.cfg.stages, stage, step)
+        except ValueError as e:
+            raise TrainingError(f"{e}; repair or remove that line, then resume again") from None
 
     def _stage_steps(self, stage: str) -> int:
         return self.cfg.warmup.steps if stage == "warmup" else self.cfg.rl.steps
@@ -259,13 +305,14 @@ class Trainer:
                 f"{stage} step {step}: the loss is {float(loss)}; training stopped, {where}; lower the learning rate"
             )
 
-    def _save(self, model: Any, stage: str, step: int, optimizer: Any, name: str) -> Path:
+    def _save(self, model: Any, stage: str, step: int, optimizer: Any, name: str,
+              extra: dict[str, Any] | None = None) -> Path:
         from elva_baseline.checkpoint import save_checkpoint
 
         return save_checkpoint(self.out / name, model, self.cfg.to_dict(), step=step, stage=stage,
                                optimizer=optimizer,
                                extra={"updates": self.updates, "time": time.perf_counter() - self.t0,
-                                      "rng": _rng_state()},
+                                      "rng": _rng_state(), **(extra or {})},
                                overwrite=True)
 
     def _should_stop(self) -> bool:
@@ -312,14 +359,19 @@ class Trainer:
         if resume_dir is not None:
             load_trainer_state(resume_dir, opt)
         t_stage = time.perf_counter()
-        step, epoch = step0, step0  # epochs reshuffle by seed + epoch; a resumed run starts a fresh epoch
+        per_epoch = self.train_data.n_batches(cfg.batch_size)
+        if per_epoch == 0 and step0 < cfg.steps:
+            raise TrainingError(
+                f"warmup: no batch of size >= 2 in {self.cfg.data.benchmark}; lower warmup.batch_size or use more data"
+            )
+        # epochs reshuffle by seed + epoch; a resumed run goes on with the batch an uninterrupted one would take
+        step, (epoch, skip) = step0, divmod(step0, per_epoch or 1)
         bar = self._bar("warmup (InfoNCE)", cfg.steps, step0)
         ev: dict[str, float] = {}
         model.train()
         try:
             while step < cfg.steps and not self._should_stop():
-                n_batches = 0
-                for batch in self.train_data.batches(cfg.batch_size, seed=self.cfg.seed * 100_003 + epoch):
+                for batch in self.train_data.batches(cfg.batch_size, seed=self.cfg.seed * 100_003 + epoch, start=skip):
                     q = model.embed(batch.queries)
                     p = model.embed(batch.positives)
                     loss = info_nce(q, p, temperature=cfg.tau, symmetric=cfg.symmetric,
@@ -330,7 +382,6 @@ class Trainer:
                     opt.step()
                     step += 1
                     self.updates += 1
-                    n_batches += 1
                     self._record("warmup", step, {"loss": round(float(loss.detach()), 5), "task": batch.task})
                     self._tick(bar, f"loss {float(loss.detach()):.3f}")
                     final = step >= cfg.steps
@@ -339,11 +390,7 @@ class Trainer:
                         self._save(model, "warmup", step, opt, "last")
                     if final or self._should_stop():
                         break
-                epoch += 1
-                if n_batches == 0:
-                    raise TrainingError(
-                        f"warmup: no batch of size >= 2 in {self.cfg.data.benchmark}; lower warmup.batch_size or use more data"
-                    )
+                epoch, skip = epoch + 1, 0
         finally:
             if bar is not None:
                 bar.stop()
@@ -443,10 +490,13 @@ class Trainer:
             raise TrainingError(f"rl: no training queries in {self.cfg.data.benchmark}")
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        saved = None
         if resume_dir is not None and step0 > 0:
-            load_trainer_state(resume_dir, opt)
+            saved = (load_trainer_state(resume_dir, opt).get("extra") or {}).get("rl_rng")
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step0)
         rng = random.Random(self.cfg.seed * 31 + step0)
+        if saved:  # where the uninterrupted run's samplers stood (checkpoints of older versions: reseeded)
+            _set_rng_states(gen, rng, saved)
         pools: dict[str, Any] = {}
         st: dict[str, Any] = {}
         if step0 == 0 and self.cfg.eval.every:  # where the stage starts, for the held-out curve
@@ -457,7 +507,7 @@ class Trainer:
         model.train()
         try:
             while step < cfg.steps and not self._should_stop():
-                if not cfg.fresh_candidates and (step - step0) % cfg.refresh_every == 0:
+                if not cfg.fresh_candidates and (step % cfg.refresh_every == 0 or not pools):
                     with torch.no_grad():
                         pools = {n: _embed_chunks(model, self.train_data.pool(n)) for n in tasks}
                 name = tasks[step % len(tasks)]
@@ -502,12 +552,12 @@ class Trainer:
                 final = step >= cfg.steps
                 ev = self._maybe_eval(model, "rl", step, final) or ev
                 if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and not final:
-                    self._save(model, "rl", step, opt, "last")
+                    self._save(model, "rl", step, opt, "last", {"rl_rng": _rng_states(gen, rng)})
         finally:
             if bar is not None:
                 bar.stop()
         if step < cfg.steps:
-            self._save(model, "rl", step, opt, "last")
+            self._save(model, "rl", step, opt, "last", {"rl_rng": _rng_states(gen, rng)})
             return StageResult("rl", step, time.perf_counter() - t_stage, self.out / "last", ev)
         ck = self._save(model, "rl", step, None, "rl")
         self._save(model, "rl", step, None, "final")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 class TrainLog:
@@ -69,6 +69,51 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{p}:{i}: not a JSON object; the log is damaged")
         out.append(rec)
     return out
+
+
+def rewind_log(path: str | Path, stages: Sequence[str], stage: str, step: int) -> int:
+    """Cut the training log back to a checkpoint at ``(stage, step)`` before a resumed run appends to
+    it, so that the updates redone after the checkpoint are logged once; returns how many records
+    were dropped.
+
+    Records are ordered by (stage in ``stages``, ``step``, training record before evaluation record).
+    Kept: every record before the checkpoint and, when ``step`` > 0, the training and evaluation
+    records of ``step`` itself (written before its checkpoint); a checkpoint at step 0 is the stage's
+    start, so that stage's step-0 evaluation is dropped (the resumed stage writes it again). Records
+    a past resume left twice (logs of earlier versions) are healed the same way: a record that goes
+    back in this order supersedes those at or after its position. A line that is not JSON (a record
+    cut short by a crash) is dropped. The log is rewritten atomically (a temporary file renamed over
+    it), and only when something is dropped; a missing log is nothing to rewind.
+    """
+    from mrbench.data.io import atomic_write_text
+
+    p = Path(path)
+    if not p.exists():
+        return 0
+    order = {name: i for i, name in enumerate(stages)}
+    if stage not in order:
+        raise ValueError(f"{p}: cannot rewind to stage {stage!r}, which is not one of {', '.join(stages)}")
+    cut = (order[stage], step, 2) if step > 0 else (order[stage], 0, 0)
+    recs = read_log(p)  # raises ValueError naming a damaged line
+    try:
+        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as e:  # pragma: no cover - read_log read it a moment ago
+        raise ValueError(f"{p}: cannot read the training log ({e.strerror or e})") from None
+    kept: list[tuple[tuple[int, int, int], str]] = []
+    pos = (-1, 0, 0)
+    for rec, line in zip(recs, lines):  # read_log drops only a last line that is not JSON
+        st, sp = rec.get("stage"), rec.get("step")
+        known = st in order and isinstance(sp, int) and not isinstance(sp, bool)
+        if known:
+            pos = (order[st], sp, 1 if "eval" in rec else 0)
+            while kept and kept[-1][0] >= pos:  # a resume redid these: the later record supersedes them
+                kept.pop()
+        kept.append((pos, line))  # a record without a known position goes with the one before it
+    kept = [(q, ln) for q, ln in kept if q < cut]
+    dropped = len(lines) - len(kept)
+    if dropped:
+        atomic_write_text(p, "".join(ln + "\n" for _, ln in kept))
+    return dropped
 
 
 def plot_log(path: str | Path, output: str | Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from elva_baseline.config import ConfigError, TrainConfig
-from elva_baseline.trainlog import TrainLog, plot_log, read_log
+from elva_baseline.trainlog import TrainLog, plot_log, read_log, rewind_log
 
 
 def test_defaults_are_the_paper_constants() -> None:
@@ -94,3 +94,48 @@ def test_log_round_trip_and_plot(tmp_path: Path) -> None:
     bad.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         read_log(bad)
+
+
+def _log(path: Path, keys: list[tuple[str, int, bool]], tail: str = "") -> None:
+    with TrainLog(path) as w:
+        for stage, step, ev in keys:
+            w.write({"stage": stage, "step": step, "global_step": step, "time": 0.0,
+                     **({"eval": {"hit@1": 0.5}} if ev else {"loss": float(step)})})
+    with path.open("a") as f:
+        f.write(tail)
+
+
+def _keys(path: Path) -> list[tuple[str, int, bool]]:
+    return [(r["stage"], r["step"], "eval" in r) for r in read_log(path)]
+
+
+def test_rewind_log_cuts_back_to_the_checkpoint(tmp_path: Path) -> None:
+    """What a resume keeps of the log: the records up to the checkpoint (its own step's training and
+    evaluation records included), never a stage's step-0 evaluation when resuming at that stage's start;
+    a record cut short by a crash goes; the log is replaced by a rename (no temporary file is left)."""
+    stages = ["warmup", "rl"]
+    log = tmp_path / "train_log.jsonl"
+    run = [("warmup", 1, False), ("warmup", 2, False), ("warmup", 2, True), ("warmup", 3, False),
+           ("warmup", 4, False), ("warmup", 4, True), ("rl", 0, True), ("rl", 1, False), ("rl", 2, False)]
+    for (stage, step), want in [(("warmup", 2), run[:3]), (("warmup", 3), run[:4]), (("rl", 0), run[:6]),
+                                (("rl", 1), run[:8]), (("warmup", 0), [])]:
+        _log(log, run, tail='{"stage": "rl", "st')
+        assert rewind_log(log, stages, stage, step) == len(run) + 1 - len(want)
+        assert _keys(log) == want and (not want or log.read_text().endswith("\n"))
+        log.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    _log(log, run)
+    before = log.stat()
+    assert rewind_log(log, stages, "rl", 2) == 0 and log.stat().st_mtime_ns == before.st_mtime_ns  # not rewritten
+    # a log that an earlier version doubled on resume (3, 4 logged, crash, 3, 4, 5 logged again): the
+    # later records supersede the earlier ones
+    log.unlink()
+    _log(log, [("warmup", 1, False), ("warmup", 2, False), ("warmup", 3, False), ("warmup", 4, False),
+               ("warmup", 3, False), ("warmup", 4, False), ("warmup", 4, True), ("warmup", 5, False)])
+    lines = log.read_text().splitlines()
+    assert rewind_log(log, stages, "warmup", 4) == 3
+    assert log.read_text().splitlines() == lines[:2] + lines[4:7]  # the kept lines verbatim
+    assert rewind_log(tmp_path / "none.jsonl", stages, "rl", 1) == 0 and not (tmp_path / "none.jsonl").exists()
+    log.write_text('{"stage": "warmup", "step": 1}\nnot json\n{"stage": "warmup", "step": 2}\n')
+    with pytest.raises(ValueError, match=":2: not a JSON object"):
+        rewind_log(log, stages, "warmup", 1)

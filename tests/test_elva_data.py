@@ -130,6 +130,19 @@ def test_batches_cover_each_query_once_and_mask_false_negatives(data: TrainData)
         next(data.batches(0))
 
 
+def test_batches_start_skips_into_the_same_epoch(data: TrainData) -> None:
+    """``start`` (resume inside an epoch) yields the rest of the very epoch; ``n_batches`` is its length."""
+    def key(bs):
+        return [(b.task, b.queries.ids, b.positives.ids) for b in bs]
+
+    for size in (2, 3):
+        full = list(data.batches(size, seed=7))
+        assert data.n_batches(size) == len(full) == len(list(data.batches(size, seed=8)))
+        for k in (1, len(full) // 2, len(full)):
+            assert key(data.batches(size, seed=7, start=k)) == key(full[k:])
+    assert data.n_batches(3, drop_last=True) == len(list(data.batches(3, seed=0, drop_last=True)))
+
+
 def test_false_negative_mask_on_shared_positives(data: TrainData) -> None:
     """Two copies of a query share every positive: each marks the other's positive as a false negative."""
     t = data.tasks["t2i"]

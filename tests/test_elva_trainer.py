@@ -68,6 +68,56 @@ def test_resume_after_interruption_continues_the_run(tmp_path: Path) -> None:
     assert steps == list(range(1, 13))  # at most the progress since the last checkpoint is redone: none here
 
 
+RESUME = ["rl.steps=6", "rl.refresh_every=3"]  # RL checkpoints at step 3 = a pool refresh: exact resume
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_log(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(_cfg(*RESUME), out, progress=False)
+    return read_log(out / "train_log.jsonl")
+
+
+@pytest.mark.parametrize("loss, at, where", [("info_nce", 5, ("warmup", 3)), ("grpo_loss", 1, ("rl", 0)),
+                                             ("grpo_loss", 5, ("rl", 3))])
+def test_resume_after_a_crash_logs_each_step_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  uninterrupted_log: list[dict], loss: str, at: int,
+                                                  where: tuple[str, int]) -> None:
+    """A crash (Ctrl-C) after a checkpoint and more logged updates: --resume redoes the updates since the
+    checkpoint, and the log ends as an uninterrupted run's (apart from the clock), each record once."""
+    from elva_baseline import losses
+
+    real = getattr(losses, loss)
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(losses, loss, crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(*RESUME), out, progress=False)
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert (state["stage"], state["step"]) == where
+    before = read_log(out / "train_log.jsonl")
+    assert before[-1]["stage"] == where[0] and before[-1]["step"] >= where[1]  # logged past the checkpoint
+    assert Trainer(_cfg(*RESUME), out, progress=False, resume=True).run()["final"]
+
+    def untimed(log: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "time"} for r in log]
+
+    log = read_log(out / "train_log.jsonl")
+    keys = [(r["stage"], r["step"], "eval" in r) for r in log]
+    assert len(keys) == len(set(keys)), keys
+    assert untimed(log) == untimed(uninterrupted_log)
+    assert [r["global_step"] for r in log if "eval" not in r] == list(range(1, 15))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
 def test_nan_loss_stops_and_names_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
@@ -174,6 +224,8 @@ def test_generative_regime_resumes_after_an_interruption(tmp_path: Path) -> None
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert (state["stage"], state["step"]) == ("rl", 1) and (out / "last" / "optimizer.safetensors").is_file()
     assert (out / "rl_negatives" / "t2i.npy").is_file()
+    with (out / "train_log.jsonl").open("a") as f:  # as if step 2 was logged, then a crash cut a record short
+        f.write(json.dumps({"stage": "rl", "step": 2, "global_step": 4, "time": 1.0, "loss": 0.5}) + '\n{"stage": "r')
     done = Trainer(cfg, out, progress=False, resume=True).run()
     assert done["updates"] == 5 and done["final"]
     steps = [(r["stage"], r["step"]) for r in read_log(out / "train_log.jsonl") if "eval" not in r]
