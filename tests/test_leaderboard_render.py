@@ -51,7 +51,7 @@ def _add_second_benchmark(lb: dict[str, Any]) -> None:
     )
     e = copy.deepcopy(_entry(lb, "random"))
     e["benchmark"] = {"name": "other-bench", "version": "2", "fingerprint": fp}
-    e["id"] = "random@sha256-normal-v1/other-bench"
+    e["id"] = "random@sha256-normal-v1/other-bench@" + "ab" * 6
     lb["entries"].append(e)
 
 
@@ -460,3 +460,48 @@ def test_browser_screenshot(lb: dict[str, Any], tmp_path: Path) -> None:
         ys, _xs = np.nonzero((np.abs(px - np.array(ref)) <= 12).all(axis=2))
         assert len(ys) > 500, ref
         assert ys.max() - ys.min() > 100, ref  # spread over a chart, not one swatch
+
+
+def test_rows_by_benchmark_never_ranks_across_benchmarks(lb: dict[str, Any]) -> None:
+    _add_second_benchmark(lb)
+    groups = R.rows_by_benchmark(lb)
+    assert [label.split(" ")[0] for label, _ in groups] == ["mrbench-synth", "other-bench"]
+    assert groups[1][0] == "other-bench (abababababab)"
+    assert [len(rows) for _, rows in groups] == [4, 1]
+    assert {r["benchmark"] for r in groups[0][1]} == {"mrbench-synth"}
+    assert R.rows_by_benchmark(lb, benchmark="other-bench") == [groups[1]]
+    assert [label for label, _ in R.rows_by_benchmark(lb, task="t2i")] == [g[0] for g in groups]
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        R.rows_by_benchmark(lb, task="nope")
+    with pytest.raises(ValueError, match="no benchmark matches 'nope'"):
+        R.rows_by_benchmark(lb, benchmark="nope")
+
+
+def test_cli_show_and_render_one_table_per_benchmark(lb: dict[str, Any], tmp_path: Path) -> None:
+    """`leaderboard show` (terminal and --markdown) and `render --markdown` rank each benchmark on its own;
+    with one benchmark the output keeps its single untitled table."""
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(lb), encoding="utf-8")
+    _add_second_benchmark(lb)
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(lb), encoding="utf-8")
+    run = CliRunner().invoke
+    r = run(app, ["leaderboard", "show", "-l", str(two)])
+    assert r.exit_code == 0, r.output
+    assert "on mrbench-synth (" in r.output and "on other-bench (abababababab)" in r.output
+    r = run(app, ["leaderboard", "show", "-l", str(two), "--markdown"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("### ") == 2 and r.output.index("### mrbench-synth") < r.output.index("### other-bench")
+    r = run(app, ["leaderboard", "show", "-l", str(one), "--markdown"])
+    assert r.exit_code == 0 and "###" not in r.output and r.output.startswith("|")
+    r = run(app, ["leaderboard", "show", "-l", str(two), "-b", "other-bench"])
+    assert r.exit_code == 0 and "on other-bench" not in r.output and "MRBench leaderboard:" in r.output
+    md = tmp_path / "t.md"
+    r = run(app, ["leaderboard", "render", "-l", str(two), "--markdown", str(md)])
+    assert r.exit_code == 0, r.output
+    text = md.read_text(encoding="utf-8")
+    assert text.count("### ") == 2 and text.count("| random") == 2

@@ -116,26 +116,27 @@ def show(
     path = _lb_path(leaderboard)
     lb = load_leaderboard(path)
     with _names(path):
-        rows = render.entry_rows(lb, benchmark=benchmark, task=task)
-    if not rows:
+        groups = render.rows_by_benchmark(lb, benchmark=benchmark, task=task)
+    if not groups:
         err(f"no entries{' for benchmark ' + repr(benchmark) if benchmark else ''}{' with task ' + repr(task) if task else ''}")
         raise typer.Exit(code=1)
-    with _names("--sort"):
-        rows = render.sort_rows(rows, sort, descending=not ascending)
     cols = parse_names(columns, "--columns", "model,hit@5,g2")
-    if markdown:
+    console = stdout_console()
+    if not console.is_terminal:  # piped: no terminal width to respect
+        console.width = max(console.width, 160)
+    for gi, (label, rows) in enumerate(groups):  # one ranking per benchmark
+        with _names("--sort"):
+            rows = render.sort_rows(rows, sort, descending=not ascending)
         with _names("--columns"):
-            text = render.to_markdown(rows, cols)
-        print(text)
-    else:
-        title = f"MRBench leaderboard: {task or 'macro average'}, sorted by {sort}"
-        if cols is None:
-            cols = [c for c in render.TERMINAL_COLUMNS if c in rows[0]]
-        with _names("--columns"):
-            table = render.rich_table(rows, cols, title=title)
-        console = stdout_console()
-        if not console.is_terminal:  # piped: no terminal width to respect
-            console.width = max(console.width, 160)
+            if markdown:
+                text = render.to_markdown(rows, cols)
+                if len(groups) > 1:
+                    text = f"### {label}\n\n{text}" + ("\n" if gi + 1 < len(groups) else "")
+                print(text)
+                continue
+            on = f" on {label}" if len(groups) > 1 else ""
+            title = f"MRBench leaderboard{on}: {task or 'macro average'}, sorted by {sort}"
+            table = render.rich_table(rows, cols or [c for c in render.TERMINAL_COLUMNS if c in rows[0]], title=title)
         console.print(table)
 
 
@@ -159,12 +160,15 @@ def render_cmd(
     lb = load_leaderboard(path)
     with _names(path):  # an unknown --benchmark: nothing is written
         page = render.to_html(lb, benchmark=benchmark) if html is not None else ""
-        rows = render.sort_rows(render.entry_rows(lb, benchmark=benchmark), "hit@5") if markdown is not None else []
+        groups = render.rows_by_benchmark(lb, benchmark=benchmark) if markdown is not None else []
     if html is not None:
         atomic_write_text(html, page)
         print(f"wrote {html}")
-    if markdown is not None:
-        atomic_write_text(markdown, render.to_markdown(rows) + "\n")
+    if markdown is not None:  # one table per benchmark (a heading each when there are several)
+        tables = [render.to_markdown(render.sort_rows(rows, "hit@5")) for _, rows in groups] or [render.to_markdown([])]
+        if len(groups) > 1:
+            tables = [f"### {label}\n\n{t}" for (label, _), t in zip(groups, tables)]
+        atomic_write_text(markdown, "\n\n".join(tables) + "\n")
         print(f"wrote {markdown}")
 
 

@@ -249,6 +249,21 @@ def entry_rows(lb: dict[str, Any], *, benchmark: str | None = None, task: str | 
     return _normalise(rows)
 
 
+def rows_by_benchmark(lb: dict[str, Any], *, benchmark: str | None = None, task: str | None = None
+                      ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """:func:`entry_rows` split by benchmark: ``(label, rows)`` per benchmark with rows, in the
+    leaderboard's order of benchmarks; ``label`` is ``"name (fingerprint prefix)"``. Entries on
+    different benchmarks are never ranked against each other. Same arguments and errors as
+    :func:`entry_rows`."""
+    entry_rows(lb, benchmark=benchmark, task=task)  # the same checks: an unknown benchmark or task raises
+    out = []
+    for b in _benchmarks(lb, benchmark):
+        rows = [r for r in (_entry_row(e, task) for e in _entries_of(lb, b)) if r is not None]
+        if rows:
+            out.append((f"{b.get('name')} ({_short_fp(b.get('fingerprint'))})", _normalise(rows)))
+    return out
+
+
 def _known_columns(rows: list[dict[str, Any]]) -> list[str]:
     seen: dict[str, None] = {}
     for r in rows:
