@@ -259,6 +259,255 @@ def test_st_clip_evaluate_end_to_end(dirs):
 
 
 # ---------------------------------------------------------------------------------------------------
+# sentence-transformers CLIP: images prepared by the harness (prepare_image / pixel_transform)
+
+
+def _st_clip(path: Path, *after: str, truncate_dim: int | None = None, processing_kwargs=None) -> Path:
+    """A sentence-transformers model: the tiny CLIP as a ``Transformer`` (with ``processing_kwargs``),
+    then ``after`` modules (``"dense"``: 16 → 8, ``"normalize"``), saved with ``truncate_dim``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+
+    src = th.clip_dir(path.parent / (path.name + "-src"))
+    mods = [Transformer(str(src), processing_kwargs=processing_kwargs)]
+    mods += [Dense(16, 8) if m == "dense" else Normalize() for m in after]
+    SentenceTransformer(modules=mods, device="cpu", truncate_dim=truncate_dim).save(str(path))
+    shutil.rmtree(src)
+    return path
+
+
+def _encode_ref(model, imgs: list) -> np.ndarray:
+    """``SentenceTransformer.encode`` on PIL images in one batch, L2-normalised as the encoder does."""
+    out = model.encode(imgs, batch_size=len(imgs), convert_to_tensor=True, show_progress_bar=False)
+    return torch.nn.functional.normalize(out.float(), dim=-1).numpy()
+
+
+def _image_items(paths: list[Path], decoded: bool = True) -> list[EncodeInput]:
+    return [EncodeInput(id=f"i{k}", text=None, image=Image.open(p).convert("RGB") if decoded else None, image_path=p,
+                        instruction=None, content_hash=str(k)) for k, p in enumerate(paths)]
+
+
+@pytest.fixture(scope="module")
+def clip_in_forward(dirs) -> SentenceTransformerEncoder:
+    """The tiny CLIP with its images through ``model.encode`` in the forward (the path without image_prep)."""
+    enc = SentenceTransformerEncoder(str(dirs["clip"]), device="cpu")
+    enc.image_prep = None
+    return enc
+
+
+def test_clip_pixel_transform_is_the_models_image_processor(clip_enc, images):
+    """pixel_transform() is the module's image processor (uint8, resized and cropped) plus a row with the
+    image's size, equal to prepare_image; a batch of it normalised is the processor output model.encode
+    makes, bit for bit."""
+    import pickle
+
+    from mrbench.encoders.sentence_tf import SizedImagePrep
+
+    fn = clip_enc.pixel_transform()
+    assert isinstance(fn, SizedImagePrep) and fn.inner.split is not None
+    assert fn.transform_id.startswith("st-sized-v1:hf-image-processor:CLIPImageProcessor:")
+    assert fn.transform_id.endswith(":uint8")
+    assert clip_enc.meta.extra["image_prep"] == f"prepared by the harness ({fn.transform_id})"
+    again = pickle.loads(pickle.dumps(fn))  # travels to decode worker processes
+    imgs = [Image.open(p).convert("RGB") for p in images]
+    for im in imgs:
+        got = fn(im)
+        assert got.dtype == np.uint8 and got.shape == (3, 33, 32)
+        np.testing.assert_array_equal(got, clip_enc.prepare_image(im).numpy())
+        np.testing.assert_array_equal(again(im), got)
+        np.testing.assert_array_equal(got[:, :32], fn.inner(im))
+    raw, counts = fn.unpack(torch.stack([clip_enc.prepare_image(im) for im in imgs]))
+    assert counts.tolist() == [im.size[0] * im.size[1] for im in imgs]
+    assert torch.equal(fn.inner.normalise(raw), clip_enc.model.preprocess(imgs)["pixel_values"])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_sized_image_prep_carries_any_image_size(dtype):
+    """The size row holds widths and heights up to 2**32 - 1 exactly, in uint8 and in float32 pixels."""
+    from mrbench.encoders.sentence_tf import SizedImagePrep
+
+    class Inner:
+        transform_id = "stub"
+
+        def __call__(self, image):
+            return np.full((3, 4, 8), 7, dtype=dtype)
+
+    class Sized:
+        def __init__(self, size):
+            self.size = size
+
+    prep = SizedImagePrep(Inner())  # type: ignore[arg-type]
+    sizes = [(1, 1), (255, 256), (65536, 3), (70001, 2**24 + 3), (2**32 - 1, 2**31 - 5)]
+    batch = torch.from_numpy(np.stack([prep(Sized(s)) for s in sizes]))
+    assert batch.dtype == torch.from_numpy(np.zeros(0, dtype)).dtype and batch.shape == (5, 3, 5, 8)
+    raw, counts = prep.unpack(batch)
+    assert raw.shape == (5, 3, 4, 8) and bool((raw == 7).all())
+    assert counts.tolist() == [w * h for w, h in sizes]
+
+
+def test_clip_prepared_pixels_give_the_embeddings_of_model_encode(clip_enc, clip_in_forward, images):
+    """Image items (decoded or read from their path) and mixed batches: the embeddings of
+    SentenceTransformer.encode on the PIL images, bit for bit."""
+    imgs = [Image.open(p).convert("RGB") for p in images]
+    ref = _encode_ref(clip_enc.model, imgs)
+    for decoded in (True, False):
+        np.testing.assert_array_equal(clip_enc.encode(_image_items(images, decoded), role="candidate", task=TASK), ref)
+    for kinds in ("tiI", "iI"):
+        items = _mixed(images, kinds)
+        np.testing.assert_array_equal(clip_enc.encode(items, role="query", task=TASK),
+                                      clip_in_forward.encode(items, role="query", task=TASK))
+
+
+def test_clip_later_modules_and_truncate_dim_are_applied(tmp_path, images):
+    """Dense and Normalize after the CLIP module, and the model's truncate_dim, run on the prepared
+    pixels as in SentenceTransformer.encode."""
+    d = _st_clip(tmp_path / "st-clip-dense", "dense", "normalize", truncate_dim=6)
+    enc = SentenceTransformerEncoder(str(d), device="cpu")
+    assert enc.pixel_transform() is not None and enc.meta.dim == 6
+    assert enc.meta.extra["modules"] == ["Transformer", "Dense", "Normalize"]
+    imgs = [Image.open(p).convert("RGB") for p in images]
+    got = enc.encode(_image_items(images), role="candidate", task=TASK)
+    assert got.shape == (len(images), 6)
+    np.testing.assert_array_equal(got, _encode_ref(enc.model, imgs))
+
+
+def test_clip_batch_order_follows_model_encode(clip_enc, clip_in_forward, tmp_path):
+    """A batch of 20 images, many of the same size: model.encode's order (by size, ties as numpy's
+    argsort leaves them) is reproduced, so the embeddings are equal bit for bit."""
+    rng = np.random.default_rng(1)
+    items = []
+    for k in range(20):
+        w, h = [(24, 40), (40, 24), (33, 31), (50, 50)][k % 4]
+        p = tmp_path / f"t{k}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        items.append(EncodeInput(id=f"t{k}", text=None, image=Image.open(p).convert("RGB"), image_path=p,
+                                 instruction=None, content_hash=str(k)))
+    big = SentenceTransformerEncoder(str(clip_enc.path), device="cpu", batch_size=20)
+    old = SentenceTransformerEncoder(str(clip_enc.path), device="cpu", batch_size=20)
+    old.image_prep = None
+    np.testing.assert_array_equal(big.encode(items, role="candidate", task=TASK),
+                                  old.encode(items, role="candidate", task=TASK))
+    np.testing.assert_array_equal(big.encode(items, role="candidate", task=TASK),
+                                  _encode_ref(big.model, [it.image for it in items]))
+
+
+def test_clip_threads_processes_and_pixel_cache_give_the_encode_path_embeddings(clip_enc, clip_in_forward, tmp_path,
+                                                                                monkeypatch):
+    """Images prepared in decode threads, in worker processes, and read back from the pixel cache (also
+    whole warm batches into staging buffers): the embeddings of the model.encode path, bit for bit."""
+    from fixtures.staging import image_bench, stage_on_host
+
+    from mrbench.encoders.harness import EncodeStats, encode_items
+
+    bench, task = image_bench(tmp_path / "b", n=9)
+    kw = dict(role="candidate", task=task, bench=bench, num_workers=2, batch_size=4)
+    ref = encode_items(clip_in_forward, task.candidates, workers="thread", **kw)
+    for workers in ("thread", "process"):
+        np.testing.assert_array_equal(encode_items(clip_enc, task.candidates, workers=workers, **kw), ref)
+    for workers, n_hits in (("process", 0), ("process", 9), ("thread", 9)):  # fills the cache, then reads it
+        st = EncodeStats()
+        out = encode_items(clip_enc, task.candidates, workers=workers, pixel_cache=tmp_path / "px", stats=st, **kw)
+        np.testing.assert_array_equal(out, ref)
+        assert (st.pixel_cache_hits, st.pixel_cache_misses) == (n_hits, 9 - n_hits)
+    reads = stage_on_host(monkeypatch)
+    for _ in range(2):  # learns the pixel layout, then reads whole batches into the staging buffers
+        np.testing.assert_array_equal(encode_items(clip_enc, task.candidates, pixel_cache=tmp_path / "px", **kw), ref)
+    assert sorted(reads)[-2:] == [4, 4]
+
+
+def test_transform_id_follows_the_processor_config(dirs, clip_enc, tmp_path):
+    """Another image processor configuration, or the Pillow backend (float32 output), is another
+    transform_id and another pixel-cache fingerprint; the Pillow path still equals model.encode."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    from mrbench.encoders.pixel_cache import transform_fingerprint
+
+    base = clip_enc.pixel_transform()
+    d = tmp_path / "st-clip-mean"
+    shutil.copytree(dirs["clip"], d)
+    cfg = json.loads((d / "processor_config.json").read_text())
+    cfg["image_processor"]["image_mean"] = [0.25, 0.5, 0.75]
+    (d / "processor_config.json").write_text(json.dumps(cfg))
+    other = SentenceTransformerEncoder(str(d), device="cpu")
+    fns = [base, other.pixel_transform()]
+
+    pil = SentenceTransformerEncoder(str(dirs["clip"]), device="cpu")
+    pil.model[0].processor.image_processor = AutoImageProcessor.from_pretrained(str(dirs["clip"]), backend="pil")
+    assert pil._choose_image_path().startswith("prepared by the harness")
+    fn = pil.pixel_transform()
+    assert fn is not None and fn.inner.split is None and fn.transform_id.endswith(":float32")
+    fns.append(fn)
+    assert len({f.transform_id for f in fns}) == 3
+    fps = {transform_fingerprint(e, f)[0] for e, f in zip((clip_enc, other, pil), fns)}
+    assert len(fps) == 3
+    im = Image.new("RGB", (45, 27), (200, 40, 90))
+    assert pil.prepare_image(im).dtype == torch.float32
+    items = [EncodeInput(id="p", text=None, image=im, image_path=Path("p.png"), instruction=None, content_hash="p")]
+    np.testing.assert_array_equal(pil.encode(items, role="candidate", task=TASK), _encode_ref(pil.model, [im]))
+
+
+def test_unreproducible_image_path_falls_back_to_model_encode(tmp_path, images):
+    """A first module with its own image processing_kwargs: no pixel_transform, images go through
+    model.encode in the forward (threads and the pixel cache still work, processes are refused)."""
+    from fixtures.staging import image_bench
+
+    from mrbench.encoders.harness import encode_items
+
+    d = _st_clip(tmp_path / "st-clip-kw", processing_kwargs={"image": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}})
+    enc = SentenceTransformerEncoder(str(d), device="cpu")
+    assert enc.pixel_transform() is None and enc.image_prep is None
+    assert enc.meta.extra["image_prep"] == "in model.encode (the first module sets image processing_kwargs)"
+    with pytest.raises(NotImplementedError):
+        enc.prepare_image(Image.new("RGB", (8, 8)))
+    imgs = [Image.open(p).convert("RGB") for p in images]
+    np.testing.assert_array_equal(enc.encode(_image_items(images), role="candidate", task=TASK),
+                                  _encode_ref(enc.model, imgs))
+    bench, task = image_bench(tmp_path / "b", n=5)
+    kw = dict(role="candidate", task=task, bench=bench, num_workers=2, batch_size=len(task.candidates))
+    ref = encode_items(enc, task.candidates, pixel_cache=False, **kw)
+    for _ in range(2):  # the cache is asked for, and skipped (a warning): images decoded as usual
+        np.testing.assert_array_equal(encode_items(enc, task.candidates, pixel_cache=tmp_path / "px", **kw), ref)
+    with pytest.raises(EncoderError, match="need an encoder with pixel_transform"):
+        encode_items(enc, task.candidates, workers="process", **kw)
+
+
+def test_image_path_probe_refuses_any_difference(dirs, monkeypatch):
+    """The load-time probe keeps model.encode where the prepared pixels, or the embeddings made from
+    them, differ from encode's in any bit, where the image inputs are more than pixel_values, and for a
+    first module that is not a sentence-transformers Transformer; text models have no image path."""
+    from mrbench.encoders import sentence_tf
+    from mrbench.encoders.hf_clip import HFImagePrep
+
+    def load() -> SentenceTransformerEncoder:
+        return SentenceTransformerEncoder(str(dirs["clip"]), device="cpu")
+
+    with monkeypatch.context() as m:
+        real = HFImagePrep.normalise
+        m.setattr(HFImagePrep, "normalise", lambda self, px: torch.nextafter(real(self, px), torch.tensor(9.0)))
+        assert load().meta.extra["image_prep"] == ("in model.encode (the image processor's output differs from the "
+                                                   "one encode makes)")
+    with monkeypatch.context() as m:
+        real_enc = SentenceTransformerEncoder.encode_images
+        m.setattr(SentenceTransformerEncoder, "encode_images", lambda self, px: real_enc(self, px) * (1 + 2 ** -20))
+        enc = load()
+        assert enc.meta.extra["image_prep"].endswith("differs from encode's embeddings)") and enc.pixel_transform() is None
+    with monkeypatch.context() as m:
+        from sentence_transformers import SentenceTransformer
+
+        real_pre = SentenceTransformer.preprocess
+        m.setattr(SentenceTransformer, "preprocess", lambda self, x, **k: {**real_pre(self, x, **k), "extra": 1})
+        assert "not only pixel_values" in load().meta.extra["image_prep"]
+    assert sentence_tf._image_prep_of([torch.nn.Identity()]) == (
+        None, "first module Identity is not a sentence-transformers Transformer")
+    text = SentenceTransformerEncoder(str(dirs["text"]), device="cpu")
+    assert text.pixel_transform() is None and "image_prep" not in text.meta.extra
+    with pytest.raises(NotImplementedError):
+        text.prepare_image(Image.new("RGB", (8, 8)))
+
+
+# ---------------------------------------------------------------------------------------------------
 # bad input
 
 

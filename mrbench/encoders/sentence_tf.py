@@ -12,9 +12,25 @@ ranks the pool in the same (pessimistically tied) order — the score a model re
 at any image. Image+text items are encoded from their text alone.
 
 **Multimodal models** (a first module that reads images, such as a sentence-transformers CLIP model)
-read images too: PIL images go through ``model.encode``, and image+text items get score-level fusion
-(sum of the L2-normalised image and text embeddings), as in
-:class:`~mrbench.encoders.torch_base.DualTowerEncoder`.
+read images too, and image+text items get score-level fusion (sum of the L2-normalised image and text
+embeddings), as in :class:`~mrbench.encoders.torch_base.DualTowerEncoder`. Where the model's image
+path can be reproduced exactly, images are prepared outside the model, as for the ``hf`` family:
+the first module's image processor runs as :class:`~mrbench.encoders.hf_clip.HFImagePrep`, wrapped
+in :class:`SizedImagePrep` (``prepare_image`` / ``pixel_transform()``), in the harness's decode
+threads or worker processes, and its output can be kept in the pixel cache (keyed by the processor's
+class and configuration). The model then gets ready pixels — uint8 for a torchvision-backend
+processor, rescaled and normalised batched on the model's device — and
+:meth:`SentenceTransformerEncoder.encode_images` runs the model's own module pipeline on them
+(``SentenceTransformer.forward``: the first module's vision tower and projection, then every later
+module such as ``Dense``/``Normalize``) and its ``truncate_dim``, with the batch in the order
+``SentenceTransformer.encode`` puts it (largest image first: a batched forward's rows can differ in
+the last bit with their position, so the prepared pixels carry each image's size). That path is
+used only for a sentence-transformers ``Transformer`` first module (``CLIPModel`` included) without
+image processing overrides, and only when, on two probe images at load time, its pixels and its
+embeddings equal ``SentenceTransformer.encode``'s bit for bit; otherwise (another first module, a
+processor whose image output carries more than ``pixel_values``, a mismatch) PIL images go through
+``model.encode`` in the forward as before and ``pixel_transform()`` returns ``None``.
+``meta.extra["image_prep"]`` says which path is used and why.
 
 Prompts: ``prompts={"query": "...", "candidate": "..."}`` prefixes texts of that role; by default the
 model's own saved prompts are used (``"query"`` for queries; ``"document"``/``"passage"``/``"corpus"``
@@ -29,8 +45,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mrbench.encoders.base import EncodeInput, EncoderMeta, Role
-from mrbench.encoders.hf_clip import FUSION_NOTE
+from mrbench.encoders.hf_clip import FUSION_NOTE, HFImagePrep, _probe_image
 from mrbench.encoders.runtime import (
     _first_line,
     check_tokenizer,
@@ -115,6 +133,8 @@ class SentenceTransformerEncoder(DualTowerEncoder):
                 f"({type(e).__name__}: {_first_line(e)})"
             ) from None
         self.model = model.float().eval()
+        #: the image preparation run outside the model (``None``: PIL images through ``model.encode``)
+        self.image_prep: SizedImagePrep | None = None
 
         self.reads_images = _reads_images(model)
         self.tokenizer = _text_tokenizer(model)
@@ -127,6 +147,7 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         similarity = "dot" if sim_name == "dot" else "cosine"
 
         dim = self._probe(label)
+        image_note = self._choose_image_path() if self.reads_images else None
         first = model[0] if len(model) else None
         hf_model = getattr(first, "auto_model", None) or getattr(first, "model", None)
         model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
@@ -146,6 +167,7 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         }
         if self.reads_images:
             extra["fusion"] = FUSION_NOTE
+            extra["image_prep"] = image_note
         else:
             extra["blind_baseline"] = True
             extra["blind_note"] = BLIND_NOTE
@@ -182,6 +204,38 @@ class SentenceTransformerEncoder(DualTowerEncoder):
                 f"encoder {label!r}: text and image embeddings differ in shape ({tuple(t.shape)} vs {tuple(i.shape)})"
             )
         return int(t.shape[1])
+
+    def _choose_image_path(self) -> str:
+        """Set :attr:`image_prep` when images can be prepared outside the model with the same result
+        as ``SentenceTransformer.encode`` (see the module docstring); return the note for
+        ``meta.extra["image_prep"]``."""
+        prep, why = _image_prep_of(self.model)
+        if prep is None:
+            return f"in model.encode ({why})"
+        import torch
+
+        try:
+            imgs = _probe_images()
+            ref = self.model.preprocess(imgs)  # what encode feeds the model for these images
+            if set(ref) != {"pixel_values", "modality"} or ref["modality"] != "image":
+                return f"in model.encode (its image inputs are {sorted(ref)}, not only pixel_values)"
+            packed = torch.stack([torch.from_numpy(prep(im)) for im in imgs]).to(self.device)
+            raw, _ = prep.unpack(packed)
+            mine = prep.inner.normalise(raw) if prep.inner.split is not None else raw
+            if not (mine.dtype == ref["pixel_values"].dtype
+                    and torch.equal(mine, ref["pixel_values"].to(self.device))):
+                return "in model.encode (the image processor's output differs from the one encode makes)"
+            self.image_prep = prep
+            with torch.inference_mode():
+                got = self.encode_images(packed).float()
+                want = self._encode(imgs, prompt=None)
+            if not torch.equal(got, want):
+                self.image_prep = None
+                return "in model.encode (the module pipeline on prepared pixels differs from encode's embeddings)"
+        except Exception as e:
+            self.image_prep = None
+            return f"in model.encode (probe failed: {type(e).__name__}: {_first_line(e)})"
+        return f"prepared by the harness ({prep.transform_id})"
 
     # -- towers ---------------------------------------------------------------------------------------
     def _encode(self, inputs: list[Any], *, prompt: str | None) -> torch.Tensor:
@@ -224,10 +278,48 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         return self._encode(texts, prompt=prompt)
 
     def encode_pil(self, images: list[Image]) -> torch.Tensor:
+        """``[len(images), D]`` image embeddings through ``model.encode`` (preprocessing included)."""
         return self._encode(images, prompt=None)
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - images go through encode_pil
-        raise NotImplementedError("SentenceTransformerEncoder encodes PIL images with encode_pil")
+    def prepare_image(self, image: Image) -> torch.Tensor:
+        """One RGB image → ``[3, H + 1, W]``: the first module's image processor output (uint8, resized
+        and cropped, where its rescale and normalisation run later on the model's device; else its
+        float32 output) and a last row holding the image's size (:class:`SizedImagePrep`). Raises
+        ``NotImplementedError`` where images go through ``model.encode`` (the harness then hands the
+        decoded image on)."""
+        if self.image_prep is None:
+            raise NotImplementedError("this model's images go through model.encode (encode_pil)")
+        import torch
+
+        return torch.from_numpy(self.image_prep(image))
+
+    def pixel_transform(self) -> SizedImagePrep | None:
+        """:meth:`prepare_image` as a picklable function for decode worker processes and the pixel
+        cache; ``None`` where images go through ``model.encode`` or the processor cannot be pickled."""
+        prep = self.image_prep
+        return prep if prep is not None and prep.picklable() else None
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` sentence embeddings (rows in input order) from a batch of :meth:`prepare_image`
+        outputs ``[B, 3, H + 1, W]`` (uint8 or float32, on any device): the batch put in
+        ``SentenceTransformer.encode``'s order (by image size), rescaled and normalised like the
+        processor, then the model's whole module pipeline and its ``truncate_dim``. On a CUDA device
+        reading the sizes waits for the work queued before."""
+        import torch
+
+        prep = self.image_prep
+        assert prep is not None, "encode_images needs the prepared-pixel path (image_prep)"
+        raw, counts = prep.unpack(pixels)
+        order = np.argsort([-int(c) for c in counts.tolist()])  # encode's own sort key and call
+        moved = bool((order != np.arange(len(order))).any())
+        if moved:
+            raw = raw[torch.as_tensor(order, device=raw.device)]
+        x = prep.inner.normalise(raw) if raw.dtype == torch.uint8 else raw.contiguous()
+        out = self.model({"pixel_values": x, "modality": "image"})["sentence_embedding"]
+        dim = getattr(self.model, "truncate_dim", None)
+        if dim:
+            out = out[..., :dim]
+        return out[torch.as_tensor(np.argsort(order), device=out.device)] if moved else out
 
     def _image_of(self, it: EncodeInput) -> Image:
         if it.image is not None:
@@ -238,7 +330,8 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         return load_rgb(it.image_path, it.id)
 
     def _forward(self, items: Sequence[EncodeInput], *, role: Role, task: TaskInfo) -> torch.Tensor:
-        """Same routing as :class:`DualTowerEncoder`, with role prompts and PIL images through ``model.encode``."""
+        """Same routing as :class:`DualTowerEncoder`, with role prompts; images as prepared pixels
+        (:meth:`encode_images`) or, without :attr:`image_prep`, PIL images through ``model.encode``."""
         import torch
         import torch.nn.functional as F
 
@@ -250,7 +343,12 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         t_idx = [i for i, h in enumerate(has_txt) if h]
         i_idx = [i for i, h in enumerate(has_img) if h]
         t_emb = unit(self.encode_texts([self.text_of(items[i]) for i in t_idx], role=role)) if t_idx else None
-        i_emb = unit(self.encode_pil([self._image_of(items[i]) for i in i_idx])) if i_idx else None
+        i_emb = None
+        if i_idx and self.image_prep is not None:
+            pix = torch.stack([self._pixels_of(items[i]) for i in i_idx]).to(self.device, non_blocking=True)
+            i_emb = unit(self._tower("encode_images", pix))
+        elif i_idx:
+            i_emb = unit(self.encode_pil([self._image_of(items[i]) for i in i_idx]))
         ref = t_emb if t_emb is not None else i_emb
         assert ref is not None
         out = torch.zeros((len(items), ref.shape[1]), dtype=torch.float32, device=ref.device)
@@ -316,6 +414,82 @@ def _reads_images(model: Any) -> bool:
             pass
     first = model[0] if len(model) else None
     return type(first).__name__ == "CLIPModel"
+
+
+class SizedImagePrep:
+    """``PIL image → numpy [3, H + 1, W]``: the image processor's output through :class:`HFImagePrep`
+    (``[3, H, W]``, uint8 or float32, see there) and one more row whose first 8 values in channel 0
+    are the image's width and height, 4 little-endian base-256 digits each (exact in uint8 and
+    float32; the rest of the row is 0). ``SentenceTransformer.encode`` orders a batch by image size,
+    which the resized pixels no longer show. Picklable (module level) for decode worker processes;
+    :attr:`transform_id` keys the pixel cache."""
+
+    def __init__(self, inner: HFImagePrep) -> None:
+        self.inner = inner
+        self.transform_id = f"st-sized-v1:{inner.transform_id}"
+
+    def picklable(self) -> bool:
+        """Whether the image processor can travel to a decode worker process."""
+        return self.inner.picklable()
+
+    def __call__(self, image: Image) -> np.ndarray:
+        pix = self.inner(image)
+        c, h, w = pix.shape
+        out = np.zeros((c, h + 1, w), dtype=pix.dtype)
+        out[:, :h] = pix
+        size = np.asarray(image.size, dtype=np.int64)  # (width, height)
+        out[0, h, :8] = ((size[:, None] >> np.arange(0, 32, 8)) & 255).reshape(-1)
+        return out
+
+    @staticmethod
+    def unpack(pixels: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """A batch ``[B, 3, H + 1, W]`` → ``(pixels [B, 3, H, W]`` (a view, same device and dtype),
+        ``width·height`` of each image, int64 ``[B]`` on the host)."""
+        import torch
+
+        digits = pixels[:, 0, -1, :8].to("cpu", torch.int64).numpy().reshape(-1, 2, 4)
+        wh = (digits << np.arange(0, 32, 8)).sum(axis=2)
+        return pixels[:, :, :-1], wh[:, 0] * wh[:, 1]
+
+
+def _image_prep_of(model: Any) -> tuple[SizedImagePrep | None, str]:
+    """The first module's image processor as :class:`SizedImagePrep` where that module is a
+    sentence-transformers ``Transformer`` (``CLIPModel`` subclasses it) whose image processing is the
+    processor's own (no ``processing_kwargs`` for images or for every modality); else ``(None, why)``.
+    The caller still checks it against ``SentenceTransformer.encode`` on probe images."""
+    try:
+        from sentence_transformers.base.modules import Transformer
+    except ImportError:
+        return None, "sentence-transformers without the multimodal Transformer module"
+    first = model[0] if len(model) else None
+    if not isinstance(first, Transformer):
+        return None, f"first module {type(first).__name__} is not a sentence-transformers Transformer"
+    if "image" not in (getattr(first, "modality_config", None) or {}):
+        return None, "the first module has no plain image modality"
+    kwargs = getattr(first, "processing_kwargs", None) or {}
+    if kwargs.get("image") or kwargs.get("common"):
+        return None, "the first module sets image processing_kwargs"
+    flatten = getattr(model, "_can_flatten_inputs", None)
+    if callable(flatten) and flatten():  # encode then interleaves large and small inputs in its batches
+        return None, "the model flattens its inputs (encode interleaves them by size)"
+    proc = getattr(first, "processor", None)
+    image_processor = getattr(proc, "image_processor", None)
+    if image_processor is None and callable(getattr(proc, "rescale_and_normalize", None)):
+        image_processor = proc  # the processor is an image processor itself
+    if image_processor is None:
+        return None, f"no image processor in its processor ({type(proc).__name__})"
+    return SizedImagePrep(HFImagePrep(image_processor, naflex=False)), ""
+
+
+def _probe_images() -> list[Image]:
+    """Two RGB images of different sizes and aspect ratios, the smaller first (``model.encode`` puts
+    the larger first, so the probe also checks that :meth:`SentenceTransformerEncoder.encode_images`
+    reorders the batch as encode does)."""
+    from PIL import Image
+
+    small = _probe_image()  # 37 x 29, most byte values
+    arr = (np.arange(47 * 41 * 3, dtype=np.int64).reshape(41, 47, 3) * 53 % 256).astype(np.uint8)  # 47 x 41
+    return [small, Image.fromarray(arr, "RGB")]
 
 
 def _text_tokenizer(model: Any) -> Any:
