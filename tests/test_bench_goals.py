@@ -42,7 +42,8 @@ def test_goals_quick_cheap_entries(tmp_path: Path) -> None:
         assert isinstance(e["details"], dict)
 
     s = entries["search"]
-    assert isinstance(s["met"], bool)
+    assert s["met"] is None and isinstance(s["quick_met"], bool)  # --quick: smoke sizes, nothing judged
+    assert "| n/a (--quick) |" in proc.stdout
     assert s["details"]["ratio_vs_search_only"] > 0 and s["details"]["ratio_vs_add_search"] > 0
     assert "bench_search.py" in s["command"]
 

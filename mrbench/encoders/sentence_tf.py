@@ -303,14 +303,19 @@ class SentenceTransformerEncoder(DualTowerEncoder):
         """``[B, D]`` sentence embeddings (rows in input order) from a batch of :meth:`prepare_image`
         outputs ``[B, 3, H + 1, W]`` (uint8 or float32, on any device): the batch put in
         ``SentenceTransformer.encode``'s order (by image size), rescaled and normalised like the
-        processor, then the model's whole module pipeline and its ``truncate_dim``. On a CUDA device
-        reading the sizes waits for the work queued before."""
+        processor, then the model's whole module pipeline and its ``truncate_dim``. On a GPU the batch
+        keeps its input order: reading the sizes there would wait for the work queued before (the
+        previous batch's forward) and leave the GPU idle while this one is launched, so a row can
+        differ from ``encode``'s by float rounding (about 1e-7); on the CPU the rows equal it bit for bit."""
         import torch
 
         prep = self.image_prep
         assert prep is not None, "encode_images needs the prepared-pixel path (image_prep)"
-        raw, counts = prep.unpack(pixels)
-        order = np.argsort([-int(c) for c in counts.tolist()])  # encode's own sort key and call
+        if pixels.device.type == "cpu":
+            raw, counts = prep.unpack(pixels)
+            order = np.argsort([-int(c) for c in counts.tolist()])  # encode's own sort key and call
+        else:
+            raw, order = pixels[:, :, :-1], np.arange(pixels.shape[0])
         moved = bool((order != np.arange(len(order))).any())
         if moved:
             raw = raw[torch.as_tensor(order, device=raw.device)]
