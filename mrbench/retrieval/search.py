@@ -762,8 +762,9 @@ def _resolve_backend(backend: str, device: str | None, pairs: int | None = None)
             import logging
 
             logging.getLogger("mrbench.retrieval").warning(
-                "faiss on %s requested, but %s; running faiss on the CPU (pip install 'mrbench[gpu]' on a CUDA machine, "
-                "or use backend='torch' for GPU search)", device,
+                "faiss on %s requested, but %s; running faiss on the CPU (on a CUDA machine: pip install "
+                "--force-reinstall --no-deps 'faiss-gpu-cu12>=1.8', see the README's Performance section; or use "
+                "backend='torch' for GPU search)", device,
                 "no CUDA device is available" if not torch.cuda.is_available() else "faiss was built without GPU support")
             device = "cpu"
             dev = torch.device("cpu")
