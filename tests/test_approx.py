@@ -321,3 +321,44 @@ def test_build_once_search_many():
         ix.search(q, ef_search=10)
     h = build_index(c, index="hnsw", params={"M": 8})
     assert h.search(q, depth=20, ef_search=200).params["ef_search"] == 200
+
+
+def test_parameter_errors_say_what_is_wrong():
+    """A wrong type is called a wrong type, not 'out of range'; train_size's lower bound reads as a sentence."""
+    with pytest.raises(ApproxError) as ei:
+        check_approx_spec({"nlist": 1, "nprobe": 1, "train_size": 0})
+    msg = str(ei.value)
+    assert msg.endswith("train_size=0 is out of range: must be an integer >= 1 (at least nlist=1)"), msg
+    for value, kind in [(2.0, "float"), ("4", "str"), (None, "NoneType")]:
+        with pytest.raises(ApproxError) as ei:
+            check_approx_spec({"nlist": value})
+        msg = str(ei.value)
+        assert f"nlist={value!r} has the wrong type ({kind}): must be an integer >= 1" in msg, msg
+        assert "out of range" not in msg and "\n" not in msg
+    with pytest.raises(ApproxError, match=r"nlist=2.0 has the wrong type \(float\): must be an integer in 1..44"):
+        resolve_params("ivf", {"nlist": 2.0}, 44)
+
+
+def test_cli_approx_help_matches_the_defaults_and_empty_value_is_refused(synth):
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "1000"})
+    assert r.exit_code == 0
+    text = " ".join(r.stdout.replace("│", " ").split())
+    for words in ("default round(4*sqrt(N)), at most N//39, at least 1", "default max(8, nlist//16), at most nlist",
+                  "default 256*nlist, at most N", "default max(80, M)"):
+        assert words in text, words
+    # what the help says is what resolve_params does
+    n = 1000
+    assert resolve_params("ivf", {}, n)["nlist"] == min(n // 39, round(4 * n ** 0.5)) == 25
+    assert resolve_params("ivf", {"nlist": 4}, n)["nprobe"] == 4  # max(8, 4//16) capped at nlist
+    assert resolve_params("ivf", {"nlist": 8}, n)["train_size"] == n  # 256*8 capped at N
+    assert resolve_params("hnsw", {"M": 100}, n)["ef_construction"] == 100
+    for arg in ("", " "):
+        r = runner.invoke(app, ["evaluate", "-b", str(synth), "-e", "random", "--no-cache", "-q", "--approx", arg])
+        assert r.exit_code != 0, r.output
+        err = r.stderr.strip()
+        assert err.startswith("error: --approx") and "empty" in err and "\n" not in err, err

@@ -40,10 +40,10 @@ def evaluate(
     approx: Annotated[
         Optional[str], typer.Option("--approx", metavar="JSON", help=(
             "Approximate search (FAISS) for the run files and metrics, as a JSON object. "
-            "IVF: '{\"index\": \"ivf\", \"nlist\": 1024, \"nprobe\": 16}' with nlist 1..N (N = candidates; "
-            "default about 4*sqrt(N)), nprobe 1..nlist (default max(8, nlist/16)), train_size nlist..N "
-            "(default 256*nlist). HNSW: '{\"index\": \"hnsw\"}' with M 4..128 (default 32), "
-            "ef_construction M..65536 (default 80), ef_search 1..65536 (default 128). Optional: seed (>= 0) and "
+            "IVF: '{\"index\": \"ivf\", \"nlist\": 1024, \"nprobe\": 16}' with nlist 1..N (N = the task's candidates; "
+            "default round(4*sqrt(N)), at most N//39, at least 1), nprobe 1..nlist (default max(8, nlist//16), at most "
+            "nlist), train_size nlist..N (default 256*nlist, at most N). HNSW: '{\"index\": \"hnsw\"}' with M 4..128 (default 32), "
+            "ef_construction M..65536 (default max(80, M)), ef_search 1..65536 (default 128). Optional: seed (>= 0) and "
             "device (cpu, or cuda for faiss-gpu; falls back to the CPU with a warning). Judged candidates outside "
             "an approximate list count as not retrieved. Exact search still runs to report the index's recall "
             "against it (results.json: scores.approx_recall)."))
@@ -133,6 +133,9 @@ def _parse_approx(value: str) -> dict:
     from mrbench.retrieval.approx import check_approx_spec
 
     example = '\'{"index": "ivf", "nlist": 1024, "nprobe": 16}\' or \'{"index": "hnsw"}\''
+    if not value.strip():  # parse_json_kwargs would read it as {}: IVF with every default, unasked
+        raise MrbenchError(f"--approx {value!r}: empty; pass a JSON object such as {example}, or leave --approx out "
+                           "for exact search only")
     obj = parse_json_kwargs(value, "--approx", example=example)
     try:
         check_approx_spec(obj)

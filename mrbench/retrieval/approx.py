@@ -22,7 +22,7 @@ Indexes and parameters
     A hierarchical navigable small-world graph.
 
     * ``M``: graph degree, integer in ``4..128``. Default 32.
-    * ``ef_construction``: build-time beam width, integer in ``M..65536``. Default 80.
+    * ``ef_construction``: build-time beam width, integer in ``M..65536``. Default ``max(80, M)``.
     * ``ef_search``: search-time beam width, integer in ``1..65536``. Default 128. The search
       runs with ``max(ef_search, shortlist)`` (see below): a beam narrower than the list it must
       fill would return short lists.
@@ -170,10 +170,11 @@ def _is_int(v: Any) -> bool:
 def _check_int(name: str, value: Any, lo: int, hi: int | None, why: str = "") -> int:
     """``value`` as an int in ``lo..hi`` (``hi`` None: unbounded) or a one-line :class:`ApproxError`."""
     rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-    ok = _is_int(value) and int(value) >= lo and (hi is None or int(value) <= hi)
-    if not ok:
-        kind = "an integer" if _is_int(value) else f"an integer (got {type(value).__name__})"
-        raise ApproxError(f"approximate index parameter {name}={value!r} is out of range: must be {kind} {rng}{why}")
+    if not _is_int(value):
+        raise ApproxError(f"approximate index parameter {name}={value!r} has the wrong type ({type(value).__name__}): "
+                          f"must be an integer {rng}{why}")
+    if int(value) < lo or (hi is not None and int(value) > hi):
+        raise ApproxError(f"approximate index parameter {name}={value!r} is out of range: must be an integer {rng}{why}")
     return int(value)
 
 
@@ -223,7 +224,12 @@ def check_approx_spec(spec: Mapping[str, Any] | None, n_candidates: int | None =
                                           " (1..nlist)" if "nlist" in params else "")
         if "train_size" in params:
             lo = params.get("nlist", 1)
-            why = " (nlist.." + ("N, N = the number of candidates)" if n is not None else ")") if "nlist" in params else pool
+            if "nlist" not in params:
+                why = pool
+            elif n is not None:
+                why = " (nlist..N, N = the number of candidates)"
+            else:
+                why = f" (at least nlist={lo})"
             params["train_size"] = _check_int("train_size", params["train_size"], lo, n, why)
     else:
         if "M" in params:
