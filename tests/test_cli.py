@@ -78,6 +78,8 @@ def test_existing_output_is_refused(tmp_path):
         (("evaluate", "-b", TINY, "--tasks", "t2i,zzz"), "no task 'zzz'"),
         (("evaluate", "-b", TINY, "--k", "0"), "--k"),
         (("evaluate", "-b", TINY, "-e", "random", "-e", "random"), "twice"),
+        (("evaluate", "-b", TINY, "--batch-size", "0"), "--batch-size 0: expected a positive integer"),
+        (("evaluate", "-b", TINY, "--batch-size", "-3"), "--batch-size -3: expected a positive integer"),
         (("evaluate", "-b", TINY, "-e", "random", "--workers", "-1"), "--workers -1: expected 0 or more"),
         (("evaluate", "-b", TINY, "-e", "random", "--backend", "faiss-gpu"), "unknown search backend 'faiss-gpu'"),
         (("encode", "-b", TINY, "-e", "random", "--workers", "-2"), "--workers -2: expected 0 or more"),

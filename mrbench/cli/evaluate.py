@@ -71,6 +71,8 @@ def evaluate(
     from mrbench.report.progress import NullReporter, RichReporter
     from mrbench.report.tables import comparison_table, print_result
 
+    if batch_size is not None and batch_size < 1:  # (the harness's own error would not name the option)
+        raise MrbenchError(f"--batch-size {batch_size}: expected a positive integer (or leave it out for the encoder's own)")
     kwargs = parse_json_kwargs(encoder_kwargs)
     approx_spec = _parse_approx(approx) if approx is not None else None
     encoders = list(dict.fromkeys(encoder))
