@@ -498,6 +498,85 @@ def test_decode_keeps_two_batches_in_flight(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------
+# how many decode workers a call starts
+
+
+@pytest.fixture()
+def pool_sizes(monkeypatch):
+    """The ``max_workers`` of every decode process pool and thread pool created, on a machine of 2
+    usable cores (a fresh persistent process pool, shut down afterwards)."""
+    import concurrent.futures as cf
+
+    sizes: dict[str, list[int]] = {"process": [], "thread": []}
+    real_proc, real_thread = cf.ProcessPoolExecutor, harness.ThreadPoolExecutor
+
+    class Proc(real_proc):
+        def __init__(self, max_workers=None, *a, **kw):
+            sizes["process"].append(max_workers)
+            super().__init__(max_workers, *a, **kw)
+
+    class Thread(real_thread):
+        def __init__(self, max_workers=None, *a, **kw):
+            if not kw.get("thread_name_prefix"):  # the call's decode/hash pool (not the single-thread helpers)
+                sizes["thread"].append(max_workers)
+            super().__init__(max_workers, *a, **kw)
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Proc)
+    monkeypatch.setattr(harness, "ThreadPoolExecutor", Thread)
+    monkeypatch.setattr(harness, "usable_cores", lambda: 2)
+    pool = harness._ForkPool(harness._worker_init)
+    monkeypatch.setattr(harness, "_DECODE_POOL", pool)
+    yield sizes
+    pool.shutdown()
+
+
+def test_decode_processes_are_capped_at_the_cores_and_the_images(tmp_path, pool_sizes, caplog):
+    """--workers 300 with decode processes forks one per usable core (2 here), with one warning line
+    naming --workers and the number used; a call with fewer images than that forks no more than
+    there are images; the embeddings are those of the thread path."""
+    bench = _bench(tmp_path / "b", n=6)
+    ref = _encode(PixEncoder(), bench, workers="thread")
+    with caplog.at_level(logging.WARNING, logger="mrbench.encoders.harness"):
+        for _ in range(2):
+            np.testing.assert_array_equal(_encode(PixEncoder(), bench, workers="process", num_workers=300), ref)
+    assert pool_sizes["process"] == [2]  # the second call kept the pool
+    msgs = [r.getMessage() for r in caplog.records if "--workers" in r.getMessage()]
+    assert len(msgs) == 1 and "--workers 300" in msgs[0] and "using 2 decode processes" in msgs[0], msgs
+    assert "\n" not in msgs[0]
+
+    harness._DECODE_POOL.shutdown()
+    one = _bench(tmp_path / "one", n=1)
+    _encode(PixEncoder(), one, workers="process", num_workers=300)
+    assert pool_sizes["process"][-1] == 1
+
+
+def test_decode_threads_are_capped_at_the_cores_and_the_images(tmp_path, pool_sizes, caplog):
+    """Threads: at most 4 per usable core (8 here, never below the default's 8), at most 64, never
+    more than the call's image files; one warning line for a --workers above the cap, none for the
+    default; the embeddings are unchanged."""
+    bench = _bench(tmp_path / "b", n=12)
+    ref = _encode(PixEncoder(), bench, workers="thread", num_workers=0)
+    with caplog.at_level(logging.WARNING, logger="mrbench.encoders.harness"):
+        np.testing.assert_array_equal(_encode(PixEncoder(), bench, workers="thread", num_workers=100_000), ref)
+        np.testing.assert_array_equal(_encode(PixEncoder(), bench, workers="thread", num_workers=1000), ref)
+        np.testing.assert_array_equal(_encode(PixEncoder(), bench, workers="thread"), ref)
+    assert pool_sizes["thread"] == [8, 8, min(8, os.cpu_count() or 1)]
+    msgs = [r.getMessage() for r in caplog.records if "--workers" in r.getMessage()]
+    assert len(msgs) == 1 and "--workers 100000" in msgs[0] and "using 8 decode threads" in msgs[0], msgs
+    small = _bench(tmp_path / "small", n=3)
+    _encode(PixEncoder(), small, workers="thread", num_workers=300)
+    assert pool_sizes["thread"][-1] == 3
+    assert pool_sizes["process"] == []
+
+
+def test_thread_cap_follows_the_usable_cores(monkeypatch):
+    for cores, cap in ((1, 8), (2, 8), (4, 16), (16, 64), (96, 64)):
+        monkeypatch.setattr(harness, "usable_cores", lambda c=cores: c)
+        assert harness.max_decode_threads() == cap and harness.max_decode_processes() == cores
+        assert harness.max_decode_threads() >= harness.default_workers()
+
+
+# ---------------------------------------------------------------------------------------------------
 # GPU decode (the logic, on the CPU)
 
 

@@ -29,7 +29,8 @@ def encode(
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call on each rank (default: the encoder's own).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Image decode + preprocessing workers per rank (default: the node's "
-                                                   "cores divided by its ranks, at most 8).")] = None,
+                                                   "cores divided by its ranks, at most 8; capped at one process per usable core, 4 threads per core "
+                                                   "(8 to 64)).")] = None,
     decode: Annotated[str, typer.Option(help="Decode workers: thread, process or auto (as for evaluate).")] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE, else $MRBENCH_HOME/embeddings, else ~/.cache/mrbench/embeddings); "
                                                       "with several nodes, a directory every node shares.")] = None,

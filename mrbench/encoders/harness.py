@@ -294,9 +294,11 @@ class _ForkPool:
         self._at_exit = False
 
     def get(self, n: int, key: Any = None, initargs: tuple[Any, ...] = (),
-            prefork: tuple[str, str] | None = None) -> Any:
+            prefork: tuple[str, str] | None = None, at_most: int | None = None) -> Any:
         """The pool of ``n`` workers for ``key``; ``prefork``: fork every worker now, from the calling
-        thread (the what / fix of :func:`_result`'s error when that fails)."""
+        thread (the what / fix of :func:`_result`'s error when that fails). ``at_most``: the pool kept
+        from an earlier call also serves when it has between ``n`` and ``at_most`` workers (a call
+        with fewer items to decode neither forks a smaller pool nor more workers than it needs)."""
         import atexit
         import multiprocessing
         import warnings
@@ -304,7 +306,8 @@ class _ForkPool:
 
         with _PROC_LOCK:
             pool = self.pool
-            if pool is not None and not getattr(pool, "_broken", False) and self.n == n and _same_key(self.key, key):
+            fits = self.n == n or (at_most is not None and n <= self.n <= at_most)
+            if pool is not None and not getattr(pool, "_broken", False) and fits and _same_key(self.key, key):
                 return pool
             if pool is not None:
                 pool.shutdown(wait=False)
@@ -382,6 +385,40 @@ def default_workers() -> int:
     """Decode threads used when none are given: every core up to 8 (decoding, not the model, is the
     ceiling for small vision towers at about 150 images/s per core)."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+THREADS_PER_CORE = 4
+"""Most decode threads per usable core: threads wait on file reads, and Pillow, torch and sha256
+release the GIL, but beyond a few per core they only fight over the GIL (see
+:data:`CACHE_READ_THREADS`)."""
+MAX_THREADS = 64
+"""Most decode threads on any machine (never below :func:`default_workers`' 8)."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``os.sched_getaffinity`` where available, else
+    ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def max_decode_threads() -> int:
+    """The most decode threads a call starts: :data:`THREADS_PER_CORE` per usable core, at most
+    :data:`MAX_THREADS`, at least 8 (so the default, :func:`default_workers`, is never cut)."""
+    return max(8, min(MAX_THREADS, THREADS_PER_CORE * usable_cores()))
+
+
+def max_decode_processes() -> int:
+    """The most decode worker processes a call starts: one per usable core."""
+    return usable_cores()
+
+
+def _warn_workers_capped(requested: int, used: int, what: str) -> None:
+    """The one warning line per process for a ``--workers`` above what this machine can use."""
+    _warn_once(("workers-capped",), "--workers %d is more than this machine can use (%d usable cores): using %d "
+               "decode %s", requested, usable_cores(), used, what)
 
 
 def load_prepared(encoder: Encoder, path: Path, item_id: str, task_name: str = "?") -> tuple["Image", Any]:
@@ -1157,7 +1194,8 @@ class _Decoder:
 
     def __init__(self, encoder: Encoder, items: Sequence["Query | Candidate"], paths: list[Path | None],
                  task_name: str, num_workers: int, workers: str, pool: ThreadPoolExecutor | None,
-                 pixel_cache: "PixelCache | None", stats: EncodeStats, digests: dict[int, str] | None = None) -> None:
+                 pixel_cache: "PixelCache | None", stats: EncodeStats, digests: dict[int, str] | None = None,
+                 n_decode: int | None = None) -> None:
         self.encoder, self.items, self.paths, self.task_name = encoder, items, paths, task_name
         self.name = encoder.meta.name
         self.num_workers, self.pool, self.stats = num_workers, pool, stats
@@ -1172,7 +1210,16 @@ class _Decoder:
             else:
                 self.gpu, cpu_kind = plan, "thread"
         self.transform = _process_transform(encoder, num_workers, cpu_kind)
-        self.procs = _DECODE_POOL.get(num_workers) if self.transform is not None else None
+        # worker processes: one per usable core at most, never more than the images to decode (an
+        # earlier call's pool with more, within that cap, is kept); none when there is nothing to decode
+        self.procs_cap = min(num_workers, max_decode_processes())
+        if n_decode is None:
+            n_decode = sum(p is not None for p in paths)
+        self.n_procs = min(self.procs_cap, n_decode)
+        self.procs = None
+        if self.transform is not None and self.n_procs > 0:
+            self.procs = _DECODE_POOL.get(self.n_procs, at_most=self.procs_cap)
+            self.n_procs = getattr(self.procs, "_max_workers", self.n_procs)
         self.gpu_exec = ThreadPoolExecutor(1, thread_name_prefix="mrbench-gpu-decode") if self.gpu else None
         self.cache: PixelCache | None = None
         self.fp = ""
@@ -1338,7 +1385,7 @@ class _Decoder:
             return self._submit_gpu(idx)
         if self.procs is not None:  # chunks of paths to worker processes; they return pixels only
             todo = [i for i in idx if paths[i] is not None]
-            size = max(1, -(-len(todo) // (2 * self.num_workers)))
+            size = max(1, -(-len(todo) // (2 * self.n_procs)))
             chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
             futs = [self.procs.submit(_decode_chunk, [paths[i] for i in c], [items[i].id for i in c], self.task_name,
                                       self.name, self.transform) for c in chunks]
@@ -1460,7 +1507,9 @@ def encode_items(
         batch_size: items per ``encode`` call (default ``encoder.meta.batch_size``).
         num_workers: threads decoding images, running the encoder's ``prepare_image`` hook and
             hashing files (Pillow and torch transforms release the GIL); 0 decodes inline; ``None``
-            picks :func:`default_workers`.
+            picks :func:`default_workers`. A call starts no more than it has image files, at most
+            :func:`max_decode_threads` threads and :func:`max_decode_processes` processes (a larger
+            value is cut to that, with one warning line per process).
         workers: ``"thread"``, ``"process"``, ``"auto"`` or ``"gpu"``. Processes decode and transform
             images outside the GIL; they need an encoder with a ``pixel_transform()`` method (a
             picklable ``PIL image → array`` function) and a fork-capable OS. ``"auto"`` uses them from
@@ -1632,8 +1681,10 @@ class _EncodeCall:
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise EncoderError(f"batch size must be a positive integer, got {bs!r}")
         check_workers(num_workers)
+        self.requested_workers = num_workers  # None: the default (never warned about)
         if num_workers is None:
             num_workers = default_workers()
+        num_workers = min(num_workers, max_decode_threads())
         self.encoder, self.items, self.role, self.task, self.bench = encoder, items, role, task, bench
         self.meta, self.bs, self.num_workers, self.workers = meta, bs, num_workers, workers
         self.cache, self.pixel_cache = cache, pixel_cache
@@ -1670,7 +1721,8 @@ class _EncodeCall:
         self.paths = paths = [bench.image_path(it.image) if it.image else None for it in items]
         decode = bool(meta.needs_pixels) and "image" in meta.modalities
         num_workers = self.num_workers
-        self.pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 and any(paths) else None
+        n_paths = sum(p is not None for p in paths)  # no more threads than files to hash or decode
+        self.pool = ThreadPoolExecutor(max_workers=min(num_workers, n_paths)) if num_workers > 0 and n_paths else None
         file_digests: dict[int, str] = {}
         self.hashes = _hash_items(items, paths, self.pool, window=max(16, 4 * num_workers), file_digests=file_digests)
         if self.use_cache:
@@ -1703,12 +1755,22 @@ class _EncodeCall:
         if decode:
             from mrbench.encoders.pixel_cache import resolve_pixel_cache
 
+            n_decode = sum(paths[i] is not None for b in batches for i in b)
             self.decoder = _Decoder(encoder, items, paths, task.name, num_workers, self.workers, self.pool,
-                                    resolve_pixel_cache(self.pixel_cache) if batches else None, stats, file_digests)
+                                    resolve_pixel_cache(self.pixel_cache) if batches else None, stats, file_digests,
+                                    n_decode=n_decode)
             if (self.decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
                     and _gpu_decode_device(encoder)):
                 self.device_stager = _DeviceStager(str(getattr(encoder, "device")))
                 self.decoder.host_alloc = self.device_stager.alloc
+        requested = self.requested_workers
+        if requested is not None and self.pool is not None:
+            if self.decoder is not None and self.decoder.transform is not None:  # worker processes
+                if requested > self.decoder.procs_cap:
+                    _warn_workers_capped(requested, self.decoder.procs_cap, "processes (one per usable core)")
+            elif requested > num_workers:
+                _warn_workers_capped(requested, num_workers, f"threads ({THREADS_PER_CORE} per usable core, "
+                                     f"at most {MAX_THREADS})")
         text_fn = getattr(encoder, "text_transform", None)
         if batches and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
             n_texts = sum(1 for i in miss if items[i].text is not None)
