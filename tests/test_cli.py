@@ -333,3 +333,17 @@ def test_ctrl_c_hint_fits_the_command(tmp_path, monkeypatch, target, args, hint)
     assert "embedding cache" not in r.stderr or "--no-cache" not in args and args[0] == "audit"
     assert "Traceback" not in r.output
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("world", ["2", "8"])
+def test_evaluate_under_a_launcher_is_refused(tmp_path, world):
+    """torchrun / accelerate launch set WORLD_SIZE: every rank would run the whole evaluation into the
+    same output; one line pointing to mrbench encode, nothing written."""
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["evaluate", "-b", TINY, "-o", str(out), "-q"],
+                      env={"WORLD_SIZE": world, "RANK": "1", "LOCAL_RANK": "1"})
+    one_line_error(r, f"WORLD_SIZE={world}: mrbench evaluate runs as one process")
+    assert "mrbench encode" in r.stderr and "without a launcher" in r.stderr
+    assert not out.exists()
+    r = runner.invoke(app, ["evaluate", "-b", TINY, "-q", "--no-sensitivity", "--tasks", "t2i"], env={"WORLD_SIZE": "1"})
+    assert r.exit_code == 0, r.output

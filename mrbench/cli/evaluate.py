@@ -71,6 +71,7 @@ def evaluate(
     from mrbench.report.progress import NullReporter, RichReporter
     from mrbench.report.tables import comparison_table, print_result
 
+    _refuse_launcher()
     if batch_size is not None and batch_size < 1:  # (the harness's own error would not name the option)
         raise MrbenchError(f"--batch-size {batch_size}: expected a positive integer (or leave it out for the encoder's own)")
     kwargs = parse_json_kwargs(encoder_kwargs)
@@ -127,6 +128,25 @@ def evaluate(
         raise KeyboardInterrupt(resume_hint(cache, written=bool(results) and output is not None)) from None
     if len(results) > 1:
         console.print(comparison_table(results))
+
+
+def _refuse_launcher() -> None:
+    """One line when started by torchrun / accelerate launch (``WORLD_SIZE`` > 1): every rank would run
+    the whole evaluation and write the same output; the multi-GPU step is ``mrbench encode``."""
+    import os
+
+    from mrbench.errors import MrbenchError
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1").strip() or "1")
+    except ValueError:
+        return
+    if world > 1:
+        raise MrbenchError(
+            f"WORLD_SIZE={world}: mrbench evaluate runs as one process (under torchrun or accelerate launch every rank "
+            "would run the whole evaluation into the same output); encode on many GPUs first with 'torchrun "
+            "--nproc-per-node N -m mrbench encode ...' (or 'accelerate launch ... -m mrbench encode ...', same -e, "
+            "--encoder-kwargs and cache), then run 'mrbench evaluate' once, without a launcher")
 
 
 def _parse_approx(value: str) -> dict:
