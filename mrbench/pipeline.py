@@ -261,7 +261,8 @@ def evaluate(
     if approx is not None:
         from mrbench.retrieval.approx import check_approx_spec, with_device_fallback
 
-        approx_spec = check_approx_spec(approx)  # fail on bad parameters before encoding anything
+        approx_spec = check_approx_spec(approx)  # fail on bad parameters before encoding anything (and on
+        # values a task's pool size rules out once the benchmark is loaded: _check_approx_pools)
         approx_spec = {**with_device_fallback(approx_spec), "device_requested": approx_spec["device"]}
     if stream_pool:
         if approx is not None:
@@ -282,6 +283,8 @@ def evaluate(
             benchmark, verify=verify, progress=reporter.builder_callback(), log=reporter.log, tasks=tasks or None
         )  # with tasks, only theirs are read
         task_list = [bench.task(n) for n in tasks] if tasks else list(bench.tasks)
+        if approx_spec is not None:  # the pool-size bounds of every task, before the encoder is built
+            _check_approx_pools(approx_spec, task_list)
         timings["load"] = time.perf_counter() - t0
         refreeze()
 
@@ -530,6 +533,22 @@ def _encode_pool(enc, task: Task, bench: Benchmark, dim: int, stream_pool: bool,
     mm.flush()
     del mm
     return np.load(path, mmap_mode="r")
+
+
+def _check_approx_pools(spec: dict[str, Any], task_list: Sequence[Task]) -> None:
+    """Check ``spec``'s parameters against every task's pool size (as the search will), so that a
+    value one task's pool cannot take fails before anything is encoded: one line naming the task,
+    its pool size and the parameter."""
+    from mrbench.retrieval.approx import ApproxError, resolve_params
+
+    for task in task_list:
+        n = len(task.candidates)
+        if n == 0:  # (an empty pool is refused by the search itself)
+            continue
+        try:
+            resolve_params(spec["index"], spec["params"], n)
+        except ApproxError as e:
+            raise ApproxError(f"task {task.name} ({n} candidates): {e}") from None
 
 
 def _approx_task(task, q_emb, c_emb, judged, depth, ks, spec, exact, reporter, recall_out, used_out):

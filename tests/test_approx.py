@@ -362,3 +362,31 @@ def test_cli_approx_help_matches_the_defaults_and_empty_value_is_refused(synth):
         assert r.exit_code != 0, r.output
         err = r.stderr.strip()
         assert err.startswith("error: --approx") and "empty" in err and "\n" not in err, err
+
+
+def test_pool_size_bounds_are_checked_for_every_task_before_the_encoder_is_built(synth, tmp_path, monkeypatch):
+    """nlist=46 fits it2i's 48 candidates but not t2i's 44: refused naming t2i, its pool size and the
+    parameter before any encoder is built (it was refused after it2i had been encoded and searched)."""
+    from typer.testing import CliRunner
+
+    import mrbench.pipeline as pl
+    from mrbench.cli.app import app
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the encoder was built before the --approx pool sizes were checked")
+
+    monkeypatch.setattr(pl, "resolve_encoder", no_encoder)
+    spec = {"index": "ivf", "nlist": 46, "nprobe": 2}
+    with pytest.raises(ApproxError) as ei:
+        pl.evaluate(synth, "random", tasks=["it2i", "t2i"], cache=False, grain_sensitivity=False, approx=spec)
+    msg = str(ei.value)
+    assert msg.startswith("task t2i (44 candidates): ") and "nlist=46" in msg and "1..44" in msg and "\n" not in msg, msg
+    with pytest.raises(ApproxError, match=r"task t2i \(44 candidates\): .*train_size=45 .*2..44"):
+        pl.evaluate(synth, "random", tasks=["it2i", "t2i"], approx={"nlist": 2, "train_size": 45})
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["evaluate", "-b", str(synth), "-e", "random", "--tasks", "it2i,t2i", "-q", "--no-cache",
+                                 "--no-sensitivity", "--approx", json.dumps(spec), "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: task t2i (44 candidates): ") and "nlist=46" in err and "\n" not in err, err
+    assert not out.exists()
