@@ -228,6 +228,53 @@ def test_resolve_switch(tmp_path, monkeypatch):
     assert resolve_pixel_cache(own) is own
 
 
+def test_switch_words_and_paths(tmp_path, monkeypatch):
+    """$MRBENCH_PIXEL_CACHE: on/off words in any case turn it on (default root) or off; a value that
+    looks like a path is that directory; any other word (a misspelt switch) is refused with one line
+    listing the accepted values, and never becomes a directory of that name."""
+    from mrbench.errors import MrbenchError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default = Path(os.environ["MRBENCH_HOME"]) / "pixels"
+    for off in ("", "  ", "0", "false", "No", "OFF", "disable", "Disabled", "none"):
+        monkeypatch.setenv(PIXEL_CACHE_ENV, off)
+        assert resolve_pixel_cache(None) is None, off
+    for on in ("1", "TRUE", "yes", "On", "enable", "enabled"):
+        monkeypatch.setenv(PIXEL_CACHE_ENV, on)
+        assert resolve_pixel_cache(None).root == default, on
+    for path, root in (("./px", Path("./px")), ("px/", Path("px")), ("sub/px", Path("sub/px")),
+                       ("~/px", tmp_path / "home" / "px"), (".px", Path(".px")), (str(tmp_path / "abs"), tmp_path / "abs")):
+        monkeypatch.setenv(PIXEL_CACHE_ENV, path)
+        assert resolve_pixel_cache(None).root == root, path
+    for bad in ("disabled2", "cache", "no-thanks", "2", "enabld"):
+        monkeypatch.setenv(PIXEL_CACHE_ENV, bad)
+        with pytest.raises(MrbenchError) as ei:
+            resolve_pixel_cache(None)
+        msg = str(ei.value)
+        assert "\n" not in msg and f"$MRBENCH_PIXEL_CACHE={bad!r}: expected" in msg, msg
+        for word in ("1/true/yes/on/enable/enabled", "0/false/no/off/disable/disabled/none", "starting with '~' or '.'"):
+            assert word in msg, msg
+        assert not (tmp_path / bad).exists()
+    assert resolve_pixel_cache(False) is None  # the argument wins over the environment
+    assert resolve_pixel_cache("cache").root == Path("cache")  # (an explicit path argument is a path)
+
+
+def test_a_misspelt_switch_is_one_line_at_the_cli(small_bench, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["evaluate", "-b", str(small_bench.root), "-e", "contrastive-tiny", "--no-cache", "-q",
+                                 "--no-sensitivity"], env={PIXEL_CACHE_ENV: "disabled2"})
+    assert r.exit_code != 0, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: $MRBENCH_PIXEL_CACHE='disabled2': expected") and "\n" not in err, r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "disabled2").exists()
+
+
 def test_a_file_where_the_pixel_cache_should_be_is_one_line(tmp_path, monkeypatch):
     from mrbench.errors import MrbenchError
 

@@ -1523,7 +1523,8 @@ def encode_items(
         stats: accumulates counters and timings (see :class:`EncodeStats`).
         pixel_cache: on-disk cache of preprocessed pixels keyed by (transform fingerprint, image
             hash), see :mod:`mrbench.encoders.pixel_cache`: ``None`` (default) follows
-            ``$MRBENCH_PIXEL_CACHE`` (off when unset), ``False`` off, ``True`` the default root, a
+            ``$MRBENCH_PIXEL_CACHE`` (off when unset; the accepted values:
+            :func:`~mrbench.encoders.pixel_cache.pixel_cache_from_env`), ``False`` off, ``True`` the default root, a
             path that root, or a :class:`~mrbench.encoders.pixel_cache.PixelCache`. Cached images
             are neither decoded nor transformed; the encoder gets ``image=None`` and the stored
             ``pixels`` (as from decode processes). Embeddings are identical with it on or off.

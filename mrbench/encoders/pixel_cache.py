@@ -2,9 +2,12 @@
 
 Off by default. :func:`mrbench.encoders.harness.encode_items` uses it when its ``pixel_cache``
 argument is ``True``, a directory or a :class:`PixelCache`, or — when that argument is left at
-``None`` — when the environment variable ``MRBENCH_PIXEL_CACHE`` is set (``1``/``true``/``on``: the
-default root ``$MRBENCH_HOME/pixels``; any other non-empty value except ``0``/``false``/``off``: that
-directory). So ``MRBENCH_PIXEL_CACHE=1 mrbench evaluate ...`` turns it on with no code change.
+``None`` — as the environment variable ``MRBENCH_PIXEL_CACHE`` says (:func:`pixel_cache_from_env`;
+case-insensitive): ``1``/``true``/``yes``/``on``/``enable``/``enabled``: the default root
+``$MRBENCH_HOME/pixels``; unset, empty, ``0``/``false``/``no``/``off``/``disable``/``disabled``/``none``:
+off; a path (with a ``/``, or starting with ``~`` or ``.``): that directory; any other word is refused
+(one line), so a misspelt switch never creates a directory of that name. So
+``MRBENCH_PIXEL_CACHE=1 mrbench evaluate ...`` turns it on with no code change.
 On a warm run a cached image is neither decoded nor transformed: its tensor is read from disk.
 
 **What is cached** is what the encoder's image hook returns for one image — ``prepare_image(image)``
@@ -88,8 +91,8 @@ PIXEL_CACHE_ENV = "MRBENCH_PIXEL_CACHE"
 off; anything else: the cache root directory."""
 
 FORMAT = "mrbench-pixels-v2"
-_ON = {"1", "true", "yes", "on"}
-_OFF = {"", "0", "false", "no", "off"}
+_ON = ("1", "true", "yes", "on", "enable", "enabled")
+_OFF = ("", "0", "false", "no", "off", "disable", "disabled", "none")
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
 _LIBS = ("pillow", "numpy", "torch", "torchvision", "transformers", "open_clip_torch")
 _HASH_LIMIT = 64 << 20  # arrays larger than this enter a description by dtype/shape only
@@ -102,6 +105,26 @@ def default_pixel_cache_root() -> Path:
     return mrbench_home() / "pixels"
 
 
+def pixel_cache_from_env() -> "Path | bool":
+    """What ``$MRBENCH_PIXEL_CACHE`` asks for: ``False`` (off: unset, empty or one of ``0 false no
+    off disable disabled none``), ``True`` (the default root: ``1 true yes on enable enabled``) or a
+    directory (a value with a path separator, or starting with ``~`` or ``.``). Case-insensitive;
+    any other value is a one-line :class:`MrbenchError` listing these."""
+    env = os.environ.get(PIXEL_CACHE_ENV, "").strip()
+    word = env.lower()
+    if word in _OFF:
+        return False
+    if word in _ON:
+        return True
+    if env.startswith(("~", ".")) or any(sep and sep in env for sep in ("/", os.sep, os.altsep)):
+        return Path(env)
+    raise MrbenchError(
+        f"${PIXEL_CACHE_ENV}={env!r}: expected {'/'.join(_ON)} (the default location, "
+        f"$MRBENCH_HOME/pixels), {'/'.join(w for w in _OFF if w)} or empty (off), or a directory path "
+        "(with a '/', or starting with '~' or '.', e.g. ./pixels)"
+    )
+
+
 _INSTANCES: dict[str, "PixelCache"] = {}
 _INSTANCES_LOCK = threading.Lock()
 
@@ -109,7 +132,7 @@ _INSTANCES_LOCK = threading.Lock()
 def resolve_pixel_cache(arg: "PixelCache | str | os.PathLike[str] | bool | None") -> "PixelCache | None":
     """The cache :func:`~mrbench.encoders.harness.encode_items` uses for its ``pixel_cache`` argument.
 
-    ``None``: from ``$MRBENCH_PIXEL_CACHE`` (off when unset); ``False``: off; ``True``: the default
+    ``None``: from ``$MRBENCH_PIXEL_CACHE`` (off when unset, see :func:`pixel_cache_from_env`); ``False``: off; ``True``: the default
     root; a path: that root; a :class:`PixelCache`: itself. One instance per root and process, so
     the shard index is read once.
     """
@@ -118,10 +141,10 @@ def resolve_pixel_cache(arg: "PixelCache | str | os.PathLike[str] | bool | None"
     if arg is False:
         return None
     if arg is None:
-        env = os.environ.get(PIXEL_CACHE_ENV, "").strip()
-        if env.lower() in _OFF:
+        env = pixel_cache_from_env()
+        if env is False:
             return None
-        root = default_pixel_cache_root() if env.lower() in _ON else Path(env)
+        root = default_pixel_cache_root() if env is True else env
     elif arg is True:
         root = default_pixel_cache_root()
     else:
