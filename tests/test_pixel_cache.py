@@ -411,6 +411,32 @@ def test_process_workers_with_cache(tmp_path):
     assert (stats.pixel_cache_misses, stats.pixel_cache_hits) == (6, 12)
 
 
+def test_process_workers_refusal_says_which_condition_failed(tmp_path, monkeypatch):
+    """workers='process' that cannot be honoured names the condition that failed, in the Python
+    API's and the CLI's spelling, and the alternative as both."""
+    from mrbench.errors import EncoderError
+
+    bench = _bench(tmp_path / "b", n=2)
+
+    class NoneTransform(PixEncoder):
+        def pixel_transform(self):
+            return None
+
+    both = "decode processes (workers='process', --decode process) need "
+    fix = "; use workers='thread' (--decode thread)"
+    cases = [(PixEncoder(), 0, "num_workers (--workers) > 0, not 0"),
+             (NoHookEncoder(), 2, "an encoder with pixel_transform(), which 'pix' has not"),
+             (NoneTransform(), 2, "an encoder with pixel_transform() giving a transform, but that of 'pix' returned None"),
+             (NoHookEncoder(), 0, "an encoder with pixel_transform(), which 'pix' has not; and num_workers (--workers) > 0, not 0")]
+    for enc, n, unmet in cases:
+        with pytest.raises(EncoderError) as ei:
+            _encode(enc, bench, workers="process", num_workers=n)
+        assert str(ei.value) == f"encoder 'pix': {both}{unmet}{fix}"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(EncoderError, match=r"need Linux \(the fork start method\), not darwin; use workers='thread'"):
+        _encode(PixEncoder(), bench, workers="process", num_workers=2)
+
+
 def test_changed_transform_misses(tmp_path, monkeypatch):
     bench = _bench(tmp_path / "b", n=4)
     _encode(PixEncoder(PilResize(6)), bench, pixel_cache=tmp_path / "px")

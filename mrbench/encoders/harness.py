@@ -259,13 +259,23 @@ def _process_transform(encoder: Encoder, num_workers: int, kind: str) -> Callabl
     check_worker_kind(kind)
     fn = getattr(encoder, "pixel_transform", None)
     wanted = kind == "process" or (kind == "auto" and num_workers >= 4)
-    able = callable(fn) and num_workers > 0 and sys.platform.startswith("linux")
-    able = able and "fork" in multiprocessing.get_all_start_methods()
+    can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    able = callable(fn) and num_workers > 0 and can_fork
     transform = fn() if wanted and able else None  # type: ignore[misc]
     if kind == "process" and transform is None:
+        name = encoder.meta.name
+        unmet = []  # what failed, in the Python API's and the CLI's spelling both
+        if not callable(fn):
+            unmet.append(f"an encoder with pixel_transform(), which {name!r} has not")
+        elif able:
+            unmet.append(f"an encoder with pixel_transform() giving a transform, but that of {name!r} returned None")
+        if num_workers <= 0:
+            unmet.append(f"num_workers (--workers) > 0, not {num_workers}")
+        if not can_fork:
+            unmet.append(f"Linux (the fork start method), not {sys.platform}")
         raise EncoderError(
-            f"encoder {encoder.meta.name!r}: process decode workers need an encoder with pixel_transform(), "
-            "num_workers > 0 and Linux; use workers='thread'"
+            f"encoder {name!r}: decode processes (workers='process', --decode process) need {'; and '.join(unmet)}; "
+            "use workers='thread' (--decode thread)"
         )
     return transform
 
@@ -366,7 +376,7 @@ def _rejected(encoder_name: str, item_id: str, task_name: str, path: Path, e: Ba
     )
 
 
-def _result(fut: Future, what: str = "an image decode", fix: str = "lower --workers or pass workers='thread'") -> Any:
+def _result(fut: Future, what: str = "an image decode", fix: str = "lower --workers or pass workers='thread' (--decode thread)") -> Any:
     from concurrent.futures.process import BrokenProcessPool
 
     try:
