@@ -743,3 +743,22 @@ def test_a_call_interrupted_while_waiting_for_its_setup_is_given_up(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         pending.result()
     assert pending._call.closed and enc.calls == [] and _prepare_threads() == []
+
+
+@pytest.mark.parametrize("command", ["encode", "evaluate"])
+def test_decode_help_lists_every_accepted_kind(command):
+    """``--decode``'s help of both commands names every kind check_worker_kind accepts."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+    from mrbench.encoders.harness import WORKER_KINDS
+
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "--decode" in ln)
+    text = " ".join(ln.strip(" │") for ln in r.output.splitlines()[r.output.splitlines().index(line):][:6])
+    help_text = text.split("Decode workers:", 1)[1].split("[default", 1)[0]
+    for kind in WORKER_KINDS:
+        assert re.search(rf"\b{kind}\b", help_text), (kind, help_text)

@@ -31,7 +31,9 @@ def encode(
     workers: Annotated[Optional[int], typer.Option(help="Image decode + preprocessing workers per rank (default: the node's "
                                                    "cores divided by its ranks, at most 8; capped at one process per usable core, 4 threads per core "
                                                    "(8 to 64)).")] = None,
-    decode: Annotated[str, typer.Option(help="Decode workers: thread, process or auto (as for evaluate).")] = "auto",
+    decode: Annotated[str, typer.Option(help="Decode workers: thread, process, auto (processes from 4 workers) or gpu "
+                                        "(JPEGs decoded on each rank's CUDA device; falls back to auto with one warning), "
+                                        "as for evaluate.")] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE, else $MRBENCH_HOME/embeddings, else ~/.cache/mrbench/embeddings); "
                                                       "with several nodes, a directory every node shares.")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity", help="Also encode the drop-one-grain "
