@@ -151,3 +151,179 @@ def test_an_encoder_without_dim_is_checked_when_its_embeddings_arrive(monkeypatc
     monkeypatch.setattr(pl, "available_memory", lambda: 23_000)
     with pytest.raises(MrbenchError, match=r"task it2i: 48 candidates x 64 dims .* pass --stream-pool"):
         pl.evaluate(TINY, "random", tasks=["t2i", "it2i"], cache=False)
+
+
+# ------------------------------------------------------------------------------ --stream-pool's directories
+_MAKE_POOL = (
+    "import os, signal, sys\n"
+    "from pathlib import Path\n"
+    "from mrbench.pipeline import PoolDir\n"
+    "d = PoolDir(Path(sys.argv[1]))\n"
+    "(d.path / 't2i-candidates.npy').write_bytes(b'x' * 4096)\n"
+    "print(d.path, flush=True)\n"
+    "if sys.argv[2] == 'kill':\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "sys.stdin.read()\n"  # alive until its stdin closes
+)
+
+
+def _pool_of_a_process(tmp_root: Path, how: str):
+    p = subprocess.Popen([sys.executable, "-c", _MAKE_POOL, str(tmp_root), how], stdout=subprocess.PIPE,
+                         stdin=subprocess.PIPE, text=True)
+    path = Path(p.stdout.readline().strip())
+    if how == "kill":
+        p.wait(timeout=60)
+    return p, path
+
+
+def test_pool_directory_names_its_owner_and_holds_a_lock(tmp_path):
+    import fcntl
+    import json
+    import socket
+
+    d = pl.PoolDir(tmp_path)
+    assert d.path.parent == tmp_path and d.path.name.startswith("pool-") and f"-{os.getpid()}-" in d.path.name
+    owner = json.loads((d.path / "owner.json").read_text())
+    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname() and owner["locked"] is True
+    fd = os.open(d.path / "owner.lock", os.O_RDWR)
+    with pytest.raises(BlockingIOError):  # held while the run lasts
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    assert pl.remove_stale_pools(tmp_path) == [] and d.path.is_dir()  # a live run's pool is never removed
+    d.cleanup()
+    d.cleanup()
+    assert not d.path.exists()
+
+
+def test_stale_pools_are_removed_and_live_or_unknown_ones_kept(tmp_path):
+    import json
+
+    killed_p, killed = _pool_of_a_process(tmp_path, "kill")  # SIGKILL / OOM: no clean-up ran
+    assert killed_p.returncode == -9 and (killed / "t2i-candidates.npy").is_file()
+    live_p, live = _pool_of_a_process(tmp_path, "live")
+    try:
+        # pid reused: a live process of that pid, but the lock is free
+        reused = tmp_path / "pool-reused"
+        reused.mkdir()
+        (reused / "owner.lock").touch()
+        owner = json.loads((live / "owner.json").read_text())
+        (reused / "owner.json").write_text(json.dumps({**owner, "pid": os.getppid()}))
+        # another host sharing $MRBENCH_HOME: cannot tell, kept (even with its lock free here)
+        other = tmp_path / "pool-otherhost-1-x"
+        other.mkdir()
+        (other / "owner.lock").touch()
+        (other / "owner.json").write_text(json.dumps({**owner, "host": "some-other-host"}))
+        # an older mrbench's TemporaryDirectory, or one being set up: no owner.json, kept
+        legacy = tmp_path / "pool-abc123"
+        legacy.mkdir()
+        # a file system without locks: the pid decides (a dead one here), if in our pid namespace
+        nolock = tmp_path / "pool-nolock"
+        nolock.mkdir()
+        (nolock / "owner.json").write_text(json.dumps({**owner, "pid": killed_p.pid, "locked": None}))
+        nolock_live = tmp_path / "pool-nolock-live"
+        nolock_live.mkdir()
+        (nolock_live / "owner.json").write_text(json.dumps({**owner, "pid": live_p.pid, "locked": None}))
+        other_ns = tmp_path / "pool-nolock-otherns"
+        other_ns.mkdir()
+        (other_ns / "owner.json").write_text(json.dumps({**owner, "pid": killed_p.pid, "locked": None,
+                                                          "pid_ns": "pid:[1]"}))
+        unrelated = tmp_path / "keep-me"
+        unrelated.mkdir()
+
+        gone = pl.remove_stale_pools(tmp_path)
+        assert sorted(gone) == sorted([killed, reused, nolock])
+        for d in (killed, reused, nolock):
+            assert not d.exists()
+        for d in (live, other, legacy, nolock_live, other_ns, unrelated):
+            assert d.is_dir(), d
+        assert (live / "t2i-candidates.npy").is_file()
+    finally:
+        live_p.stdin.close()
+        live_p.wait(timeout=60)
+    assert not live.exists()  # its owner ended normally: its finaliser removed it
+
+
+def test_a_streamed_run_removes_pools_left_by_killed_runs(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MRBENCH_HOME", str(home))
+    (home / "tmp").mkdir(parents=True)
+    _, killed = _pool_of_a_process(home / "tmp", "kill")
+    assert killed.is_dir()
+    logged = []
+
+    class Log(pl.NullReporter):
+        def log(self, message):
+            logged.append(message)
+
+    res = pl.evaluate(TINY, "random", tasks=["t2i"], cache=False, stream_pool=True, grain_sensitivity=False,
+                      progress=Log())
+    assert res.data["settings"]["stream_pool"] is True
+    assert not killed.exists() and list((home / "tmp").iterdir()) == []  # its own removed too
+    assert any("removed 1 memory-mapped pool directory" in m for m in logged), logged
+
+
+def test_a_failing_streamed_run_removes_its_pool_at_once(tmp_path, monkeypatch):
+    from mrbench.encoders.builtin import RandomEncoder
+
+    monkeypatch.setenv("MRBENCH_HOME", str(tmp_path / "home"))
+    seen = []
+    orig = RandomEncoder.encode
+
+    def fail_on_candidates(self, items, *, role, task):
+        if role == "candidate":
+            seen.extend((tmp_path / "home" / "tmp").glob("pool-*"))
+            raise KeyboardInterrupt
+        return orig(self, items, role=role, task=task)
+
+    monkeypatch.setattr(RandomEncoder, "encode", fail_on_candidates)
+    with pytest.raises(KeyboardInterrupt):
+        pl.evaluate(TINY, "random", tasks=["t2i"], cache=False, stream_pool=True, grain_sensitivity=False)
+    assert len(seen) == 1 and not seen[0].exists()
+
+
+SLOW_ENCODER = '''
+import time
+from mrbench.encoders.builtin import RandomEncoder
+
+
+class Slow(RandomEncoder):
+    def encode(self, items, *, role, task):
+        if role == "candidate":
+            time.sleep(0.5)
+        return super().encode(items, role=role, task=task)
+'''
+
+
+def test_sigterm_stops_evaluate_like_ctrl_c_and_removes_the_pool(tmp_path):
+    """kill (SIGTERM) during a --stream-pool run: 'interrupted:' with the resume hint, exit 130, no
+    pool file left behind (the default action left the pool-sized file forever)."""
+    import signal
+    import time
+
+    enc = tmp_path / "slow_enc.py"
+    enc.write_text(SLOW_ENCODER)
+    home = tmp_path / "home"
+    env = {**os.environ, "MRBENCH_HOME": str(home)}
+    env.pop("WORLD_SIZE", None)
+    from mrbench.data.registry import load_benchmark
+
+    bench = load_benchmark(TINY)
+    p = subprocess.Popen([sys.executable, "-m", "mrbench", "evaluate", "-b", str(bench.root), "-e", f"{enc}:Slow",
+                          "--tasks", "t2i", "--no-cache", "--no-sensitivity", "--stream-pool", "--batch-size", "4", "-q",
+                          "-o", str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((home / "tmp").glob("pool-*")) and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert list((home / "tmp").glob("pool-*")), p.communicate()
+        time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, (p.returncode, err)
+    assert err.strip().splitlines()[-1].startswith("interrupted: "), err
+    assert "Traceback" not in err
+    assert list((home / "tmp").glob("pool-*")) == []
+    assert not (tmp_path / "out").exists()
