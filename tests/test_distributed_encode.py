@@ -15,7 +15,16 @@ from typer.testing import CliRunner
 
 from mrbench.cli.encode import encode as encode_cmd
 from mrbench.encoders.cache import EmbeddingCache, cache_namespace
-from mrbench.encoders.distributed import DistContext, encode_benchmark, sensitivity_queries, shard, work_units
+from mrbench.encoders.distributed import (
+    CollectiveTimeoutError,
+    DistContext,
+    PeerStoppedError,
+    encode_benchmark,
+    sensitivity_queries,
+    shard,
+    work_units,
+)
+from mrbench.errors import MrbenchError
 from mrbench.encoders.registry import get_encoder
 from mrbench.pipeline import evaluate
 
@@ -228,6 +237,151 @@ def test_torchrun_two_ranks_fill_the_cache(torchrun_cache, bench_dir, encoder):
     assert warm.data["cache"]["encoded"] == 0
     assert warm.data["cache"]["hits"] == warm.data["cache"]["items"] > len(keys)
     _assert_same_scores(warm, evaluate(bench_dir, enc, cache=False))
+
+
+# ----------------------------------------------------------------------------------------------------
+# a rank that fails or hangs: the others end with one line, not torch's traceback
+
+STALLING_ENCODER = """
+import os, time
+import numpy as np
+from mrbench.encoders.base import EncoderMeta
+
+class Stalling:
+    \"\"\"Rank 1 raises (STALL=raise) or hangs (STALL=hang) on its first batch; rank 0 encodes.\"\"\"
+
+    def __init__(self):
+        self.meta = EncoderMeta(name="stalling", revision="v1", dim=8)
+
+    def encode(self, items, *, role, task):
+        if os.environ.get("RANK") == "1":
+            if os.environ.get("STALL") == "raise":
+                raise RuntimeError("injected failure")
+            time.sleep(300)
+        return np.random.default_rng(len(items)).standard_normal((len(items), 8)).astype(np.float32)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_ranks(bench_dir: Path, tmp_path: Path, env_by_rank: list[dict[str, str]], *, rank0_after: float = 0.0,
+               timeout: float = 120, rank1_wait: float = 10) -> tuple[int | None, str, int | None, str]:
+    """``python -m mrbench encode`` as ranks 0 and 1 of a gloo group, launched by hand (no torchrun,
+    whose agent would kill the survivor as soon as the other rank exits) with the stalling encoder;
+    rank 1 starts first and rank 0 ``rank0_after`` seconds later. Returns rank 0's exit code and
+    stderr, then rank 1's (rank 1 still running ``rank1_wait`` s after rank 0 ended is killed: code
+    ``None``)."""
+    import time
+
+    from mrbench.cli.app import app
+
+    enc = tmp_path / "stalling.py"
+    enc.write_text(STALLING_ENCODER)
+    module = ["-m", "mrbench", "encode"] if "encode" in {c.name for c in app.registered_commands} \
+        else ["-m", "mrbench.cli.encode"]
+    cmd = [sys.executable, *module, "-b", str(bench_dir), "-e", f"{enc}:Stalling", "--cache-dir",
+           str(tmp_path / "cache"), "--no-verify", "--no-sensitivity", "-q"]
+    base = {k: v for k, v in os.environ.items() if k not in DIST_ENV and k != "MRBENCH_DIST_TIMEOUT"}
+    base.update(MRBENCH_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", WORLD_SIZE="2",
+                LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    procs: dict[int, subprocess.Popen] = {}
+    try:
+        for rank in (1, 0):
+            if rank == 0 and rank0_after:
+                time.sleep(rank0_after)
+            procs[rank] = subprocess.Popen(cmd, env={**base, **env_by_rank[rank], "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, err0 = procs[0].communicate(timeout=timeout)
+        try:
+            _, err1 = procs[1].communicate(timeout=rank1_wait)
+        except subprocess.TimeoutExpired:
+            procs[1].kill()
+            _, err1 = procs[1].communicate()
+            return procs[0].returncode, err0, None, err1
+        return procs[0].returncode, err0, procs[1].returncode, err1
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr and "╭" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and not [ln for ln in lines if ln not in errors and "error" in ln.lower()], stderr
+    return errors[0]
+
+
+def test_rank_failure_ends_the_other_rank_with_one_line(bench_dir, tmp_path):
+    code0, err0, code1, err1 = _two_ranks(bench_dir, tmp_path, [{"STALL": "raise"}] * 2)
+    line1 = _one_error_line(err1)  # the failing rank's own error, as it was
+    assert code1 == 2 and line1.startswith("error: rank 1: encoder ") and "injected failure" in line1, err1
+    line0 = _one_error_line(err0)  # the survivor: one line, no gloo traceback
+    assert code0 == 2, err0
+    assert line0.startswith("error: another rank stopped while rank 0 waited at the ") and "re-run" in line0, err0
+
+
+def test_dist_timeout_env_is_checked(bench_dir, tmp_path, monkeypatch):
+    app = typer.Typer()
+    app.command()(encode_cmd)
+    for bad in ("soon", "0", "-5", "nan", "inf", "1e300"):
+        monkeypatch.setenv("MRBENCH_DIST_TIMEOUT", bad)
+        r = CliRunner().invoke(app, ["-b", str(bench_dir), "--cache-dir", str(tmp_path / "c"), "--no-verify", "-q"])
+        err = r.stderr.strip()
+        assert r.exit_code == 2 and err.startswith("error: environment variable MRBENCH_DIST_TIMEOUT=") \
+            and "\n" not in err and repr(bad) in err, (bad, r.output)
+        assert not (tmp_path / "c").exists()  # refused before any work
+    monkeypatch.setenv("MRBENCH_DIST_TIMEOUT", " 90.5 ")
+    with DistContext.from_env() as ctx:  # one process: checked, no group
+        assert ctx.world_size == 1
+    monkeypatch.setenv("MRBENCH_DIST_TIMEOUT", "x")
+    with pytest.raises(MrbenchError, match="MRBENCH_DIST_TIMEOUT"):
+        encode_benchmark(bench_dir, "random", cache_dir=tmp_path / "c")
+    encode_benchmark(bench_dir, "random", cache_dir=tmp_path / "c", tasks=["i2t"], timeout_s=60)  # given: env unread
+
+
+def test_hanging_rank_times_out_in_one_line(bench_dir, tmp_path):
+    # rank 0 (tiny timeout) starts a second after rank 1, so it never waits for rank 1's start-up
+    code0, err0, code1, _ = _two_ranks(bench_dir, tmp_path, [{"MRBENCH_DIST_TIMEOUT": "3"}, {"STALL": "hang"}],
+                                       rank0_after=1.0, timeout=90, rank1_wait=0.5)
+    line0 = _one_error_line(err0)
+    assert code0 == 2 and code1 is None, err0  # rank 1 still hung: killed by the test
+    assert line0.startswith("error: timed out after 3 s on rank 0 at the barrier after encoding: "), err0
+    assert "MRBENCH_DIST_TIMEOUT=<seconds>" in line0, err0
+
+
+def test_collective_errors_peer_and_timeout_wrapped_local_bugs_kept():
+    """A communication failure of a collective becomes a one-line MrbenchError with torch's error as
+    its cause; anything else (a local bug) propagates as it is."""
+    ctx = DistContext(rank=3, world_size=4, timeout_s=5.0)
+
+    def fail(e):
+        def f():
+            raise e
+        return f
+
+    gone = RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1")
+    with pytest.raises(PeerStoppedError, match="another rank stopped while rank 3 waited at the X") as ei:
+        ctx._collective("the X", fail(gone))
+    assert ei.value.__cause__ is gone and isinstance(ei.value, MrbenchError) and "\n" not in str(ei.value)
+    late = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation")
+    with pytest.raises(CollectiveTimeoutError, match="timed out after 5 s on rank 3 at the X") as ei:
+        ctx._collective("the X", fail(late))
+    assert ei.value.__cause__ is late and "MRBENCH_DIST_TIMEOUT" in str(ei.value)
+    for bug in (TypeError("cannot pickle '_thread.lock' object"), RuntimeError("expected a tensor"),
+                ValueError("bad rank")):
+        with pytest.raises(type(bug)) as ei:
+            ctx._collective("the X", fail(bug))
+        assert ei.value is bug
+    assert ctx._collective("the X", lambda: 7) == 7
 
 
 # ----------------------------------------------------------------------------------------------------

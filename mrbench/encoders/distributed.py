@@ -29,19 +29,28 @@ The process group is ``torch.distributed`` set up from the launcher's ``RANK`` /
 ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``; it only carries barriers and small Python objects
 (never tensors), so it is gloo on CPU and GPU nodes alike (see :class:`DistContext`). Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) the
 same code runs as one process with no process group.
+
+**When a rank stops or hangs.** A rank's own error is its own one line (``error: rank 1: …``); the
+ranks waiting for it at a barrier or exchange then fail with a :class:`PeerStoppedError` (one line:
+another rank stopped, re-run to resume: the batches every rank finished are in the cache) instead of
+torch's transport traceback. A rank that hangs keeps the others waiting for at most
+``$MRBENCH_DIST_TIMEOUT`` seconds (default :data:`DEFAULT_TIMEOUT_S`, 24 h: it must exceed the
+longest wait of a fast rank for the slowest one, loading included); then they fail with a
+:class:`CollectiveTimeoutError` naming the collective and the variable.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mrbench.errors import EncoderError, MrbenchError
 
@@ -53,7 +62,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 24 * 3600
 """Barrier timeout: ranks that finish early wait for the slowest one, so this must exceed the
-imbalance of a whole run (a rank that *dies* still ends the job at once: the launcher stops the rest)."""
+imbalance of a whole run (a rank that *dies* still ends the job at once: the launcher stops the rest).
+``$MRBENCH_DIST_TIMEOUT`` (seconds) replaces it."""
+
+TIMEOUT_ENV = "MRBENCH_DIST_TIMEOUT"
+"""Environment variable: the process group's timeout in seconds (default :data:`DEFAULT_TIMEOUT_S`)."""
+
+_T = TypeVar("_T")
 
 SETTLE_S = 30.0
 """How long rank 0 keeps rescanning the cache for shards another node wrote but its filesystem does
@@ -62,6 +77,72 @@ not list yet (NFS attribute caching) before it reports them missing."""
 
 # ----------------------------------------------------------------------------------------------------
 # process group
+
+
+class DistributedError(MrbenchError):
+    """A collective (barrier, gather, broadcast) failed on this rank because of another rank; the
+    torch error is the ``__cause__``. ``rank``: this rank; ``what``: the collective, in words."""
+
+    def __init__(self, message: str, *, rank: int, what: str) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.what = what
+
+
+class PeerStoppedError(DistributedError):
+    """Another rank stopped (error, crash, killed) while this one waited for it in a collective."""
+
+
+class CollectiveTimeoutError(DistributedError):
+    """A collective did not complete within the process group's timeout: another rank hangs or is
+    slower than the limit (``$MRBENCH_DIST_TIMEOUT``)."""
+
+
+_TRANSPORT_MARKERS = ("gloo/transport", "connection", "peer", "broken pipe", "socket")
+"""Lower-case fragments of the RuntimeErrors gloo raises when the other end of a pair goes away
+(``Connection closed by peer``, ``Read error …: Connection reset by peer``, ``Broken pipe``)."""
+
+
+def _comm_failure(e: BaseException) -> str | None:
+    """``"timeout"`` or ``"peer"`` when ``e`` (raised by a collective) is a communication failure,
+    ``None`` for anything else (a local bug, e.g. an object that does not pickle: left as it is)."""
+    if not isinstance(e, RuntimeError):
+        return None
+    low = str(e).lower()
+    if "timed out" in low or "timeout" in low:
+        return "timeout"
+    try:
+        from torch.distributed import DistError
+    except ImportError:  # pragma: no cover - torch without torch.distributed
+        DistError = ()  # type: ignore[assignment,misc]
+    if isinstance(e, DistError) or any(m in low for m in _TRANSPORT_MARKERS):
+        return "peer"
+    return None
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def timeout_from_env() -> float:
+    """``$MRBENCH_DIST_TIMEOUT`` in seconds (a positive number), else :data:`DEFAULT_TIMEOUT_S`;
+    a bad value is a one-line :class:`MrbenchError` naming the variable."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+        ok = math.isfinite(value) and value > 0
+        if ok:
+            timedelta(seconds=value)
+    except (ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise MrbenchError(
+            f"environment variable {TIMEOUT_ENV}={raw!r} is not a positive number of seconds; set it to how long "
+            f"a rank may wait for the others, e.g. {TIMEOUT_ENV}=3600, or unset it for {DEFAULT_TIMEOUT_S} (24 h)"
+        )
+    return value
 
 
 @dataclass
@@ -75,6 +156,11 @@ class DistContext:
     The group only carries barriers and a few small Python objects, never tensors, so it is gloo
     (TCP) on CPU and GPU nodes alike; when the existing default group is NCCL a gloo group is
     created beside it for these collectives.
+
+    A collective that fails because another rank stopped raises :class:`PeerStoppedError`, one that
+    times out :class:`CollectiveTimeoutError` (both one-line :class:`MrbenchError`, the torch error
+    chained); any other error of a collective propagates unchanged. The timeout (``timeout_s``) is
+    ``$MRBENCH_DIST_TIMEOUT`` unless the caller passes one; a reused gloo group keeps its own.
     """
 
     rank: int = 0
@@ -85,6 +171,8 @@ class DistContext:
     backend: str | None = None
     owns_group: bool = False
     group: Any = None  # the group the collectives use (None: the default group)
+    timeout_s: float | None = None  # that group's timeout when this context set it (None: a caller's group)
+    timeout_hint: str = f"raise the limit with {TIMEOUT_ENV}=<seconds>"  # how (depends on who set it)
 
     @property
     def is_main(self) -> bool:
@@ -95,12 +183,19 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, *, backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> "DistContext":
+    def from_env(cls, *, backend: str | None = None, timeout_s: float | None = None) -> "DistContext":
         """Read the launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
         ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), pin this rank's GPU
         (``cuda:LOCAL_RANK`` modulo the visible devices) and join the process group (``backend``,
-        default gloo; see the class docstring)."""
+        default gloo; see the class docstring) with ``timeout_s`` (default ``$MRBENCH_DIST_TIMEOUT``,
+        else :data:`DEFAULT_TIMEOUT_S`; the variable is checked even for one process)."""
         import torch
+
+        if timeout_s is None:
+            timeout_s = timeout_from_env()
+            hint = f"raise the limit with {TIMEOUT_ENV}=<seconds>"
+        else:
+            hint = "pass a larger timeout_s"
 
         dist = torch.distributed if torch.distributed.is_available() else None
         existing = dist is not None and dist.is_initialized()
@@ -126,42 +221,71 @@ class DistContext:
         if dist is None:
             raise MrbenchError(f"WORLD_SIZE={world} but this torch build has no torch.distributed; run one process")
         timeout = timedelta(seconds=timeout_s)
+        ctx.timeout_s, ctx.timeout_hint = timeout_s, hint
         if not existing:
             for var in ("MASTER_ADDR", "MASTER_PORT"):
                 if var not in os.environ:
                     raise MrbenchError(f"WORLD_SIZE={world} but {var} is not set; launch with torchrun or accelerate launch")
-            dist.init_process_group(backend=backend or "gloo", timeout=timeout)
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            ctx._collective(f"the start of the process group at {where}", lambda: dist.init_process_group(
+                backend=backend or "gloo", timeout=timeout), peer=False)
             ctx.owns_group = True
         ctx.backend = str(dist.get_backend())
         if ctx.backend != "gloo":
             ctx.group = dist.new_group(backend="gloo", timeout=timeout)
+        elif existing:  # the caller's gloo group, with the caller's timeout
+            ctx.timeout_s, ctx.timeout_hint = None, "raise the timeout of the process group your script creates"
         return ctx
 
     # -- collectives (no-ops for one process) ---------------------------------------------------
-    def barrier(self) -> None:
+    def _collective(self, what: str, fn: Callable[[], _T], *, peer: bool = True) -> _T:
+        """``fn()``, its communication failures as one-line errors (see the class docstring);
+        ``peer=False``: only timeouts are converted."""
+        try:
+            return fn()
+        except RuntimeError as e:
+            kind = _comm_failure(e)
+            if kind == "timeout":
+                limit = f" after {_fmt_s(self.timeout_s)}" if self.timeout_s is not None else ""
+                raise CollectiveTimeoutError(
+                    f"timed out{limit} on rank {self.rank} at {what}: another rank did not get there in time "
+                    f"(it hangs, or is slower than the limit); if it is only slow, {self.timeout_hint}, then "
+                    f"re-run the same command (it resumes from the embedding cache)", rank=self.rank, what=what,
+                ) from e
+            if kind == "peer" and peer:
+                raise PeerStoppedError(
+                    f"another rank stopped while rank {self.rank} waited at {what} (see its error, or the launcher's "
+                    f"report of how it exited); fix that and re-run the same command: the batches every "
+                    f"rank finished are in the embedding cache and are not encoded again",
+                    rank=self.rank, what=what,
+                ) from e
+            raise
+
+    def barrier(self, what: str = "a barrier") -> None:
+        """Wait for every rank; ``what`` names this barrier in the errors."""
         if self.distributed:
             import torch.distributed as dist
 
-            dist.barrier(group=self.group)
+            self._collective(what, lambda: dist.barrier(group=self.group))
 
-    def gather(self, obj: Any) -> list[Any] | None:
+    def gather(self, obj: Any, what: str = "a gather to rank 0") -> list[Any] | None:
         """Every rank's ``obj`` on rank 0 (in rank order); ``None`` elsewhere."""
         if not self.distributed:
             return [obj]
         import torch.distributed as dist
 
         out: list[Any] | None = [None] * self.world_size if self.is_main else None
-        dist.gather_object(obj, out, dst=0, group=self.group)
+        self._collective(what, lambda: dist.gather_object(obj, out, dst=0, group=self.group))
         return out
 
-    def broadcast(self, obj: Any) -> Any:
+    def broadcast(self, obj: Any, what: str = "a broadcast from rank 0") -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.distributed:
             return obj
         import torch.distributed as dist
 
         box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0, group=self.group)
+        self._collective(what, lambda: dist.broadcast_object_list(box, src=0, group=self.group))
         return box[0]
 
     def close(self) -> None:
@@ -346,7 +470,7 @@ def encode_benchmark(
     validate: bool = True,
     progress: Any = False,
     dist: DistContext | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float | None = None,
 ) -> EncodeReport:
     """Encode everything ``evaluate`` would encode for ``benchmark`` into the embedding cache, this
     process taking its rank's share (see the module docstring).
@@ -358,8 +482,10 @@ def encode_benchmark(
     0 checks that every item is in the cache at the end and raises :class:`EncoderError` otherwise
     (on every rank). ``progress`` (``True``, ``False`` or a Reporter) is honoured on rank 0 only.
     ``dist``: a :class:`DistContext` to reuse (several encoders in one launch); by default one is
-    built from the environment and torn down at the end. Under a launcher every rank must call this
-    with the same arguments.
+    built from the environment (``timeout_s``: its collectives' timeout, default
+    ``$MRBENCH_DIST_TIMEOUT`` or 24 h) and torn down at the end. Under a launcher every rank must call
+    this with the same arguments. When another rank stops or hangs, the ranks waiting for it raise
+    :class:`PeerStoppedError` / :class:`CollectiveTimeoutError`.
     """
     from mrbench.data.registry import load_benchmark
     from mrbench.data.schema import Benchmark
@@ -410,7 +536,7 @@ def encode_benchmark(
         # another's shards, which that rank deletes when it merges them (the shares are
         # disjoint, so no rank needs another's new entries).
         len(store)
-        ctx.barrier()
+        ctx.barrier("the barrier before encoding")
 
         units = work_units(bench, task_list, grain_sensitivity=grain_sensitivity)
         mine = shard(units, ctx.rank, ctx.world_size)
@@ -444,9 +570,10 @@ def encode_benchmark(
         me.seconds = time.perf_counter() - t_start
 
         # everyone done -> rank 0 checks the union of the keys against a fresh view of the directory
-        ctx.barrier()
-        reports = ctx.gather(me)
-        key_blobs = ctx.gather(b"".join(bytes.fromhex(k) for k in my_keys)) if validate else None
+        ctx.barrier("the barrier after encoding")
+        reports = ctx.gather(me, "the gather of the ranks' reports")
+        key_blobs = ctx.gather(b"".join(bytes.fromhex(k) for k in my_keys),
+                               "the gather of the ranks' cache keys") if validate else None
         missing: int | None = None
         problem: str | None = None
         if ctx.is_main and validate:
@@ -464,7 +591,7 @@ def encode_benchmark(
                 problem = (f"encoder {spec!r}: {missing} of {len(want)} embeddings are missing from {store.path} after "
                            f"every rank finished; with several nodes --cache-dir must be on a filesystem all of them "
                            f"share — re-run the same command to fill the gaps")
-        problem = ctx.broadcast(problem)
+        problem = ctx.broadcast(problem, "the broadcast of rank 0's check of the cache")
         if problem:
             raise EncoderError(problem)
         report = EncodeReport(
