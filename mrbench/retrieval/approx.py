@@ -287,7 +287,7 @@ def gpu_unavailable(index: str) -> str | None:
     if index == "hnsw":
         return "faiss has no GPU HNSW index"
     if not hasattr(faiss, "StandardGpuResources") or not hasattr(faiss, "index_cpu_to_gpu"):
-        return "the installed faiss has no GPU support (install faiss-gpu)"
+        return "the installed faiss has no GPU support (pip install --force-reinstall --no-deps 'faiss-gpu-cu12>=1.8')"
     try:
         n_gpu = int(faiss.get_num_gpus())
     except Exception:  # pragma: no cover - driver trouble
