@@ -65,7 +65,8 @@ def evaluate(
     ] = None,
     depth: Annotated[int, typer.Option(help="Length of the ranked lists in the run files.")] = 100,
     batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call (default: the encoder's own).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Image decode + preprocessing workers (default: all cores, at most 8).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Image decode + preprocessing workers (default: all cores, at most 8; a larger value is "
+                                                                "cut to one process per usable core, or 4 threads per core up to 64, with a warning).")] = None,
     decode: Annotated[str, typer.Option(help="Decode workers: thread, process (outside the GIL; for encoders with a "
                                         "pixel_transform, e.g. openclip, hf, ret, vlm2vec), auto (processes from 4 workers) or gpu (JPEGs decoded "
                                         "on the encoder's CUDA device with torchvision; falls back to auto with one warning). "
