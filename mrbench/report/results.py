@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,8 @@ class EvaluationResult:
     sensitivity: Any = None  # pandas.DataFrame, one row per (query, dropped grain), or None
     runs: dict[str, Any] = field(default_factory=dict, repr=False)  # task -> (Task, RetrievalResult)
     save_timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)  # set by save()
+    # the results directory load() read: save() copies its run files when ``runs`` is empty
+    source: Path | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -186,12 +189,19 @@ class EvaluationResult:
     # ------------------------------------------------------------------ persistence
     def save(self, out: Path, overwrite: bool = False) -> Path:
         """Write results.json, runs/<task>.trec, per_query.parquet, sensitivity.parquet, grains.png
-        into ``out`` atomically (a staging directory renamed into place)."""
+        into ``out`` atomically (a staging directory renamed into place).
+
+        A result from :meth:`load` holds no rankings: its run files are copied from the directory it
+        was loaded from, so load → save gives a directory ``mrbench verify`` accepts. Where no run
+        file can be written or copied, a one-line :class:`UserWarning` says so (verify will refuse it)."""
+        import warnings
+
         from mrbench.data.io import atomic_dir
         from mrbench.retrieval.runfile import write_trec_run
 
         out = Path(out)
         run_name = f"{self.data['encoder']['name']}".replace(" ", "_") or "run"
+        carried = {} if self.runs else self._source_runs()
         with atomic_dir(out, overwrite=overwrite) as st:
             files: dict[str, Any] = {"runs": {}}
             (st / "runs").mkdir()
@@ -199,8 +209,17 @@ class EvaluationResult:
                 rel = f"runs/{name}.trec"
                 write_trec_run(st / rel, [q.id for q in task.queries], [c.id for c in task.candidates], res, run_name)
                 files["runs"][name] = rel
+            for name, (rel, src) in carried.items():
+                (st / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, st / rel)
+                files["runs"][name] = rel
+            lacking = [str(t) for t in (self.data.get("settings") or {}).get("tasks") or [] if str(t) not in files["runs"]]
+            if lacking:
+                warnings.warn(f"{out}: saved without run files for {', '.join(lacking)} (this result holds no rankings for "
+                              "them and none were found where it was loaded from); 'mrbench verify' will refuse the directory",
+                              UserWarning, stacklevel=2)
             pq = self.per_query.copy()
-            pq["grain_types"] = pq["grain_types"].map(lambda v: ",".join(v))
+            pq["grain_types"] = pq["grain_types"].map(_join_types)
             pq.to_parquet(st / "per_query.parquet", index=False)
             files["per_query"] = "per_query.parquet"
             if self.sensitivity is not None:
@@ -221,7 +240,10 @@ class EvaluationResult:
 
     @classmethod
     def load(cls, path: Path) -> "EvaluationResult":
-        """Load ``results.json`` (and the per-query table when present) from a results directory."""
+        """Load ``results.json`` (and per_query.parquet / sensitivity.parquet when present) from a results
+        directory. ``per_query["grain_types"]`` is a list per query, as :func:`mrbench.evaluate` gives it
+        (comma-joined on disk). The result holds no rankings (``runs`` is empty); :meth:`save` copies
+        the run files from this directory."""
         import pandas as pd
 
         from mrbench.data.io import read_json
@@ -235,4 +257,41 @@ class EvaluationResult:
             raise MrbenchError(f"{f}: schema_version {data.get('schema_version')!r} is not supported (expected {RESULTS_SCHEMA_VERSION})")
         pq = f.parent / "per_query.parquet"
         per_query = pd.read_parquet(pq) if pq.is_file() else None
-        return cls(data=data, per_query=per_query)
+        if per_query is not None and "grain_types" in per_query.columns:
+            per_query["grain_types"] = per_query["grain_types"].map(_split_types)  # a list per query, as evaluate gives
+        sf = f.parent / ((data.get("files") or {}).get("sensitivity") or "sensitivity.parquet")
+        sensitivity = pd.read_parquet(sf) if sf.is_file() else None
+        return cls(data=data, per_query=per_query, sensitivity=sensitivity, source=f.parent)
+
+    def _source_runs(self) -> dict[str, tuple[str, Path]]:
+        """``{task: (relative path, file)}`` for the run files listed in ``files.runs`` that exist in
+        :attr:`source` (the directory :meth:`load` read), paths outside it skipped."""
+        if self.source is None:
+            return {}
+        root = Path(self.source).resolve()
+        out = {}
+        for name, rel in ((self.data.get("files") or {}).get("runs") or {}).items():
+            if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+                continue
+            src = root / rel
+            if src.is_file():
+                out[str(name)] = (rel, src)
+        return out
+
+
+def _join_types(v: Any) -> str:
+    """A query's grain types as stored in per_query.parquet: comma-joined (a string is kept as is)."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    return ",".join(str(t) for t in v)
+
+
+def _split_types(v: Any) -> list[str]:
+    """per_query.parquet's comma-joined grain types back to the list :func:`mrbench.evaluate` gives."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return []
+    if isinstance(v, str):
+        return v.split(",") if v else []
+    return [str(t) for t in v]
