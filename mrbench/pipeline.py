@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
 from mrbench.report.progress import NullReporter
 from mrbench.report.results import EvaluationResult
+
+_log = logging.getLogger("mrbench")
 
 
 def _parse_ks(ks: Sequence[int] | str) -> tuple[int, ...]:
@@ -144,6 +147,17 @@ def resolve_encoder(encoder: Any, encoder_kwargs: dict[str, Any] | None = None) 
     return encoder, spec
 
 
+def _default_revision(meta: Any) -> bool:
+    """Whether ``meta.revision`` is :class:`~mrbench.encoders.base.EncoderMeta`'s default (``"none"``):
+    nothing then tells two instances of the same name apart, so an instance's embeddings are not cached."""
+    import dataclasses
+
+    from mrbench.encoders.base import EncoderMeta
+
+    default = {f.name: f.default for f in dataclasses.fields(EncoderMeta)}["revision"]
+    return getattr(meta, "revision", default) == default
+
+
 def open_cache(spec: str, revision: str, encoder_kwargs: dict[str, Any] | None, cache_dir: str | Path | None):
     """The embedding cache of an encoder (``cache_dir`` or the default root; namespace from spec,
     revision and constructor kwargs — and, for a ``file.py:Class`` encoder, the file's content, see
@@ -204,7 +218,9 @@ def evaluate(
         depth: length of the ranked lists written to the run files (≥ max k).
         output: directory for results.json, runs/, per_query.parquet and grains.png; refused if it
             already holds files unless ``overwrite``. Written atomically.
-        cache: reuse and fill the on-disk embedding cache (``cache_dir`` or ``$MRBENCH_CACHE``).
+        cache: reuse and fill the on-disk embedding cache (``cache_dir`` or ``$MRBENCH_CACHE``). An
+            encoder *instance* (keyed by its ``meta.name`` and ``meta.revision``) is cached only when
+            its revision is set: with the default ``"none"`` it is not (one warning line).
         num_workers: image decode workers (default: all cores up to 8).
         decode: ``"thread"``, ``"process"`` or ``"auto"`` (processes from 4 workers on, for encoders
             with a picklable ``pixel_transform``); see :func:`mrbench.encoders.harness.encode_items`.
@@ -303,7 +319,13 @@ def evaluate(
             if not stream_pool and meta.dim:  # every task's pool against memory, before anything is encoded
                 for task in task_list:
                     _check_pool_fits(task, int(meta.dim))
-            store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache else None
+            uncached = bool(cache) and not isinstance(encoder, str) and _default_revision(meta)
+            if uncached:  # keyed by its name alone, another instance's embeddings would be served
+                _log.warning("encoder instance %r has the default meta.revision %r, so its embeddings are not cached "
+                             "(another instance of the same name could differ); set meta.revision to something that "
+                             "changes whenever its weights or code change (e.g. a checkpoint hash) to cache them",
+                             spec, meta.revision)
+            store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir) if cache and not uncached else None
         finally:
             warmer.stop()
         timings["encoder_init"] = time.perf_counter() - t0
@@ -444,7 +466,7 @@ def evaluate(
                     "batch_size": batch_size or meta.batch_size,
                     "decode_workers": num_workers,
                     "decode": decode,
-                    "cache": bool(cache),
+                    "cache": store is not None,
                     "grain_sensitivity": bool(grain_sensitivity),
                     "verify_fingerprint": bool(verify),
                     **({"stream_pool": True} if stream_pool else {}),

@@ -281,3 +281,50 @@ def test_background_cache_write_errors_are_raised(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         encode_items(eb.ScriptedEncoder(lambda items, role, k: eb.hashed(items), batch_size=3), task.queries,
                      role="query", task=task, bench=bench, cache=bad)
+
+
+class _Seeded:
+    """An encoder instance whose output depends on a constructor seed its meta does not show."""
+
+    def __init__(self, seed: int, revision: str | None = None):
+        from mrbench.encoders.base import EncoderMeta
+
+        extra = {"revision": revision} if revision is not None else {}
+        self.meta = EncoderMeta(name="seeded", dim=8, needs_pixels=False, **extra)
+        self.seed = seed
+        self.calls = 0
+
+    def encode(self, items, *, role, task):
+        self.calls += 1
+        rng = np.random.default_rng([self.seed, len(items)])
+        return rng.standard_normal((len(items), 8)).astype(np.float32)
+
+
+def test_an_instance_with_the_default_revision_is_not_cached(tmp_path, caplog):
+    """Two instances of the same name and revision "none" shared the cache: the second was served the
+    first one's embeddings. Now such an instance reads and writes no cache, with one warning line."""
+    import mrbench
+
+    cache_dir = tmp_path / "emb"
+    kw = dict(tasks=["t2i"], grain_sensitivity=False, cache_dir=cache_dir)
+    with caplog.at_level(logging.WARNING, logger="mrbench"):
+        a = mrbench.evaluate("mrbench-synth-tiny", _Seeded(1), **kw)
+    warned = [r.getMessage() for r in caplog.records if "meta.revision" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0] and "'seeded'" in warned[0] and "not cached" in warned[0]
+    assert not any(p.is_file() for p in cache_dir.rglob("*"))  # nothing written
+    assert a.data["cache"]["hits"] == 0 and a.data["settings"]["cache"] is False
+    second = _Seeded(2)
+    b = mrbench.evaluate("mrbench-synth-tiny", second, **kw)
+    assert b.data["cache"]["hits"] == 0 and second.calls > 0
+    assert not np.array_equal(a.per_query["first_rank"].to_numpy(), b.per_query["first_rank"].to_numpy())
+
+    # an explicit revision keeps caching, keyed by name and revision
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mrbench"):
+        c = mrbench.evaluate("mrbench-synth-tiny", _Seeded(1, revision="s1"), **kw)
+    assert not [r for r in caplog.records if "meta.revision" in r.getMessage()]
+    assert c.data["settings"]["cache"] is True and c.data["cache"]["encoded"] > 0
+    again = _Seeded(1, revision="s1")
+    d = mrbench.evaluate("mrbench-synth-tiny", again, **kw)
+    assert d.data["cache"]["hits"] == d.data["cache"]["items"] and again.calls == 0
+    assert c.scores == d.scores
