@@ -140,6 +140,13 @@ def resolve_encoder(encoder: Any, encoder_kwargs: dict[str, Any] | None = None) 
     if isinstance(encoder, str):
         return get_encoder(encoder, **(encoder_kwargs or {})), encoder
     spec = getattr(getattr(encoder, "meta", None), "name", type(encoder).__name__)
+    if encoder_kwargs:  # the instance is already built: they would be recorded (and key the cache) unused
+        from mrbench.errors import EncoderError
+
+        raise EncoderError(
+            f"encoder_kwargs {sorted(encoder_kwargs)} given with an encoder instance ({type(encoder).__name__}); "
+            "encoder_kwargs apply to a name or file spec (e.g. 'random', 'my_encoder.py:MyEncoder'): pass the "
+            "arguments to the instance's constructor instead, or drop encoder_kwargs")
     if not isinstance(encoder, Encoder):
         from mrbench.errors import EncoderError
 

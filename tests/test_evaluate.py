@@ -397,3 +397,22 @@ def test_a_task_given_twice_is_refused():
     """tasks=["t2i", "t2i"] was evaluated twice (doubled per-query rows, results verify refused)."""
     with pytest.raises(MrbenchError, match=r"'t2i' given twice; give each task once"):
         mrbench.evaluate(TINY, "random", tasks=["t2i", "t2i"], cache=False)
+
+
+def test_encoder_kwargs_with_an_instance_are_refused():
+    """They were ignored, yet recorded in results.json and in the cache key."""
+    calls = []
+
+    class Inst:
+        meta = EncoderMeta(name="inst", revision="r1", dim=4, needs_pixels=False)
+
+        def encode(self, items, *, role, task):
+            calls.append(len(items))
+            return np.ones((len(items), 4), np.float32)
+
+    with pytest.raises(EncoderError, match=r"encoder_kwargs \['dim'\] given with an encoder instance.*"
+                                           r"apply to a name or file spec") as ei:
+        mrbench.evaluate(TINY, Inst(), encoder_kwargs={"dim": 8}, cache=False)
+    assert "\n" not in str(ei.value) and calls == []
+    res = mrbench.evaluate(TINY, Inst(), encoder_kwargs={}, tasks=["t2i"], cache=False, grain_sensitivity=False)
+    assert res.data["encoder"]["kwargs"] == {}  # an empty dict is no kwargs
