@@ -440,3 +440,125 @@ def test_file_encoder_cache_follows_its_source(tmp_path, monkeypatch):
     assert source_digest(spec) != before and source_digest("random") is None
     edited = mrbench.evaluate("mrbench-synth-tiny", spec, **kw)
     assert edited.data["cache"]["hits"] == 0 and edited.data["cache"]["encoded"] == first.data["cache"]["encoded"]
+
+
+@pytest.fixture
+def drop_tmp_modules(tmp_path):
+    """Forget, after the test, the modules it imported from its tmp_path."""
+    yield
+    for name, m in list(sys.modules.items()):
+        f = getattr(m, "__file__", None)
+        if isinstance(f, str) and Path(f).resolve().is_relative_to(tmp_path.resolve()):
+            del sys.modules[name]
+
+
+_LOCAL_ENC = """
+import numpy as np
+from mrbench.encoders.base import EncoderMeta
+import {helper}
+from {pkg} import util
+
+
+class Enc:
+    def __init__(self):
+        self.meta = EncoderMeta(name="local-imports", revision="v1", dim=8, needs_pixels=False)
+
+    def encode(self, items, *, role, task):
+        s = {helper}.SCALE * util.SHIFT
+        return np.asarray([[len(it.text or "") + s + j for j in range(8)] for it in items], np.float32)
+"""
+
+
+def test_file_encoder_cache_follows_its_local_imports(tmp_path, monkeypatch, drop_tmp_modules):
+    """Audit 16b item 1: a 'file.py:Class' encoder importing a module of its own directory (or a
+    package there) is keyed by that module's source too: editing the helper encodes again instead of
+    serving the embeddings of the old helper (a new process, as a re-run of the CLI), and a re-run in
+    the same process loads the edited helper (the code that runs is the code the key hashes)."""
+    import mrbench
+    from mrbench.encoders.registry import source_digest
+
+    d = tmp_path / "enc_dir"
+    (d / "localpkg16").mkdir(parents=True)
+    (d / "localpkg16" / "__init__.py").write_text("")
+    (d / "localpkg16" / "util.py").write_text("SHIFT = 1\n")
+    (d / "helper16.py").write_text("SCALE = 2\n")
+    (d / "enc.py").write_text(_LOCAL_ENC.format(helper="helper16", pkg="localpkg16"))
+    monkeypatch.syspath_prepend(str(d))
+    monkeypatch.setenv("MRBENCH_CACHE", str(tmp_path / "cache"))
+    spec = f"{d / 'enc.py'}:Enc"
+    kw = dict(tasks=["t2i"], grain_sensitivity=False)
+
+    first = mrbench.evaluate("mrbench-synth-tiny", spec, **kw)
+    assert first.data["cache"]["encoded"] > 0
+    before = source_digest(spec)
+    assert before == source_digest(spec)  # deterministic
+    assert mrbench.evaluate("mrbench-synth-tiny", spec, **kw).data["cache"]["encoded"] == 0
+
+    (d / "helper16.py").write_text("SCALE = 3\n")
+    assert source_digest(spec) != before  # what a fresh process (the CLI re-run) keys by
+    edited = mrbench.evaluate("mrbench-synth-tiny", spec, **kw)
+    assert edited.data["cache"]["hits"] == 0 and edited.data["cache"]["encoded"] == first.data["cache"]["encoded"]
+    assert sys.modules["helper16"].SCALE == 3  # reloaded: the new helper is what ran
+    mid = source_digest(spec)
+
+    (d / "localpkg16" / "util.py").write_text("SHIFT = 5\n")  # a module of a package beside it
+    assert source_digest(spec) != mid
+    assert mrbench.evaluate("mrbench-synth-tiny", spec, **kw).data["cache"]["hits"] == 0
+    assert sys.modules["localpkg16.util"].SHIFT == 5
+
+    from mrbench.encoders.registry import local_sources
+
+    assert [rel for rel, _ in local_sources(d / "enc.py")] == ["helper16.py", "localpkg16/__init__.py",
+                                                              "localpkg16/util.py"]
+
+
+def test_file_encoder_source_digest_scope(tmp_path, monkeypatch, drop_tmp_modules):
+    """The local modules are those under the file's directory, or under its top package directory
+    when the file sits in a package; modules elsewhere (site-packages, mrbench, another directory)
+    are not hashed, and a file without local imports keeps the file-only digest (existing caches
+    stay valid)."""
+    import hashlib
+
+    from mrbench.encoders.registry import get_encoder, local_sources, source_digest
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "enc.py").write_text(_LOCAL_ENC.replace("import {helper}\n", "").replace(
+        "from {pkg} import util\n", "").replace("{helper}.SCALE * util.SHIFT", "1"))
+    spec = f"{plain / 'enc.py'}:Enc"
+    get_encoder(spec)
+    assert local_sources(plain / "enc.py") == []
+    assert source_digest(spec) == hashlib.sha256((plain / "enc.py").read_bytes()).hexdigest()[:12]
+
+    # proj/top16/sub/enc.py in a package: a module of the top package is local, one of proj/ is not
+    proj = tmp_path / "proj"
+    (proj / "top16" / "sub").mkdir(parents=True)
+    (proj / "top16" / "__init__.py").write_text("")
+    (proj / "top16" / "sub" / "__init__.py").write_text("")
+    (proj / "top16" / "common.py").write_text("SCALE = 1\n")
+    (proj / "outside16.py").write_text("SHIFT = 1\n")
+    (proj / "top16" / "sub" / "enc.py").write_text(
+        _LOCAL_ENC.replace("import {helper}", "from top16 import common as {helper}").format(
+            helper="common", pkg="outside16").replace("from outside16 import util", "import outside16 as util"))
+    monkeypatch.syspath_prepend(str(proj))
+    pspec = f"{proj / 'top16' / 'sub' / 'enc.py'}:Enc"
+    get_encoder(pspec)
+    rels = [rel for rel, _ in local_sources(proj / "top16" / "sub" / "enc.py")]
+    assert rels == ["__init__.py", "common.py"]
+    before = source_digest(pspec)
+    (proj / "outside16.py").write_text("SHIFT = 2\n")
+    assert source_digest(pspec) == before
+    (proj / "top16" / "common.py").write_text("SCALE = 2\n")
+    assert source_digest(pspec) != before
+    assert all(not r.startswith(("mrbench/", "numpy/")) for r in rels)
+
+
+def test_encoder_kwargs_are_in_the_cache_key(tmp_path):
+    """A checkpoint passed by path as an encoder kwarg is part of the cache namespace (a different
+    path, a different cache); its content is not, which is why the README asks for a revision bump."""
+    from mrbench.pipeline import open_cache
+
+    a = open_cache("x.py:Enc", "v1", {"ckpt": "/m/a.pt"}, tmp_path)
+    b = open_cache("x.py:Enc", "v1", {"ckpt": "/m/b.pt"}, tmp_path)
+    c = open_cache("x.py:Enc", "v2", {"ckpt": "/m/a.pt"}, tmp_path)
+    assert len({a.namespace, b.namespace, c.namespace}) == 3

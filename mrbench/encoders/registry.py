@@ -222,16 +222,92 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
 
 
 def source_digest(name: str) -> str | None:
-    """sha256 (12 hex) of the Python file of a ``path/to/file.py:Class`` encoder, ``None`` for any
+    """sha256 (12 hex) of the Python source of a ``path/to/file.py:Class`` encoder, ``None`` for any
     other name. The embedding cache keys such an encoder by it too, so that editing the file (a
-    script being developed) never silently reuses the embeddings of its previous version."""
+    script being developed) never silently reuses the embeddings of its previous version.
+
+    The source is the file itself plus every module it brought in from its own directory tree (see
+    :func:`local_sources`): the modules in ``sys.modules`` whose file lies under the encoder file's
+    directory — or under its top package directory when that directory is a package — outside
+    site-packages, the Python installation and mrbench itself, hashed in the order of their relative
+    paths. Call it after the encoder was loaded (``get_encoder``), as ``evaluate`` does: before that,
+    only the file itself is seen. A file with no such module hashes as the file alone. Files the
+    encoder reads while it runs (a checkpoint loaded by path) cannot be seen: bump ``meta.revision``
+    when they change."""
     left, _, _ = name.rpartition(":")
     if not left.endswith(".py"):
         return None
     try:
-        return hashlib.sha256(Path(left).expanduser().read_bytes()).hexdigest()[:12]
+        path = Path(left).expanduser().resolve()
+        own = path.read_bytes()
     except OSError:
         return None
+    sources = local_sources(path)
+    if not sources:  # the digest of the file alone (what earlier versions keyed the cache by)
+        return hashlib.sha256(own).hexdigest()[:12]
+    h = hashlib.sha256()
+    for rel, data in [(path.relative_to(_source_root(path)).as_posix(), own)] + sources:
+        h.update(rel.encode() + b"\x00" + hashlib.sha256(data).digest())
+    digest = h.hexdigest()[:12]
+    # the reload check of _load_from_file also watches what was imported after the file was loaded
+    loaded = _LOADED_SOURCES.get(_file_module_name(path))
+    if loaded is not None:
+        for rel, data in sources:
+            loaded.setdefault(str(_source_root(path) / rel), hashlib.sha256(data).hexdigest())
+    return digest
+
+
+_LOADED_SOURCES: dict[str, dict[str, str]] = {}
+"""Per loaded ``file.py`` module name: ``{absolute path: sha256}`` of the sources it was loaded from."""
+
+
+def _source_root(path: Path) -> Path:
+    """The directory whose tree holds the local modules of the encoder file ``path`` (resolved):
+    its directory, or the top package directory above it when that directory is a package."""
+    root = path.parent
+    if (root / "__init__.py").is_file():
+        while (root.parent / "__init__.py").is_file() and root.parent != root:
+            root = root.parent
+    return root
+
+
+def _excluded_dirs() -> list[Path]:
+    import mrbench
+
+    out = {Path(mrbench.__file__).resolve().parent}
+    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        if p:
+            out.add(Path(p).resolve())
+    return sorted(out)
+
+
+def local_sources(path: str | Path) -> list[tuple[str, bytes]]:
+    """``[(relative path, bytes)]`` of the modules now in ``sys.modules`` that come from the directory
+    tree of the encoder file ``path`` (see :func:`source_digest`), sorted by relative path; the file
+    itself, other loaded ``file.py`` encoders, and modules under site-packages, the Python
+    installation or the mrbench package are left out."""
+    path = Path(path).expanduser().resolve()
+    root = _source_root(path)
+    excluded = _excluded_dirs()
+    seen: dict[str, bytes] = {}
+    for mod_name, module in list(sys.modules.items()):
+        f = getattr(module, "__file__", None)
+        if not isinstance(f, str) or mod_name.startswith(_FILE_MODULE_PREFIX) or _skip_fast(f):
+            continue
+        fp = _resolve(f)
+        if fp is None or fp == path or _skip_fast(str(fp)) or not fp.is_relative_to(root):
+            continue
+        rel = fp.relative_to(root)
+        if any(fp.is_relative_to(d) and not root.is_relative_to(d) for d in excluded):
+            continue
+        key = rel.as_posix()
+        if key in seen:
+            continue
+        try:
+            seen[key] = fp.read_bytes()
+        except OSError:
+            continue
+    return sorted(seen.items())
 
 
 def _unknown(name: str, eps: dict[str, Any]) -> UnknownNameError:
@@ -305,9 +381,18 @@ def _load_from_file(path: Path, attr: str, *, label: str) -> Any:
     if not path.is_file():
         raise EncoderError(f"encoder {label!r}: file {str(path)!r} not found")
     resolved = path.resolve()
-    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
-    mod_name = f"mrbench_user_{re.sub(r'[^0-9A-Za-z_]', '_', resolved.stem)}_{digest}"
+    mod_name = _file_module_name(resolved)
     module = sys.modules.get(mod_name)
+    if module is not None and _sources_changed(mod_name):
+        # edited since it was loaded in this process: load it (and its local modules) again, so
+        # that the code that runs is the code source_digest keys the cache by
+        stale = set(_LOADED_SOURCES.pop(mod_name, {}))
+        for other, m in list(sys.modules.items()):
+            f = getattr(m, "__file__", None)
+            if isinstance(f, str) and not _skip_fast(f) and str(_resolve(f)) in stale:
+                sys.modules.pop(other, None)
+        sys.modules.pop(mod_name, None)
+        module = None
     if module is None:
         spec = importlib.util.spec_from_file_location(mod_name, resolved)
         if spec is None or spec.loader is None:
@@ -322,7 +407,47 @@ def _load_from_file(path: Path, attr: str, *, label: str) -> Any:
             raise EncoderError(
                 f"encoder {label!r}: loading {str(path)!r} failed with {type(e).__name__}{where}: {_one_line(e)}"
             ) from None
+        root = _source_root(resolved)
+        try:
+            own = {str(resolved): hashlib.sha256(resolved.read_bytes()).hexdigest()}
+        except OSError:
+            own = {}
+        _LOADED_SOURCES[mod_name] = own | {
+            str(root / rel): hashlib.sha256(data).hexdigest() for rel, data in local_sources(resolved)
+        }
     return _getattr_path(module, attr, where=str(path), label=label)
+
+
+_FILE_MODULE_PREFIX = "mrbench_user_"
+
+
+def _file_module_name(resolved: Path) -> str:
+    """The ``sys.modules`` name a ``file.py`` encoder is loaded under (one per resolved path)."""
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return f"{_FILE_MODULE_PREFIX}{re.sub(r'[^0-9A-Za-z_]', '_', resolved.stem)}_{digest}"
+
+
+def _sources_changed(mod_name: str) -> bool:
+    """Whether a source the ``file.py`` module ``mod_name`` was loaded from differs on disk now."""
+    for f, sha in _LOADED_SOURCES.get(mod_name, {}).items():
+        try:
+            if hashlib.sha256(Path(f).read_bytes()).hexdigest() != sha:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _skip_fast(f: str) -> bool:
+    """A cheap string test that ``f`` is an installed module's file (never a local one)."""
+    return "site-packages" in f or "dist-packages" in f
+
+
+def _resolve(f: str) -> Path | None:
+    try:
+        return Path(f).resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _load_entry_point(ep: Any, label: str) -> Any:
