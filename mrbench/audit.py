@@ -299,7 +299,7 @@ def audit(
     ekw = encoder_kwargs or {}
 
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark)
-    _check_names([blind, *against_l])
+    _check_names([blind, *against_l], ["--blind", *["--against"] * len(against_l)])
     has_text = {(t.name, q.id): bool(q.text) for t in bench.tasks for q in t.queries}
 
     run = dict(bench=bench, ks=ks_t, cache=cache, cache_dir=cache_dir, progress=progress, encoder_kwargs=ekw)
@@ -384,15 +384,37 @@ def audit(
     )
 
 
-def _check_names(specs: Sequence[Any]) -> None:
+def _check_names(specs: Sequence[Any], options: Sequence[str] | None = None) -> None:
     """Fail fast (before any encoding) on a bare encoder name that is not registered: resolving an
-    unknown name raises the registry's "did you mean" error without loading anything."""
+    unknown name raises the registry's "did you mean" error without loading anything. A path-like
+    value (a ``Path``, an existing file or directory that is not a registered name, or a string with
+    a path separator and no ``:``) that is not a results directory gets a one-line error saying so;
+    ``options`` names each spec's option (``--blind``, ``--against``) in that error."""
+    import os
+
     from mrbench.encoders.registry import get_encoder, list_encoders
 
     known = {s.name for s in list_encoders()}
-    for spec in specs:
-        if isinstance(spec, str) and ":" not in spec and not _is_results_path(spec) and spec not in known:
-            get_encoder(spec)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, (str, Path)) or _is_results_path(spec):
+            continue
+        s = str(spec)
+        seps = {"/", os.sep, *([os.altsep] if os.altsep else [])}
+        path_like = isinstance(spec, Path) or (":" not in s and s not in known
+                                               and (any(c in s for c in seps) or Path(s).exists()))
+        if path_like:
+            p = Path(s)
+            pre = f"{options[i]}: " if options is not None else ""
+            if p.is_dir():
+                raise MrbenchError(f"{pre}{s} has no results.json; pass a directory written by "
+                                   "'mrbench evaluate --output', or an encoder name (see 'mrbench encoders')")
+            if p.exists():
+                raise MrbenchError(f"{pre}{s} is not a results directory or a results .json file; pass a directory written "
+                                   "by 'mrbench evaluate --output', or an encoder name (see 'mrbench encoders')")
+            raise MrbenchError(f"{pre}no results directory at {s}; pass a directory written by "
+                               "'mrbench evaluate --output', or an encoder name (see 'mrbench encoders')")
+        if ":" not in s and s not in known:
+            get_encoder(s)
 
 
 def _bucket_labels() -> list[str]:

@@ -196,3 +196,23 @@ def test_tables_fit_80_columns_with_every_score_whole(tmp_path):
     lines = r.stdout.splitlines()
     assert max(len(ln) for ln in lines) <= 80 and "…" not in r.stdout
     assert sum("0." in ln for ln in lines) >= 8
+
+
+@pytest.mark.parametrize("which", ["missing", "missing-bare", "empty", "file"])
+def test_a_path_that_is_not_a_results_directory_says_so(tmp_path, monkeypatch, which):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "afile").write_text("")
+    value, opt, pattern = {
+        "missing": (str(tmp_path / "nonexistent"), "--blind", f"no results directory at {tmp_path / 'nonexistent'}"),
+        "missing-bare": ("out/random", "--against", "no results directory at out/random"),
+        "empty": ("emptydir", "--blind", "emptydir has no results.json"),
+        "file": ("afile", "--against", "afile is not a results directory"),
+    }[which]
+    args = ["-b", TINY, "--against", "oracle", "--no-cache", "-q"]
+    args = [*args, opt, value] if opt == "--blind" else [*args[:2], "--against", value, *args[4:]]
+    r = CliRunner().invoke(_app(), args)
+    assert r.exit_code != 0, r.output
+    err = r.stderr.strip()
+    assert err.startswith(f"error: {opt}: ") and "\n" not in err and "unknown encoder" not in err, err
+    assert pattern in err, err
