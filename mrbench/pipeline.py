@@ -134,23 +134,21 @@ def resolve_encoder(encoder: Any, encoder_kwargs: dict[str, Any] | None = None) 
     """``(encoder object, spec)`` from a registry name (built with ``encoder_kwargs``) or an object
     implementing the Encoder protocol (its spec is its metadata name); one-line
     :class:`~mrbench.errors.EncoderError` for anything else."""
-    from mrbench.encoders.base import Encoder
-    from mrbench.encoders.registry import get_encoder
+    from mrbench.encoders.registry import get_encoder, protocol_problem
+    from mrbench.errors import EncoderError
 
     if isinstance(encoder, str):
         return get_encoder(encoder, **(encoder_kwargs or {})), encoder
-    spec = getattr(getattr(encoder, "meta", None), "name", type(encoder).__name__)
+    problem = protocol_problem(encoder)  # the check a name or file spec's object gets (a dict meta: no raw AttributeError)
+    if problem is not None:
+        raise EncoderError(f"{type(encoder).__name__}: does not implement the Encoder protocol: {problem}; give it "
+                           ".meta = EncoderMeta(name=..., ...) (mrbench.encoders.base) and .encode(items, *, role, task)")
+    spec = encoder.meta.name
     if encoder_kwargs:  # the instance is already built: they would be recorded (and key the cache) unused
-        from mrbench.errors import EncoderError
-
         raise EncoderError(
             f"encoder_kwargs {sorted(encoder_kwargs)} given with an encoder instance ({type(encoder).__name__}); "
             "encoder_kwargs apply to a name or file spec (e.g. 'random', 'my_encoder.py:MyEncoder'): pass the "
             "arguments to the instance's constructor instead, or drop encoder_kwargs")
-    if not isinstance(encoder, Encoder):
-        from mrbench.errors import EncoderError
-
-        raise EncoderError(f"{type(encoder).__name__}: does not implement the Encoder protocol (needs .meta: EncoderMeta and .encode(items, *, role, task))")
     return encoder, spec
 
 

@@ -416,3 +416,27 @@ def test_encoder_kwargs_with_an_instance_are_refused():
     assert "\n" not in str(ei.value) and calls == []
     res = mrbench.evaluate(TINY, Inst(), encoder_kwargs={}, tasks=["t2i"], cache=False, grain_sensitivity=False)
     assert res.data["encoder"]["kwargs"] == {}  # an empty dict is no kwargs
+
+
+@pytest.mark.parametrize("meta, what", [
+    ({"name": "metadict", "dim": 4}, "'meta' is a dict, not mrbench.encoders.base.EncoderMeta"),
+    ("simple", "'meta' is a SimpleNamespace, not mrbench.encoders.base.EncoderMeta"),
+    (None, "no 'meta' attribute"),
+])
+def test_an_instance_whose_meta_is_not_an_encoder_meta_fails_with_one_line(meta, what):
+    """A dict or SimpleNamespace meta crashed with a raw AttributeError (meta.dim, meta.name)."""
+    from types import SimpleNamespace
+
+    class Odd:
+        def encode(self, items, *, role, task):
+            return np.ones((len(items), 4), np.float32)
+
+    enc = Odd()
+    if meta == "simple":
+        enc.meta = SimpleNamespace(dim=4, similarity="cosine")
+    elif meta is not None:
+        enc.meta = meta
+    with pytest.raises(EncoderError, match="does not implement the Encoder protocol") as ei:
+        mrbench.evaluate(TINY, enc, cache=False, grain_sensitivity=False)
+    msg = str(ei.value)
+    assert what in msg and "EncoderMeta(name=" in msg and "\n" not in msg
