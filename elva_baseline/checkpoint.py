@@ -423,6 +423,71 @@ def export_compact(source: str | os.PathLike[str], destination: str | os.PathLik
                            overwrite=overwrite, sparse_rows={"clip.token_embedding.weight": sorted(ids)})
 
 
+# --------------------------------------------------------------------------------------------------
+# recovery of a checkpoint whose replacement was cut short
+
+
+def _leftovers(dest: Path) -> tuple[list[Path], list[Path]]:
+    """The ``.NAME.staging-*`` and ``.NAME.old-*`` directories :func:`mrbench.data.io.atomic_dir`
+    leaves next to ``dest`` when it is killed, newest first."""
+    def newest_first(pattern: str) -> list[Path]:
+        found = [p for p in dest.parent.glob(pattern) if p.is_dir() and not p.is_symlink()]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    return newest_first(f".{dest.name}.staging-*"), newest_first(f".{dest.name}.old-*")
+
+
+def is_complete_resume_point(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds a whole checkpoint to resume from: its ``trainer_state.json`` is
+    valid JSON whose recorded ``optimizer.safetensors`` sha256 matches, and either an elva checkpoint
+    (config.json checked by :func:`read_config`, weights matching their recorded sha256) or a
+    generative-regime adapter (its ``elva_generative.json`` is valid JSON). What the save writes last
+    (config.json, resp. trainer_state.json) is thus present: a save killed midway is not complete."""
+    d = Path(directory)
+    try:
+        state = json.loads((d / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            return False
+        if state.get("optimizer") is not None and file_sha256(d / OPTIMIZER_FILE) != state.get("optimizer_sha256"):
+            return False
+        if _is_checkpoint_dir(d):
+            cfg = read_config(d)
+            return file_sha256(d / str(cfg.get("weights") or WEIGHTS_FILE)) == cfg["weights_sha256"]
+        from elva_baseline.generative_policy import CONFIG_NAME
+
+        return isinstance(json.loads((d / CONFIG_NAME).read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError, CheckpointError):
+        return False
+
+
+def recover_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
+    """Repair what a kill during a checkpoint's replacement left at ``path`` (e.g. a run's ``last/``).
+
+    :func:`mrbench.data.io.atomic_dir` swaps a checkpoint in with two renames (``path`` →
+    ``.NAME.old-*``, then ``.NAME.staging-*`` → ``path``); killed between them, ``path`` is missing
+    although both checkpoints are on disk. When ``path`` is missing, the newest complete
+    (:func:`is_complete_resume_point`) staging directory — else the newest complete old one — is
+    renamed to ``path`` and returned. Once ``path`` exists, the leftover staging/old directories
+    next to it (of completed swaps, or saves killed midway) are removed. Returns ``None`` when
+    nothing was recovered. Call it only while no save to ``path`` is under way."""
+    import shutil
+
+    dest = Path(path)
+    staging, old = _leftovers(dest)
+    recovered = None
+    if not dest.exists():
+        for cand in staging + old:
+            if is_complete_resume_point(cand):
+                os.replace(cand, dest)
+                recovered = cand
+                break
+    if dest.is_dir():
+        for p in staging + old:
+            if p != recovered:
+                shutil.rmtree(p, ignore_errors=True)
+    return recovered
+
+
 def load_trainer_state(
     directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, Any]:

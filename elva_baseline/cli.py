@@ -68,6 +68,14 @@ def run(
     import os
 
     main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only the main process reports
+    if resume and main:
+        from elva_baseline.checkpoint import recover_checkpoint_dir
+
+        last = output / "last"
+        src = recover_checkpoint_dir(last)  # a kill while last/ was being replaced leaves it beside last/
+        if src is not None:
+            typer.echo(f"{last} was missing (a checkpoint save was cut short while replacing it); restored it from "
+                       f"{src.name}", err=True)
     try:
         summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet and main, threads=threads)
     except KeyboardInterrupt:  # handle_errors prints the hint that fits what the run left

@@ -1,0 +1,106 @@
+"""`elva-train` under adverse conditions: a kill while last/ is replaced, a full disk, signals, bad
+arguments to plot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+TINY = [
+    "data.benchmark=mrbench-synth-tiny-train", "warmup.steps=8", "warmup.batch_size=8", "rl.steps=4",
+    "rl.queries_per_step=4", "rl.group_size=4", "eval.every=4", "checkpoint.every=3",
+    "sampling.n_hard=8", "sampling.n_random=8",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cli(*args: str):
+    from elva_baseline.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _sets(*extra: str) -> list[str]:
+    return [a for s in TINY + list(extra) for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warmup-only run stopped after 5 of 8 updates (last/ holds step 3), never modified: copy it."""
+    from elva_baseline.config import TrainConfig
+    from elva_baseline.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    cfg = TrainConfig().with_overrides(TINY + ['stages=["warmup"]'])
+    assert not Trainer(cfg, out, progress=False, stop_after=5).run()["final"]
+    return out
+
+
+def _copy_run(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. a kill between the two renames of a checkpoint swap
+
+
+def test_resume_recovers_last_from_a_swap_cut_short(interrupted_run: Path, tmp_path: Path) -> None:
+    """Killed between `last → .last.old-*` and `.last.staging-* → last`: --resume restores last/ from
+    the complete staging directory (one line), removes the leftovers and finishes the run."""
+    out = _copy_run(interrupted_run, tmp_path)
+    shutil.copytree(out / "last", out / ".last.old-0000aaaa")
+    os.replace(out / "last", out / ".last.staging-1111bbbb")
+    half = out / ".last.staging-2222cccc"  # a save killed midway: no config.json yet (newest, but not complete)
+    shutil.copytree(out / ".last.staging-1111bbbb", half)
+    (half / "config.json").unlink()
+    res = _cli("run", "-q", "-o", str(out), "--resume")
+    assert res.exit_code == 0, res.output
+    assert f"{out / 'last'} was missing" in res.output and "restored it from .last.staging-1111bbbb" in res.output
+    assert "warmup: 8 updates" in res.output
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_recover_checkpoint_dir_prefers_a_complete_staging_then_an_old_one(interrupted_run: Path, tmp_path: Path) -> None:
+    from elva_baseline.checkpoint import is_complete_resume_point, recover_checkpoint_dir
+
+    out = _copy_run(interrupted_run, tmp_path)
+    last = out / "last"
+    assert is_complete_resume_point(last)
+    assert recover_checkpoint_dir(last) is None  # nothing to do
+    # only an old one is complete (the staging's weights were cut short): the old one comes back
+    shutil.copytree(last, out / ".last.staging-0000aaaa")
+    with open(out / ".last.staging-0000aaaa" / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    os.replace(last, out / ".last.old-1111bbbb")
+    assert not is_complete_resume_point(out / ".last.staging-0000aaaa")
+    assert recover_checkpoint_dir(last) == out / ".last.old-1111bbbb"
+    assert is_complete_resume_point(last)
+    assert not list(out.glob(".last.*"))
+    # nothing complete: nothing is recovered, nothing is removed
+    os.replace(last, out / ".last.staging-2222cccc")
+    (out / ".last.staging-2222cccc" / "trainer_state.json").unlink()
+    assert recover_checkpoint_dir(last) is None and not last.exists()
+    assert (out / ".last.staging-2222cccc").is_dir()
+    # last/ in place: leftovers of completed swaps are removed, other names are left alone
+    shutil.copytree(interrupted_run / "last", last)
+    (out / ".final.old-3333dddd").mkdir()
+    assert recover_checkpoint_dir(last) is None
+    assert [p.name for p in out.glob(".*")] == [".final.old-3333dddd"]
