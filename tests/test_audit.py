@@ -216,3 +216,17 @@ def test_a_path_that_is_not_a_results_directory_says_so(tmp_path, monkeypatch, w
     err = r.stderr.strip()
     assert err.startswith(f"error: {opt}: ") and "\n" not in err and "unknown encoder" not in err, err
     assert pattern in err, err
+
+
+def test_an_existing_output_file_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "audit.json"
+    out.write_text("keep me\n")
+    args = ["-b", TINY, "--blind", "constant", "--against", "oracle", "--no-cache", "-q", "-o", str(out)]
+    r = CliRunner().invoke(_app(), args)
+    assert r.exit_code != 0, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--overwrite" in err and str(out) in err, err
+    assert out.read_text() == "keep me\n"
+    r = CliRunner().invoke(_app(), [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["blind"]["label"] == "constant"

@@ -27,6 +27,7 @@ def audit_cmd(
         float, typer.Option("--threshold", help="Warn where blind hit@k ≥ threshold × the best multimodal hit@k.")
     ] = 0.8,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the audit as JSON to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
     encoder_kwargs: Annotated[
         Optional[str], typer.Option("--encoder-kwargs", help="JSON object {encoder name: {constructor kwargs}}, "
                                     "e.g. '{\"contrastive-tiny\": {\"batch_size\": 64}}'.")
@@ -42,7 +43,7 @@ def audit_cmd(
     """
     from mrbench.audit import audit
     from mrbench.cli.common import stdout_console
-    from mrbench.errors import MrbenchError
+    from mrbench.errors import MrbenchError, OutputExistsError
     from mrbench.report.progress import NullReporter, RichReporter
 
     kw = parse_json_kwargs(encoder_kwargs)
@@ -50,6 +51,8 @@ def audit_cmd(
         raise MrbenchError("--encoder-kwargs: expected {encoder name: {kwargs}}, e.g. '{\"contrastive-tiny\": {\"batch_size\": 64}}'")
     if output is not None and output.is_dir():
         raise MrbenchError(f"--output {output}: is a directory; give a JSON file path such as {output / 'audit.json'}")
+    if output is not None and output.exists() and not overwrite:
+        raise OutputExistsError(f"--output {output}: already exists; pass --overwrite to replace it or choose another path")
     if output is not None:
         check_writable_file(output)  # before the audit's encoding, not after
     console = stdout_console()
