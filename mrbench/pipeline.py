@@ -31,17 +31,37 @@ from mrbench.report.results import EvaluationResult
 _log = logging.getLogger("mrbench")
 
 
-def _parse_ks(ks: Sequence[int] | str) -> tuple[int, ...]:
+def _parse_ks(ks: Sequence[int] | int | str) -> tuple[int, ...]:
+    """``ks`` (a list, one int, or ``"1,5,10"``) as sorted distinct positive ints; one line otherwise."""
+    import numbers
+
     if isinstance(ks, str):
         try:
             vals = [int(x) for x in ks.replace(" ", "").split(",") if x]
         except ValueError:
             raise MrbenchError(f"--k {ks!r}: expected comma-separated positive integers such as 1,5,10") from None
+    elif isinstance(ks, numbers.Integral) and not isinstance(ks, bool):
+        vals = [int(ks)]
     else:
-        vals = [int(x) for x in ks]
+        try:
+            vals = [int(x) for x in ks]
+        except (TypeError, ValueError):
+            raise MrbenchError(f"ks {ks!r}: expected positive integers such as 5, (1, 5, 10) or '1,5,10'") from None
     if not vals or any(k < 1 for k in vals):
         raise MrbenchError(f"--k {ks!r}: expected comma-separated positive integers such as 1,5,10")
     return tuple(sorted(set(vals)))
+
+
+def _parse_tasks(tasks: Sequence[str] | str | None) -> list[str] | None:
+    """``tasks`` as a list of names: a list as given, one name, or comma-separated names (``"t2i,i2t"``,
+    as ``--tasks`` takes them); ``None`` (all) as is."""
+    if not isinstance(tasks, str):
+        return None if tasks is None else list(tasks)
+    names = [n.strip() for n in tasks.split(",") if n.strip()]
+    if not names:
+        raise MrbenchError(f"tasks {tasks!r}: no task name in it; pass a name, comma-separated names such as 't2i,i2t', "
+                           "a list, or None for all tasks")
+    return names
 
 
 def _check_output(output: Path | None, overwrite: bool) -> None:
@@ -193,8 +213,8 @@ def evaluate(
     encoder: Any = "random",
     *,
     encoder_kwargs: dict[str, Any] | None = None,
-    tasks: Sequence[str] | None = None,
-    ks: Sequence[int] | str = (1, 5, 10),
+    tasks: Sequence[str] | str | None = None,
+    ks: Sequence[int] | int | str = (1, 5, 10),
     depth: int = 100,
     output: str | Path | None = None,
     overwrite: bool = False,
@@ -218,8 +238,8 @@ def evaluate(
         encoder: a registry name (``"random"``, ``"oracle"``, ``"pkg.mod:Class"``,
             ``"file.py:Class"``, ``"family:spec"``) or an object implementing the Encoder protocol.
         encoder_kwargs: keyword arguments for the encoder's constructor (recorded in the results).
-        tasks: subset of task names (default: all).
-        ks: cutoffs for hit@k, recall@k, mrr@k, ndcg@k (list or ``"1,5,10"``).
+        tasks: subset of task names (default: all): a list, one name or ``"t2i,i2t"``.
+        ks: cutoffs for hit@k, recall@k, mrr@k, ndcg@k (list, one int or ``"1,5,10"``).
         depth: length of the ranked lists written to the run files (≥ max k).
         output: directory for results.json, runs/, per_query.parquet and grains.png; refused if it
             already holds files unless ``overwrite``. Written atomically.
@@ -269,6 +289,7 @@ def evaluate(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     ks_t = _parse_ks(ks)
+    tasks = _parse_tasks(tasks)  # (a string was iterated character by character)
     from mrbench.encoders.harness import check_worker_kind, check_workers
 
     check_worker_kind(decode)

@@ -440,3 +440,23 @@ def test_an_instance_whose_meta_is_not_an_encoder_meta_fails_with_one_line(meta,
         mrbench.evaluate(TINY, enc, cache=False, grain_sensitivity=False)
     msg = str(ei.value)
     assert what in msg and "EncoderMeta(name=" in msg and "\n" not in msg
+
+
+def test_ks_may_be_one_int_and_tasks_one_name_or_comma_separated_names():
+    """ks=5 raised TypeError; tasks="t2i" was iterated character by character."""
+    one = mrbench.evaluate(TINY, "random", ks=5, depth=10, tasks="t2i", cache=False, grain_sensitivity=False)
+    assert one.data["settings"]["ks"] == [5] and list(one.scores["tasks"]) == ["t2i"]
+    listed = mrbench.evaluate(TINY, "random", ks=[5], depth=10, tasks=["t2i"], cache=False, grain_sensitivity=False)
+    assert one.scores == listed.scores
+    two = mrbench.evaluate(TINY, "random", ks=(1, 5), tasks=" t2i, i2t ", cache=False, grain_sensitivity=False)
+    assert list(two.scores["tasks"]) == ["t2i", "i2t"]
+    for bad_tasks in ("", " , "):
+        with pytest.raises(MrbenchError, match="no task name in it") as ei:
+            mrbench.evaluate(TINY, "random", tasks=bad_tasks, cache=False)
+        assert "\n" not in str(ei.value)
+    with pytest.raises(MrbenchError, match="'t2i' given twice"):
+        mrbench.evaluate(TINY, "random", tasks="t2i,t2i", cache=False)
+    for bad_ks in (0, -1, 2.5, None, True):
+        with pytest.raises(MrbenchError, match="positive integers") as ei:
+            mrbench.evaluate(TINY, "random", ks=bad_ks, cache=False)
+        assert "\n" not in str(ei.value)
