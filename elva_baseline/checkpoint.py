@@ -28,9 +28,12 @@ tensor whose shape differs from the architecture's.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +98,24 @@ def _is_checkpoint_dir(path: Path) -> bool:
         return json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Turn a failed write into one :class:`CheckpointError` naming the checkpoint ``out`` (safetensors
+    raises its own ``SafetensorError``, e.g. on a full disk, which no command line would catch)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        reason = (str(getattr(e, "strerror", None) or e).strip().splitlines() or [type(e).__name__])[0]
+        full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in reason.lower()
+        how = ("free disk space, then re-run with --resume to continue from the last complete checkpoint"
+               if full else f"check that {out.parent} is writable, then re-run (with --resume to continue a training run)")
+        raise CheckpointError(f"cannot write checkpoint {out} ({reason}); {how}") from e
 
 
 def _state_tensors(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -163,7 +184,7 @@ def save_checkpoint(
         tensors[f"{name}.rows"] = idx.contiguous()
         tensors[f"{name}.values"] = full[idx].contiguous()
         sparse[name] = {"shape": list(full.shape), "fill": 0.0}
-    with atomic_dir(out, overwrite=True) as tmp:
+    with _writing(out), atomic_dir(out, overwrite=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         cfg = {
             "format": FORMAT,
@@ -191,12 +212,22 @@ def write_trainer_state(directory: str | os.PathLike[str], optimizer: torch.opti
 
     d = Path(directory)
     state: dict[str, Any] = {"step": int(step), "stage": stage, "extra": extra}
-    if optimizer is not None:
-        tensors, meta = _flatten_optimizer(optimizer)
-        save_file(tensors, str(d / OPTIMIZER_FILE), metadata={"format": "pt"})
-        state["optimizer"] = meta
-        state["optimizer_sha256"] = file_sha256(d / OPTIMIZER_FILE)
-    (d / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    with _writing(_destination(d)):
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            save_file(tensors, str(d / OPTIMIZER_FILE), metadata={"format": "pt"})
+            state["optimizer"] = meta
+            state["optimizer_sha256"] = file_sha256(d / OPTIMIZER_FILE)
+        (d / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _destination(d: Path) -> Path:
+    """The checkpoint a staging directory of :func:`mrbench.data.io.atomic_dir` (``.NAME.staging-*``)
+    becomes; any other directory is itself."""
+    import re
+
+    m = re.fullmatch(r"\.(.+)\.staging-[0-9a-f]+", d.name)
+    return d.with_name(m.group(1)) if m else d
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

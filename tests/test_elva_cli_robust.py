@@ -104,3 +104,50 @@ def test_recover_checkpoint_dir_prefers_a_complete_staging_then_an_old_one(inter
     (out / ".final.old-3333dddd").mkdir()
     assert recover_checkpoint_dir(last) is None
     assert [p.name for p in out.glob(".*")] == [".final.old-3333dddd"]
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. a full disk during a save
+
+
+def _disk_full(*a, **k):
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
+                          'on device" })')
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
+    out = tmp_path / "run"
+    res = _cli("run", "-q", "-o", str(out), "--stages", "warmup", *_sets())
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert lines[0] == (f"error: cannot write checkpoint {out / 'last'} (Error while serializing: IoError(Os {{ code: 28, "
+                        'kind: StorageFull, message: "No space left on device" })); free disk space, then re-run with '
+                        "--resume to continue from the last complete checkpoint")
+    assert not list(out.glob(".last.*"))  # the staging directory is gone
+
+
+def test_a_failed_trainer_state_write_names_the_checkpoint_not_its_staging_dir(tmp_path: Path, monkeypatch) -> None:
+    import safetensors.torch
+    import torch
+
+    from elva_baseline.checkpoint import CheckpointError, write_trainer_state
+
+    monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
+    staging = tmp_path / ".last.staging-0123abcd"
+    staging.mkdir()
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.AdamW([p])
+    p.grad = torch.ones(2)
+    opt.step()
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint {tmp_path / 'last'} .*free disk space"):
+        write_trainer_state(staging, opt, step=1, stage="rl")
+    monkeypatch.undo()
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(CheckpointError, match="check that .* is writable"):
+        write_trainer_state(tmp_path / "ro" / "missing", None, step=1, stage="rl")
