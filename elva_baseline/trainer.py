@@ -26,10 +26,9 @@ Outputs in ``output/``: ``train_log.jsonl`` (one record per update and per evalu
 Resume (``--resume``) continues from ``last/``: the log is first cut back to that checkpoint's step
 (:func:`~elva_baseline.trainlog.rewind_log`, atomically), since the updates logged after it are redone,
 so every step is logged once. The redone updates are those an uninterrupted run makes: warmup goes on
-with the batch it would have taken next, and the RL stage restores its samplers from the checkpoint.
-One exception: the RL candidate pools (unless ``rl.fresh_candidates``) are re-embedded at the resumed
-step, so a resume from a step that is not a multiple of ``rl.refresh_every`` scores candidates with
-fresher embeddings until the next refresh than an uninterrupted run would.
+with the batch it would have taken next, and the RL stage restores its samplers from the checkpoint,
+and, for a checkpoint at a step that is not a multiple of ``rl.refresh_every``, the candidate pools'
+embeddings of the last refresh (stored with the checkpoint's trainer state).
 """
 
 from __future__ import annotations
@@ -76,6 +75,34 @@ def _rng_states(gen: Any, rng: random.Random) -> dict[str, Any]:
     version, internal, gauss = rng.getstate()
     return {"torch": base64.b64encode(bytes(gen.get_state().tolist())).decode("ascii"),
             "python": [version, list(internal), gauss]}
+
+
+def _pool_state(pools: dict[str, Any], step: int) -> dict[str, Any]:
+    """The RL candidate pools' embeddings (float32, exact) and the step they were computed at, JSON-able,
+    for a checkpoint between two refreshes to resume them from."""
+    import base64
+
+    import torch
+
+    return {"step": int(step), "pools": {
+        name: {"shape": list(t.shape),
+               "data": base64.b64encode(t.detach().to("cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+               .decode("ascii")}
+        for name, t in pools.items()}}
+
+
+def _load_pool_state(saved: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Restore what :func:`_pool_state` saved: ``(pools, refresh step)``."""
+    import base64
+
+    import torch
+
+    try:
+        pools = {name: torch.frombuffer(bytearray(base64.b64decode(p["data"])), dtype=torch.float32)
+                 .reshape(p["shape"]).clone() for name, p in saved["pools"].items()}
+        return pools, int(saved["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise TrainingError(f"the checkpoint's RL candidate pools are damaged ({e}); start the run again with --overwrite") from None
 
 
 def _set_rng_states(gen: Any, rng: random.Random, saved: dict[str, Any]) -> None:
@@ -490,14 +517,25 @@ class Trainer:
             raise TrainingError(f"rl: no training queries in {self.cfg.data.benchmark}")
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        saved = None
+        saved, saved_pools = None, None
         if resume_dir is not None and step0 > 0:
-            saved = (load_trainer_state(resume_dir, opt).get("extra") or {}).get("rl_rng")
+            extra = load_trainer_state(resume_dir, opt).get("extra") or {}
+            saved, saved_pools = extra.get("rl_rng"), extra.get("rl_pools")
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step0)
         rng = random.Random(self.cfg.seed * 31 + step0)
         if saved:  # where the uninterrupted run's samplers stood (checkpoints of older versions: reseeded)
             _set_rng_states(gen, rng, saved)
         pools: dict[str, Any] = {}
+        pools_step = 0
+        if saved_pools and not cfg.fresh_candidates:  # the pools of the last refresh before the checkpoint
+            pools, pools_step = _load_pool_state(saved_pools)
+
+        def resume_state() -> dict[str, Any]:
+            state: dict[str, Any] = {"rl_rng": _rng_states(gen, rng)}
+            if pools and step % cfg.refresh_every != 0:  # at a refresh step, a resume re-embeds them anyway
+                state["rl_pools"] = _pool_state(pools, pools_step)
+            return state
+
         st: dict[str, Any] = {}
         if step0 == 0 and self.cfg.eval.every:  # where the stage starts, for the held-out curve
             self._record("rl", 0, {"eval": self.evaluate(model)})
@@ -510,6 +548,7 @@ class Trainer:
                 if not cfg.fresh_candidates and (step % cfg.refresh_every == 0 or not pools):
                     with torch.no_grad():
                         pools = {n: _embed_chunks(model, self.train_data.pool(n)) for n in tasks}
+                    pools_step = step
                 name = tasks[step % len(tasks)]
                 t = self.train_data.task(name)
                 sample = negs[name]
@@ -552,12 +591,12 @@ class Trainer:
                 final = step >= cfg.steps
                 ev = self._maybe_eval(model, "rl", step, final) or ev
                 if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and not final:
-                    self._save(model, "rl", step, opt, "last", {"rl_rng": _rng_states(gen, rng)})
+                    self._save(model, "rl", step, opt, "last", resume_state())
         finally:
             if bar is not None:
                 bar.stop()
         if step < cfg.steps:
-            self._save(model, "rl", step, opt, "last", {"rl_rng": _rng_states(gen, rng)})
+            self._save(model, "rl", step, opt, "last", resume_state())
             return StageResult("rl", step, time.perf_counter() - t_stage, self.out / "last", ev)
         ck = self._save(model, "rl", step, None, "rl")
         self._save(model, "rl", step, None, "final")

@@ -118,6 +118,38 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path: Path, monkeypatch: p
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+def test_resume_between_two_pool_refreshes_equals_the_uninterrupted_run(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RL checkpoint at step 3 with pools refreshed every 2 updates: the resumed run scores candidates
+    with the step-2 pool embeddings (saved with the checkpoint), as the uninterrupted run does."""
+    from elva_baseline import losses
+
+    cfg = ["rl.steps=5", "rl.refresh_every=2", "eval.every=0"]
+    train(_cfg(*cfg), tmp_path / "whole", progress=False)
+    real, calls = losses.grpo_loss, {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(losses, "grpo_loss", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(*cfg), out, progress=False)
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert (state["stage"], state["step"]) == ("rl", 3) and state["extra"]["rl_pools"]["step"] == 2
+    Trainer(_cfg(*cfg), out, progress=False, resume=True).run()
+
+    def untimed(d: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "time"} for r in read_log(d / "train_log.jsonl")]
+
+    assert untimed(out) == untimed(tmp_path / "whole")
+    assert (out / "final" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "final" / "model.safetensors").read_bytes()
+
+
 def test_nan_loss_stops_and_names_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
