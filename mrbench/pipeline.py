@@ -172,6 +172,84 @@ def resolve_encoder(encoder: Any, encoder_kwargs: dict[str, Any] | None = None) 
     return encoder, spec
 
 
+def check_encoder_spec(name: str, encoder_kwargs: dict[str, Any] | None = None) -> None:
+    """Check an encoder name or file spec as :func:`~mrbench.encoders.registry.get_encoder` resolves it
+    — the registry lookup, the pip extra, the module, entry point or ``file.py`` import, the kwargs
+    against the constructor's signature — without building the encoder (no model is loaded); the
+    same one-line :class:`~mrbench.errors.UnknownNameError` / :class:`~mrbench.errors.EncoderError`.
+    ``mrbench evaluate`` checks every ``-e`` so, before evaluating the first."""
+    import inspect
+
+    from mrbench.encoders import registry as reg
+    from mrbench.errors import EncoderError, UnknownNameError
+
+    kwargs = dict(encoder_kwargs or {})
+    if not isinstance(name, str) or not name.strip():
+        reg.get_encoder(name, **kwargs)  # (raises: an empty name is refused before anything is built)
+        return
+    label = name = name.strip()
+    entry = reg._REGISTRY.get(name)
+    if entry is not None:
+        if entry.family:
+            raise UnknownNameError(
+                f"{name!r} is an encoder family: pass '{name}:<spec>' (e.g. '{name}:ViT-B-32'), not the bare name")
+        reg._require_extra(entry.extra, name)
+        target = reg._load_target(entry.target, label=name, extra=entry.extra)
+    elif ":" not in name:
+        eps = reg._entry_points()
+        if name not in eps:
+            raise reg._unknown(name, eps)
+        target = reg._load_entry_point(eps[name], name)
+    else:
+        prefix, rest = name.split(":", 1)
+        if "spec" in kwargs and (prefix in reg._REGISTRY or prefix in reg._entry_points()):
+            raise EncoderError(f"encoder {name!r}: 'spec' comes from the name after ':'; do not pass it as a kwarg")
+        fam = reg._REGISTRY.get(prefix)
+        left, _, attr = name.rpartition(":")
+        if fam is not None:
+            if not fam.family:
+                raise UnknownNameError(f"{prefix!r} is a single encoder, not a family: pass {prefix!r} without ':{rest}'")
+            if not rest:
+                raise UnknownNameError(f"encoder family {prefix!r} needs a spec after ':' (e.g. '{prefix}:ViT-B-32')")
+            reg._require_extra(fam.extra, name)
+            target = reg._load_target(fam.target, label=name, extra=fam.extra)
+            kwargs = {"spec": rest, **kwargs}
+        elif left.endswith(".py"):
+            target = reg._load_from_file(Path(left).expanduser(), attr, label=name)
+        else:
+            if prefix == "py":
+                left, _, attr = rest.rpartition(":")
+                if not left:
+                    raise UnknownNameError(f"{name!r}: expected 'py:pkg.module:Class'")
+            eps = reg._entry_points()
+            if prefix != "py" and prefix in eps:
+                target = reg._load_entry_point(eps[prefix], name)
+                kwargs = {"spec": rest, **kwargs}
+            elif reg._IDENT_PATH.match(left) and reg._IDENT_PATH.match(attr):
+                target = reg._load_target(f"{left}:{attr}", label=name, extra=None, unknown_if_missing=True, eps=eps)
+            else:
+                raise reg._unknown(name, eps)
+    # what the registry's _build checks before it calls the target
+    if not inspect.isclass(target) and reg.protocol_problem(target) is None:
+        if kwargs:
+            raise EncoderError(
+                f"encoder {label!r} resolves to a ready instance; it takes no kwargs (got {', '.join(sorted(kwargs))})")
+        return
+    if not callable(target):
+        raise EncoderError(f"encoder {label!r}: target is a {type(target).__name__}, not a class, factory or encoder instance")
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        params = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise EncoderError(
+            f"encoder {label!r}: bad kwargs {sorted(kwargs)} ({reg._one_line(e)}); accepted: {', '.join(params) or 'none'}"
+        ) from None
+
+
 def _default_revision(meta: Any) -> bool:
     """Whether ``meta.revision`` is :class:`~mrbench.encoders.base.EncoderMeta`'s default (``"none"``):
     nothing then tells two instances of the same name apart, so an instance's embeddings are not cached."""

@@ -347,3 +347,62 @@ def test_evaluate_under_a_launcher_is_refused(tmp_path, world):
     assert not out.exists()
     r = runner.invoke(app, ["evaluate", "-b", TINY, "-q", "--no-sensitivity", "--tasks", "t2i"], env={"WORLD_SIZE": "1"})
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("second, kwargs, pattern", [
+    ("randon", None, "unknown encoder 'randon'"),
+    ("{tmp}/nofile.py:Enc", None, "nofile.py' not found"),
+    ("{tmp}/broken.py:Enc", None, "loading"),
+    ("{tmp}/ok.py:Nope", None, "has no attribute 'Nope'"),
+    ("openclip", None, "is an encoder family"),
+    ("constant", '{"seed": 3}', "--encoder-kwargs applies to every -e"),
+])
+def test_every_encoder_spec_is_checked_before_the_first_runs(tmp_path, monkeypatch, second, kwargs, pattern):
+    """With several -e, a bad second spec was found only after the first encoder had been evaluated
+    (and its results written); now every spec is resolved (without building it) before the first runs."""
+    import mrbench.pipeline
+
+    (tmp_path / "broken.py").write_text("import no_such_module_xyz\n")
+    (tmp_path / "ok.py").write_text("class Enc:\n    pass\n")
+    ran: list[object] = []
+    monkeypatch.setattr(mrbench.pipeline, "evaluate", lambda *a, **k: ran.append(a[1]))
+    out = tmp_path / "out"
+    args = ["evaluate", "-b", TINY, "-e", "random", "-e", second.format(tmp=tmp_path), "-o", str(out), "-q"]
+    r = invoke(*args, *(["--encoder-kwargs", kwargs] if kwargs else []))
+    one_line_error(r, pattern)
+    assert r.exit_code == 2 and ran == [] and not out.exists()
+
+
+def test_checking_a_spec_builds_nothing_and_agrees_with_the_registry(tmp_path, monkeypatch):
+    """check_encoder_spec resolves as get_encoder does (same errors) without calling the constructor."""
+    from mrbench.encoders.registry import get_encoder
+    from mrbench.errors import MrbenchError
+    from mrbench.pipeline import check_encoder_spec
+
+    (tmp_path / "counted.py").write_text(
+        "import numpy as np\nfrom mrbench.encoders.base import EncoderMeta\nBUILT = []\n"
+        "class Enc:\n    def __init__(self, dim=4):\n        BUILT.append(dim)\n"
+        "        self.meta = EncoderMeta(name='counted', revision='r', dim=dim, needs_pixels=False)\n"
+        "    def encode(self, items, *, role, task):\n        return np.ones((len(items), 4), np.float32)\n")
+    spec = f"{tmp_path}/counted.py:Enc"
+    check_encoder_spec(spec, {"dim": 4})
+    import sys
+
+    mod = next(m for n, m in sys.modules.items() if n.startswith("mrbench_user_counted"))
+    assert mod.BUILT == []
+    for name, kwargs in [("random", {}), ("random", {"dim": 8}), ("constant", {}), (spec, {})]:
+        check_encoder_spec(name, kwargs)
+        get_encoder(name, **kwargs)
+    for name, kwargs in [("randon", {}), ("random", {"nope": 1}), ("openclip", {}), ("random:x", {}), ("", {}),
+                         ("hf:", {}), (f"{tmp_path}/counted.py:Nope", {}), (spec, {"width": 2}), ("no_mod.x:Y", {})]:
+        with pytest.raises(MrbenchError) as checked:
+            check_encoder_spec(name, kwargs)
+        with pytest.raises(MrbenchError) as built:
+            get_encoder(name, **kwargs)
+        assert type(checked.value) is type(built.value) and str(checked.value) == str(built.value), name
+    assert mod.BUILT == [4]  # the one get_encoder(spec) above
+
+
+def test_encoder_kwargs_help_says_it_applies_to_every_encoder():
+    r = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "with several -e, to every one of them" in r.stdout

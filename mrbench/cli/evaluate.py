@@ -61,7 +61,8 @@ def evaluate(
     k: Annotated[str, typer.Option("--k", help="Cutoffs for hit@k (R@K), recall@k, mrr@k, ndcg@k.")] = "1,5,10",
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task names (default: all); only their files are read.")] = None,
     encoder_kwargs: Annotated[
-        Optional[str], typer.Option("--encoder-kwargs", help="JSON object passed to the encoder's constructor, e.g. '{\"dim\": 128}'.")
+        Optional[str], typer.Option("--encoder-kwargs", help="JSON object passed to the encoder's constructor, e.g. '{\"dim\": 128}'; "
+                                          "with several -e, to every one of them (run them separately to give each its own).")
     ] = None,
     depth: Annotated[int, typer.Option(help="Length of the ranked lists in the run files.")] = 100,
     batch_size: Annotated[Optional[int], typer.Option(help="Items per encoder call (default: the encoder's own).")] = None,
@@ -102,7 +103,7 @@ def evaluate(
     """
     from mrbench.cli.common import stdout_console
     from mrbench.errors import MrbenchError
-    from mrbench.pipeline import _check_output, evaluate as run
+    from mrbench.pipeline import _check_output, check_encoder_spec, evaluate as run
     from mrbench.report.progress import NullReporter, RichReporter
     from mrbench.report.tables import comparison_table, print_result
 
@@ -123,6 +124,14 @@ def evaluate(
             outs = [output / _slug(e) for e in encoders]
         for o in outs:
             _check_output(o, overwrite)
+    for e in encoders:  # every -e resolved (name, extra, module or file import, kwargs) before the first one runs
+        try:
+            check_encoder_spec(e, kwargs)
+        except MrbenchError as exc:
+            if len(encoders) > 1 and kwargs and "kwargs" in str(exc):
+                raise type(exc)(f"{exc} (--encoder-kwargs applies to every -e; run the encoders separately to give "
+                                "each its own)") from None
+            raise
     console = stdout_console()
     reporter = NullReporter() if quiet else RichReporter()
     task_names = parse_names(tasks)
