@@ -11,7 +11,10 @@ Conventions
 * **Encoders.** ``blind`` and every entry of ``against`` are registry names (as ``mrbench evaluate
   -e``), Encoder objects, or directories written by ``mrbench evaluate --output`` (or their
   ``results.json``). A saved result must be on the same benchmark (same fingerprint) and hold the
-  per-query table with ``hit@k`` for every requested k; it is used as is, not re-run.
+  per-query table with ``hit@k`` for every requested k; it is used as is, not re-run. A saved
+  result may cover only some tasks (``mrbench evaluate --tasks``): a task that the blind result, or
+  every multimodal one, lacks is not audited (no rows); a multimodal result lacking a task others
+  cover leaves its cells there blank; either way one line in ``notes`` names the tasks and results.
   ``encoder_kwargs`` maps an encoder *name* to its constructor kwargs
   (``{"contrastive-tiny": {"batch_size": 64}}``). Each encoder is labelled by its metadata name
   (``result.data["encoder"]["name"]``); two encoders with the same label are refused.
@@ -327,9 +330,11 @@ def audit(
     m_cells = [_cells(pq, has_text, ks_t) for pq, _ in mm]
 
     task_order = [t.name for t in bench.tasks]
+    skipped = _coverage_note(task_order, blind_pq, blind_desc, mm, notes)
     bucket_order = [*_bucket_labels(), ALL_GRAINS]
-    keys = sorted(b_cells.index, key=lambda tk: (task_order.index(tk[0]) if tk[0] in task_order else len(task_order),
-                                                 bucket_order.index(tk[1])))
+    keys = sorted((tk for tk in b_cells.index if tk[0] not in skipped),
+                  key=lambda tk: (task_order.index(tk[0]) if tk[0] in task_order else len(task_order),
+                                  bucket_order.index(tk[1])))
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     for task, gc in keys:
@@ -382,6 +387,31 @@ def audit(
         settings={"ks": list(ks_t), "threshold": thr, "grain_buckets": list(GRAIN_BUCKETS)},
         notes=notes,
     )
+
+
+def _coverage_note(task_order: Sequence[str], blind_pq: Any, blind_desc: Mapping[str, Any],
+                   mm: Sequence[tuple[Any, Mapping[str, Any]]], notes: list[str]) -> set[str]:
+    """Tasks of the benchmark that a saved result lacks. A task is skipped (no rows) when the blind
+    result or every multimodal one lacks it; one line in ``notes`` names the skipped tasks and which
+    saved results lack which tasks. Returns the skipped tasks."""
+    def covered(pq: Any) -> set[str]:
+        return set(pq["task"].astype(str))
+
+    lacks = []
+    for pq, d in [(blind_pq, blind_desc), *mm]:
+        missing = [t for t in task_order if t not in covered(pq)]
+        if missing:
+            lacks.append(f"{d['label']} ({d['source']}) lacks {', '.join(missing)}")
+    if not lacks:
+        return set()
+    b = covered(blind_pq)
+    m = set().union(*(covered(pq) for pq, _ in mm))
+    skipped = [t for t in task_order if t not in b or t not in m]
+    if skipped:
+        notes.append(f"task(s) {', '.join(skipped)} not audited: the saved results do not cover them ({'; '.join(lacks)})")
+    else:
+        notes.append(f"saved results cover only some tasks ({'; '.join(lacks)}); their cells there are blank (–)")
+    return set(skipped)
 
 
 def _check_names(specs: Sequence[Any], options: Sequence[str] | None = None) -> None:

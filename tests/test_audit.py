@@ -230,3 +230,23 @@ def test_an_existing_output_file_is_refused_without_overwrite(tmp_path):
     r = CliRunner().invoke(_app(), [*args, "--overwrite"])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["blind"]["label"] == "constant"
+
+
+def test_saved_results_covering_some_tasks_give_one_note_naming_the_skipped_ones(_module_home, tmp_path):
+    from mrbench.pipeline import evaluate
+
+    evaluate(TINY, "random", tasks=["t2i", "i2t"], cache=False, grain_sensitivity=False, output=tmp_path / "part")
+    res = audit(TINY, blind=str(tmp_path / "part"), against=["oracle"], cache=False)
+    assert list(dict.fromkeys(res.table["task"])) == ["t2i", "i2t"]
+    cover = [n for n in res.notes if "not audited" in n]
+    assert len(cover) == 1 and "i2i, it2i not audited" in cover[0] and str(tmp_path / "part") in cover[0], res.notes
+    # a multimodal result lacking tasks: the others still compare there, its cells are blank
+    res = audit(TINY, blind="constant", against=["oracle", str(tmp_path / "part")], cache=False)
+    assert list(dict.fromkeys(res.table["task"])) == ["t2i", "i2t", "i2i", "it2i"]
+    assert res.table.loc[res.table["task"] == "it2i", "random"].isna().all()
+    cover = [n for n in res.notes if "lacks i2i, it2i" in n]
+    assert len(cover) == 1 and "only some tasks" in cover[0], res.notes
+    r = CliRunner().invoke(_app(), ["-b", TINY, "--blind", str(tmp_path / "part"), "--against", "oracle", "--no-cache",
+                                    "-q"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert sum("not audited" in ln for ln in r.stdout.splitlines()) == 1
