@@ -201,7 +201,18 @@ def save_checkpoint(
         if optimizer is not None or extra_json is not None:
             write_trainer_state(tmp, optimizer, step=step, stage=stage, extra=extra_json)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True), encoding="utf-8")
+        _usual_mode(tmp, tmp / CONFIG_FILE)
     return out
+
+
+def _usual_mode(directory: Path, reference: Path) -> None:
+    """Give the ``*.safetensors`` files in ``directory`` the permissions of ``reference`` (a file
+    created with ``open``: ``0o666 & ~umask``, like every other output); safetensors writes through a
+    temporary file created 0600, which would leave the weights unreadable to the group and others."""
+    mode = reference.stat().st_mode & 0o777
+    for f in directory.glob("*.safetensors"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 != mode:
+            os.chmod(f, mode)
 
 
 def write_trainer_state(directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None, *, step: int,
@@ -219,6 +230,7 @@ def write_trainer_state(directory: str | os.PathLike[str], optimizer: torch.opti
             state["optimizer"] = meta
             state["optimizer_sha256"] = file_sha256(d / OPTIMIZER_FILE)
         (d / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+        _usual_mode(d, d / TRAINER_STATE_FILE)
 
 
 def _destination(d: Path) -> Path:

@@ -151,3 +151,27 @@ def test_a_failed_trainer_state_write_names_the_checkpoint_not_its_staging_dir(t
     (tmp_path / "ro").mkdir()
     with pytest.raises(CheckpointError, match="check that .* is writable"):
         write_trainer_state(tmp_path / "ro" / "missing", None, step=1, stage="rl")
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. file permissions
+
+
+def test_checkpoint_files_get_the_usual_permissions(interrupted_run: Path, tmp_path: Path) -> None:
+    """model.safetensors (safetensors writes it 0600) and optimizer.safetensors get 0o666 & ~umask,
+    like config.json and trainer_state.json — under two umasks."""
+    import torch
+
+    from elva_baseline.checkpoint import load_checkpoint, save_checkpoint
+
+    model, cfg = load_checkpoint(interrupted_run / "last", trainable=True)
+    opt = torch.optim.AdamW(model.parameters())
+    for umask in (0o022, 0o002):
+        old = os.umask(umask)
+        try:
+            out = save_checkpoint(tmp_path / f"ck{umask:o}", model, {}, step=1, stage="warmup", optimizer=opt)
+        finally:
+            os.umask(old)
+        modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
+        assert modes == {n: 0o666 & ~umask for n in ("config.json", "model.safetensors", "optimizer.safetensors",
+                                                     "trainer_state.json")}
