@@ -63,3 +63,17 @@ def test_saving_without_run_files_warns_in_one_line(saved, tmp_path):
     with pytest.warns(UserWarning, match="without run files for t2i") as rec:
         EvaluationResult.load(src).save(tmp_path / "b")
     assert "\n" not in str(rec[0].message) and "verify" in str(rec[0].message)
+
+
+def test_info_on_a_results_directory_says_what_it_is(saved):
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+
+    _, src = saved
+    for arg in (src, src / "results.json"):
+        r = CliRunner().invoke(app, ["info", str(arg)], env={"COLUMNS": "400"})
+        assert r.exit_code == 0, r.output
+        assert "incomplete" not in r.output and "is a results directory" in r.stdout, r.output
+        assert f"mrbench verify {src}" in r.stdout and "encoder random on mrbench-synth-tiny" in r.stdout
+        assert f"mrbench info {TINY}" in r.stdout and "hit@1" in r.stdout

@@ -47,16 +47,24 @@ def benchmarks() -> None:
 
 @handle_errors(interrupted=READ_ONLY_HINT)
 def info(
-    benchmark: Annotated[str, typer.Argument(help="Built-in name or benchmark directory.")] = "mrbench-synth",
+    benchmark: Annotated[str, typer.Argument(help="Built-in name or benchmark directory (a results directory from "
+                                             "'mrbench evaluate --output' gets its summary).")] = "mrbench-synth",
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the fingerprint.")] = True,
 ) -> None:
-    """Describe a benchmark: tasks, modalities, pool sizes, grain counts and types."""
+    """Describe a benchmark: tasks, modalities, pool sizes, grain counts and types. Given a results
+    directory instead, say so and summarise it (encoder, benchmark, macro scores, what to run on it)."""
     from collections import Counter
+    from pathlib import Path
 
     from rich.table import Table
 
     from mrbench.data.registry import load_benchmark
 
+    p = Path(benchmark)
+    if (p.is_dir() and (p / "results.json").is_file() and not (p / "manifest.json").exists()) or (
+            p.is_file() and p.name == "results.json"):
+        _results_info(p if p.is_dir() else p.parent)
+        return
     b = load_benchmark(benchmark, verify=verify)
     c = stdout_console()
     c.print(f"[bold]{b.name}[/bold] v{b.version} ({b.split}) at {b.root}\nfingerprint {b.fingerprint}")
@@ -71,6 +79,30 @@ def info(
                   str(len(task.candidates)), f"{rel:.2f}", "/".join(str(n.get(i, 0)) for i in (2, 3, 4, 5)),
                   ", ".join(f"{k} {v}" for k, v in types.most_common()))
     c.print(t)
+
+
+def _results_info(path) -> None:
+    """``mrbench info`` on a results directory: what it is, its summary, and the commands for it."""
+    from rich.markup import escape
+
+    from mrbench.data.registry import BUILTIN_BENCHMARKS
+    from mrbench.report.results import EvaluationResult
+
+    d = EvaluationResult.load(path).data
+    enc, bench, st = d.get("encoder") or {}, d.get("benchmark") or {}, d.get("settings") or {}
+    macro = (d.get("scores") or {}).get("macro") or {}
+    ks = st.get("ks") or []
+    scores = ", ".join(f"hit@{k} {macro[f'hit@{k}']:.3f}" for k in ks if isinstance(macro.get(f"hit@{k}"), (int, float)))
+    where = bench.get("name") if bench.get("name") in BUILTIN_BENCHMARKS else (bench.get("path") or bench.get("name"))
+    c = stdout_console()
+    c.print(f"[bold]{escape(str(path))}[/bold] is a results directory (written by 'mrbench evaluate --output'), "
+            "not a benchmark", highlight=False)
+    c.print(escape(f"encoder {enc.get('name')} on {bench.get('name')} v{bench.get('version')} ({bench.get('split')}), "
+                   f"fingerprint {bench.get('fingerprint')}, created {d.get('created')}; tasks "
+                   f"{', '.join(st.get('tasks') or [])}; {macro.get('n_queries')} scored queries"
+                   + (f"; macro {scores}" if scores else "")), highlight=False)
+    c.print(escape(f"check its scores against its run files: mrbench verify {path}; describe its benchmark: "
+                   f"mrbench info {where}"), highlight=False)
 
 
 @handle_errors(interrupted=READ_ONLY_HINT)
