@@ -72,6 +72,16 @@ def _check_output(output: Path | None, overwrite: bool) -> None:
         raise OutputExistsError(f"{output}: exists and is not a directory; choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose another --output")
+    # the results are written into a staging directory beside it and renamed into place: its nearest existing
+    # parent must be a writable directory (checked now, not once everything is computed)
+    parent = Path(os.path.abspath(output)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MrbenchError(f"--output {output}: {parent} is a file, not a directory; choose another --output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MrbenchError(f"--output {output}: cannot write in {parent} (no write permission, or a read-only file "
+                           "system); choose another --output")
 
 
 def judged_grades(task: Task) -> CsrMappings:
@@ -594,7 +604,11 @@ def evaluate(
         result.timings["aggregate"] = time.perf_counter() - t_agg
         if out_path is not None:
             t0 = time.perf_counter()
-            result.save(out_path, overwrite=overwrite)
+            try:
+                result.save(out_path, overwrite=overwrite)
+            except OSError as e:  # (the error names the staging directory beside it, not the --output asked for)
+                raise MrbenchError(f"--output {out_path}: cannot write the results ({e.strerror or type(e).__name__}); "
+                                   "choose another --output") from e
             # after results.json is written: the writing itself, and the chart drawn during it
             result.timings["report"] = time.perf_counter() - t0
             result.timings.update(result.save_timings)

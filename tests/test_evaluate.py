@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -460,3 +461,71 @@ def test_ks_may_be_one_int_and_tasks_one_name_or_comma_separated_names():
         with pytest.raises(MrbenchError, match="positive integers") as ei:
             mrbench.evaluate(TINY, "random", ks=bad_ks, cache=False)
         assert "\n" not in str(ei.value)
+
+
+class _CountingEncoder:
+    def __init__(self):
+        self.meta = EncoderMeta(name="counting", revision="r1", dim=4, needs_pixels=False)
+        self.calls = 0
+
+    def encode(self, items, *, role, task):
+        self.calls += 1
+        return np.ones((len(items), 4), np.float32)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes in a 0o555 directory (see the read-only test below)")
+def test_an_output_in_a_read_only_directory_is_refused_before_anything_is_encoded(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    enc = _CountingEncoder()
+    try:
+        with pytest.raises(MrbenchError, match=r"--output .*ro/out: cannot write in .*ro") as ei:
+            mrbench.evaluate(TINY, enc, output=ro / "out", cache=False)
+    finally:
+        ro.chmod(0o755)
+    assert enc.calls == 0 and "\n" not in str(ei.value) and "choose another --output" in str(ei.value)
+
+
+def test_an_unwritable_output_parent_is_refused_before_anything_is_encoded(tmp_path, monkeypatch):
+    """A read-only mount or a directory without write permission was found only when saving, after all
+    the work (and the message named the staging directory). Root ignores 0o555 modes, so the check's
+    os.access answer is simulated here; a path below a file is real for everyone."""
+    import os
+
+    import mrbench.pipeline as pl
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    enc = _CountingEncoder()
+    with pytest.raises(MrbenchError, match=r"afile is a file, not a directory; choose another --output") as ei:
+        mrbench.evaluate(TINY, enc, output=blocker / "sub" / "out", cache=False)
+    assert enc.calls == 0 and "\n" not in str(ei.value)
+
+    ro = tmp_path / "romnt"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(pl.os, "access", lambda p, mode, **k: False if Path(p) == ro else real(p, mode, **k))
+    for out in (ro / "out", ro / "new" / "deeper"):
+        with pytest.raises(MrbenchError, match="cannot write in .*romnt .*read-only file system") as ei:
+            mrbench.evaluate(TINY, enc, output=out, cache=False)
+        assert enc.calls == 0 and "\n" not in str(ei.value) and str(out) in str(ei.value)
+
+
+def test_a_save_that_fails_names_the_output_not_the_staging_directory(tmp_path, monkeypatch):
+    import errno
+
+    from mrbench.report.results import EvaluationResult
+
+    out = tmp_path / "out"
+
+    def failing_save(self, path, overwrite=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(path.with_name(f".{path.name}.staging-abf13a0c")))
+
+    monkeypatch.setattr(EvaluationResult, "save", failing_save)
+    with pytest.raises(MrbenchError) as ei:
+        mrbench.evaluate(TINY, "random", output=out, tasks=["t2i"], cache=False, grain_sensitivity=False)
+    msg = str(ei.value)
+    assert msg.startswith(f"--output {out}: cannot write the results (Read-only file system)")
+    assert "staging" not in msg and "\n" not in msg
