@@ -21,3 +21,8 @@ def test_fingerprint_paragraph_names_png_pixels_and_the_algorithm():
     s = _section("Benchmark format")
     assert FINGERPRINT_ALGO in s and "decoded pixels" in s
     assert "qrels and image *bytes*" not in s
+
+
+def test_metrics_section_says_trec_eval_breaks_run_file_ties_by_docid():
+    s = _section("Metrics")
+    assert "breaks score ties by docid" in s and "`mrbench verify` reads the rank column" in s
