@@ -26,3 +26,19 @@ def test_fingerprint_paragraph_names_png_pixels_and_the_algorithm():
 def test_metrics_section_says_trec_eval_breaks_run_file_ties_by_docid():
     s = _section("Metrics")
     assert "breaks score ties by docid" in s and "`mrbench verify` reads the rank column" in s
+
+
+def test_metrics_section_documents_every_column_of_the_output_tables(tmp_path):
+    import pandas as pd
+
+    import mrbench
+
+    mrbench.evaluate("mrbench-synth-tiny", "random", ks=(1, 5), cache=False, output=tmp_path / "r")
+    s = _section("Metrics")
+    for name in ("per_query.parquet", "sensitivity.parquet"):
+        cols = list(pd.read_parquet(tmp_path / "r" / name).columns)
+        assert f"**`{name}`**" in s
+        para = s[s.index(f"**`{name}`**"):]
+        for c in dict.fromkeys(re.sub(r"@\d+$", "@k", c) for c in cols):
+            assert f"`{c}`" in para, (name, c)
+    assert "comma-joined on disk" in s and "a list in memory" in s
