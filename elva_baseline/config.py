@@ -167,7 +167,16 @@ class TrainConfig:
         return cls.from_dict(data, where=str(p))
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as given (``reward`` / ``sampling`` hold only the keys set)."""
         return dataclasses.asdict(self)
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the ``reward`` and ``sampling`` tables resolved to every field of their
+        records (defaults filled in): what a run saves in ``config.json``, the constants it trained with."""
+        data = self.to_dict()
+        data["reward"] = dataclasses.asdict(self.reward_config())
+        data["sampling"] = dataclasses.asdict(self.sampling_config())
+        return data
 
     def with_overrides(self, assignments: list[str]) -> TrainConfig:
         """Apply ``section.key=value`` assignments (values parsed as JSON, else kept as strings)."""
@@ -191,10 +200,10 @@ class TrainConfig:
 
     def first_difference(self, other: TrainConfig) -> tuple[str, Any, Any] | None:
         """``(dotted key, self's value, other's value)`` of the first key (in field order, sections
-        and the free-form ``reward`` / ``sampling`` tables descended into) whose values differ, or
-        ``None`` when both configurations are equal. A key absent on one side has the value
-        :data:`UNSET`."""
-        return _first_difference(self.to_dict(), other.to_dict(), "")
+        and the ``reward`` / ``sampling`` tables descended into) whose values differ, or ``None`` when
+        both configurations are equal. The tables are compared resolved (:meth:`resolved_dict`): a key
+        left out equals its default given explicitly. A key absent on one side has the value :data:`UNSET`."""
+        return _first_difference(self.resolved_dict(), other.resolved_dict(), "")
 
     # -- validation ---------------------------------------------------------------------------------
     def validate(self) -> None:

@@ -19,7 +19,8 @@ Stages (``cfg.stages``, in this order):
   with ``rl.fresh_candidates``. The candidate tower still learns, through the shared weights.
 
 Outputs in ``output/``: ``train_log.jsonl`` (one record per update and per evaluation),
-``config.json`` (the resolved configuration), checkpoints ``warmup/`` and ``rl/`` at each stage's end,
+``config.json`` (the resolved configuration, every ``reward`` / ``sampling`` constant included),
+checkpoints ``warmup/`` and ``rl/`` at each stage's end,
 ``last/`` every ``checkpoint.every`` updates (with the optimizer and RNG state, for ``resume``) and
 ``final/`` = the last stage's model. Each checkpoint loads as an mrbench encoder: ``elva:output/final``.
 
@@ -220,7 +221,7 @@ class Trainer:
         if self.main_process and not (self.resume and (self.out / "config.json").is_file()):
             from mrbench.data.io import atomic_write_text
 
-            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.resolved_dict(), indent=2))
         if cfg.regime == "generative":
             from elva_baseline.generative_trainer import train_generative
 
@@ -336,7 +337,7 @@ class Trainer:
               extra: dict[str, Any] | None = None) -> Path:
         from elva_baseline.checkpoint import save_checkpoint
 
-        return save_checkpoint(self.out / name, model, self.cfg.to_dict(), step=step, stage=stage,
+        return save_checkpoint(self.out / name, model, self.cfg.resolved_dict(), step=step, stage=stage,
                                optimizer=optimizer,
                                extra={"updates": self.updates, "time": time.perf_counter() - self.t0,
                                       "rng": _rng_state(), **(extra or {})},

@@ -21,6 +21,16 @@ def test_defaults_are_the_paper_constants() -> None:
     assert (s.n_hard, s.n_random) == (50, 50)
 
 
+def test_reward_and_sampling_are_resolved_and_compared_resolved() -> None:
+    """The saved form holds every reward / sampling constant; a default given explicitly is no change."""
+    cfg = TrainConfig()
+    data = cfg.resolved_dict()
+    assert data["reward"]["alpha"] == 0.4 and data["sampling"]["n_hard"] == 50 and cfg.reward == {}
+    assert TrainConfig.from_dict(data).resolved_dict() == data  # round-trips
+    assert cfg.first_difference(cfg.with_overrides(["reward.alpha=0.4", "sampling.n_random=50"])) is None
+    assert cfg.first_difference(cfg.with_overrides(["reward.alpha=0.5"])) == ("reward.alpha", 0.4, 0.5)
+
+
 def test_file_and_overrides(tmp_path: Path) -> None:
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"seed": 3, "rl": {"steps": 7, "beta": 0.1}, "reward": {"delta": 0.05}}))

@@ -54,6 +54,8 @@ def test_two_stages_end_to_end(tmp_path: Path) -> None:
     res = mrbench.evaluate("mrbench-synth-tiny", f"elva:{out / 'final'}", tasks=["t2i"], grain_sensitivity=False)
     assert res.data["encoder"]["extra"]["stage"] == "rl"
     assert json.loads((out / "summary.json").read_text())["updates"] == 12
+    saved = json.loads((out / "config.json").read_text())  # the effective constants, defaults included
+    assert saved["reward"]["alpha"] == 0.4 and saved["sampling"]["n_hard"] == 8 and saved["sampling"]["mode"] == "balanced"
 
 
 def test_resume_after_interruption_continues_the_run(tmp_path: Path) -> None:
@@ -373,6 +375,20 @@ def test_cli_failed_run_writes_nothing_and_does_not_block_a_rerun(tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
     res = _cli(*args)
     assert res.exit_code == 0 and "warmup: 2 updates" in res.output, res.output
+
+
+def test_resume_with_an_explicit_default_of_an_older_config_json(tmp_path: Path) -> None:
+    """A config.json with the unresolved ``reward: {}`` (older versions): giving a default explicitly on
+    --resume is no change; another value is refused."""
+    out = tmp_path / "old"
+    (out / "last").mkdir(parents=True)
+    (out / "last" / "trainer_state.json").write_text("{}")
+    data = _cfg().to_dict()
+    data["reward"] = {}
+    (out / "config.json").write_text(json.dumps(data))
+    Trainer(_cfg("reward.alpha=0.4"), out, progress=False, resume=True)
+    with pytest.raises(TrainingError, match="reward.alpha=0.4 but this command gives reward.alpha=0.5"):
+        Trainer(_cfg("reward.alpha=0.5"), out, progress=False, resume=True)
 
 
 def test_resume_of_a_finished_run_says_it_is_complete(tmp_path: Path) -> None:
