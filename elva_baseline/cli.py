@@ -99,10 +99,10 @@ def plot(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: next to the log).")] = None,
 ) -> None:
     """Reward, loss, KL and held-out hit@k curves of a training log, as a PNG."""
-    from elva_baseline.trainlog import plot_log
+    from elva_baseline.trainlog import LOG_FILE, plot_log
     from mrbench.errors import MrbenchError
 
-    path = log / "train_log.jsonl" if log.is_dir() else log
+    path = log / LOG_FILE if (log / LOG_FILE).is_file() else log  # a directory without a log: read_log says so
     try:
         out = plot_log(path, output or path.with_name("curves.png"))
     except ValueError as e:

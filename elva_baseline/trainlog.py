@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+LOG_FILE = "train_log.jsonl"
+"""The training log's name in a run directory."""
+
+
 class TrainLog:
     """Append-only JSONL writer (each line flushed, so a crash loses nothing already logged)."""
 
@@ -51,10 +55,22 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The records of a training log; a line that is not JSON is an error naming its line number
     (a truncated last line, from a crash mid-write, is skipped)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(not_a_log(p, "a directory that holds no train_log.jsonl"))
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(not_a_log(p, "not a text file")) from None
     except OSError as e:
         raise ValueError(f"{p}: cannot read the training log ({e.strerror or e})") from None
+    try:
+        whole = json.loads(text)  # one JSON document (config.json, summary.json…), not one record per line
+    except ValueError:
+        pass
+    else:
+        if not (isinstance(whole, dict) and "stage" in whole):  # a log of one record parses whole too
+            raise ValueError(not_a_log(p, "a JSON file, not a log of one JSON record per line"))
+    lines = text.splitlines()
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -69,6 +85,14 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{p}:{i}: not a JSON object; the log is damaged")
         out.append(rec)
     return out
+
+
+def not_a_log(path: str | Path, what: str) -> str:
+    """One line saying that ``path`` (``what`` it is) is not a training log and what to pass instead."""
+    p = Path(path)
+    run = next((d for d in (p.parent, p.parent.parent) if (d / LOG_FILE).is_file() and d != p), None)
+    where = f" ({run} or {run / LOG_FILE})" if run is not None else ""
+    return f"{p} is not a training log ({what}); pass an elva-train run directory or its {LOG_FILE}{where}"
 
 
 def rewind_log(path: str | Path, stages: Sequence[str], stage: str, step: int) -> int:

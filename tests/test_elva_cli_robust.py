@@ -175,3 +175,28 @@ def test_checkpoint_files_get_the_usual_permissions(interrupted_run: Path, tmp_p
         modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
         assert modes == {n: 0o666 & ~umask for n in ("config.json", "model.safetensors", "optimizer.safetensors",
                                                      "trainer_state.json")}
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. plot given something that is not a training log
+
+
+def test_plot_of_a_file_that_is_not_a_log_says_what_to_pass(interrupted_run: Path, tmp_path: Path) -> None:
+    import json
+
+    run = _copy_run(interrupted_run, tmp_path)
+    (run / "summary.json").write_text(json.dumps({"updates": 5, "stages": []}))  # one line, but not a record
+    (run / "curves.bin").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (run / "empty").mkdir()
+    want = f"; pass an elva-train run directory or its train_log.jsonl ({run} or {run / 'train_log.jsonl'})"
+    for arg, what in [(run / "config.json", "a JSON file, not a log of one JSON record per line"),
+                      (run / "summary.json", "a JSON file, not a log of one JSON record per line"),
+                      (run / "curves.bin", "not a text file"),
+                      (run / "last", "a directory that holds no train_log.jsonl"),
+                      (run / "empty", "a directory that holds no train_log.jsonl")]:
+        res = _cli("plot", str(arg))
+        assert res.exit_code == 2, res.output
+        assert res.output.strip() == f"error: {arg} is not a training log ({what}){want}", res.output
+    assert not (run / "curves.png").exists()
+    res = _cli("plot", str(run))
+    assert res.exit_code == 0 and (run / "curves.png").is_file(), res.output
