@@ -151,14 +151,29 @@ def test_bad_run_files_are_rejected(world: dict[str, Path], tmp_path: Path, lb: 
 def test_missing_run_file_and_escaping_path(world: dict[str, Path], tmp_path: Path) -> None:
     d = _copy(world["random"], tmp_path / "r")
     (d / "runs" / "i2t.trec").unlink()
-    with pytest.raises(SubmissionError, match="cannot read run file .*i2t.trec"):
+    with pytest.raises(SubmissionError, match=r"i2t.trec: the run file of task 'i2t' \(files.runs.i2t\) is missing; "
+                       r"use the whole directory mrbench evaluate wrote \(to submit scores without run files: "
+                       r"mrbench submit --self-reported\)$"):
         verify_results(d, benchmark=world["bench"])
     _edit_results(d, lambda x: x["files"]["runs"].__setitem__("i2t", "../../etc/passwd"))
     with pytest.raises(SubmissionError, match="must be a path inside the results directory"):
         verify_results(d, benchmark=world["bench"])
     _edit_results(d, lambda x: x["files"]["runs"].pop("i2t"))
-    with pytest.raises(SubmissionError, match="no run file for task 'i2t'.*--self-reported"):
+    with pytest.raises(SubmissionError, match=r"no run file for task 'i2t'.*\(to submit scores without run files: "
+                       r"mrbench submit --self-reported\)$") as ei:
         verify_results(d, benchmark=world["bench"])
+    assert "or use --self-reported" not in str(ei.value)  # (verify has no such option)
+
+
+
+def test_verify_without_run_files_says_how_to_submit_without_them(world: dict[str, Path], tmp_path: Path) -> None:
+    """`mrbench verify` suggested '--self-reported', an option only `submit` has; its error exits 2."""
+    d = _copy(world["random"], tmp_path / "r")
+    shutil.rmtree(d / "runs")
+    r = CliRunner().invoke(_app(), ["verify", str(d), "-b", str(world["bench"])])
+    err = r.stderr.strip()
+    assert r.exit_code == 2 and err.startswith("error: ") and "\n" not in err, r.output
+    assert "is missing" in err and "to submit scores without run files: mrbench submit --self-reported" in err
 
 
 @pytest.mark.parametrize("text, match", [

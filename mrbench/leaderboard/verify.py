@@ -144,12 +144,19 @@ def load_submission_benchmark(data: dict[str, Any], benchmark: str | Path | None
 def _run_path(result_dir: Path, data: dict[str, Any], task: str) -> Path:
     rel = (data.get("files") or {}).get("runs", {}).get(task)
     if rel is None:
-        raise SubmissionError(f"{result_dir / RESULTS_FILE}: files.runs has no run file for task {task!r}; "
-                              "submit the whole directory mrbench evaluate wrote, or use --self-reported")
+        raise SubmissionError(f"{result_dir / RESULTS_FILE}: files.runs has no run file for task {task!r}; scores are "
+                              f"recomputed from run files: use the whole directory mrbench evaluate wrote{_NO_RUNS}")
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts:
         raise SubmissionError(f"{result_dir / RESULTS_FILE}: files.runs.{task} = {rel!r} must be a path inside the results directory")
+    if not (result_dir / p).exists():
+        raise SubmissionError(f"{result_dir / p}: the run file of task {task!r} (files.runs.{task}) is missing; "
+                              f"use the whole directory mrbench evaluate wrote{_NO_RUNS}")
     return result_dir / p
+
+
+_NO_RUNS = " (to submit scores without run files: mrbench submit --self-reported)"
+"""How to submit without run files; right for ``mrbench verify`` (which has no such option) and ``submit``."""
 
 
 def _judged_ranks_from_run(path: Path, task: Any, depth: int) -> list[dict[int, int]]:
