@@ -412,9 +412,78 @@ def test_check_text_only_and_bad_meta(tmp_path):
     enc.meta = EncoderMeta(name="t", modalities=("text",), needs_pixels=False)
     r = _by_name(check_encoder(enc, n_items=3, tmp_dir=tmp_path))
     assert all(x.ok for x in r.values()) and "probe-t2t" in r["encode"].detail
-    enc.meta = EncoderMeta(name="t", modalities=("audio",), similarity="l2")  # type: ignore[arg-type]
+    bad = EncoderMeta(name="t")  # EncoderMeta refuses these values; check reports a meta changed after the fact
+    object.__setattr__(bad, "modalities", ("audio",))
+    object.__setattr__(bad, "similarity", "l2")
+    enc.meta = bad
     r = _by_name(check_encoder(enc, tmp_dir=tmp_path))
     assert not r["meta"].ok and "similarity 'l2'" in r["meta"].detail and "encode" not in r
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    [
+        ("similarity", "euclid", "'cosine', 'dot'"),
+        ("similarity", "Cosine", "'cosine', 'dot'"),
+        ("modalities", ("txt",), "'text', 'image'"),
+        ("modalities", (), "'text', 'image'"),
+        ("modalities", ("text", "audio"), "'text', 'image'"),
+        ("modalities", "text", "'text', 'image'"),
+        ("dim", 0, "a positive integer or None"),
+        ("dim", -3, "a positive integer or None"),
+        ("dim", 8.0, "a positive integer or None"),
+        ("dim", True, "a positive integer or None"),
+        ("batch_size", 0, "a positive integer"),
+        ("batch_size", None, "a positive integer"),
+        ("batch_size", "64", "a positive integer"),
+        ("name", "", "a non-empty string"),
+        ("name", None, "a non-empty string"),
+        ("revision", None, "a string"),
+        ("revision", 3, "a string"),
+    ],
+)
+def test_encoder_meta_rejects_invalid_values(field, value, accepted):
+    """Audit 16b item 2: a value EncoderMeta would act on silently (similarity 'euclid' taken as dot,
+    modalities without 'image' never given images…) is refused with one line naming the field, the
+    value and what is accepted."""
+    kw = {"name": "m", field: value}
+    with pytest.raises(EncoderError) as ei:
+        EncoderMeta(**kw)
+    msg = str(ei.value)
+    assert "\n" not in msg and f"{field} {value!r}" in msg and accepted in msg, msg
+
+
+def test_encoder_meta_accepts_valid_values():
+    m = EncoderMeta(name="m", modalities=["image"], dim=np.int64(16), batch_size=np.int32(8), similarity="dot")  # type: ignore[arg-type]
+    assert m.modalities == ("image",) and m.dim == 16 and type(m.dim) is int and type(m.batch_size) is int
+    assert EncoderMeta(name="m").to_dict()["modalities"] == ["text", "image"]
+    assert EncoderMeta(name="m", modalities=("image", "text"), dim=None).dim is None
+    for enc in (RandomEncoder(dim=4), ConstantEncoder(dim=4), OracleEncoder()):  # the built-ins still build
+        assert isinstance(enc.meta, EncoderMeta)
+
+
+def test_invalid_encoder_meta_is_one_cli_line(tmp_path):
+    """`mrbench evaluate -e bad.py:Enc` with an invalid meta: one line naming the encoder, the field,
+    the value and the accepted values; no traceback."""
+    import subprocess
+
+    p = tmp_path / "bad.py"
+    p.write_text(
+        "import numpy as np\n"
+        "from mrbench.encoders.base import EncoderMeta\n"
+        "class Enc:\n"
+        "    def __init__(self):\n"
+        "        self.meta = EncoderMeta(name='bad', similarity='euclid', needs_pixels=False)\n"
+        "    def encode(self, items, *, role, task):\n"
+        "        return np.ones((len(items), 4), np.float32)\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "mrbench", "evaluate", "-b", "mrbench-synth-tiny", "-e", f"{p}:Enc",
+                        "--no-cache"], capture_output=True, text=True, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    last = err.splitlines()[-1]  # earlier lines: the benchmark being built on first use
+    assert last.startswith("error: ") and sum(x.startswith("error") for x in err.splitlines()) == 1, err
+    assert f"{p}:Enc" in last and "similarity 'euclid'" in last and "'cosine', 'dot'" in last, err
 
 
 def test_file_encoder_cache_follows_its_source(tmp_path, monkeypatch):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from mrbench.errors import EncoderError
+
 if TYPE_CHECKING:
     import numpy as np
     from PIL.Image import Image
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 
 Role = Literal["query", "candidate"]
 ROLES: tuple[str, ...] = ("query", "candidate")
+SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
+"""The values :attr:`EncoderMeta.similarity` accepts."""
+MODALITIES: tuple[str, ...] = ("text", "image")
+"""The names :attr:`EncoderMeta.modalities` is a non-empty subset of."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,13 @@ class EncoderMeta:
     cacheable: whether embeddings depend only on content (+ role, instruction, name, revision,
     kwargs) and may be cached on disk; ``False`` for encoders that read more (like the oracle).
     extra: family-specific facts recorded in the results (device, precision, prompts, truncations…).
+
+    Invalid values raise a one-line :class:`~mrbench.errors.EncoderError` naming the field, the value
+    and the accepted values (a similarity other than ``"cosine"``/``"dot"``, modalities that are not a
+    non-empty subset of ``("text", "image")``, a ``dim`` that is not a positive integer or ``None``, a
+    ``batch_size`` that is not a positive integer, an empty ``name``, a ``revision`` that is not a
+    string). ``modalities`` given as a list becomes a tuple; integer-like ``dim``/``batch_size`` (numpy
+    integers) become ``int``.
     """
 
     name: str
@@ -81,6 +94,40 @@ class EncoderMeta:
     batch_size: int = 64
     cacheable: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(field_name: str, accepted: str) -> EncoderError:
+            value = getattr(self, field_name)
+            who = f"EncoderMeta(name={self.name!r})" if isinstance(self.name, str) and self.name else "EncoderMeta"
+            err = EncoderError(f"{who}: {field_name} {value!r} is not valid; accepted: {accepted}")
+            err.meta_field = field_name  # type: ignore[attr-defined]  (the registry adds the encoder's label)
+            return err
+
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise bad("name", "a non-empty string")
+        if not isinstance(self.revision, str):
+            raise bad("revision", "a string (e.g. a checkpoint hash)")
+        if self.similarity not in SIMILARITIES:
+            raise bad("similarity", ", ".join(map(repr, SIMILARITIES)))
+        mods = self.modalities
+        if (
+            isinstance(mods, (str, bytes))
+            or not isinstance(mods, (tuple, list))
+            or not mods
+            or not all(isinstance(m, str) and m in MODALITIES for m in mods)
+        ):
+            raise bad("modalities", f"a non-empty tuple of {', '.join(map(repr, MODALITIES))}")
+        if isinstance(mods, list):
+            object.__setattr__(self, "modalities", tuple(mods))
+        for name, optional in (("dim", True), ("batch_size", False)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            as_int = _positive_int(value)
+            if as_int is None:
+                raise bad(name, "a positive integer or None" if optional else "a positive integer")
+            if type(value) is not int:
+                object.__setattr__(self, name, as_int)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +142,19 @@ class EncoderMeta:
             "cacheable": self.cacheable,
             "extra": self.extra,
         }
+
+
+def _positive_int(value: Any) -> int | None:
+    """``value`` as an ``int`` when it is a positive integer (numpy integers too, never a bool)."""
+    import operator
+
+    if isinstance(value, bool):
+        return None
+    try:
+        n = operator.index(value)
+    except TypeError:
+        return None
+    return n if n > 0 else None
 
 
 @runtime_checkable

@@ -497,6 +497,13 @@ def _build(obj: Any, kwargs: dict[str, Any], *, label: str) -> Encoder:
             ) from None
     try:
         enc = obj(**kwargs)
+    except EncoderError as e:
+        if getattr(e, "meta_field", None) is None:
+            raise
+        # an invalid EncoderMeta built by the constructor: say which encoder it is
+        err = EncoderError(f"encoder {label!r}: {e}")
+        err.meta_field = e.meta_field  # type: ignore[attr-defined]
+        raise err from None
     except MrbenchError:
         raise
     except Exception as e:
