@@ -135,7 +135,8 @@ class TrainConfig:
     reward: dict[str, Any] = field(default_factory=dict)
     """Fields of :class:`elva_baseline.rewards.RewardConfig` (α, ε, δ, γ, log base, ablations)."""
     sampling: dict[str, Any] = field(default_factory=dict)
-    """Fields of :class:`elva_baseline.sampling.SamplingConfig` (hard/random counts, threshold, mode)."""
+    """Fields of :class:`elva_baseline.sampling.SamplingConfig` (hard/random counts, threshold, mode, seed);
+    ``seed`` (of the random negatives) defaults to the run's ``seed``."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -254,7 +255,7 @@ class TrainConfig:
     def sampling_config(self) -> Any:
         from elva_baseline.sampling import SamplingConfig
 
-        return _sub_record(SamplingConfig, self.sampling, "sampling")
+        return _sub_record(SamplingConfig, {"seed": self.seed, **self.sampling}, "sampling")
 
 
 UNSET = "<unset>"

@@ -668,9 +668,15 @@ def saved_config(output: str | Path) -> TrainConfig:
         raise TrainingError(f"{path}: not found, so the configuration of the run in {output} is unknown; restore it, "
                             "or start a new run with --overwrite")
     try:
-        return TrainConfig.from_file(path)
+        cfg = TrainConfig.from_file(path)
     except ConfigError as e:
         raise TrainingError(f"{e}; this is the run's saved configuration: fix it, or start a new run with --overwrite") from None
+    sampling = json.loads(path.read_text()).get("sampling")
+    if isinstance(sampling, dict) and "seed" not in sampling:
+        # written before config.json held the resolved sampling table, when the sampling seed was always 0
+        # (it now defaults to the run's seed)
+        cfg.sampling = {**cfg.sampling, "seed": 0}
+    return cfg
 
 
 def train(cfg: TrainConfig, output: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -31,6 +31,14 @@ def test_reward_and_sampling_are_resolved_and_compared_resolved() -> None:
     assert cfg.first_difference(cfg.with_overrides(["reward.alpha=0.5"])) == ("reward.alpha", 0.4, 0.5)
 
 
+def test_the_random_negatives_follow_the_run_seed() -> None:
+    """sampling.seed defaults to the run's seed (seed 0: the sampling seed 0 as before); set, it wins."""
+    assert TrainConfig().sampling_config().seed == 0
+    assert TrainConfig().with_overrides(["seed=3"]).sampling_config().seed == 3
+    assert TrainConfig().with_overrides(["seed=3", "sampling.seed=5"]).sampling_config().seed == 5
+    assert TrainConfig().with_overrides(["seed=3", "sampling.seed=0"]).sampling_config().seed == 0
+
+
 def test_file_and_overrides(tmp_path: Path) -> None:
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"seed": 3, "rl": {"steps": 7, "beta": 0.1}, "reward": {"delta": 0.05}}))

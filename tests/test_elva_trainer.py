@@ -391,6 +391,17 @@ def test_resume_with_an_explicit_default_of_an_older_config_json(tmp_path: Path)
         Trainer(_cfg("reward.alpha=0.5"), out, progress=False, resume=True)
 
 
+def test_an_older_run_resumes_with_the_sampling_seed_it_used(tmp_path: Path) -> None:
+    """config.json without sampling.seed (older versions: the random negatives' seed was 0 whatever the
+    run's seed) resumes with sampling seed 0; a new run's follows its seed."""
+    from elva_baseline.trainer import saved_config
+
+    (tmp_path / "config.json").write_text(json.dumps({**_cfg("seed=3").to_dict(), "sampling": {"n_hard": 8}}))
+    assert saved_config(tmp_path).sampling_config().seed == 0
+    (tmp_path / "config.json").write_text(json.dumps(_cfg("seed=3").resolved_dict()))
+    assert saved_config(tmp_path).sampling_config().seed == 3
+
+
 def test_resume_of_a_finished_run_says_it_is_complete(tmp_path: Path) -> None:
     out = tmp_path / "elva"
     assert train(_cfg("warmup.steps=2", "rl.steps=1"), out, progress=False)["final"]
