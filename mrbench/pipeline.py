@@ -4,8 +4,8 @@
 candidate pool through the harness (batched, validated, cached on disk), runs exact retrieval,
 ranks every judged candidate with pessimistic ties, computes per-query metrics, measures grain
 sensitivity (one grain dropped at a time), and aggregates per task, per grain count and per grain
-type. With ``output`` it writes the results JSON, one TREC run file per task, the per-query table
-and a per-grain chart.
+type. With ``output`` it writes the results JSON, one TREC run file per task, the per-query table,
+the grain-sensitivity table and a per-grain chart.
 """
 
 from __future__ import annotations
@@ -329,8 +329,9 @@ def evaluate(
         tasks: subset of task names (default: all): a list, one name or ``"t2i,i2t"``.
         ks: cutoffs for hit@k, recall@k, mrr@k, ndcg@k (list, one int or ``"1,5,10"``).
         depth: length of the ranked lists written to the run files (≥ max k).
-        output: directory for results.json, runs/, per_query.parquet and grains.png; refused if it
-            already holds files unless ``overwrite``. Written atomically.
+        output: directory for results.json, runs/, per_query.parquet, sensitivity.parquet (with
+            ``grain_sensitivity``) and grains.png; refused if it already holds files unless
+            ``overwrite``. Written atomically.
         cache: reuse and fill the on-disk embedding cache (``cache_dir`` or ``$MRBENCH_CACHE``). An
             encoder *instance* (keyed by its ``meta.name`` and ``meta.revision``) is cached only when
             its revision is set: with the default ``"none"`` it is not (one warning line).

@@ -406,3 +406,18 @@ def test_checking_a_spec_builds_nothing_and_agrees_with_the_registry(tmp_path, m
 def test_encoder_kwargs_help_says_it_applies_to_every_encoder():
     r = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "with several -e, to every one of them" in r.stdout
+
+
+def test_output_help_and_written_line_name_sensitivity_parquet(tmp_path):
+    """--output's help and the 'results written to' line left out sensitivity.parquet."""
+    r = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "sensitivity.parquet" in r.stdout
+    r = runner.invoke(app, ["evaluate", "-b", TINY, "-e", "random", "--tasks", "t2i", "-o", str(tmp_path / "a"), "-q",
+                            "--no-cache"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("results written to"))
+    assert "runs/, per_query.parquet, sensitivity.parquet" in line and (tmp_path / "a" / "sensitivity.parquet").is_file()
+    r = runner.invoke(app, ["evaluate", "-b", TINY, "-e", "random", "--tasks", "t2i", "-o", str(tmp_path / "b"), "-q",
+                            "--no-cache", "--no-sensitivity"], env={"COLUMNS": "300"})
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("results written to"))
+    assert "sensitivity" not in line and not (tmp_path / "b" / "sensitivity.parquet").exists()

@@ -55,7 +55,7 @@ def evaluate(
         str, typer.Option("--benchmark", "-b", help="Built-in benchmark name (see 'mrbench benchmarks') or a benchmark directory.")
     ] = "mrbench-synth",
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Write results.json, runs/*.trec, per_query.parquet and grains.png here "
+        Optional[Path], typer.Option("--output", "-o", help="Write results.json, runs/*.trec, per_query.parquet, sensitivity.parquet (grain sensitivity) and grains.png here "
                                      "(one sub-directory per encoder when several are given).")
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Cutoffs for hit@k (R@K), recall@k, mrr@k, ndcg@k.")] = "1,5,10",
@@ -166,7 +166,9 @@ def evaluate(
                 console.print(f"[dim]approximate search ({res.data['settings']['approx']['index']}): recall@{kmax} "
                               f"against exact search — {parts or 'no queries'}[/dim]")
             if out is not None:
-                console.print(f"results written to [bold]{out}[/bold] (results.json, runs/, per_query.parquet, grains.png)")
+                files = res.data.get("files") or {}  # what save wrote (no sensitivity.parquet with --no-sensitivity)
+                names = ["results.json", "runs/", *(files[k] for k in ("per_query", "sensitivity", "chart") if files.get(k))]
+                console.print(f"results written to [bold]{out}[/bold] ({', '.join(names)})")
             results.append(res)
     except KeyboardInterrupt:  # what the re-run needs: --overwrite once an encoder's results are written
         raise KeyboardInterrupt(resume_hint(cache, written=bool(results) and output is not None)) from None
