@@ -5,13 +5,14 @@ Sections mirror the pipeline: ``data`` (benchmark and tasks), ``model`` (dual-en
 ``generative`` (the ``[RET]`` regime's base model, LoRA and sampling),
 ``warmup`` (InfoNCE), ``rl`` (GRPO), ``reward`` (ELVA's rule rewards), ``sampling`` (RL negatives),
 ``eval`` and ``checkpoint``. Every constant of the paper is a field here. Unknown keys and
-out-of-range values are refused with one line naming the key.
+out-of-range values (every number must be finite) are refused with one line naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ OBJECTIVES = ("grpo", "surrogate", "hardneg")
 """What the ``rl`` stage optimises (dual regime): ``grpo`` (ELVA), and two attribution baselines that see the
 same mined negatives for the same number of updates — ``surrogate`` (the same expected reward, pathwise
 gradient) and ``hardneg`` (InfoNCE over the positive and the mined negatives)."""
+
+
+MAX_LR = 1.0
+"""The largest learning rate accepted (AdamW steps of that size already wreck the model)."""
 
 
 class ConfigError(ValueError):
@@ -219,9 +224,10 @@ class TrainConfig:
         for sec in ("warmup", "rl"):
             s = getattr(self, sec)
             need(s.steps >= 0, f"{sec}.steps", f"must be >= 0, got {s.steps}")
-            need(s.lr > 0, f"{sec}.lr", f"must be > 0, got {s.lr}")
+            need(0 < s.lr <= MAX_LR, f"{sec}.lr", f"must be in (0, {MAX_LR:g}], got {s.lr}")
         need(self.warmup.batch_size >= 2, "warmup.batch_size", f"must be >= 2 (in-batch negatives), got {self.warmup.batch_size}")
         need(self.warmup.tau > 0, "warmup.tau", f"must be > 0, got {self.warmup.tau}")
+        need(self.warmup.weight_decay >= 0, "warmup.weight_decay", f"must be >= 0, got {self.warmup.weight_decay}")
         need(self.rl.group_size >= 2, "rl.group_size", f"G must be >= 2 (group-relative advantages), got {self.rl.group_size}")
         need(self.rl.queries_per_step >= 1, "rl.queries_per_step", f"must be >= 1, got {self.rl.queries_per_step}")
         need(0 < self.rl.clip_eps < 1, "rl.clip_eps", f"must be in (0, 1), got {self.rl.clip_eps}")
@@ -235,6 +241,9 @@ class TrainConfig:
         need(self.rl.refresh_every >= 1, "rl.refresh_every", f"must be >= 1, got {self.rl.refresh_every}")
         need(self.rl.epochs_per_batch >= 1, "rl.epochs_per_batch", f"must be >= 1, got {self.rl.epochs_per_batch}")
         need(self.generative.lora_r >= 1, "generative.lora_r", f"must be >= 1, got {self.generative.lora_r}")
+        need(self.generative.lora_alpha > 0, "generative.lora_alpha", f"must be > 0, got {self.generative.lora_alpha}")
+        need(0 <= self.generative.lora_dropout < 1, "generative.lora_dropout",
+             f"must be in [0, 1), got {self.generative.lora_dropout}")
         need(self.generative.temperature > 0, "generative.temperature", f"must be > 0, got {self.generative.temperature}")
         need(0 < self.generative.top_p <= 1, "generative.top_p", f"must be in (0, 1], got {self.generative.top_p}")
         need(self.generative.max_summary_tokens >= 1, "generative.max_summary_tokens",
@@ -342,6 +351,8 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, where: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{where}: {key} must be a string, got {value!r}")

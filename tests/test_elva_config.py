@@ -73,12 +73,31 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         ({"regime": "generative", "rl": {"objective": "surrogate"}}, "rl.objective"),
         ({"reward": {"rank_only": "yes"}}, "rank_only"),
         ({"model": {"init": 3}}, "model.init"),
+        ({"warmup": {"weight_decay": -1}}, "warmup.weight_decay"),
+        ({"rl": {"sigma": float("inf")}}, "rl.sigma"),
+        ({"rl": {"sigma": float("nan")}}, "rl.sigma"),
+        ({"rl": {"lr": float("inf")}}, "rl.lr"),
+        ({"rl": {"lr": 1e30}}, "rl.lr"),
+        ({"warmup": {"lr": float("nan")}}, "warmup.lr"),
+        ({"rl": {"beta": float("inf")}}, "rl.beta"),
+        ({"data": {"holdout": float("nan")}}, "data.holdout"),
+        ({"generative": {"lora_dropout": 1.5}}, "generative.lora_dropout"),
+        ({"generative": {"lora_alpha": float("inf")}}, "generative.lora_alpha"),
+        ({"generative": {"temperature": float("inf")}}, "generative.temperature"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
         TrainConfig.from_dict(data)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("assignment", ["warmup.weight_decay=-1", "rl.sigma=Infinity", "rl.sigma=NaN",
+                                        "rl.lr=Infinity", "rl.lr=1e30", "rl.tau=-Infinity"])
+def test_bad_numbers_on_the_command_line_name_the_key(assignment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        TrainConfig().with_overrides([assignment])
+    assert assignment.split("=")[0] in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bad_files(tmp_path: Path) -> None:
