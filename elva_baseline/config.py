@@ -311,21 +311,33 @@ def _build(cls: Any, data: Any, where: str, prefix: str = "") -> Any:
             kwargs[name] = _build(sub, value, where, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, fields[name], f"{prefix}{name}", where)
-            _check_optional(kwargs[name], sub, f"{prefix}{name}", where)
+            kwargs[name] = _check_optional(kwargs[name], sub, f"{prefix}{name}", where)
     return cls(**kwargs)
 
 
-def _check_optional(value: Any, hint: Any, key: str, where: str) -> None:
-    """``X | None`` fields (default None): a given value must be an ``X``."""
+def _check_optional(value: Any, hint: Any, key: str, where: str) -> Any:
+    """``X | None`` fields (default None): a given value must be an ``X``; for ``list[str] | None``
+    a non-empty list of strings, a single string being taken as a one-element list. Returns the value."""
     import types
     import typing
 
     if value is None or typing.get_origin(hint) not in (typing.Union, types.UnionType):
-        return
+        return value
+    lists = [a for a in typing.get_args(hint) if typing.get_origin(a) is list]
+    if lists:
+        item = (typing.get_args(lists[0]) or (object,))[0]
+        if item is str and isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, item) and not isinstance(v, bool)
+                                                               for v in value):
+            what = "strings" if item is str else f"{getattr(item, '__name__', item)} values"
+            raise ConfigError(f"{where}: {key} must be a non-empty list of {what} (or null), got {value!r}")
+        return value
     plain = tuple(a for a in typing.get_args(hint) if a is not type(None) and isinstance(a, type))
     if plain == (int,) and isinstance(value, bool) or plain and not isinstance(value, plain):
         names = " or ".join("a string" if a is str else f"a {a.__name__}" for a in plain)
         raise ConfigError(f"{where}: {key} must be {names} (or null), got {value!r}")
+    return value
 
 
 def _field_types(cls: Any) -> dict[str, Any]:

@@ -100,6 +100,17 @@ def test_bad_numbers_on_the_command_line_name_the_key(assignment: str) -> None:
     assert assignment.split("=")[0] in str(e.value) and "\n" not in str(e.value)
 
 
+def test_data_tasks_is_a_list_of_task_names() -> None:
+    """A single name is a one-element list; anything but a non-empty list of strings is refused in one line."""
+    assert TrainConfig().with_overrides(['data.tasks="t2i"']).data.tasks == ["t2i"]
+    assert TrainConfig().with_overrides(['data.tasks=["t2i", "it2i"]']).data.tasks == ["t2i", "it2i"]
+    assert TrainConfig().with_overrides(["data.tasks=null"]).data.tasks is None
+    for bad in ["data.tasks=3", "data.tasks=[1]", "data.tasks=[]", 'data.tasks={"a": 1}', "data.tasks=[true]"]:
+        with pytest.raises(ConfigError) as e:
+            TrainConfig().with_overrides([bad])
+        assert "data.tasks" in str(e.value) and "\n" not in str(e.value), bad
+
+
 def test_bad_files(tmp_path: Path) -> None:
     p = tmp_path / "c.json"
     p.write_text("{not json")
