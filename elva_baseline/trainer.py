@@ -138,6 +138,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True, threads: int | None = None, stop_after: int | None = None) -> None:
         cfg.validate()
+        if resume and overwrite:
+            raise TrainingError(f"{output}: --resume continues the run there and --overwrite deletes it to start "
+                                "over; pass only one of them")
         self.cfg = cfg
         self.out = Path(output)
         self.resume = resume

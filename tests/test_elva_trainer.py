@@ -402,6 +402,16 @@ def test_an_older_run_resumes_with_the_sampling_seed_it_used(tmp_path: Path) -> 
     assert saved_config(tmp_path).sampling_config().seed == 3
 
 
+def test_resume_and_overwrite_together_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    (out / "last").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="only one of them"):
+        Trainer(_cfg(), out, progress=False, resume=True, overwrite=True)
+    res = _cli("run", "-q", "-o", str(out), "--resume", "--overwrite")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "--overwrite" in res.output, res.output
+    assert (out / "last").is_dir()  # nothing deleted
+
+
 def test_resume_of_a_finished_run_says_it_is_complete(tmp_path: Path) -> None:
     out = tmp_path / "elva"
     assert train(_cfg("warmup.steps=2", "rl.steps=1"), out, progress=False)["final"]
