@@ -58,7 +58,7 @@ def test_random_is_deterministic_and_outputs_are_complete(tmp_path):
     assert data["schema_version"] == 1 and data["benchmark"]["fingerprint"].startswith("sha256:")
     assert data["encoder"]["name"] == "random" and data["encoder"]["spec"] == "random"
     assert data["settings"]["ks"] == [1, 5, 10] and data["settings"]["tie_policy"] == "pessimistic"
-    for key in ("load", "encoder_init", "encode", "retrieve", "score", "total", "input_wait", "input_read",
+    for key in ("load", "encoder_init", "imports", "encode", "retrieve", "score", "total", "input_wait", "input_read",
                 "input_stage", "input_tokenize", "encode_startup"):
         assert data["timings"][key] >= 0
     assert data["hardware"]["torch"]
@@ -529,3 +529,33 @@ def test_a_save_that_fails_names_the_output_not_the_staging_directory(tmp_path, 
     msg = str(ei.value)
     assert msg.startswith(f"--output {out}: cannot write the results (Read-only file system)")
     assert "staging" not in msg and "\n" not in msg
+
+
+def test_the_one_time_imports_are_timed_apart_from_retrieve_and_score(tmp_path):
+    """The first evaluate in a process counted torch's import (~1.5 s) in timings["retrieve"] and
+    pandas' in timings["score"]; they are imported before the task loop, as timings["imports"]."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, mrbench\n"
+        "import mrbench.pipeline as pl, mrbench.retrieval.search as s\n"
+        "seen = []\n"
+        "def watch(f, label):\n"
+        "    def g(*a, **k):\n"
+        "        before = set(sys.modules); r = f(*a, **k)\n"
+        "        seen.extend(f'{label}:{m}' for m in ('torch', 'pandas', 'faiss') if m in set(sys.modules) - before)\n"
+        "        return r\n"
+        "    return g\n"
+        "s.exact_search = watch(s.exact_search, 'retrieve'); pl.task_frame = watch(pl.task_frame, 'score')\n"
+        "r = mrbench.evaluate('mrbench-synth-tiny', 'random', cache=False)\n"
+        "print(json.dumps({'seen': seen, 'timings': r.timings}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["seen"] == []  # nothing imported inside the retrieve or score stages
+    t = got["timings"]
+    assert t["imports"] > t["retrieve"] and t["imports"] > 0.1, t
