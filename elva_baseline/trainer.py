@@ -330,16 +330,28 @@ class Trainer:
     def _check_finite(self, loss: Any, stage: str, step: int) -> None:
         if not math.isfinite(float(loss)):
             self._record(stage, step, {"loss": float(loss), "error": "non-finite loss"})
-            good = self.out / "last"
-            where = f"the last good checkpoint is {good}" if good.is_dir() else "no checkpoint was written yet"
-            raise TrainingError(
-                f"{stage} step {step}: the loss is {float(loss)}; training stopped, {where}; lower the learning rate"
-            )
+            self._diverged(stage, step, f"the loss is {float(loss)}")
+
+    def _check_weights(self, model: Any, stage: str, step: int) -> None:
+        """Stop as the non-finite-loss guard does when a parameter holds NaN or ±inf."""
+        import torch
+
+        with torch.no_grad():
+            bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            self._record(stage, step, {"error": "non-finite weights", "parameter": bad})
+            self._diverged(stage, step, f"the model's weights are no longer finite ({bad})")
+
+    def _diverged(self, stage: str, step: int, what: str) -> None:
+        good = self.out / "last"
+        where = f"the last good checkpoint is {good}" if good.is_dir() else "no checkpoint was written yet"
+        raise TrainingError(f"{stage} step {step}: {what}; training stopped, {where}; lower the learning rate")
 
     def _save(self, model: Any, stage: str, step: int, optimizer: Any, name: str,
               extra: dict[str, Any] | None = None) -> Path:
         from elva_baseline.checkpoint import save_checkpoint
 
+        self._check_weights(model, stage, step)  # a checkpoint to resume from is never a diverged model
         return save_checkpoint(self.out / name, model, self.cfg.resolved_dict(), step=step, stage=stage,
                                optimizer=optimizer,
                                extra={"updates": self.updates, "time": time.perf_counter() - self.t0,
@@ -372,6 +384,7 @@ class Trainer:
     def _maybe_eval(self, model: Any, stage: str, step: int, final: bool) -> dict[str, float]:
         every = self.cfg.eval.every
         if final or (every and step % every == 0):
+            self._check_weights(model, stage, step)
             ev = self.evaluate(model)
             self._record(stage, step, {"eval": ev})
             return ev
@@ -542,6 +555,7 @@ class Trainer:
 
         st: dict[str, Any] = {}
         if step0 == 0 and self.cfg.eval.every:  # where the stage starts, for the held-out curve
+            self._check_weights(model, "rl", 0)
             self._record("rl", 0, {"eval": self.evaluate(model)})
         bar = self._bar(f"rl ({cfg.objective})", cfg.steps, step0)
         ev: dict[str, float] = {}

@@ -175,6 +175,30 @@ def test_nan_loss_stops_and_names_the_step(tmp_path: Path, monkeypatch: pytest.M
     assert torch.isfinite(torch.tensor(0.0))
 
 
+def test_non_finite_weights_stop_before_the_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights that became NaN (the loss still finite) stop the run as a NaN loss does, naming the step,
+    before the held-out evaluation or a checkpoint; the step-3 checkpoint survives."""
+    import torch
+
+    real, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def corrupting(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the update before the step-4 evaluation
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", corrupting)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(), out, progress=False)
+    msg = str(e.value)
+    assert "warmup step 4" in msg and "lower the learning rate" in msg and str(out / "last") in msg, msg
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 3
+
+
 @pytest.mark.parametrize("objective", ["surrogate", "hardneg"])
 def test_attribution_baselines_start_from_a_checkpoint(tmp_path: Path, objective: str) -> None:
     """rl.objective surrogate / hardneg run the RL stage from model.init with the same negatives."""
