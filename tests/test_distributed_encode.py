@@ -435,3 +435,23 @@ def test_context_reuses_an_existing_process_group(bench_dir, tmp_path):
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+def test_encode_refuses_an_instance_with_the_default_revision(bench_dir, tmp_path):
+    """evaluate does not cache an instance whose meta.revision is the default, so encoding it ahead is refused;
+    an explicit revision is encoded, and evaluate then finds it all cached."""
+    import dataclasses
+
+    from mrbench.encoders.registry import get_encoder
+    from mrbench.errors import EncoderError
+
+    enc = get_encoder("random", dim=16)
+    enc.meta = dataclasses.replace(enc.meta, name="mine", revision="none")
+    with pytest.raises(EncoderError, match="default meta.revision 'none'.*set meta.revision"):
+        encode_benchmark(bench_dir, enc, cache_dir=tmp_path / "c", tasks=["t2i"], grain_sensitivity=False)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("shard-*"))
+    enc.meta = dataclasses.replace(enc.meta, revision="v1")
+    rep = encode_benchmark(bench_dir, enc, cache_dir=tmp_path / "c", tasks=["t2i"], grain_sensitivity=False)
+    assert rep.encoded == rep.units > 0
+    warm = evaluate(bench_dir, enc, tasks=["t2i"], cache=True, cache_dir=tmp_path / "c", grain_sensitivity=False)
+    assert warm.data["cache"]["encoded"] == 0

@@ -80,7 +80,8 @@ def verify(
     """Recompute every score of a results directory from its run files (for reviewers; writes nothing).
 
     Exit code 0 when every recomputable score matches, 1 when one differs (each listed as
-    'score path: submitted X, recomputed Y'). mean/median rank, tie counts and grain sensitivity
+    'score path: submitted X, recomputed Y'), 2 when the directory, its run files or the benchmark
+    cannot be checked (one 'error:' line). mean/median rank, tie counts and grain sensitivity
     cannot be recomputed from a run file and are not checked.
     """
     from mrbench.leaderboard.verify import verify_results

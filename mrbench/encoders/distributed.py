@@ -498,7 +498,7 @@ def encode_benchmark(
         instruction_for,
     )
     from mrbench.encoders.hash_store import load_file_hashes, save_file_hashes
-    from mrbench.pipeline import open_cache, resolve_encoder
+    from mrbench.pipeline import _default_revision, open_cache, resolve_encoder
     from mrbench.report.progress import NullReporter
 
     own = dist is None
@@ -529,6 +529,12 @@ def encode_benchmark(
             raise EncoderError(
                 f"encoder {spec!r} is not cacheable (its output depends on more than the content), so there is "
                 "nothing to encode ahead of time; run 'mrbench evaluate' directly"
+            )
+        if not isinstance(encoder, str) and _default_revision(meta):  # evaluate would not read such a cache
+            raise EncoderError(
+                f"encoder instance {spec!r} has the default meta.revision {meta.revision!r}, so its embeddings are "
+                "not cached (another instance of the same name could differ) and there is nothing to encode ahead; "
+                "set meta.revision to something that changes with its weights or code (e.g. a checkpoint hash)"
             )
         store = open_cache(spec, meta.revision, encoder_kwargs, cache_dir)
         rec = _RecordingCache(store)

@@ -7,8 +7,8 @@
 * ``encoder``: the encoder's metadata record, the spec it was created from and its kwargs
 * ``settings``: ks, depth, backend, device, tie_policy, batch_size, cache, grain_sensitivity, tasks
 * ``hardware``: platform, python, cpu_count, torch, faiss, device, cuda
-* ``timings``: seconds per stage (load, encoder_init, encode, encoder_forward, input_wait, retrieve, score, sensitivity,
-  total, aggregate); ``EvaluationResult.timings`` adds ``report`` (writing the output directory) and
+* ``timings``: seconds per stage (load, encoder_init, imports (the one-time imports of search and scoring,
+  before the first task), encode, encoder_forward, input_wait, retrieve, score, sensitivity, total, aggregate); ``EvaluationResult.timings`` adds ``report`` (writing the output directory) and
   ``chart`` (drawing grains.png, part of ``report``) after results.json is written. Diagnostics of the
   input pipeline (see :class:`~mrbench.encoders.harness.EncodeStats`), summed over batches on the
   background threads that prepare them: ``input_read`` (decoding or pixel-cache reads),
