@@ -464,6 +464,16 @@ class Trainer:
                 q = _embed_chunks(ref, t.queries)
                 c = _embed_chunks(ref, self.train_data.pool(name))
                 out[name] = sample_negatives(q @ c.T, [r.tolist() for r in t.relevant], scfg)
+        short = {n: s.summary() for n, s in out.items() if s.summary()["queries_short"]}
+        if short:  # said once per stage start, in one line
+            import logging
+
+            per_task = "; ".join(
+                f"{n}: {r['queries_short']} of {r['queries']} queries short, {r['missing']} missing "
+                f"(mean hard {r['mean_hard']:.1f}, random {r['mean_random']:.1f})" for n, r in short.items())
+            logging.getLogger("elva_baseline.trainer").warning(
+                "rl: fewer negatives than the %d requested (sampling.n_hard/n_random) for some training queries, their "
+                "candidate pools being too small — %s", scfg.width, per_task)
         return out
 
     def _rl_loss(self, model: Any, q_mean: Any, q_ref: Any, c: Any, valid: Any, gen: Any, rcfg: Any,

@@ -199,6 +199,22 @@ def test_non_finite_weights_stop_before_the_evaluation(tmp_path: Path, monkeypat
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 3
 
 
+def test_too_few_candidates_for_the_negatives_requested_is_said_once(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _cfg('stages=["rl"]', "rl.steps=1", "eval.every=0", "checkpoint.every=0", "sampling.n_hard=30",
+               "sampling.n_random=30")  # 60 asked for, from pools of 44-46 candidates
+    with caplog.at_level("WARNING", logger="elva_baseline.trainer"):
+        train(cfg, tmp_path / "run", progress=False)
+    lines = [r.getMessage() for r in caplog.records if "negatives" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "fewer negatives than the 60 requested" in lines[0] and "t2i: " in lines[0] and "missing" in lines[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="elva_baseline.trainer"):
+        train(_cfg('stages=["rl"]', "rl.steps=1", "eval.every=0", "checkpoint.every=0", "sampling.n_hard=4",
+                   "sampling.n_random=4"), tmp_path / "ok", progress=False)
+    assert not [r for r in caplog.records if "negatives" in r.getMessage()]
+
+
 @pytest.mark.parametrize("objective", ["surrogate", "hardneg"])
 def test_attribution_baselines_start_from_a_checkpoint(tmp_path: Path, objective: str) -> None:
     """rl.objective surrogate / hardneg run the RL stage from model.init with the same negatives."""
