@@ -149,6 +149,7 @@ class Trainer:
         self.threads = threads
         self.main_process = int(os.environ.get("RANK", "0")) == 0  # `accelerate launch` / torchrun set RANK
         self.updates = 0
+        self.all_data: Any = None  # the training data before the hold-out split (set by run)
         if not self.main_process:  # the main process checks and prepares the output directory
             self.out.mkdir(parents=True, exist_ok=True)
             return
@@ -261,6 +262,7 @@ class Trainer:
         if getattr(self, "bench", None) is None:
             self.bench = load_benchmark(cfg.data.benchmark)
         data = TrainData.from_benchmark(self.bench, tasks=cfg.data.tasks, model=model)
+        self.all_data = data
         self.train_data, self.val_data = data.holdout(cfg.data.holdout, seed=cfg.seed)
         self.n_grains = {q.id: q.n_grains for t in self.bench.tasks for q in t.queries}
 
@@ -405,6 +407,13 @@ class Trainer:
         t_stage = time.perf_counter()
         per_epoch = self.train_data.n_batches(cfg.batch_size)
         if per_epoch == 0 and step0 < cfg.steps:
+            holdout = self.cfg.data.holdout
+            if holdout > 0 and self.all_data is not None and self.all_data.n_batches(cfg.batch_size) > 0:
+                n = sum(len(self.train_data.task(t)) for t in self.train_data.task_names)
+                raise TrainingError(
+                    f"warmup: data.holdout={holdout} leaves {n} training queries in {self.cfg.data.benchmark}, too few "
+                    "for a batch of size >= 2 of one task; lower data.holdout"
+                )
             raise TrainingError(
                 f"warmup: no batch of size >= 2 in {self.cfg.data.benchmark}; lower warmup.batch_size or use more data"
             )

@@ -248,6 +248,8 @@ def test_bad_input(tmp_path: Path) -> None:
         Trainer(_cfg(), tmp_path / "b", progress=False, resume=True).run()
     with pytest.raises(TrainingError, match="generative.base"):
         Trainer(_cfg("regime=generative"), tmp_path / "c", progress=False).run()
+    with pytest.raises(TrainingError, match=r"data.holdout=0.99 leaves 4 training queries .*; lower data.holdout"):
+        train(_cfg("data.holdout=0.99"), tmp_path / "d", progress=False)
 
 
 def test_cli_run_and_plot(tmp_path: Path) -> None:
