@@ -39,7 +39,7 @@ def run(
     seed: Annotated[Optional[int], typer.Option(help="Seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete what --output holds and start over.")] = False,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads, at least 1 (default: torch's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train. Writes train_log.jsonl (plot it with `elva-train plot`), checkpoints loadable as
@@ -67,9 +67,15 @@ def run(
             cfg = cfg.with_overrides(sets)
     except ConfigError as e:
         raise MrbenchError(str(e)) from None
+    _check_threads(threads)
     import os
 
     main = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only the main process reports
+    if (main and not resume and cfg.regime == "dual" and "rl" in cfg.stages and "warmup" not in cfg.stages
+            and not cfg.model.init and not cfg.model.pretrained):
+        typer.echo("warning: the rl stage without warmup starts from a random initialisation, which is also its KL "
+                   "reference; pass --set model.init=RUN/warmup (a warmup checkpoint) to start from a trained model",
+                   err=True)
     if resume and main:
         from elva_baseline.checkpoint import recover_checkpoint_dir
 
@@ -92,6 +98,13 @@ def run(
                    f"--encoder-kwargs '{{\"adapter\": \"{summary['final']}\"}}')")
     elif summary.get("final"):
         typer.echo(f"final model: {summary['final']}  (mrbench evaluate -e elva:{summary['final']})")
+
+
+def _check_threads(threads: int | None) -> None:
+    from mrbench.errors import MrbenchError
+
+    if threads is not None and threads < 1:
+        raise MrbenchError(f"--threads {threads}: must be at least 1; leave it out for torch's default")
 
 
 @app.command("plot")
@@ -119,12 +132,13 @@ def bundle(
     warmup: Annotated[int, typer.Option(help="InfoNCE updates shared by both.")] = 300,
     rl: Annotated[int, typer.Option(help="Further updates: InfoNCE for contrastive-tiny, GRPO for elva-tiny.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of both runs.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads, at least 1 (default: torch's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Rebuild the bundled `contrastive-tiny` and `elva-tiny` encoders: train both on mrbench-synth-train with equal updates, store them compact, score them on MRBench-Synth test, write recipes.json."""
     from elva_baseline.bundled import BUNDLE_DIR, build_bundled
 
+    _check_threads(threads)
     out = out or BUNDLE_DIR
     payload = build_bundled(out, warmup=warmup, rl=rl, seed=seed, progress=not quiet, threads=threads)
     for name, rec in payload["encoders"].items():

@@ -232,3 +232,33 @@ def test_sigterm_during_run_says_where_to_resume_from(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, output
     assert output.strip() == f"interrupted: the last checkpoint is in {out / 'last'}; re-run with --resume to continue"
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. --threads 0, --stages rl from a random init
+
+
+@pytest.mark.parametrize("command", ["run", "bundle"])
+def test_threads_below_one_are_refused(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "run"
+    args = ["run", "-q", "-o", str(out), *_sets()] if command == "run" else ["bundle", "-q", "--out", str(out)]
+    for n in ("0", "-2"):
+        res = _cli(*args, "--threads", n)
+        assert res.exit_code == 2, res.output
+        assert res.output.strip() == f"error: --threads {n}: must be at least 1; leave it out for torch's default"
+        assert not out.exists()
+
+
+def test_rl_without_warmup_or_init_warns_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import elva_baseline.trainer
+
+    monkeypatch.setattr(elva_baseline.trainer, "train", lambda *a, **k: {"stages": []})
+    warning = ("warning: the rl stage without warmup starts from a random initialisation, which is also its KL "
+               "reference; pass --set model.init=RUN/warmup (a warmup checkpoint) to start from a trained model")
+    base = ["run", "-q", "-o", str(tmp_path / "run"), *_sets()]
+    res = _cli(*base, "--stages", "rl")
+    assert res.exit_code == 0 and res.output.strip() == warning, res.output
+    for extra in (["--stages", "warmup,rl"], ["--stages", "warmup"], [],
+                  ["--stages", "rl", "--set", f"model.init={tmp_path / 'w'}"]):
+        res = _cli(*base, *extra)
+        assert res.exit_code == 0 and "warning" not in res.output, (extra, res.output)
