@@ -222,16 +222,16 @@ class Trainer:
         if self.threads:
             torch.set_num_threads(int(self.threads))
         t_run = time.perf_counter()
-        if self.main_process and not (self.resume and (self.out / "config.json").is_file()):
-            from mrbench.data.io import atomic_write_text
+        from mrbench.data.io import atomic_write_text
 
+        if self.main_process and not (self.resume and (self.out / "config.json").is_file()):
             atomic_write_text(self.out / "config.json", json.dumps(cfg.resolved_dict(), indent=2))
         if cfg.regime == "generative":
             from elva_baseline.generative_trainer import train_generative
 
             summary = train_generative(self)
             if self.main_process:
-                (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+                atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             return summary
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -282,18 +282,62 @@ class Trainer:
                 if res is None or (self.stop_after is not None and self.updates >= self.stop_after
                                    and res.steps < self._stage_steps(stage)):
                     break
+        stages = [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2),
+                   "checkpoint": str(r.checkpoint) if r.checkpoint else None, "eval": r.eval}
+                  for r in results if r is not None]
+        if self.resume:  # the whole run, not only what this process did
+            stages = self._whole_run_stages(stages, start_stage)
         summary = {
-            "stages": [
-                {"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2),
-                 "checkpoint": str(r.checkpoint) if r.checkpoint else None, "eval": r.eval}
-                for r in results if r is not None
-            ],
+            "stages": stages,
             "updates": self.updates,
-            "seconds": round(time.perf_counter() - t_run, 2),
+            "seconds": round(time.perf_counter() - (self.t0 if self.resume else t_run), 2),
             "final": str(self.out / "final") if (self.out / "final").is_dir() else None,
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+    def _whole_run_stages(self, stages: list[dict[str, Any]], start_stage: str) -> list[dict[str, Any]]:
+        """The summary's stages of a resumed run, merged with what the earlier processes did: a stage
+        finished before keeps its entry in the previous ``summary.json`` (else it is rebuilt from the log
+        and its checkpoint); the resumed stage's seconds and evaluation cover the whole stage (from the
+        log's clock, which a resume continues)."""
+        from elva_baseline.trainlog import read_log
+
+        try:
+            prev = {e["stage"]: e for e in json.loads((self.out / "summary.json").read_text()).get("stages", [])
+                    if isinstance(e, dict) and "stage" in e}
+        except (OSError, ValueError, AttributeError, TypeError):
+            prev = {}
+        try:
+            log = read_log(self.out / "train_log.jsonl")
+        except (OSError, ValueError):
+            log = []
+        ends: dict[str, float] = {}  # the clock at each stage's last record
+        evals: dict[str, dict[str, float]] = {}
+        for r in log:
+            if isinstance(r.get("time"), (int, float)):
+                ends[r.get("stage")] = float(r["time"])
+            if isinstance(r.get("eval"), dict):
+                evals[r.get("stage")] = r["eval"]
+        order = self.cfg.stages
+        mine = {e["stage"]: e for e in stages}
+        out = []
+        for stage in order[:order.index(start_stage)] + [s for s in order if s in mine]:
+            before = max((ends[s] for s in order[:order.index(stage)] if s in ends), default=0.0)
+            from_log = round(ends[stage] - before, 2) if stage in ends else None
+            if stage in mine:
+                e = dict(mine[stage])
+                if stage == start_stage:
+                    e["seconds"] = from_log if from_log is not None else e["seconds"]
+                    e["eval"] = e["eval"] or evals.get(stage, {})
+            elif stage in prev and prev[stage].get("steps") == self._stage_steps(stage):
+                e = prev[stage]
+            else:
+                ck = self.out / stage
+                e = {"stage": stage, "steps": self._stage_steps(stage), "seconds": from_log,
+                     "checkpoint": str(ck) if ck.is_dir() else None, "eval": evals.get(stage, {})}
+            out.append(e)
+        return out
 
     def rewind_log(self, path: Path, stage: str, step: int) -> None:
         """Cut the log at ``path`` back to the checkpoint a resumed run starts from (``stage``,

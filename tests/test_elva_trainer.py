@@ -107,7 +107,13 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path: Path, monkeypatch: p
     assert (state["stage"], state["step"]) == where
     before = read_log(out / "train_log.jsonl")
     assert before[-1]["stage"] == where[0] and before[-1]["step"] >= where[1]  # logged past the checkpoint
-    assert Trainer(_cfg(*RESUME), out, progress=False, resume=True).run()["final"]
+    summary = Trainer(_cfg(*RESUME), out, progress=False, resume=True).run()
+    assert summary["final"] and summary["updates"] == 14
+    assert json.loads((out / "summary.json").read_text()) == summary  # the whole run, whatever this process did
+    assert [(s["stage"], s["steps"]) for s in summary["stages"]] == [("warmup", 8), ("rl", 6)]
+    last_eval = {st: [r["eval"] for r in uninterrupted_log if r["stage"] == st and "eval" in r][-1] for st in ("warmup", "rl")}
+    assert [s["eval"] for s in summary["stages"]] == [last_eval["warmup"], last_eval["rl"]]
+    assert all(s["seconds"] > 0 for s in summary["stages"]) and summary["stages"][0]["checkpoint"] == str(out / "warmup")
 
     def untimed(log: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "time"} for r in log]
