@@ -497,7 +497,10 @@ class Trainer:
         ck = self._save(model, "warmup", step, None, "warmup")
         if self.cfg.stages[-1] == "warmup":
             self._save(model, "warmup", step, None, "final")
-        self._save(model, "rl" if "rl" in self.cfg.stages else "warmup", 0, None, "last")
+        if "rl" in self.cfg.stages:  # where a resume starts the RL stage
+            self._save(model, "rl", 0, None, "last")
+        else:  # the trained model, at its real step
+            self._save(model, "warmup", step, None, "last")
         return StageResult("warmup", step, time.perf_counter() - t_stage, ck, ev)
 
     # ---------------------------------------------------------------------------------------------

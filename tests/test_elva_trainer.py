@@ -230,6 +230,8 @@ def test_attribution_baselines_start_from_a_checkpoint(tmp_path: Path, objective
 
     warm = tmp_path / "warm"
     train(_cfg('stages=["warmup"]'), warm, progress=False)
+    last = json.loads((warm / "last" / "config.json").read_text())
+    assert (last["stage"], last["step"]) == ("warmup", 8)  # a warmup-only run's last/ is its trained model
     out = tmp_path / objective
     summary = train(_cfg('stages=["rl"]', f"model.init={json.dumps(str(warm / 'final'))}", f"rl.objective={objective}",
                          "rl.sigma=0.05"), out, progress=False)
