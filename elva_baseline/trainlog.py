@@ -175,9 +175,14 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
     ax.set_xlabel("update")
     ax = axes[1][0]
     if rl:
-        ax.plot([r["global_step"] for r in rl], [r.get("loss", math.nan) for r in rl], lw=1, label="RL loss")
+        # the loss is about β·KL (group-normalised advantages average 0), so on their own axes the two
+        # curves coincide: solid vs dashed on top, and the legend says why
+        ax.plot([r["global_step"] for r in rl], [r.get("loss", math.nan) for r in rl], lw=2.5, color="tab:blue",
+                alpha=0.6, label="RL loss (left axis; ≈ β·KL, so it follows the KL curve)")
+        ax.set_ylabel("RL loss")
         ax2 = ax.twinx()
-        ax2.plot([r["global_step"] for r in rl], [r.get("kl", math.nan) for r in rl], lw=1, color="tab:red", label="KL")
+        ax2.plot([r["global_step"] for r in rl], [r.get("kl", math.nan) for r in rl], lw=1, ls="--", color="tab:red",
+                 label="KL (right axis)")
         ax2.set_ylabel("KL to reference")
         lines = ax.get_lines() + ax2.get_lines()
         ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")

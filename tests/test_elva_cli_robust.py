@@ -262,3 +262,54 @@ def test_rl_without_warmup_or_init_warns_once(tmp_path: Path, monkeypatch: pytes
                   ["--stages", "rl", "--set", f"model.init={tmp_path / 'w'}"]):
         res = _cli(*base, *extra)
         assert res.exit_code == 0 and "warning" not in res.output, (extra, res.output)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. documentation and the curves
+
+
+def test_readme_config_table_names_every_key_and_run_commands_have_an_output() -> None:
+    import dataclasses
+    import re
+
+    from elva_baseline.config import TrainConfig
+    from elva_baseline.rewards import RewardConfig
+    from elva_baseline.sampling import SamplingConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sections = {name: list(TrainConfig().to_dict()[name]) for name in ("warmup", "rl", "model")}
+    sections["reward"] = [f.name for f in dataclasses.fields(RewardConfig)]
+    sections["sampling"] = [f.name for f in dataclasses.fields(SamplingConfig)]
+    for name, keys in sections.items():
+        rows = [ln for ln in readme.splitlines() if ln.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, name
+        missing = [k for k in keys if f"`{k}`" not in rows[0]]
+        assert not missing, f"README config table, {name}: {missing}"
+    runs = re.findall(r"elva-train run\b[^`\n]*", readme)
+    assert runs and all(re.search(r"\s(-o|--output)\s", r) for r in runs), [r for r in runs if " -o " not in r]
+
+
+def test_curves_tell_the_rl_loss_from_the_kl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RL loss is about β·KL: on twin axes the two curves coincide, so they differ in style and the
+    legend says why."""
+    import matplotlib.pyplot as plt
+
+    from elva_baseline.trainlog import TrainLog, plot_log
+
+    log = tmp_path / "train_log.jsonl"
+    with TrainLog(log) as w:
+        for i in range(1, 6):
+            w.write({"stage": "rl", "step": i, "global_step": i, "time": i, "loss": 0.2 * 0.01 * i, "kl": 0.01 * i,
+                     "reward_mean": 0.1, "reward_std": 0.01})
+    figs = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    plot_log(log, tmp_path / "curves.png")
+    fig = figs[0]
+    (loss,) = [ln for a in fig.axes for ln in a.get_lines() if ln.get_label().startswith("RL loss")]
+    (kl,) = [ln for a in fig.axes for ln in a.get_lines() if ln.get_label().startswith("KL")]
+    assert (loss.get_linestyle(), loss.get_color(), loss.get_linewidth()) != (kl.get_linestyle(), kl.get_color(),
+                                                                             kl.get_linewidth())
+    assert loss.get_linestyle() != kl.get_linestyle() and loss.get_linewidth() > kl.get_linewidth()
+    assert "β·KL" in loss.get_label()
+    real_close(fig)
