@@ -503,7 +503,7 @@ def is_complete_resume_point(directory: str | os.PathLike[str]) -> bool:
         return False
 
 
-def recover_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
+def recover_checkpoint_dir(path: str | os.PathLike[str], *, clean: bool = True) -> Path | None:
     """Repair what a kill during a checkpoint's replacement left at ``path`` (e.g. a run's ``last/``).
 
     :func:`mrbench.data.io.atomic_dir` swaps a checkpoint in with two renames (``path`` →
@@ -512,7 +512,8 @@ def recover_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
     (:func:`is_complete_resume_point`) staging directory — else the newest complete old one — is
     renamed to ``path`` and returned. Once ``path`` exists, the leftover staging/old directories
     next to it (of completed swaps, or saves killed midway) are removed. Returns ``None`` when
-    nothing was recovered. Call it only while no save to ``path`` is under way."""
+    nothing was recovered; ``clean=False`` only recovers. Call it only while no save to ``path`` is
+    under way (a removed staging directory would fail that save)."""
     import shutil
 
     dest = Path(path)
@@ -524,7 +525,7 @@ def recover_checkpoint_dir(path: str | os.PathLike[str]) -> Path | None:
                 os.replace(cand, dest)
                 recovered = cand
                 break
-    if dest.is_dir():
+    if clean and dest.is_dir():
         for p in staging + old:
             if p != recovered:
                 shutil.rmtree(p, ignore_errors=True)

@@ -28,6 +28,18 @@ def interrupted_hint(output: Path) -> str:
     return "nothing was trained yet; re-run the same command"
 
 
+def _recover_last(output: Path, *, clean: bool) -> None:
+    """Put back ``output/last`` when a kill or interrupt between the two renames of its replacement
+    left it beside its place (one line saying so); ``clean``: remove leftovers of earlier swaps."""
+    from elva_baseline.checkpoint import recover_checkpoint_dir
+
+    last = output / "last"
+    src = recover_checkpoint_dir(last, clean=clean)
+    if src is not None:
+        typer.echo(f"{last} was missing (a checkpoint save was cut short while replacing it); restored it from "
+                   f"{src.name}", err=True)
+
+
 @app.command("run")
 @handle_errors(interrupted="nothing was trained yet; re-run the same command")
 @_sigterm_as_ctrl_c  # a scheduler's or kill's SIGTERM says where to resume from, as Ctrl-C does
@@ -76,17 +88,13 @@ def run(
         typer.echo("warning: the rl stage without warmup starts from a random initialisation, which is also its KL "
                    "reference; pass --set model.init=RUN/warmup (a warmup checkpoint) to start from a trained model",
                    err=True)
-    if resume and main:
-        from elva_baseline.checkpoint import recover_checkpoint_dir
-
-        last = output / "last"
-        src = recover_checkpoint_dir(last)  # a kill while last/ was being replaced leaves it beside last/
-        if src is not None:
-            typer.echo(f"{last} was missing (a checkpoint save was cut short while replacing it); restored it from "
-                       f"{src.name}", err=True)
+    if main and output.is_dir():  # without --resume only recover, so that the refusal says to --resume
+        _recover_last(output, clean=resume)
     try:
         summary = train(cfg, output, resume=resume, overwrite=overwrite, progress=not quiet and main, threads=threads)
     except KeyboardInterrupt:  # handle_errors prints the hint that fits what the run left
+        if main:  # interrupted between the two renames of a checkpoint swap: put last/ back first
+            _recover_last(output, clean=True)
         raise KeyboardInterrupt(interrupted_hint(output)) from None
     if not main:
         return

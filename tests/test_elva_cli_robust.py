@@ -313,3 +313,38 @@ def test_curves_tell_the_rl_loss_from_the_kl(tmp_path: Path, monkeypatch: pytest
     assert loss.get_linestyle() != kl.get_linestyle() and loss.get_linewidth() > kl.get_linewidth()
     assert "β·KL" in loss.get_label()
     real_close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1b. the swap window met by Ctrl-C / SIGTERM, or by a run without --resume
+
+
+def test_an_interrupt_between_the_renames_restores_last_and_says_resume(interrupted_run: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import elva_baseline.trainer
+
+    out = _copy_run(interrupted_run, tmp_path)
+
+    def interrupted_in_the_window(*a, **k):
+        shutil.copytree(out / "last", out / ".last.staging-1111bbbb")
+        os.replace(out / "last", out / ".last.old-0000aaaa")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(elva_baseline.trainer, "train", interrupted_in_the_window)
+    res = _cli("run", "-q", "-o", str(out), "--resume")
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().splitlines() == [
+        f"{out / 'last'} was missing (a checkpoint save was cut short while replacing it); restored it from "
+        ".last.staging-1111bbbb",
+        f"interrupted: the last checkpoint is in {out / 'last'}; re-run with --resume to continue"]
+    assert not list(out.glob(".last.*"))
+
+
+def test_a_run_without_resume_recovers_last_and_says_to_resume(interrupted_run: Path, tmp_path: Path) -> None:
+    out = _copy_run(interrupted_run, tmp_path)
+    shutil.copytree(out / "last", out / ".last.old-0000aaaa")
+    os.replace(out / "last", out / ".last.staging-1111bbbb")
+    res = _cli("run", "-q", "-o", str(out), *_sets())
+    assert res.exit_code == 2, res.output
+    assert "restored it from .last.staging-1111bbbb" in res.output and "pass --resume to continue it" in res.output
+    assert (out / "last").is_dir() and (out / ".last.old-0000aaaa").is_dir()  # only --resume cleans up
