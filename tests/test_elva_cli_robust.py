@@ -285,7 +285,7 @@ def test_readme_config_table_names_every_key_and_run_commands_have_an_output() -
         assert len(rows) == 1, name
         missing = [k for k in keys if f"`{k}`" not in rows[0]]
         assert not missing, f"README config table, {name}: {missing}"
-    runs = re.findall(r"elva-train run\b[^`\n]*", readme)
+    runs = re.findall(r"elva-train run\s[^`\n]*", readme)  # commands, not prose naming `elva-train run`
     assert runs and all(re.search(r"\s(-o|--output)\s", r) for r in runs), [r for r in runs if " -o " not in r]
 
 
