@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from mrbench.cli.common import handle_errors, reflow_help
-from mrbench.cli.evaluate import _sigterm_as_ctrl_c
+from mrbench.cli.common import sigterm_as_ctrl_c
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train ELVA-style retrievers (InfoNCE warmup → GRPO with rule rewards) and plot training logs.")
@@ -42,7 +42,7 @@ def _recover_last(output: Path, *, clean: bool) -> None:
 
 @app.command("run")
 @handle_errors(interrupted="nothing was trained yet; re-run the same command")
-@_sigterm_as_ctrl_c  # a scheduler's or kill's SIGTERM says where to resume from, as Ctrl-C does
+@sigterm_as_ctrl_c  # a scheduler's or kill's SIGTERM says where to resume from, as Ctrl-C does
 def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: log, checkpoints (warmup/, rl/, last/, final/).")],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="JSON or TOML config (see elva_baseline/config.py).")] = None,

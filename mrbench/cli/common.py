@@ -15,6 +15,37 @@ from typing import Any, Callable
 import typer
 
 
+def sigterm_as_ctrl_c(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` with SIGTERM handled as Ctrl-C (``KeyboardInterrupt`` in the main thread), so that a
+    job scheduler's or ``kill``'s stop cleans up (a --stream-pool run's memory-mapped pool) and says
+    how to resume; only where SIGTERM still has its default action, restored afterwards. A process
+    forked meanwhile (decode workers) keeps the default action."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return fn(*args, **kwargs)
+        owner = os.getpid()
+
+        def on_sigterm(signum, frame):
+            if os.getpid() != owner:  # a forked child: die as it would have
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            raise KeyboardInterrupt()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return wrapper
+
+
 def err(message: str) -> None:
     """Print one line to stderr (no markup interpretation)."""
     print(message, file=sys.stderr, flush=True)
