@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mrbench.data.csr import CsrMappings
-from mrbench.data.io import gc_frozen, gc_paused
+from mrbench.data.io import check_writable_path, gc_frozen, gc_paused
 from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
 from mrbench.report.progress import NullReporter
@@ -74,14 +74,7 @@ def _check_output(output: Path | None, overwrite: bool) -> None:
         raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose another --output")
     # the results are written into a staging directory beside it and renamed into place: its nearest existing
     # parent must be a writable directory (checked now, not once everything is computed)
-    parent = Path(os.path.abspath(output)).parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise MrbenchError(f"--output {output}: {parent} is a file, not a directory; choose another --output")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MrbenchError(f"--output {output}: cannot write in {parent} (no write permission, or a read-only file "
-                           "system); choose another --output")
+    check_writable_path(output, "--output")
 
 
 def judged_grades(task: Task) -> CsrMappings:

@@ -21,6 +21,19 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("MRBENCH_CACHE", str(home / "embeddings"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")``): on a small shared machine (2 cores, pytest -n 2) two OpenMP threads per
+    worker make a tiny model 10-40x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_png(path: Path, color: tuple[int, int, int], size: int = 16) -> None:
     from PIL import Image
 

@@ -16,14 +16,7 @@ from elva_baseline.bundled import BUNDLE_DIR, RECIPES_FILE, build_bundled, headl
 NAMES = ("contrastive-tiny", "elva-tiny")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", NAMES)

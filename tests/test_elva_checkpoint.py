@@ -37,13 +37,7 @@ SMALL_CFG = {
 TRAINING = {"lr": 1e-3, "batch_size": 64, "tasks": ["t2i", "it2i"], "nested": {"beta": 0.2}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread (two OpenMP threads per pytest worker on 2 shared cores are 10-40x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

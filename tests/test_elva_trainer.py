@@ -13,21 +13,10 @@ from elva_baseline.config import TrainConfig
 from elva_baseline.trainer import Trainer, TrainingError, train
 from elva_baseline.trainlog import read_log
 
-TINY = [
-    "data.benchmark=mrbench-synth-tiny-train", "warmup.steps=8", "warmup.batch_size=8", "rl.steps=4",
-    "rl.queries_per_step=4", "rl.group_size=4", "eval.every=4", "checkpoint.every=3",
-    "sampling.n_hard=8", "sampling.n_random=8",
-]
+from fixtures.elva import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*extra: str) -> TrainConfig:

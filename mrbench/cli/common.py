@@ -86,17 +86,11 @@ def os_error_line(e: OSError) -> str:
 
 
 def check_writable_file(path: Path, option: str = "--output") -> None:
-    """Refuse, before any work, an output file path that cannot be created: a part of its directory
-    is a file, or the nearest existing directory is not writable (one-line :class:`MrbenchError`)."""
-    from mrbench.errors import MrbenchError
+    """Refuse, before any work, an output file path that cannot be created (see
+    :func:`mrbench.data.io.check_writable_path`)."""
+    from mrbench.data.io import check_writable_path
 
-    parent = Path(os.path.abspath(path)).parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise MrbenchError(f"{option} {path}: {parent} is a file, not a directory; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MrbenchError(f"{option} {path}: cannot write in {parent} (permission denied); choose another path")
+    check_writable_path(path, option)
 
 
 def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = INTERRUPTED_HINT) -> Any:

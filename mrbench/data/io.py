@@ -38,6 +38,22 @@ MANIFEST = "manifest.json"
 
 
 # --------------------------------------------------------------------------- atomic writes
+def check_writable_path(path: str | Path, option: str = "--output") -> None:
+    """Refuse, before any work, an output path that cannot be created: a part of its directory is a
+    file, or its nearest existing directory is not writable (no permission, a read-only file system).
+    One-line :class:`~mrbench.errors.MrbenchError` naming ``option`` and ``path``."""
+    from mrbench.errors import MrbenchError
+
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MrbenchError(f"{option} {path}: {parent} is a file, not a directory; choose another {option}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MrbenchError(f"{option} {path}: cannot write in {parent} (no write permission, or a read-only file "
+                           f"system); choose another {option}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and rename."""
     path = Path(path)
