@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 from fixtures.elva import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
+from fixtures.procs import sigterm_when  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -198,27 +199,14 @@ def test_plot_of_a_file_that_is_not_a_log_says_what_to_pass(interrupted_run: Pat
 def test_sigterm_during_run_says_where_to_resume_from(tmp_path: Path) -> None:
     """`kill` (SIGTERM) of `elva-train run` acts as Ctrl-C: one line naming the checkpoint to resume
     from, exit code 130 (not a silent 143)."""
-    import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "elva_baseline.cli", "run", "-q", "--threads", "1", "-o", str(out), "--stages", "warmup",
            *_sets("warmup.steps=100000", "eval.every=100000")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "last" / "trainer_state.json").is_file():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    output, _ = sigterm_when(proc, (out / "last" / "trainer_state.json").is_file)
     assert proc.returncode == 130, output
     assert output.strip() == f"interrupted: the last checkpoint is in {out / 'last'}; re-run with --resume to continue"
 

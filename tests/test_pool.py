@@ -13,6 +13,8 @@ import pytest
 import mrbench.pipeline as pl
 from mrbench.errors import MrbenchError
 
+from fixtures.procs import sigterm_when  # (tests/ is on sys.path under pytest)
+
 TINY = "mrbench-synth-tiny"
 GiB = 2**30
 
@@ -297,8 +299,6 @@ class Slow(RandomEncoder):
 def test_sigterm_stops_evaluate_like_ctrl_c_and_removes_the_pool(tmp_path):
     """kill (SIGTERM) during a --stream-pool run: 'interrupted:' with the resume hint, exit 130, no
     pool file left behind (the default action left the pool-sized file forever)."""
-    import signal
-    import time
 
     enc = tmp_path / "slow_enc.py"
     enc.write_text(SLOW_ENCODER)
@@ -311,17 +311,7 @@ def test_sigterm_stops_evaluate_like_ctrl_c_and_removes_the_pool(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "mrbench", "evaluate", "-b", str(bench.root), "-e", f"{enc}:Slow",
                           "--tasks", "t2i", "--no-cache", "--no-sensitivity", "--stream-pool", "--batch-size", "4", "-q",
                           "-o", str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list((home / "tmp").glob("pool-*")) and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        assert list((home / "tmp").glob("pool-*")), p.communicate()
-        time.sleep(0.3)
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    out, err = sigterm_when(p, lambda: bool(list((home / "tmp").glob("pool-*"))), settle=0.3)
     assert p.returncode == 130, (p.returncode, err)
     assert err.strip().splitlines()[-1].startswith("interrupted: "), err
     assert "Traceback" not in err
