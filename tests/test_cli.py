@@ -377,7 +377,7 @@ def test_checking_a_spec_builds_nothing_and_agrees_with_the_registry(tmp_path, m
     """check_encoder_spec resolves as get_encoder does (same errors) without calling the constructor."""
     from mrbench.encoders.registry import get_encoder
     from mrbench.errors import MrbenchError
-    from mrbench.pipeline import check_encoder_spec
+    from mrbench.encoders.registry import check_encoder_spec
 
     (tmp_path / "counted.py").write_text(
         "import numpy as np\nfrom mrbench.encoders.base import EncoderMeta\nBUILT = []\n"

@@ -70,7 +70,8 @@ def evaluate(
     """
     from mrbench.cli.common import stdout_console
     from mrbench.errors import MrbenchError
-    from mrbench.pipeline import _check_output, check_encoder_spec, evaluate as run
+    from mrbench.encoders.registry import check_encoder_spec
+    from mrbench.pipeline import _check_output, evaluate as run
     from mrbench.report.progress import NullReporter, RichReporter
     from mrbench.report.tables import comparison_table, print_result
 

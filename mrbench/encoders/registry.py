@@ -167,6 +167,22 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
         EncoderError: the target cannot be imported (the message names the pip extra), does not
             accept the kwargs, or builds something that is not an :class:`Encoder`.
     """
+    target, kwargs, label = _resolve_name(name, kwargs)
+    return _build(target, kwargs, label=label)
+
+
+def check_encoder_spec(name: str, encoder_kwargs: dict[str, Any] | None = None) -> None:
+    """Check ``name`` and ``encoder_kwargs`` as :func:`get_encoder` would — the lookup, the pip extra,
+    the module, entry point or ``file.py`` import, the kwargs against the constructor's signature —
+    without building the encoder (no model is loaded); the same one-line errors. ``mrbench evaluate``
+    checks every ``-e`` so before it evaluates the first."""
+    target, kwargs, label = _resolve_name(name, dict(encoder_kwargs or {}))
+    _check_call(target, kwargs, label=label)
+
+
+def _resolve_name(name: str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:
+    """``(target, kwargs, label)``: what ``name`` names (a class, factory or ready instance, imported)
+    and the kwargs to call it with (``spec`` added for a family); see :func:`get_encoder`."""
     if not isinstance(name, str) or not name.strip():
         raise UnknownNameError(f"encoder name {name!r} is empty; {_NAME_FORMS}")
     name = name.strip()
@@ -178,13 +194,12 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
                 f"{name!r} is an encoder family: pass '{name}:<spec>' (e.g. '{name}:ViT-B-32'), not the bare name"
             )
         _require_extra(spec.extra, name)
-        factory = _load_target(spec.target, label=name, extra=spec.extra)
-        return _build(factory, kwargs, label=name)
+        return _load_target(spec.target, label=name, extra=spec.extra), kwargs, name
 
     if ":" not in name:
         eps = _entry_points()
         if name in eps:
-            return _build(_load_entry_point(eps[name], name), kwargs, label=name)
+            return _load_entry_point(eps[name], name), kwargs, name
         raise _unknown(name, eps)
 
     prefix, rest = name.split(":", 1)
@@ -197,12 +212,11 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
         if not rest:
             raise UnknownNameError(f"encoder family {prefix!r} needs a spec after ':' (e.g. '{prefix}:ViT-B-32')")
         _require_extra(fam.extra, name)
-        factory = _load_target(fam.target, label=name, extra=fam.extra)
-        return _build(factory, {"spec": rest, **kwargs}, label=name)
+        return _load_target(fam.target, label=name, extra=fam.extra), {"spec": rest, **kwargs}, name
 
     left, _, attr = name.rpartition(":")
     if left.endswith(".py"):
-        return _build(_load_from_file(Path(left).expanduser(), attr, label=name), kwargs, label=name)
+        return _load_from_file(Path(left).expanduser(), attr, label=name), kwargs, name
 
     if prefix == "py":
         left, _, attr = rest.rpartition(":")
@@ -212,11 +226,10 @@ def get_encoder(name: str, /, **kwargs: Any) -> Encoder:
     eps = _entry_points()
     if prefix != "py" and prefix in eps:
         # "ep:spec": an installed entry point acting as a family (entry points shadow modules).
-        return _build(_load_entry_point(eps[prefix], name), {"spec": rest, **kwargs}, label=name)
+        return _load_entry_point(eps[prefix], name), {"spec": rest, **kwargs}, name
 
     if _IDENT_PATH.match(left) and _IDENT_PATH.match(attr):
-        obj = _load_target(f"{left}:{attr}", label=name, extra=None, unknown_if_missing=True, eps=eps)
-        return _build(obj, kwargs, label=name)
+        return _load_target(f"{left}:{attr}", label=name, extra=None, unknown_if_missing=True, eps=eps), kwargs, name
 
     raise _unknown(name, eps)
 
@@ -469,14 +482,15 @@ def _one_line(e: BaseException) -> str:
     return s[0] if s else type(e).__name__
 
 
-def _build(obj: Any, kwargs: dict[str, Any], *, label: str) -> Encoder:
-    """Call a class/factory with ``kwargs`` (or accept a ready instance) and check the protocol."""
+def _check_call(obj: Any, kwargs: dict[str, Any], *, label: str) -> bool:
+    """What :func:`_build` checks before calling ``obj``: a ready instance takes no kwargs (returns
+    True: nothing to call), else ``obj`` must be callable and accept ``kwargs`` (returns False)."""
     if not inspect.isclass(obj) and _missing_protocol(obj) is None:
         if kwargs:
             raise EncoderError(
                 f"encoder {label!r} resolves to a ready instance; it takes no kwargs (got {', '.join(sorted(kwargs))})"
             )
-        return obj
+        return True
     if not callable(obj):
         raise EncoderError(
             f"encoder {label!r}: target is a {type(obj).__name__}, not a class, factory or encoder instance"
@@ -495,6 +509,13 @@ def _build(obj: Any, kwargs: dict[str, Any], *, label: str) -> Encoder:
             raise EncoderError(
                 f"encoder {label!r}: bad kwargs {sorted(kwargs)} ({_one_line(e)}); accepted: {', '.join(params) or 'none'}"
             ) from None
+    return False
+
+
+def _build(obj: Any, kwargs: dict[str, Any], *, label: str) -> Encoder:
+    """Call a class/factory with ``kwargs`` (or accept a ready instance) and check the protocol."""
+    if _check_call(obj, kwargs, label=label):
+        return obj
     try:
         enc = obj(**kwargs)
     except EncoderError as e:
