@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--warmup", type=int, default=300, help="shared warmup updates")
     ap.add_argument("--rl", type=int, default=100, help="updates of every variant after the warmup")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(["warmup", *VARIANTS]))  # warmup: the shared checkpoint itself
     ap.add_argument("--define", action="append", default=[], help="NAME:key=value,key=value (an extra variant)")
     ap.add_argument("--set", action="append", default=[], help="config overrides for every run")
     ap.add_argument("--threads", type=int, default=2)
