@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import mrbench.memory as mem
 import mrbench.pipeline as pl
 from mrbench.errors import MrbenchError
 
@@ -33,9 +34,9 @@ def fake_proc(tmp_path, monkeypatch):
     _write(tmp_path / "meminfo", f"MemTotal: {128 * 2**20} kB\nMemAvailable: {64 * 2**20} kB\n")
     (tmp_path / "cg").mkdir()
     _write(tmp_path / "self_cgroup", "0::/\n")
-    monkeypatch.setattr(pl, "MEMINFO", tmp_path / "meminfo")
-    monkeypatch.setattr(pl, "CGROUP_ROOT", tmp_path / "cg")
-    monkeypatch.setattr(pl, "PROC_SELF_CGROUP", tmp_path / "self_cgroup")
+    monkeypatch.setattr(mem, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(mem, "CGROUP_ROOT", tmp_path / "cg")
+    monkeypatch.setattr(mem, "PROC_SELF_CGROUP", tmp_path / "self_cgroup")
     monkeypatch.setattr(resource, "getrlimit", lambda what: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     return tmp_path
 
