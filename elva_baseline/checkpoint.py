@@ -49,6 +49,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_TENSORS_FILE = "trainer_tensors.safetensors"
+"""The trainer's own tensors for resume (``extra_tensors``), beside ``trainer_state.json``."""
 TRAINER_STATE_FILE = "trainer_state.json"
 
 CONFIG_KEYS = frozenset({
@@ -132,6 +134,7 @@ def save_checkpoint(
     stage: str,
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
     overwrite: bool = False,
     sparse_rows: dict[str, torch.Tensor] | None = None,
 ) -> Path:
@@ -142,6 +145,8 @@ def save_checkpoint(
         step, stage: where training stands (``stage`` e.g. ``"contrastive"`` or ``"grpo"``).
         optimizer: also write ``optimizer.safetensors`` + ``trainer_state.json`` (for resume).
         extra: JSON-able trainer state for resume (RNG states, scheduler, epoch…), in trainer_state.json.
+        extra_tensors: the trainer's tensors for resume (e.g. embedded candidate pools), in
+            ``trainer_tensors.safetensors`` (its sha256 in trainer_state.json).
         overwrite: replace an existing checkpoint at ``directory`` (never a directory that holds
             anything but a checkpoint).
         sparse_rows: ``{tensor name: row indices}``: store only these rows of these 2-D tensors
@@ -198,8 +203,8 @@ def save_checkpoint(
             "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
             **({"sparse_rows": sparse} if sparse else {}),
         }
-        if optimizer is not None or extra_json is not None:
-            write_trainer_state(tmp, optimizer, step=step, stage=stage, extra=extra_json)
+        if optimizer is not None or extra_json is not None or extra_tensors:
+            write_trainer_state(tmp, optimizer, step=step, stage=stage, extra=extra_json, extra_tensors=extra_tensors)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True), encoding="utf-8")
         _usual_mode(tmp, tmp / CONFIG_FILE)
     return out
@@ -216,9 +221,11 @@ def _usual_mode(directory: Path, reference: Path) -> None:
 
 
 def write_trainer_state(directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None, *, step: int,
-                        stage: str, extra: dict[str, Any] | None = None) -> None:
-    """Write ``trainer_state.json`` (step, stage, JSON-able ``extra``) and, with an optimizer,
-    ``optimizer.safetensors`` into ``directory`` (what :func:`load_trainer_state` reads back)."""
+                        stage: str, extra: dict[str, Any] | None = None,
+                        extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``trainer_state.json`` (step, stage, JSON-able ``extra``), with an optimizer
+    ``optimizer.safetensors``, and with ``extra_tensors`` ``trainer_tensors.safetensors`` into
+    ``directory`` (what :func:`load_trainer_state` reads back)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -229,6 +236,10 @@ def write_trainer_state(directory: str | os.PathLike[str], optimizer: torch.opti
             save_file(tensors, str(d / OPTIMIZER_FILE), metadata={"format": "pt"})
             state["optimizer"] = meta
             state["optimizer_sha256"] = file_sha256(d / OPTIMIZER_FILE)
+        if extra_tensors:
+            save_file({k: t.detach().contiguous() for k, t in extra_tensors.items()}, str(d / STATE_TENSORS_FILE),
+                      metadata={"format": "pt"})
+            state["tensors_sha256"] = file_sha256(d / STATE_TENSORS_FILE)
         (d / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
         _usual_mode(d, d / TRAINER_STATE_FILE)
 
@@ -493,6 +504,8 @@ def is_complete_resume_point(directory: str | os.PathLike[str]) -> bool:
             return False
         if state.get("optimizer") is not None and file_sha256(d / OPTIMIZER_FILE) != state.get("optimizer_sha256"):
             return False
+        if state.get("tensors_sha256") is not None and file_sha256(d / STATE_TENSORS_FILE) != state["tensors_sha256"]:
+            return False
         if _is_checkpoint_dir(d):
             cfg = read_config(d)
             return file_sha256(d / str(cfg.get("weights") or WEIGHTS_FILE)) == cfg["weights_sha256"]
@@ -536,7 +549,8 @@ def load_trainer_state(
     directory: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, Any]:
     """Resume: restore ``optimizer`` (built over the same parameters, in the same order) from the
-    checkpoint and return ``{"step", "stage", "extra"}`` from trainer_state.json."""
+    checkpoint and return ``{"step", "stage", "extra"}`` from trainer_state.json, and ``"tensors"``
+    where ``extra_tensors`` were saved with it."""
     from safetensors.torch import load_file
 
     d = Path(directory).expanduser()
@@ -579,4 +593,13 @@ def load_trainer_state(
             optimizer.load_state_dict({"state": st, "param_groups": groups})
         except (ValueError, RuntimeError, KeyError) as e:
             raise CheckpointError(f"checkpoint {str(d)!r}: cannot restore the optimizer ({e})") from None
-    return {"step": state.get("step"), "stage": state.get("stage"), "extra": state.get("extra")}
+    out = {"step": state.get("step"), "stage": state.get("stage"), "extra": state.get("extra")}
+    if state.get("tensors_sha256") is not None:
+        tpath = _need(d / STATE_TENSORS_FILE, "the trainer's tensors")
+        digest = file_sha256(tpath)
+        if digest != state["tensors_sha256"]:
+            raise CheckpointError(
+                f"checkpoint {str(d)!r}: {STATE_TENSORS_FILE} has sha256 {digest[:16]}… but {TRAINER_STATE_FILE} "
+                f"records {str(state['tensors_sha256'])[:16]}…; the file was modified")
+        out["tensors"] = load_file(str(tpath))
+    return out

@@ -78,31 +78,25 @@ def _rng_states(gen: Any, rng: random.Random) -> dict[str, Any]:
             "python": [version, list(internal), gauss]}
 
 
-def _pool_state(pools: dict[str, Any], step: int) -> dict[str, Any]:
-    """The RL candidate pools' embeddings (float32, exact) and the step they were computed at, JSON-able,
-    for a checkpoint between two refreshes to resume them from."""
-    import base64
+POOL_TENSOR_PREFIX = "rl_pool/"
+"""Names of the RL candidate pools' embeddings among a checkpoint's trainer tensors."""
 
+
+def _pool_state(pools: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The RL candidate pools' embeddings (float32, exact) and the step they were computed at, for a
+    checkpoint between two refreshes to resume them from: ``(JSON-able part, trainer tensors)``."""
     import torch
 
-    return {"step": int(step), "pools": {
-        name: {"shape": list(t.shape),
-               "data": base64.b64encode(t.detach().to("cpu", dtype=torch.float32).contiguous().numpy().tobytes())
-               .decode("ascii")}
-        for name, t in pools.items()}}
+    return ({"step": int(step), "tasks": sorted(pools)},
+            {POOL_TENSOR_PREFIX + name: t.detach().to("cpu", dtype=torch.float32) for name, t in pools.items()})
 
 
-def _load_pool_state(saved: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def _load_pool_state(saved: dict[str, Any], tensors: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Restore what :func:`_pool_state` saved: ``(pools, refresh step)``."""
-    import base64
-
-    import torch
-
     try:
-        pools = {name: torch.frombuffer(bytearray(base64.b64decode(p["data"])), dtype=torch.float32)
-                 .reshape(p["shape"]).clone() for name, p in saved["pools"].items()}
+        pools = {name: tensors[POOL_TENSOR_PREFIX + name].clone() for name in saved["tasks"]}
         return pools, int(saved["step"])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise TrainingError(f"the checkpoint's RL candidate pools are damaged ({e}); start the run again with --overwrite") from None
 
 
@@ -394,7 +388,7 @@ class Trainer:
         raise TrainingError(f"{stage} step {step}: {what}; training stopped, {where}; lower the learning rate")
 
     def _save(self, model: Any, stage: str, step: int, optimizer: Any, name: str,
-              extra: dict[str, Any] | None = None) -> Path:
+              extra: dict[str, Any] | None = None, tensors: dict[str, Any] | None = None) -> Path:
         from elva_baseline.checkpoint import save_checkpoint
 
         self._check_weights(model, stage, step)  # a checkpoint to resume from is never a diverged model
@@ -402,7 +396,7 @@ class Trainer:
                                optimizer=optimizer,
                                extra={"updates": self.updates, "time": time.perf_counter() - self.t0,
                                       "rng": _rng_state(), **(extra or {})},
-                               overwrite=True)
+                               extra_tensors=tensors, overwrite=True)
 
     def _should_stop(self) -> bool:
         return self.stop_after is not None and self.updates >= self.stop_after
@@ -600,9 +594,10 @@ class Trainer:
             raise TrainingError(f"rl: no training queries in {self.cfg.data.benchmark}")
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        saved, saved_pools = None, None
+        saved, saved_pools, saved_tensors = None, None, {}
         if resume_dir is not None and step0 > 0:
-            extra = load_trainer_state(resume_dir, opt).get("extra") or {}
+            trainer_state = load_trainer_state(resume_dir, opt)
+            extra, saved_tensors = trainer_state.get("extra") or {}, trainer_state.get("tensors") or {}
             saved, saved_pools = extra.get("rl_rng"), extra.get("rl_pools")
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + step0)
         rng = random.Random(self.cfg.seed * 31 + step0)
@@ -611,13 +606,15 @@ class Trainer:
         pools: dict[str, Any] = {}
         pools_step = 0
         if saved_pools and not cfg.fresh_candidates:  # the pools of the last refresh before the checkpoint
-            pools, pools_step = _load_pool_state(saved_pools)
+            pools, pools_step = _load_pool_state(saved_pools, saved_tensors)
 
-        def resume_state() -> dict[str, Any]:
+        def resume_state() -> tuple[dict[str, Any], dict[str, Any]]:
+            """(JSON-able extra, trainer tensors) of an RL checkpoint."""
             state: dict[str, Any] = {"rl_rng": _rng_states(gen, rng)}
+            tensors: dict[str, Any] = {}
             if pools and step % cfg.refresh_every != 0:  # at a refresh step, a resume re-embeds them anyway
-                state["rl_pools"] = _pool_state(pools, pools_step)
-            return state
+                state["rl_pools"], tensors = _pool_state(pools, pools_step)
+            return state, tensors
 
         st: dict[str, Any] = {}
         if step0 == 0 and self.cfg.eval.every:  # where the stage starts, for the held-out curve
@@ -675,12 +672,12 @@ class Trainer:
                 final = step >= cfg.steps
                 ev = self._maybe_eval(model, "rl", step, final) or ev
                 if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0 and not final:
-                    self._save(model, "rl", step, opt, "last", resume_state())
+                    self._save(model, "rl", step, opt, "last", *resume_state())
         finally:
             if bar is not None:
                 bar.stop()
         if step < cfg.steps:
-            self._save(model, "rl", step, opt, "last", resume_state())
+            self._save(model, "rl", step, opt, "last", *resume_state())
             return StageResult("rl", step, time.perf_counter() - t_stage, self.out / "last", ev)
         ck = self._save(model, "rl", step, None, "rl")
         self._save(model, "rl", step, None, "final")

@@ -138,6 +138,7 @@ def test_resume_between_two_pool_refreshes_equals_the_uninterrupted_run(tmp_path
             train(_cfg(*cfg), out, progress=False)
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert (state["stage"], state["step"]) == ("rl", 3) and state["extra"]["rl_pools"]["step"] == 2
+    assert state["tensors_sha256"] and (out / "last" / "trainer_tensors.safetensors").is_file()  # not in the JSON
     Trainer(_cfg(*cfg), out, progress=False, resume=True).run()
 
     def untimed(d: Path) -> list[dict]:
