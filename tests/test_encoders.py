@@ -631,3 +631,25 @@ def test_encoder_kwargs_are_in_the_cache_key(tmp_path):
     b = open_cache("x.py:Enc", "v1", {"ckpt": "/m/b.pt"}, tmp_path)
     c = open_cache("x.py:Enc", "v2", {"ckpt": "/m/a.pt"}, tmp_path)
     assert len({a.namespace, b.namespace, c.namespace}) == 3
+
+
+def test_local_sources_realpath_matches_os_realpath(tmp_path, monkeypatch):
+    """The memoised real path of a module file (one realpath per directory, a link check per file)
+    is ``os.path.realpath`` of it: through a linked directory, a linked file, ``..`` after a link and
+    a relative path."""
+    import os
+
+    from mrbench.encoders.registry import _realpath
+
+    (tmp_path / "real" / "pkg").mkdir(parents=True)
+    (tmp_path / "real" / "pkg" / "m.py").write_text("")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "t.py").write_text("")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "real" / "pkg", target_is_directory=True)
+    (tmp_path / "real" / "pkg" / "flink.py").symlink_to(tmp_path / "other" / "t.py")
+    monkeypatch.chdir(tmp_path)
+    memo: dict[str, str] = {}
+    for f in [str(tmp_path / "real" / "pkg" / "m.py"), str(tmp_path / "dirlink" / "m.py"),
+              str(tmp_path / "dirlink" / "flink.py"), str(tmp_path / "dirlink" / ".." / "pkg" / "m.py"),
+              "dirlink/m.py", "real/pkg/flink.py", "m.py", str(tmp_path / "real" / "pkg" / "..")]:
+        assert _realpath(f, memo) == os.path.realpath(f), f

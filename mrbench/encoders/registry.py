@@ -32,6 +32,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -303,12 +304,17 @@ def local_sources(path: str | Path) -> list[tuple[str, bytes]]:
     root = _source_root(path)
     excluded = _excluded_dirs()
     seen: dict[str, bytes] = {}
+    real_dirs: dict[str, str] = {}
+    inside = str(root).rstrip(os.sep) + os.sep
     for mod_name, module in list(sys.modules.items()):
         f = getattr(module, "__file__", None)
         if not isinstance(f, str) or mod_name.startswith(_FILE_MODULE_PREFIX) or _skip_fast(f):
             continue
-        fp = _resolve(f)
-        if fp is None or fp == path or _skip_fast(str(fp)) or not fp.is_relative_to(root):
+        real = _realpath(f, real_dirs)
+        if real is None or not real.startswith(inside) or _skip_fast(real):
+            continue
+        fp = Path(real)
+        if fp == path:
             continue
         rel = fp.relative_to(root)
         if any(fp.is_relative_to(d) and not root.is_relative_to(d) for d in excluded):
@@ -460,6 +466,20 @@ def _resolve(f: str) -> Path | None:
     try:
         return Path(f).resolve()
     except (OSError, RuntimeError):
+        return None
+
+
+def _realpath(f: str, real_dirs: dict[str, str]) -> str | None:
+    """``os.path.realpath(f)`` with the directories' real paths memoised in ``real_dirs`` (a module
+    file's directory is shared by many modules; only the file itself is checked for a link)."""
+    try:
+        d, base = os.path.split(f)
+        rd = real_dirs.get(d)
+        if rd is None:
+            rd = real_dirs[d] = os.path.realpath(d)
+        p = os.path.join(rd, base)
+        return os.path.realpath(p) if not base or base in (".", "..") or os.path.islink(p) else p
+    except (OSError, RuntimeError, ValueError):
         return None
 
 
