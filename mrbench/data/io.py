@@ -23,14 +23,15 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from mrbench.data.jsonenc import dumps_function, loads_many
-from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Query, Task
+from mrbench.data.jsonenc import dumps_function
+from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Grain, Query, Task
 from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError, UnknownNameError, did_you_mean
 
 SCHEMA_VERSION = 1
@@ -228,6 +229,14 @@ def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> No
     unique query and candidate ids; qrels refer to known ids with non-negative integer grades;
     items carry what their modality needs; referenced images exist (when ``check_images``).
     """
+    _validate(bench, where, check_images)
+
+
+def _validate(bench: Benchmark, where: str = "", check_images: bool = True,
+              qrels_facts: dict[str, _QrelsFacts] | None = None) -> None:
+    """:func:`validate`; ``qrels_facts`` (task name → what the qrels reader saw of that task's qrels
+    dict, see :class:`_QrelsFacts`) spares the scans over every graded pair where they say all is
+    well (otherwise the pair by pair checks run and name the culprit, as without them)."""
     w = f"{where}: " if where else ""
     if not bench.tasks:
         raise BenchmarkError(f"{w}benchmark {bench.name!r} has no tasks")
@@ -263,6 +272,10 @@ def validate(bench: Benchmark, where: str = "", check_images: bool = True) -> No
         if check_images:
             _check_task_images(bench, t)
         qids, dids = id_sets
+        facts = qrels_facts.get(t.name) if qrels_facts else None
+        if facts is not None and facts.qrels is t.qrels and facts.min_grade >= 0 and t.qrels.keys() <= qids \
+                and dids.issuperset(facts.dids):
+            continue
         for qid, docs in t.qrels.items():
             if qid not in qids:
                 raise BenchmarkError(f"{tw}: qrels refer to unknown query id {qid!r}; fix or remove that line")
@@ -292,6 +305,21 @@ def _check_task_images(bench: Benchmark, t: Task) -> None:
 
 
 # --------------------------------------------------------------------------- loading
+@dataclasses.dataclass(frozen=True)
+class _QrelsFacts:
+    """What :func:`_read_qrels_arrow` knows of a qrels dict it returned: every candidate id in it is
+    one of ``dids``, every grade an ``int`` (from Arrow's int64 column) of at least ``min_grade``."""
+
+    qrels: dict[str, dict[str, int]]
+    dids: list[str]
+    min_grade: int
+
+
+_qrels_sink = threading.local()
+"""``.facts``: a list that :func:`_read_qrels_arrow` appends its :class:`_QrelsFacts` to, set by a
+loading benchmark (in its own thread) while it reads qrels; absent otherwise (nothing is kept)."""
+
+
 def read_json(
     path: Path,
     *,
@@ -316,10 +344,10 @@ _JSONL_CHUNK_BYTES = 16 << 20
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, one per non-blank line; each needs an ``"id"`` field.
 
-    Parsed ``_JSONL_CHUNK_BYTES`` at a time as one JSON array (the lines joined by commas: one C-level
-    parse instead of a ``json.loads`` call per line, half the time at 1M lines). A chunk that does not
-    parse to exactly one object with an id per line (a blank line, a syntax error, anything else) sends
-    the whole file to the line-by-line reader, which names the culprit.
+    Read ``_JSONL_CHUNK_BYTES`` characters at a time, each line parsed in place by the C scanner (no
+    ``json.loads`` call, nor a string, per line: about half the time at 1M lines). A line that is not
+    plainly one object with an id (a blank line, a syntax error, anything else) sends the whole file
+    to the line-by-line reader, which names the culprit.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -335,15 +363,39 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _jsonl_chunks(f: Any) -> list[dict[str, Any]] | None:
-    """The rows of an open JSON-lines file, a chunk at a time, or ``None`` where a chunk is not plainly
-    one object with an id per line."""
+    """The rows of an open JSON-lines file, a chunk at a time, or ``None`` where a line is not plainly
+    one object with an id (a blank line, surrounding whitespace, a syntax error, a value spanning
+    lines, two values on a line...): the line-by-line reader then decides.
+
+    Each line is parsed where it lies in the chunk by the C scanner that ``json.loads`` uses, which
+    must end exactly at the line's end: exactly what ``json.loads`` of each line gives, at the cost
+    of one C call per line (joining the lines into one JSON array, as before, could take a value cut
+    over two lines, ``{"id": 1}, {"id": 2`` then ``"x": 3}``, for two rows).
+    """
+    scan = json.JSONDecoder().scan_once
     rows: list[dict[str, Any]] = []
-    while lines := f.readlines(_JSONL_CHUNK_BYTES):
-        chunk = loads_many(lines)
-        if chunk is None or not all(type(r) is dict and "id" in r for r in chunk):
-            return None
-        rows.extend(chunk)
-    return rows
+    append = rows.append
+    rest = ""
+    while True:
+        chunk = f.read(_JSONL_CHUNK_BYTES)
+        text = rest + chunk if rest else chunk
+        stop = text.rfind("\n") + 1 if chunk else len(text)  # complete lines only, but for the last one
+        pos = 0
+        while pos < stop:
+            nl = text.find("\n", pos, stop)
+            if nl < 0:
+                nl = stop
+            try:
+                obj, end = scan(text, pos)
+            except (StopIteration, json.JSONDecodeError):
+                return None
+            if end != nl or type(obj) is not dict or "id" not in obj:
+                return None
+            append(obj)
+            pos = nl + 1
+        if not chunk:
+            return rows
+        rest = text[stop:]
 
 
 def _jsonl_lines(f: Any, path: Path) -> list[dict[str, Any]]:
@@ -366,7 +418,8 @@ def _parse_rows(cls: Any, rows: list[dict[str, Any]], path: Path, kind: str) -> 
     """``cls.from_dict`` of every row; a row that does not parse is named (file, id, record number,
     field) in a :class:`BenchmarkError`."""
     try:
-        return [cls.from_dict(r) for r in rows]
+        fast = _FROM_ROWS.get(cls)
+        return fast(rows) if fast is not None else [cls.from_dict(r) for r in rows]
     except (KeyError, TypeError, ValueError, AttributeError):
         pass
     for k, r in enumerate(rows):
@@ -377,6 +430,30 @@ def _parse_rows(cls: Any, rows: list[dict[str, Any]], path: Path, kind: str) -> 
                 f"{path}: {kind} {r.get('id')!r} (record {k + 1}): {_row_problem(r, e)}; fix that line or rebuild the benchmark"
             ) from None
     raise AssertionError("unreachable: a row failed to parse once but not again")  # pragma: no cover
+
+
+def _meta(m: Any) -> dict[str, Any]:
+    """``dict(m) if m else {}`` (what ``from_dict`` keeps of a row's meta) without copying a dict that
+    the parsed row alone holds."""
+    return m if type(m) is dict else (dict(m) if m else {})
+
+
+def _candidates(rows: list[dict[str, Any]]) -> list[Candidate]:
+    """``[Candidate.from_dict(r) for r in rows]`` for rows just parsed (nothing else holds them),
+    without a method call per row; it raises where ``from_dict`` does."""
+    return [Candidate(i if type(i := r["id"]) is str else str(i), r.get("text"), r.get("image"), _meta(r.get("meta")))
+            for r in rows]
+
+
+def _queries(rows: list[dict[str, Any]]) -> list[Query]:
+    """``[Query.from_dict(r) for r in rows]`` as :func:`_candidates` does it for candidates."""
+    return [Query(i if type(i := r["id"]) is str else str(i), r.get("text"), r.get("image"),
+                  [Grain(str(g["text"]), str(g["type"]), g.get("key")) for g in r.get("grains") or []],
+                  _meta(r.get("meta")))
+            for r in rows]
+
+
+_FROM_ROWS: dict[type, Callable[[list[dict[str, Any]]], list[Any]]] = {Candidate: _candidates, Query: _queries}
 
 
 def _row_problem(row: dict[str, Any], e: BaseException) -> str:
@@ -444,12 +521,15 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
-    """:func:`read_qrels` for a canonical file by Arrow's (multi-threaded) CSV reader, or ``None``
-    when the file is not plainly ``qid iter did grade`` lines with single spaces, unique pairs and
-    integer grades (the caller then reads it line by line, which reports the problem).
+    """:func:`read_qrels` for a canonical file by Arrow's CSV reader, or ``None`` when the file is not
+    plainly ``qid iter did grade`` lines with single spaces, unique pairs and integer grades (the
+    caller then reads it line by line, which reports the problem).
 
-    A 5M-line file of a synthetic benchmark: 2.1 s line by line, 0.9-1.3 s here. Candidate ids are
-    shared string objects (one per distinct id), not one string per line.
+    Single-threaded, the whole file as one block (on this 2-core machine, with other work running,
+    Arrow's threads cost more than they bring at MRBench-Synth's sizes). The tokens are checked
+    through the distinct values of each column (the query ids are checked at the start of each run
+    of equal ids, which stand for the whole run). Candidate ids are shared string objects (one per
+    distinct id), not one string per line.
     """
     import numpy as np
     import pyarrow as pa
@@ -458,9 +538,10 @@ def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
 
     cols = ["qid", "iter", "did", "grade"]
     try:
+        size = os.path.getsize(path)
         tbl = pcsv.read_csv(
             path,
-            read_options=pcsv.ReadOptions(column_names=cols),
+            read_options=pcsv.ReadOptions(column_names=cols, use_threads=False, block_size=max(1 << 20, min(size + 1, 1 << 30))),
             parse_options=pcsv.ParseOptions(delimiter=" ", quote_char=False, escape_char=False, ignore_empty_lines=False),
             convert_options=pcsv.ConvertOptions(
                 column_types={"qid": pa.string(), "iter": pa.string(), "did": pa.string(), "grade": pa.int64()},
@@ -468,24 +549,27 @@ def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
         )
     except (pa.ArrowException, OSError, ValueError):
         return None
-    if tbl.num_rows == 0 or tbl["grade"].null_count:
+    n = tbl.num_rows
+    if n == 0 or tbl["grade"].null_count:
         return None
-    enc = [pc.dictionary_encode(tbl[c]).combine_chunks() for c in ("qid", "iter", "did")]
-    names = [e.dictionary.to_pylist() for e in enc]
-    for values in names:  # a token that is empty or holds other whitespace, as str.split() sees it
-        if not all(values) or re.search(r"\s", "".join(values)):
+    q = tbl["qid"].combine_chunks()
+    starts = np.flatnonzero(pc.not_equal(q.slice(1), q.slice(0, n - 1)).to_numpy(zero_copy_only=False)) + 1
+    qnames = q.take(np.concatenate(([0], starts))).to_pylist()
+    enc = pc.dictionary_encode(tbl["did"]).combine_chunks()
+    dnames = enc.dictionary.to_pylist()
+    for values in (qnames, dnames, pc.unique(tbl["iter"]).to_pylist()):
+        # a token that is empty or holds other whitespace, as str.split() sees it
+        if not all(values) or _WHITESPACE.search("".join(values)):
             return None
-    qi = enc[0].indices.to_numpy()
-    qnames = names[0]
-    dl = np.array(names[2], dtype=object)[enc[2].indices.to_numpy()].tolist()  # one string object per distinct id
-    gl = tbl["grade"].to_numpy().tolist()
-    bounds = [0, *(np.flatnonzero(qi[1:] != qi[:-1]) + 1).tolist(), len(qi)]
+    dl = np.array(dnames, dtype=object)[enc.indices.to_numpy()].tolist()  # one string object per distinct id
+    grades = tbl["grade"].to_numpy()
+    gl = grades.tolist()
+    pairs = zip(dl, gl)
     out: dict[str, dict[str, int]] = {}
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        docs = dict(zip(dl[a:b], gl[a:b]))
-        if len(docs) != b - a:
+    for qid, k in zip(qnames, np.diff(starts, prepend=0, append=n).tolist()):
+        docs = dict(itertools.islice(pairs, k))
+        if len(docs) != k:
             return None  # a duplicate pair
-        qid = qnames[int(qi[a])]
         prev = out.get(qid)
         if prev is None:
             out[qid] = docs
@@ -493,6 +577,9 @@ def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
             return None
         else:
             prev.update(docs)
+    sink = getattr(_qrels_sink, "facts", None)
+    if sink is not None:
+        sink.append(_QrelsFacts(out, dnames, int(grades.min())))
     return out
 
 
@@ -559,8 +646,22 @@ def load_benchmark_dir(root: Path, verify: bool = True, log: Callable[[str], Non
     since the whole benchmark was last verified (the stamp keeps one signature per task); otherwise
     the whole benchmark is loaded and its fingerprint checked first, as without ``tasks``.
     """
+    import gc
+
     with gc_paused():
-        return _load_benchmark_dir(Path(root), verify, log, tasks)
+        bench = _load_benchmark_dir(Path(root), verify, log, tasks)
+        # The benchmark's objects (~60k containers for MRBench-Synth) live as long as the benchmark and
+        # form no reference cycles: they go to the collector's oldest generation at once (or, where the
+        # caller keeps objects frozen, as evaluate does, join the frozen ones, as evaluate's refreeze
+        # right after loading would), instead of the young-generation pass that re-enabling the
+        # collector triggers at the next allocation: 38 ms of a 0.19 s warm MRBench-Synth load, for
+        # nothing collected.
+        if gc.get_freeze_count():
+            gc.freeze()
+        else:
+            gc.freeze()
+            gc.unfreeze()
+        return bench
 
 
 def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | None = None,
@@ -581,6 +682,7 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
             raise BenchmarkError(f"{man_path}: field {key!r} is missing; the manifest is corrupt, rebuild the benchmark")
     wanted = _wanted_tasks(man, man_path, only)
     tasks = []
+    qrels_facts: dict[str, _QrelsFacts] = {}
     for i, tm in enumerate(man["tasks"]):
         try:
             files = tm["files"]
@@ -589,7 +691,12 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
                 continue
             qrows = _read_jsonl(root / files["queries"])
             crows = _read_jsonl(root / files["candidates"])
-            qrels = read_qrels(root / files["qrels"])
+            _qrels_sink.facts = sink = []
+            try:
+                qrels = read_qrels(root / files["qrels"])
+            finally:
+                del _qrels_sink.facts
+            qrels_facts.update((name, f) for f in sink if f.qrels is qrels)
             tasks.append(
                 Task(
                     name=name,
@@ -618,7 +725,7 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
         metadata=dict(man.get("metadata") or {}),
     )
     # the image files are looked for only where no valid stamp has just stat'ed them all (one stat each)
-    validate(bench, where=str(root), check_images=False)
+    _validate(bench, where=str(root), check_images=False, qrels_facts=qrels_facts)
     if verify:
         if _task_stamps_ok(bench) if wanted is not None else _stamp_ok(bench):
             return bench
@@ -677,16 +784,20 @@ def _signature(bench: Benchmark, paths: set[str], lines: dict[str, str] | None =
     import hashlib
 
     assert bench.root is not None
-    h = hashlib.sha256()
+    root_s = os.path.join(os.fspath(bench.root), "")
+    out = []
     for rel in sorted(paths):
         line = lines.get(rel) if lines is not None else None
         if line is None:
-            st = os.stat(bench.image_path(rel))
+            try:  # the plain string first (a third of the cost of image_path per file); pathlib decides on failure
+                st = os.stat(rel if rel.startswith("/") else root_s + rel)
+            except OSError:
+                st = os.stat(bench.image_path(rel))
             line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"
             if lines is not None:
                 lines[rel] = line
-        h.update(line.encode())
-    return h.hexdigest()
+        out.append(line)
+    return hashlib.sha256("".join(out).encode()).hexdigest()
 
 
 def _stat_signature(bench: Benchmark, lines: dict[str, str] | None = None) -> str:
