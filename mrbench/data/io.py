@@ -525,11 +525,10 @@ def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
     plainly ``qid iter did grade`` lines with single spaces, unique pairs and integer grades (the
     caller then reads it line by line, which reports the problem).
 
-    Single-threaded, the whole file as one block (on this 2-core machine, with other work running,
-    Arrow's threads cost more than they bring at MRBench-Synth's sizes). The tokens are checked
-    through the distinct values of each column (the query ids are checked at the start of each run
-    of equal ids, which stand for the whole run). Candidate ids are shared string objects (one per
-    distinct id), not one string per line.
+    The tokens are checked through the distinct values of each column (the query ids at the start of
+    each run of equal ids, which stand for the whole run); the pairs go into each query's dict
+    straight from one iterator over them. Candidate ids are shared string objects (one per distinct
+    id), not one string per line. (Single-threaded, as one block: no faster here, with 2 cores.)
     """
     import numpy as np
     import pyarrow as pa
@@ -538,10 +537,9 @@ def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
 
     cols = ["qid", "iter", "did", "grade"]
     try:
-        size = os.path.getsize(path)
         tbl = pcsv.read_csv(
             path,
-            read_options=pcsv.ReadOptions(column_names=cols, use_threads=False, block_size=max(1 << 20, min(size + 1, 1 << 30))),
+            read_options=pcsv.ReadOptions(column_names=cols),
             parse_options=pcsv.ParseOptions(delimiter=" ", quote_char=False, escape_char=False, ignore_empty_lines=False),
             convert_options=pcsv.ConvertOptions(
                 column_types={"qid": pa.string(), "iter": pa.string(), "did": pa.string(), "grade": pa.int64()},
