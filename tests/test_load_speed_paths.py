@@ -200,3 +200,15 @@ def test_read_jsonl_is_json_loads_of_each_line(tmp_path, monkeypatch, text, chun
     else:
         got = io._read_jsonl(p)
         assert got == expected and repr(got) == repr(expected)
+
+
+def test_loads_many_is_json_loads_of_each_text_or_none():
+    import json
+
+    from mrbench.data.jsonenc import loads_many
+
+    texts = ['{"a": [1, 2]}\n', ' "x, y"', "3", "null", "\t{}\r\n", '"\\ud800 \u2028"', "-0", "1e400"]
+    assert repr(loads_many(texts)) == repr([json.loads(t) for t in texts])
+    for bad in (['{"a": 1},{"b": 2', '"c": 3}'],  # a value cut over two texts: joined, it read as two values
+                ["\ufeff1"], [""], ["1 2"], ['{"a": 1}', "]"]):
+        assert loads_many(bad) is None

@@ -1,7 +1,7 @@
 """JSON in bulk, for code that reads or writes millions of small records.
 
-:func:`loads_many` parses many JSON texts in one call (one C-level parse instead of a ``json.loads``
-call each: half the time of reading 1M JSON lines).
+:func:`loads_many` parses many JSON texts without a ``json.loads`` call each (one call of the C
+scanner per text: half the time of reading 1M JSON lines).
 
 ``json.dumps(obj, **options)`` builds a ``JSONEncoder`` and then CPython's C encoder on every call: for
 a 1M-candidate pool that was 2.6 s of a 3.2 s fingerprint. :func:`dumps_function` builds the C
@@ -16,6 +16,8 @@ import functools
 import json
 from collections.abc import Sequence
 from typing import Any, Callable
+
+_WHITESPACE = json.decoder.WHITESPACE.match  # what json.loads skips around a value
 
 _PROBE = {"b": [1, 2.5, None, True, "\u00e9\n\"\\", {"y": -0.0, "x": 10**20}], "a": "z", "c": 1e300}
 
@@ -53,13 +55,22 @@ def dumps_function(
 
 
 def loads_many(texts: Sequence[str]) -> list[Any] | None:
-    """``[json.loads(t) for t in texts]`` as one C-level parse (the texts joined as a JSON array), or
-    ``None`` when that does not give exactly one value per text (a syntax error, a blank text, a text
-    holding two values...): the caller then parses text by text, which names the bad one."""
-    if not texts:
-        return []
-    try:
-        out = json.loads("[" + ",".join(texts) + "]")
-    except json.JSONDecodeError:
-        return None
-    return out if len(out) == len(texts) else None
+    """``[json.loads(t) for t in texts]`` without a ``json.loads`` call each: each text parsed by the C
+    scanner that ``json.loads`` uses, which must take the whole text (whitespace around the value
+    allowed, as ``json.loads`` allows it), or ``None`` where one does not give exactly one value (a
+    syntax error, a blank text, a text holding two values...): the caller then parses text by text,
+    which names the bad one. (Joining the texts into one JSON array, as before, could read a value cut
+    over two texts, ``{"a": 1}, {"b": 2`` then ``"c": 3}``, as one value each.)"""
+    scan = json.JSONDecoder().scan_once
+    ws = _WHITESPACE
+    out = []
+    append = out.append
+    for t in texts:
+        try:
+            obj, end = scan(t, ws(t, 0).end())
+        except (StopIteration, json.JSONDecodeError):
+            return None
+        if end != len(t) and ws(t, end).end() != len(t):
+            return None
+        append(obj)
+    return out
