@@ -9,18 +9,38 @@ def new_table(title: str, caption: str | None = None) -> Any:
     """A compact table (a rule under the header, no vertical borders) so that rows of scores fit an
     80-column terminal; add score columns with :func:`score_column`, labels with :func:`label_column`."""
     from rich import box
-    from rich.table import Table
 
-    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                 collapse_padding=True)
+    return _table_class()(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                          collapse_padding=True)
+
+
+def _table_class() -> type:
+    """A rich ``Table`` that widens each :func:`score_column` to its longest value when drawn."""
+    global _FittedTable
+    if _FittedTable is None:
+        from rich.table import Table
+
+        class FittedTable(Table):
+            def __rich_console__(self, console: Any, options: Any) -> Any:
+                for col in self.columns:
+                    if getattr(col, "fit_numbers", False):
+                        col.width = max([col.width or 0, *(len(str(c)) for c in col._cells)])
+                return super().__rich_console__(console, options)
+
+        _FittedTable = FittedTable
+    return _FittedTable
+
+
+_FittedTable: type | None = None
 
 
 def score_column(table: Any, header: str, width: int = 5, max_header: int = 12) -> None:
-    """A right-aligned number column of fixed width: ``width`` (its widest value, ``0.123``) or the
-    header's longest word up to ``max_header`` (the header wraps at spaces, a longer word folds), so
-    numbers are never cut."""
+    """A right-aligned number column at least ``width`` wide (``0.123``) or as wide as the header's
+    longest word up to ``max_header`` (the header wraps at spaces, a longer word folds), widened to
+    its longest value when the table is drawn (a :func:`new_table`), so numbers are never cut."""
     words = [min(len(w), max_header) for w in header.split()]
     table.add_column(header, justify="right", width=max([width, *words]), overflow="fold")
+    table.columns[-1].fit_numbers = True
 
 
 def label_column(table: Any, header: str, labels: Any = (), max_width: int = 20, **kw: Any) -> None:
@@ -33,7 +53,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        out = f"{v:.{digits}f}"
+        return out[1:] if out.startswith("-") and not out.strip("-0.") else out  # -0.000 -> 0.000
     return str(v)
 
 
@@ -139,7 +160,9 @@ def comparison_table(results: list[Any]):
     ks = results[0].data["settings"]["ks"]
     hk = headline_k(ks)
     tasks = results[0].data["settings"]["tasks"]
-    t = new_table("comparison (macro over tasks)")
+    t = new_table("comparison (macro over tasks)",
+                  "1−cos (drop) = mean cosine distance between full and one-grain-dropped queries, over all "
+                  "drops of all tasks")
     label_column(t, "encoder", [r.data["encoder"]["name"] for r in results], style="bold")
     for k in ks:
         score_column(t, f"R@{k}")
@@ -149,14 +172,25 @@ def comparison_table(results: list[Any]):
     for r in results:
         s = r.data["scores"]
         sens = s.get("grain_sensitivity") or {}
-        md = [v["mask_distance"] for v in sens.values()]
         t.add_row(
             r.data["encoder"]["name"],
             *[_fmt(s["macro"].get(f"hit@{k}")) for k in ks],
             *[_fmt((s["tasks"].get(task) or {}).get(f"hit@{hk}")) for task in tasks],
-            _fmt(sum(md) / len(md)) if md else "–",
+            _fmt(pooled_drop_distance(sens)),
         )
     return t
+
+
+def pooled_drop_distance(sens: dict[str, Any]) -> float | None:
+    """Mean ``1 − cos`` over every drop of every task, from the per-task ``grain_sensitivity`` summaries
+    (each task's mean weighted by its number of drops ``n``; the plain mean of the task means for
+    summaries without ``n``); ``None`` without drops."""
+    if not sens or any(v.get("mask_distance") is None for v in sens.values()):
+        return None
+    if all(isinstance(v.get("n"), int) for v in sens.values()):
+        total = sum(v["n"] for v in sens.values())
+        return sum(v["mask_distance"] * v["n"] for v in sens.values()) / total if total else None
+    return sum(v["mask_distance"] for v in sens.values()) / len(sens)
 
 
 def print_result(result: Any, console) -> None:
