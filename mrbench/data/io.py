@@ -345,7 +345,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, one per non-blank line; each needs an ``"id"`` field.
 
     Read ``_JSONL_CHUNK_BYTES`` characters at a time, each line parsed in place by the C scanner (no
-    ``json.loads`` call, nor a string, per line: about half the time at 1M lines). A line that is not
+    ``json.loads`` call, nor a string, per line: as fast as one parse of the lines joined into a JSON
+    array, half the time of a ``json.loads`` call per line at 1M lines). A line that is not
     plainly one object with an id (a blank line, a syntax error, anything else) sends the whole file
     to the line-by-line reader, which names the culprit.
     """
