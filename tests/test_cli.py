@@ -421,3 +421,22 @@ def test_output_help_and_written_line_name_sensitivity_parquet(tmp_path):
                             "--no-cache", "--no-sensitivity"], env={"COLUMNS": "300"})
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("results written to"))
     assert "sensitivity" not in line and not (tmp_path / "b" / "sensitivity.parquet").exists()
+
+
+@pytest.mark.parametrize("args", [["benchmarks"], ["leaderboard", "show", "--markdown"]])  # a rich table, print()
+def test_output_piped_into_a_reader_that_stops_is_quiet(args):
+    """`mrbench info x | head -1`: once the reader has gone, the command stops without an error line
+    and exits 141 (what a process killed by SIGPIPE reports), as cat or grep would."""
+    import os
+
+    from mrbench.cli.common import BROKEN_PIPE_EXIT
+
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # the reader is gone before anything is written
+    try:
+        p = subprocess.run([sys.executable, "-m", "mrbench", *args], stdout=w_fd, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(w_fd)
+    assert p.returncode == BROKEN_PIPE_EXIT, p.stderr
+    assert "error" not in p.stderr.lower() and "Traceback" not in p.stderr, p.stderr

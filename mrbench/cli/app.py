@@ -21,7 +21,7 @@ app = typer.Typer(
         "Evaluate any encoder on MRBench-style query sets and see, next to the standard Recall@K, how it "
         "does per grain (entity, attribute, action/state, relation) and how much its embedding moves "
         "when one grain is dropped.\n\n"
-        "Start with:  mrbench evaluate --encoder random --encoder oracle --output mrbench-results"
+        "Start with:  mrbench evaluate --encoder random --encoder oracle --output results/first-look"
     ),
     no_args_is_help=True,
     add_completion=False,

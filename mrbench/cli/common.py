@@ -93,6 +93,22 @@ def check_writable_file(path: Path, option: str = "--output") -> None:
     check_writable_path(path, option)
 
 
+BROKEN_PIPE_EXIT = 141
+"""Exit status when stdout's reader went away (``mrbench info x | head -1``): what a process killed by
+SIGPIPE reports in a shell, as ``cat`` or ``grep`` would; nothing is printed."""
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still buffered does
+    not fail a second time (the recipe of Python's signal documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = INTERRUPTED_HINT) -> Any:
     """Decorator: :class:`MrbenchError` and file-system errors (:class:`OSError`) become one
     ``error: <message>`` line and a non-zero exit; Ctrl-C prints ``interrupted: <interrupted>``.
@@ -108,7 +124,9 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
             from mrbench.errors import MrbenchError
 
             try:
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+                sys.stdout.flush()  # (a reader gone away is found here, not at exit)
+                return out
             except MrbenchError as e:
                 if os.environ.get("MRBENCH_TRACEBACK"):  # where it came from (an encoder's own error is its __cause__)
                     raise
@@ -118,6 +136,9 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
                 hint = e.args[0] if e.args and isinstance(e.args[0], str) else interrupted
                 err(f"interrupted: {hint}")
                 raise typer.Exit(code=130) from None
+            except BrokenPipeError:  # stdout piped into a reader that stopped early (| head): quiet, as cat does
+                _silence_stdout()
+                raise typer.Exit(code=BROKEN_PIPE_EXIT) from None
             except OSError as e:  # an output path that cannot be written, a disk that is full ...
                 err(f"error: {os_error_line(e)}")
                 raise typer.Exit(code=1) from None
@@ -193,6 +214,15 @@ def parse_names(value: str | None, option: str = "--tasks", example: str = "t2i,
 
 
 def stdout_console():
+    """A rich console on stdout whose reader going away (``| head``) ends the command as
+    :func:`handle_errors` does for plain prints (quiet, exit :data:`BROKEN_PIPE_EXIT`; rich alone
+    would exit 1)."""
     from rich.console import Console
 
-    return Console()
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            _silence_stdout()
+            raise SystemExit(BROKEN_PIPE_EXIT)
+
+    return _Console()
