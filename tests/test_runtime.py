@@ -72,8 +72,9 @@ def test_model_dir_forms(tmp_path: Path) -> None:
     assert dir_revision(d) != rev  # the weights changed
     with pytest.raises(EncoderError, match="is a file"):
         resolve_model_dir(str(d / "config.json"), label="x")
-    with pytest.raises(EncoderError, match="neither a local directory nor a hub id"):
+    with pytest.raises(EncoderError, match="neither a local directory nor a hub id") as e:
         resolve_model_dir(str(tmp_path / "missing" / "deep" / "dir"), label="x")
+    assert f"{str(tmp_path / 'missing')!r} does not exist" in str(e.value)  # the first part that is missing
 
 
 def test_snapshot_commit_is_the_revision(tmp_path: Path) -> None:

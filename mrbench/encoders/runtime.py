@@ -216,8 +216,12 @@ def resolve_model_dir(spec: str, *, label: str, example: str = "/path/to/model")
     if path.exists():
         raise EncoderError(f"encoder {label!r}: {raw!r} is a file; pass the model's directory (with config.json)")
     if not looks_like_hub_id(raw):
+        missing = path
+        while missing.parent != missing and not missing.parent.exists():
+            missing = missing.parent
         raise EncoderError(
-            f"encoder {label!r}: {raw!r} is neither a local directory nor a hub id ('org/name'); pass e.g. {example}"
+            f"encoder {label!r}: {raw!r} is neither a local directory nor a hub id ('org/name'): {str(missing)!r} does "
+            "not exist; check the path (the model's directory, holding config.json)"
         )
     from huggingface_hub import snapshot_download
 
