@@ -505,3 +505,35 @@ def test_cli_show_and_render_one_table_per_benchmark(lb: dict[str, Any], tmp_pat
     assert r.exit_code == 0, r.output
     text = md.read_text(encoding="utf-8")
     assert text.count("### ") == 2 and text.count("| random") == 2
+
+
+def test_cli_tables_explain_the_grain_columns(lb: dict[str, Any], tmp_path: Path) -> None:
+    """`drop` (hit@5 at 2 grains minus at 5+) and g2..g5+ are explained under the terminal table, under
+    `show --markdown` and under `render --markdown`; a table without them carries no note."""
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+
+    drop_note = "drop: hit@5 at 2 grains minus hit@5 at 5+ grains"
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps(lb), encoding="utf-8")
+    run = CliRunner().invoke
+    r = run(app, ["leaderboard", "show", "-l", str(path)])
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())  # the caption wraps at the table's width
+    assert drop_note in flat and "g2, g3, g4, g5+: hit@5 on the queries with that many grains" in flat
+    assert r.output.index("drop:") > r.output.index("constant")  # under the table
+    r = run(app, ["leaderboard", "show", "-l", str(path), "--columns", "model,hit@5"])
+    assert r.exit_code == 0 and "drop:" not in r.output and "grains" not in r.output
+    r = run(app, ["leaderboard", "show", "-l", str(path), "--markdown", "--columns", "model,hit@5,drop"])
+    assert r.exit_code == 0, r.output
+    table, _, notes = r.output.rstrip("\n").partition("\n\n")
+    assert all(line.startswith("|") for line in table.splitlines()) and len(table.splitlines()) == 2 + len(lb["entries"])
+    assert notes.startswith(drop_note) and "g2, g3" not in notes
+    md = tmp_path / "t.md"
+    r = run(app, ["leaderboard", "render", "-l", str(path), "--markdown", str(md)])
+    assert r.exit_code == 0, r.output
+    table, _, notes = md.read_text(encoding="utf-8").partition("\n\n")
+    assert all(line.startswith("|") for line in table.splitlines())
+    assert drop_note in notes and notes.endswith("lower is better\n")
+    assert R.to_markdown(R.sort_rows(R.entry_rows(lb), "hit@5")) == table  # the library's table alone is unchanged

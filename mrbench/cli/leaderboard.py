@@ -54,10 +54,11 @@ def submit(
     """Verify a results directory and add it to the leaderboard.
 
     Checks results.json against the schema, checks that its benchmark fingerprint is one the
-    leaderboard lists, recomputes every hit@k / recall@k / MRR@k / nDCG@k (per task, grain count and
-    grain type) from the run files against the benchmark's qrels (a mismatch rejects the
-    submission and names the score), refuses a duplicate unless --replace, and writes the
-    leaderboard atomically under a file lock.
+    leaderboard lists and that the results cover all of its tasks (a run made with --tasks is
+    refused), refuses encoders that read the ground truth (oracle), recomputes every hit@k /
+    recall@k / MRR@k / nDCG@k (per task, grain count and grain type) from the run files against
+    the benchmark's qrels (a mismatch rejects the submission and names the score), refuses a
+    duplicate unless --replace, and writes the leaderboard atomically under a file lock.
     """
     from mrbench.leaderboard.store import submit as do_submit
 
@@ -130,14 +131,15 @@ def show(
             rows = render.sort_rows(rows, sort, descending=not ascending)
         with _names("--columns"):
             if markdown:
-                text = render.to_markdown(rows, cols)
+                text = render.to_markdown(rows, cols, notes=True)  # what g2..g5+ and drop mean, under the table
                 if len(groups) > 1:
                     text = f"### {label}\n\n{text}" + ("\n" if gi + 1 < len(groups) else "")
                 print(text)
                 continue
             on = f" on {label}" if len(groups) > 1 else ""
             title = f"MRBench leaderboard{on}: {task or 'macro average'}, sorted by {sort}"
-            table = render.rich_table(rows, cols or [c for c in render.TERMINAL_COLUMNS if c in rows[0]], title=title)
+            shown = cols or [c for c in render.TERMINAL_COLUMNS if c in rows[0]]
+            table = render.rich_table(rows, shown, title=title, caption="\n".join(render.column_notes(shown)) or None)
         console.print(table)
 
 
@@ -166,7 +168,8 @@ def render_cmd(
         atomic_write_text(html, page)
         print(f"wrote {html}")
     if markdown is not None:  # one table per benchmark (a heading each when there are several)
-        tables = [render.to_markdown(render.sort_rows(rows, "hit@5")) for _, rows in groups] or [render.to_markdown([])]
+        tables = ([render.to_markdown(render.sort_rows(rows, "hit@5"), notes=True) for _, rows in groups]
+                  or [render.to_markdown([])])
         if len(groups) > 1:
             tables = [f"### {label}\n\n{t}" for (label, _), t in zip(groups, tables)]
         atomic_write_text(markdown, "\n\n".join(tables) + "\n")

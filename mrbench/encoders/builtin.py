@@ -128,6 +128,9 @@ class OracleEncoder:
             # The output depends on item metadata and the task's vocabulary, not only on content:
             # the harness must not cache it.
             cacheable=False,
+            # Recorded in results.json: it reads the ground truth, so the leaderboard refuses its results
+            # (mrbench.leaderboard.store.reads_ground_truth).
+            extra={"reads_ground_truth": True},
         )
 
     @staticmethod

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "TERMINAL_COLUMNS",
     "UnknownViewName",
+    "column_notes",
     "GRAIN_COLUMNS",
     "INFO_COLUMNS",
     "entry_rows",
@@ -330,15 +331,30 @@ def _fmt(col: str, v: Any) -> str:
     return str(v)
 
 
-def rich_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> Table:
+def column_notes(columns: list[str] | tuple[str, ...]) -> list[str]:
+    """One line per shown column that needs explaining (the grain columns; none for the others), for a
+    caption under a terminal table or a line under a Markdown table."""
+    grains = [c for c in columns if c in ("g2", "g3", "g4", "g5+")]
+    notes = []
+    if grains:
+        notes.append(f"{', '.join(grains)}: hit@5 on the queries with that many grains (5+: five or more)")
+    if "drop" in columns:
+        notes.append("drop: hit@5 at 2 grains minus hit@5 at 5+ grains (g2 - g5+, or the finest bucket present): "
+                     "how much the model loses as queries get finer; lower is better")
+    return notes
+
+
+def rich_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None,
+               caption: str | None = None) -> Table:
     """A :class:`rich.table.Table` of ``rows`` (``columns`` default: :data:`DEFAULT_COLUMNS` present in the
-    rows). Numbers are right-aligned with three decimals, None is ``—``, verified entries are green."""
+    rows). Numbers are right-aligned with three decimals, None is ``—``, verified entries are green.
+    ``caption``: text under the table (e.g. ``"\n".join(column_notes(columns))``)."""
     from rich.table import Table
 
     cols = list(columns) if columns is not None else _default_columns(rows)
     if rows:
         _check_columns(rows, cols)
-    table = Table(title=title, header_style="bold")
+    table = Table(title=title, caption=caption, caption_justify="left", header_style="bold")
     widest = max((len(str(r.get("model") or "")) for r in rows), default=5)
     for c in cols:
         table.add_column(c, justify="right" if _is_numeric_column(c) else "left", no_wrap=True,
@@ -370,12 +386,13 @@ def _md_escape(s: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(s.splitlines()))
 
 
-def to_markdown(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+def to_markdown(rows: list[dict[str, Any]], columns: list[str] | None = None, notes: bool = False) -> str:
     """A GitHub Markdown table of ``rows`` (header, alignment row, one line per row; no trailing newline).
 
     ``columns`` default: :data:`DEFAULT_COLUMNS` present in the rows. Floats have three decimals, None is
     ``—``, status is ``✓ verified`` / ``self-reported``, numeric columns are right-aligned, and Markdown
-    specials in text (``| \\ < > ` * [ ]``) are backslash-escaped."""
+    specials in text (``| \\ < > ` * [ ]``) are backslash-escaped. ``notes``: after the table, a blank
+    line and :func:`column_notes` of the shown columns (one paragraph each), when there are any."""
     cols = list(columns) if columns is not None else _default_columns(rows)
     if rows:
         _check_columns(rows, cols)
@@ -385,7 +402,9 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
     ]
     for r in rows:
         lines.append("| " + " | ".join(_md_escape(_fmt(c, r.get(c))) for c in cols) + " |")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    explained = column_notes(cols) if notes else []
+    return text + "".join(f"\n\n{_md_escape(n)}" for n in explained)
 
 
 # --------------------------------------------------------------------------------------------- HTML

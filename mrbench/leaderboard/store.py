@@ -30,6 +30,7 @@ from mrbench.leaderboard.verify import (
     load_results,
     load_submission_benchmark,
     read_json_strict,
+    require_results_dir,
     schema_errors,
     verify_results,
 )
@@ -216,6 +217,30 @@ def make_entry(data: dict[str, Any], verification: Verification | None, *, param
     }
 
 
+GROUND_TRUTH_FLAG = "reads_ground_truth"
+"""``encoder.extra[GROUND_TRUTH_FLAG] is True`` in results.json marks an encoder that reads the benchmark's
+ground truth (the built-in ``oracle`` reads the synthetic scene graph); the leaderboard refuses its results."""
+_GROUND_TRUTH_ENCODERS = {("oracle", "scene-graph-v1")}
+"""``(name, revision)`` of built-in encoders that read the ground truth, for results written before the flag."""
+
+
+def reads_ground_truth(encoder: dict[str, Any]) -> bool:
+    """Whether the ``encoder`` block of a results document (or an entry) is an encoder that reads the ground
+    truth: the :data:`GROUND_TRUTH_FLAG` in its ``extra``, the spec ``"oracle"`` (the built-in name), or the
+    oracle's name and revision (results written before the flag)."""
+    extra = encoder.get("extra")
+    if isinstance(extra, dict) and extra.get(GROUND_TRUTH_FLAG) is True:
+        return True
+    return encoder.get("spec") == "oracle" or (encoder.get("name"), encoder.get("revision")) in _GROUND_TRUTH_ENCODERS
+
+
+def missing_tasks(data: dict[str, Any], bench_record: dict[str, Any]) -> list[str]:
+    """The tasks of the leaderboard's benchmark record that the results have no scores for, in the
+    benchmark's order (``mrbench evaluate --tasks`` runs a subset; the leaderboard ranks full runs only)."""
+    have = set(data["scores"]["tasks"]) & set(data["settings"]["tasks"])
+    return [t for t in bench_record.get("tasks") or [] if t not in have]
+
+
 @dataclass
 class SubmitOutcome:
     """What :func:`submit` did: the entry written, whether it replaced an older one, the verification."""
@@ -231,17 +256,22 @@ def submit(result_dir: str | Path, leaderboard: str | Path = DEFAULT_LEADERBOARD
            url: str | None = None, notes: str | None = None, tol: float = 1e-9) -> SubmitOutcome:
     """Validate, verify and add the results in ``result_dir`` to ``leaderboard``.
 
-    Steps: the results JSON against ``results.schema.json``; its benchmark's fingerprint and name
-    against the leaderboard's ``benchmarks`` (both must match one listed benchmark); every score recomputed from the run files (skipped with
+    Steps: the results JSON against ``results.schema.json``; results of an encoder that reads the ground
+    truth (:func:`reads_ground_truth`, e.g. ``oracle``) are refused; its benchmark's fingerprint and name
+    against the leaderboard's ``benchmarks`` (both must match one listed benchmark); the results must cover
+    every task of that benchmark (:func:`missing_tasks`: a ``--tasks`` subset is refused, though
+    :func:`~mrbench.leaderboard.verify.verify_results` checks it); every score recomputed from the run files (skipped with
     ``self_reported``), any mismatch rejects the submission naming the score; a duplicate (same
     encoder, revision and benchmark) is refused unless ``replace``; then the entry is written under
     the lock (module docstring). Every rejection is a one-line :class:`SubmissionError` and leaves the
     leaderboard file untouched."""
-    result_dir, lb_path = Path(result_dir), Path(leaderboard)
-    if not result_dir.is_dir():
-        raise SubmissionError(f"{result_dir}: not a results directory; pass the directory mrbench evaluate --output wrote")
+    result_dir, lb_path = require_results_dir(result_dir, "mrbench submit"), Path(leaderboard)
     data = load_results(result_dir)
     where = str(result_dir / "results.json")
+    if reads_ground_truth(data["encoder"]):
+        raise SubmissionError(f"{where}: encoder {data['encoder']['name']!r} reads the benchmark's ground truth "
+                              "(the scene graph the relevance judgements come from), so its scores are a sanity "
+                              "check, not a model's; the leaderboard does not rank it")
     if data["settings"].get("approx"):
         raise SubmissionError(f"{where}: these results come from an approximate search (--approx "
                               f"{data['settings']['approx'].get('index')}); the leaderboard takes exact search only: "
@@ -252,10 +282,17 @@ def submit(result_dir: str | Path, leaderboard: str | Path = DEFAULT_LEADERBOARD
                               "(the default 1,5,10)")
     known = load_leaderboard(lb_path)
     fp = data["benchmark"]["fingerprint"]
-    if not any(b["fingerprint"] == fp and b["name"] == data["benchmark"]["name"] for b in known["benchmarks"]):
+    record = next((b for b in known["benchmarks"] if b["fingerprint"] == fp and b["name"] == data["benchmark"]["name"]), None)
+    if record is None:
         names = ", ".join(f"{b['name']} ({short_fingerprint(b['fingerprint'])})" for b in known["benchmarks"]) or "none"
         raise SubmissionError(f"{where}: benchmark {data['benchmark']['name']!r} fingerprint {fp} is not one this "
                               f"leaderboard knows (known: {names}); evaluate on a listed benchmark")
+    lacking = missing_tasks(data, record)
+    if lacking:
+        n = len(record["tasks"])
+        raise SubmissionError(f"{where}: results cover {n - len(lacking)} of the {n} tasks of {record['name']} (missing: "
+                              f"{', '.join(lacking)}); the leaderboard ranks runs over every task: re-run mrbench "
+                              "evaluate without --tasks, then submit that directory")
     verification = None
     if not self_reported:
         bench = load_submission_benchmark(data, benchmark, where=where)

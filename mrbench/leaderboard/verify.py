@@ -98,6 +98,29 @@ def schema_errors(doc: Any, schema_name: str, limit: int = 1) -> list[str]:
     return out
 
 
+def require_results_dir(result_dir: str | Path, command: str = "mrbench verify") -> Path:
+    """``result_dir`` as a :class:`~pathlib.Path` when it is a directory holding ``results.json``.
+
+    Otherwise a one-line :class:`SubmissionError`: not a directory; or a directory without
+    ``results.json`` whose subdirectories hold one (``mrbench evaluate -o DIR`` with several encoders
+    writes one subdirectory each), naming up to five of them and ``command`` run on the first; or
+    neither (the results file is missing)."""
+    d = Path(result_dir)
+    if not d.is_dir():
+        raise SubmissionError(f"{d}: not a results directory; pass the directory mrbench evaluate --output wrote")
+    if (d / RESULTS_FILE).exists():
+        return d
+    try:
+        subs = sorted(p.name for p in d.iterdir() if p.is_dir() and (p / RESULTS_FILE).is_file())
+    except OSError:
+        subs = []
+    if subs:
+        shown = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+        raise SubmissionError(f"{d}: holds no {RESULTS_FILE}, but its subdirectories {shown} do; pass one "
+                              f"of them, e.g. {command} {d / subs[0]}")
+    raise SubmissionError(f"{d / RESULTS_FILE}: results file not found; pass the directory mrbench evaluate --output wrote")
+
+
 def load_results(result_dir: str | Path) -> dict[str, Any]:
     """``results.json`` of ``result_dir``, strictly parsed and validated against ``results.schema.json``."""
     path = Path(result_dir)
@@ -291,9 +314,7 @@ def verify_results(result_dir: str | Path, *, benchmark: str | Path | None = Non
     ``benchmark``: the benchmark's name or directory when the one recorded in the results is not on
     this machine. Raises :class:`SubmissionError` for malformed input; score disagreements are
     returned in :attr:`Verification.mismatches` (``ok`` is then false)."""
-    result_dir = Path(result_dir)
-    if not result_dir.is_dir():
-        raise SubmissionError(f"{result_dir}: not a results directory; pass the directory mrbench evaluate --output wrote")
+    result_dir = require_results_dir(result_dir, "mrbench verify")
     data = data if data is not None else load_results(result_dir)
     bench = bench if bench is not None else load_submission_benchmark(data, benchmark, where=str(result_dir / RESULTS_FILE))
     scores, shas = recompute_scores(result_dir, data, bench)
