@@ -154,6 +154,14 @@ class Trainer:
                 raise TrainingError(f"{self.out}: already holds a run without a checkpoint to resume from; pass "
                                     "--overwrite to start over")
             raise TrainingError(f"{self.out}: already holds a run; pass --resume to continue it or --overwrite to start over")
+        if overwrite and not resume:  # --overwrite deletes a run, never a folder of other files
+            from mrbench.data.io import check_replaceable
+            from mrbench.errors import OutputExistsError
+
+            try:
+                check_replaceable(self.out, marker="config.json", what="a training run")
+            except OutputExistsError as e:
+                raise TrainingError(str(e)) from None
         self._check_inputs()  # nothing is written (nor an old run deleted) before the inputs are known good
         if overwrite and not resume and self.out.exists():
             import shutil

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mrbench.data.csr import CsrMappings
-from mrbench.data.io import check_writable_path, gc_frozen, gc_paused
+from mrbench.data.io import RESULTS_MARKER, check_replaceable, check_writable_path, gc_frozen, gc_paused
 from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
 from mrbench.memory import available_memory
@@ -66,14 +66,24 @@ def _parse_tasks(tasks: Sequence[str] | str | None) -> list[str] | None:
     return names
 
 
-def _check_output(output: Path | None, overwrite: bool) -> None:
+def _check_output(output: Path | None, overwrite: bool, replaced: bool = True) -> None:
+    """Refuse an ``--output`` that cannot take results, before any work: a file, a non-empty directory
+    without ``overwrite``, and (``replaced``: the results replace the directory, rather than go into
+    subdirectories of it) what :func:`~mrbench.data.io.check_replaceable` refuses — a directory that
+    holds other files than results, the current directory."""
     if output is None:
         return
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output}: exists and is not a directory; choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose another --output")
+        if (output / RESULTS_MARKER).is_file() or not replaced:
+            raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose "
+                                    "another --output")
+        raise OutputExistsError(f"{output}: is not empty (it holds files, but no {RESULTS_MARKER}); choose another "
+                                "--output")
+    if overwrite and replaced:
+        check_replaceable(output, marker=RESULTS_MARKER, what="evaluation results")
     # the results are written into a staging directory beside it and renamed into place: its nearest existing
     # parent must be a writable directory (checked now, not once everything is computed)
     check_writable_path(output, "--output")

@@ -375,8 +375,7 @@ def build_hf(
     :class:`~mrbench.errors.BenchmarkError` (one line) for an unreadable dataset, a missing column
     (listing the available ones), a bad cell (row and column), or a task without eligible queries.
     """
-    from mrbench.data.io import atomic_write_text, save_benchmark
-    from mrbench.errors import OutputExistsError
+    from mrbench.data.io import MANIFEST, atomic_write_text, check_output_dir, save_benchmark
     from mrbench.grains.extract import get_extractor
 
     if per_task < 1:
@@ -398,8 +397,8 @@ def build_hf(
     output = Path(output)
     train_out = heldout_path(output) if heldout > 0 else None
     for out in (output, train_out):
-        if out is not None and out.exists() and any(out.iterdir()) and not overwrite:
-            raise OutputExistsError(f"{out}: directory exists and is not empty; pass --overwrite or choose another path")
+        if out is not None:
+            check_output_dir(out, overwrite, marker=MANIFEST, what="a benchmark")
 
     if progress:
         progress(f"loading {dataset}")

@@ -120,13 +120,14 @@ def build_mbeir(
     and a task without any eligible query (it names the task and what to do).
     """
     from mrbench.builders.mbeir_reader import read_task
-    from mrbench.data.io import atomic_write_text, save_benchmark
+    from mrbench.data.io import MANIFEST, atomic_write_text, check_output_dir, save_benchmark
     from mrbench.grains.extract import get_extractor
 
     if per_task < 1:
         raise BenchmarkError(f"--per-task {per_task}: must be at least 1")
     if min_grains < 0:
         raise BenchmarkError(f"--min-grains {min_grains}: must be >= 0")
+    check_output_dir(output, overwrite, marker=MANIFEST, what="a benchmark")  # now, not once every task is read
     if extractor == "annotations" and annotations is None:
         raise BenchmarkError("--extractor annotations needs --annotations FILE (a JSONL with the M-BEIR qid as 'id')")
     ann = get_extractor("annotations", path=annotations) if annotations is not None else None

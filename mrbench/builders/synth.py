@@ -917,7 +917,7 @@ def build_synth(
     ``output`` is refused unless ``overwrite``.
     """
     from mrbench.data.fingerprint import image_sha256, png_pixels_sha256
-    from mrbench.data.io import atomic_dir, record_verified, write_benchmark_files
+    from mrbench.data.io import MANIFEST, atomic_dir, record_verified, write_benchmark_files
 
     output = Path(output)
     n = resolve_size(size)
@@ -947,7 +947,7 @@ def build_synth(
         },
     )
     digests: dict[str, str] = {}  # the fingerprint's hash of each PNG, from the image as rendered
-    with atomic_dir(output, overwrite=overwrite) as staging:
+    with atomic_dir(output, overwrite=overwrite, marker=MANIFEST, what="a benchmark") as staging:
         for name, task_jobs in jobs:
             total = len(task_jobs)
             stage = f"render {name}"

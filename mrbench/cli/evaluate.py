@@ -88,7 +88,7 @@ def evaluate(
         if len(encoders) == 1:
             outs = [output]
         else:
-            _check_output(output, overwrite)
+            _check_output(output, overwrite, replaced=False)  # (each encoder's results go in a subdirectory)
             outs = [output / _slug(e) for e in encoders]
         for o in outs:
             _check_output(o, overwrite)

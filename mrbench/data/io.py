@@ -67,15 +67,49 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+RESULTS_MARKER = "results.json"
+"""The file every results directory of ``mrbench evaluate`` holds (what ``--overwrite`` may replace)."""
+
+
+def check_replaceable(out: str | Path, *, marker: str | None, what: str, option: str = "--output") -> None:
+    """Refuse, before any work, to replace ``out`` with new output when that would delete what this
+    output kind did not write: ``out`` is the current directory or one above it, or it is a non-empty
+    directory without ``marker`` (``results.json`` for results, ``manifest.json`` for a benchmark;
+    ``None``: no such check). What ``--overwrite`` may replace is a directory mrbench wrote — never a
+    folder of the user's files. One-line :class:`~mrbench.errors.OutputExistsError` naming ``option``."""
+    path = Path(os.path.abspath(out))
+    head = f"{option} {out}" if option else str(out)
+    if Path.cwd().is_relative_to(path):
+        raise OutputExistsError(f"{head}: is the current directory or holds it, which would be replaced; "
+                                f"choose a new directory for {what}")
+    if marker is not None and path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+        raise OutputExistsError(f"{head}: holds files that are not {what} (no {marker}), and --overwrite only "
+                                f"replaces {what} that mrbench wrote; choose another {option}, or empty that directory "
+                                "yourself")
+
+
+def check_output_dir(out: str | Path, overwrite: bool, *, marker: str | None, what: str, option: str = "") -> None:
+    """Refuse, before any work, an existing non-empty ``out`` unless ``overwrite``, and with
+    ``overwrite`` what :func:`check_replaceable` refuses (the checks :func:`atomic_dir` makes on entry)."""
+    path = Path(os.path.abspath(out))
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        head = f"{option} {out}" if option else str(out)
+        raise OutputExistsError(f"{head}: directory exists and is not empty; pass --overwrite or choose another path")
+    if overwrite:
+        check_replaceable(out, marker=marker, what=what, option=option)
+
+
 @contextlib.contextmanager
-def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(out: Path, overwrite: bool = False, *, marker: str | None = None, what: str = "output") -> Iterator[Path]:
     """Yield a staging directory that replaces ``out`` only if the block finishes without error.
 
-    Refuses an existing non-empty ``out`` unless ``overwrite``.
+    Refuses an existing non-empty ``out`` unless ``overwrite``; with ``overwrite``, still refuses
+    what :func:`check_replaceable` refuses (``marker``/``what``: the file this output kind always
+    holds, and its name in the message). ``out`` is made absolute first (``.`` has no name to stage
+    beside).
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out}: directory exists and is not empty; pass --overwrite or choose another path")
+    out = Path(os.path.abspath(out))
+    check_output_dir(out, overwrite, marker=marker, what=what)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
@@ -182,7 +216,7 @@ def save_benchmark(bench: Benchmark, out: Path, overwrite: bool = False) -> Benc
     Returns the benchmark re-pointed at ``out`` with its fingerprint set.
     """
     out = Path(out)
-    with atomic_dir(out, overwrite=overwrite) as staging:
+    with atomic_dir(out, overwrite=overwrite, marker=MANIFEST, what="a benchmark") as staging:
         seen: set[str] = set()
         for t in bench.tasks:
             for item in [*t.queries, *t.candidates]:
@@ -670,6 +704,14 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
     if not root.is_dir():
         raise BenchmarkError(f"{root}: no such benchmark directory; build one with 'mrbench build synth --output {root}'")
     man_path = root / MANIFEST
+    if not man_path.exists() and not (root / "tasks").is_dir():  # not a benchmark at all, rather than a damaged one
+        if (root / RESULTS_MARKER).is_file():
+            raise BenchmarkError(f"{root}: is a results directory of mrbench evaluate, not a benchmark; pass a benchmark "
+                                 "name (mrbench benchmarks lists them) or a benchmark directory")
+        raise BenchmarkError(f"{root}: holds no {MANIFEST}, so it is not a benchmark directory; build one from it with "
+                             f"'mrbench build hf --dataset {root} --output DIR' (images with a metadata.jsonl of captions), or pass a "
+                             "benchmark name "
+                             "(mrbench benchmarks lists them)")
     man = read_json(man_path)
     if not isinstance(man, dict):
         raise BenchmarkError(f"{man_path}: expected a JSON object")

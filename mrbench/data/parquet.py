@@ -82,7 +82,7 @@ def export_parquet(bench: Benchmark, out: Path, overwrite: bool = False) -> Path
 
     validate(bench)
     fp = bench.fingerprint or fingerprint(bench)
-    with atomic_dir(Path(out), overwrite=overwrite) as st:
+    with atomic_dir(Path(out), overwrite=overwrite, marker=MANIFEST, what="a Parquet export") as st:
         tasks_meta = []
         for t in bench.tasks:
             tdir = st / "tasks" / t.name
@@ -120,7 +120,7 @@ def _ids(df: Any) -> list[str]:
 
 def _materialise(header: dict[str, Any], frames: dict[str, dict[str, Any]], out: Path, overwrite: bool, where: str) -> Benchmark:
     """Write a benchmark directory from per-task query/candidate/qrels tables (pandas DataFrames)."""
-    with atomic_dir(out, overwrite=overwrite) as st:
+    with atomic_dir(out, overwrite=overwrite, marker=MANIFEST, what="a benchmark") as st:
         tasks = []
         for tm in header["tasks"]:
             name = tm["name"]

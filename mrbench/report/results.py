@@ -196,13 +196,13 @@ class EvaluationResult:
         file can be written or copied, a one-line :class:`UserWarning` says so (verify will refuse it)."""
         import warnings
 
-        from mrbench.data.io import atomic_dir
+        from mrbench.data.io import RESULTS_MARKER, atomic_dir
         from mrbench.retrieval.runfile import write_trec_run
 
         out = Path(out)
         run_name = f"{self.data['encoder']['name']}".replace(" ", "_") or "run"
         carried = {} if self.runs else self._source_runs()
-        with atomic_dir(out, overwrite=overwrite) as st:
+        with atomic_dir(out, overwrite=overwrite, marker=RESULTS_MARKER, what="evaluation results") as st:
             files: dict[str, Any] = {"runs": {}}
             (st / "runs").mkdir()
             for name, (task, res) in self.runs.items():
