@@ -50,7 +50,7 @@ def run(
     stages: Annotated[Optional[str], typer.Option(help="Comma-separated stages to run: warmup, rl.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete what --output holds and start over.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the run in --output and start over (a directory holding a run's config.json; never a folder of other files).")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads, at least 1 (default: torch's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:

@@ -24,7 +24,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
     split: Annotated[str, typer.Option(help="'test' or 'train' (disjoint scenes).")] = "test",
     image_size: Annotated[int, typer.Option(help="Rendered image side in pixels (32 to 1024).")] = 128,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing benchmark directory (one holding manifest.json; never a folder of other files).")] = False,
 ) -> None:
     """Build MRBench-Synth: procedural scenes with exact, scene-graph relevance over four tasks
     (text→image, image→text, image→image, image+text→image) and grain-contrast distractors."""
@@ -65,7 +65,7 @@ def mbeir(
     split: Annotated[str, typer.Option(help="M-BEIR split to read.")] = "test",
     image_root: Annotated[Path | None, typer.Option(help="Where image paths resolve (default: --mbeir-dir).")] = None,
     skip_missing: Annotated[bool, typer.Option(help="Drop queries and candidates whose image file is missing (counted in the report).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing benchmark directory (one holding manifest.json; never a folder of other files).")] = False,
 ) -> None:
     """Build an MRBench-style benchmark from a local M-BEIR copy: per task, the test queries with at
     least --min-grains grains, --per-task of them, the task's local pool and qrels, the grains stored
@@ -89,7 +89,7 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write.")],
     format: Annotated[str, typer.Option("--format", "-f", help="'parquet' (self-contained, images inside; loads with "
                                         "datasets.load_dataset('parquet', ...)) or 'dir' (the plain benchmark directory).")] = "parquet",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing benchmark directory (one holding manifest.json; never a folder of other files).")] = False,
 ) -> None:
     """Export a benchmark as Parquet (for the Hugging Face hub or any dataframe tool) or as a plain
     directory. 'mrbench evaluate -b <export>' reads either; the fingerprint is the same."""

@@ -31,7 +31,7 @@ def hf(
     heldout: Annotated[float, typer.Option(help="Fraction of the images held out as a train benchmark at <output>-train "
                                            "(0: none).")] = 0.0,
     max_images: Annotated[int | None, typer.Option(help="Read at most this many rows (the first ones).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output directories.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing benchmark directories (ones holding manifest.json; never a folder of other files).")] = False,
 ) -> None:
     """Build a two-task benchmark (t2i: caption → image, i2t: image → caption) from any image–caption dataset: queries with at least --min-grains grains, --per-task of them, all images / captions as the pools, a fingerprint and build_report.json; --heldout writes a disjoint train part."""
     from mrbench.builders.hf import build_hf

@@ -59,7 +59,7 @@ def evaluate(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Embedding cache root (default $MRBENCH_CACHE, else $MRBENCH_HOME/embeddings, else ~/.cache/mrbench/embeddings).")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity", help="Run the drop-one-grain diagnostic.")] = True,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the benchmark fingerprint on load.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing results in --output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the results in --output (a directory holding results.json; never a folder of other files).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Evaluate encoders on a benchmark: per-task R@K and per-grain tables, results JSON, TREC runs, chart.
