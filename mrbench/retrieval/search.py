@@ -406,14 +406,6 @@ def canonical_scores(
 
 _PARALLEL_PRODUCTS = 1 << 23
 """Canonical rescoring calls with fewer products than this run on one CPU thread (see _cpu_threads)."""
-_ONE_THREAD_PRODUCTS = 1 << 29
-"""A torch-backend CPU search of at most this many query x candidate x dimension products runs on one
-thread throughout (norms, fast product, ``topk``, finaliser; see :class:`_cpu_threads`).
-
-Such a search is dominated by many small ops, each a thread barrier when split; the fast product, the
-only large op, takes at most ~15 ms on one core here. On this project's shared 2-core machine,
-MRBench-Synth's tasks (250 x 1,403 x 256) went from 50-160 ms per search to ~30 ms. Chunking and
-memory budgets are planned as before; results do not depend on the thread count."""
 
 
 class _cpu_threads:
@@ -504,26 +496,6 @@ def _canonical_grid(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
 
 _ROW_BLOCK_ELEMENTS = 1 << 22  # products per block of _canonical_rows on the CPU (fewer, larger ops)
 _ROW_BLOCK_ELEMENTS_GPU = 1 << 26
-_PARALLEL_ROW_PRODUCTS = 1 << 28
-""":func:`_canonical_rows` calls with fewer products than this run on one CPU thread.
-
-A call is a long series of cache-sized ops (per block: a product and ~10 tree adds), each ending
-in a thread barrier (see :class:`_cpu_threads`). On this project's shared 2-core machine, 250
-rows x 1,403 candidates x 256 dims (one MRBench-Synth task's dense rows) took 20-30 ms on one
-thread and 0.25-1.2 s on two. Larger calls (a dense query against a million candidates and more)
-keep all threads, as before."""
-
-
-def _tree_steps(prod: "torch.Tensor") -> list[tuple["torch.Tensor", "torch.Tensor"]]:
-    """The ``(x[:h], x[w-h:w])`` view pairs of :func:`_canonical_rows`'s tree over the first axis of
-    ``prod`` (built once per block shape: slicing costs as much as a small add)."""
-    steps = []
-    w = int(prod.shape[0])
-    while w > 1:
-        h = w // 2
-        steps.append((prod[:h], prod[w - h : w]))
-        w -= h
-    return steps
 
 
 def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: np.ndarray,
@@ -536,8 +508,7 @@ def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
     step ``x[:h] += x[w-h:w]`` is one contiguous elementwise add over whole score rows.
     Returns a float32 tensor on the candidates' device. ``max_elements`` caps the products held at
     once (a block buffer and a transposed candidate block of that many floats each; default and
-    upper limit: ``_ROW_BLOCK_ELEMENTS``, ``_ROW_BLOCK_ELEMENTS_GPU`` on a GPU). On the CPU, calls
-    below ``_PARALLEL_ROW_PRODUCTS`` products run on one thread (values do not depend on it).
+    upper limit: ``_ROW_BLOCK_ELEMENTS``, ``_ROW_BLOCK_ELEMENTS_GPU`` on a GPU).
     """
     import torch
 
@@ -556,23 +527,19 @@ def _canonical_rows(queries: "torch.Tensor", candidates: "torch.Tensor", qrows: 
     nb = max(1, min(n, budget // d))  # candidates per block
     rb = max(1, min(r, budget // (d * nb)))  # queries per block
     buf = torch.empty((d, rb, nb), dtype=torch.float32, device=dev)
-    views: dict[tuple[int, int], tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
-    with _cpu_threads(torch, dev, 1 if r * n * d < _PARALLEL_ROW_PRODUCTS else 0):
-        for n0 in range(0, n, nb):
-            n1 = min(n, n0 + nb)
-            c_t = candidates[n0:n1].T.contiguous()[:, None, :]  # [D, 1, nb]
-            for s in range(0, r, rb):
-                e = min(r, s + rb)
-                shape = (e - s, n1 - n0)
-                v = views.get(shape)
-                if v is None:  # at most 4 block shapes (full / last rows x full / last candidates)
-                    prod = buf.view(-1)[: d * shape[0] * shape[1]].view(d, *shape)  # contiguous
-                    v = views[shape] = (prod, _tree_steps(prod))
-                prod, steps = v
-                torch.mul(c_t, q_t[:, s:e, None], out=prod)
-                for lo, hi in steps:
-                    lo.add_(hi)
-                out[s:e, n0:n1] = prod[0]
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        c_t = candidates[n0:n1].T.contiguous()  # [D, nb]
+        for s in range(0, r, rb):
+            e = min(r, s + rb)
+            prod = buf.view(-1)[: d * (e - s) * (n1 - n0)].view(d, e - s, n1 - n0)  # contiguous
+            torch.mul(c_t[:, None, :], q_t[:, s:e, None], out=prod)
+            w = d
+            while w > 1:
+                h = w // 2
+                prod[:h].add_(prod[w - h : w])
+                w -= h
+            out[s:e, n0:n1] = prod[0]
     return out
 
 
@@ -842,8 +809,6 @@ _DENSE_AMBIGUOUS = 4
 _FEW_PAIRS = 4
 _DEVICE_TOP_LISTS_ON_CPU = False
 """Tests set this to run the GPU's top-list selection (:func:`_top_lists_rect_device`) on the CPU."""
-_DEVICE_DENSE_ON_CPU = False
-"""Tests set this to run the GPU's dense finaliser (a permutation sort and runs) on the CPU."""
 _DEVICE_STREAM_ON_CPU = False
 """Tests set this to run the GPU's code of the streamed pass on the CPU (judged counts, see
 :func:`_stream_block_counts`; canonical rescoring of gathered candidate rows, :func:`_host_canon`)."""
@@ -1347,8 +1312,7 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
     One :func:`_canonical_rows` pass and one sort per query; in the sorted row, the exact ties of
     each candidate form a run, so a judged candidate's counts are read off its run
     (``gt = N - run end``, ``eq = run length``) and the top list is the pool of candidates from the
-    run holding the ``depth``-th best score upwards. On the CPU the rows are sorted by value only
-    (:func:`_dense_block_cpu`).
+    run holding the ``depth``-th best score upwards.
     """
     import torch
 
@@ -1360,15 +1324,6 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
         b = blk.size
         canon = _canonical_rows(ctx.sq, ctx.sc, q0 + blk, ctx.row_elements)  # [b, n] on the scoring device
         dev = canon.device
-        # judged candidates of the block: rows are ascending and pairs grouped by row, so their
-        # pair indices are concatenated ranges
-        lens = ptr[blk + 1] - ptr[blk]
-        p_row = np.repeat(np.arange(b, dtype=np.int64), lens)
-        sel = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(ptr[blk] - (np.cumsum(lens) - lens), lens)
-        if dev.type == "cpu" and not _DEVICE_DENSE_ON_CPU:
-            _dense_block_cpu(ctx, q0 + blk, canon.numpy(), p_row, sel, pairs)
-            del canon
-            continue
         order = _argsort_rows(canon)
         srt = torch.gather(canon, 1, order)
         del canon
@@ -1381,6 +1336,9 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
         starts = torch.nonzero(new)[:, 0]
         ends = torch.cat([starts[1:], torch.tensor([b * n], device=dev)])
         # judged candidates: position in the sorted row, then their run
+        lens = ptr[blk + 1] - ptr[blk]  # rows are ascending and pairs grouped by row: concatenated ranges
+        p_row = np.repeat(np.arange(b, dtype=np.int64), lens)
+        sel = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(ptr[blk] - (np.cumsum(lens) - lens), lens)
         if sel.size:
             p_row_t = torch.from_numpy(p_row).to(dev)
             inv = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(b, n))
@@ -1402,40 +1360,6 @@ def _finalise_dense(ctx: _Ctx, q0: int, rows: np.ndarray, pairs: _Pairs) -> None
 
         _top_lists(ctx, q0 + blk, rr_np, cc_np, srt[rr, pp].cpu().numpy(), grades)
         del order, srt, flat, new, run
-
-
-def _dense_block_cpu(ctx: _Ctx, queries: np.ndarray, canon: np.ndarray, p_row: np.ndarray, sel: np.ndarray,
-                     pairs: _Pairs) -> None:
-    """:func:`_finalise_dense` for one block of canonical rows on the CPU (``canon``: float32
-    ``[b, N]`` of the global ``queries``; judged pair ``sel[k]`` lies in row ``p_row[k]``).
-
-    The same counts and pools as the sorted runs, without a permutation: the rows are sorted by
-    value only (NumPy's SIMD sort, ~3x faster than ``argsort``), a judged candidate's score is read
-    from its own row and binary searches give ``gt = N - #(<= s)`` and ``eq = #(<= s) - #(< s)``;
-    the top-list pool is every candidate scoring ``>=`` the ``depth``-th best score.
-    """
-    b, n = canon.shape
-    srt = np.sort(canon, axis=1)  # ascending values
-    if sel.size:
-        score = canon[p_row, pairs.row[sel]]
-        pairs.score[sel] = score
-        upto = np.empty(sel.size, dtype=np.int64)  # scores <= s
-        below = np.empty(sel.size, dtype=np.int64)  # scores < s
-        bounds = np.searchsorted(p_row, np.arange(b + 1)).tolist()  # p_row is non-decreasing
-        for i, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-            if e > a:
-                upto[a:e] = np.searchsorted(srt[i], score[a:e], side="right")
-                below[a:e] = np.searchsorted(srt[i], score[a:e], side="left")
-        pairs.gt[sel] = n - upto
-        pairs.eq[sel] = upto - below
-    rr, cc = np.nonzero(canon >= srt[:, n - ctx.depth, None])  # the depth-th best score and above
-
-    def grades() -> np.ndarray:  # the block's judged grades as a [b, n] table: no searching
-        table = np.zeros((b, n), dtype=np.int64)
-        table[p_row, pairs.row[sel]] = pairs.grade[sel]
-        return table[rr, cc]
-
-    _top_lists(ctx, queries, rr.astype(np.int64, copy=False), cc.astype(np.int64, copy=False), canon[rr, cc], grades)
 
 
 def _finalise_chunk(
@@ -2049,11 +1973,8 @@ def exact_search(
         sq, sc = qt, ct
     if max_chunk_bytes is None:
         max_chunk_bytes = _default_chunk_bytes(torch, dev)
-    # a small search runs on one CPU thread throughout (see _ONE_THREAD_PRODUCTS)
-    threads = 1 if backend == "torch" and not stream and n_q * n_c * dim <= _ONE_THREAD_PRODUCTS else 0
-    with _cpu_threads(torch, dev, threads):
-        q_norm = _norms(sq, "queries")
-        c_norm = _norms_blocked(sc, "candidates", dev) if stream else _norms(sc, "candidates")
+    q_norm = _norms(sq, "queries")
+    c_norm = _norms_blocked(sc, "candidates", dev) if stream else _norms(sc, "candidates")
     c_max = float(c_norm.max()) if c_norm.size else 0.0
     if n_q and float(q_norm.max()) * c_max > 1e36:
         raise SearchError("embedding norms are too large for float32 scores; L2-normalise queries and candidates")
@@ -2110,8 +2031,7 @@ def exact_search(
             rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block))))
             _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c)
         elif backend == "torch":
-            with _cpu_threads(torch, dev, threads):
-                _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
+            _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
         else:
             _run_faiss(ctx, chunk_rows, progress)
 
