@@ -73,3 +73,14 @@ def small_bench(tmp_path: Path):
     )
     bench = Benchmark(name="small", version="0.1", tasks=[t2i, i2t], root=src, metadata={"note": "test"})
     return save_benchmark(bench, tmp_path / "bench")
+
+
+@pytest.fixture
+def lb(world: dict, tmp_path: Path) -> Path:
+    """A copy of the module's ``world["lb"]`` leaderboard file (its ``world`` fixture builds one), for
+    a test to change."""
+    import shutil
+
+    p = tmp_path / "lb.json"
+    shutil.copy(world["lb"], p)
+    return p

@@ -44,13 +44,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture
-def lb(world: dict[str, Path], tmp_path: Path) -> Path:
-    p = tmp_path / "lb.json"
-    shutil.copy(world["lb"], p)
-    return p
-
-
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

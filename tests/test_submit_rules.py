@@ -32,13 +32,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture
-def lb(world: dict[str, Path], tmp_path: Path) -> Path:
-    p = tmp_path / "lb.json"
-    shutil.copy(world["lb"], p)
-    return p
-
-
 def _app():
     from mrbench.cli.app import app
 
