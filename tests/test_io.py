@@ -547,9 +547,9 @@ def test_loading_some_tasks_reads_only_their_files(small_bench, monkeypatch):
 
     whole = load_benchmark_dir(small_bench.root)  # verified, stamp written
     read: list[str] = []
-    real_jsonl, real_qrels = io._read_jsonl, io.read_qrels
+    real_jsonl, real_qrels = io._read_jsonl, io._read_qrels
     monkeypatch.setattr(io, "_read_jsonl", lambda p: read.append(p.parent.name) or real_jsonl(p))
-    monkeypatch.setattr(io, "read_qrels", lambda p: read.append(p.parent.name) or real_qrels(p))
+    monkeypatch.setattr(io, "_read_qrels", lambda p: read.append(p.parent.name) or real_qrels(p))
     calls = _count_fingerprints(monkeypatch)
     part = load_benchmark_dir(small_bench.root, tasks=["i2t"])
     assert read == ["i2t"] * 3 and calls == []

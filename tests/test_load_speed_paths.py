@@ -49,15 +49,19 @@ def test_arrow_qrels_load_equals_line_load(small_bench, monkeypatch):
     fast = _load(small_bench.root, True, monkeypatch, verify=False)
     assert used and fast == slow
     assert [list(t.qrels.items()) for t in fast.tasks] == [list(t.qrels.items()) for t in slow.tasks]
-    assert getattr(io._qrels_sink, "facts", None) is None  # nothing kept after loading
 
 
 def test_qrels_facts_only_for_the_dict_they_describe(small_bench, monkeypatch):
-    """A read_qrels that returns another dict than the one Arrow's reader described (a wrapper, a
-    test double) gets the full checks."""
+    """Facts that describe another dict than the one returned (a wrapper, a test double) do not
+    spare the full checks."""
     (small_bench.root / "tasks/t2i/qrels.txt").write_text("q1 0 c_red 1\nq2 0 c_blue 2\n")
-    real = io.read_qrels
-    monkeypatch.setattr(io, "read_qrels", lambda p: {**real(p), "q2": {"nope": 1}})
+    real = io._read_qrels
+
+    def changed(p):
+        qrels, facts = real(p)
+        return {**qrels, "q2": {"nope": 1}}, facts
+
+    monkeypatch.setattr(io, "_read_qrels", changed)
     with pytest.raises(BenchmarkError, match=r"unknown candidate id 'nope'"):
         _load(small_bench.root, True, monkeypatch, verify=False)
 
@@ -70,7 +74,8 @@ def test_qrels_facts_only_for_the_dict_they_describe(small_bench, monkeypatch):
 def test_arrow_qrels_equal_line_qrels(tmp_path, monkeypatch, text):
     p = tmp_path / "qrels.txt"
     p.write_text(text, encoding="utf-8")
-    fast = io._read_qrels_arrow(p)
+    fast, facts = io._read_qrels_arrow(p)
+    assert facts.qrels is fast
     monkeypatch.setattr(io, "_FAST_QRELS_BYTES", 1 << 62)
     slow = io.read_qrels(p)
     assert fast == slow and list(fast) == list(slow)

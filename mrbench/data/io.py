@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
@@ -349,11 +348,6 @@ class _QrelsFacts:
     min_grade: int
 
 
-_qrels_sink = threading.local()
-"""``.facts``: a list that :func:`_read_qrels_arrow` appends its :class:`_QrelsFacts` to, set by a
-loading benchmark (in its own thread) while it reads qrels; absent otherwise (nothing is kept)."""
-
-
 def read_json(
     path: Path,
     *,
@@ -523,6 +517,12 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     canonical form (single spaces, no blank lines); anything else, errors included, is read line by
     line, which names the offending line. Both give equal dicts.
     """
+    return _read_qrels(path)[0]
+
+
+def _read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], _QrelsFacts | None]:
+    """:func:`read_qrels`, and what Arrow's reader learnt of the dict when it read the file (``None``
+    from the line reader)."""
     try:
         big = os.path.getsize(path) >= _FAST_QRELS_BYTES
     except OSError:
@@ -552,18 +552,19 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
         raise BenchmarkError(f"{path}: file missing; the benchmark directory is incomplete, rebuild it") from None
     except UnicodeDecodeError:
         raise BenchmarkError(f"{path}: not UTF-8 text; the file is corrupt, rebuild the benchmark") from None
-    return qrels
+    return qrels, None
 
 
-def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
-    """:func:`read_qrels` for a canonical file by Arrow's CSV reader, or ``None`` when the file is not
-    plainly ``qid iter did grade`` lines with single spaces, unique pairs and integer grades (the
-    caller then reads it line by line, which reports the problem).
+def _read_qrels_arrow(path: Path) -> tuple[dict[str, dict[str, int]], _QrelsFacts] | None:
+    """:func:`read_qrels` for a canonical file by Arrow's CSV reader, with what it saw of the dict (the
+    candidate ids, the least grade: :class:`_QrelsFacts`), or ``None`` when the file is not plainly
+    ``qid iter did grade`` lines with single spaces, unique pairs and integer grades (the caller then
+    reads it line by line, which reports the problem).
 
     The tokens are checked through the distinct values of each column (the query ids at the start of
     each run of equal ids, which stand for the whole run); the pairs go into each query's dict
     straight from one iterator over them. Candidate ids are shared string objects (one per distinct
-    id), not one string per line. (Single-threaded, as one block: no faster here, with 2 cores.)
+    id), not one string per line.
     """
     import numpy as np
     import pyarrow as pa
@@ -610,10 +611,7 @@ def _read_qrels_arrow(path: Path) -> dict[str, dict[str, int]] | None:
             return None
         else:
             prev.update(docs)
-    sink = getattr(_qrels_sink, "facts", None)
-    if sink is not None:
-        sink.append(_QrelsFacts(out, dnames, int(grades.min())))
-    return out
+    return out, _QrelsFacts(out, dnames, int(grades.min()))
 
 
 @contextlib.contextmanager
@@ -731,12 +729,9 @@ def _load_benchmark_dir(root: Path, verify: bool, log: Callable[[str], None] | N
                 continue
             qrows = _read_jsonl(root / files["queries"])
             crows = _read_jsonl(root / files["candidates"])
-            _qrels_sink.facts = sink = []
-            try:
-                qrels = read_qrels(root / files["qrels"])
-            finally:
-                del _qrels_sink.facts
-            qrels_facts.update((name, f) for f in sink if f.qrels is qrels)
+            qrels, facts = _read_qrels(root / files["qrels"])
+            if facts is not None:
+                qrels_facts[name] = facts
             tasks.append(
                 Task(
                     name=name,
