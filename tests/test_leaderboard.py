@@ -506,3 +506,29 @@ def test_verification_reads_only_the_results_tasks_and_names_an_unknown_one(worl
     _edit_results(part, unknown_task)
     with pytest.raises(SubmissionError, match=r"results.json: settings.tasks: .*no task 'zzz'"):
         verify_results(part, benchmark=world["bench"])
+
+
+def test_tied_candidates_listed_in_the_models_favour_are_rejected(world: dict[str, Path], tmp_path: Path,
+                                                                   lb: Path) -> None:
+    """With the constant encoder every score ties: moving a relevant candidate to rank 1 (scores
+    unchanged, metrics rewritten to match) would raise hit@1; ties rank the lower grade first."""
+    import mrbench
+
+    d = _copy(world["constant"], tmp_path / "c")
+    lines = _run_lines(d)
+    qrels = mrbench.load_benchmark(world["bench"]).task("t2i").qrels
+    qid = lines[0].split()[0]
+    mine = [i for i, ln in enumerate(lines) if ln.split()[0] == qid]
+    rel = next(i for i in mine if qrels[qid].get(lines[i].split()[2], 0) > 0)
+    assert rel != mine[0] and qrels[qid].get(lines[mine[0]].split()[2], 0) == 0
+    first, moved = lines[mine[0]].split(), lines[rel].split()
+    first[2], moved[2] = moved[2], first[2]  # the relevant candidate now at rank 1, same scores
+    lines[mine[0]], lines[rel] = " ".join(first), " ".join(moved)
+    _set_run(d, lines)
+    with pytest.raises(SubmissionError, match=r"tie at score .* higher grade comes first") as e:
+        verify_results(d, benchmark=world["bench"])
+    assert "t2i.trec" in str(e.value) and qid in str(e.value) and "\n" not in str(e.value)
+    before = lb.read_bytes()
+    with pytest.raises(SubmissionError, match="pessimistic"):
+        submit(d, lb, benchmark=world["bench"])
+    assert lb.read_bytes() == before

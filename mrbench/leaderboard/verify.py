@@ -17,8 +17,11 @@ grain-sensitivity block (it needs the embeddings).
 A run file is rejected (one line naming the file, and the line or query) when it is not a valid
 TREC run (:func:`mrbench.retrieval.runfile.read_trec_run`: 6 fields, integer ranks, finite scores,
 no duplicate candidate or rank in a query, only the task's query and candidate ids), when it lacks
-queries of the task, when a query's ranks are not exactly ``1..min(depth, pool size)``, or when
-scores increase down a query's ranking.
+queries of the task, when a query's ranks are not exactly ``1..min(depth, pool size)``, when
+scores increase down a query's ranking, or when candidates with equal scores are not listed lower
+grade first (the pessimistic tie policy ``mrbench evaluate`` ranks by: a tie never helps the
+model). What the file cannot show is not checked: whether candidates left out below the depth tie
+with the last one listed.
 """
 
 from __future__ import annotations
@@ -205,10 +208,17 @@ def _judged_ranks_from_run(path: Path, task: Any, depth: int) -> list[dict[int, 
         if ranks != list(range(1, want + 1)):
             raise SubmissionError(f"{path}: query {qid!r} has ranks {_span(ranks)}, expected exactly 1..{want} "
                                   f"(depth {depth}); write the full top-{want} list")
-        for (_, r, s), (_, _, prev) in zip(lst[1:], lst[:-1]):
+        grades = judged[qi]
+        for (d, r, s), (dp, _, prev) in zip(lst[1:], lst[:-1]):
             if s > prev:
                 raise SubmissionError(f"{path}: query {qid!r}: rank {r} scores {s!r}, above rank {r - 1} ({prev!r}); "
                                       "ranks must follow scores")
+            if s == prev and grades.get(index[dp], 0) > grades.get(index[d], 0):
+                raise SubmissionError(
+                    f"{path}: query {qid!r}: rank {r - 1} ({dp}, grade {grades.get(index[dp], 0)}) and rank {r} ({d}, "
+                    f"grade {grades.get(index[d], 0)}) tie at score {s!r}, but the higher grade comes first; tied "
+                    "candidates are ranked lower grade first (pessimistic ties: a tie never helps the model), as "
+                    "mrbench evaluate writes them")
         pos = {index[d]: r for d, r, _ in lst}
         out.append({c: pos[c] for c in judged[qi] if c in pos})
     return out
