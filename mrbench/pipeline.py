@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mrbench.data.csr import CsrMappings
-from mrbench.data.io import RESULTS_MARKER, check_replaceable, check_writable_path, gc_frozen, gc_paused
+from mrbench.data.io import RESULTS_MARKER, check_replaceable, check_writable_path, gc_frozen, gc_paused, output_target
 from mrbench.data.schema import Benchmark, Task
 from mrbench.errors import MrbenchError, OutputExistsError
 from mrbench.memory import available_memory
@@ -73,17 +73,21 @@ def _check_output(output: Path | None, overwrite: bool, replaced: bool = True) -
     holds other files than results, the current directory."""
     if output is None:
         return
-    output = Path(output)
+    shown = Path(output)
+    output = output_target(shown)  # (through a symbolic link; a dangling one is refused)
     if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"{output}: exists and is not a directory; choose another --output")
+        raise OutputExistsError(f"{shown}: exists and is not a directory; choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         if (output / RESULTS_MARKER).is_file() or not replaced:
-            raise OutputExistsError(f"{output}: already holds results; pass --overwrite to replace them or choose "
+            raise OutputExistsError(f"{shown}: already holds results; pass --overwrite to replace them or choose "
                                     "another --output")
-        raise OutputExistsError(f"{output}: is not empty (it holds files, but no {RESULTS_MARKER}); choose another "
+        raise OutputExistsError(f"{shown}: is not empty (it holds files, but no {RESULTS_MARKER}); choose another "
                                 "--output")
+    if not replaced and (output / RESULTS_MARKER).is_file():
+        raise OutputExistsError(f"--output {shown}: holds the results of one encoder; with several encoders each gets "
+                                "a subdirectory of --output: choose another --output")
     if overwrite and replaced:
-        check_replaceable(output, marker=RESULTS_MARKER, what="evaluation results")
+        check_replaceable(shown, marker=RESULTS_MARKER, what="evaluation results")
     # the results are written into a staging directory beside it and renamed into place: its nearest existing
     # parent must be a writable directory (checked now, not once everything is computed)
     check_writable_path(output, "--output")
@@ -356,6 +360,13 @@ def evaluate(
     approx_used: dict[str, dict[str, Any]] = {}
     out_path = Path(output) if output is not None else None
     _check_output(out_path, overwrite)
+    if out_path is not None and cache:
+        from mrbench.encoders.cache import default_cache_root
+
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+        if Path(os.path.realpath(root)).is_relative_to(output_target(out_path)):
+            raise MrbenchError(f"the embedding cache {root} lies inside --output {out_path}, which the results replace; "
+                               "keep the cache elsewhere (--cache-dir, $MRBENCH_CACHE)")
 
     # the collector leaves the objects alive now (the caller's), and those alive after loading and after
     # building the encoder (torch's, the benchmark), alone until evaluate returns: see gc_frozen

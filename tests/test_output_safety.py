@@ -48,10 +48,10 @@ def test_evaluate_overwrite_keeps_a_folder_of_other_files(user_dir: Path):
 def test_evaluate_overwrite_still_replaces_results(tmp_path: Path):
     out = tmp_path / "res"
     assert invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--no-sensitivity").exit_code == 0
-    (out / "extra.txt").write_text("x")  # results (with results.json), whatever else sits there
+    (out / "sensitivity.parquet").write_text("x")  # (an entry results hold, which this run does not write: it goes)
     assert invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--overwrite",
                   "--no-sensitivity").exit_code == 0
-    assert (out / "results.json").is_file() and not (out / "extra.txt").exists()
+    assert (out / "results.json").is_file() and not (out / "sensitivity.parquet").exists()
 
 
 def test_several_encoders_go_into_subdirectories_of_any_folder(user_dir: Path):
@@ -123,3 +123,96 @@ def test_results_or_image_folder_as_benchmark_says_what_it_is(tmp_path: Path):
     (photos / "a.jpg").write_bytes(b"\xff\xd8")
     one_line_error(invoke("evaluate", "-b", str(photos), "-e", "random"), "not a benchmark directory",
                    "mrbench build hf --dataset")
+
+
+def test_overwrite_refuses_a_results_directory_holding_other_things(tmp_path: Path):
+    """A cache or other results put inside a results directory would go with it."""
+    out = tmp_path / "res"
+    assert invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--no-sensitivity").exit_code == 0
+    (out / "mine").mkdir()
+    one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--overwrite",
+                          "--no-sensitivity"), "holds mine beside evaluation results", "move it out first")
+    assert (out / "mine").is_dir()
+
+
+def test_build_overwrite_refuses_a_benchmark_holding_results(tmp_path: Path):
+    bench = tmp_path / "bench"
+    assert invoke("build", "synth", "--size", "tiny", "-o", str(bench)).exit_code == 0
+    assert invoke("evaluate", "-b", str(bench), "-e", "random", "-o", str(bench / "results"), "-q",
+                  "--no-sensitivity").exit_code == 0
+    one_line_error(invoke("build", "synth", "--size", "tiny", "-o", str(bench), "--overwrite"),
+                   "holds results beside a benchmark")
+    one_line_error(invoke("export", str(bench), "-o", str(bench), "--overwrite"), "holds results beside")
+    assert (bench / "results" / "results.json").is_file()
+
+
+def test_cache_inside_the_output_is_refused_up_front(tmp_path: Path):
+    out = tmp_path / "res"
+    one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "--cache-dir", str(out / "cache"),
+                          "-q"), "lies inside --output", "keep the cache elsewhere")
+    assert not out.exists()
+
+
+def test_several_encoders_into_one_encoders_results_are_refused(tmp_path: Path):
+    out = tmp_path / "res"
+    assert invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--no-sensitivity").exit_code == 0
+    one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-e", "constant", "-o", str(out), "-q",
+                          "--overwrite"), "holds the results of one encoder")
+
+
+def test_output_through_a_symbolic_link_writes_its_target(tmp_path: Path):
+    target = tmp_path / "real"
+    link = tmp_path / "link"
+    assert invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(target), "-q", "--no-sensitivity").exit_code == 0
+    link.symlink_to(target, target_is_directory=True)
+    before = (target / "results.json").stat().st_mtime_ns
+    assert invoke("evaluate", "-b", TINY, "-e", "constant", "-o", str(link), "-q", "--overwrite",
+                  "--no-sensitivity").exit_code == 0
+    assert link.is_symlink() and (target / "results.json").stat().st_mtime_ns != before
+    assert '"constant"' in (target / "results.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging or .old-* left
+
+
+def test_dangling_link_as_output_is_refused_up_front(tmp_path: Path):
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(link), "-q"),
+                   "is a symbolic link to", "which does not exist")
+    one_line_error(invoke("build", "synth", "--size", "tiny", "-o", str(link)), "is a symbolic link to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling"]
+
+
+def test_non_utf8_output_name_is_one_line(tmp_path: Path):
+    bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")
+    one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-o", bad, "-q"), "not valid UTF-8")
+    one_line_error(invoke("build", "synth", "--size", "tiny", "-o", bad), "not valid UTF-8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leaderboard_file_through_a_symbolic_link_is_updated_in_place(tmp_path: Path):
+    from mrbench.data.io import atomic_write_text
+
+    real = tmp_path / "lb.json"
+    real.write_text("{}")
+    link = tmp_path / "lblink.json"
+    link.symlink_to(real)
+    atomic_write_text(link, '{"a": 1}')
+    assert link.is_symlink() and real.read_text() == '{"a": 1}'
+
+
+def test_sigterm_during_a_build_removes_its_staging(tmp_path: Path):
+    """Every command handles SIGTERM as Ctrl-C (not only evaluate and elva-train): a killed build
+    leaves no staging directory."""
+    import subprocess
+    import sys
+
+    from fixtures.procs import sigterm_when
+
+    out = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "-m", "mrbench", "build", "synth", "--size", "200", "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "MRBENCH_HOME": str(tmp_path / "home")})
+    out_, err = sigterm_when(p, lambda: any(tmp_path.glob(".b.staging-*/images/*/*")), settle=0.2)
+    assert p.returncode == 130, (p.returncode, err)
+    assert err.strip().splitlines()[-1].startswith("interrupted: "), err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["home"] or sorted(x.name for x in tmp_path.iterdir()) == []

@@ -111,7 +111,8 @@ def _silence_stdout() -> None:
 
 def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = INTERRUPTED_HINT) -> Any:
     """Decorator: :class:`MrbenchError` and file-system errors (:class:`OSError`) become one
-    ``error: <message>`` line and a non-zero exit; Ctrl-C prints ``interrupted: <interrupted>``.
+    ``error: <message>`` line and a non-zero exit; Ctrl-C, and SIGTERM (:func:`sigterm_as_ctrl_c`),
+    print ``interrupted: <interrupted>`` (a staged output is removed on the way, as on Ctrl-C).
 
     Use as ``@handle_errors`` or ``@handle_errors(interrupted="...")`` (a command whose re-run does
     not resume from the embedding cache says what does); a command that knows better at run time
@@ -119,12 +120,14 @@ def handle_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = IN
     :class:`MrbenchError` propagates with its traceback (and its cause) instead."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        run = sigterm_as_ctrl_c(fn)  # a scheduler's or kill's stop cleans up as Ctrl-C does
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             from mrbench.errors import MrbenchError
 
             try:
-                out = fn(*args, **kwargs)
+                out = run(*args, **kwargs)
                 sys.stdout.flush()  # (a reader gone away is found here, not at exit)
                 return out
             except MrbenchError as e:

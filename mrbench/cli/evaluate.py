@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrbench.cli.common import handle_errors, parse_json_kwargs, parse_names, resume_hint, sigterm_as_ctrl_c
+from mrbench.cli.common import handle_errors, parse_json_kwargs, parse_names, resume_hint
 
 
 @handle_errors
-@sigterm_as_ctrl_c
 def evaluate(
     encoder: Annotated[
         list[str],

@@ -31,7 +31,7 @@ from typing import Any
 
 from mrbench.data.jsonenc import dumps_function
 from mrbench.data.schema import MODALITIES, Benchmark, Candidate, Grain, Query, Task
-from mrbench.errors import BenchmarkError, FingerprintMismatch, OutputExistsError, UnknownNameError, did_you_mean
+from mrbench.errors import BenchmarkError, FingerprintMismatch, MrbenchError, OutputExistsError, UnknownNameError, did_you_mean
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -55,8 +55,11 @@ def check_writable_path(path: str | Path, option: str = "--output") -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same directory and rename (through a
+    symbolic link: its target is replaced, the link kept)."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -69,28 +72,63 @@ def atomic_write_text(path: Path, text: str) -> None:
 RESULTS_MARKER = "results.json"
 """The file every results directory of ``mrbench evaluate`` holds (what ``--overwrite`` may replace)."""
 
+OUTPUT_ENTRIES: dict[str, frozenset[str]] = {
+    RESULTS_MARKER: frozenset({RESULTS_MARKER, "runs", "per_query.parquet", "sensitivity.parquet", "grains.png"}),
+    MANIFEST: frozenset({MANIFEST, "tasks", "images", "build_report.json"}),
+}
+"""Per marker file, every top-level entry mrbench writes in a directory of that kind (results; a
+benchmark or a Parquet export): ``--overwrite`` refuses a directory holding anything else."""
+
+
+def output_target(out: str | Path) -> Path:
+    """``out`` made absolute, through a symbolic link to its target (the output is written there, the
+    link kept). A link to nothing, and a name that is not valid UTF-8 (the results' files record it),
+    are refused with one line."""
+    path = Path(os.path.abspath(out))
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MrbenchError(f"{str(out)!r}: the name is not valid UTF-8; choose a UTF-8 name") from None
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if not target.exists():
+            raise OutputExistsError(f"{out}: is a symbolic link to {target}, which does not exist; remove the link or "
+                                    "choose another path")
+        return target
+    return path
+
 
 def check_replaceable(out: str | Path, *, marker: str | None, what: str, option: str = "--output") -> None:
     """Refuse, before any work, to replace ``out`` with new output when that would delete what this
     output kind did not write: ``out`` is the current directory or one above it, or it is a non-empty
     directory without ``marker`` (``results.json`` for results, ``manifest.json`` for a benchmark;
-    ``None``: no such check). What ``--overwrite`` may replace is a directory mrbench wrote — never a
-    folder of the user's files. One-line :class:`~mrbench.errors.OutputExistsError` naming ``option``."""
-    path = Path(os.path.abspath(out))
+    ``None``: no such check) or with entries a directory of that kind never holds
+    (:data:`OUTPUT_ENTRIES`: a cache or other results put inside it, say). What ``--overwrite`` may
+    replace is a directory mrbench wrote — never a folder of the user's files. One-line
+    :class:`~mrbench.errors.OutputExistsError` naming ``option``."""
+    path = output_target(out)
     head = f"{option} {out}" if option else str(out)
+    other = f"another {option}" if option else "another path"
     if Path.cwd().is_relative_to(path):
         raise OutputExistsError(f"{head}: is the current directory or holds it, which would be replaced; "
                                 f"choose a new directory for {what}")
-    if marker is not None and path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+    if marker is None or not path.is_dir():
+        return
+    entries = sorted(e.name for e in path.iterdir())
+    if entries and marker not in entries:
         raise OutputExistsError(f"{head}: holds files that are not {what} (no {marker}), and --overwrite only "
-                                f"replaces {what} that mrbench wrote; choose another {option}, or empty that directory "
-                                "yourself")
+                                f"replaces {what} that mrbench wrote; choose {other}, or empty that directory yourself")
+    foreign = [e for e in entries if e not in OUTPUT_ENTRIES.get(marker, entries)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputExistsError(f"{head}: holds {shown} beside {what}, which --overwrite would delete with it; move "
+                                f"{'them' if len(foreign) > 1 else 'it'} out first, or choose {other}")
 
 
 def check_output_dir(out: str | Path, overwrite: bool, *, marker: str | None, what: str, option: str = "") -> None:
     """Refuse, before any work, an existing non-empty ``out`` unless ``overwrite``, and with
     ``overwrite`` what :func:`check_replaceable` refuses (the checks :func:`atomic_dir` makes on entry)."""
-    path = Path(os.path.abspath(out))
+    path = output_target(out)
     if path.exists() and any(path.iterdir()) and not overwrite:
         head = f"{option} {out}" if option else str(out)
         raise OutputExistsError(f"{head}: directory exists and is not empty; pass --overwrite or choose another path")
@@ -105,23 +143,29 @@ def atomic_dir(out: Path, overwrite: bool = False, *, marker: str | None = None,
     Refuses an existing non-empty ``out`` unless ``overwrite``; with ``overwrite``, still refuses
     what :func:`check_replaceable` refuses (``marker``/``what``: the file this output kind always
     holds, and its name in the message). ``out`` is made absolute first (``.`` has no name to stage
-    beside).
+    beside); a symbolic link to a directory is written through (:func:`output_target`).
     """
-    out = Path(os.path.abspath(out))
+    shown = out
+    out = output_target(out)
     check_output_dir(out, overwrite, marker=marker, what=what)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
         yield staging
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+        try:
+            os.replace(staging, out)
+        except OSError as e:
+            if old is not None:
+                os.replace(old, out)
+            raise OSError(e.errno, e.strerror, str(shown)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
