@@ -50,7 +50,7 @@ def run(
     stages: Annotated[Optional[str], typer.Option(help="Comma-separated stages to run: warmup, rl.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete the run in --output and start over (a directory holding a run's config.json; never a folder of other files).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the run in --output and start over: a run directory (holding config.json and train_log.jsonl), never a model, checkpoint or other folder; through a symbolic link, its target is replaced and the link kept.")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads, at least 1 (default: torch's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -119,9 +119,9 @@ def _check_threads(threads: int | None) -> None:
 @handle_errors(interrupted="nothing was written; re-run the same command")
 def plot(
     log: Annotated[Path, typer.Argument(help="A train_log.jsonl (or the run directory holding it).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: next to the log).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Image file to write; its suffix picks the format: .png, .pdf, .svg, .eps, .jpg, … (default: curves.png next to the log).")] = None,
 ) -> None:
-    """Reward, loss, KL and held-out hit@k curves of a training log, as a PNG."""
+    """Reward, loss, KL and held-out hit@k curves of a training log, as an image (PNG, PDF, SVG, …)."""
     from elva_baseline.trainlog import LOG_FILE, plot_log
     from mrbench.errors import MrbenchError
 

@@ -154,20 +154,42 @@ class Trainer:
                 raise TrainingError(f"{self.out}: already holds a run without a checkpoint to resume from; pass "
                                     "--overwrite to start over")
             raise TrainingError(f"{self.out}: already holds a run; pass --resume to continue it or --overwrite to start over")
-        if overwrite and not resume:  # --overwrite deletes a run, never a folder of other files
-            from mrbench.data.io import check_replaceable
-            from mrbench.errors import OutputExistsError
-
-            try:
-                check_replaceable(self.out, marker="config.json", what="a training run")
-            except OutputExistsError as e:
-                raise TrainingError(str(e)) from None
+        replaced = self._replaceable() if overwrite and not resume else None  # a run, never a folder of other files
         self._check_inputs()  # nothing is written (nor an old run deleted) before the inputs are known good
-        if overwrite and not resume and self.out.exists():
+        if replaced is not None and replaced.is_dir():
             import shutil
 
-            shutil.rmtree(self.out)
+            shutil.rmtree(replaced)
+            replaced.mkdir()  # through a link: its target again, so that the link (self.out) still leads to the run
         self.out.mkdir(parents=True, exist_ok=True)
+
+    def _replaceable(self) -> Path:
+        """``overwrite``: the directory to delete and start over in — ``output``, or the target of a
+        symbolic link ``output`` (the run is replaced there and the link kept, as mrbench's outputs are
+        written through a link; deleting the link instead would leave its target's old run in place).
+        Refuses, before any work, with one line naming ``output``: a link to nothing, a file, the current
+        directory or one above it, and a non-empty directory that is not a run directory, i.e. one
+        without both :data:`RUN_FILES` (a model folder, or a checkpoint such as ``RUN/final``, holds a
+        ``config.json`` but no ``train_log.jsonl``). A directory that :func:`holds_run` calls no run
+        (empty, or what a run that failed before its first update leaves) is started over as well."""
+        out = self.out
+        target = Path(os.path.realpath(out)) if out.is_symlink() else out
+        if target is not out and not target.exists():
+            raise TrainingError(f"--output {out}: is a symbolic link to {target}, which does not exist; remove the "
+                                "link, or pass the directory to train in as --output")
+        if target.exists() and not target.is_dir():
+            raise TrainingError(f"--output {out}: is a file, not a run directory; --overwrite only replaces a training "
+                                "run: choose another --output")
+        if Path.cwd().is_relative_to(os.path.realpath(target)):
+            raise TrainingError(f"--output {out}: is the current directory or holds it, which --overwrite would delete; "
+                                "choose a new directory for the run")
+        missing = [f for f in RUN_FILES if not (target / f).is_file()]
+        if holds_run(target) and missing:
+            via = f" (a link to {target})" if target is not out else ""
+            raise TrainingError(f"--output {out}{via}: holds files that are not a training run (no {' or '.join(missing)}), "
+                                f"and --overwrite only replaces a run directory (one holding {' and '.join(RUN_FILES)}); "
+                                "choose another --output, or empty that directory yourself")
+        return target
 
     def _check_resumable(self) -> None:
         """``resume``: the run in ``output`` is unfinished, has a checkpoint to continue from and was

@@ -8,8 +8,11 @@ training records carry the losses and rewards of that step, evaluation records c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -140,14 +143,42 @@ def rewind_log(path: str | Path, stages: Sequence[str], stage: str, step: int) -
     return dropped
 
 
+PLOT_EXCLUDED = frozenset({"pgf", "raw", "rgba"})
+"""Formats matplotlib saves that ``plot_log`` refuses: ``pgf`` needs a LaTeX installation, ``raw`` and
+``rgba`` are headerless pixel buffers (no viewer opens them; ``.raw`` is as likely someone's data)."""
+
+
+def plot_format(output: str | Path) -> str:
+    """The image format of ``output``, from its suffix: one matplotlib saves (``png``, ``pdf``, ``svg``,
+    ``eps``, ``jpg``…, less :data:`PLOT_EXCLUDED`). Anything else — a ``.jsonl`` log, a ``.json``, no
+    suffix — and an existing directory are refused with one-line :class:`ValueError` naming ``output``,
+    so that a plot is never written over a file that is not an image."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(output)
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - PLOT_EXCLUDED)
+    shown = ", ".join("." + f for f in formats)
+    if out.is_dir():
+        raise ValueError(f"--output {out}: is a directory; name the image file to write, e.g. {out / 'curves.png'}")
+    fmt = out.suffix[1:].lower()
+    if fmt not in formats:
+        what = f"the suffix {out.suffix!r} is not an image format" if out.suffix else "no suffix to tell the image format"
+        raise ValueError(f"--output {out}: {what}; name a file ending in one of {shown}")
+    return fmt
+
+
 def plot_log(path: str | Path, output: str | Path) -> Path:
-    """Reward and loss curves of a training log as a PNG: warmup loss, RL reward (mean ± std over
-    rollouts), RL loss and KL, and held-out hit@k at each evaluation. Written atomically."""
+    """Reward and loss curves of a training log as an image, its format from ``output``'s suffix
+    (:func:`plot_format`): warmup loss, RL reward (mean ± std over rollouts), RL loss and KL, and
+    held-out hit@k at each evaluation. Written atomically (a temporary file beside ``output``, renamed
+    over it; through a symbolic link, its target is replaced and the link kept); a failed write is a
+    one-line :class:`ValueError` naming ``output``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fmt = plot_format(output)  # before reading the log: nothing is done for an output that would be refused
     recs = read_log(path)
     train = [r for r in recs if "eval" not in r]
     evals = [r for r in recs if "eval" in r]
@@ -207,11 +238,20 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
                 a.axvline(max(ends), color="grey", ls=":", lw=1)
     fig.tight_layout()
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    dest = Path(os.path.realpath(out)) if out.is_symlink() else out
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=110, format=fmt)
+        os.replace(tmp, dest)
+    except OSError as e:
+        why = ("a part of the path is a file, not a directory" if isinstance(e, (FileExistsError, NotADirectoryError))
+               else e.strerror or str(e))
+        raise ValueError(f"--output {out}: cannot write the plot ({why}); choose another path") from None
+    finally:
+        plt.close(fig)
+        with contextlib.suppress(OSError):  # nothing there (ENOENT), or no directory to hold it (ENOTDIR)
+            tmp.unlink()
     return out
 
 

@@ -403,8 +403,10 @@ def test_cli_failed_run_writes_nothing_and_does_not_block_a_rerun(tmp_path: Path
         assert not out.exists()
     keep = tmp_path / "old"  # --overwrite with a bad input leaves the old run alone
     (keep / "last").mkdir(parents=True)
+    (keep / "config.json").write_text("{}")
+    (keep / "train_log.jsonl").write_text('{"stage": "warmup", "step": 1}\n')
     res = _cli("run", "-q", "-o", str(keep), "--overwrite", *_sets("data.benchmark=nope"))
-    assert res.exit_code == 2 and (keep / "last").is_dir()
+    assert res.exit_code == 2 and "unknown benchmark 'nope'" in res.output and (keep / "last").is_dir()
     # a failure after config.json was written, before the first update: the re-run is not refused
     out = tmp_path / "x6"
     args = ["run", "-q", "-o", str(out), "--stages", "warmup", *_sets("warmup.steps=2")]
