@@ -537,3 +537,49 @@ def test_cli_tables_explain_the_grain_columns(lb: dict[str, Any], tmp_path: Path
     assert all(line.startswith("|") for line in table.splitlines())
     assert drop_note in notes and notes.endswith("lower is better\n")
     assert R.to_markdown(R.sort_rows(R.entry_rows(lb), "hit@5")) == table  # the library's table alone is unchanged
+
+
+def test_cli_render_writes_only_page_files_and_names_the_users_path(lb: dict[str, Any], tmp_path: Path) -> None:
+    """`render --html/--markdown` write only a file with the page's suffix (.html/.htm, .md/.markdown):
+    a results.json, the leaderboard itself or a bare name is refused with one line and left as it was;
+    a directory or an unwritable path is named as given, not as the temporary file beside it; and a
+    --leaderboard that is a directory says so (audit)."""
+    from typer.testing import CliRunner
+
+    from mrbench.cli.app import app
+
+    path = tmp_path / "lb.json"
+    path.write_text(json.dumps(lb), encoding="utf-8")
+    results = tmp_path / "px1" / "results.json"
+    results.parent.mkdir()
+    results.write_text('{"a": 1}')
+    realdir = tmp_path / "realdir"
+    realdir.mkdir()
+    page_dir = tmp_path / "page.html"
+    page_dir.mkdir()
+    run = CliRunner().invoke
+
+    def one_line(args: list[str], *needles: str) -> None:
+        r = run(app, ["leaderboard", "render", *args])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+        assert ".tmp" not in r.output and "wrote" not in r.output, r.output
+        for n in needles:
+            assert n in lines[0], r.output
+
+    one_line(["-l", str(path), "--markdown", str(results)], f"--markdown {results}:", ".md or .markdown")
+    one_line(["-l", str(path), "--html", str(path)], f"--html {path}:", ".html or .htm")
+    one_line(["-l", str(path), "--html", str(tmp_path / "ok.html"), "--markdown", str(tmp_path / "t.txt")], "--markdown")
+    one_line(["-l", str(path), "--html", str(realdir)], f"--html {realdir}:", ".html")
+    one_line(["-l", str(path), "--html", str(page_dir)], f"--html {page_dir}: is a directory")
+    one_line(["-l", str(path), "--markdown", str(results / "t.md")], f"--markdown {results / 't.md'}: cannot write")
+    one_line(["-l", str(realdir), "--html", str(tmp_path / "ok.html")], f"--leaderboard {realdir}: is a directory")
+    assert results.read_text() == '{"a": 1}' and json.loads(path.read_text(encoding="utf-8")) == lb
+    assert not (tmp_path / "ok.html").exists() and not any(realdir.iterdir()) and not any(page_dir.iterdir())
+    r = run(app, ["leaderboard", "show", "-l", str(realdir)])
+    assert r.exit_code == 2 and f"--leaderboard {realdir}: is a directory" in r.output, r.output
+    for html, md in (("a.HTML", "a.markdown"), ("b.htm", "b.MD")):
+        r = run(app, ["leaderboard", "render", "-l", str(path), "--html", str(tmp_path / html), "--markdown", str(tmp_path / md)])
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / html).read_text(encoding="utf-8").startswith("<!") and (tmp_path / md).read_text().startswith("|")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

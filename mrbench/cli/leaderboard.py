@@ -21,9 +21,50 @@ leaderboard_app = typer.Typer(help="Show, render and maintain the leaderboard fi
 
 
 def _lb_path(path: Optional[Path]) -> Path:
+    """``--leaderboard``, or the default; a directory is refused with one line (it is no leaderboard
+    file, and ``add-benchmark`` cannot create one there)."""
+    from mrbench.errors import MrbenchError
     from mrbench.leaderboard.store import DEFAULT_LEADERBOARD
 
-    return path if path is not None else DEFAULT_LEADERBOARD
+    path = path if path is not None else DEFAULT_LEADERBOARD
+    if path.is_dir():
+        raise MrbenchError(f"--leaderboard {path}: is a directory, not a leaderboard file; pass the JSON file, "
+                           f"e.g. --leaderboard {path / 'leaderboard.json'}")
+    return path
+
+
+_PAGE_SUFFIXES = {"--html": (".html", ".htm"), "--markdown": (".md", ".markdown")}
+"""The suffixes ``leaderboard render`` writes each page under: any other target (a results.json, the
+leaderboard itself, a directory's name) is refused rather than replaced."""
+
+
+def _check_page(option: str, path: Path) -> None:
+    """Refuse, before anything is written, a page path without its suffix (:data:`_PAGE_SUFFIXES`),
+    or one that is a directory: one line naming ``option`` and ``path``."""
+    from mrbench.errors import MrbenchError
+
+    suffixes = _PAGE_SUFFIXES[option]
+    if path.suffix.lower() not in suffixes:
+        raise MrbenchError(f"{option} {path}: the page is written only to a file ending in {' or '.join(suffixes)} "
+                           f"(so that no other file is replaced); name one, e.g. {path.with_suffix(suffixes[0])}")
+    if path.is_dir():
+        raise MrbenchError(f"{option} {path}: is a directory; name the file to write, e.g. "
+                           f"{path / ('leaderboard' + suffixes[0])}")
+
+
+def _write_page(option: str, path: Path, text: str) -> None:
+    """Write a rendered page atomically (:func:`~mrbench.data.io.atomic_write_text`); a failure is one
+    line naming ``option`` and ``path``, not the temporary file beside it."""
+    from mrbench.data.io import atomic_write_text
+    from mrbench.errors import MrbenchError
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        why = ("a part of the path is a file, not a directory" if isinstance(e, (FileExistsError, NotADirectoryError))
+               else e.strerror or str(e))
+        raise MrbenchError(f"{option} {path}: cannot write the page ({why}); choose another path") from None
+    print(f"wrote {path}")
 
 
 @contextmanager
@@ -147,12 +188,11 @@ def show(
 @handle_errors(interrupted="each page is written whole or not at all; re-run the same command")
 def render_cmd(
     leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", "-l", help=_LB_HELP)] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML page here.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown table (macro scores) here.")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML page to this .html (or .htm) file.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown table (macro scores) to this .md (or .markdown) file.")] = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Only this benchmark.")] = None,
 ) -> None:
     """Render the leaderboard as a static HTML page (sortable table, per-grain and coarse→fine charts) and/or Markdown."""
-    from mrbench.data.io import atomic_write_text
     from mrbench.errors import MrbenchError
     from mrbench.leaderboard import render
     from mrbench.leaderboard.store import load_leaderboard
@@ -164,16 +204,17 @@ def render_cmd(
     with _names(path):  # an unknown --benchmark: nothing is written
         page = render.to_html(lb, benchmark=benchmark) if html is not None else ""
         groups = render.rows_by_benchmark(lb, benchmark=benchmark) if markdown is not None else []
+    for option, page_path in (("--html", html), ("--markdown", markdown)):  # both, before either is written
+        if page_path is not None:
+            _check_page(option, page_path)
     if html is not None:
-        atomic_write_text(html, page)
-        print(f"wrote {html}")
+        _write_page("--html", html, page)
     if markdown is not None:  # one table per benchmark (a heading each when there are several)
         tables = ([render.to_markdown(render.sort_rows(rows, "hit@5"), notes=True) for _, rows in groups]
                   or [render.to_markdown([])])
         if len(groups) > 1:
             tables = [f"### {label}\n\n{t}" for (label, _), t in zip(groups, tables)]
-        atomic_write_text(markdown, "\n\n".join(tables) + "\n")
-        print(f"wrote {markdown}")
+        _write_page("--markdown", markdown, "\n\n".join(tables) + "\n")
 
 
 @leaderboard_app.command("add-benchmark")
