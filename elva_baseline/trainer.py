@@ -150,6 +150,9 @@ class Trainer:
         if resume:
             self._check_resumable()
         elif holds_run(self.out) and not overwrite:
+            if not (self.out / "train_log.jsonl").is_file():
+                raise TrainingError(f"{self.out}: holds files that are not a training run (no train_log.jsonl); choose "
+                                    "another --output")
             if not (self.out / "last" / "trainer_state.json").is_file():
                 raise TrainingError(f"{self.out}: already holds a run without a checkpoint to resume from; pass "
                                     "--overwrite to start over")
@@ -755,8 +758,9 @@ RUN_FILES = ("config.json", "train_log.jsonl")
 
 def holds_run(output: str | Path) -> bool:
     """Whether ``output`` holds a run (or anything else) that a new run must not silently replace:
-    a non-empty directory, unless all it holds is a ``config.json`` and an empty ``train_log.jsonl``
-    (what a run that failed before its first update leaves behind)."""
+    a non-empty directory, unless all it holds is a run's ``config.json`` (:func:`_is_run_config`: a
+    model folder's is not) and an empty ``train_log.jsonl`` (what a run that failed before its first
+    update leaves behind, the log not always made yet)."""
     out = Path(output)
     if not out.is_dir():
         return False  # nothing there, or a file (creating the directory then fails with one line)
@@ -765,7 +769,19 @@ def holds_run(output: str | Path) -> bool:
             return True
         if entry.name == "train_log.jsonl" and entry.stat().st_size > 0:
             return True
+        if entry.name == "config.json" and not _is_run_config(entry):
+            return True
     return False
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` holds a configuration this trainer wrote (a JSON object with the sections of
+    :meth:`TrainConfig.resolved_dict`), not another program's ``config.json``."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"data", "model", "stages", "warmup", "rl"} <= doc.keys()
 
 
 def saved_config(output: str | Path) -> TrainConfig:

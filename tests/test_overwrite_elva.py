@@ -6,6 +6,7 @@ through stops before training (the input check is stubbed).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def test_overwrite_replaces_a_run_through_a_symbolic_link(tmp_path: Path, monkey
     assert plain.is_dir() and not any(plain.iterdir())
     leftover = tmp_path / "leftover"
     leftover.mkdir()
-    (leftover / "config.json").write_text("{}")
+    (leftover / "config.json").write_text(json.dumps(TrainConfig().resolved_dict()))  # (the run's own config)
     Trainer(TrainConfig(), leftover, progress=False, overwrite=True)
     assert not any(leftover.iterdir())
 
@@ -149,3 +150,23 @@ def test_plot_errors_name_the_users_path(tmp_path: Path) -> None:
                     "a part of the path is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png", "realdir", "run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["train_log.jsonl"]
+
+
+def test_a_folder_with_only_a_config_json_is_not_taken_for_a_failed_start(tmp_path: Path) -> None:
+    """A model folder reduced to its config.json is not what a run that failed before its first update
+    leaves (a config.json and an empty train_log.jsonl): a new run refuses it instead of writing its own
+    config.json over it; the leftover of a failed start is still started over."""
+    from elva_baseline.trainer import holds_run
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["CLIPModel"]}')
+    with pytest.raises(TrainingError, match="holds files that are not a training run"):
+        Trainer(TrainConfig(), model)
+    assert (model / "config.json").read_text() == '{"architectures": ["CLIPModel"]}'
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "config.json").write_text(json.dumps(TrainConfig().resolved_dict()))
+    assert not holds_run(failed) and holds_run(model)
+    (failed / "train_log.jsonl").write_text("")
+    assert not holds_run(failed)
