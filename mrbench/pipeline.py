@@ -360,6 +360,9 @@ def evaluate(
     approx_used: dict[str, dict[str, Any]] = {}
     out_path = Path(output) if output is not None else None
     _check_output(out_path, overwrite)
+    from mrbench.encoders.pixel_cache import check_pixel_cache_env
+
+    check_pixel_cache_env()  # (else only checked by the first call that needs pixels)
     if out_path is not None and cache:
         from mrbench.encoders.cache import default_cache_root
 

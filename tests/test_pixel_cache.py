@@ -1051,3 +1051,20 @@ def test_header_memo_keeps_the_most_recently_used_shards(monkeypatch):
     memo.put("s2", heads[2])
     assert memo.get("s1", (1, 1, 1)) is None and memo.get("s0", (0, 1, 1)) is heads[0]
     assert memo.get("s2", (9, 1, 1)) is None  # another file at that path
+
+
+def test_a_pixel_cache_under_a_file_is_refused_by_evaluate_up_front(tmp_path, monkeypatch):
+    """$MRBENCH_PIXEL_CACHE is checked before anything is encoded, even for an encoder that needs no
+    pixels (it was checked only by the first call that did, after the text tasks' work, and a path
+    under a file gave warnings instead of one line)."""
+    import mrbench
+    from mrbench.errors import MrbenchError
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    monkeypatch.setenv("MRBENCH_PIXEL_CACHE", str(f / "pixels"))
+    with pytest.raises(MrbenchError, match=r"under the file .*file.txt, so it cannot hold the pixel cache"):
+        mrbench.evaluate("mrbench-synth-tiny", "random", cache=False)
+    monkeypatch.setenv("MRBENCH_PIXEL_CACHE", "maybe")
+    with pytest.raises(MrbenchError, match=r"MRBENCH_PIXEL_CACHE='maybe': expected"):
+        mrbench.evaluate("mrbench-synth-tiny", "random", cache=False)

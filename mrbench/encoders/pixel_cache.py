@@ -125,6 +125,27 @@ def pixel_cache_from_env() -> "Path | bool":
     )
 
 
+def _check_root(root: Path, where: str) -> None:
+    """Refuse a pixel-cache root that is a file or lies under one (one line); a read-only directory is
+    fine (a shared, filled cache)."""
+    parent = Path(os.path.abspath(root))
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        what = "a file" if parent == Path(os.path.abspath(root)) else f"under the file {parent}"
+        raise MrbenchError(f"{root}: {what}, so it cannot hold the pixel cache; point {where} at a directory "
+                           "(1 for the default, 0 for none)")
+
+
+def check_pixel_cache_env() -> None:
+    """``$MRBENCH_PIXEL_CACHE`` checked up front (``evaluate`` does, before anything is encoded): its
+    value (:func:`pixel_cache_from_env`) and, for a path, that it can be a directory."""
+    env = pixel_cache_from_env()
+    if env is not False:
+        _check_root((default_pixel_cache_root() if env is True else env).expanduser(),
+                    f"${PIXEL_CACHE_ENV}={os.environ.get(PIXEL_CACHE_ENV, '')}")
+
+
 _INSTANCES: dict[str, "PixelCache"] = {}
 _INSTANCES_LOCK = threading.Lock()
 
@@ -150,10 +171,7 @@ def resolve_pixel_cache(arg: "PixelCache | str | os.PathLike[str] | bool | None"
     else:
         root = Path(arg)
     root = root.expanduser()
-    if root.exists() and not root.is_dir():  # (a read-only directory is fine: a shared, filled cache)
-        where = f"${PIXEL_CACHE_ENV}={os.environ.get(PIXEL_CACHE_ENV, '')}" if arg is None else "the pixel cache path"
-        raise MrbenchError(f"{root}: a file, so it cannot hold the pixel cache; point {where} at a directory "
-                           "(1 for the default, 0 for none)")
+    _check_root(root, f"${PIXEL_CACHE_ENV}={os.environ.get(PIXEL_CACHE_ENV, '')}" if arg is None else "the pixel cache path")
     key = os.path.abspath(root)
     with _INSTANCES_LOCK:
         inst = _INSTANCES.get(key)
