@@ -87,6 +87,10 @@ def _check_output(output: Path | None, overwrite: bool, replaced: bool = True) -
         raise OutputExistsError(f"--output {shown}: holds the results of one encoder; with several encoders each gets "
                                 "a subdirectory of --output: choose another --output")
     if overwrite and replaced:
+        if output.is_dir() and not (output / RESULTS_MARKER).is_file() and any(
+                (d / RESULTS_MARKER).is_file() for d in output.iterdir() if d.is_dir()):
+            raise OutputExistsError(f"--output {shown}: holds the results of several encoders (a subdirectory each), "
+                                    "which one encoder's results would replace; choose another --output")
         check_replaceable(shown, marker=RESULTS_MARKER, what="evaluation results")
     # the results are written into a staging directory beside it and renamed into place: its nearest existing
     # parent must be a writable directory (checked now, not once everything is computed)

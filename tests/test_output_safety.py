@@ -216,3 +216,12 @@ def test_sigterm_during_a_build_removes_its_staging(tmp_path: Path):
     assert p.returncode == 130, (p.returncode, err)
     assert err.strip().splitlines()[-1].startswith("interrupted: "), err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["home"] or sorted(x.name for x in tmp_path.iterdir()) == []
+
+
+def test_one_encoder_over_several_encoders_results_says_so(tmp_path: Path):
+    out = tmp_path / "res"
+    assert invoke("evaluate", "-b", TINY, "-e", "random", "-e", "constant", "-o", str(out), "-q",
+                  "--no-sensitivity").exit_code == 0
+    one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--overwrite"),
+                   "holds the results of several encoders")
+    assert (out / "random" / "results.json").is_file() and (out / "constant" / "results.json").is_file()
