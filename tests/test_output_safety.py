@@ -225,3 +225,19 @@ def test_one_encoder_over_several_encoders_results_says_so(tmp_path: Path):
     one_line_error(invoke("evaluate", "-b", TINY, "-e", "random", "-o", str(out), "-q", "--overwrite"),
                    "holds the results of several encoders")
     assert (out / "random" / "results.json").is_file() and (out / "constant" / "results.json").is_file()
+
+
+def test_long_output_names_get_short_enough_staging_names(tmp_path: Path):
+    """A 250-byte name is legal; its staging and temporary siblings must not push it past 255."""
+    from mrbench.data.io import atomic_dir, atomic_write_text
+
+    name = "r" * 250
+    with atomic_dir(tmp_path / name) as st:
+        (st / "f").write_text("x")
+    assert (tmp_path / name / "f").read_text() == "x"
+    with atomic_dir(tmp_path / name, overwrite=True) as st:
+        (st / "g").write_text("y")
+    assert [p.name for p in (tmp_path / name).iterdir()] == ["g"]
+    atomic_write_text(tmp_path / ("j" * 250), "z")
+    assert (tmp_path / ("j" * 250)).read_text() == "z"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j" * 250, name]

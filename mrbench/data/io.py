@@ -54,6 +54,18 @@ def check_writable_path(path: str | Path, option: str = "--output") -> None:
                            f"system); choose another {option}")
 
 
+def _beside(path: Path, tail: str) -> Path:
+    """A hidden sibling of ``path`` named ``.NAME.<tail>``, ``{hex}`` in ``tail`` replaced by 8 random
+    hex digits (``staging-{hex}``, ``{hex}.tmp``), NAME cut so that the whole stays within 255 bytes (a
+    long but legal output name must not fail on its staging name)."""
+    suffix = "." + tail.format(hex=uuid.uuid4().hex[:8])
+    name = path.name
+    room = 255 - 1 - len(suffix.encode())
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return path.with_name(f".{name}{suffix}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and rename (through a
     symbolic link: its target is replaced, the link kept)."""
@@ -61,7 +73,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _beside(path, "{hex}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -149,13 +161,13 @@ def atomic_dir(out: Path, overwrite: bool = False, *, marker: str | None = None,
     out = output_target(out)
     check_output_dir(out, overwrite, marker=marker, what=what)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
+    staging = _beside(out, "staging-{hex}")
     staging.mkdir()
     try:
         yield staging
         old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            old = _beside(out, "old-{hex}")
             os.replace(out, old)
         try:
             os.replace(staging, out)
