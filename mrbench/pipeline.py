@@ -79,8 +79,8 @@ def _check_output(output: Path | None, overwrite: bool, replaced: bool = True) -
         raise OutputExistsError(f"{shown}: exists and is not a directory; choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         if (output / RESULTS_MARKER).is_file() or not replaced:
-            raise OutputExistsError(f"{shown}: already holds results; pass --overwrite to replace them or choose "
-                                    "another --output")
+            raise OutputExistsError(f"{shown}: already holds results; pass --overwrite (overwrite=True in Python) to "
+                                    "replace them or choose another --output")
         raise OutputExistsError(f"{shown}: is not empty (it holds files, but no {RESULTS_MARKER}); choose another "
                                 "--output")
     if not replaced and (output / RESULTS_MARKER).is_file():
