@@ -149,10 +149,12 @@ def _cli() -> typer.Typer:
     return app
 
 
-def test_cli_build_hf(folder: Path, tmp_path: Path) -> None:
+def test_cli_build_hf(folder: Path, parquet: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    r = CliRunner().invoke(_cli(), ["hf", "--dataset", str(folder), "-o", str(out), "--per-task", "4",
-                                    "--min-grains", "2", "--heldout", "0.2"])
+    # (the Parquet captions are all distinct: the imagefolder's shared "a photo" ties every image to one side)
+    r = CliRunner().invoke(_cli(), ["hf", "--dataset", str(parquet), "-o", str(out), "--image-column", "img",
+                                    "--caption-column", "text", "--per-task", "4", "--min-grains", "2",
+                                    "--heldout", "0.2"])
     assert r.exit_code == 0, r.output
     assert "t2i: 4 of" in r.output and "i2t: 4 of" in r.output and "fingerprint sha256:" in r.output
     bench = mrbench.load_benchmark(str(out))

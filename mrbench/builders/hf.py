@@ -30,11 +30,16 @@ Conventions (documented, deterministic):
 * **Selection** (as in :mod:`mrbench.builders.mbeir`): eligible queries are shuffled with
   ``random.Random(f"{seed}/{task}")``, the first ``per_task`` kept and written in id order, so the
   same inputs and seed give byte-identical files and the same fingerprint.
-* **Held-out split.** ``heldout`` > 0 shuffles the image ids with ``random.Random(f"{seed}/heldout")``
-  and moves ``round(heldout * n_images)`` of them (and their captions) to a second benchmark with
-  split ``"train"`` written at ``<output>-train`` (a sibling directory). No image or caption is in
-  both. The train benchmark keeps *all* its eligible queries (``per_task`` sizes the test benchmark
-  only); its pools are its own images and captions.
+* **Held-out split.** ``heldout`` > 0 moves about ``heldout`` of the images (and their captions) to a
+  second benchmark with split ``"train"`` written at ``<output>-train`` (a sibling directory). Images
+  that share a caption (identical after lower-casing and collapsing whitespace, directly or through a
+  chain of such captions) form one group and go to the same side, so no image *and no caption text*
+  is in both parts. The groups (listed by their first image) are shuffled with
+  ``random.Random(f"{seed}/heldout")`` and taken in that order while a group brings the train part
+  closer to ``round(heldout * n_images)`` images: without shared captions exactly that many; with them
+  approximately (the report gives the sizes, ``caption_groups`` and
+  ``images_in_shared_caption_groups``). The train benchmark keeps *all* its eligible queries
+  (``per_task`` sizes the test benchmark only); its pools are its own images and captions.
 
 The build report (rows read, images, captions, eligible / kept per task, counts per grain count,
 held-out sizes, fingerprints) is returned, stored in the manifest's metadata and written to
@@ -326,6 +331,57 @@ def _tasks(images: list[_Image], grains: dict[tuple[str, int], list[Grain]], *, 
     return tasks, report
 
 
+def _caption_groups(images: list[_Image]) -> list[list[_Image]]:
+    """The images joined by shared captions (union-find over normalised caption → images): two images
+    are in one group when a chain of identical normalised captions links them. Groups are listed in the
+    order of their first image, each group's images in input order."""
+    parent = list(range(len(images)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, im in enumerate(images):
+        for c in im.captions:
+            j = first.setdefault(_norm(c), i)
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[_Image]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(find(i), []).append(im)
+    return list(groups.values())
+
+
+def _heldout_split(images: list[_Image], heldout: float, seed: int) -> tuple[set[str], dict[str, Any]]:
+    """The image ids of the held-out (train) part and the report entries of the split.
+
+    Images sharing a caption (see :func:`_caption_groups`) go to the same side. The groups are shuffled
+    with ``random.Random(f"{seed}/heldout")`` and taken in that order while a group brings the train
+    part closer to ``round(heldout * n_images)`` images (with no shared captions: exactly the first
+    ``round(heldout * n_images)`` shuffled images)."""
+    groups = _caption_groups(images)
+    random.Random(f"{seed}/heldout").shuffle(groups)
+    target = round(heldout * len(images))
+    train: set[str] = set()
+    for g in groups:
+        if len(train) >= target:
+            break
+        if abs(len(train) + len(g) - target) < abs(len(train) - target):
+            train.update(im.id for im in g)
+    if not train or len(train) >= len(images):
+        biggest = max(len(g) for g in groups)
+        raise BenchmarkError(
+            f"--heldout {heldout}: holds out {len(train)} of {len(images)} images; both parts need at least one image "
+            f"and images sharing a caption stay on one side ({len(groups)} groups, the largest {biggest} images); "
+            "choose another fraction or read more rows")
+    shared = [g for g in groups if len(g) > 1]
+    return train, {"caption_groups": len(groups), "images_in_shared_caption_groups": sum(len(g) for g in shared)}
+
+
 # --------------------------------------------------------------------------- entry point
 def _extract(texts: list[str], extractor: Any, annotations: Any) -> list[list[Grain]]:
     """Grains of each caption: from ``annotations`` where it lists the caption, else from
@@ -428,14 +484,9 @@ def build_hf(
         grains = dict(zip(keys, extracted))
 
         test_images, train_images = images, []
+        split_info: dict[str, Any] = {}
         if heldout > 0:
-            ids = [im.id for im in images]
-            random.Random(f"{seed}/heldout").shuffle(ids)
-            n_train = round(heldout * len(ids))
-            if n_train < 1 or n_train >= len(ids):
-                raise BenchmarkError(f"--heldout {heldout}: holds out {n_train} of {len(ids)} images; both parts need at "
-                                     "least one image, choose another fraction or read more rows")
-            train_ids = set(ids[:n_train])
+            train_ids, split_info = _heldout_split(images, heldout, seed)
             test_images = [im for im in images if im.id not in train_ids]
             train_images = [im for im in images if im.id in train_ids]
 
@@ -454,7 +505,7 @@ def build_hf(
             ttasks, ttask_report = _tasks(train_images, grains, per_task=None, min_grains=min_grains, seed=seed,
                                           extractor=extractor, split_label="held-out train")
             report["heldout"] = {
-                "fraction": heldout, "output": str(train_out),
+                "fraction": heldout, "output": str(train_out), **split_info,
                 "test_images": len(test_images), "test_captions": sum(len(im.captions) for im in test_images),
                 "train_images": len(train_images), "train_captions": sum(len(im.captions) for im in train_images),
                 "train_tasks": ttask_report,

@@ -1,0 +1,99 @@
+"""Audit findings on ``mrbench build hf`` (held-out split, duplicates, annotations, atomic pairs, reports)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mrbench.builders.hf import build_hf, heldout_path
+from mrbench.errors import BenchmarkError
+
+WORDS = ["dog", "cat", "car", "tree", "boat", "bird", "horse", "chair", "house", "lamp", "cup", "bike"]
+COLOURS = ["red", "blue", "green", "white", "black", "brown", "yellow", "grey"]
+
+
+def _image(i: int):
+    from PIL import Image
+
+    im = Image.new("RGB", (12, 12), (10 + 20 * i % 240, 200 - 15 * i % 200, 50 + 7 * i % 200))
+    im.putpixel((i % 12, (i // 12) % 12), (255, 255, 255))
+    return im
+
+
+def _caption(i: int) -> str:
+    return f"a {COLOURS[i % 8]} {WORDS[i % 12]} next to a {COLOURS[(i + 3) % 8]} {WORDS[(i + 5) % 12]} number {i}"
+
+
+@pytest.fixture(autouse=True)
+def _offline_hf(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+def _folder(root: Path, rows: list[tuple[str, object]], images: dict[str, object] | None = None) -> Path:
+    """An imagefolder: ``rows`` of (file name, caption); a file is ``images[name]`` (a PIL image or bytes),
+    else image ``int(stem)``."""
+    root.mkdir(parents=True, exist_ok=True)
+    images = images or {}
+    for fname, _ in rows:
+        if (root / fname).exists():
+            continue
+        src = images.get(fname)
+        if isinstance(src, bytes):
+            (root / fname).write_bytes(src)
+        elif src is not None:
+            src.save(root / fname)
+        else:
+            _image(int(Path(fname).stem)).save(root / fname)
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "caption": c}) + "\n" for f, c in rows))
+    return root
+
+
+def _texts(bench_dir: Path) -> set[str]:
+    import mrbench
+
+    bench = mrbench.load_benchmark(str(bench_dir))
+    return {" ".join(c.text.lower().split()) for c in bench.task("i2t").candidates}
+
+
+# ----------------------------------------------------------------- 1. held-out split by shared captions
+def test_heldout_parts_share_no_caption_text(tmp_path: Path) -> None:
+    """Images sharing a caption (even through a chain, and after case/whitespace normalisation) go to one
+    side; the fraction stays about right and the split is deterministic."""
+    rows: list[tuple[str, object]] = []
+    for i in range(40):
+        caps = [_caption(i)]
+        if i % 4 == 1:  # pairs (1,2), (5,6), ... share a caption, written differently
+            caps.append(f"a shared  caption about a {WORDS[i % 12]} and a {COLOURS[i % 8]} kite {i}")
+        if i % 4 == 2:
+            caps.append(f"A Shared caption about a {WORDS[(i - 1) % 12]}  and a {COLOURS[(i - 1) % 8]} kite {i - 1}")
+        if i in (2, 3):  # chain 1-2-3
+            caps.append("a chained caption with a red dog and a blue cat")
+        rows.append((f"{i}.png", caps))
+    src = _folder(tmp_path / "src", rows)
+    for seed in range(4):
+        out = tmp_path / f"o{seed}"
+        _, rep = build_hf(src, out, heldout=0.3, seed=seed, per_task=5, min_grains=0)
+        test_t, train_t = _texts(out), _texts(heldout_path(out))
+        assert not test_t & train_t
+        assert abs(rep["heldout"]["train_images"] - 12) <= 2
+        assert rep["heldout"]["train_images"] + rep["heldout"]["test_images"] == 40
+        assert rep["heldout"]["images_in_shared_caption_groups"] == 10 * 2 + 1
+    _, rep2 = build_hf(src, tmp_path / "again", heldout=0.3, seed=3, per_task=5, min_grains=0)
+    assert rep2["fingerprint"] == rep["fingerprint"]
+    assert rep2["heldout"]["train_fingerprint"] == rep["heldout"]["train_fingerprint"]
+
+
+def test_heldout_impossible_when_one_caption_ties_all(tmp_path: Path) -> None:
+    src = _folder(tmp_path / "src", [(f"{i}.png", [_caption(i), "a photo"]) for i in range(6)])
+    with pytest.raises(BenchmarkError, match=r"--heldout 0.3: .*sharing a caption stay on one side") as e:
+        build_hf(src, tmp_path / "x", heldout=0.3, min_grains=0)
+    assert "\n" not in str(e.value) and not (tmp_path / "x").exists() and not heldout_path(tmp_path / "x").exists()
