@@ -118,6 +118,14 @@ def build_mbeir(
     Raises :class:`~mrbench.errors.BenchmarkError` (one line) for a missing or malformed M-BEIR file
     (file and line), missing images (count and first paths; ``skip_missing`` drops them and counts),
     and a task without any eligible query (it names the task and what to do).
+
+    Every image of every query and candidate read is opened and fully decoded with Pillow, once per
+    file (on up to 8 threads), before any grain is extracted: an image that does not decode (zero
+    bytes, truncated, not an image) is handled like a missing one, never copied into the benchmark —
+    an error naming the *input* file, the M-BEIR id that uses it and the reason, or, with
+    ``skip_missing``, its queries and candidates are dropped and counted in ``build_report.json``
+    (each task's ``reader``: ``undecodable_images``, ``undecodable_image_examples``,
+    ``dropped_*_missing_image``).
     """
     from mrbench.builders.mbeir_reader import read_task
     from mrbench.data.io import MANIFEST, atomic_write_text, check_output_dir, save_benchmark
@@ -143,7 +151,7 @@ def build_mbeir(
     for mname in tasks:
         if progress:
             progress(f"reading {mname}")
-        mt = read_task(mbeir_dir, mname, split, image_root=image_root, skip_missing=skip_missing)
+        mt = read_task(mbeir_dir, mname, split, image_root=image_root, skip_missing=skip_missing, decode_images=True)
         grains, sources = _grains_for(mt, ex, ann, root)
         eligible = [i for i, g in enumerate(grains) if len(g) >= min_grains]
         tname = TASK_NAMES.get(mname, mname)

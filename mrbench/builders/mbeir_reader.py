@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,7 @@ __all__ = [
     "MBeirTaskFiles",
     "choose_instruction",
     "find_task_files",
+    "image_decode_error",
     "iter_candidates",
     "iter_queries",
     "normalize_modality",
@@ -61,6 +63,7 @@ __all__ = [
     "read_jsonl_records",
     "read_qrels",
     "read_task",
+    "undecodable_images",
 ]
 
 MBEIR_DATASET_IDS: dict[str, int] = {
@@ -523,24 +526,62 @@ class _FileIndex:
         return name in names
 
 
+def image_decode_error(path: str | Path) -> str | None:
+    """``None`` when Pillow opens ``path`` and decodes all of its pixels (``Image.open(...).load()``,
+    what the encoders' loader does), else the reason in one line (a zero-byte or truncated file, an
+    unknown format, a decompression bomb, ...)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except UnidentifiedImageError:  # its message repeats the path
+        return "empty file (0 bytes)" if os.path.getsize(path) == 0 else "not an image format Pillow reads"
+    except Exception as e:  # OSError, UnidentifiedImageError, DecompressionBombError, SyntaxError, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"{type(e).__name__}: {msg}" if not isinstance(e, OSError) else msg
+    return None
+
+
+def undecodable_images(paths: Iterable[str], workers: int | None = None) -> dict[str, str]:
+    """``{path: reason}`` for the files of ``paths`` that :func:`image_decode_error` refuses, each path
+    decoded once, on up to 8 threads (Pillow releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = list(dict.fromkeys(paths))
+    n = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if n < 2 or len(todo) < 16:
+        errors = map(image_decode_error, todo)
+        return {p: e for p, e in zip(todo, errors) if e is not None}
+    with ThreadPoolExecutor(n) as pool:
+        return {p: e for p, e in zip(todo, pool.map(image_decode_error, todo, chunksize=16)) if e is not None}
+
+
 def read_task(mbeir_dir: str | Path, name: str, split: str = "test", image_root: str | Path | None = None,
               check_images: bool = True, *, skip_missing: bool = False,
-              with_instruction: bool = True) -> MBeirTask:
+              with_instruction: bool = True, decode_images: bool = False) -> MBeirTask:
     """Read, validate and clean one M-BEIR task (e.g. ``"mscoco_task0"``).
 
     * Image paths are resolved against ``image_root`` (default: ``mbeir_dir``). With
       ``check_images``, a missing image raises :class:`BenchmarkError` with the count and the first
       paths (suggesting ``--skip-missing``); with ``skip_missing=True`` the queries / candidates
       whose image is missing are dropped instead and counted.
+    * ``decode_images`` (with ``check_images``; what ``build mbeir`` asks for): every image present is
+      also opened and fully decoded with Pillow (:func:`undecodable_images`), once per file. An image
+      that does not decode (zero bytes, truncated, not an image) is treated like a missing one: an
+      error naming the input file, the id of the first query / candidate that uses it and the reason;
+      with ``skip_missing=True`` its queries / candidates are dropped and counted.
     * Relevance comes from the qrels file. A query with no relevant (grade > 0) candidate in the
       qrels is dropped; a query with **any** relevant candidate absent from the (kept) pool is
       dropped, because its scores would be wrong. Both are counted.
     * ``with_instruction``: the instruction is the first prompt of the row for
       (dataset id, query modality, candidate modality) (:func:`choose_instruction`).
 
-    ``report`` keys (all ints, plus one list): ``queries_read``, ``candidates_read``,
+    ``report`` keys (all ints, plus two lists): ``queries_read``, ``candidates_read``,
     ``missing_images`` (distinct files), ``missing_image_examples`` (first few paths),
-    ``dropped_candidates_missing_image``, ``dropped_queries_missing_image``,
+    ``undecodable_images`` (distinct files), ``undecodable_image_examples`` (first few
+    ``"path (id ...: reason)"``), ``dropped_candidates_missing_image``, ``dropped_queries_missing_image``
+    (both count undecodable images too),
     ``dropped_queries_no_qrels``, ``dropped_queries_positive_not_in_pool``,
     ``qrels_queries_not_in_query_file``, ``queries``, ``candidates``.
     """
@@ -550,39 +591,39 @@ def read_task(mbeir_dir: str | Path, name: str, split: str = "test", image_root:
     img_root_s = str(img_root)
     index = _FileIndex()
     missing: dict[str, None] = {}  # insertion-ordered set of missing image paths
+    broken: dict[str, str] = {}  # undecodable image path → reason (filled before the filtering below)
+    undecodable: dict[str, str] = {}  # insertion-ordered: path → "id ...: reason" of its first user
 
-    def image_ok(rel: str | None) -> bool:
+    def image_ok(rel: str | None, item_id: str) -> bool:
         if rel is None or not check_images:
             return True
         full = os.path.join(img_root_s, rel)
-        if index.exists(full):
-            return True
-        missing.setdefault(full, None)
-        return False
+        if not index.exists(full):
+            missing.setdefault(full, None)
+            return False
+        if full in broken:
+            undecodable.setdefault(full, f"id {item_id}: {broken[full]}")
+            return False
+        return True
 
     report: dict[str, Any] = {k: 0 for k in (
-        "queries_read", "candidates_read", "missing_images", "dropped_candidates_missing_image",
+        "queries_read", "candidates_read", "missing_images", "undecodable_images", "dropped_candidates_missing_image",
         "dropped_queries_missing_image", "dropped_queries_no_qrels", "dropped_queries_positive_not_in_pool",
         "qrels_queries_not_in_query_file", "queries", "candidates")}
     qrels_all = read_qrels(files.qrels)
 
-    candidates: list[MBeirCandidate] = []
-    pool: dict[str, str] = {}  # did → modality
+    all_candidates: list[MBeirCandidate] = []
+    dids: set[str] = set()
     for lineno, o in read_jsonl_records(files.pool, "candidate"):
         report["candidates_read"] += 1
         did = o["did"]
-        if did in pool:
+        if did in dids:
             raise BenchmarkError(f"{files.pool}:{lineno}: duplicate did {did!r}; each candidate must appear once")
-        c = MBeirCandidate(did=did, text=o.get("txt"), image=o.get("img_path"), modality=o["modality"],
-                           src_content=_src(o.get("src_content")))
-        if not image_ok(c.image) and skip_missing:
-            report["dropped_candidates_missing_image"] += 1
-            continue
-        pool[did] = c.modality
-        candidates.append(c)
-
-    queries: list[MBeirQuery] = []
-    qrels: dict[str, dict[str, int]] = {}
+        dids.add(did)
+        all_candidates.append(MBeirCandidate(did=did, text=o.get("txt"), image=o.get("img_path"), modality=o["modality"],
+                                             src_content=_src(o.get("src_content"))))
+    del dids
+    all_queries: list[MBeirQuery] = []
     seen: set[str] = set()
     for lineno, o in read_jsonl_records(files.queries, "query"):
         report["queries_read"] += 1
@@ -590,11 +631,30 @@ def read_task(mbeir_dir: str | Path, name: str, split: str = "test", image_root:
         if qid in seen:
             raise BenchmarkError(f"{files.queries}:{lineno}: duplicate qid {qid!r}; each query must appear once")
         seen.add(qid)
-        q = MBeirQuery(qid=qid, text=o.get("query_txt"), image=o.get("query_img_path"), modality=o["query_modality"],
-                       pos=tuple(o["pos_cand_list"]), neg=tuple(o.get("neg_cand_list") or ()),
-                       task_id=o.get("task_id"), src_content=_src(o.get("query_src_content")))
-        judged = qrels_all.pop(qid, {})
-        if not image_ok(q.image) and skip_missing:
+        all_queries.append(MBeirQuery(qid=qid, text=o.get("query_txt"), image=o.get("query_img_path"),
+                                      modality=o["query_modality"], pos=tuple(o["pos_cand_list"]),
+                                      neg=tuple(o.get("neg_cand_list") or ()), task_id=o.get("task_id"),
+                                      src_content=_src(o.get("query_src_content"))))
+    del seen
+    if check_images and decode_images:
+        present = (os.path.join(img_root_s, it.image) for it in (*all_candidates, *all_queries) if it.image is not None)
+        broken.update(undecodable_images(p for p in present if index.exists(p)))
+
+    candidates: list[MBeirCandidate] = []
+    pool: dict[str, str] = {}  # did → modality
+    for c in all_candidates:
+        if not image_ok(c.image, c.did) and skip_missing:
+            report["dropped_candidates_missing_image"] += 1
+            continue
+        pool[c.did] = c.modality
+        candidates.append(c)
+    del all_candidates
+
+    queries: list[MBeirQuery] = []
+    qrels: dict[str, dict[str, int]] = {}
+    for q in all_queries:
+        judged = qrels_all.pop(q.qid, {})
+        if not image_ok(q.image, q.qid) and skip_missing:
             report["dropped_queries_missing_image"] += 1
             continue
         relevant = [d for d, g in judged.items() if g > 0]
@@ -604,19 +664,28 @@ def read_task(mbeir_dir: str | Path, name: str, split: str = "test", image_root:
         if any(d not in pool for d in relevant):
             report["dropped_queries_positive_not_in_pool"] += 1
             continue
-        qrels[qid] = {d: g for d, g in judged.items() if d in pool}
+        qrels[q.qid] = {d: g for d, g in judged.items() if d in pool}
         queries.append(q)
+    del all_queries
     report["qrels_queries_not_in_query_file"] = len(qrels_all)
     del qrels_all
 
     report["missing_images"] = len(missing)
     report["missing_image_examples"] = list(missing)[:_N_EXAMPLES]
+    report["undecodable_images"] = len(undecodable)
+    report["undecodable_image_examples"] = [f"{p} ({why})" for p, why in itertools.islice(undecodable.items(), _N_EXAMPLES)]
     if missing and not skip_missing:
         raise BenchmarkError(
             f"M-BEIR task {name} ({split}): {len(missing)} image file(s) missing under {img_root} "
             f"(first: {', '.join(report['missing_image_examples'])}); download mbeir_images/ from "
             "huggingface.co/datasets/TIGER-Lab/M-BEIR, pass the right image_root, or rerun with "
             "--skip-missing (skip_missing=True) to drop those queries and candidates")
+    if undecodable and not skip_missing:
+        first, why = next(iter(undecodable.items()))
+        raise BenchmarkError(
+            f"M-BEIR task {name} ({split}): {len(undecodable)} image file(s) cannot be decoded (first: {first}, "
+            f"{why}); replace them from huggingface.co/datasets/TIGER-Lab/M-BEIR mbeir_images/, or rerun with "
+            "--skip-missing (skip_missing=True) to drop the queries and candidates that use them")
     if not queries:
         counts = ", ".join(f"{k}={v}" for k, v in report.items() if k.startswith("dropped") and v)
         raise BenchmarkError(f"M-BEIR task {name} ({split}): no query left to evaluate "
