@@ -97,3 +97,28 @@ def test_heldout_impossible_when_one_caption_ties_all(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkError, match=r"--heldout 0.3: .*sharing a caption stay on one side") as e:
         build_hf(src, tmp_path / "x", heldout=0.3, min_grains=0)
     assert "\n" not in str(e.value) and not (tmp_path / "x").exists() and not heldout_path(tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------- 2. pixel-identical PNGs are one image
+def test_resaved_png_copy_is_merged(tmp_path: Path) -> None:
+    """A PNG re-saved with other bytes but the same pixels is the same image to the fingerprint, so the
+    builder merges it (captions of both relevant to the one image)."""
+    import io
+
+    import mrbench
+    from mrbench.data.fingerprint import image_sha256
+    from PIL import PngImagePlugin
+
+    buf = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "re-saved")
+    _image(0).save(buf, format="PNG", compress_level=0, pnginfo=info)
+    rows = [(f"{i}.png", _caption(i)) for i in range(4)] + [("copy.png", _caption(9))]
+    src = _folder(tmp_path / "src", rows, {"copy.png": buf.getvalue()})
+    assert (src / "copy.png").read_bytes() != (src / "0.png").read_bytes()
+    assert image_sha256(src / "copy.png") == image_sha256(src / "0.png")
+    _, rep = build_hf(src, tmp_path / "o", min_grains=0)
+    assert rep["images"] == 4 and rep["duplicate_images_merged"] == 1
+    t2i = mrbench.load_benchmark(str(tmp_path / "o")).task("t2i")
+    q = {q.text: q.id for q in t2i.queries}
+    assert set(t2i.qrels[q[_caption(9)]]) == set(t2i.qrels[q[_caption(0)]]) == {"img000000"}

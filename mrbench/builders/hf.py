@@ -15,7 +15,10 @@ Conventions (documented, deterministic):
 * **Images.** The image column may hold ``datasets`` ``Image`` values (read undecoded: the stored
   bytes, or the file they point to), file paths (relative ones resolve against the dataset directory)
   or raw bytes. PNG and JPEG bytes are written unchanged; other formats are re-encoded to PNG.
-  Byte-identical images are one image (its captions merged; counted as ``duplicate_images_merged``).
+  Images with the same content are one image (its captions merged; counted as
+  ``duplicate_images_merged``); content is what the benchmark fingerprint hashes
+  (:mod:`mrbench.data.fingerprint`): decoded pixels for PNG (so a re-saved PNG copy is a duplicate),
+  file bytes for JPEG. Every image is decoded at build.
   Image id = ``img<row>`` (zero padded) of the first row that holds it; file ``images/<id>.png|jpg``.
 * **Captions.** The caption column may hold a string or a list of strings (COCO style). Blank
   captions and repeats within one image are dropped. Caption id = ``<image id>_c<j>`` (``j`` = its
@@ -205,23 +208,28 @@ def _image_bytes(value: Any, row: int, column: str, local: Path | None) -> bytes
         raise BenchmarkError(f"row {row}, column {column!r}: cannot read image file {p} ({e.strerror or e})") from None
 
 
-def _normalise_image(data: bytes, row: int, column: str, source: str | None = None) -> tuple[bytes, str]:
-    """Return ``(bytes to write, extension)``: PNG/JPEG unchanged, anything else re-encoded to PNG.
+def _normalise_image(data: bytes, row: int, column: str, source: str | None = None) -> tuple[bytes, str, str]:
+    """Return ``(bytes to write, extension, content hash)``: PNG/JPEG unchanged, anything else re-encoded
+    to PNG. The content hash is the benchmark fingerprint's hash of the file written
+    (:mod:`mrbench.data.fingerprint`: decoded pixels for PNG, file bytes otherwise).
     ``source``: the file the bytes came from, named in the error for an unreadable image."""
     from PIL import Image, UnidentifiedImageError
+
+    from mrbench.data.fingerprint import png_pixels_sha256
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
             if fmt == "PNG":
-                return data, ".png"
+                im.load()
+                return data, ".png", png_pixels_sha256(im)
             if fmt == "JPEG":
-                return data, ".jpg"
+                return data, ".jpg", hashlib.sha256(data).hexdigest()
             im.seek(0)
             im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
             buf = io.BytesIO()
             im.save(buf, format="PNG")
-            return buf.getvalue(), ".png"
+            return buf.getvalue(), ".png", png_pixels_sha256(im)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip() or type(e).__name__
         where = f" ({Path(source).name})" if source else ""
@@ -252,10 +260,9 @@ def _read_rows(ds: Any, image_column: str, caption_column: str, local: Path | No
         if not caps:
             stats["rows_without_caption"] += 1
             continue
-        h = hashlib.sha256(data).hexdigest()
+        out, ext, h = _normalise_image(data, row, image_column, _source_of(rec[image_column]))
         img = by_hash.get(h)
         if img is None:
-            out, ext = _normalise_image(data, row, image_column, _source_of(rec[image_column]))
             iid = f"img{row:0{width}d}"
             img = _Image(id=iid, rel=f"images/{iid}{ext}")
             (staging / img.rel).write_bytes(out)
