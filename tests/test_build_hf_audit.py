@@ -122,3 +122,26 @@ def test_resaved_png_copy_is_merged(tmp_path: Path) -> None:
     t2i = mrbench.load_benchmark(str(tmp_path / "o")).task("t2i")
     q = {q.text: q.id for q in t2i.queries}
     assert set(t2i.qrels[q[_caption(9)]]) == set(t2i.qrels[q[_caption(0)]]) == {"img000000"}
+
+
+# ----------------------------------------------------------------- 3. annotations match collapsed captions
+def test_annotations_match_captions_with_extra_spaces(tmp_path: Path) -> None:
+    import mrbench
+    from mrbench.errors import MrbenchError
+
+    caps = ["a red  dog lying on the grass ", "a blue cat sitting on a wooden bench", " a green\tbird on a street"]
+    src = _folder(tmp_path / "src", [(f"{i}.png", c) for i, c in enumerate(caps)])
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"text": c, "grains": [{"text": f"g{i}a", "type": "entity"},
+                                                             {"text": f"g{i}b", "type": "attribute"}]}) + "\n"
+                           for i, c in enumerate(caps)))
+    for kw in ({"extractor": "annotations"}, {}):
+        out = tmp_path / f"o{len(kw)}"
+        build_hf(src, out, annotations=ann, min_grains=0, **kw)
+        for q in mrbench.load_benchmark(str(out)).task("t2i").queries:
+            i = int(q.meta["image_id"][3:])
+            assert [g.text for g in q.grains] == [f"g{i}a", f"g{i}b"], q.text
+    ann.write_text(json.dumps({"text": caps[0], "grains": []}) + "\n")  # the others missing: the one-line error
+    with pytest.raises(MrbenchError, match=r"text 'a blue cat sitting on a wooden bench' has no grain annotations in") as e:
+        build_hf(src, tmp_path / "x", annotations=ann, extractor="annotations", min_grains=0)
+    assert "\n" not in str(e.value) and not (tmp_path / "x").exists()

@@ -392,13 +392,23 @@ def _heldout_split(images: list[_Image], heldout: float, seed: int) -> tuple[set
 # --------------------------------------------------------------------------- entry point
 def _extract(texts: list[str], extractor: Any, annotations: Any) -> list[list[Grain]]:
     """Grains of each caption: from ``annotations`` where it lists the caption, else from
-    ``extractor`` (``None``: annotations only, a caption they lack is an error)."""
+    ``extractor`` (``None``: annotations only, a caption they lack is an error). Captions are
+    whitespace-collapsed, so the file's texts are matched the same way: exactly, else after collapsing
+    their whitespace (several lines collapsing to one text: the one listed last by the file wins)."""
     if annotations is None:
         return extractor.extract(texts)
-    if extractor is None:
-        return annotations.extract(texts)
-    todo = [i for i, t in enumerate(texts) if not annotations.has_text(t)]
-    out = [annotations.extract([t])[0] if annotations.has_text(t) else [] for t in texts]
+    collapsed: dict[str, str] = {}
+    for raw in annotations.texts():
+        collapsed[" ".join(raw.split())] = raw
+
+    def key(t: str) -> str | None:
+        return t if annotations.has_text(t) else collapsed.get(" ".join(t.split()))
+
+    keys = [key(t) for t in texts]
+    if extractor is None:  # a caption missing from the file: the annotations' own one-line error
+        return [annotations.extract([k if k is not None else t])[0] for t, k in zip(texts, keys)]
+    todo = [i for i, k in enumerate(keys) if k is None]
+    out = [annotations.extract([k])[0] if k is not None else [] for k in keys]
     for i, g in zip(todo, extractor.extract([texts[i] for i in todo]) if todo else []):
         out[i] = g
     return out
