@@ -215,13 +215,44 @@ def _check_role(role: str) -> None:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
 
 
+_WIDE_GRAY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _wide_gray_to_l(im: "Image") -> "Image":
+    """An 8-bit ``L`` image from a 16- or 32-bit integer grayscale one (Pillow modes ``I;16``,
+    ``I;16B``, ``I;16L``, ``I;16N``, ``I``), scaled, not clipped: Pillow's own ``convert("RGB")`` clips
+    such values at 255, so a 16-bit PNG came out almost white.
+
+    * ``I;16*``: ``value >> 8`` (0–65535 → 0–255);
+    * ``I`` (signed 32-bit; older Pillow and some formats decode 16-bit PNGs to it): negative values
+      count as 0; when every value fits in 16 bits it is scaled as 16-bit (``>> 8``), else as
+      unsigned 32-bit (``>> 24``).
+    """
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im)
+    if im.mode == "I":
+        a = np.clip(a.astype(np.int64), 0, None)
+        shift = 8 if a.size == 0 or int(a.max()) <= 0xFFFF else 24
+    else:
+        shift = 8
+    return Image.fromarray((a.astype(np.uint32) >> shift).astype(np.uint8), mode="L")
+
+
 def load_rgb(path: Path, item_id: str) -> "Image":
-    """Decode ``path`` with Pillow into an RGB image; one-line :class:`BenchmarkError` when unreadable."""
+    """Decode ``path`` with Pillow into an RGB image; one-line :class:`BenchmarkError` when unreadable.
+
+    16- and 32-bit integer grayscale images are scaled to 8 bits first (:func:`_wide_gray_to_l`)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            if im.mode in _WIDE_GRAY_MODES:
+                im.load()
+                rgb = _wide_gray_to_l(im).convert("RGB")
+            else:
+                rgb = im.convert("RGB")
             rgb.load()
         return rgb
     except FileNotFoundError:
