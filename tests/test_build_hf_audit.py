@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mrbench.builders.hf import build_hf, heldout_path
+from mrbench.builders.hf import REPORT_FILE, build_hf, heldout_path
 from mrbench.errors import BenchmarkError
 
 WORDS = ["dog", "cat", "car", "tree", "boat", "bird", "horse", "chair", "house", "lamp", "cup", "bike"]
@@ -145,3 +145,52 @@ def test_annotations_match_captions_with_extra_spaces(tmp_path: Path) -> None:
     with pytest.raises(MrbenchError, match=r"text 'a blue cat sitting on a wooden bench' has no grain annotations in") as e:
         build_hf(src, tmp_path / "x", annotations=ann, extractor="annotations", min_grains=0)
     assert "\n" not in str(e.value) and not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------- 4./5. held-out pair: all or nothing, own reports
+def _pair_src(tmp_path: Path) -> Path:
+    return _folder(tmp_path / "src", [(f"{i}.png", _caption(i)) for i in range(10)])
+
+
+def test_heldout_pair_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test part failing to be written removes the train part this run wrote (a re-run then works),
+    and puts back a train part it was replacing with overwrite."""
+    import mrbench
+    import mrbench.data.io as mio
+
+    src, out = _pair_src(tmp_path), tmp_path / "o"
+    real = mio.save_benchmark
+
+    def failing(bench, path, overwrite=False):
+        if Path(path).name == "o":
+            raise OSError(28, "No space left on device", str(path))
+        return real(bench, path, overwrite=overwrite)
+
+    monkeypatch.setattr(mio, "save_benchmark", failing)
+    with pytest.raises(OSError):
+        build_hf(src, out, heldout=0.3, min_grains=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing half-written, no hidden siblings
+    monkeypatch.setattr(mio, "save_benchmark", real)
+    _, rep = build_hf(src, out, heldout=0.3, min_grains=0)  # the re-run is not refused
+    old_train = rep["heldout"]["train_fingerprint"]
+    monkeypatch.setattr(mio, "save_benchmark", failing)
+    with pytest.raises(OSError):
+        build_hf(src, out, heldout=0.3, min_grains=0, seed=1, overwrite=True)
+    assert mrbench.load_benchmark(str(heldout_path(out))).fingerprint == old_train
+    assert mrbench.load_benchmark(str(out)).fingerprint == rep["fingerprint"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "o-train", "src"]
+
+
+def test_each_part_report_describes_its_part(tmp_path: Path) -> None:
+    import mrbench
+
+    out = tmp_path / "o"
+    build_hf(_pair_src(tmp_path), out, heldout=0.3, min_grains=0, per_task=3)
+    for d, part in ((out, "test"), (heldout_path(out), "train")):
+        rep = json.loads((d / REPORT_FILE).read_text())
+        bench = mrbench.load_benchmark(str(d))
+        assert rep["part"] == part and rep["fingerprint"] == bench.fingerprint
+        for t in ("t2i", "i2t"):
+            assert rep["tasks"][t]["kept"] == len(bench.task(t).queries)
+            assert rep["tasks"][t]["candidates"] == len(bench.task(t).candidates)
+        assert bench.metadata["build"]["part"] == part

@@ -46,7 +46,11 @@ Conventions (documented, deterministic):
 
 The build report (rows read, images, captions, eligible / kept per task, counts per grain count,
 held-out sizes, fingerprints) is returned, stored in the manifest's metadata and written to
-``build_report.json`` in each output directory.
+``build_report.json`` in each output directory. With ``heldout`` each part's report describes that
+part: ``"part"`` (``"test"`` / ``"train"``), its own ``tasks`` and ``fingerprint``; both carry the
+``heldout`` entry (sizes of both parts, the train part's tasks and fingerprint); rows, images and
+captions count what was read. The two parts are written all or nothing: when the test part fails to
+be written, the train part this run wrote is removed (and one it replaced with ``overwrite`` put back).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -414,6 +419,36 @@ def _extract(texts: list[str], extractor: Any, annotations: Any) -> list[list[Gr
     return out
 
 
+def _save_pair(bench: Benchmark, output: Path, train_bench: Benchmark, train_out: Path, report: dict[str, Any],
+               train_report: dict[str, Any], *, overwrite: bool) -> tuple[Benchmark, Benchmark]:
+    """Write the held-out train part, then the test part, each with its own build report — all or
+    nothing: when anything fails after the train part is written, the train part this run wrote is
+    removed and a train part that was there before (``overwrite``) is put back."""
+    from mrbench.data.io import _beside, atomic_write_text, output_target, save_benchmark
+
+    target = output_target(train_out)
+    aside = None
+    if target.exists():  # an old train part (--overwrite, checked before): kept aside until both are written
+        aside = _beside(target, "old-{hex}")
+        os.replace(target, aside)
+        target.mkdir()
+    try:
+        train_bench = save_benchmark(train_bench, train_out, overwrite=True)
+        report["heldout"]["train_fingerprint"] = train_report["fingerprint"] = train_bench.fingerprint
+        atomic_write_text(train_out / REPORT_FILE, json.dumps(train_report, indent=2) + "\n")
+        bench = save_benchmark(bench, output, overwrite=overwrite)
+        report["fingerprint"] = bench.fingerprint
+        atomic_write_text(output / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if aside is not None:
+            os.replace(aside, target)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return bench, train_bench
+
+
 def build_hf(
     dataset: str | Path,
     output: str | Path,
@@ -527,9 +562,11 @@ def build_hf(
                 "train_images": len(train_images), "train_captions": sum(len(im.captions) for im in train_images),
                 "train_tasks": ttask_report,
             }
+            report["part"] = "test"
+            train_report = {**{k: v for k, v in report.items() if k != "tasks"}, "part": "train", "tasks": ttask_report}
             train_bench = Benchmark(name=name, version="1", tasks=ttasks, root=staging, split="train",
                                     description=f"held-out train part of {dataset} (image–caption pairs)",
-                                    metadata={"build": {k: v for k, v in report.items() if k != "tasks"}})
+                                    metadata={"build": train_report})
         bench = Benchmark(name=name, version="1", tasks=tasks, root=staging, split="test",
                           description=f"multi-grain queries (>= {min_grains} grains) from {dataset} ({split})",
                           metadata={"build": report})
@@ -539,15 +576,14 @@ def build_hf(
         from mrbench.data.io import validate
 
         validate(bench, where=str(output))
-        if train_bench is not None:
+        if train_bench is None:
+            bench = save_benchmark(bench, output, overwrite=overwrite)
+            report["fingerprint"] = bench.fingerprint
+            atomic_write_text(output / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+        else:
             validate(train_bench, where=str(train_out))
-            train_bench = save_benchmark(train_bench, train_out, overwrite=overwrite)
-            report["heldout"]["train_fingerprint"] = train_bench.fingerprint
-        bench = save_benchmark(bench, output, overwrite=overwrite)
+            bench, train_bench = _save_pair(bench, output, train_bench, train_out, report, train_report,  # type: ignore[arg-type]
+                                            overwrite=overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report["fingerprint"] = bench.fingerprint
-    atomic_write_text(output / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-    if train_bench is not None:
-        atomic_write_text(train_out / REPORT_FILE, json.dumps(report, indent=2) + "\n")  # type: ignore[operator]
     return bench, report
