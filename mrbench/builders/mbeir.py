@@ -156,9 +156,15 @@ def build_mbeir(
         eligible = [i for i, g in enumerate(grains) if len(g) >= min_grains]
         tname = TASK_NAMES.get(mname, mname)
         if not eligible:
-            hint = ("its queries are images without text: give their grains by query id with --annotations FILE "
-                    "(JSONL lines {\"id\": qid, \"text\": ..., \"grains\": [...]})" if not any(sources)
-                    else "lower --min-grains or use another extractor")
+            if not any(sources) and ann is not None and not any(ann.has_id(q.qid) for q in mt.queries):
+                hint = (f"its queries are images without text and none of the ids in --annotations {annotations} is "
+                        f"a query id of {mname} (expected M-BEIR qids such as {mt.queries[0].qid!r}, from "
+                        f"{mt.files.queries.name}): key the file's lines by those qids")
+            elif not any(sources):
+                hint = ("its queries are images without text: give their grains by query id with --annotations FILE "
+                        "(JSONL lines {\"id\": qid, \"text\": ..., \"grains\": [...]})")
+            else:
+                hint = "lower --min-grains or use another extractor"
             raise BenchmarkError(f"M-BEIR task {mname}: none of its {len(mt.queries)} queries has >= {min_grains} grains "
                                  f"({extractor} extractor); {hint}")
         keep = set(select_ids([mt.queries[i].qid for i in eligible], per_task, seed, mname))
