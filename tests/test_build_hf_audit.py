@@ -194,3 +194,24 @@ def test_each_part_report_describes_its_part(tmp_path: Path) -> None:
             assert rep["tasks"][t]["kept"] == len(bench.task(t).queries)
             assert rep["tasks"][t]["candidates"] == len(bench.task(t).candidates)
         assert bench.metadata["build"]["part"] == part
+
+
+# ----------------------------------------------------------------- 6. truncated images fail at build, naming the input
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_truncated_image_names_its_input_row(tmp_path: Path, fmt: str) -> None:
+    import io
+
+    from PIL import Image
+
+    im = Image.effect_noise((64, 64), 40).convert("RGB")  # noise: the pixel data is most of the file
+    buf = io.BytesIO()
+    im.save(buf, format="PNG" if fmt == "png" else "JPEG", quality=95)
+    data = buf.getvalue()
+    cut = data[: int(len(data) * 0.6)]
+    Image.open(io.BytesIO(cut))  # the header still reads: only decoding finds the damage
+    rows = [(f"{i}.png", _caption(i)) for i in range(3)] + [(f"bad.{fmt}", _caption(3))]
+    src = _folder(tmp_path / "src", rows, {f"bad.{fmt}": cut})
+    with pytest.raises(BenchmarkError, match=rf"row 3, column 'image' \(bad\.{fmt}\): not a readable image .*fix or drop that row") as e:
+        build_hf(src, tmp_path / "o", min_grains=0)
+    assert "\n" not in str(e.value) and "staging" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

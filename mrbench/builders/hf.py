@@ -18,7 +18,8 @@ Conventions (documented, deterministic):
   Images with the same content are one image (its captions merged; counted as
   ``duplicate_images_merged``); content is what the benchmark fingerprint hashes
   (:mod:`mrbench.data.fingerprint`): decoded pixels for PNG (so a re-saved PNG copy is a duplicate),
-  file bytes for JPEG. Every image is decoded at build.
+  file bytes for JPEG. Every image is fully decoded at build, so a truncated or corrupt file fails
+  there with one line naming its row and file (fix or drop that row), not later at evaluation.
   Image id = ``img<row>`` (zero padded) of the first row that holds it; file ``images/<id>.png|jpg``.
 * **Captions.** The caption column may hold a string or a list of strings (COCO style). Blank
   captions and repeats within one image are dropped. Caption id = ``<image id>_c<j>`` (``j`` = its
@@ -229,6 +230,7 @@ def _normalise_image(data: bytes, row: int, column: str, source: str | None = No
                 im.load()
                 return data, ".png", png_pixels_sha256(im)
             if fmt == "JPEG":
+                im.load()  # decode it all: a truncated file fails here, naming its row, not at evaluation
                 return data, ".jpg", hashlib.sha256(data).hexdigest()
             im.seek(0)
             im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
