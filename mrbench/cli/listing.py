@@ -65,18 +65,24 @@ def info(
             p.is_file() and p.name == "results.json"):
         _results_info(p if p.is_dir() else p.parent)
         return
+    from mrbench.metrics.aggregate import grain_bucket_labels
+
     b = load_benchmark(benchmark, verify=verify)
     c = stdout_console()
     c.print(f"[bold]{b.name}[/bold] v{b.version} ({b.split}) at {b.root}\nfingerprint {b.fingerprint}")
+    # the grain-count buckets evaluate reports (by_grain_count's default): "<2" shown when a task has such queries
+    buckets = (2, 3, 4, 5)
+    labels = grain_bucket_labels(buckets)  # ["<2", "2", "3", "4", "5+"]
+    counts = [Counter(labels[sum(q.n_grains >= x for x in buckets)] for q in task.queries) for task in b.tasks]
+    shown = labels if any(n[labels[0]] for n in counts) else labels[1:]
     t = Table()
-    for col in ("task", "query → candidate", "queries", "pool", "relevant/q", "grains 2/3/4/5+", "grain types"):
+    for col in ("task", "query → candidate", "queries", "pool", "relevant/q", "grains " + "/".join(shown), "grain types"):
         t.add_column(col)
-    for task in b.tasks:
-        n = Counter(min(q.n_grains, 5) for q in task.queries)
+    for task, n in zip(b.tasks, counts):
         types = Counter(g.type for q in task.queries for g in q.grains)
         rel = sum(len(task.relevant(q.id)) for q in task.queries) / max(1, len(task.queries))
         t.add_row(task.name, f"{task.query_modality} → {task.candidate_modality}", str(len(task.queries)),
-                  str(len(task.candidates)), f"{rel:.2f}", "/".join(str(n.get(i, 0)) for i in (2, 3, 4, 5)),
+                  str(len(task.candidates)), f"{rel:.2f}", "/".join(str(n.get(k, 0)) for k in shown),
                   ", ".join(f"{k} {v}" for k, v in types.most_common()))
     c.print(t)
 
