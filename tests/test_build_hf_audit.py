@@ -215,3 +215,21 @@ def test_truncated_image_names_its_input_row(tmp_path: Path, fmt: str) -> None:
         build_hf(src, tmp_path / "o", min_grains=0)
     assert "\n" not in str(e.value) and "staging" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# ----------------------------------------------------------------- 7. no datasets progress bars
+def test_no_datasets_progress_bars_and_state_restored(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import datasets
+
+    src = _pair_src(tmp_path)
+    datasets.enable_progress_bars()
+    try:
+        build_hf(src, tmp_path / "o", min_grains=0, cache_dir=tmp_path / "cache")
+        err = capfd.readouterr().err
+        assert "%|" not in err and "Generating train split" not in err, err
+        assert not datasets.are_progress_bars_disabled()  # the previous state is back
+        datasets.disable_progress_bars()
+        build_hf(src, tmp_path / "p", min_grains=0, cache_dir=tmp_path / "cache2")
+        assert datasets.are_progress_bars_disabled()
+    finally:
+        datasets.enable_progress_bars()

@@ -3,7 +3,8 @@
 Input: an imagefolder (images + ``metadata.jsonl``/``metadata.csv``), Parquet files (one file or a
 directory of them), any other local directory ``datasets`` infers a builder for, or a hub id / builder
 name (only when online: with ``HF_DATASETS_OFFLINE=1`` a hub id that is not cached fails with a message
-saying to pass a local path). ``datasets`` is imported inside :func:`build_hf`.
+saying to pass a local path). ``datasets`` is imported inside :func:`build_hf`; its progress bars are
+off during the build (the previous setting restored after).
 
 Output: a benchmark with two tasks over the same images and captions:
 
@@ -56,6 +57,8 @@ be written, the train part this run wrote is removed (and one it replaced with `
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -64,10 +67,11 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from mrbench.builders.selection import by_grain_count, richest, select_ids
 from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
@@ -451,6 +455,39 @@ def _save_pair(bench: Benchmark, output: Path, train_bench: Benchmark, train_out
     return bench, train_bench
 
 
+@contextlib.contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """``datasets``' progress bars off for the build (``datasets.disable_progress_bars``), the previous
+    state restored after (``HF_DATASETS_DISABLE_PROGRESS_BARS=0`` keeps them on: it has priority)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not was_disabled:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled and datasets.are_progress_bars_disabled():
+            datasets.enable_progress_bars()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _quiet(fn: _F) -> _F:
+    """``fn`` run inside :func:`_datasets_quiet`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _datasets_quiet():
+            return fn(*args, **kwargs)
+
+    return cast(_F, wrapper)
+
+
+@_quiet
 def build_hf(
     dataset: str | Path,
     output: str | Path,
