@@ -64,7 +64,7 @@ def mbeir(
     seed: Annotated[int, typer.Option(help="Seed of the per-task draw; the same inputs and seed give the same fingerprint.")] = 0,
     split: Annotated[str, typer.Option(help="M-BEIR split to read.")] = "test",
     image_root: Annotated[Path | None, typer.Option(help="Where image paths resolve (default: --mbeir-dir).")] = None,
-    skip_missing: Annotated[bool, typer.Option(help="Drop queries and candidates whose image file is missing (counted in the report).")] = False,
+    skip_missing: Annotated[bool, typer.Option(help="Drop queries and candidates whose image file is missing or cannot be decoded (counted in the report).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing benchmark directory (one holding manifest.json; never a folder of other files).")] = False,
 ) -> None:
     """Build an MRBench-style benchmark from a local M-BEIR copy: per task, the test queries with at
