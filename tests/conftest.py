@@ -84,3 +84,17 @@ def lb(world: dict, tmp_path: Path) -> Path:
     p = tmp_path / "lb.json"
     shutil.copy(world["lb"], p)
     return p
+
+
+@pytest.fixture
+def offline_hf_datasets(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`datasets` offline, with its cache under the session's temporary directory (modules that build
+    from Hugging Face datasets use it: ``pytestmark = pytest.mark.usefixtures("offline_hf_datasets")``)."""
+    import datasets
+
+    cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)  # read at import time otherwise
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

@@ -32,16 +32,7 @@ def _image(i: int):
     return im
 
 
-@pytest.fixture(autouse=True)
-def _offline_hf(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets
-
-    cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)  # read at import time otherwise
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("offline_hf_datasets")
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,7 @@ def _caption(i: int) -> str:
     return f"a {COLOURS[i % 8]} {WORDS[i % 12]} next to a {COLOURS[(i + 3) % 8]} {WORDS[(i + 5) % 12]} number {i}"
 
 
-@pytest.fixture(autouse=True)
-def _offline_hf(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets
-
-    cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("offline_hf_datasets")
 
 
 def _folder(root: Path, rows: list[tuple[str, object]], images: dict[str, object] | None = None) -> Path:
