@@ -225,6 +225,12 @@ def train_generative(trainer: Any) -> dict[str, Any]:
                     break
             else:
                 finish("rl", cfg.rl.steps, t0)
+    if acc is not None:  # every process done before any leaves: one that exits with the group alive can abort another
+        import torch.distributed as dist
+
+        acc.wait_for_everyone()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return {
         "stages": [{"stage": r.stage, "steps": r.steps, "seconds": round(r.seconds, 2), "checkpoint": str(r.checkpoint),
                     "eval": r.eval} for r in results],
