@@ -224,3 +224,34 @@ def test_no_datasets_progress_bars_and_state_restored(tmp_path: Path, capfd: pyt
         assert datasets.are_progress_bars_disabled()
     finally:
         datasets.enable_progress_bars()
+
+
+# ----------------------------------------------------------------- EXIF orientation
+def test_jpeg_with_exif_rotation_is_stored_upright(tmp_path: Path) -> None:
+    """A photo stored sideways with an EXIF orientation tag (6: turn 90° clockwise to view) is written
+    upright, as viewers and `datasets` show it; the harness's loader reads pixels as stored, so the
+    benchmark must hold them the right way up. An untagged JPEG is copied unchanged."""
+    import io
+
+    from PIL import Image
+
+    from mrbench.encoders.harness import load_rgb
+
+    sideways = Image.new("RGB", (60, 20), (200, 30, 30))
+    sideways.paste((30, 30, 200), (0, 0, 10, 20))  # a blue band on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    sideways.save(tagged, format="JPEG", exif=exif, quality=95)
+    sideways.save(plain, format="JPEG", quality=95)
+    rows = [(f"{i}.png", _caption(i)) for i in range(3)] + [("rot.jpg", _caption(7)), ("flat.jpg", _caption(8))]
+    src = _folder(tmp_path / "src", rows, {"rot.jpg": tagged.getvalue(), "flat.jpg": plain.getvalue()})
+    build_hf(src, tmp_path / "o", min_grains=0)
+    stored = sorted((tmp_path / "o" / "images").iterdir())
+    rot = next(p for p in stored if p.suffix == ".png" and Image.open(p).size == (20, 60))
+    up = load_rgb(rot, "rot")
+    assert up.size == (20, 60)
+    top = up.getpixel((10, 2))
+    assert top[2] > 150 and top[0] < 100  # the blue band is on top once turned upright
+    flat = [p for p in stored if p.suffix == ".jpg"]
+    assert len(flat) == 1 and flat[0].read_bytes() == plain.getvalue()

@@ -218,18 +218,30 @@ def _image_bytes(value: Any, row: int, column: str, local: Path | None) -> bytes
         raise BenchmarkError(f"row {row}, column {column!r}: cannot read image file {p} ({e.strerror or e})") from None
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
 def _normalise_image(data: bytes, row: int, column: str, source: str | None = None) -> tuple[bytes, str, str]:
     """Return ``(bytes to write, extension, content hash)``: PNG/JPEG unchanged, anything else re-encoded
-    to PNG. The content hash is the benchmark fingerprint's hash of the file written
+    to PNG; an image whose EXIF orientation tag says it is stored rotated or mirrored is turned upright
+    (as viewers and ``datasets`` show it; the harness's loader reads pixels as stored) and written as
+    PNG. The content hash is the benchmark fingerprint's hash of the file written
     (:mod:`mrbench.data.fingerprint`: decoded pixels for PNG, file bytes otherwise).
     ``source``: the file the bytes came from, named in the error for an unreadable image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from mrbench.data.fingerprint import png_pixels_sha256
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
+            if im.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
+                im.load()
+                up = ImageOps.exif_transpose(im)
+                up = up.convert("RGBA" if "A" in up.getbands() else "RGB")
+                buf = io.BytesIO()
+                up.save(buf, format="PNG")
+                return buf.getvalue(), ".png", png_pixels_sha256(up)
             if fmt == "PNG":
                 im.load()
                 return data, ".png", png_pixels_sha256(im)
