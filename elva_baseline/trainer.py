@@ -175,20 +175,21 @@ class Trainer:
         without both :data:`RUN_FILES` (a model folder, or a checkpoint such as ``RUN/final``, holds a
         ``config.json`` but no ``train_log.jsonl``). A directory that :func:`holds_run` calls no run
         (empty, or what a run that failed before its first update leaves) is started over as well."""
+        from mrbench.data.io import check_replaceable, output_target
+
         out = self.out
-        target = Path(os.path.realpath(out)) if out.is_symlink() else out
-        if target is not out and not target.exists():
-            raise TrainingError(f"--output {out}: is a symbolic link to {target}, which does not exist; remove the "
-                                "link, or pass the directory to train in as --output")
+        try:  # (a dangling link, a non-UTF-8 name, the current directory: as mrbench's own outputs)
+            target = output_target(out)
+            check_replaceable(out, marker=None, what="a training run")
+        except MrbenchError as e:
+            msg = str(e)
+            raise TrainingError(msg if msg.startswith("--output") else f"--output {msg}") from None
         if target.exists() and not target.is_dir():
             raise TrainingError(f"--output {out}: is a file, not a run directory; --overwrite only replaces a training "
                                 "run: choose another --output")
-        if Path.cwd().is_relative_to(os.path.realpath(target)):
-            raise TrainingError(f"--output {out}: is the current directory or holds it, which --overwrite would delete; "
-                                "choose a new directory for the run")
         missing = [f for f in RUN_FILES if not (target / f).is_file()]
         if holds_run(target) and missing:
-            via = f" (a link to {target})" if target is not out else ""
+            via = f" (a link to {target})" if out.is_symlink() else ""
             raise TrainingError(f"--output {out}{via}: holds files that are not a training run (no {' or '.join(missing)}), "
                                 f"and --overwrite only replaces a run directory (one holding {' and '.join(RUN_FILES)}); "
                                 "choose another --output, or empty that directory yourself")
