@@ -58,7 +58,6 @@ be written, the train part this run wrote is removed (and one it replaced with `
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -71,7 +70,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from mrbench.builders.selection import by_grain_count, richest, select_ids
 from mrbench.data.schema import Benchmark, Candidate, Grain, Query, Task
@@ -429,7 +428,7 @@ def _extract(texts: list[str], extractor: Any, annotations: Any) -> list[list[Gr
 
     keys = [key(t) for t in texts]
     if extractor is None:  # a caption missing from the file: the annotations' own one-line error
-        return [annotations.extract([k if k is not None else t])[0] for t, k in zip(texts, keys)]
+        return annotations.extract([k if k is not None else t for t, k in zip(texts, keys)])
     todo = [i for i, k in enumerate(keys) if k is None]
     out = [annotations.extract([k])[0] if k is not None else [] for k in keys]
     for i, g in zip(todo, extractor.extract([texts[i] for i in todo]) if todo else []):
@@ -485,21 +484,7 @@ def _datasets_quiet() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _quiet(fn: _F) -> _F:
-    """``fn`` run inside :func:`_datasets_quiet`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _datasets_quiet():
-            return fn(*args, **kwargs)
-
-    return cast(_F, wrapper)
-
-
-@_quiet
+@_datasets_quiet()  # (a context manager made with contextlib.contextmanager also decorates)
 def build_hf(
     dataset: str | Path,
     output: str | Path,
