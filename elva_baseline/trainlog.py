@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -237,16 +236,18 @@ def plot_log(path: str | Path, output: str | Path) -> Path:
             for a in axes.flat:
                 a.axvline(max(ends), color="grey", ls=":", lw=1)
     fig.tight_layout()
+    from mrbench.data.io import sibling_path
+    from mrbench.errors import write_failure
+
     out = Path(output)
     dest = Path(os.path.realpath(out)) if out.is_symlink() else out
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = sibling_path(dest, "{hex}.tmp")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(tmp, dpi=110, format=fmt)
         os.replace(tmp, dest)
     except OSError as e:
-        why = ("a part of the path is a file, not a directory" if isinstance(e, (FileExistsError, NotADirectoryError))
-               else e.strerror or str(e))
+        why = write_failure(e)
         raise ValueError(f"--output {out}: cannot write the plot ({why}); choose another path") from None
     finally:
         plt.close(fig)

@@ -41,3 +41,12 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) ->
     if not close:
         return ""
     return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
+
+
+def write_failure(e: OSError) -> str:
+    """Why writing a file failed, for a one-line message naming the user's path (not the temporary
+    file the error carries): "a part of the path is a file, not a directory" where the path runs
+    through a file, else the system's reason."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        return "a part of the path is a file, not a directory"
+    return e.strerror or str(e)

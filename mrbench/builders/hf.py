@@ -441,12 +441,12 @@ def _save_pair(bench: Benchmark, output: Path, train_bench: Benchmark, train_out
     """Write the held-out train part, then the test part, each with its own build report — all or
     nothing: when anything fails after the train part is written, the train part this run wrote is
     removed and a train part that was there before (``overwrite``) is put back."""
-    from mrbench.data.io import _beside, atomic_write_text, output_target, save_benchmark
+    from mrbench.data.io import atomic_write_text, output_target, save_benchmark, sibling_path
 
     target = output_target(train_out)
     aside = None
     if target.exists():  # an old train part (--overwrite, checked before): kept aside until both are written
-        aside = _beside(target, "old-{hex}")
+        aside = sibling_path(target, "old-{hex}")
         os.replace(target, aside)
         target.mkdir()
     try:

@@ -56,13 +56,12 @@ def _write_page(option: str, path: Path, text: str) -> None:
     """Write a rendered page atomically (:func:`~mrbench.data.io.atomic_write_text`); a failure is one
     line naming ``option`` and ``path``, not the temporary file beside it."""
     from mrbench.data.io import atomic_write_text
-    from mrbench.errors import MrbenchError
+    from mrbench.errors import MrbenchError, write_failure
 
     try:
         atomic_write_text(path, text)
     except OSError as e:
-        why = ("a part of the path is a file, not a directory" if isinstance(e, (FileExistsError, NotADirectoryError))
-               else e.strerror or str(e))
+        why = write_failure(e)
         raise MrbenchError(f"{option} {path}: cannot write the page ({why}); choose another path") from None
     print(f"wrote {path}")
 

@@ -54,7 +54,7 @@ def check_writable_path(path: str | Path, option: str = "--output") -> None:
                            f"system); choose another {option}")
 
 
-def _beside(path: Path, tail: str) -> Path:
+def sibling_path(path: Path, tail: str) -> Path:
     """A hidden sibling of ``path`` named ``.NAME.<tail>``, ``{hex}`` in ``tail`` replaced by 8 random
     hex digits (``staging-{hex}``, ``{hex}.tmp``), NAME cut so that the whole stays within 255 bytes (a
     long but legal output name must not fail on its staging name)."""
@@ -73,7 +73,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _beside(path, "{hex}.tmp")
+    tmp = sibling_path(path, "{hex}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -161,13 +161,13 @@ def atomic_dir(out: Path, overwrite: bool = False, *, marker: str | None = None,
     out = output_target(out)
     check_output_dir(out, overwrite, marker=marker, what=what)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = _beside(out, "staging-{hex}")
+    staging = sibling_path(out, "staging-{hex}")
     staging.mkdir()
     try:
         yield staging
         old = None
         if out.exists():
-            old = _beside(out, "old-{hex}")
+            old = sibling_path(out, "old-{hex}")
             os.replace(out, old)
         try:
             os.replace(staging, out)
