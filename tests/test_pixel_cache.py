@@ -817,6 +817,9 @@ def test_shard_reader_rejects_damaged_files(tmp_path):
         "outside": rewrite({**header, "a": {**header["a"], "data_offsets": [0, 10**6]}}),
         "shape": rewrite({**header, "a": {**header["a"], "shape": [4, 4]}}),
         "dtype": rewrite({**header, "a": {**header["a"], "dtype": "C64"}}),
+        "dtype not a name": rewrite({**header, "a": {**header["a"], "dtype": ["U8"]}}),
+        "negative sizes": rewrite({**header, "a": {**header["a"], "shape": [-3, -4]}}),
+        "not an object": rewrite({**header, "a": ["U8"]}),
     }
     for what, data in cases.items():
         p.write_bytes(data)
@@ -1068,3 +1071,4 @@ def test_a_pixel_cache_under_a_file_is_refused_by_evaluate_up_front(tmp_path, mo
     monkeypatch.setenv("MRBENCH_PIXEL_CACHE", "maybe")
     with pytest.raises(MrbenchError, match=r"MRBENCH_PIXEL_CACHE='maybe': expected"):
         mrbench.evaluate("mrbench-synth-tiny", "random", cache=False)
+
