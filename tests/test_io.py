@@ -528,7 +528,8 @@ def test_gc_frozen_freezes_then_unfreezes_and_leaves_a_callers_freeze_alone():
         before = gc.get_freeze_count()
         with gc_frozen() as refreeze:
             refreeze()
-        assert gc.get_freeze_count() == before  # neither added to nor unfrozen
+        # neither added to nor unfrozen (frozen objects freed meanwhile, by any thread, leave the count)
+        assert before - 1000 < gc.get_freeze_count() <= before
     finally:
         gc.unfreeze()
 
