@@ -438,7 +438,7 @@ def test_device_stager_leaves_what_it_cannot_stack_alone():
 
 
 # ---------------------------------------------------------------------------------------------------
-# asynchronous encoders: batch b is checked after batch b + 1 is queued
+# asynchronous encoders: batch b is checked once batch b + IN_FLIGHT is queued
 
 
 class AsyncScripted(eb.ScriptedEncoder):
@@ -460,12 +460,20 @@ class AsyncScripted(eb.ScriptedEncoder):
         return finish
 
 
-def test_async_encoder_results_collected_one_batch_behind():
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_async_encoder_results_collected_in_flight_batches_behind(monkeypatch, in_flight):
+    from mrbench.encoders import harness
+
+    monkeypatch.setattr(harness, "IN_FLIGHT", in_flight)
     enc = AsyncScripted(lambda items, role, k: eb.hashed(items), batch_size=3)
     stats, seen = EncodeStats(), []
     got = _run(enc, n=10, stats=stats, progress=seen.append)
-    assert enc.events == [("launch", 0), ("launch", 1), ("finish", 0), ("launch", 2), ("finish", 1),
-                          ("launch", 3), ("finish", 2), ("finish", 3)]
+    assert enc.events == {
+        1: [("launch", 0), ("launch", 1), ("finish", 0), ("launch", 2), ("finish", 1), ("launch", 3), ("finish", 2),
+            ("finish", 3)],
+        2: [("launch", 0), ("launch", 1), ("launch", 2), ("finish", 0), ("launch", 3), ("finish", 1), ("finish", 2),
+            ("finish", 3)],
+    }[in_flight]
     assert seen == [3, 3, 3, 1] and (stats.encoded, stats.batches) == (10, 4)
     np.testing.assert_array_equal(got, _run(_enc(lambda items, role, k: eb.hashed(items), batch_size=3), n=10))
 
@@ -480,7 +488,7 @@ def test_async_launch_failure_still_stores_the_batch_in_flight(tmp_path):
 
     bench = eb.text_bench(10)
     task = bench.tasks[0]
-    first = AsyncScripted(dies_on_third, batch_size=3)
+    first = AsyncScripted(dies_on_third, batch_size=3)  # (two batches in flight when the third fails)
     with pytest.raises(KeyboardInterrupt):
         encode_items(first, task.queries, role="query", task=task, bench=bench, cache=EmbeddingCache(tmp_path, "s@1"))
     assert first.events == [("launch", 0), ("launch", 1), ("finish", 0), ("finish", 1)]
@@ -762,3 +770,130 @@ def test_decode_help_lists_every_accepted_kind(command):
     help_text = text.split("Decode workers:", 1)[1].split("[default", 1)[0]
     for kind in WORKER_KINDS:
         assert re.search(rf"\b{kind}\b", help_text), (kind, help_text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a call's first batches prepared while the rest of its items are hashed
+
+
+def _batches_seen(bench, cache=None, **kw):
+    task = bench.tasks[0]
+    enc = _pixel_encoder()
+    out = encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, cache=cache, **kw)
+    return out, [[int(i[1:]) for i in batch] for batch in enc.calls]
+
+
+@pytest.mark.parametrize("early", [1, 2, 3])
+@pytest.mark.parametrize("cached", [(), (5,), (3, 5), (0, 5), (2, 3, 4, 5, 6), (4, 5, 6), tuple(range(7))])
+def test_early_batches_encode_what_hashing_everything_first_encodes(tmp_path, monkeypatch, cached, early):
+    """With the first batches started before the rest is hashed, the batches, embeddings, cache use
+    and counters are those of hashing every item first, whatever part the embedding cache holds:
+    none, some past the early batches, one in them (the call then hashes everything first), all
+    past them (which are then the only ones), or all."""
+    from mrbench.encoders import harness
+    from mrbench.encoders.cache import EmbeddingCache
+
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+    results = {}
+    for k in (0, early):
+        monkeypatch.setattr(harness, "EARLY_BATCHES", k)
+        cache = EmbeddingCache(tmp_path / f"cache{k}", "ns")
+        if cached:
+            part = [task.candidates[i] for i in cached]
+            encode_items(_pixel_encoder(), part, role="candidate", task=task, bench=bench, cache=cache)
+        stats = EncodeStats()
+        out, batches = _batches_seen(bench, cache=cache, num_workers=2, stats=stats)
+        results[k] = (out, batches, (stats.items, stats.cache_hits, stats.encoded, stats.batches))
+    np.testing.assert_array_equal(results[early][0], results[0][0])
+    assert results[early][1:] == results[0][1:]
+    expected = [i for i in range(7) if i not in cached]
+    assert [i for b in results[early][1] for i in b] == expected
+    assert results[early][2] == (7, len(cached), len(expected), -(-len(expected) // 2))
+
+
+def test_the_first_batches_are_being_read_while_the_rest_is_hashed(tmp_path, monkeypatch):
+    """The rest of the call's items are hashed only once the early batches' decoding has started
+    (hashing the rest here waits for the second's, so a call that hashed everything first would fail)."""
+    import threading
+
+    from mrbench.encoders import harness
+
+    bench = eb.image_bench(tmp_path, n=7)
+    started = threading.Event()
+    real_submit, real_hash = harness._Decoder.submit, harness._hash_items
+    hashed: list[int] = []
+
+    def submit(self, batch):
+        if batch == [2, 3]:
+            started.set()
+        return real_submit(self, batch)
+
+    def hash_items(items, paths, *a, **k):
+        hashed.append(len(items))
+        if len(hashed) == 2:
+            assert started.wait(10), "the second batch was not started before the rest was hashed"
+        return real_hash(items, paths, *a, **k)
+
+    monkeypatch.setattr(harness._Decoder, "submit", submit)
+    monkeypatch.setattr(harness, "_hash_items", hash_items)
+    monkeypatch.setattr(harness, "EARLY_BATCHES", 2)
+    out, batches = _batches_seen(bench, num_workers=2)
+    assert hashed == [4, 3] and batches == [[0, 1], [2, 3], [4, 5], [6]]
+    monkeypatch.setattr(harness, "_hash_items", real_hash)
+    np.testing.assert_array_equal(out, _batches_seen(bench, num_workers=0)[0])
+
+
+def test_a_broken_image_past_the_early_batches_ends_the_call_with_one_line(tmp_path):
+    """A file missing from the rest, found while the early batches are being prepared: one line
+    naming it, and no preparing thread is left behind."""
+    bench = eb.image_bench(tmp_path, n=7)
+    (tmp_path / "images" / "c5.png").unlink()
+    for workers in (0, 2):
+        with pytest.raises(BenchmarkError, match=r"c5.png: cannot read image of item 'c5'"):
+            _batches_seen(bench, num_workers=workers)
+        assert _prepare_threads() == []
+
+
+def test_early_batches_that_turn_out_the_only_ones_mark_the_inputs_done(tmp_path, monkeypatch):
+    """When the rest of the call is all in the embedding cache, the last early batch, prepared before
+    that was known, is the last: a call started after this one may start once it is prepared."""
+    from mrbench.encoders import harness
+    from mrbench.encoders.cache import EmbeddingCache
+
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+    cache = EmbeddingCache(tmp_path / "cache", "ns")
+    encode_items(_pixel_encoder(), task.candidates[4:], role="candidate", task=task, bench=bench, cache=cache)
+    monkeypatch.setattr(harness, "EARLY_BATCHES", 2)
+    call = harness._EncodeCall(_pixel_encoder(), task.candidates, role="candidate", task=task, bench=bench, cache=cache,
+                               batch_size=None, num_workers=2, workers="auto", pixel_cache=None)
+    try:
+        call.setup()  # hashes the early batches and starts preparing them
+        assert call.batches == [[0, 1], [2, 3]] and not call.inputs_done.is_set()
+        call._setup_rest()  # (what the encode loop does once the first batch is with the model)
+        assert call.batches == [[0, 1], [2, 3]] and call.inputs_done.wait(10)
+        call.ready_ahead = True
+        stats = EncodeStats()
+        out = call.result(stats=stats)
+    finally:
+        call.close()
+    assert (stats.items, stats.cache_hits, stats.encoded) == (7, 3, 4)
+    np.testing.assert_array_equal(out, _batches_seen(bench)[0])
+
+
+
+
+def test_the_encode_loop_counts_the_collectors_passes():
+    import gc
+
+    def fn(items, role, k):
+        gc.collect()  # a pass the loop must count
+        return eb.hashed(items)
+
+    stats = EncodeStats()
+    _run(_enc(fn, batch_size=4), 10, stats=stats)
+    assert stats.gc_seconds > 0 and stats.to_dict()["gc_seconds"] == stats.gc_seconds
+    quiet = EncodeStats()
+    _run(_enc(lambda items, role, k: eb.hashed(items), batch_size=4), 10, stats=quiet)
+    assert quiet.gc_seconds < stats.gc_seconds

@@ -20,8 +20,10 @@ The harness — not the encoder — owns:
   interrupted run resumes where it stopped. Encoders whose ``meta.cacheable`` is
   ``False`` (their output depends on more than content, like the oracle) bypass the cache;
 * **keeping the device busy**: with an encoder whose ``encode_async`` may stand in for ``encode``
-  (:func:`async_encode_of`; every :class:`~mrbench.encoders.torch_base.TorchEncoder`), batch b + 1
-  is queued before batch b's embeddings are waited for and checked; a call can be started before
+  (:func:`async_encode_of`; every :class:`~mrbench.encoders.torch_base.TorchEncoder`), batches up to
+  b + :data:`IN_FLIGHT` are queued before batch b's embeddings are waited for and checked; a call
+  with images hashes and looks up only its first :data:`EARLY_BATCHES` batches' items before it
+  starts preparing them, and the rest once the first is on the device; a call can be started before
   the one in front of it ends (:func:`start_encode`, :func:`encode_groups`: set up and its first
   batches prepared once that call's last batch is), so its start-up does not leave the model idle;
 * **validation** of every batch: array-like (numpy, torch tensors, nested lists) convertible to
@@ -755,6 +757,9 @@ class EncodeStats:
     ``stage_seconds`` staging its pixels in pinned memory and queueing their copy to the device,
     ``tokenize_seconds`` tokenising its texts. ``startup_seconds``: from the start of each call to its
     first batch reaching the encoder (hashing, cache lookups, the first batch's preparation).
+    ``gc_seconds``: the cyclic garbage collector's passes during the calls' encode loops (any thread;
+    they hold every thread up; ``evaluate`` keeps its long-lived objects out of them, see
+    :func:`mrbench.data.io.gc_frozen`).
     """
 
     items: int = 0
@@ -771,6 +776,7 @@ class EncodeStats:
     stage_seconds: float = 0.0
     tokenize_seconds: float = 0.0
     startup_seconds: float = 0.0
+    gc_seconds: float = 0.0
 
     @property
     def overhead_seconds(self) -> float:
@@ -799,6 +805,7 @@ class EncodeStats:
             "stage_seconds": self.stage_seconds,
             "tokenize_seconds": self.tokenize_seconds,
             "startup_seconds": self.startup_seconds,
+            "gc_seconds": self.gc_seconds,
         }
 
 
@@ -896,8 +903,15 @@ CACHE_READ_THREADS = 16
 the default slice of 64, a batch of 256 is read by four; on an H200 host (16 cores) more readers in
 flight — smaller slices, or several batches read ahead — made the whole pipeline slower, as
 their Python work took the GIL from the thread launching the model."""
+EARLY_BATCHES = 2
+"""Batches a call hashes, looks up and starts preparing before hashing the rest of its items, which
+it does once the first is with the model (see ``_EncodeCall.setup``; 0: every item first)."""
 PREFETCH_BATCHES = 2
 """Batches prepared (decoded, staged, tokenised) ahead of the one being encoded."""
+IN_FLIGHT = 2
+"""Batches an asynchronous encoder (see :func:`async_encode_of`) has queued on its device before
+the harness waits for the oldest: the device keeps that many forwards of work while the host checks
+a batch and launches the next."""
 TEXT_PROCESS_MIN = 512
 """Texts below which tokenisation stays in the preparing thread (a process pool would cost more)."""
 TEXT_PROCESSES = 4
@@ -1688,6 +1702,26 @@ class PendingEncode:
 
 
 @contextlib.contextmanager
+def _gc_timed(stats: EncodeStats) -> Iterator[None]:
+    """Add the time the cyclic garbage collector runs (in any thread) to ``stats.gc_seconds``."""
+    import gc
+
+    began: list[float] = []
+
+    def timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            stats.gc_seconds += time.perf_counter() - began.pop()
+
+    gc.callbacks.append(timer)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(timer)
+
+
+@contextlib.contextmanager
 def _encoder_failure(name: str, role: str, task: str, ids: Sequence[str]) -> Iterator[None]:
     """Turn an exception raised by the encoder's own code (not an :class:`MrbenchError`, not Ctrl-C)
     into a one-line :class:`EncoderError` naming the encoder, the batch and what to run; the original
@@ -1755,52 +1789,135 @@ class _EncodeCall:
         self.ready_ahead = False  # setup done (its first batches are being prepared)
         self.closed = False
         self.inputs_done = threading.Event()  # every batch prepared (or the call ended): a next call may start
+        self._rest_ready: threading.Event | None = None  # set once the batches past the early ones are known
+        self._n_early = 0  # batches prepared before the rest of the items are hashed (see setup)
+        self._early_preparing: dict[int, Future] = {}  # their preparation, until the rest is known
+        self.file_digests: dict[int, str] = {}  # item index -> sha256 of its image file
 
     # -- before the first batch -------------------------------------------------------------------
     def setup(self) -> None:
-        meta, items, role, n, stats = self.meta, self.items, self.role, self.n, self.stats
-        bench, task, encoder = self.bench, self.task, self.encoder
-        self.paths = paths = [bench.image_path(it.image) if it.image else None for it in items]
-        decode = bool(meta.needs_pixels) and "image" in meta.modalities
-        num_workers = self.num_workers
+        items, n = self.items, self.n
+        self.paths = paths = [self.bench.image_path(it.image) if it.image else None for it in items]
         n_paths = sum(p is not None for p in paths)  # no more threads than files to hash or decode
+        num_workers = self.num_workers
         self.pool = ThreadPoolExecutor(max_workers=min(num_workers, n_paths)) if num_workers > 0 and n_paths else None
-        file_digests: dict[int, str] = {}
-        self.hashes = _hash_items(items, paths, self.pool, window=max(16, 4 * num_workers), file_digests=file_digests)
-        if self.use_cache:
-            cache = self.cache
-            assert cache is not None
-            self.keys = cache.keys(role, self.instruction, self.hashes)
-            mask, cached = cache.get_many(self.keys)
-            if cached is not None:
-                if self.dim is not None and cached.shape[1] != self.dim:
-                    raise EncoderError(
-                        f"encoder {meta.name!r}: the embedding cache {cache.path} holds dimension {cached.shape[1]} "
-                        f"but meta.dim is {self.dim}; delete that directory and re-run"
-                    )
-                self.dim = cached.shape[1]
-                self.out = cached
-        else:
-            mask = np.zeros(n, dtype=bool)
-        self.n_hit = int(mask.sum())
-        stats.items += n
-        stats.cache_hits += self.n_hit
+        decode = bool(self.meta.needs_pixels) and "image" in self.meta.modalities
+        # a call with image files to decode hashes (a stat per file) and looks up its first
+        # EARLY_BATCHES batches' items alone: when those are all misses they are its first batches
+        # whatever the rest holds, so they are prepared first, and the rest is hashed once the model
+        # has the first (see _setup_rest)
+        head = min(n, max(0, EARLY_BATCHES) * self.bs)
+        early = decode and 0 < head < n
+        if not early:
+            head = n
+        self.hashes = self._hash(0, head)
+        mask, cached = self._lookup(self.hashes)
+        if early and not mask.any():
+            self.batches = [list(range(i, min(i + self.bs, head))) for i in range(0, head, self.bs)]
+            self._n_early = len(self.batches)
+            self._rest_ready = threading.Event()
+            self._start_inputs(decode, n_decode=n_paths, n_texts=sum(1 for it in items if it.text is not None))
+            if self.stager is not None:
+                self._fill_ahead(0)
+            return
+        if head < n:
+            mask, cached = self._hash_more(head, mask, cached)
+        self.out = cached
+        self.batches = self._batches_of(mask)
+        n_decode = sum(paths[i] is not None for b in self.batches for i in b)
+        n_texts = sum(1 for b in self.batches for i in b if items[i].text is not None)
+        self._start_inputs(decode, n_decode, n_texts)
+        if self.stager is not None:
+            self._fill_ahead(0)
 
+    def _hash_more(self, begin: int, mask: np.ndarray, cached: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hash and look up items ``begin:``, appending to :attr:`hashes`: the whole call's hit mask
+        and cached embeddings from those of items ``:begin``."""
+        part = self._hash(begin, self.n)
+        part_mask, part_cached = self._lookup(part)
+        self.hashes.extend(part)
+        if part_cached is not None or cached is not None:
+            assert self.dim is not None
+            both = np.zeros((self.n, self.dim), dtype=np.float32)
+            for got, at in ((cached, slice(0, begin)), (part_cached, slice(begin, self.n))):
+                if got is not None:
+                    both[at] = got
+            cached = both
+        return np.concatenate([mask, part_mask]), cached
+
+    def _hash(self, begin: int, end: int) -> list[str]:
+        """Content hashes of items ``begin:end``; their image files' digests go to :attr:`file_digests`."""
+        got: dict[int, str] = {}
+        hashes = _hash_items(self.items[begin:end], self.paths[begin:end], self.pool,
+                             window=max(16, 4 * self.num_workers), file_digests=got)
+        self.file_digests.update((i + begin, d) for i, d in got.items())
+        return hashes
+
+    def _setup_rest(self) -> None:
+        """The rest of an early-started call's setup, once its first batch is with the model: hash
+        and look up the items after its early batches, then complete :attr:`batches` (the early
+        ones, being prepared, stay the same list objects: the decoder may have reordered them)."""
+        assert self._rest_ready is not None
+        try:
+            k = self._n_early
+            head = sum(len(b) for b in self.batches[:k])
+            mask, self.out = self._hash_more(head, np.zeros(head, dtype=bool), None)
+            rest = self._batches_of(mask)[k:]  # the early batches are items :head, all misses
+            self.batches.extend(rest)
+            last = self._early_preparing.get(k - 1)
+            if not rest and last is not None:  # the last early batch ends the call's inputs
+                last.add_done_callback(lambda _: self.inputs_done.set())
+        finally:
+            self._early_preparing.clear()
+            self._rest_ready.set()
+
+    def _batches_of(self, mask: np.ndarray) -> list[list[int]]:
+        """The batches of the items the embedding cache misses (``mask``: every item's hit), and
+        the call's counters."""
+        self.n_hit = int(mask.sum())
+        self.stats.items += self.n
+        self.stats.cache_hits += self.n_hit
         miss = np.flatnonzero(~mask)
-        self.batches = batches = [miss[i : i + self.bs].tolist() for i in range(0, len(miss), self.bs)]
+        batches = [miss[i : i + self.bs].tolist() for i in range(0, len(miss), self.bs)]
         if not batches:
             self.inputs_done.set()
+        return batches
+
+    def _lookup(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(hit mask, cached embeddings or None)`` of items with content ``hashes`` (all misses
+        without an embedding cache); their cache keys are appended to :attr:`keys`, the cache's
+        dimension checked against ``meta.dim`` and kept in :attr:`dim`."""
+        if not self.use_cache:
+            return np.zeros(len(hashes), dtype=bool), None
+        cache = self.cache
+        assert cache is not None
+        keys = cache.keys(self.role, self.instruction, hashes)
+        self.keys.extend(keys)
+        mask, cached = cache.get_many(keys)
+        if cached is not None:
+            if self.dim is not None and cached.shape[1] != self.dim:
+                raise EncoderError(
+                    f"encoder {self.meta.name!r}: the embedding cache {cache.path} holds dimension {cached.shape[1]} "
+                    f"but meta.dim is {self.dim}; delete that directory and re-run"
+                )
+            self.dim = cached.shape[1]
+        return mask, cached
+
+    def _start_inputs(self, decode: bool, n_decode: int, n_texts: int) -> None:
+        """Create what prepares :attr:`batches`: cache writer, decoder when ``decode``, stagers,
+        tokenizer (``n_decode`` / ``n_texts``: images to decode and texts to tokenise, or bounds on
+        them); :meth:`_fill_ahead` then starts preparing."""
+        encoder, paths, batches = self.encoder, self.paths, self.batches
         if self.use_cache and batches:
             assert self.cache is not None
             self.writer = _CacheWriter(self.cache)
-
         if decode:
             from mrbench.encoders.pixel_cache import resolve_pixel_cache
 
-            n_decode = sum(paths[i] is not None for b in batches for i in b)
-            self.decoder = _Decoder(encoder, items, paths, task.name, num_workers, self.workers, self.pool,
-                                    resolve_pixel_cache(self.pixel_cache) if batches else None, stats, file_digests,
-                                    n_decode=n_decode)
+            self.decoder = _Decoder(encoder, self.items, paths, self.task.name, self.num_workers, self.workers,
+                                    self.pool, resolve_pixel_cache(self.pixel_cache) if batches else None, self.stats,
+                                    self.file_digests, n_decode=n_decode)
             if (self.decoder.gpu is None and getattr(encoder, "pixels_on_device", False) and any(paths)
                     and _gpu_decode_device(encoder)):
                 self.device_stager = _DeviceStager(str(getattr(encoder, "device")))
@@ -1810,21 +1927,19 @@ class _EncodeCall:
             if self.decoder is not None and self.decoder.transform is not None:  # worker processes
                 if requested > self.decoder.procs_cap:
                     _warn_workers_capped(requested, self.decoder.procs_cap, "processes (one per usable core)")
-            elif requested > num_workers:
-                _warn_workers_capped(requested, num_workers, f"threads ({THREADS_PER_CORE} per usable core, "
+            elif requested > self.num_workers:
+                _warn_workers_capped(requested, self.num_workers, f"threads ({THREADS_PER_CORE} per usable core, "
                                      f"at most {MAX_THREADS})")
         text_fn = getattr(encoder, "text_transform", None)
-        if batches and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
-            n_texts = sum(1 for i in miss if items[i].text is not None)
-            fn = text_fn() if n_texts else None
+        if batches and n_texts and callable(text_fn) and callable(getattr(encoder, "text_of", None)):
+            fn = text_fn()
             if fn is not None:
-                self.tokenizer = _Tokenizer(encoder, fn, n_texts, num_workers)
+                self.tokenizer = _Tokenizer(encoder, fn, n_texts, self.num_workers)
         # a bounded queue: the batch being encoded and PREFETCH_BATCHES prepared in one background
         # thread (which also keeps the next batch decoding), never more, so memory stays flat
         if batches and (self.decoder is not None or self.tokenizer is not None):
             self.stager = ThreadPoolExecutor(1, thread_name_prefix="mrbench-prepare")
             self.stack.enter_context(_short_switch_interval(_gpu_decode_device(encoder) is not None))
-            self._fill_ahead(0)
 
     def setup_safely(self) -> None:
         """:meth:`setup` in a background thread: an error is kept for :meth:`result` to raise."""
@@ -1838,11 +1953,15 @@ class _EncodeCall:
     def _fill_ahead(self, b: int) -> None:
         """Keep batches ``b .. b + PREFETCH_BATCHES - 1`` being prepared."""
         assert self.stager is not None
-        while len(self.ahead) < PREFETCH_BATCHES and b + len(self.ahead) < len(self.batches):
-            self.ahead.append(self.stager.submit(self._prepare, b + len(self.ahead)))
+        while len(self.ahead) < PREFETCH_BATCHES and b + len(self.ahead) < self._n_known():
+            k = b + len(self.ahead)
+            self.ahead.append(self.stager.submit(self._prepare, k))
+            if k < self._n_early and not self._all_known():
+                self._early_preparing[k] = self.ahead[-1]
 
     def _prepare(self, b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
-        """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1``."""
+        """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1`` (once it
+        is known: a first batch may be prepared while the rest of the call is being hashed)."""
         batches, decoder, stats = self.batches, self.decoder, self.stats
         batch, ready = batches[b], None
         if decoder is not None:
@@ -1852,8 +1971,9 @@ class _EncodeCall:
             t0 = time.perf_counter()
             if b == 0:  # the model is idle: the first batch gets every worker before the next is started
                 loaded = decoding.pop(b)()
-            if b + 1 < len(batches) and b + 1 not in decoding:
-                decoding[b + 1] = decoder.submit(batches[b + 1])
+            nxt = self._next_known(b)
+            if nxt is not None and nxt not in decoding:
+                decoding[nxt] = decoder.submit(batches[nxt])
             if b != 0:
                 loaded = decoding.pop(b)()
             t1 = time.perf_counter()
@@ -1868,17 +1988,29 @@ class _EncodeCall:
         if tokenizer is not None:
             t0 = time.perf_counter()
             finish = self.tokenizing.pop(b, None) or tokenizer.submit(inputs)
-            nxt = b + 1
+            nxt = self._next_known(b)
             # a batch without images has its inputs already: its texts go to the workers now, so
             # they tokenise it while this one is collected (each batch's own wait was ~10 ms on a GPU host)
-            if (tokenizer.send_ahead and nxt < len(batches)
+            if (tokenizer.send_ahead and nxt is not None
                     and all(self.paths[i] is None for i in batches[nxt])):
                 self.tokenizing[nxt] = tokenizer.submit(self._inputs(batches[nxt], [(None, None)] * len(batches[nxt])))
             inputs = finish(inputs)
             stats.tokenize_seconds += time.perf_counter() - t0
-        if b == len(batches) - 1:
+        if self._all_known() and b == len(batches) - 1:
             self.inputs_done.set()
         return inputs, ready
+
+    def _all_known(self) -> bool:
+        """Whether :attr:`batches` is complete (see :meth:`setup`)."""
+        return self._rest_ready is None or self._rest_ready.is_set()
+
+    def _n_known(self) -> int:
+        """How many of :attr:`batches` are known (the early ones alone while the rest is being hashed)."""
+        return len(self.batches) if self._all_known() else self._n_early
+
+    def _next_known(self, b: int) -> int | None:
+        """``b + 1`` when that batch is known to exist, else ``None``."""
+        return b + 1 if b + 1 < self._n_known() else None
 
     def _inputs(self, batch: list[int], loaded: Sequence[Loaded]) -> list[EncodeInput]:
         items, paths, hashes, instruction = self.items, self.paths, self.hashes, self.instruction
@@ -1902,7 +2034,8 @@ class _EncodeCall:
                 raise self.setup_error
             if not self.ready_ahead:
                 self.setup()
-            out = self._run(progress, t_from)
+            with _gc_timed(self.stats):
+                out = self._run(progress, t_from)
         finally:
             self.close()
             self.stats.total_seconds += time.perf_counter() - t_from
@@ -1912,8 +2045,13 @@ class _EncodeCall:
 
     def _run(self, progress: Callable[[int], None] | None, t_start: float) -> np.ndarray:
         encoder, meta, stats, role, info = self.encoder, self.meta, self.stats, self.role, self.info
-        if progress is not None and self.n_hit:
-            progress(self.n_hit)
+
+        def report_hits() -> None:
+            if progress is not None and self.n_hit:
+                progress(self.n_hit)
+
+        if self._rest_ready is None:
+            report_hits()
         launch = async_encode_of(encoder)
 
         def complete(batch: list[int], ids: list[str], result: Callable[[], Any]) -> None:
@@ -1935,9 +2073,13 @@ class _EncodeCall:
             if progress is not None:
                 progress(len(batch))
 
-        # with an asynchronous encoder, batch b is checked after batch b + 1 is queued on the device
-        pending: tuple[list[int], list[str], Callable[[], Any]] | None = None
-        for b, batch in enumerate(self.batches):
+        # with an asynchronous encoder, batch b is checked once batch b + IN_FLIGHT is queued on the device
+        pending: deque[tuple[list[int], list[str], Callable[[], Any]]] = deque()
+        in_flight = max(1, IN_FLIGHT) if launch is not None else 0
+        b = -1
+        while b + 1 < len(self.batches):  # (an early-started call's batches after the first are added)
+            b += 1
+            batch = self.batches[b]
             if self.stager is not None:
                 self._fill_ahead(b)
                 t_wait = time.perf_counter()
@@ -1959,19 +2101,19 @@ class _EncodeCall:
                         raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
                         result = lambda raw=raw: raw  # noqa: E731
             except BaseException:
-                if pending is not None:  # keep (and cache) the batch already on its way
-                    with contextlib.suppress(Exception):
-                        complete(*pending)
+                with contextlib.suppress(Exception):  # keep (and cache) the batches already on their way
+                    while pending:
+                        complete(*pending.popleft())
                 raise
             stats.encode_seconds += time.perf_counter() - t0
-            if pending is not None:
-                complete(*pending)
-            pending = (batch, ids, result)
-            if launch is None:  # a synchronous encoder's batch is checked at once
-                complete(*pending)
-                pending = None
-        if pending is not None:
-            complete(*pending)
+            if b == 0 and not self._all_known():  # while the first batch runs
+                self._setup_rest()
+                report_hits()
+            pending.append((batch, ids, result))
+            while len(pending) > in_flight:  # (a synchronous encoder's batch is checked at once)
+                complete(*pending.popleft())
+        while pending:
+            complete(*pending.popleft())
         if self.writer is not None:
             self.writer.flush()
         if self.out is None:  # no items
