@@ -1,17 +1,25 @@
 """Warm pixel-cache image encoding in the three call patterns, with where each call's time went.
 
 open_clip ViT-B/32 (random weights) encodes the same MRBench-Synth images from a warm pixel cache
-(filled, then read once, untimed): in per-task calls one after the other (``pertask``), in per-task
-calls each started while the one before runs, as ``evaluate`` does for an encoder on a GPU
-(``ahead``), and in one call (``onecall``). Each run prints its share of the bare forward's rate
+(filled, then read once per task, timed and reported on its own as this process's first read): in
+per-task calls one after the other (``pertask``), in per-task calls each started while the one
+before runs, as ``evaluate`` does for an encoder on a GPU (``ahead``), and in one call
+(``onecall``); and ``--n-texts`` t2i query texts in one call (``texts``, against the bare text tower on
+ready token ids, as ``bench_encode.py`` compares them). Every timed call runs as ``evaluate`` runs it,
+with the objects alive before it frozen out of the cyclic collector's passes. Each run prints its share of the bare forward's rate
 (eager, the same batch replayed) and its :class:`~mrbench.encoders.harness.EncodeStats`: how long the
 model waited for inputs, the preparing thread for reads, the staging, the encoder calls, and the
-calls' start-up. ``--slices`` repeats every pattern with other values of
-:data:`~mrbench.encoders.harness.CACHE_READ_SLICE` (the fewest cached images a reader task reads),
-interleaved within each round. Meant for a GPU host (on a CPU the forward dominates).
+calls' start-up. ``--variant`` (repeatable) runs every pattern once per variant in each round,
+interleaved, each a comma-separated list of settings of :mod:`mrbench.encoders.harness` constants
+(``CACHE_READ_SLICE``, the fewest cached images a reader task reads; ``EARLY_BATCHES``, the
+batches a call prepares before hashing the rest of its items; ``IN_FLIGHT``, the batches queued on
+the device before the oldest is waited for); ``--slices`` is short for variants of
+``CACHE_READ_SLICE`` alone. A summary of each variant's median share per pattern ends the output.
+Meant for a GPU host (on a CPU the forward dominates).
 
     PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --rounds 3 --out $OUT/calls.json
     PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --slices 64,32,16
+    PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --variant EARLY_BATCHES=0 --variant EARLY_BATCHES=2
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +36,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES = ("pertask", "ahead", "onecall")
+MODES = ("pertask", "ahead", "onecall", "texts")
+TUNABLE = ("CACHE_READ_SLICE", "EARLY_BATCHES", "IN_FLIGHT")
+
+
+def parse_variant(text: str) -> dict[str, int]:
+    """``"A=1,B=2"`` -> ``{"A": 1, "B": 2}`` (names from :data:`TUNABLE`, integer values)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if name not in TUNABLE or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--variant {text!r}: expected NAME=INT[,NAME=INT...] with NAME in {', '.join(TUNABLE)}")
+        out[name] = int(value)
+    return out
 
 
 def main() -> None:
@@ -35,10 +56,13 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--n-images", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--n-texts", type=int, default=16384)
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
     ap.add_argument("--slices", default="", help="CACHE_READ_SLICE values to compare (default: the harness's)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=INT[,NAME=INT...]",
+                    help=f"harness settings to compare, interleaved (repeatable; names: {', '.join(TUNABLE)})")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -55,7 +79,9 @@ def main() -> None:
     from bench_util import bare_rate, device_setup
 
     device, _, sync, gpu = device_setup(args.device)
-    slices = [int(x) for x in args.slices.split(",") if x] or [harness.CACHE_READ_SLICE]
+    variants = [parse_variant(v) for v in args.variant]
+    variants += [{"CACHE_READ_SLICE": int(x)} for x in args.slices.split(",") if x]
+    variants = variants or [{}]
     bench = mrbench.load_benchmark("mrbench-synth")
     enc = get_encoder("openclip:ViT-B-32", random_init=True, device=device, batch_size=args.batch)
     cands = [(t, c) for t in bench.tasks if t.candidate_modality == "image" for c in t.candidates][: args.n_images]
@@ -69,40 +95,85 @@ def main() -> None:
     pix = torch.stack([enc.prepare_image(load_rgb(bench.image_path(c.image), c.id)) for c in sample]).to(device)
     raw_rate = bare_rate(enc.encode_images, pix, len(sample), max(1, len(every) // len(sample)), enc, sync)
     print(f"{gpu}: bare forward {raw_rate:,.0f} images/s", flush=True)
+    t2i = bench.task("t2i")
+    texts = (t2i.queries * (1 + args.n_texts // max(1, len(t2i.queries))))[: args.n_texts]
+    text_rate = 0.0
+    if "texts" in modes:
+        tokens = enc.tokenizer([q.text for q in texts[: args.batch]]).to(device)
+        text_rate = bare_rate(enc.encode_tokens, tokens, args.batch, max(1, len(texts) // args.batch), enc, sync)
+        print(f"{gpu}: bare text tower {text_rate:,.0f} texts/s", flush=True)
+        encode_items(enc, texts[: 2 * args.batch], role="query", task=t2i, bench=bench, batch_size=args.batch,
+                     num_workers=args.workers)  # tokenising workers started
 
     runs = []
-    saved = harness.CACHE_READ_SLICE
-    with tempfile.TemporaryDirectory() as d:
+    saved = {name: getattr(harness, name) for name in TUNABLE}
+    from mrbench.data.io import gc_frozen
+
+    # as evaluate runs its encode calls: the objects alive before them kept out of the cyclic
+    # collector's passes (refrozen before each timed call)
+    with tempfile.TemporaryDirectory() as d, gc_frozen() as refreeze:
         kw = dict(batch_size=args.batch, num_workers=args.workers, pixel_cache=PixelCache(d))
-        for _ in range(2):  # fill the cache, then read it once (shard headers, layouts, graphs, pools)
-            encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, **kw)
+        encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, **kw)  # fills the cache
+        # the first read in this process, per task (shard headers and layouts parsed, as in any new
+        # process that reads a warm cache): reported as its own row, before the rounds
+        refreeze()
+        st = EncodeStats()
+        sync()
+        t0 = time.perf_counter()
+        encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, stats=st, **kw)
+        sync()
+        wall = time.perf_counter() - t0
+        runs.append({"round": -1, "variant": "defaults", "slice": harness.CACHE_READ_SLICE, "mode": "pertask, first read",
+                     "wall_s": round(wall, 4), "share": round(len(every) / wall / raw_rate, 3),
+                     **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}})
+        print(f"first read, per task: wall {wall * 1e3:6.0f} ms  share {runs[-1]['share']:.3f}  "
+              f"model waited {st.input_wait_seconds:.3f} s, reads {st.read_wait_seconds:.3f} s, "
+              f"start-up {st.startup_seconds:.3f} s", flush=True)
         try:
             for r in range(args.rounds):
-                for size in slices:
-                    harness.CACHE_READ_SLICE = size
+                for settings in variants:
+                    for name, value in {**saved, **settings}.items():
+                        setattr(harness, name, value)
+                    label = ",".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
                     for mode in modes:
+                        refreeze()
                         st = EncodeStats()
                         sync()
                         t0 = time.perf_counter()
-                        if mode == "onecall":
+                        if mode == "texts":
+                            encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=args.batch,
+                                         num_workers=args.workers, stats=st)
+                        elif mode == "onecall":
                             encode_items(enc, every, role="candidate", task=groups[0][0], bench=bench, stats=st, **kw)
                         else:
                             encode_groups(enc, groups, role="candidate", bench=bench, ahead=mode == "ahead",
                                           stats=st, **kw)
                         sync()
                         wall = time.perf_counter() - t0
-                        row = {"round": r, "slice": size, "mode": mode, "wall_s": round(wall, 4),
-                               "share": round(len(every) / wall / raw_rate, 3),
+                        n_items, rate = (len(texts), text_rate) if mode == "texts" else (len(every), raw_rate)
+                        row = {"round": r, "variant": label, "slice": harness.CACHE_READ_SLICE, "mode": mode,
+                               "wall_s": round(wall, 4),
+                               "share": round(n_items / wall / rate, 3),
                                **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}}
                         runs.append(row)
-                        print(f"slice {size:<4} {mode:<8} wall {wall * 1e3:6.0f} ms  share {row['share']:.3f}  "
+                        print(f"{label} {mode:<8} wall {wall * 1e3:6.0f} ms  share {row['share']:.3f}  "
                               f"model waited {st.input_wait_seconds:.3f} s, reads {st.read_wait_seconds:.3f} s, "
                               f"staging {st.stage_seconds:.3f} s, encoder calls {st.encode_seconds:.3f} s, "
-                              f"start-up {st.startup_seconds:.3f} s", flush=True)
+                              f"start-up {st.startup_seconds:.3f} s, gc {st.gc_seconds:.3f} s", flush=True)
         finally:
-            harness.CACHE_READ_SLICE = saved
+            for name, value in saved.items():
+                setattr(harness, name, value)
+    print("median share of the bare forward (runs):")
+    for label in dict.fromkeys(r["variant"] for r in runs if r["round"] >= 0):
+        cells = []
+        for mode in modes:
+            got = [r for r in runs if r["variant"] == label and r["mode"] == mode and r["round"] >= 0]
+            cells.append(f"{mode} {statistics.median(r['share'] for r in got):.3f} "
+                         f"(start-up {statistics.median(r['startup_seconds'] for r in got) * 1e3:.0f} ms, {len(got)})")
+        print(f"  {label}: " + "; ".join(cells))
     if args.out:
-        out = {"device": gpu, "raw_per_s": round(raw_rate, 1), "images": len(every), "batch": args.batch,
+        out = {"device": gpu, "raw_per_s": round(raw_rate, 1), "raw_texts_per_s": round(text_rate, 1), "images": len(every),
+               "texts": len(texts), "batch": args.batch,
                "workers": args.workers, "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "runs": runs}
         args.out.parent.mkdir(parents=True, exist_ok=True)

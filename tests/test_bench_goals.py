@@ -100,9 +100,10 @@ def test_encode_row_steady_ratio_leaves_out_startup() -> None:
     be = _load_script("bench_encode")
     enc = SimpleNamespace(device="cuda", meta=SimpleNamespace(extra={"precision": "bf16"}), batch_size=256)
     stats = SimpleNamespace(input_wait_seconds=0.1, encode_seconds=0.2, read_wait_seconds=0.0, stage_seconds=0.0,
-                            tokenize_seconds=0.0, startup_seconds=0.1)
+                            tokenize_seconds=0.0, startup_seconds=0.1, gc_seconds=0.03)
     row = be._row("m", "images (warm pixel cache)", 1000, 0.5, 1000, 0.4, enc, stats)
     assert row["ratio"] == 0.8  # (1000 / 0.5) / (1000 / 0.4)
+    assert row["gc_s"] == 0.03
     assert row["steady_ratio"] == 1.0  # (1000 / 0.4) / (1000 / 0.4)
     assert "steady_ratio" not in be._row("m", "texts", 10, 0.5, 10, 0.4, enc)  # no stats: not known
 
