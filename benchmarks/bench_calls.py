@@ -6,7 +6,9 @@ per-task calls one after the other (``pertask``), in per-task calls each started
 before runs, as ``evaluate`` does for an encoder on a GPU (``ahead``), and in one call
 (``onecall``); and ``--n-texts`` t2i query texts in one call (``texts``, against the bare text tower on
 ready token ids, as ``bench_encode.py`` compares them). Every timed call runs as ``evaluate`` runs it,
-with the objects alive before it frozen out of the cyclic collector's passes. Each run prints its share of the bare forward's rate
+with the objects alive before it frozen out of the cyclic collector's passes. Each run also records
+the pinned host blocks torch's caching allocator had to create during it, and the time that took
+(``torch.cuda.host_memory_stats``; zeros without CUDA). Each run prints its share of the bare forward's rate
 (eager, the same batch replayed) and its :class:`~mrbench.encoders.harness.EncodeStats`: how long the
 model waited for inputs, the preparing thread for reads, the staging, the encoder calls, and the
 calls' start-up. ``--variant`` (repeatable) runs every pattern once per variant in each round,
@@ -37,6 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODES = ("pertask", "ahead", "onecall", "texts")
+
+
+def host_allocs() -> tuple[int, float]:
+    """``(pinned blocks created, ms spent creating them)`` so far by torch's caching host allocator
+    (zeros where it keeps no such statistics)."""
+    import torch
+
+    try:
+        st = torch.cuda.host_memory_stats()
+    except Exception:  # no CUDA, or a torch without these statistics
+        return 0, 0.0
+    return int(st.get("num_host_alloc", 0)), float(st.get("host_alloc_time.total", 0)) / 1e3
 TUNABLE = ("CACHE_READ_SLICE", "EARLY_BATCHES", "IN_FLIGHT")
 
 
@@ -119,16 +133,20 @@ def main() -> None:
         refreeze()
         st = EncodeStats()
         sync()
+        pinned0 = host_allocs()
         t0 = time.perf_counter()
         encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, stats=st, **kw)
         sync()
         wall = time.perf_counter() - t0
+        pinned = [round(a - b, 3) for a, b in zip(host_allocs(), pinned0)]
         runs.append({"round": -1, "variant": "defaults", "slice": harness.CACHE_READ_SLICE, "mode": "pertask, first read",
                      "wall_s": round(wall, 4), "share": round(len(every) / wall / raw_rate, 3),
+                     "pinned_blocks_created": pinned[0], "pinned_create_ms": pinned[1],
                      **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}})
         print(f"first read, per task: wall {wall * 1e3:6.0f} ms  share {runs[-1]['share']:.3f}  "
               f"model waited {st.input_wait_seconds:.3f} s, reads {st.read_wait_seconds:.3f} s, "
-              f"start-up {st.startup_seconds:.3f} s", flush=True)
+              f"start-up {st.startup_seconds:.3f} s, pinned blocks created {pinned[0]} ({pinned[1]:.1f} ms)",
+              flush=True)
         try:
             for r in range(args.rounds):
                 for settings in variants:
@@ -139,6 +157,7 @@ def main() -> None:
                         refreeze()
                         st = EncodeStats()
                         sync()
+                        pinned0 = host_allocs()
                         t0 = time.perf_counter()
                         if mode == "texts":
                             encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=args.batch,
@@ -150,10 +169,12 @@ def main() -> None:
                                           stats=st, **kw)
                         sync()
                         wall = time.perf_counter() - t0
+                        pinned = [round(a - b, 3) for a, b in zip(host_allocs(), pinned0)]
                         n_items, rate = (len(texts), text_rate) if mode == "texts" else (len(every), raw_rate)
                         row = {"round": r, "variant": label, "slice": harness.CACHE_READ_SLICE, "mode": mode,
                                "wall_s": round(wall, 4),
                                "share": round(n_items / wall / rate, 3),
+                               "pinned_blocks_created": pinned[0], "pinned_create_ms": pinned[1],
                                **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}}
                         runs.append(row)
                         print(f"{label} {mode:<8} wall {wall * 1e3:6.0f} ms  share {row['share']:.3f}  "
