@@ -897,3 +897,94 @@ def test_the_encode_loop_counts_the_collectors_passes():
     quiet = EncodeStats()
     _run(_enc(lambda items, role, k: eb.hashed(items), batch_size=4), 10, stats=quiet)
     assert quiet.gc_seconds < stats.gc_seconds
+
+
+class _AsyncPixels(eb.ScriptedEncoder):
+    def encode_async(self, items, *, role, task):
+        out = self.encode(items, role=role, task=task)
+        return lambda: out
+
+
+def _stored(cache_dir, role, hashes) -> int:
+    from mrbench.encoders.cache import EmbeddingCache
+
+    c = EmbeddingCache(cache_dir, "ns")
+    return int(c.get_many(c.keys(role, None, hashes))[0].sum())
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_batch_that_cannot_be_prepared_keeps_every_batch_already_launched(tmp_path, monkeypatch, in_flight):
+    """An undecodable image in the fourth batch: the three batches launched before it are checked
+    and cached (with two in flight, failing outside the launch used to drop them)."""
+    from mrbench.encoders import harness
+    from mrbench.encoders.cache import EmbeddingCache
+    from mrbench.encoders.harness import item_content_hash
+
+    monkeypatch.setattr(harness, "IN_FLIGHT", in_flight)
+    bench = eb.image_bench(tmp_path, n=9)
+    task = bench.tasks[0]
+    (tmp_path / "images" / "c7.png").write_bytes(b"not an image")  # batch 3 = [c6, c7]
+    enc = _AsyncPixels(lambda items, role, k: np.ones((len(items), 2), np.float32), needs_pixels=True, batch_size=2,
+                       similarity="dot")
+    stats = EncodeStats()
+    with pytest.raises(BenchmarkError, match="c7"):
+        encode_items(enc, task.candidates, role="candidate", task=task, bench=bench, num_workers=2, stats=stats,
+                     cache=EmbeddingCache(tmp_path / "cache", "ns"))
+    assert len(enc.calls) == 3 and stats.encoded == 6
+    hashes = [item_content_hash(None, bench.image_path(c.image)) for c in task.candidates[:6]]
+    assert _stored(tmp_path / "cache", "candidate", hashes) == 6
+
+
+def test_a_batch_that_fails_its_check_does_not_drop_the_one_after_it(tmp_path, monkeypatch):
+    """The launch of the third batch fails with two in flight; the first's embeddings are invalid:
+    the second is still checked and cached."""
+    from mrbench.encoders import harness
+    from mrbench.encoders.cache import EmbeddingCache
+    from mrbench.encoders.harness import item_content_hash
+
+    monkeypatch.setattr(harness, "IN_FLIGHT", 2)
+
+    def fn(items, role, k):
+        if k == 2:
+            raise KeyboardInterrupt
+        x = eb.hashed(items)
+        if k == 0:
+            x[0, 0] = np.nan
+        return x
+
+    bench = eb.text_bench(10)
+    task = bench.tasks[0]
+    with pytest.raises(KeyboardInterrupt):
+        encode_items(_AsyncPixels(fn, batch_size=3), task.queries, role="query", task=task, bench=bench,
+                     cache=EmbeddingCache(tmp_path, "ns"))
+    hashes = [item_content_hash(q.text, None) for q in task.queries]
+    assert _stored(tmp_path, "query", hashes[3:6]) == 3 and _stored(tmp_path, "query", hashes[:3]) == 0
+
+
+@pytest.mark.parametrize("early", [0, 2])
+def test_a_call_that_fails_on_its_first_batch_still_counts_its_items(tmp_path, monkeypatch, early):
+    from mrbench.encoders import harness
+
+    monkeypatch.setattr(harness, "EARLY_BATCHES", early)
+    bench = eb.image_bench(tmp_path, n=7)
+    task = bench.tasks[0]
+
+    def boom(items, role, k):
+        raise RuntimeError("boom")
+
+    stats = EncodeStats()
+    with pytest.raises(EncoderError, match="boom"):
+        encode_items(eb.ScriptedEncoder(boom, needs_pixels=True, batch_size=2), task.candidates, role="candidate",
+                     task=task, bench=bench, stats=stats, num_workers=2)
+    assert stats.items == 7 and stats.encoded == 0
+
+
+def test_a_call_without_image_files_hashes_everything_first(monkeypatch):
+    """Only calls with image files to stat take the early path (an image-reading encoder's text queries do not)."""
+    from mrbench.encoders import harness
+
+    sizes: list[int] = []
+    real = harness._hash_items
+    monkeypatch.setattr(harness, "_hash_items", lambda items, *a, **k: sizes.append(len(items)) or real(items, *a, **k))
+    _run(_pixel_encoder(), n=10)
+    assert sizes == [10]

@@ -1797,6 +1797,7 @@ class _EncodeCall:
     # -- before the first batch -------------------------------------------------------------------
     def setup(self) -> None:
         items, n = self.items, self.n
+        self.stats.items += n
         self.paths = paths = [self.bench.image_path(it.image) if it.image else None for it in items]
         n_paths = sum(p is not None for p in paths)  # no more threads than files to hash or decode
         num_workers = self.num_workers
@@ -1807,7 +1808,7 @@ class _EncodeCall:
         # whatever the rest holds, so they are prepared first, and the rest is hashed once the model
         # has the first (see _setup_rest)
         head = min(n, max(0, EARLY_BATCHES) * self.bs)
-        early = decode and 0 < head < n
+        early = decode and n_paths > 0 and 0 < head < n
         if not early:
             head = n
         self.hashes = self._hash(0, head)
@@ -1873,10 +1874,9 @@ class _EncodeCall:
             self._rest_ready.set()
 
     def _batches_of(self, mask: np.ndarray) -> list[list[int]]:
-        """The batches of the items the embedding cache misses (``mask``: every item's hit), and
-        the call's counters."""
+        """The batches of the items the embedding cache misses (``mask``: every item's hit); counts
+        the hits."""
         self.n_hit = int(mask.sum())
-        self.stats.items += self.n
         self.stats.cache_hits += self.n_hit
         miss = np.flatnonzero(~mask)
         batches = [miss[i : i + self.bs].tolist() for i in range(0, len(miss), self.bs)]
@@ -2076,44 +2076,44 @@ class _EncodeCall:
         # with an asynchronous encoder, batch b is checked once batch b + IN_FLIGHT is queued on the device
         pending: deque[tuple[list[int], list[str], Callable[[], Any]]] = deque()
         in_flight = max(1, IN_FLIGHT) if launch is not None else 0
-        b = -1
-        while b + 1 < len(self.batches):  # (an early-started call's batches after the first are added)
-            b += 1
-            batch = self.batches[b]
-            if self.stager is not None:
-                self._fill_ahead(b)
-                t_wait = time.perf_counter()
-                inputs, ready = self.ahead.popleft().result()
-                stats.input_wait_seconds += time.perf_counter() - t_wait
-                if ready is not None:
-                    ready()
-            else:
-                inputs, _ = self._prepare(b)
-            ids = [it.id for it in inputs]
-            t0 = time.perf_counter()
-            if b == 0:
-                stats.startup_seconds += t0 - t_start
-            try:
+        try:
+            b = -1
+            while b + 1 < len(self.batches):  # (an early-started call's batches after the first are added)
+                b += 1
+                batch = self.batches[b]
+                if self.stager is not None:
+                    self._fill_ahead(b)
+                    t_wait = time.perf_counter()
+                    inputs, ready = self.ahead.popleft().result()
+                    stats.input_wait_seconds += time.perf_counter() - t_wait
+                    if ready is not None:
+                        ready()
+                else:
+                    inputs, _ = self._prepare(b)
+                ids = [it.id for it in inputs]
+                t0 = time.perf_counter()
+                if b == 0:
+                    stats.startup_seconds += t0 - t_start
                 with _encoder_failure(meta.name, role, self.task.name, ids):
                     if launch is not None:
                         result = launch(inputs, role=role, task=info)
                     else:
                         raw = encoder.encode(inputs, role=role, task=info)  # type: ignore[arg-type]
                         result = lambda raw=raw: raw  # noqa: E731
-            except BaseException:
-                with contextlib.suppress(Exception):  # keep (and cache) the batches already on their way
-                    while pending:
-                        complete(*pending.popleft())
-                raise
-            stats.encode_seconds += time.perf_counter() - t0
-            if b == 0 and not self._all_known():  # while the first batch runs
-                self._setup_rest()
-                report_hits()
-            pending.append((batch, ids, result))
-            while len(pending) > in_flight:  # (a synchronous encoder's batch is checked at once)
+                stats.encode_seconds += time.perf_counter() - t0
+                pending.append((batch, ids, result))
+                if b == 0 and not self._all_known():  # while the first batch runs (checked after this)
+                    self._setup_rest()
+                    report_hits()
+                while len(pending) > in_flight:  # (a synchronous encoder's batch is checked at once)
+                    complete(*pending.popleft())
+            while pending:
                 complete(*pending.popleft())
-        while pending:
-            complete(*pending.popleft())
+        except BaseException:
+            while pending:  # keep (and cache) the batches already on their way, each on its own
+                with contextlib.suppress(Exception):
+                    complete(*pending.popleft())
+            raise
         if self.writer is not None:
             self.writer.flush()
         if self.out is None:  # no items
