@@ -51,6 +51,8 @@ def host_allocs() -> tuple[int, float]:
     except Exception:  # no CUDA, or a torch without these statistics
         return 0, 0.0
     return int(st.get("num_host_alloc", 0)), float(st.get("host_alloc_time.total", 0)) / 1e3
+
+
 TUNABLE = ("CACHE_READ_SLICE", "EARLY_BATCHES", "IN_FLIGHT")
 
 
@@ -127,26 +129,40 @@ def main() -> None:
     # collector's passes (refrozen before each timed call)
     with tempfile.TemporaryDirectory() as d, gc_frozen() as refreeze:
         kw = dict(batch_size=args.batch, num_workers=args.workers, pixel_cache=PixelCache(d))
+
+        def timed(r: int, label: str, mode: str) -> None:
+            """Run one call pattern (gc refrozen, the device synchronised), record and print its row."""
+            refreeze()
+            st = EncodeStats()
+            sync()
+            pinned0 = host_allocs()
+            t0 = time.perf_counter()
+            if mode == "texts":
+                encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=args.batch,
+                             num_workers=args.workers, stats=st)
+            elif mode == "onecall":
+                encode_items(enc, every, role="candidate", task=groups[0][0], bench=bench, stats=st, **kw)
+            else:
+                encode_groups(enc, groups, role="candidate", bench=bench, ahead=mode == "ahead", stats=st, **kw)
+            sync()
+            wall = time.perf_counter() - t0
+            pinned = [round(a - b, 3) for a, b in zip(host_allocs(), pinned0)]
+            n_items, rate = (len(texts), text_rate) if mode == "texts" else (len(every), raw_rate)
+            row = {"round": r, "variant": label, "slice": harness.CACHE_READ_SLICE, "mode": mode,
+                   "wall_s": round(wall, 4), "share": round(n_items / wall / rate, 3),
+                   "pinned_blocks_created": pinned[0], "pinned_create_ms": pinned[1],
+                   **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}}
+            runs.append(row)
+            print(f"{label} {mode:<8} wall {wall * 1e3:6.0f} ms  share {row['share']:.3f}  "
+                  f"model waited {st.input_wait_seconds:.3f} s, reads {st.read_wait_seconds:.3f} s, "
+                  f"staging {st.stage_seconds:.3f} s, encoder calls {st.encode_seconds:.3f} s, "
+                  f"start-up {st.startup_seconds:.3f} s, gc {st.gc_seconds:.3f} s, "
+                  f"pinned blocks created {pinned[0]} ({pinned[1]:.1f} ms)", flush=True)
+
         encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, **kw)  # fills the cache
         # the first read in this process, per task (shard headers and layouts parsed, as in any new
-        # process that reads a warm cache): reported as its own row, before the rounds
-        refreeze()
-        st = EncodeStats()
-        sync()
-        pinned0 = host_allocs()
-        t0 = time.perf_counter()
-        encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, stats=st, **kw)
-        sync()
-        wall = time.perf_counter() - t0
-        pinned = [round(a - b, 3) for a, b in zip(host_allocs(), pinned0)]
-        runs.append({"round": -1, "variant": "defaults", "slice": harness.CACHE_READ_SLICE, "mode": "pertask, first read",
-                     "wall_s": round(wall, 4), "share": round(len(every) / wall / raw_rate, 3),
-                     "pinned_blocks_created": pinned[0], "pinned_create_ms": pinned[1],
-                     **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}})
-        print(f"first read, per task: wall {wall * 1e3:6.0f} ms  share {runs[-1]['share']:.3f}  "
-              f"model waited {st.input_wait_seconds:.3f} s, reads {st.read_wait_seconds:.3f} s, "
-              f"start-up {st.startup_seconds:.3f} s, pinned blocks created {pinned[0]} ({pinned[1]:.1f} ms)",
-              flush=True)
+        # process that reads a warm cache): reported as its own row (round -1), before the rounds
+        timed(-1, "first read", "pertask")
         try:
             for r in range(args.rounds):
                 for settings in variants:
@@ -154,33 +170,7 @@ def main() -> None:
                         setattr(harness, name, value)
                     label = ",".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
                     for mode in modes:
-                        refreeze()
-                        st = EncodeStats()
-                        sync()
-                        pinned0 = host_allocs()
-                        t0 = time.perf_counter()
-                        if mode == "texts":
-                            encode_items(enc, texts, role="query", task=t2i, bench=bench, batch_size=args.batch,
-                                         num_workers=args.workers, stats=st)
-                        elif mode == "onecall":
-                            encode_items(enc, every, role="candidate", task=groups[0][0], bench=bench, stats=st, **kw)
-                        else:
-                            encode_groups(enc, groups, role="candidate", bench=bench, ahead=mode == "ahead",
-                                          stats=st, **kw)
-                        sync()
-                        wall = time.perf_counter() - t0
-                        pinned = [round(a - b, 3) for a, b in zip(host_allocs(), pinned0)]
-                        n_items, rate = (len(texts), text_rate) if mode == "texts" else (len(every), raw_rate)
-                        row = {"round": r, "variant": label, "slice": harness.CACHE_READ_SLICE, "mode": mode,
-                               "wall_s": round(wall, 4),
-                               "share": round(n_items / wall / rate, 3),
-                               "pinned_blocks_created": pinned[0], "pinned_create_ms": pinned[1],
-                               **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.to_dict().items()}}
-                        runs.append(row)
-                        print(f"{label} {mode:<8} wall {wall * 1e3:6.0f} ms  share {row['share']:.3f}  "
-                              f"model waited {st.input_wait_seconds:.3f} s, reads {st.read_wait_seconds:.3f} s, "
-                              f"staging {st.stage_seconds:.3f} s, encoder calls {st.encode_seconds:.3f} s, "
-                              f"start-up {st.startup_seconds:.3f} s, gc {st.gc_seconds:.3f} s", flush=True)
+                        timed(r, label, mode)
         finally:
             for name, value in saved.items():
                 setattr(harness, name, value)

@@ -1791,7 +1791,7 @@ class _EncodeCall:
         self.inputs_done = threading.Event()  # every batch prepared (or the call ended): a next call may start
         self._rest_ready: threading.Event | None = None  # set once the batches past the early ones are known
         self._n_early = 0  # batches prepared before the rest of the items are hashed (see setup)
-        self._early_preparing: dict[int, Future] = {}  # their preparation, until the rest is known
+        self._last_early: Future | None = None  # the last early batch's preparation, until the rest is known
         self.file_digests: dict[int, str] = {}  # item index -> sha256 of its image file
 
     # -- before the first batch -------------------------------------------------------------------
@@ -1866,11 +1866,10 @@ class _EncodeCall:
             mask, self.out = self._hash_more(head, np.zeros(head, dtype=bool), None)
             rest = self._batches_of(mask)[k:]  # the early batches are items :head, all misses
             self.batches.extend(rest)
-            last = self._early_preparing.get(k - 1)
-            if not rest and last is not None:  # the last early batch ends the call's inputs
-                last.add_done_callback(lambda _: self.inputs_done.set())
+            if not rest and self._last_early is not None:  # the last early batch ends the call's inputs
+                self._last_early.add_done_callback(lambda _: self.inputs_done.set())
         finally:
-            self._early_preparing.clear()
+            self._last_early = None
             self._rest_ready.set()
 
     def _batches_of(self, mask: np.ndarray) -> list[list[int]]:
@@ -1956,8 +1955,8 @@ class _EncodeCall:
         while len(self.ahead) < PREFETCH_BATCHES and b + len(self.ahead) < self._n_known():
             k = b + len(self.ahead)
             self.ahead.append(self.stager.submit(self._prepare, k))
-            if k < self._n_early and not self._all_known():
-                self._early_preparing[k] = self.ahead[-1]
+            if k == self._n_early - 1 and not self._all_known():
+                self._last_early = self.ahead[-1]
 
     def _prepare(self, b: int) -> tuple[list[EncodeInput], Callable[[], None] | None]:
         """Batch ``b``'s inputs (decoded, staged, tokenised); starts decoding batch ``b + 1`` (once it

@@ -761,9 +761,9 @@ class PixelCache:
         return self.write(fingerprint, tensors, meta)
 
 
-_ST_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "F16": "<f2", "U32": "<u4",
-              "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8"}
-_NP_DTYPES = {k: np.dtype(v) for k, v in _ST_DTYPES.items()}
+_ST_DTYPES = {k: np.dtype(v) for k, v in {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "F16": "<f2",
+                                          "U32": "<u4", "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8",
+                                          "F64": "<f8"}.items()}
 
 
 class _ShardHeader:
@@ -871,11 +871,11 @@ class _ShardReader:
 
     def _check_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype, int, int]:
         # plain-int arithmetic: a process's first read of a warm cache checks every image's layout,
-        # under the GIL (np.prod and np.dtype per image took ~60 ms per 4k images on a GPU host)
+        # under the GIL (np.prod and np.dtype made it 4.5 us an image, 1.5 now, on the build machine)
         info = self.header.get(name)
         kind = info.get("dtype") if isinstance(info, dict) else None
-        dtype = _NP_DTYPES.get(kind) if isinstance(kind, str) else None
-        if info is None or dtype is None:
+        dtype = _ST_DTYPES.get(kind) if isinstance(kind, str) else None
+        if dtype is None:
             raise ValueError(f"tensor {name[:12]}… missing or of an unknown dtype")
         shape, (b, e) = tuple(int(x) for x in info["shape"]), [int(x) for x in info["data_offsets"]]
         if not (0 <= b <= e <= self.data_size and min(shape, default=0) >= 0
