@@ -111,6 +111,35 @@ def test_negation_skips_the_negated_span() -> None:
     assert _pairs("the door isn't open") == [(ENTITY, "door")]
 
 
+@pytest.mark.parametrize("text, expected", [
+    # CIRR-style edits: what an edit takes away is no grain of the query (the target lacks it)
+    ("remove the kite", []),
+    ("Remove the people and add a dog", [(ENTITY, "dog")]),
+    ("please remove the cup, show a bench", [(ENTITY, "bench")]),
+    ("remove the cat and the dog", []),
+    ("Remove the concrete and make the dog a husky", [(ENTITY, "dog"), (ENTITY, "husky")]),
+    ("Get rid of the car and make the sky blue", [(SCENE, "sky"), (ATTRIBUTE, "blue")]),
+    ("delete the bench, add a tree", [(ENTITY, "tree")]),
+    ("take away the umbrella", []),
+    ("replace the cat with a dog", [(ENTITY, "dog")]),
+    ("turn the cat into a tiger", [(ENTITY, "tiger")]),
+    ("swap the ball for a frisbee", [(ENTITY, "frisbee")]),
+    ("change the background to a forest", [(SCENE, "forest")]),
+    ("change the color of the dog to black", [(ENTITY, "dog"), (ATTRIBUTE, "black")]),
+    ("has two dogs instead of one", [(ATTRIBUTE, "two"), (ENTITY, "dogs")]),
+    ("a red shirt instead of a blue one", [(ATTRIBUTE, "red"), (ENTITY, "shirt")]),
+    ("a dog rather than a cat", [(ENTITY, "dog")]),
+    ("a man standing rather than sitting", [(ENTITY, "man"), (ACTION_OR_STATE, "standing")]),
+    # descriptions: the same verbs in other forms or mid-clause negate nothing
+    ("a man removing a tire from a car",
+     [(ENTITY, "man"), (ACTION_OR_STATE, "removing"), (ENTITY, "tire"), (ENTITY, "car")]),
+    ("a man takes out the trash", [(ENTITY, "man"), (ENTITY, "trash")]),
+    ("two men remove snow from a roof", [(ATTRIBUTE, "two"), (ENTITY, "men"), (SCENE, "snow"), (ENTITY, "roof")]),
+])
+def test_edits_negate_what_they_take_away(text: str, expected: list) -> None:
+    assert _pairs(text) == expected
+
+
 def test_relations_span_preposition_to_head_noun() -> None:
     gs = _lex("A dog sitting next to a wooden bench")
     rel = [g for g in gs if g.type == RELATION]

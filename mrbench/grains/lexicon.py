@@ -39,7 +39,17 @@ Negation: ``without``, ``no``, ``none`` negate the noun phrase that follows them
 phrases joined by *or* / *nor*); ``not`` / ``never`` / ``…n't`` negate the next word and, when that is
 a verb or adjective, the noun phrase after it. **Negated spans yield no grains at all** (no entity,
 attribute or relation): ``"a man without a hat"`` gives only ``entity:man``; ``"a street with no
-cars"`` gives only ``scene:street``.
+cars"`` gives only ``scene:street``. Edit instructions (CIRR-style) negate what they take away:
+an imperative removal verb (base form at the start of a clause, after an optional ``please`` /
+``and`` …; :data:`~mrbench.grains.vocab.REMOVAL_VERBS`) negates its object noun phrases (joined by
+*and* / *or*): ``"remove the kite and add a dog"`` gives only ``entity:dog``. An imperative
+substitution ``V X <linker> Y`` (:data:`~mrbench.grains.vocab.SUBSTITUTION_VERBS`) negates ``X`` and the
+linker, so the linker is no relation: ``"replace the cat with a dog"`` gives only ``entity:dog``
+(``"change the color of the dog to black"``, whose first object is no plain noun phrase, is left as
+it is). ``instead of`` / ``rather than`` negate the phrase that follows (a noun phrase, else its
+determiners, adjectives and counts, or one word): ``"two dogs instead of one"`` gives
+``attribute:2``, ``entity:dog``. Verbs in other forms describe a scene and negate nothing
+(``"a man removing a tire"``).
 
 Deduplication: within one text a grain is emitted once per ``(type, key)``; the first occurrence
 wins. Grains are returned in order of appearance (relations at their preposition).
@@ -79,6 +89,8 @@ _PREP_TABLE: frozenset[tuple[str, ...]] = frozenset(tuple(w.split()) for w in V.
 _COLL_TABLE: frozenset[tuple[str, ...]] = frozenset(
     tuple(w.replace("-", " ").split()) for w in V.COLLECTIVE_NOUNS
 )
+_REMOVAL_TABLE: frozenset[tuple[str, ...]] = frozenset(tuple(w.split()) for w in V.REMOVAL_VERBS)
+_CONTRAST_TABLE: frozenset[tuple[str, ...]] = frozenset(tuple(w.split()) for w in V.CONTRAST_MARKERS)
 _MAXLEN = 6
 _SINGLE_PREPS: frozenset[str] = frozenset(p for p in V.RELATION_PREPOSITIONS if " " not in p)
 _PREP_WORDS: frozenset[str] = frozenset(w for p in V.RELATION_PREPOSITIONS for w in p.split())
@@ -312,7 +324,79 @@ class _Parser:
                 continue
             return end
 
+    def _clause_initial(self, i: int) -> bool:
+        """Does token ``i`` start a clause (text start or after punctuation), possibly after
+        :data:`~mrbench.grains.vocab.IMPERATIVE_LEADS` or a coordinating ``and`` / ``but``?"""
+        k = i
+        while not self.t[k].boundary_before:
+            prev = self.low[k - 1]
+            if prev in ("and", "but"):
+                return True
+            if prev not in V.IMPERATIVE_LEADS:
+                return False
+            k -= 1
+        return True
+
+    def _np_start(self, i: int) -> bool:
+        """Can a noun phrase start at ``i`` (a determiner, count, adjective or known noun), within
+        the clause?"""
+        return (i < self.n and not self.t[i].boundary_before
+                and (self.low[i] in V.DETERMINERS or self._adj(i) > 0 or self._noun(i) is not None))
+
+    def _negate_objects(self, i: int) -> None:
+        """Negate the phrases from ``i`` joined by *and* / *or* / *nor* (a removal's objects; see
+        :meth:`_negate_phrase`)."""
+        end = self._negate_phrase(i, any_word=False)
+        while (end > i and end + 1 < self.n and self.low[end] in ("and", "or", "nor")
+               and not self.t[end].boundary_before and self._np_start(end + 1)):
+            self._mark(end, end + 1)
+            i, end = end + 1, self._negate_phrase(end + 1, any_word=False)
+
+    def _negate_phrase(self, j: int, any_word: bool = True) -> int:
+        """Negate the phrase at ``j``: a noun phrase, else its determiners, adjectives and counts
+        (``"a blue one"``, ``"the concrete"``), else (with ``any_word``) one word: an action, an
+        adjective or any word. Returns the end of what was negated (``j`` if nothing)."""
+        if j >= self.n or self.t[j].boundary_before:
+            return j
+        end = self._negate_np(j)
+        if end > j:
+            return end
+        k = j
+        while k < self.n and (k == j or not self.t[k].boundary_before):
+            w = self.low[k]
+            step = 1 if w in V.DETERMINERS or w in ("one", "ones") else self._adj(k)
+            if not step:
+                break
+            k += step
+        if k == j and any_word:
+            k = j + max(self._match(j, _ACT_TABLE), 1)
+        self._mark(j, k)
+        return k
+
+    def _mark_edits(self) -> None:
+        """Negations of edit instructions and contrasts (see the module docstring)."""
+        low = self.low
+        for i in range(self.n):
+            c = self._match(i, _CONTRAST_TABLE)
+            if c:
+                self._mark(i, i + c)
+                self._negate_phrase(i + c)
+                continue
+            r = self._match(i, _REMOVAL_TABLE)
+            if r and self._clause_initial(i) and self._np_start(i + r):
+                self._mark(i, i + r)
+                self._negate_objects(i + r)
+                continue
+            linkers = V.SUBSTITUTION_VERBS.get(low[i])
+            if linkers and self._clause_initial(i):
+                np_ = self._np(i + 1, allow_unknown=True)
+                end = np_[1] if np_ is not None else 0
+                if (np_ is not None and end < self.n and low[end] in linkers
+                        and not self.t[end].boundary_before and i + 1 < self.n and not self.t[i + 1].boundary_before):
+                    self._mark(i, end + 1)
+
     def _mark_negations(self) -> None:
+        self._mark_edits()
         for i, tok in enumerate(self.t):
             w = tok.low
             if w in ("without", "no", "none", "nobody", "nothing"):

@@ -305,6 +305,23 @@ RELATION_PREPOSITIONS: tuple[str, ...] = (
 NEGATORS: frozenset[str] = frozenset(("no", "not", "without", "never", "none", "nobody", "nothing"))
 """Words that negate the phrase that follows them (see the lexicon extractor's negation rule)."""
 
+REMOVAL_VERBS: tuple[str, ...] = ("remove", "delete", "erase", "eliminate", "get rid of", "take away", "take out")
+"""Edit verbs whose object is absent from the target (CIRR-style "remove the kite"), when used as an
+imperative: base form at the start of a clause (see the lexicon extractor's negation rule)."""
+
+SUBSTITUTION_VERBS: dict[str, tuple[str, ...]] = {
+    "replace": ("with", "by"), "swap": ("for", "with"), "switch": ("for", "with"), "exchange": ("for", "with"),
+    "change": ("to", "into", "for"), "turn": ("into",),
+}
+"""Edit verbs ``V X <linker> Y`` whose first object ``X`` is replaced by ``Y`` ("replace the cat with a
+dog"), each with the words that may link the two; imperative only, like :data:`REMOVAL_VERBS`."""
+
+CONTRAST_MARKERS: tuple[str, ...] = ("instead of", "rather than")
+"""Phrases whose following phrase is what the text does *not* ask for ("two dogs instead of one")."""
+
+IMPERATIVE_LEADS: frozenset[str] = frozenset(("please", "just", "also", "now", "simply", "then"))
+"""Words that may precede an edit verb at the start of its clause ("please remove the cup")."""
+
 FUNCTION_WORDS: frozenset[str] = frozenset((
     "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "and", "or", "but",
     "of", "to", "for", "from", "as", "it", "he", "she", "they", "them", "him", "there", "here",
