@@ -130,6 +130,12 @@ def test_negation_skips_the_negated_span() -> None:
     ("a red shirt instead of a blue one", [(ATTRIBUTE, "red"), (ENTITY, "shirt")]),
     ("a dog rather than a cat", [(ENTITY, "dog")]),
     ("a man standing rather than sitting", [(ENTITY, "man"), (ACTION_OR_STATE, "standing")]),
+    ("remove all but one dog and add a woman hugging it",  # (a CIRR caption)
+     [(ATTRIBUTE, "one"), (ENTITY, "dog"), (ENTITY, "woman"), (ACTION_OR_STATE, "hugging")]),
+    # a possessor stays: only what it owns is taken away
+    ("remove the dog's collar", [(ENTITY, "dog's")]),
+    ("remove the dog\u2019s red collar and add a ball", [(ENTITY, "dog\u2019s"), (ENTITY, "ball")]),
+    ("a man without his dog's leash", [(ENTITY, "man"), (ENTITY, "dog's")]),
     # descriptions: the same verbs in other forms or mid-clause negate nothing
     ("a man removing a tire from a car",
      [(ENTITY, "man"), (ACTION_OR_STATE, "removing"), (ENTITY, "tire"), (ENTITY, "car")]),

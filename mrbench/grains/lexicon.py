@@ -48,7 +48,8 @@ linker, so the linker is no relation: ``"replace the cat with a dog"`` gives onl
 (``"change the color of the dog to black"``, whose first object is no plain noun phrase, is left as
 it is). ``instead of`` / ``rather than`` negate the phrase that follows (a noun phrase, else its
 determiners, adjectives and counts, or one word): ``"two dogs instead of one"`` gives
-``attribute:2``, ``entity:dog``. Verbs in other forms describe a scene and negate nothing
+``attribute:2``, ``entity:dog``. A possessor is never negated, only what it owns: ``"remove the
+dog's collar"`` gives ``entity:dog``. Verbs in other forms describe a scene and negate nothing
 (``"a man removing a tire"``).
 
 Deduplication: within one text a grain is emitted once per ``(type, key)``; the first occurrence
@@ -102,6 +103,7 @@ class _Tok:
     start: int
     end: int
     boundary_before: bool
+    possessive: bool = False  # written with "'s" (stripped from ``low``)
 
 
 def _tokenize(text: str) -> list[_Tok]:
@@ -109,10 +111,11 @@ def _tokenize(text: str) -> list[_Tok]:
     prev_end = 0
     for m in _TOKEN.finditer(text):
         low = m.group(0).lower().replace("\u2019", "'")
-        if low.endswith("'s"):
+        poss = low.endswith("'s")
+        if poss:
             low = low[:-2]
         gap = text[prev_end:m.start()]
-        toks.append(_Tok(low, m.start(), m.end(), bool(_BOUNDARY.search(gap)) or not toks))
+        toks.append(_Tok(low, m.start(), m.end(), bool(_BOUNDARY.search(gap)) or not toks, poss))
         prev_end = m.end()
     return toks
 
@@ -316,7 +319,14 @@ class _Parser:
             np_ = self._np(end, allow_unknown=True)
             if np_ is None:
                 return end
-            self._mark(end, np_[1])
+            # a possessor keeps its grains: "remove the dog's (red) collar" negates the collar only
+            h = np_[1]
+            if (self.t[h - 1].possessive and h < self.n and not self.t[h].boundary_before
+                    and self._np(h, allow_unknown=True) is not None):
+                end = h
+                continue
+            first = max([k + 1 for k in range(end, np_[0]) if self.t[k].possessive], default=end)
+            self._mark(first, np_[1])
             end = np_[1]
             if end < self.n and self.t[end].low in ("or", "nor") and not self.t[end].boundary_before:
                 self._mark(end, end + 1)
