@@ -48,7 +48,8 @@ linker, so the linker is no relation: ``"replace the cat with a dog"`` gives onl
 (``"change the color of the dog to black"``, whose first object is no plain noun phrase, is left as
 it is). ``instead of`` / ``rather than`` negate the phrase that follows (a noun phrase, else its
 determiners, adjectives and counts, or one word): ``"two dogs instead of one"`` gives
-``attribute:2``, ``entity:dog``. A possessor is never negated, only what it owns: ``"remove the
+``attribute:2``, ``entity:dog``. A removed object's relation goes with it (``"remove the man on
+the bench"`` gives ``entity:bench``). A possessor is never negated, only what it owns: ``"remove the
 dog's collar"`` gives ``entity:dog``. Verbs in other forms describe a scene and negate nothing
 (``"a man removing a tire"``).
 
@@ -361,6 +362,10 @@ class _Parser:
                and not self.t[end].boundary_before and self._np_start(end + 1)):
             self._mark(end, end + 1)
             i, end = end + 1, self._negate_phrase(end + 1, any_word=False)
+        # "remove the man on the bench": the relation was the removed object's (the bench stays)
+        p = self._match(end, _PREP_TABLE) if end > i else 0
+        if p and not self.t[end].boundary_before and self._np(end + p, allow_unknown=True) is not None:
+            self._mark(end, end + p)
 
     def _negate_phrase(self, j: int, any_word: bool = True) -> int:
         """Negate the phrase at ``j``: a noun phrase, else its determiners, adjectives and counts
@@ -378,8 +383,9 @@ class _Parser:
             if not step:
                 break
             k += step
-        if k == j and any_word:
-            k = j + max(self._match(j, _ACT_TABLE), 1)
+        only_dets = all(w in V.DETERMINERS for w in self.low[j:k])
+        if (k == j and any_word) or (k > j and only_dets and k < self.n and not self.t[k].boundary_before):
+            k += max(self._match(k, _ACT_TABLE), 1)  # "the rest": a determiner's word is its head
         self._mark(j, k)
         return k
 
