@@ -60,6 +60,7 @@ def test_parse_rejects(reply: str) -> None:
 def test_prompt_template_formats() -> None:
     s = PROMPT_TEMPLATE.format(text="a cat")
     assert "Caption: a cat\nAnswer:" in s and '{"text": "two", "type": "attribute"}' in s
+    assert "taken away" in s  # edits and negations: only what the described image shows
     assert cache_key("a cat") != cache_key("a cat ")
 
 

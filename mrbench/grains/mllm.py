@@ -45,7 +45,7 @@ from mrbench.data.schema import GRAIN_TYPES, Grain
 
 log = logging.getLogger("mrbench.grains")
 
-PROMPT_VERSION = "mllm-grains-v1"
+PROMPT_VERSION = "mllm-grains-v2"
 """Part of every cache key: change it whenever the prompts change."""
 
 _TYPES = ", ".join(GRAIN_TYPES)
@@ -54,7 +54,8 @@ PROMPT_TEMPLATE = (
     "counts, materials), actions or states, relations (a preposition with its object) and scenes "
     "(places, settings, weather, time of day). Answer with a JSON list of objects "
     '{{"text": span, "type": type}} where span is copied from the caption and type is one of: '
-    + _TYPES + ".\n"
+    + _TYPES + ". Leave out what the caption says is absent or taken away (after no, without, "
+    "remove, replace ... with, instead of): list only what the described image shows.\n"
     "Example caption: two brown dogs sleeping next to a bench in a park\n"
     'Example answer: [{{"text": "two", "type": "attribute"}}, {{"text": "brown", "type": "attribute"}}, '
     '{{"text": "dogs", "type": "entity"}}, {{"text": "sleeping", "type": "action_or_state"}}, '
