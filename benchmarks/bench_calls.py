@@ -16,7 +16,8 @@ interleaved, each a comma-separated list of settings of :mod:`mrbench.encoders.h
 (``CACHE_READ_SLICE``, the fewest cached images a reader task reads; ``EARLY_BATCHES``, the
 batches a call prepares before hashing the rest of its items; ``IN_FLIGHT``, the batches queued on
 the device before the oldest is waited for); ``--slices`` is short for variants of
-``CACHE_READ_SLICE`` alone. A summary of each variant's median share per pattern ends the output.
+``CACHE_READ_SLICE`` alone; ``--sync-after-fill`` writes the filled cache back to disk before the
+first read (is that read slow because of the fill's write-back?). A summary of each variant's median share per pattern ends the output.
 Meant for a GPU host (on a CPU the forward dominates).
 
     PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --rounds 3 --out $OUT/calls.json
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -79,6 +81,9 @@ def main() -> None:
     ap.add_argument("--slices", default="", help="CACHE_READ_SLICE values to compare (default: the harness's)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=INT[,NAME=INT...]",
                     help=f"harness settings to compare, interleaved (repeatable; names: {', '.join(TUNABLE)})")
+    ap.add_argument("--sync-after-fill", action="store_true",
+                    help="write the filled pixel cache back to disk (os.sync) before the first read: is that read "
+                         "slower because the fill's dirty pages are still being written back?")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -160,6 +165,12 @@ def main() -> None:
                   f"pinned blocks created {pinned[0]} ({pinned[1]:.1f} ms)", flush=True)
 
         encode_groups(enc, groups, role="candidate", bench=bench, ahead=False, **kw)  # fills the cache
+        sync_s = None
+        if args.sync_after_fill:
+            t0 = time.perf_counter()
+            os.sync()
+            sync_s = time.perf_counter() - t0
+            print(f"os.sync after the fill: {sync_s:.2f} s", flush=True)
         # the first read in this process, per task (shard headers and layouts parsed, as in any new
         # process that reads a warm cache): reported as its own row (round -1), before the rounds
         timed(-1, "first read", "pertask")
@@ -184,7 +195,7 @@ def main() -> None:
         print(f"  {label}: " + "; ".join(cells))
     if args.out:
         out = {"device": gpu, "raw_per_s": round(raw_rate, 1), "raw_texts_per_s": round(text_rate, 1), "images": len(every),
-               "texts": len(texts), "batch": args.batch,
+               "texts": len(texts), "batch": args.batch, "sync_after_fill_s": sync_s,
                "workers": args.workers, "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "runs": runs}
         args.out.parent.mkdir(parents=True, exist_ok=True)
