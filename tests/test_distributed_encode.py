@@ -134,7 +134,12 @@ def test_context_without_launcher_is_one_process():
 # one process
 
 
-def test_single_process_encode_then_evaluate_encodes_nothing(bench_dir, tmp_path):
+@pytest.mark.parametrize("ahead", [False, True])
+def test_single_process_encode_then_evaluate_encodes_nothing(bench_dir, tmp_path, monkeypatch, ahead):
+    """Also with each group's call started while the one before runs (as for an encoder on a GPU)."""
+    import mrbench.pipeline as pl
+
+    monkeypatch.setattr(pl, "ENCODE_AHEAD", ahead)
     cache_dir = tmp_path / "cache"
     rep = encode_benchmark(bench_dir, "random", encoder_kwargs={"dim": 32}, cache_dir=cache_dir, batch_size=16)
     assert rep.world_size == 1 and rep.missing == 0 and rep.encoded == rep.units > 0 and rep.cache_hits == 0
@@ -152,6 +157,85 @@ def test_single_process_encode_then_evaluate_encodes_nothing(bench_dir, tmp_path
     other = encode_benchmark(bench_dir, "random", cache_dir=cache_dir, tasks=["t2i"], grain_sensitivity=False,
                              merge=False, batch_size=8)
     assert other.encoded == other.units and len(other.ranks[0].shards) > 1
+
+
+def test_encode_ahead_stores_what_one_call_after_the_other_stores(bench_dir, tmp_path, monkeypatch):
+    """Calls started ahead (``ENCODE_AHEAD``) fill the cache with the same entries, progress and
+    counts as calls one after the other; a group that fails closes the call started after it."""
+    import threading
+
+    import mrbench.pipeline as pl
+    from mrbench.report.progress import NullReporter
+
+    class Recorder(NullReporter):
+        def __init__(self) -> None:
+            self.done: dict[str, int] = {}
+
+        def stage(self, label, total):
+            import contextlib
+
+            @contextlib.contextmanager
+            def cm():
+                self.done[label] = 0
+
+                def adv(n: int = 1) -> None:
+                    self.done[label] += n
+
+                yield adv
+            return cm()
+
+    got = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(pl, "ENCODE_AHEAD", ahead)
+        rec = Recorder()
+        rep = encode_benchmark(bench_dir, "contrastive-tiny", cache_dir=tmp_path / str(ahead), batch_size=8,
+                               progress=rec)
+        rows = {}
+        for p in rep.cache_path.glob("shard-*.npz"):
+            with np.load(p, allow_pickle=False) as z:
+                rows.update(zip(z["keys"].tolist(), z["emb"].tolist()))
+        got[ahead] = (rep.encoded, rep.cache_hits, rep.missing, rec.done, rows, rep.cache_path.name)
+    assert got[True] == got[False] and got[True][0] >= len(got[True][4]) > 0 and got[True][2] == 0
+
+    # a failure in one group: one error, the next group's started call closed (no thread left behind)
+    import mrbench.encoders.harness as hz
+
+    monkeypatch.setattr(pl, "ENCODE_AHEAD", True)
+    real = hz.PendingEncode.result
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # (its own clean-up is result's; the call started after it is the caller's)
+            self.close()
+            raise RuntimeError("boom in group 2")
+        return real(self, *a, **k)
+
+    real_close = hz.PendingEncode.close
+    consumed, closed_unconsumed = set(), []
+
+    def result(self, *a, **k):
+        consumed.add(id(self))
+        return failing(self, *a, **k)
+
+    def close(self):
+        if id(self) not in consumed:
+            closed_unconsumed.append(id(self))
+        return real_close(self)
+
+    monkeypatch.setattr(hz.PendingEncode, "result", result)
+    monkeypatch.setattr(hz.PendingEncode, "close", close)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="boom in group 2"):
+        encode_benchmark(bench_dir, "contrastive-tiny", cache_dir=tmp_path / "fail", batch_size=8)
+    assert len(closed_unconsumed) == 1  # group 3's call, started while group 2 ran
+    import time
+
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= before, [t.name for t in threading.enumerate()]
 
 
 def test_encode_refuses_uncacheable_encoders_and_bad_input(bench_dir, tmp_path):
