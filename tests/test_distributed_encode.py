@@ -238,6 +238,40 @@ def test_encode_ahead_stores_what_one_call_after_the_other_stores(bench_dir, tmp
     assert threading.active_count() <= before, [t.name for t in threading.enumerate()]
 
 
+def test_context_waits_for_every_rank_before_destroying_its_group_on_success(monkeypatch):
+    """A rank that leaves while another still has a collective in flight on the group can make that
+    one abort at exit: on success the group is destroyed after a barrier; after an error (a peer may be
+    gone) at once; a failing barrier is ignored."""
+    import torch.distributed as tdist
+
+    calls: list[str] = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+
+    fail = []
+
+    def barrier(self, what="a barrier"):
+        calls.append("barrier")
+        if fail:
+            raise RuntimeError("peer gone")
+
+    monkeypatch.setattr(DistContext, "barrier", barrier)
+    with DistContext(world_size=2, owns_group=True):
+        pass
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    with pytest.raises(ValueError), DistContext(world_size=2, owns_group=True):
+        raise ValueError("a rank's own error")
+    assert calls == ["destroy"]
+    calls.clear()
+    fail.append(1)
+    DistContext(world_size=2, owns_group=True).close(wait=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    DistContext(world_size=2, owns_group=False).close(wait=True)  # a caller's group: left alone
+    assert calls == []
+
+
 def test_encode_refuses_uncacheable_encoders_and_bad_input(bench_dir, tmp_path):
     app = typer.Typer()
     app.command()(encode_cmd)

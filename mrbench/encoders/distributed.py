@@ -43,6 +43,8 @@ longest wait of a fast rank for the slowest one, loading included); then they fa
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 import os
@@ -290,19 +292,26 @@ class DistContext:
         self._collective(what, lambda: dist.broadcast_object_list(box, src=0, group=self.group))
         return box[0]
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Destroy the process group this context created (a no-op otherwise). ``wait``: after a
+        barrier, so that no rank tears the group down while another still has a collective on it in
+        flight (a rank leaving early with the group alive can make another abort at exit); pass it
+        only on success, when every rank gets there (a failed barrier is ignored)."""
         if self.owns_group:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if wait and self.distributed:
+                    with contextlib.suppress(Exception):
+                        self.barrier("the barrier before leaving")
                 dist.destroy_process_group()
             self.owns_group = False
 
     def __enter__(self) -> "DistContext":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(wait=exc_type is None)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -508,6 +517,7 @@ def encode_benchmark(
 
     own = dist is None
     ctx = dist if dist is not None else DistContext.from_env(timeout_s=timeout_s)
+    done = False
     try:
         t_start = time.perf_counter()
         if progress is True and ctx.is_main:
@@ -631,7 +641,8 @@ def encode_benchmark(
             ranks=list(reports) if reports is not None else [me], missing=missing,
             seconds=time.perf_counter() - t_start,
         )
+        done = True
         return report
     finally:
         if own:
-            ctx.close()
+            ctx.close(wait=done)
