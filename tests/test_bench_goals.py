@@ -129,3 +129,9 @@ def test_goals_encode_entry_judges_whole_wall(tmp_path: Path, monkeypatch) -> No
     assert "images (auto) 0.10 (not judged);" in e["measured"]
     assert "texts 1.10 (G)" in e["measured"]
     assert e["details"]["judged"] == ["images (warm pixel cache, ahead)", "images (warm pixel cache, one call)", "texts"]
+    # a judged row missing (renamed, not run) fails the goal and says so, whatever the others give
+    rows[:] = [r for r in rows if r["items"] != "images (warm pixel cache, ahead)"]
+    for r in rows:
+        r["ratio"] = 0.95
+    e = goals.entry_encode(ctx)
+    assert e["met"] is False and "missing rows: images (warm pixel cache, ahead)" in e["measured"]

@@ -149,6 +149,18 @@ def test_negation_skips_the_negated_span() -> None:
     ("a man removing a tire from a car",
      [(ENTITY, "man"), (ACTION_OR_STATE, "removing"), (ENTITY, "tire"), (ENTITY, "car")]),
     ("a man takes out the trash", [(ENTITY, "man"), (ENTITY, "trash")]),
+    # after "and", an edit verb is an instruction only in a clause an edit verb starts
+    ("Two girls stand on a ladder and remove the sign",
+     [(ATTRIBUTE, "Two"), (ENTITY, "girls"), (ACTION_OR_STATE, "stand"), (RELATION, "on a ladder"), (ENTITY, "ladder"),
+      (ENTITY, "sign")]),
+    ("make the dog brown and remove the cat", [(ENTITY, "dog"), (ATTRIBUTE, "brown")]),
+    # "and" + a noun phrase that starts a new clause is no second removed object
+    ("remove the kite and the dog is sitting", [(ENTITY, "dog"), (ACTION_OR_STATE, "sitting")]),
+    ("remove the background and the man on the left stays", [(ENTITY, "man")]),
+    # a substitution by an attribute keeps its object; a contrast's relation goes with it
+    ("change the shirt to blue", [(ENTITY, "shirt"), (ATTRIBUTE, "blue")]),
+    ("replace the cat with", [(ENTITY, "cat")]),
+    ("a dog instead of the cat on the bench", [(ENTITY, "dog"), (ENTITY, "bench")]),
     ("two men remove snow from a roof", [(ATTRIBUTE, "two"), (ENTITY, "men"), (SCENE, "snow"), (ENTITY, "roof")]),
 ])
 def test_edits_negate_what_they_take_away(text: str, expected: list) -> None:

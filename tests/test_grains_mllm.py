@@ -61,6 +61,13 @@ def test_prompt_template_formats() -> None:
     s = PROMPT_TEMPLATE.format(text="a cat")
     assert "Caption: a cat\nAnswer:" in s and '{"text": "two", "type": "attribute"}' in s
     assert "taken away" in s  # edits and negations: only what the described image shows
+    # the text prompt's version moved (v2), the image prompt's did not: cached image answers stay valid
+    import hashlib
+
+    from mrbench.grains import mllm
+
+    assert mllm.PROMPT_VERSION != mllm.IMAGE_PROMPT_VERSION == "mllm-grains-v1"
+    assert cache_key("a") == hashlib.sha256(b"mllm-grains-v2\x00a").hexdigest()
     assert cache_key("a cat") != cache_key("a cat ")
 
 

@@ -40,18 +40,22 @@ phrases joined by *or* / *nor*); ``not`` / ``never`` / ``…n't`` negate the nex
 a verb or adjective, the noun phrase after it. **Negated spans yield no grains at all** (no entity,
 attribute or relation): ``"a man without a hat"`` gives only ``entity:man``; ``"a street with no
 cars"`` gives only ``scene:street``. Edit instructions (CIRR-style) negate what they take away:
-an imperative removal verb (base form at the start of a clause, after an optional ``please`` /
-``and`` …; :data:`~mrbench.grains.vocab.REMOVAL_VERBS`) negates its object noun phrases (joined by
-*and* / *or*): ``"remove the kite and add a dog"`` gives only ``entity:dog``. An imperative
-substitution ``V X <linker> Y`` (:data:`~mrbench.grains.vocab.SUBSTITUTION_VERBS`) negates ``X`` and the
-linker, so the linker is no relation: ``"replace the cat with a dog"`` gives only ``entity:dog``
-(``"change the color of the dog to black"``, whose first object is no plain noun phrase, is left as
-it is). ``instead of`` / ``rather than`` negate the phrase that follows (a noun phrase, else its
-determiners, adjectives and counts, or one word): ``"two dogs instead of one"`` gives
-``attribute:2``, ``entity:dog``. A removed object's relation goes with it (``"remove the man on
-the bench"`` gives ``entity:bench``). A possessor is never negated, only what it owns: ``"remove the
-dog's collar"`` gives ``entity:dog``. Verbs in other forms describe a scene and negate nothing
-(``"a man removing a tire"``).
+an imperative removal verb (base form at the start of a clause, after an optional ``please`` …, or
+after *and* / *but* in a clause that an edit verb starts, :data:`~mrbench.grains.vocab.EDIT_VERBS`;
+:data:`~mrbench.grains.vocab.REMOVAL_VERBS`) negates its object noun phrases (joined by *and* / *or*,
+unless the next one is the subject of a new clause): ``"remove the kite and add a dog"`` and
+``"remove the kite and the dog is sitting"`` keep the dog only. An imperative substitution
+``V X <linker> Y`` (:data:`~mrbench.grains.vocab.SUBSTITUTION_VERBS`) whose ``Y`` is a noun phrase
+negates ``X`` and the linker, so the linker is no relation: ``"replace the cat with a dog"`` gives
+only ``entity:dog``; ``"change the shirt to blue"`` and ``"change the color of the dog to black"``
+are left as they are. ``instead of`` / ``rather than`` negate the phrase that follows (a noun
+phrase, else its determiners, adjectives and counts, or one word): ``"two dogs instead of one"``
+gives ``attribute:2``, ``entity:dog``. A removed or contrasted object's relation goes with it
+(``"remove the man on the bench"`` gives ``entity:bench``). A possessor is never negated, only what
+it owns: ``"remove the dog's collar"`` gives ``entity:dog``. Verbs in other forms, or after *and* in
+a description, negate nothing (``"a man removing a tire"``, ``"two men stand on a ladder and remove
+the sign"``). Known limit: a caption that starts with a noun spelled like an edit verb reads as an
+instruction (``"Delete key on a keyboard"`` loses ``key``).
 
 Deduplication: within one text a grain is emitted once per ``(type, key)``; the first occurrence
 wins. Grains are returned in order of appearance (relations at their preposition).
@@ -337,16 +341,41 @@ class _Parser:
 
     def _clause_initial(self, i: int) -> bool:
         """Does token ``i`` start a clause (text start or after punctuation), possibly after
-        :data:`~mrbench.grains.vocab.IMPERATIVE_LEADS` or a coordinating ``and`` / ``but``?"""
+        :data:`~mrbench.grains.vocab.IMPERATIVE_LEADS`, or follow *and* / *but* in a clause that an
+        edit verb starts (:data:`~mrbench.grains.vocab.EDIT_VERBS`: "make the dog brown and remove
+        the cat"; "two men stand on a ladder and remove the sign" is a description)?"""
         k = i
         while not self.t[k].boundary_before:
             prev = self.low[k - 1]
             if prev in ("and", "but"):
-                return True
+                c = k - 1
+                while not self.t[c].boundary_before:
+                    c -= 1
+                while c < k - 1 and self.low[c] in V.IMPERATIVE_LEADS:
+                    c += 1
+                return self.low[c] in V.EDIT_VERBS
             if prev not in V.IMPERATIVE_LEADS:
                 return False
             k -= 1
         return True
+
+    def _clause_follows(self, j: int) -> bool:
+        """Is the noun phrase ending at ``j`` the subject of a new clause: within the next few words
+        of its clause (before *and* / *or* / *but*), a verb or a :data:`~mrbench.grains.vocab.CLAUSE_CUES`
+        word ("... and the man on the left stays")?"""
+        for k in range(j, min(self.n, j + 6)):
+            if (k > j and self.t[k].boundary_before) or self.low[k] in ("and", "or", "nor", "but"):
+                return False
+            if self.low[k] in V.CLAUSE_CUES or self._match(k, _ACT_TABLE) > 0:
+                return True
+        return False
+
+    def _drop_relation_after(self, end: int) -> None:
+        """A relation right after a negated object was that object's ("remove the man on the bench":
+        the bench stays, the relation goes): negate its preposition only."""
+        p = self._match(end, _PREP_TABLE)
+        if p and not self.t[end].boundary_before and self._np(end + p, allow_unknown=True) is not None:
+            self._mark(end, end + p)
 
     def _np_start(self, i: int) -> bool:
         """Can a noun phrase start at ``i`` (a determiner, count, adjective or known noun), within
@@ -360,12 +389,13 @@ class _Parser:
         end = self._negate_phrase(i, any_word=False)
         while (end > i and end + 1 < self.n and self.low[end] in ("and", "or", "nor")
                and not self.t[end].boundary_before and self._np_start(end + 1)):
+            np_ = self._np(end + 1, allow_unknown=True)
+            if np_ is not None and self._clause_follows(np_[1]):
+                break  # "remove the kite and the dog is sitting": a new clause, not a second object
             self._mark(end, end + 1)
             i, end = end + 1, self._negate_phrase(end + 1, any_word=False)
-        # "remove the man on the bench": the relation was the removed object's (the bench stays)
-        p = self._match(end, _PREP_TABLE) if end > i else 0
-        if p and not self.t[end].boundary_before and self._np(end + p, allow_unknown=True) is not None:
-            self._mark(end, end + p)
+        if end > i:
+            self._drop_relation_after(end)
 
     def _negate_phrase(self, j: int, any_word: bool = True) -> int:
         """Negate the phrase at ``j``: a noun phrase, else its determiners, adjectives and counts
@@ -396,7 +426,9 @@ class _Parser:
             c = self._match(i, _CONTRAST_TABLE)
             if c:
                 self._mark(i, i + c)
-                self._negate_phrase(i + c)
+                end = self._negate_phrase(i + c)
+                if end > i + c:
+                    self._drop_relation_after(end)
                 continue
             r = self._match(i, _REMOVAL_TABLE)
             if r and self._clause_initial(i) and self._np_start(i + r):
@@ -407,8 +439,11 @@ class _Parser:
             if linkers and self._clause_initial(i):
                 np_ = self._np(i + 1, allow_unknown=True)
                 end = np_[1] if np_ is not None else 0
+                # only when a noun phrase replaces X: "change the shirt to blue" keeps the shirt
                 if (np_ is not None and end < self.n and low[end] in linkers
-                        and not self.t[end].boundary_before and i + 1 < self.n and not self.t[i + 1].boundary_before):
+                        and not self.t[end].boundary_before and i + 1 < self.n and not self.t[i + 1].boundary_before
+                        and end + 1 < self.n and not self.t[end + 1].boundary_before
+                        and self._np(end + 1, allow_unknown=True) is not None):
                     self._mark(i, end + 1)
 
     def _mark_negations(self) -> None:

@@ -27,7 +27,7 @@ redo them. The model is loaded on the first text that is not in the cache.
 Images (:meth:`MLLMExtractor.extract_images`, for image-only queries with no text of their own, such as
 NIGHTS image→image): the same model sees the image with :data:`IMAGE_PROMPT_TEMPLATE` (no caption;
 spans name what is visible), with the same validation, retry, skip and cache rules. An image's cache
-key is ``sha256(PROMPT_VERSION + "\\0image\\0" + sha256 of the image file's bytes)``, so a moved or
+key is ``sha256(IMAGE_PROMPT_VERSION + "\\0image\\0" + sha256 of the image file's bytes)``, so a moved or
 renamed image is not asked again and an edited one is; its record's ``text`` is ``"image:<path>"``.
 """
 
@@ -46,7 +46,11 @@ from mrbench.data.schema import GRAIN_TYPES, Grain
 log = logging.getLogger("mrbench.grains")
 
 PROMPT_VERSION = "mllm-grains-v2"
-"""Part of every cache key: change it whenever the prompts change."""
+"""Part of every text's cache key: change it whenever the text prompts change (v2: absent or
+taken-away things left out)."""
+
+IMAGE_PROMPT_VERSION = "mllm-grains-v1"
+"""Part of every image's cache key: change it whenever the image prompt changes."""
 
 _TYPES = ", ".join(GRAIN_TYPES)
 PROMPT_TEMPLATE = (
@@ -129,10 +133,10 @@ def cache_key(text: str) -> str:
 
 
 def image_cache_key(path: str | Path) -> str:
-    """Cache key of an image file: sha256 of the prompt version and the file's content hash."""
+    """Cache key of an image file: sha256 of the image prompt's version and the file's content hash."""
     from mrbench.data.fingerprint import file_sha256
 
-    return hashlib.sha256((PROMPT_VERSION + "\x00image\x00" + file_sha256(Path(path))).encode("utf-8")).hexdigest()
+    return hashlib.sha256((IMAGE_PROMPT_VERSION + "\x00image\x00" + file_sha256(Path(path))).encode("utf-8")).hexdigest()
 
 
 def _default_cache_dir() -> Path:

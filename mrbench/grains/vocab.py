@@ -322,6 +322,23 @@ CONTRAST_MARKERS: tuple[str, ...] = ("instead of", "rather than")
 IMPERATIVE_LEADS: frozenset[str] = frozenset(("please", "just", "also", "now", "simply", "then"))
 """Words that may precede an edit verb at the start of its clause ("please remove the cup")."""
 
+EDIT_VERBS: frozenset[str] = frozenset((
+    "add", "make", "remove", "delete", "erase", "eliminate", "get", "take", "change", "replace", "swap",
+    "switch", "exchange", "turn", "put", "show", "have", "keep", "move", "place", "give", "zoom", "crop",
+    "use", "bring", "let", "set", "paint", "color", "colour", "flip", "rotate", "include", "insert", "leave",
+    "increase", "reduce", "decrease", "fill", "focus", "center", "shift", "enlarge", "shrink",
+))
+"""Base-form verbs that start an edit instruction ("make the dog brown and remove the cat"): an edit
+verb after *and* / *but* is an instruction only in a clause such a verb starts, else the text is a
+description ("two men stand on a ladder and remove the sign")."""
+
+CLAUSE_CUES: frozenset[str] = frozenset((
+    "is", "are", "was", "were", "has", "have", "now", "stays", "stay", "remains", "remain", "should", "must",
+    "can", "will", "looks", "look", "appears", "appear", "seems", "becomes", "gets",
+))
+"""Words after a noun phrase that make it the subject of a new clause ("remove the kite and the dog is
+sitting": the dog is no second removed object)."""
+
 FUNCTION_WORDS: frozenset[str] = frozenset((
     "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "and", "or", "but",
     "of", "to", "for", "from", "as", "it", "he", "she", "they", "them", "him", "there", "here",
