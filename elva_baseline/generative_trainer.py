@@ -49,7 +49,7 @@ def train_generative(trainer: Any) -> dict[str, Any]:
 
     from elva_baseline.data import holdout_split
     from elva_baseline.generative_policy import GenerativePolicy, GenerativeRLConfig, InfoNCEStepConfig, LoraSettings
-    from elva_baseline.trainer import StageResult, TrainingError, heldout_metrics
+    from elva_baseline.trainer import StageResult, TrainingError, _warn_without_negatives, heldout_metrics
     from elva_baseline.trainlog import TrainLog
     from mrbench.data.registry import load_benchmark
 
@@ -180,7 +180,7 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             else:
                 finish("warmup", cfg.warmup.steps, t0)
         if "rl" in cfg.stages and not stopped:
-            from elva_baseline.sampling import sample_negatives
+            from elva_baseline.sampling import queries_with_negatives, sample_negatives
 
             t0 = time.perf_counter()
             rl_step0 = start_step if start_stage == "rl" else 0
@@ -207,11 +207,19 @@ def train_generative(trainer: Any) -> dict[str, Any]:
                                             "start the run again without --resume")
                     negs[n] = torch.from_numpy(np.load(path, allow_pickle=False))
             gcfg = GenerativeRLConfig.from_rl_config(cfg.rl, temperature=g.temperature, top_p=g.top_p)
+            # queries with no negative at all (a pool of relevant candidates only) get no rule reward: left out
+            with_negs = {n: queries_with_negatives(negs[n]) for n in names}
+            _warn_without_negatives({n: (len(data[n]["train"]) - len(with_negs[n]), len(data[n]["train"])) for n in names})
+            rl_names = [n for n in names if len(with_negs[n])]
+            if not rl_names:
+                raise TrainingError("rl: no training query has a negative candidate (every other candidate of its pool "
+                                    "is relevant or filtered out by sampling.threshold); lower the threshold or train on "
+                                    "a benchmark with larger pools")
             for step in range(rl_step0 + 1, cfg.rl.steps + 1):
-                n = names[step % len(names)]
+                n = rl_names[step % len(rl_names)]
                 d = data[n]
                 rng = batch_rng("rl", step)
-                rows = rng.sample(range(len(d["train"])), min(cfg.rl.queries_per_step, len(d["train"])))
+                rows = rng.sample(with_negs[n], min(cfg.rl.queries_per_step, len(with_negs[n])))
                 qi = [d["train"][r] for r in rows]
                 pos = [max(d["rel"][i], key=lambda c: (d["rel"][i][c], -c)) for i in qi]
                 neg = [[d["pool"][int(j)] for j in negs[n][r].tolist() if j >= 0] for r in rows]

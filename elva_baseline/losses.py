@@ -249,3 +249,17 @@ def grpo_loss(
             "policy_objective": float(reduce(surrogate)),
         }
     return loss, stats
+
+
+def gaussian_kl(mean: Tensor, ref_mean: Tensor, sigma: Tensor, ref_sigma: float | Tensor) -> Tensor:
+    """Mean over rows of KL(N(mean, σ²I) || N(ref_mean, σ_ref²I)) for ``[B, D]`` means (nats):
+    ``‖Δμ‖² / 2σ_ref² + D/2 · (σ²/σ_ref² − 1 − log(σ²/σ_ref²))``.
+
+    With ``sigma`` equal to ``ref_sigma`` (the default, σ fixed) the second term is 0 and this is
+    ``‖Δμ‖² / 2σ²``; with a learnable σ it anchors σ to the reference's too (its gradient in σ is 0 at
+    σ = σ_ref), where ``‖Δμ‖² / 2σ²`` alone would reward any growth of σ.
+    """
+    ref_sigma = torch.as_tensor(ref_sigma, dtype=mean.dtype, device=mean.device)
+    d = int(mean.shape[-1])
+    ratio2 = (sigma / ref_sigma) ** 2
+    return ((mean - ref_mean) ** 2).sum(-1).mean() / (2 * ref_sigma ** 2) + 0.5 * d * (ratio2 - 1 - torch.log(ratio2))

@@ -301,3 +301,15 @@ def sample_negatives(
         n_filtered=torch.cat(out_filt).long(),
         requested=cfg.width,
     )
+
+
+def queries_with_negatives(indices: Tensor) -> Sequence[int]:
+    """The rows of a :attr:`NegativeSample.indices` ``[Nq, n]`` (``-1`` padding) holding at least one
+    negative: ``range(Nq)`` when every row does (a sampler drawing from it then draws exactly as
+    from every query), else the list of those rows. A query whose pool holds nothing but relevant
+    (or threshold-filtered) candidates has none, and no rule reward can be computed for it."""
+    n_q = int(indices.shape[0])
+    has = (indices >= 0).any(dim=1) if indices.dim() == 2 and indices.shape[1] else torch.zeros(n_q, dtype=torch.bool)
+    if bool(has.all()):
+        return range(n_q)
+    return torch.nonzero(has).flatten().tolist()

@@ -586,7 +586,13 @@ class Trainer:
             scores = torch.einsum("bgd,bnd->bgn", q, c)
             return total_reward(scores[..., 0], scores[..., 1:], rcfg, neg_mask=neg_mask.expand_as(scores[..., 1:]))
 
-        kl = ((q_mean - q_ref) ** 2).sum(-1).mean() / (2 * head.sigma ** 2)
+        if head.learnable:  # σ moves: the full Gaussian KL anchors it to the reference's σ (rl.sigma)
+            from elva_baseline.losses import gaussian_kl
+
+            sigma_ref = torch.tensor(math.log(cfg.sigma), dtype=torch.float32).exp()  # the head's σ at the start
+            kl = gaussian_kl(q_mean, q_ref, head.sigma, sigma_ref)
+        else:  # σ = σ_ref: the KL is the means' term alone
+            kl = ((q_mean - q_ref) ** 2).sum(-1).mean() / (2 * head.sigma ** 2)
         if cfg.objective == "hardneg":
             logits = torch.einsum("bd,bnd->bn", q_mean, c).masked_fill(~valid, float("-inf")) / cfg.tau
             loss = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
@@ -613,6 +619,7 @@ class Trainer:
 
         from elva_baseline.checkpoint import load_checkpoint, load_trainer_state
         from elva_baseline.rewards import positive_rank
+        from elva_baseline.sampling import queries_with_negatives
 
         cfg = self.cfg.rl
         rcfg = self.cfg.reward_config()
@@ -623,9 +630,16 @@ class Trainer:
         ref.eval().requires_grad_(False)
         t_stage = time.perf_counter()
         negs = self._mine(ref)
-        tasks = [n for n in self.train_data.task_names if n in negs]
+        with_negs = {n: queries_with_negatives(s.indices) for n, s in negs.items()}
+        tasks = [n for n in self.train_data.task_names if n in negs and len(with_negs[n])]
+        if negs and not tasks:
+            raise TrainingError(f"rl: no training query of {self.cfg.data.benchmark} has a negative candidate (every "
+                                "other candidate of its pool is relevant or filtered out by sampling.threshold); "
+                                "lower the threshold or train on a benchmark with larger pools")
         if not tasks:
             raise TrainingError(f"rl: no training queries in {self.cfg.data.benchmark}")
+        _warn_without_negatives({n: (len(self.train_data.task(n)) - len(e), len(self.train_data.task(n)))
+                                 for n, e in with_negs.items()})
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         saved, saved_pools, saved_tensors = None, None, {}
@@ -667,7 +681,7 @@ class Trainer:
                 name = tasks[step % len(tasks)]
                 t = self.train_data.task(name)
                 sample = negs[name]
-                b_idx = rng.sample(range(len(t)), min(cfg.queries_per_step, len(t)))
+                b_idx = rng.sample(with_negs[name], min(cfg.queries_per_step, len(with_negs[name])))
                 pos = torch.tensor([int(t.positives[i][rng.randrange(len(t.positives[i]))]) for i in b_idx])
                 neg = sample.indices[b_idx]  # [B, n] with -1 padding
                 cand = torch.cat([pos[:, None], neg], dim=1)
@@ -700,7 +714,7 @@ class Trainer:
                        "reward_mean": round(float(rewards.mean()), 5),
                        "reward_std": round(float(rewards.std(dim=1).mean()), 5) if rewards.shape[1] > 1 else 0.0,
                        "clip_frac": st.get("clip_frac"), "rank_pos_greedy": round(float(rank), 3),
-                       "sigma": round(float(model.head.sigma), 5)}
+                       "sigma": round(float(model.head.sigma.detach()), 5)}
                 self._record("rl", step, rec)
                 self._tick(bar, f"reward {rec['reward_mean']:.3f} kl {rec['kl']:.3f}")
                 final = step >= cfg.steps
@@ -743,6 +757,18 @@ def heldout_metrics(parts: list[tuple[Any, Any, list[dict[int, int]], int, list[
         out.update({f"hit@{k}_3plus": float(many[f"hit@{k}"].mean()) for k in ks})
     out["n_queries"] = float(len(df))
     return {k: round(v, 4) for k, v in out.items()}
+
+
+def _warn_without_negatives(left_out: dict[str, tuple[int, int]]) -> None:
+    """One warning line for the training queries the RL stage leaves out because they have no
+    negative at all (``{task: (left out, queries)}``; nothing when none is)."""
+    parts = [f"{n}: {k} of {m}" for n, (k, m) in left_out.items() if k]
+    if parts:
+        import logging
+
+        logging.getLogger("elva_baseline.trainer").warning(
+            "rl: training queries with no negative candidate at all (every other candidate of their pool is relevant "
+            "or filtered out by sampling.threshold) are left out of the RL stage — %s", "; ".join(parts))
 
 
 def _embed_chunks(model: Any, items: Any, chunk: int = 512) -> Any:

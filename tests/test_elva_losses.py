@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elva_baseline.losses import grpo_loss, info_nce, shared_positive_mask
+from elva_baseline.losses import gaussian_kl, grpo_loss, info_nce, shared_positive_mask
 from elva_baseline.rewards import RewardConfig, group_advantages, total_reward
 
 # ---------------------------------------------------------------- InfoNCE
@@ -285,3 +285,27 @@ def test_grpo_on_gaussian_policy_increases_reward() -> None:
         end = reward(theta.unsqueeze(1)).mean().item()
     assert end > start + 0.3, (start, end)
     assert math.isfinite(stats["kl"]) and stats["kl"] >= 0
+
+
+# ---------------------------------------------------------------- KL to the reference policy
+
+
+def test_gaussian_kl_is_torchs_kl_and_anchors_a_learnable_sigma() -> None:
+    """KL(N(μ, σ²I) || N(μ_ref, σ_ref²I)) averaged over rows: torch.distributions' value; at σ = σ_ref
+    the means' term alone (what a fixed σ uses); with a learnable σ its gradient pulls σ back to σ_ref
+    (‖Δμ‖²/2σ² alone, the trainer's formula before, pushed σ up whatever it was)."""
+    from torch.distributions import Normal, kl_divergence
+
+    g = torch.Generator().manual_seed(0)
+    mu, ref = torch.randn(4, 16, generator=g, dtype=torch.float64), torch.randn(4, 16, generator=g, dtype=torch.float64)
+    for s, s_ref in [(0.02, 0.02), (0.05, 0.02), (0.01, 0.3)]:
+        want = kl_divergence(Normal(mu, s), Normal(ref, s_ref)).sum(-1).mean()
+        got = gaussian_kl(mu, ref, torch.tensor(s, dtype=torch.float64), s_ref)
+        assert float(got) == pytest.approx(float(want), rel=1e-12)
+    same = gaussian_kl(mu, ref, torch.tensor(0.02, dtype=torch.float64), 0.02)
+    assert float(same) == pytest.approx(float(((mu - ref) ** 2).sum(-1).mean() / (2 * 0.02 ** 2)), rel=1e-12)
+    for start, sign in [(0.05, 1.0), (0.01, -1.0), (0.02, 0.0)]:  # d KL / d log σ: > 0 above σ_ref, < 0 below
+        log_s = torch.tensor(math.log(start), dtype=torch.float64, requires_grad=True)
+        gaussian_kl(ref, ref, log_s.exp(), 0.02).backward()
+        assert (float(log_s.grad) > 1e-9) if sign > 0 else (float(log_s.grad) < -1e-9) if sign < 0 else \
+            abs(float(log_s.grad)) < 1e-9

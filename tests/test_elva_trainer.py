@@ -211,6 +211,43 @@ def test_too_few_candidates_for_the_negatives_requested_is_said_once(tmp_path: P
     assert not [r for r in caplog.records if "negatives" in r.getMessage()]
 
 
+def test_learnable_sigma_trains_with_the_full_gaussian_kl(tmp_path: Path) -> None:
+    """rl.learnable_sigma: σ gets gradients, and the KL logged is the full Gaussian one (>= 0, finite)."""
+    out = tmp_path / "run"
+    train(_cfg('stages=["rl"]', "rl.steps=4", "rl.learnable_sigma=true", "eval.every=0", "checkpoint.every=0"), out,
+          progress=False)
+    kls = [r["kl"] for r in read_log(out / "train_log.jsonl") if r.get("stage") == "rl" and "kl" in r]
+    assert len(kls) == 4 and all(k >= 0 and k == k and k != float("inf") for k in kls), kls
+
+
+def test_queries_without_any_negative_are_left_out_of_rl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A query whose pool holds only relevant candidates has no negative, so no rule reward: it is left
+    out with one warning line (it crashed the update that drew it); none left is one error line."""
+    import elva_baseline.sampling as sampling
+
+    real = sampling.sample_negatives
+
+    def all_relevant_for_query_0(scores, relevant, cfg=None):
+        rel = [list(r) for r in relevant]
+        rel[0] = list(range(scores.shape[1]))  # query 0 of every task: every candidate relevant
+        return real(scores, rel, cfg)
+
+    monkeypatch.setattr(sampling, "sample_negatives", all_relevant_for_query_0)
+    with caplog.at_level("WARNING", logger="elva_baseline.trainer"):
+        train(_cfg('stages=["rl"]', "rl.steps=8", "eval.every=0", "checkpoint.every=0"), tmp_path / "run",
+              progress=False)
+    lines = [r.getMessage() for r in caplog.records if "no negative candidate" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "t2i: 1 of " in lines[0], lines
+
+    monkeypatch.setattr(sampling, "sample_negatives",
+                        lambda scores, relevant, cfg=None: real(scores, [list(range(scores.shape[1]))] * len(relevant), cfg))
+    with pytest.raises(TrainingError, match="no training query .* has a negative candidate") as e:
+        train(_cfg('stages=["rl"]', "rl.steps=1", "eval.every=0", "checkpoint.every=0"), tmp_path / "none",
+              progress=False)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("objective", ["surrogate", "hardneg"])
 def test_attribution_baselines_start_from_a_checkpoint(tmp_path: Path, objective: str) -> None:
     """rl.objective surrogate / hardneg run the RL stage from model.init with the same negatives."""
