@@ -1795,6 +1795,11 @@ def _window_counts(src: "torch.Tensor", cols: "torch.Tensor | None", n0: int | N
             wc.append((idx[:, 1] + int(n0 or 0)).cpu().numpy().astype(np.int64))
 
 
+_STREAM_SORT_PAIRS = 16
+"""Streamed exact rows with more judged candidates per query than this (on average) count them by
+sorting each block's rows and binary searches, else by comparing every pair with the whole block."""
+
+
 def _stream_exact_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray, pairs: _Pairs, block_rows: int) -> None:
     """Exact top lists and judged counts of the local query ``rows`` from canonical scores of every
     candidate, streamed in blocks: counts are summed over blocks and the top list is merged block by
@@ -1814,6 +1819,17 @@ def _stream_exact_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray
         s_t = torch.from_numpy(pairs.score[pidx]).to(dev)
         gt_t = torch.zeros(pidx.size, dtype=torch.int64, device=dev)
         eq_t = torch.zeros(pidx.size, dtype=torch.int64, device=dev)
+        # many judged candidates per row: sort each block's rows once and binary-search the judged
+        # scores (a row's pairs padded to the longest with +inf), instead of comparing every pair with
+        # the whole block (MRBench-Synth, ~250 judged per query, tiny torch encoder: evaluate's streamed
+        # retrieval 2.8 s -> 0.70 s; 0.18 s in memory)
+        by_sort = pidx.size > _STREAM_SORT_PAIRS * sub.size
+        if by_sort:
+            first = np.searchsorted(p_local, np.arange(sub.size))  # p_local is non-decreasing
+            pos_t = torch.from_numpy(np.arange(pidx.size) - first[p_local]).to(dev)
+            vals = torch.full((sub.size, int(np.bincount(p_local, minlength=sub.size).max())), float("inf"),
+                              dtype=torch.float32, device=dev)
+            vals[prow_t, pos_t] = s_t
         top_r = np.zeros(0, dtype=np.int64)  # running top lists, flattened: local row, candidate, score
         top_c = np.zeros(0, dtype=np.int64)
         top_s = np.zeros(0, dtype=np.float32)
@@ -1821,7 +1837,14 @@ def _stream_exact_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray
         for n0 in range(0, ctx.n, block_rows):
             n1 = min(ctx.n, n0 + block_rows)
             canon = _canonical_rows(ctx.sq, ctx.ct[n0:n1].to(dev), q0 + sub)  # [r, nb]
-            if pidx.size:
+            if by_sort:
+                srt = torch.sort(canon, dim=1).values
+                right = torch.searchsorted(srt, vals, right=True)
+                left = torch.searchsorted(srt, vals, right=False)
+                gt_t += (n1 - n0 - right)[prow_t, pos_t]
+                eq_t += (right - left)[prow_t, pos_t]
+                del srt, right, left
+            elif pidx.size:
                 sv = canon.index_select(0, prow_t)
                 gt_t += (sv > s_t[:, None]).sum(dim=1)
                 eq_t += (sv == s_t[:, None]).sum(dim=1)
