@@ -34,10 +34,17 @@ class OutputExistsError(MrbenchError):
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
-    """Return ``" (did you mean 'a', 'b'?)"`` for close matches of ``name``, or ``""``."""
+    """Return ``" (did you mean 'a', 'b'?)"`` for close matches of ``name``, or ``""``; case is
+    ignored in the matching (``'IVF'`` suggests ``'ivf'``), a case-only difference first."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    choices = list(choices)
+    by_lower: dict[str, list[str]] = {}
+    for c in choices:
+        by_lower.setdefault(c.lower(), []).append(c)
+    same = by_lower.get(name.lower(), [])
+    near = [c for low in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5) for c in by_lower[low]]
+    close = list(dict.fromkeys(same + near))[:n]
     if not close:
         return ""
     return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"

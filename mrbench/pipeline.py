@@ -604,6 +604,11 @@ def _pool_fits(task: Task, dim: int) -> bool:
     return avail is None or len(task.candidates) * max(1, dim) * 4 <= avail // 2
 
 
+def _size(nbytes: int) -> str:
+    """``nbytes`` for a message: GiB from 1 GiB on, else MiB (one decimal)."""
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def _check_pool_fits(task: Task, dim: int) -> None:
     """Refuse, naming ``--stream-pool``, an in-memory pool that would need more than half of the
     available memory."""
@@ -611,8 +616,8 @@ def _check_pool_fits(task: Task, dim: int) -> None:
         n = len(task.candidates)
         avail = available_memory() or 0
         raise MrbenchError(
-            f"task {task.name}: {n:,} candidates x {dim} dims need {n * max(1, dim) * 4 / 2**30:.1f} GiB of float32 "
-            f"embeddings, more than half of the {avail / 2**30:.1f} GiB of memory available to this process; pass "
+            f"task {task.name}: {n:,} candidates x {dim} dims need {_size(n * max(1, dim) * 4)} of float32 "
+            f"embeddings, more than half of the {_size(avail)} of memory available to this process; pass "
             "--stream-pool (evaluate(stream_pool=True)) to keep them in a memory-mapped file and stream them through "
             "the search")
 

@@ -73,6 +73,10 @@ def test_builtins_listed_and_resolved():
 def test_unknown_name_did_you_mean():
     with pytest.raises(UnknownNameError, match=r"did you mean 'random'") as e:
         get_encoder("randm")
+    from mrbench.errors import did_you_mean
+
+    assert did_you_mean("IVF", ("ivf", "hnsw")) == " (did you mean 'ivf'?)"  # case is ignored, a case-only difference first
+    assert did_you_mean("Random", ("randoms", "random")) == " (did you mean 'random', 'randoms'?)"
     assert "family:spec" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UnknownNameError):
         get_encoder("no_such_module_xyz:Thing")

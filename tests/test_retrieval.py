@@ -1013,6 +1013,15 @@ def test_faiss_gpu_request_without_gpu_falls_back_with_one_warning(caplog, monke
     assert len(warns) == 1 and "running faiss on the CPU" in warns[0].getMessage()
     assert res.backend == "faiss" and res.device == "cpu"
     assert_same_result(res, exact_search(q, c, judged, backend="faiss"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mrbench.retrieval"):
+        # a request that cannot run at all is refused before any fallback warning
+        with pytest.raises(SearchError, match="stream=True needs backend='torch'"):
+            exact_search(q, c, judged, backend="faiss", device="cuda", stream=True)
+        # faiss has no device but the CPU and CUDA: a one-line error, not a "no CUDA" fallback
+        with pytest.raises(SearchError, match=r"device 'meta': faiss runs on the CPU or on CUDA GPUs"):
+            exact_search(q, c, judged, backend="faiss", device="meta")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("kind", ["unit", "quantised", "identical"])

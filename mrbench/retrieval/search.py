@@ -756,6 +756,9 @@ def _resolve_backend(backend: str, device: str | None, pairs: int | None = None)
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise SearchError(f"invalid device {device!r} ({exc}); pass e.g. 'cpu' or 'cuda:0'") from None
+        if backend == "faiss" and dev.type not in ("cpu", "cuda"):
+            raise SearchError(f"device {device!r}: faiss runs on the CPU or on CUDA GPUs; pass device='cpu' or 'cuda', "
+                              "or use backend='torch'")
         if backend == "faiss" and dev.type != "cpu":
             if dev.type == "cuda" and _faiss_gpu_ready():
                 return "faiss", str(dev if dev.index is not None else torch.device("cuda", 0))
@@ -1969,6 +1972,8 @@ def exact_search(
         raise SearchError(f"max_chunk_bytes must be a positive integer or None, got {max_chunk_bytes!r}")
     if fast_dtype not in FAST_DTYPES:
         raise SearchError(f"fast_dtype {fast_dtype!r}: choose one of {', '.join(FAST_DTYPES)}")
+    if stream and backend == "faiss":  # before the backend's own checks (a faiss-gpu fallback warning)
+        raise SearchError("stream=True needs backend='torch' (the faiss backend holds the whole pool in memory)")
     backend, dev_str = _resolve_backend(backend, device, n_q * n_c)
     if backend == "faiss" and fast_dtype not in ("auto", "float32"):
         raise SearchError(f"fast_dtype {fast_dtype!r} needs backend='torch'; the faiss backend filters in float32")
