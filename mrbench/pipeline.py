@@ -735,9 +735,7 @@ def _sensitivity_frame(task, q_emb, c_emb, r_emb, judged, res, owners, backend, 
     level = task.relevance_level
     judged = judged if isinstance(judged, CsrMappings) else CsrMappings.from_mappings(judged, dtype=np.int64)
     # only the first relevant rank matters here; partial grades rank like non-relevant ones in ties
-    r_judged = judged.select(judged.values >= level).take(qi_arr)
-    if not stream:
-        r_judged = _best_scoring(r_emb, c_emb, r_judged)
+    r_judged = _best_scoring(r_emb, c_emb, judged.select(judged.values >= level).take(qi_arr))
     r_res = exact_search(r_emb, c_emb, r_judged, depth=1, relevance_level=level, backend=backend, stream=stream)
     full_rank = _first_relevant_ranks(res.judged_ranks, judged, level, np.unique(qi_arr))
     full_rank = full_rank[np.searchsorted(np.unique(qi_arr), qi_arr)]
@@ -793,7 +791,10 @@ def _best_scoring(queries: np.ndarray, candidates: np.ndarray, judged: Sequence[
     qi = flat.query_of()
     if qi.size == 0:
         return flat
+    # only the judged rows of the pool are read (a memory-mapped pool, --stream-pool, stays on disk)
+    rows, local = np.unique(ci, return_inverse=True)
     scores = canonical_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)),
-                              torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)), qi, ci)
+                              torch.from_numpy(np.ascontiguousarray(candidates[rows], dtype=np.float32)), qi,
+                              local.reshape(-1))
     best = flat.reduce(np.maximum, scores, empty=-np.inf)
     return flat.select(scores == best[qi])

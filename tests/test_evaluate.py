@@ -271,6 +271,33 @@ def test_sensitivity_first_rank_from_best_scoring_candidates():
     assert _best_scoring(q, c, [{} for _ in range(40)]) == [{} for _ in range(40)]
 
 
+def test_best_scoring_reads_only_the_judged_rows_of_a_memory_mapped_pool(tmp_path, monkeypatch):
+    """With --stream-pool the pool is a memmap that may not fit in memory: _best_scoring gathers the
+    judged rows only (it used to copy the whole pool, so streamed runs skipped it) and gives the
+    same candidates as on an in-memory pool."""
+    from mrbench.pipeline import _best_scoring
+
+    rng = np.random.default_rng(5)
+    c = rng.standard_normal((500, 8)).astype(np.float32)
+    q = rng.standard_normal((30, 8)).astype(np.float32)
+    judged = [{int(x): int(rng.integers(1, 4)) for x in rng.choice(500, 6, replace=False)} for _ in range(30)]
+    path = tmp_path / "pool.npy"
+    np.save(path, c)
+    mm = np.load(path, mmap_mode="r")
+    seen = []
+    real = np.ascontiguousarray
+
+    def watched(a, *args, **kw):
+        seen.append(len(a))
+        return real(a, *args, **kw)
+
+    monkeypatch.setattr(np, "ascontiguousarray", watched)
+    got = _best_scoring(q, mm, judged)
+    monkeypatch.undo()
+    assert got == _best_scoring(q, c, judged)
+    assert max(seen) <= 30 * 6  # the queries and the judged rows, never the 500-row pool
+
+
 def test_each_encode_call_is_started_while_the_one_before_runs(monkeypatch):
     """A task's candidates are set up while its queries are encoded, the next task's queries while
     its candidates are; the scores are those of calls run one after the other."""
