@@ -212,15 +212,15 @@ def test_encode_ahead_stores_what_one_call_after_the_other_stores(bench_dir, tmp
         return real(self, *a, **k)
 
     real_close = hz.PendingEncode.close
-    consumed, closed_unconsumed = set(), []
+    consumed, closed_unconsumed = [], []  # the calls themselves (kept alive: an id could be reused)
 
     def result(self, *a, **k):
-        consumed.add(id(self))
+        consumed.append(self)
         return failing(self, *a, **k)
 
     def close(self):
-        if id(self) not in consumed:
-            closed_unconsumed.append(id(self))
+        if not any(c is self for c in consumed):
+            closed_unconsumed.append(self)
         return real_close(self)
 
     monkeypatch.setattr(hz.PendingEncode, "result", result)
