@@ -49,7 +49,7 @@ def train_generative(trainer: Any) -> dict[str, Any]:
 
     from elva_baseline.data import holdout_split
     from elva_baseline.generative_policy import GenerativePolicy, GenerativeRLConfig, InfoNCEStepConfig, LoraSettings
-    from elva_baseline.trainer import StageResult, TrainingError, _warn_without_negatives, heldout_metrics
+    from elva_baseline.trainer import StageResult, TrainingError, heldout_metrics, rl_queries
     from elva_baseline.trainlog import TrainLog
     from mrbench.data.registry import load_benchmark
 
@@ -180,7 +180,7 @@ def train_generative(trainer: Any) -> dict[str, Any]:
             else:
                 finish("warmup", cfg.warmup.steps, t0)
         if "rl" in cfg.stages and not stopped:
-            from elva_baseline.sampling import queries_with_negatives, sample_negatives
+            from elva_baseline.sampling import sample_negatives
 
             t0 = time.perf_counter()
             rl_step0 = start_step if start_stage == "rl" else 0
@@ -207,14 +207,8 @@ def train_generative(trainer: Any) -> dict[str, Any]:
                                             "start the run again without --resume")
                     negs[n] = torch.from_numpy(np.load(path, allow_pickle=False))
             gcfg = GenerativeRLConfig.from_rl_config(cfg.rl, temperature=g.temperature, top_p=g.top_p)
-            # queries with no negative at all (a pool of relevant candidates only) get no rule reward: left out
-            with_negs = {n: queries_with_negatives(negs[n]) for n in names}
-            _warn_without_negatives({n: (len(data[n]["train"]) - len(with_negs[n]), len(data[n]["train"])) for n in names})
-            rl_names = [n for n in names if len(with_negs[n])]
-            if not rl_names:
-                raise TrainingError("rl: no training query has a negative candidate (every other candidate of its pool "
-                                    "is relevant or filtered out by sampling.threshold); lower the threshold or train on "
-                                    "a benchmark with larger pools")
+            with_negs = rl_queries({n: negs[n] for n in names}, cfg.data.benchmark)  # (queries with a negative)
+            rl_names = [n for n in names if n in with_negs]
             for step in range(rl_step0 + 1, cfg.rl.steps + 1):
                 n = rl_names[step % len(rl_names)]
                 d = data[n]

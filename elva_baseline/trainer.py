@@ -40,6 +40,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -619,7 +620,6 @@ class Trainer:
 
         from elva_baseline.checkpoint import load_checkpoint, load_trainer_state
         from elva_baseline.rewards import positive_rank
-        from elva_baseline.sampling import queries_with_negatives
 
         cfg = self.cfg.rl
         rcfg = self.cfg.reward_config()
@@ -630,16 +630,10 @@ class Trainer:
         ref.eval().requires_grad_(False)
         t_stage = time.perf_counter()
         negs = self._mine(ref)
-        with_negs = {n: queries_with_negatives(s.indices) for n, s in negs.items()}
-        tasks = [n for n in self.train_data.task_names if n in negs and len(with_negs[n])]
-        if negs and not tasks:
-            raise TrainingError(f"rl: no training query of {self.cfg.data.benchmark} has a negative candidate (every "
-                                "other candidate of its pool is relevant or filtered out by sampling.threshold); "
-                                "lower the threshold or train on a benchmark with larger pools")
+        with_negs = rl_queries({n: s.indices for n, s in negs.items()}, self.cfg.data.benchmark)
+        tasks = [n for n in self.train_data.task_names if n in with_negs]
         if not tasks:
             raise TrainingError(f"rl: no training queries in {self.cfg.data.benchmark}")
-        _warn_without_negatives({n: (len(self.train_data.task(n)) - len(e), len(self.train_data.task(n)))
-                                 for n, e in with_negs.items()})
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         saved, saved_pools, saved_tensors = None, None, {}
@@ -759,16 +753,28 @@ def heldout_metrics(parts: list[tuple[Any, Any, list[dict[int, int]], int, list[
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def _warn_without_negatives(left_out: dict[str, tuple[int, int]]) -> None:
-    """One warning line for the training queries the RL stage leaves out because they have no
-    negative at all (``{task: (left out, queries)}``; nothing when none is)."""
-    parts = [f"{n}: {k} of {m}" for n, (k, m) in left_out.items() if k]
+def rl_queries(negatives: dict[str, Any], benchmark: str) -> dict[str, Sequence[int]]:
+    """The training queries the RL stage draws from, per task: those with at least one mined negative
+    (:func:`~elva_baseline.sampling.queries_with_negatives` of each task's ``[Nq, n]`` indices), tasks
+    with none dropped. A query whose pool holds nothing but relevant (or threshold-filtered)
+    candidates gets no rule reward: the queries left out are said in one warning line, and none left
+    at all is a :class:`TrainingError`."""
+    from elva_baseline.sampling import queries_with_negatives
+
+    rows = {n: queries_with_negatives(ix) for n, ix in negatives.items()}
+    parts = [f"{n}: {len(ix) - len(rows[n])} of {len(ix)}" for n, ix in negatives.items() if len(rows[n]) < len(ix)]
     if parts:
         import logging
 
         logging.getLogger("elva_baseline.trainer").warning(
             "rl: training queries with no negative candidate at all (every other candidate of their pool is relevant "
             "or filtered out by sampling.threshold) are left out of the RL stage — %s", "; ".join(parts))
+    kept = {n: r for n, r in rows.items() if len(r)}
+    if negatives and not kept:
+        raise TrainingError(f"rl: no training query of {benchmark} has a negative candidate (every other candidate of "
+                            "its pool is relevant or filtered out by sampling.threshold); lower the threshold or train "
+                            "on a benchmark with larger pools")
+    return kept
 
 
 def _embed_chunks(model: Any, items: Any, chunk: int = 512) -> Any:

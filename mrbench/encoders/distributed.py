@@ -44,7 +44,6 @@ longest wait of a fast rank for the slowest one, loading included); then they fa
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import math
 import os
@@ -506,10 +505,9 @@ def encode_benchmark(
         EncodeStats,
         _gpu_decode_device,
         _hash_items,
+        calls_in_turn,
         check_worker_kind,
-        encode_items,
         instruction_for,
-        start_encode,
     )
     from mrbench.encoders.hash_store import load_file_hashes, save_file_hashes
     from mrbench.pipeline import _default_revision, open_cache, resolve_encoder
@@ -572,36 +570,22 @@ def encode_benchmark(
         my_keys: list[str] = []
         share = f" (rank 0's share of {ctx.world_size})" if ctx.distributed else ""
         groups = _groups(mine)
-        call_kw = dict(cache=rec, batch_size=batch_size, num_workers=num_workers, workers=decode)
         # as evaluate does for an encoder on a GPU (mrbench.pipeline.ENCODE_AHEAD): each group's call is
         # started while the one before it runs, so its start-up (hashes, cache lookups, first batches)
         # does not leave the device idle between groups; the groups hold distinct cache entries
-        ahead_on = pipeline.ENCODE_AHEAD if pipeline.ENCODE_AHEAD is not None else _gpu_decode_device(enc) is not None
-        started: dict[int, Any] = {}
-        try:
-            for k, (ti, role, items) in enumerate(groups):
+        ahead = pipeline.ENCODE_AHEAD if pipeline.ENCODE_AHEAD is not None else _gpu_decode_device(enc) is not None
+        turns = calls_in_turn(enc, [(task_list[ti], role, items) for ti, role, items in groups], bench=bench,
+                              ahead=ahead, cache=rec, batch_size=batch_size, num_workers=num_workers, workers=decode)
+        with contextlib.closing(turns):
+            for (ti, role, items), finish in zip(groups, turns):
                 task = task_list[ti]
                 label = f"{task.name}: {'queries' if role == 'query' else 'candidates'}{share}"
-                if ahead_on and k not in started:
-                    started[k] = start_encode(enc, items, role=role, task=task, bench=bench, **call_kw)  # type: ignore[arg-type]
-                if ahead_on and k + 1 < len(groups):
-                    nti, nrole, nitems = groups[k + 1]
-                    started[k + 1] = start_encode(enc, nitems, role=nrole, task=task_list[nti], bench=bench,
-                                                  after=started[k], **call_kw)  # type: ignore[arg-type]
                 with reporter.stage(label, len(items)) as adv:
-                    if ahead_on:
-                        started[k].result(progress=adv, stats=stats)
-                        del started[k]
-                    else:
-                        encode_items(enc, items, role=role, task=task, bench=bench, progress=adv, stats=stats,
-                                     **call_kw)  # type: ignore[arg-type]
+                    finish(progress=adv, stats=stats)
                 if validate:  # keys for the final check (image hashes are memoised by encode_items: no re-read)
                     paths = [bench.image_path(it.image) if it.image else None for it in items]
                     instruction = instruction_for(task, role)
                     my_keys += store.keys(role, instruction, _hash_items(items, paths, None))
-        finally:
-            for call in started.values():  # started but not reached: an earlier group failed
-                call.close()
         me.cache_hits, me.encoded, me.encode_seconds = stats.cache_hits, stats.encoded, stats.encode_seconds
         if not ctx.distributed:  # a rank hashed its share only: one rank's store would drop the others'
             save_file_hashes(bench.root)

@@ -36,6 +36,7 @@ Every failure is one line naming the encoder, task, role and the offending item 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -1626,6 +1627,39 @@ def start_encode(
     return PendingEncode(call, after=after._call if after is not None else None)
 
 
+def calls_in_turn(
+    encoder: Encoder,
+    groups: Sequence[tuple["Task", str, Sequence["Query | Candidate"]]],
+    *,
+    bench: "Benchmark",
+    ahead: bool = True,
+    **kwargs: Any,
+) -> Iterator[Callable[..., np.ndarray]]:
+    """One :func:`encode_items` call per ``(task, role, items)`` group, in order: yields, per group, a
+    function ``finish(progress=None, stats=None)`` that runs the call and returns its array. With
+    ``ahead`` each call is started (:func:`start_encode`) while the one before it runs, as
+    ``evaluate`` does for an encoder on a GPU. Call each ``finish`` (once) before taking the next;
+    close the generator (``contextlib.closing``) so that, after an error, the calls started but not
+    finished are closed. ``kwargs``: the other arguments of :func:`start_encode`."""
+    if not ahead:
+        for task, role, items in groups:
+            yield functools.partial(encode_items, encoder, items, role=role, task=task, bench=bench, **kwargs)
+        return
+    started: dict[int, PendingEncode] = {}
+    try:
+        for k, (task, role, items) in enumerate(groups):
+            if k not in started:
+                started[k] = start_encode(encoder, items, role=role, task=task, bench=bench, **kwargs)
+            if k + 1 < len(groups):
+                nt, nr, ni = groups[k + 1]
+                started[k + 1] = start_encode(encoder, ni, role=nr, task=nt, bench=bench, after=started[k], **kwargs)
+            yield started[k].result
+            started.pop(k).close()  # (a no-op once its result was taken)
+    finally:
+        for call in started.values():
+            call.close()
+
+
 def encode_groups(
     encoder: Encoder,
     groups: Sequence[tuple["Task", Sequence["Query | Candidate"]]],
@@ -1638,24 +1672,10 @@ def encode_groups(
 ) -> list[np.ndarray]:
     """:func:`encode_items` over ``(task, items)`` groups in order, one array per group; with
     ``ahead`` each call is started (:func:`start_encode`) while the one before it runs, as
-    ``evaluate`` does. ``kwargs``: the other arguments of :func:`start_encode`."""
-    if not ahead:
-        return [encode_items(encoder, items, role=role, task=task, bench=bench, stats=stats, **kwargs)
-                for task, items in groups]
-    out: list[np.ndarray] = []
-    calls: list[PendingEncode] = []  # started; each closed after its result (a no-op) or on an error
-    try:
-        for k, (task, items) in enumerate(groups):
-            if k == 0:
-                calls.append(start_encode(encoder, items, role=role, task=task, bench=bench, **kwargs))
-            if k + 1 < len(groups):
-                nt, ni = groups[k + 1]
-                calls.append(start_encode(encoder, ni, role=role, task=nt, bench=bench, after=calls[k], **kwargs))
-            out.append(calls[k].result(stats=stats))
-    finally:
-        for call in calls:
-            call.close()
-    return out
+    ``evaluate`` does (see :func:`calls_in_turn`). ``kwargs``: the other arguments of :func:`start_encode`."""
+    turns = calls_in_turn(encoder, [(task, role, items) for task, items in groups], bench=bench, ahead=ahead, **kwargs)
+    with contextlib.closing(turns):
+        return [finish(stats=stats) for finish in turns]
 
 
 class PendingEncode:
