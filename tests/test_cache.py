@@ -147,6 +147,78 @@ def test_corrupt_shard_data_found_late(tmp_path, caplog):
     assert not mask.any() and got is None and len(caplog.records) == 1 and len(fresh) == 0
 
 
+def test_flipped_data_byte_fails_the_crc(tmp_path, caplog):
+    """Embeddings are read through a memory map, not through zipfile: a changed data byte that still
+    makes a finite float is caught by the member's CRC-32, as zipfile's own read caught it."""
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = _keys(64)
+    emb = np.full((64, 64), 0.25, np.float32)  # 16 KiB: past what the key index's header read takes in
+    shard = c.put_many(keys, emb)
+    data = bytearray(shard.read_bytes())
+    at = bytes(data).index(emb.tobytes())  # the member's data (stored, uncompressed)
+    data[at + 8193] ^= 0x01  # 0.25 with a low mantissa bit flipped: still finite
+    shard.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="mrbench.encoders.cache"):
+        fresh = EmbeddingCache(tmp_path, "enc@r1")
+        mask, got = fresh.get_many(keys[:1])  # a row other than the damaged one: the whole shard is checked
+    assert not mask.any() and got is None and len(fresh) == 0
+    assert [r.getMessage() for r in caplog.records] == [f"embedding cache: skipping corrupt shard {shard} ('emb' fails "
+                                                        "its CRC-32 check); delete it to silence this"]
+
+
+def test_compressed_shard_is_read(tmp_path):
+    """A shard another tool wrote with ``np.savez_compressed`` cannot be mapped: it is read whole."""
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = _keys(3)
+    emb = np.arange(6, dtype=np.float32).reshape(3, 2)
+    c.path.mkdir(parents=True)
+    with open(c.path / "shard-00000000000000000001-z.npz", "wb") as f:
+        np.savez_compressed(f, keys=np.asarray(keys, dtype="<U64"), emb=emb)
+    mask, got = EmbeddingCache(tmp_path, "enc@r1").get_many(keys[::-1])
+    assert mask.all()
+    np.testing.assert_array_equal(got, emb[::-1])
+
+
+def test_cache_holds_no_embeddings_between_calls(tmp_path):
+    """The cache keeps its key index only: what it writes or reads stays on disk (read through
+    memory maps), so a pool larger than memory can stream through it (``--stream-pool``). Traced
+    (NumPy) memory: nothing kept after put_many or get_many, and a lookup's peak is its result plus
+    a bounded check buffer, not the shards it reads."""
+    import tracemalloc
+
+    d, rows = 1024, 1024  # 4 MiB per shard, ~0.2 MiB of key index
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    rng = np.random.default_rng(0)
+    all_keys, all_emb = [], []
+    for s in range(6):
+        keys = _keys(rows, f"s{s}-")
+        emb = rng.standard_normal((rows, d), dtype=np.float32)
+        all_keys += keys
+        all_emb.append(emb)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for s in range(6):
+            c.put_many(all_keys[s * rows : (s + 1) * rows], all_emb[s])
+        kept_after_put = tracemalloc.get_traced_memory()[0] - base
+        want = [k for i, k in enumerate(all_keys) if i % 3 == 0]  # a third of every shard
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        mask, got = c.get_many(want)
+        now, peak = tracemalloc.get_traced_memory()
+        result = got.nbytes + mask.nbytes
+        kept_after_get = now - before - result
+        del got
+    finally:
+        tracemalloc.stop()
+    shard_bytes = rows * d * 4
+    assert kept_after_put < 6 * shard_bytes // 8  # the key index, no copy of the shards
+    assert kept_after_get < shard_bytes // 8
+    assert peak - before < result + shard_bytes // 2  # no shard read whole
+    np.testing.assert_array_equal(EmbeddingCache(tmp_path, "enc@r1").get_many(want)[1],
+                                  np.concatenate(all_emb)[::3])
+
+
 def test_dimension_conflict(tmp_path):
     c = EmbeddingCache(tmp_path, "enc@r1")
     c.put_many(_keys(2), np.ones((2, 4), np.float32))

@@ -4,7 +4,10 @@ Layout: ``<root>/<namespace dir>/shard-<time>-<pid>-<random>.npz``, each holding
 ``keys`` (fixed-width unicode, sha256 hex) and ``emb`` (float32 ``[n, D]``). Shards are written to a
 temporary file and moved into place with :func:`os.replace`, so a reader never sees half a shard;
 an interrupted run loses at most the batch in flight and a re-run resumes from the shards on disk.
-Files are read with ``np.load(..., allow_pickle=False)`` (no pickle anywhere).
+Files are read with ``np.load(..., allow_pickle=False)`` (no pickle anywhere); the ``emb`` arrays
+are memory-mapped for each lookup rather than loaded, and an instance keeps only its key index (a
+shard is checked in full, CRC-32 and finite values, the first time an instance reads from it), so a
+pool larger than memory can pass through the cache (``evaluate --stream-pool``).
 
 Keys: ``sha256(namespace, role, instruction or "", content_hash)`` (see :func:`cache_key`) — the
 same content encoded in another role, with another instruction, or by another encoder revision
@@ -142,7 +145,7 @@ class EmbeddingCache:
         self.stats = CacheStats()
         self._index: dict[str, int] | None = None  # key -> shard number << _ROW_BITS | row
         self._shards: list[Path] = []
-        self._arrays: dict[int, np.ndarray] = {}  # shard number -> emb, loaded on demand
+        self._verified: set[int] = set()  # shard numbers whose embeddings passed the full check
         self._dim: int | None = None
         self._dim_source: str | None = None
         self._lock = threading.RLock()
@@ -228,19 +231,26 @@ class EmbeddingCache:
             return None
         return keys, int(shape[1])
 
-    def _load_emb(self, n: int) -> np.ndarray | None:
-        """The embeddings of shard ``n`` (memoised); ``None`` when its data turns out corrupt."""
-        if n in self._arrays:
-            return self._arrays[n]
+    def _open_emb(self, n: int) -> np.ndarray | None:
+        """Shard ``n``'s embeddings, memory-mapped (read-only): nothing is held once the caller drops
+        it, so a pool larger than memory streams through the cache. Checked in full the first time
+        this object opens the shard (CRC-32 of the zip member, dtype, shape, finite values); ``None``
+        (one warning line, its keys leave the index) when that check fails. A shard written
+        compressed (not by this class) is read whole instead of mapped."""
         p = self._shards[n]
         problem = None
+        emb: np.ndarray | None = None
         try:
-            with np.load(p, allow_pickle=False) as z:
-                emb = z["emb"]
+            mapped = _map_stored_member(p, "emb.npy")
+            if mapped is not None:
+                emb = mapped.data
+            else:
+                with np.load(p, allow_pickle=False) as z:  # zipfile checks the CRC on this read
+                    emb = z["emb"]
             if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != self._dim:
                 problem = f"'emb' is {emb.dtype}{list(emb.shape)}"
-            elif not np.isfinite(emb).all():
-                problem = "'emb' holds NaN/Inf"
+            elif n not in self._verified:
+                problem = _check_rows(emb, mapped)
         except Exception as e:
             problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
         if problem is not None:
@@ -249,7 +259,7 @@ class EmbeddingCache:
             for k in [k for k, c in index.items() if c >> _ROW_BITS == n]:
                 del index[k]
             return None
-        self._arrays[n] = emb
+        self._verified.add(n)
         return emb
 
     def _check_dim(self, d: int, source: Path | str) -> None:
@@ -275,9 +285,13 @@ class EmbeddingCache:
         # one C-level pass over the keys; shards and rows are then array operations
         codes = np.fromiter(map(index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=n)
         shard = codes >> _ROW_BITS  # -1 for a miss
+        arrays: dict[int, np.ndarray] = {}  # mapped for this call only
         for s in np.unique(shard[shard >= 0]).tolist():
-            if self._load_emb(s) is None:  # corrupt data: its keys left the index
+            emb_s = self._open_emb(s)
+            if emb_s is None:  # corrupt data: its keys left the index
                 codes[shard == s] = -1
+            else:
+                arrays[s] = emb_s
         mask = codes >= 0
         n_hit = int(mask.sum())
         self.stats.hits += n_hit
@@ -292,7 +306,7 @@ class EmbeddingCache:
         starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(hit)]):
             dst = hit[a:b]
-            emb[dst] = self._arrays[int(sh[a])][codes[dst] & _ROW_MASK]
+            emb[dst] = arrays[int(sh[a])][codes[dst] & _ROW_MASK]
         return mask, emb
 
     @_locked
@@ -325,7 +339,6 @@ class EmbeddingCache:
             raise
         n = len(self._shards)
         self._shards.append(final)
-        self._arrays[n] = emb.copy()
         index.update(zip(key_arr.tolist(), range(n << _ROW_BITS, (n << _ROW_BITS) + len(key_arr))))
         self.stats.written += len(keys)
         return final
@@ -384,13 +397,88 @@ class EmbeddingCache:
             assert new is not None
             out.append(new)
         self.stats.written = written
-        gone = {str(p) for p in merged}
-        for n, s in enumerate(self._shards):
-            if str(s) in gone:
-                self._arrays.pop(n, None)
         for p in merged:
             p.unlink(missing_ok=True)
         return out + [p for p in paths if p not in merged]
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, namespace={self.namespace!r})"
+
+
+_CHECK_BYTES = 64 << 20
+"""Bytes of a mapped shard checked (CRC-32, finite values) per step: a bounded share of memory."""
+
+
+@dataclass
+class _Mapped:
+    """A stored ``.npy`` zip member mapped read-only: its data, the CRC-32 its zip entry records,
+    and its ``.npy`` header's bytes (which that CRC covers too)."""
+
+    data: np.ndarray
+    crc32: int
+    header: bytes
+
+
+def _map_stored_member(path: Path, member: str) -> _Mapped | None:
+    """The ``.npy`` array ``member`` of the ``.npz`` file ``path`` as a read-only memory map, when it
+    is stored uncompressed (``np.savez``) in C order with a version 1 or 2 header; ``None`` otherwise.
+
+    The map starts at the member's data, found from its local zip header (whose name and extra
+    fields may differ in length from the central directory's). Nothing is checked against the CRC
+    here (see :func:`_check_rows`). Raises ``ValueError`` when the member's size disagrees with its
+    header.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"bad local zip header for {member}")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+        f.seek(start)
+        header = f.read(offset - start)
+    if fortran or dtype.hasobject:
+        return None
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(header) + nbytes != info.file_size:
+        raise ValueError(f"{member} holds {info.file_size - len(header)} data bytes for {dtype}{list(shape)}")
+    if nbytes == 0:
+        data = np.zeros(shape, dtype=dtype)
+    else:
+        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+    return _Mapped(data, info.CRC, header)
+
+
+def _check_rows(emb: np.ndarray, mapped: _Mapped | None) -> str | None:
+    """What is wrong with a shard's embeddings ``emb`` (``None``: nothing): non-finite values, or,
+    when they are ``mapped`` (:func:`_map_stored_member`), a CRC-32 of the member other than the one
+    its zip entry records. Reads ``emb`` in steps of :data:`_CHECK_BYTES`."""
+    import zlib
+
+    crc = None if mapped is None else zlib.crc32(mapped.header)
+    rows = max(1, _CHECK_BYTES // max(1, emb.shape[1] * emb.itemsize))
+    finite = True
+    for r in range(0, emb.shape[0], rows):
+        part = np.asarray(emb[r : r + rows])
+        finite = finite and bool(np.isfinite(part).all())
+        if crc is not None:
+            crc = zlib.crc32(part, crc)
+    if mapped is not None and crc != mapped.crc32:
+        return "'emb' fails its CRC-32 check"
+    if not finite:
+        return "'emb' holds NaN/Inf"
+    return None
