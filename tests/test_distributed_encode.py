@@ -537,6 +537,41 @@ def test_merge_shards_compacts_and_keeps_the_last_row(tmp_path):
         c.merge_shards([q1], max_rows=0)
 
 
+def test_merge_shards_streams_rows(tmp_path, monkeypatch):
+    """A merge reads its shards through memory maps and writes the new shard part by part: its
+    traced (NumPy) memory stays near one part plus the keys, not the rows merged (a single-process
+    ``mrbench encode`` of M-BEIR's 5.6M-candidate pool at D = 768 would otherwise hold 17 GB).
+    Rows, keys and the last-occurrence rule are those of the shards."""
+    import tracemalloc
+
+    from mrbench.encoders import cache as cache_mod
+    from mrbench.encoders.cache import cache_key
+
+    monkeypatch.setattr(cache_mod, "_CHECK_BYTES", 1 << 20)  # 1 MiB parts
+    d, rows, n_shards = 1024, 1024, 6  # 4 MiB per shard
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    rng = np.random.default_rng(0)
+    keys = [cache_key("ns", "query", None, str(i)) for i in range(rows * n_shards)]
+    emb = rng.standard_normal((rows * n_shards, d), dtype=np.float32)
+    paths = [c.put_many(keys[i * rows : (i + 1) * rows], emb[i * rows : (i + 1) * rows]) for i in range(n_shards)]
+    again = c.put_many(keys[:3], emb[:3] * 2)  # the same keys again, later: these rows win
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        new = c.merge_shards([*paths, again], max_rows=rows * 4)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * rows * d * 4  # two shards' worth at most (the keys, their index, a 1 MiB part)
+    assert [len(np.load(p)["keys"]) for p in new] == [rows * 4, rows * 2]
+    want = emb.copy()
+    want[:3] *= 2
+    for cache in (c, EmbeddingCache(tmp_path, "enc@r1")):
+        mask, got = cache.get_many(keys)
+        assert mask.all()
+        np.testing.assert_array_equal(got, want)
+
+
 def test_context_reuses_an_existing_process_group(bench_dir, tmp_path):
     """Called from a script that already set up torch.distributed (accelerate, torchrun): that group
     is reused and left alone."""

@@ -30,10 +30,10 @@ import functools
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, TypeVar
 
 import numpy as np
 
@@ -232,35 +232,18 @@ class EmbeddingCache:
         return keys, int(shape[1])
 
     def _open_emb(self, n: int) -> np.ndarray | None:
-        """Shard ``n``'s embeddings, memory-mapped (read-only): nothing is held once the caller drops
-        it, so a pool larger than memory streams through the cache. Checked in full the first time
-        this object opens the shard (CRC-32 of the zip member, dtype, shape, finite values); ``None``
-        (one warning line, its keys leave the index) when that check fails. A shard written
-        compressed (not by this class) is read whole instead of mapped."""
-        p = self._shards[n]
-        problem = None
-        emb: np.ndarray | None = None
-        try:
-            mapped = _map_stored_member(p, "emb.npy")
-            if mapped is not None:
-                emb = mapped.data
-            else:
-                with np.load(p, allow_pickle=False) as z:  # zipfile checks the CRC on this read
-                    emb = z["emb"]
-            if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != self._dim:
-                problem = f"'emb' is {emb.dtype}{list(emb.shape)}"
-            elif n not in self._verified:
-                problem = _check_rows(emb, mapped)
-        except Exception as e:
-            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
-        if problem is not None:
-            self._warn_corrupt(p, problem)
+        """Shard ``n``'s embeddings (see :func:`_read_emb`), checked in full the first time this
+        object opens the shard; ``None`` (one warning line, its keys leave the index) when they
+        turn out unusable."""
+        got = _read_emb(self._shards[n], self._dim, check=n not in self._verified)
+        if isinstance(got, str):
+            self._warn_corrupt(self._shards[n], got)
             index = self._ensure_index()
             for k in [k for k, c in index.items() if c >> _ROW_BITS == n]:
                 del index[k]
             return None
         self._verified.add(n)
-        return emb
+        return got
 
     def _check_dim(self, d: int, source: Path | str) -> None:
         if self._dim is None:
@@ -321,16 +304,24 @@ class EmbeddingCache:
             raise ValueError(f"put_many: {len(keys)} keys for embeddings of shape {emb.shape}")
         if len(keys) == 0:
             return None
-        index = self._ensure_index()
+        self._ensure_index()
         self._check_dim(emb.shape[1], _BATCH_BEING_WRITTEN)
-        key_arr = np.asarray(list(keys), dtype=_KEY_DTYPE)
+        final = self._write_shard(list(keys), emb.shape[1], [emb])
+        self.stats.written += len(keys)
+        return final
+
+    def _write_shard(self, keys: list[str], dim: int, parts: Iterable[np.ndarray]) -> Path:
+        """Write one shard (atomically: a temporary file, fsync, rename) whose embeddings are the
+        rows of ``parts`` in order, one part in memory at a time, and add it to the index."""
+        index = self._ensure_index()
+        key_arr = np.asarray(keys, dtype=_KEY_DTYPE)
         self.path.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.npz"
         final = self.path / name
         tmp = self.path / f".{name}.tmp"
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, keys=key_arr, emb=emb)
+                _save_shard(f, key_arr, dim, parts)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -339,8 +330,7 @@ class EmbeddingCache:
             raise
         n = len(self._shards)
         self._shards.append(final)
-        index.update(zip(key_arr.tolist(), range(n << _ROW_BITS, (n << _ROW_BITS) + len(key_arr))))
-        self.stats.written += len(keys)
+        index.update(zip(keys, range(n << _ROW_BITS, (n << _ROW_BITS) + len(keys))))
         return final
 
     @_locked
@@ -367,36 +357,33 @@ class EmbeddingCache:
         if len(paths) < 2:
             return paths
         self._ensure_index()
-        rows: dict[str, np.ndarray] = {}
+        codes: dict[str, int] = {}  # key -> source number << _ROW_BITS | row, in order of last occurrence
+        sources: list[np.ndarray] = []  # the merged shards' embeddings, memory-mapped
         merged: list[Path] = []
         for p in paths:
             keys = self._shard_keys(p)
             if keys is None:
                 continue
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    emb = z["emb"]
-            except Exception as e:
-                self._warn_corrupt(p, f"{type(e).__name__}: {e}")
+            got = _read_emb(p, self._dim, check=True)
+            if isinstance(got, str):
+                self._warn_corrupt(p, got)
                 continue
-            if not np.isfinite(emb).all():
-                self._warn_corrupt(p, "'emb' holds NaN/Inf")
-                continue
-            for k, row in zip(keys.tolist(), emb):
-                rows.pop(k, None)  # last occurrence wins, in order
-                rows[k] = row
+            m = len(sources) << _ROW_BITS
+            for r, k in enumerate(keys.tolist()):
+                codes.pop(k, None)  # last occurrence wins, in order
+                codes[k] = m | r
+            sources.append(got)
             merged.append(p)
         if len(merged) < 2:
             return paths
-        keys_all = list(rows)
-        written = self.stats.written
-        out: list[Path] = []
-        for i in range(0, len(keys_all), max_rows):
-            chunk = keys_all[i : i + max_rows]
-            new = self.put_many(chunk, np.stack([rows[k] for k in chunk]))
-            assert new is not None
-            out.append(new)
-        self.stats.written = written
+        assert self._dim is not None
+        keys_all = list(codes)
+        code_arr = np.fromiter(codes.values(), dtype=np.int64, count=len(codes))
+        del codes
+        out = [self._write_shard(keys_all[i : i + max_rows], self._dim,
+                                 _gathered(sources, code_arr[i : i + max_rows], self._dim))
+               for i in range(0, len(keys_all), max_rows)]
+        del sources
         for p in merged:
             p.unlink(missing_ok=True)
         return out + [p for p in paths if p not in merged]
@@ -482,3 +469,60 @@ def _check_rows(emb: np.ndarray, mapped: _Mapped | None) -> str | None:
     if not finite:
         return "'emb' holds NaN/Inf"
     return None
+
+
+def _read_emb(path: Path, dim: int | None, check: bool) -> np.ndarray | str:
+    """The ``emb`` array of the shard ``path``, memory-mapped when stored uncompressed (as this module
+    writes it), else read whole; or what is wrong with it, as a string: a wrong dtype or shape
+    (``dim``: the cache's dimension), an unreadable file, or with ``check`` any problem
+    :func:`_check_rows` finds (a full pass over the data)."""
+    try:
+        mapped = _map_stored_member(path, "emb.npy")
+        if mapped is not None:
+            emb = mapped.data
+        else:
+            with np.load(path, allow_pickle=False) as z:  # zipfile checks the CRC on this read
+                emb = z["emb"]
+        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != dim:
+            return f"'emb' is {emb.dtype}{list(emb.shape)}"
+        problem = _check_rows(emb, mapped) if check else None
+    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError, ...
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+    return emb if problem is None else problem
+
+
+def _gathered(sources: Sequence[np.ndarray], codes: np.ndarray, dim: int) -> Iterator[np.ndarray]:
+    """The rows ``codes`` (``source number << _ROW_BITS | row``) of ``sources``, in order, in parts
+    of at most :data:`_CHECK_BYTES`."""
+    step = max(1, _CHECK_BYTES // (4 * dim))
+    for a in range(0, codes.size, step):
+        part = codes[a : a + step]
+        src = part >> _ROW_BITS
+        rows = part & _ROW_MASK
+        out = np.empty((part.size, dim), dtype=np.float32)
+        for m in np.unique(src).tolist():
+            sel = src == m
+            out[sel] = sources[m][rows[sel]]
+        yield out
+
+
+def _save_shard(f: BinaryIO, keys: np.ndarray, dim: int, parts: Iterable[np.ndarray]) -> None:
+    """Write a shard to the open file ``f`` as ``np.savez(f, keys=keys, emb=...)`` would (a zip of
+    stored ``.npy`` members) with ``emb`` the float32 rows of ``parts`` (``len(keys)`` in all), one
+    part at a time."""
+    import zipfile
+
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("keys.npy", "w", force_zip64=True) as m:
+            np.lib.format.write_array(m, keys, allow_pickle=False)
+        with zf.open("emb.npy", "w", force_zip64=True) as m:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": (len(keys), dim)}
+            np.lib.format.write_array_header_1_0(m, header)
+            rows = 0
+            for part in parts:
+                part = np.ascontiguousarray(part, dtype=np.float32)
+                rows += part.shape[0]
+                m.write(memoryview(part).cast("B"))
+            if rows != len(keys):
+                raise ValueError(f"a shard of {len(keys)} keys got {rows} rows of embeddings")
