@@ -79,6 +79,29 @@ def test_bench_load_generated_benchmark(tmp_path: Path) -> None:
     assert all(r["best_s"] > 0 and r["median_s"] >= r["best_s"] for r in data["load"].values())
 
 
+def test_bench_scale_small(tmp_path: Path) -> None:
+    """bench_scale.py runs evaluate (warm needs its cold run) and encode as processes and records each
+    run's stages, cache hits and peak memory."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--candidates", "300", "--queries", "10",
+         "--runs", "evaluate cold,evaluate warm --stream-pool,encode", "--data", str(tmp_path / "d"),
+         "--encoder-kwargs", '{"dim": 8}', "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    runs = {r["run"]: r for r in data["runs"]}
+    assert list(runs) == ["evaluate cold", "evaluate warm --stream-pool", "encode"]
+    assert runs["evaluate cold"]["cache_hits"] == 0 and runs["evaluate warm --stream-pool"]["cache_hits"] == 310
+    assert runs["evaluate warm --stream-pool"]["stages_s"]["encoder_forward"] == 0
+    assert all(r["peak_anon_mib"] > 0 and r["peak_rss_mib"] >= r["peak_anon_mib"] for r in runs.values())
+    assert data["pool_mib"] == 0 and data["benchmark"]["candidates"] == 300
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--runs", "nope"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode != 0 and "unknown run(s) ['nope']" in bad.stderr
+
+
 def _load_script(name: str):
     import importlib.util
 
