@@ -118,7 +118,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -1595,9 +1595,11 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
     first) the count of fast scores above its window and the members of its window (from the block's
     own top list where it can, see :func:`_stream_block_counts`). Then, as in
     :func:`_finalise_chunk`, top lists come from the rescored pool prefix and judged counts from the
-    rescored window members. Queries whose pool reaches past the list, whose windows overflow, or
-    that are dense go to pass 2 (:func:`_stream_exact_rows`): canonical scores of every candidate,
-    block by block. Results are identical to the in-memory path.
+    rescored window members. Queries whose pool reaches past the list (ties at the depth-th score)
+    get their pool from one more fast pass (:func:`_stream_pool_rows`). Queries whose windows
+    overflow, that are dense, or whose pool exceeds :data:`_STREAM_POOL_CAP` go to pass 2
+    (:func:`_stream_exact_rows`): canonical scores of every candidate, block by block. Results are
+    identical to the in-memory path.
     """
     import torch
 
@@ -1634,17 +1636,8 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             wc: list[np.ndarray] = []
             run_v = run_i = None
             reported = 0  # progress: the chunk's queries pro rata of the blocks done (a pass may take minutes)
-            # the fast block is written into one reused buffer on the CPU (no fresh pages per block)
-            s_buf = torch.empty(c * min(n, block_rows), dtype=torch.float32) if dev.type == "cpu" and not half else None
-            for n0 in range(0, n, block_rows):
-                n1 = min(n, n0 + block_rows)
-                cb = ctx.ct[n0:n1].to(dev)
-                if s_buf is not None:
-                    s_mat = _fast_scores_cpu(q_fast[q0:q1], cb, s_buf[: c * (n1 - n0)].view(c, n1 - n0))
-                else:
-                    s_mat = q_fast[q0:q1] @ ((cb * (1.0 / scale_c)).to(hdt) if half else cb).T
-                if half:
-                    s_mat = s_mat.float().mul_(unscale)
+            blocks = _fast_blocks(ctx, dev, q_fast[q0:q1], block_rows, half, hdt, scale_c, unscale)
+            for n0, n1, s_mat in blocks:
                 kb = min(kp, n1 - n0)
                 v, i = torch.topk(s_mat, kb, dim=1, largest=True, sorted=False)
                 i = i + n0
@@ -1660,7 +1653,7 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
                 if progress is not None and (c * n1) // n > reported:
                     progress((c * n1) // n - reported)
                     reported = (c * n1) // n
-            del s_buf
+            del blocks
             assert run_v is not None and run_i is not None
             run_v, order = torch.sort(run_v, dim=1, descending=True)
             lf = run_v.cpu().numpy()
@@ -1669,10 +1662,15 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             pool_thr = lf64[:, depth - 1] - 2.0 * bnd
             pool_ok = np.ones(c, dtype=bool) if kp >= n else lf64[:, -1] < pool_thr
             overflow = wn_t.cpu().numpy() > _STREAM_WINDOW_CAP
-            redo = dense | ~pool_ok
+            redo = dense.copy()  # to the exact second pass
             redo[jq[sp[overflow]]] = True
+            # pools reaching past the fast list (ties at the depth-th score): one more fast pass collects them
+            pool_rows = np.flatnonzero(~pool_ok & ~redo)
+            if pool_rows.size:
+                redo[_stream_pool_rows(ctx, dev, q0, pool_rows, q_fast, pool_thr, block_rows, half, hdt, scale_c,
+                                       unscale)] = True
 
-            rows_ok = np.flatnonzero(~redo)
+            rows_ok = np.flatnonzero(~redo & pool_ok)
             if rows_ok.size:
                 mask = lf64[rows_ok] >= pool_thr[rows_ok, None]  # a prefix of each list
                 m = int(mask.sum(axis=1).max())
@@ -1698,6 +1696,71 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
             _assemble_ranks(ctx, q0, p0, p1, pairs)
             if progress is not None and c > reported:
                 progress(c - reported)
+
+
+def _fast_blocks(ctx: _Ctx, dev: "torch.device", q_fast: "torch.Tensor", block_rows: int, half: bool, hdt: Any,
+                 scale_c: float, unscale: float) -> Iterator[tuple[int, int, "torch.Tensor"]]:
+    """``(n0, n1, fast scores [r, n1 - n0] of the rows q_fast against candidates n0:n1)`` for each
+    streamed block of the pool, in order. On the CPU (float32) every block is written into one
+    reused buffer (no fresh pages per block): a block is valid until the next one is made."""
+    import torch
+
+    n = ctx.n
+    r = int(q_fast.shape[0])
+    s_buf = torch.empty(r * min(n, block_rows), dtype=torch.float32) if dev.type == "cpu" and not half else None
+    for n0 in range(0, n, block_rows):
+        n1 = min(n, n0 + block_rows)
+        cb = ctx.ct[n0:n1].to(dev)
+        if s_buf is not None:
+            s_mat = _fast_scores_cpu(q_fast, cb, s_buf[: r * (n1 - n0)].view(r, n1 - n0))
+        else:
+            s_mat = q_fast @ ((cb * (1.0 / scale_c)).to(hdt) if half else cb).T
+        if half:
+            s_mat = s_mat.float().mul_(unscale)
+        yield n0, n1, s_mat
+
+
+_STREAM_POOL_CAP = 4096
+"""Most pool members (fast score at or above the pool threshold) :func:`_stream_pool_rows` collects
+for one query; a query with more goes to the exact second pass."""
+
+
+def _stream_pool_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray, q_fast: "torch.Tensor",
+                      pool_thr: np.ndarray, block_rows: int, half: bool, hdt: Any, scale_c: float,
+                      unscale: float) -> np.ndarray:
+    """Exact top lists of the local query ``rows`` whose pool (every candidate with a fast score
+    ``>= pool_thr``, which holds the canonical top ``depth``) reaches past their fast list: one more
+    fast pass over the pool collects each pool, which is then rescored canonically and ordered as
+    the in-memory path orders it (:func:`_top_lists`). Returns the rows whose pool exceeds
+    :data:`_STREAM_POOL_CAP` members (left for the exact second pass). Judged counts are not
+    touched: pass 1's hold whatever the pool."""
+    import torch
+
+    r = rows.size
+    # float32 threshold at or below the float64 one: a superset of the pool, which is all _top_lists needs
+    thr_t = torch.from_numpy(_f32_down(pool_thr[rows])).to(dev)
+    size = np.zeros(r, dtype=np.int64)
+    rr_parts: list[np.ndarray] = []
+    cc_parts: list[np.ndarray] = []
+    for n0, _, s_mat in _fast_blocks(ctx, dev, q_fast[torch.from_numpy(q0 + rows).to(q_fast.device)], block_rows,
+                                     half, hdt, scale_c, unscale):
+        hit = torch.nonzero(s_mat >= thr_t[:, None], as_tuple=False).cpu().numpy().astype(np.int64)
+        if hit.size:
+            rr_parts.append(hit[:, 0])
+            cc_parts.append(hit[:, 1] + n0)
+            size += np.bincount(hit[:, 0], minlength=r)
+    spill = size > _STREAM_POOL_CAP
+    rr = np.concatenate(rr_parts) if rr_parts else np.zeros(0, dtype=np.int64)
+    cc = np.concatenate(cc_parts) if cc_parts else np.zeros(0, dtype=np.int64)
+    keep = ~spill[rr]
+    rr, cc = rr[keep], cc[keep]
+    live = np.flatnonzero(~spill)
+    if live.size:
+        order = np.argsort(rr, kind="stable")  # grouped by row, blocks (hence candidates) ascending
+        rr, cc = rr[order], cc[order]
+        sc = _host_canon(ctx, dev, q0 + rows[rr], cc)
+        _top_lists(ctx, q0 + rows[live], np.searchsorted(live, rr), cc, sc)
+    return rows[spill]
 
 
 def _stream_block_counts(s_mat: "torch.Tensor", v: "torch.Tensor", i: "torch.Tensor", n0: int, partial: bool,
