@@ -12,8 +12,12 @@ queries with 3 judged candidates each. Runs, in order (each names the embedding 
 * ``evaluate warm --stream-pool after encode`` (cache C: one merged shard per million rows).
 
 Memory: the peak of the process's anonymous resident memory (``RssAnon``: heap, arrays; what a
-pool larger than memory must not fill) and of its whole resident set (``VmHWM``, which also counts
-the pages of memory-mapped files: the page cache, reclaimable), read from ``/proc`` every 50 ms.
+pool larger than memory must not fill; sampled from ``/proc`` every 50 ms, so a shorter spike can be
+missed) and of its whole resident set (``VmHWM``, the kernel's own high-water mark, which also counts
+the pages of memory-mapped files: the page cache, reclaimable). Each evaluate run records the
+sha256 of its run files: equal digests, identical ranked lists. A warm run needs its cache filled
+(its cold run in the same call, or in an earlier call with the same ``--data``); a failed run stops
+the sequence, and what was measured is still written.
 
     python benchmarks/bench_scale.py --out benchmarks/results/scale_1m.json              # 1M x 256, random encoder
     python benchmarks/bench_scale.py --candidates 100000 --runs "evaluate cold,evaluate warm"
@@ -23,6 +27,7 @@ the pages of memory-mapped files: the page cache, reclaimable), read from ``/pro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -83,10 +88,11 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> dict:
         done.set()
         th.join()
     wall = time.perf_counter() - t0
+    row = {"wall_s": round(wall, 2), "peak_anon_mib": round(peak["RssAnon"] / 1024),
+           "peak_rss_mib": round(peak["VmHWM"] / 1024)}
     if rc != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit status {rc}); see {log}:\n{log.read_text()[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_anon_mib": round(peak["RssAnon"] / 1024),
-            "peak_rss_mib": round(peak["VmHWM"] / 1024)}
+        row["failed"] = f"exit status {rc}; see {log}: {log.read_text()[-600:]}"
+    return row
 
 
 def main() -> None:
@@ -127,12 +133,18 @@ def main() -> None:
     load_benchmark_dir(bench, verify=True)
 
     results = []
+    emptied: set[str] = set()
     for name, cache, cmd, empty in RUNS:
         if name not in wanted:
             continue
         cache_dir = home / f"cache-{cache}"
         if empty:
             shutil.rmtree(cache_dir, ignore_errors=True)
+            emptied.add(cache)
+        elif cache not in emptied and not any(cache_dir.glob("*/shard-*.npz")):
+            first = next(r[0] for r in RUNS if r[1] == cache and r[3])
+            raise SystemExit(f"run {name!r} reads cache {cache}, which is empty: run {first!r} before it "
+                             "(in this call, or in an earlier one with the same --data)")
         run_env = {**env, "MRBENCH_CACHE": str(cache_dir)}
         out_dir = home / "out"
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -141,13 +153,19 @@ def main() -> None:
             full += ["-o", str(out_dir)]
         log = home / f"{name.replace(' ', '_').replace(',', '')}.log"
         row = {"run": name, "cache": cache, **run(full, run_env, log)}
-        if cmd[0] == "evaluate":
+        if cmd[0] == "evaluate" and "failed" not in row:
             data = json.loads((out_dir / "results.json").read_text())
             t = data["timings"]
             row["stages_s"] = {k: round(t[k], 2) for k in ("load", "encoder_init", "encode", "encoder_forward",
                                                               "retrieve", "score") if k in t}
             row["cache_hits"] = data["cache"].get("hits")
+            # the runs' ranked lists: equal digests, identical results (in memory or streamed, before or after)
+            row["run_files_sha256"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+                                       for f in sorted((out_dir / "runs").glob("*.trec"))}
         results.append(row)
+        if "failed" in row:
+            print(f"{name}: FAILED, {row['failed']}", file=sys.stderr)
+            break
         stages = ", ".join(f"{k} {v:.2f}" for k, v in row.get("stages_s", {}).items())
         print(f"{name:<44} wall {row['wall_s']:7.2f} s  anon peak {row['peak_anon_mib']:6,} MiB  "
               f"rss peak {row['peak_rss_mib']:6,} MiB  {stages}", flush=True)
@@ -162,11 +180,13 @@ def main() -> None:
     dim = out["encoder_kwargs"].get("dim") if isinstance(out["encoder_kwargs"], dict) else None
     if dim:
         out["pool_mib"] = round(args.candidates * dim * 4 / 2**20)
-    if args.out:
+    if args.out:  # (what was measured, also when a run failed)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
     if tmp is not None:
         tmp.cleanup()
+    if any("failed" in r for r in results):
+        raise SystemExit(1)
 
 
 def _cpu_name() -> str | None:

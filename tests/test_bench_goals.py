@@ -97,9 +97,17 @@ def test_bench_scale_small(tmp_path: Path) -> None:
     assert runs["evaluate warm --stream-pool"]["stages_s"]["encoder_forward"] == 0
     assert all(r["peak_anon_mib"] > 0 and r["peak_rss_mib"] >= r["peak_anon_mib"] for r in runs.values())
     assert data["pool_mib"] == 0 and data["benchmark"]["candidates"] == 300
+    # the same ranked lists in memory and streamed
+    assert runs["evaluate cold"]["run_files_sha256"] == runs["evaluate warm --stream-pool"]["run_files_sha256"]
+    assert list(runs["evaluate cold"]["run_files_sha256"]) == ["t2t.trec"]
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--runs", "nope"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode != 0 and "unknown run(s) ['nope']" in bad.stderr
+    # a warm run whose cache nothing filled is refused, not timed as if it were warm
+    lone = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--candidates", "300",
+                           "--queries", "10", "--runs", "evaluate warm", "--data", str(tmp_path / "e")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert lone.returncode != 0 and "run 'evaluate cold' before it" in lone.stderr
 
 
 def _load_script(name: str):

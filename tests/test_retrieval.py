@@ -337,6 +337,45 @@ def test_streamed_pools_past_the_list(kind, cap, monkeypatch):
     assert (calls["exact"] == 0) if cap is None else (calls["exact"] > 0)
 
 
+def test_streamed_pool_pass_stops_at_the_cap(monkeypatch):
+    """A pool past _STREAM_POOL_CAP is counted before it is listed: its row collects nothing more,
+    and the pool pass ends as soon as every row is past the cap (a huge group of identical
+    candidates at the top, e.g. blank images, would otherwise be listed whole for every query, tens
+    of GB for a chunk of thousands of queries at 1M candidates). Results equal the in-memory ones."""
+    import mrbench.retrieval.search as S
+
+    rng = np.random.default_rng(5)
+    n, dup, n_q, d = 6000, 3000, 16, 4
+    v = np.array([1, 0, 0, 0], np.float32)
+    c = (rng.standard_normal((n, d)) * 0.1).astype(np.float32)
+    c[rng.choice(n, dup, replace=False)] = v
+    q = (v + 0.05 * rng.standard_normal((n_q, d))).astype(np.float32)
+    q[:, 0] = np.abs(q[:, 0]) + 0.5  # every query ranks the identical group first
+    judged = [{int(j): 1} for j in rng.choice(np.flatnonzero((c != v).any(axis=1)), n_q)]
+    blocks = {"pool": 0}
+    inside = [False]
+    fast_blocks, pool_rows = S._fast_blocks, S._stream_pool_rows
+
+    def counted_blocks(*a, **k):
+        for blk in fast_blocks(*a, **k):
+            blocks["pool"] += inside[0]
+            yield blk
+
+    def pool(*a, **k):
+        inside[0] = True
+        try:
+            return pool_rows(*a, **k)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(S, "_fast_blocks", counted_blocks)
+    monkeypatch.setattr(S, "_stream_pool_rows", pool)
+    monkeypatch.setattr(S, "_STREAM_POOL_CAP", 100)
+    res = exact_search(q, c, judged, depth=10, backend="torch", device="cpu", stream=True, stream_block_rows=500)
+    assert blocks["pool"] == 1  # the whole group is tied at the top: every row is past the cap in block 1
+    assert_same_result(res, exact_search(q, c, judged, depth=10, backend="torch", device="cpu"))
+
+
 def test_scan_windows_per_entry_allowance():
     """_scan_windows flags a window larger than its own entry's allowance (as _counts_by_tiles uses
     it: what is left of max_amb after earlier tiles) and keeps the others' columns."""

@@ -5,9 +5,10 @@ Layout: ``<root>/<namespace dir>/shard-<time>-<pid>-<random>.npz``, each holding
 temporary file and moved into place with :func:`os.replace`, so a reader never sees half a shard;
 an interrupted run loses at most the batch in flight and a re-run resumes from the shards on disk.
 Files are read with ``np.load(..., allow_pickle=False)`` (no pickle anywhere); the ``emb`` arrays
-are memory-mapped for each lookup rather than loaded, and an instance keeps only its key index (a
-shard is checked in full, CRC-32 and finite values, the first time an instance reads from it), so a
-pool larger than memory can pass through the cache (``evaluate --stream-pool``).
+are memory-mapped for each lookup, one shard at a time, rather than loaded, and an instance keeps
+only its key index (a shard is checked in full, CRC-32 and finite values, the first time an instance
+reads from it and again when its file changes), so a pool larger than memory can pass through the
+cache (``evaluate --stream-pool``).
 
 Keys: ``sha256(namespace, role, instruction or "", content_hash)`` (see :func:`cache_key`) — the
 same content encoded in another role, with another instruction, or by another encoder revision
@@ -145,7 +146,9 @@ class EmbeddingCache:
         self.stats = CacheStats()
         self._index: dict[str, int] | None = None  # key -> shard number << _ROW_BITS | row
         self._shards: list[Path] = []
-        self._verified: set[int] = set()  # shard numbers whose embeddings passed the full check
+        # shard number -> (its file's (inode, size, mtime_ns) when its embeddings passed the full
+        # check, their layout): a shard is checked again when its file changes
+        self._checked: dict[int, tuple[tuple[int, int, int], _Layout | None]] = {}
         self._dim: int | None = None
         self._dim_source: str | None = None
         self._lock = threading.RLock()
@@ -232,18 +235,33 @@ class EmbeddingCache:
         return keys, int(shape[1])
 
     def _open_emb(self, n: int) -> np.ndarray | None:
-        """Shard ``n``'s embeddings (see :func:`_read_emb`), checked in full the first time this
-        object opens the shard; ``None`` (one warning line, its keys leave the index) when they
-        turn out unusable."""
-        got = _read_emb(self._shards[n], self._dim, check=n not in self._verified)
+        """Shard ``n``'s embeddings (see :func:`_read_emb`: a memory map of the file), checked in
+        full the first time this object opens the shard and again whenever its file has changed
+        since (inode, size or modification time); ``None`` (one warning line, its keys leave the
+        index) when they turn out unusable. The caller drops the map once it has its rows."""
+        p = self._shards[n]
+        memo = self._checked.get(n)
+        try:
+            st = os.stat(p)
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            return self._drop_shard(n, f"{type(e).__name__}: {e.strerror or e}")
+        if memo is not None and memo[0] == ident:
+            got = _read_emb(p, self._dim, check=False, layout=memo[1])
+        else:
+            got = _read_emb(p, self._dim, check=True)
         if isinstance(got, str):
-            self._warn_corrupt(self._shards[n], got)
-            index = self._ensure_index()
-            for k in [k for k, c in index.items() if c >> _ROW_BITS == n]:
-                del index[k]
-            return None
-        self._verified.add(n)
-        return got
+            return self._drop_shard(n, got)
+        self._checked[n] = (ident, got[1])
+        return got[0]
+
+    def _drop_shard(self, n: int, problem: str) -> None:
+        """Warn (one line) that shard ``n`` is unusable and take its keys out of the index."""
+        self._warn_corrupt(self._shards[n], problem)
+        self._checked.pop(n, None)
+        index = self._ensure_index()
+        for k in [k for k, c in index.items() if c >> _ROW_BITS == n]:
+            del index[k]
 
     def _check_dim(self, d: int, source: Path | str) -> None:
         if self._dim is None:
@@ -268,28 +286,38 @@ class EmbeddingCache:
         # one C-level pass over the keys; shards and rows are then array operations
         codes = np.fromiter(map(index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=n)
         shard = codes >> _ROW_BITS  # -1 for a miss
-        arrays: dict[int, np.ndarray] = {}  # mapped for this call only
-        for s in np.unique(shard[shard >= 0]).tolist():
-            emb_s = self._open_emb(s)
-            if emb_s is None:  # corrupt data: its keys left the index
-                codes[shard == s] = -1
-            else:
-                arrays[s] = emb_s
+        hit = np.flatnonzero(codes >= 0)
+        emb = None
+        if hit.size:
+            assert self._dim is not None
+            emb = np.zeros((n, self._dim), dtype=np.float32)
+            hit = hit[np.argsort(shard[hit], kind="stable")]  # grouped by shard
+            sh = shard[hit]
+            starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
+            # one shard mapped at a time: a lookup over thousands of shards holds one descriptor
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(hit)]):
+                dst = hit[a:b]
+                s = int(sh[a])
+                rows = self._open_emb(s)
+                step = max(1, _CHECK_BYTES // (4 * self._dim))
+                for c0 in range(0, dst.size if rows is not None else 0, step):
+                    part = dst[c0 : c0 + step]
+                    got = rows[codes[part] & _ROW_MASK]
+                    if not np.isfinite(got).all():  # the file changed since it was checked
+                        self._drop_shard(s, "'emb' holds NaN/Inf")
+                        rows = None
+                        break
+                    emb[part] = got
+                if rows is None:  # corrupt data: its keys left the index
+                    codes[dst] = -1
+                    emb[dst] = 0.0
+                del rows
         mask = codes >= 0
         n_hit = int(mask.sum())
         self.stats.hits += n_hit
         self.stats.misses += n - n_hit
         if n_hit == 0:
             return mask, None
-        assert self._dim is not None
-        emb = np.zeros((n, self._dim), dtype=np.float32)
-        hit = np.flatnonzero(mask)
-        hit = hit[np.argsort(shard[hit], kind="stable")]  # grouped by shard
-        sh = shard[hit]
-        starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
-        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(hit)]):
-            dst = hit[a:b]
-            emb[dst] = arrays[int(sh[a])][codes[dst] & _ROW_MASK]
         return mask, emb
 
     @_locked
@@ -372,7 +400,7 @@ class EmbeddingCache:
             for r, k in enumerate(keys.tolist()):
                 codes.pop(k, None)  # last occurrence wins, in order
                 codes[k] = m | r
-            sources.append(got)
+            sources.append(got[0])
             merged.append(p)
         if len(merged) < 2:
             return paths
@@ -396,24 +424,31 @@ _CHECK_BYTES = 64 << 20
 """Bytes of a mapped shard checked (CRC-32, finite values) per step: a bounded share of memory."""
 
 
-@dataclass
-class _Mapped:
-    """A stored ``.npy`` zip member mapped read-only: its data, the CRC-32 its zip entry records,
-    and its ``.npy`` header's bytes (which that CRC covers too)."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where a stored ``.npy`` zip member's data lies in its file: byte offset, shape and dtype, the
+    CRC-32 its zip entry records, and its ``.npy`` header's bytes (which that CRC covers too)."""
 
-    data: np.ndarray
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
     crc32: int
     header: bytes
 
+    def map(self, path: Path) -> np.ndarray:
+        """The member's data as a read-only memory map (an empty array for zero bytes)."""
+        if int(np.prod(self.shape, dtype=np.int64)) == 0:
+            return np.zeros(self.shape, dtype=self.dtype)
+        return np.memmap(path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
 
-def _map_stored_member(path: Path, member: str) -> _Mapped | None:
-    """The ``.npy`` array ``member`` of the ``.npz`` file ``path`` as a read-only memory map, when it
-    is stored uncompressed (``np.savez``) in C order with a version 1 or 2 header; ``None`` otherwise.
 
-    The map starts at the member's data, found from its local zip header (whose name and extra
-    fields may differ in length from the central directory's). Nothing is checked against the CRC
-    here (see :func:`_check_rows`). Raises ``ValueError`` when the member's size disagrees with its
-    header.
+def _member_layout(path: Path, member: str) -> _Layout | None:
+    """The :class:`_Layout` of the ``.npy`` array ``member`` of the ``.npz`` file ``path``, when it is
+    stored uncompressed (``np.savez``) in C order with a version 1 or 2 header; ``None`` otherwise.
+
+    The data's offset comes from the member's local zip header (whose name and extra fields may
+    differ in length from the central directory's). Raises ``ValueError`` when the member's size
+    disagrees with its header.
     """
     import zipfile
 
@@ -443,20 +478,16 @@ def _map_stored_member(path: Path, member: str) -> _Mapped | None:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(header) + nbytes != info.file_size:
         raise ValueError(f"{member} holds {info.file_size - len(header)} data bytes for {dtype}{list(shape)}")
-    if nbytes == 0:
-        data = np.zeros(shape, dtype=dtype)
-    else:
-        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
-    return _Mapped(data, info.CRC, header)
+    return _Layout(offset, tuple(shape), dtype, info.CRC, header)
 
 
-def _check_rows(emb: np.ndarray, mapped: _Mapped | None) -> str | None:
+def _check_rows(emb: np.ndarray, layout: _Layout | None) -> str | None:
     """What is wrong with a shard's embeddings ``emb`` (``None``: nothing): non-finite values, or,
-    when they are ``mapped`` (:func:`_map_stored_member`), a CRC-32 of the member other than the one
-    its zip entry records. Reads ``emb`` in steps of :data:`_CHECK_BYTES`."""
+    when they are mapped by ``layout``, a CRC-32 of the member other than the one its zip entry
+    records. Reads ``emb`` in steps of :data:`_CHECK_BYTES`."""
     import zlib
 
-    crc = None if mapped is None else zlib.crc32(mapped.header)
+    crc = None if layout is None else zlib.crc32(layout.header)
     rows = max(1, _CHECK_BYTES // max(1, emb.shape[1] * emb.itemsize))
     finite = True
     for r in range(0, emb.shape[0], rows):
@@ -464,31 +495,36 @@ def _check_rows(emb: np.ndarray, mapped: _Mapped | None) -> str | None:
         finite = finite and bool(np.isfinite(part).all())
         if crc is not None:
             crc = zlib.crc32(part, crc)
-    if mapped is not None and crc != mapped.crc32:
+    if layout is not None and crc != layout.crc32:
         return "'emb' fails its CRC-32 check"
     if not finite:
         return "'emb' holds NaN/Inf"
     return None
 
 
-def _read_emb(path: Path, dim: int | None, check: bool) -> np.ndarray | str:
-    """The ``emb`` array of the shard ``path``, memory-mapped when stored uncompressed (as this module
-    writes it), else read whole; or what is wrong with it, as a string: a wrong dtype or shape
-    (``dim``: the cache's dimension), an unreadable file, or with ``check`` any problem
-    :func:`_check_rows` finds (a full pass over the data)."""
+_PARSE = object()  # _read_emb: the shard's layout is not known yet
+
+
+def _read_emb(path: Path, dim: int | None, check: bool, layout: Any = _PARSE) -> tuple[np.ndarray, _Layout | None] | str:
+    """``(emb, layout)``: the ``emb`` array of the shard ``path``, memory-mapped when stored
+    uncompressed (as this module writes it; ``layout`` says where), else read whole (``layout``
+    ``None``); or what is wrong with it, as a string: a wrong dtype or shape (``dim``: the cache's
+    dimension), an unreadable file, or with ``check`` any problem :func:`_check_rows` finds (a full
+    pass over the data). Pass the shard's ``layout`` when it is known (``None``: not mappable) to
+    spare parsing its zip again."""
     try:
-        mapped = _map_stored_member(path, "emb.npy")
-        if mapped is not None:
-            emb = mapped.data
+        lay = _member_layout(path, "emb.npy") if layout is _PARSE else layout
+        if lay is not None:
+            emb = lay.map(path)
         else:
             with np.load(path, allow_pickle=False) as z:  # zipfile checks the CRC on this read
                 emb = z["emb"]
         if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != dim:
             return f"'emb' is {emb.dtype}{list(emb.shape)}"
-        problem = _check_rows(emb, mapped) if check else None
+        problem = _check_rows(emb, lay) if check else None
     except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError, ...
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
-    return emb if problem is None else problem
+    return (emb, lay) if problem is None else problem
 
 
 def _gathered(sources: Sequence[np.ndarray], codes: np.ndarray, dim: int) -> Iterator[np.ndarray]:

@@ -1743,17 +1743,25 @@ def _stream_pool_rows(ctx: _Ctx, dev: "torch.device", q0: int, rows: np.ndarray,
     r = rows.size
     # float32 threshold at or below the float64 one: a superset of the pool, which is all _top_lists needs
     thr_t = torch.from_numpy(_f32_down(pool_thr[rows])).to(dev)
-    size = np.zeros(r, dtype=np.int64)
+    size_t = torch.zeros(r, dtype=torch.int64, device=dev)
+    spill_t = torch.zeros(r, dtype=torch.bool, device=dev)
     rr_parts: list[np.ndarray] = []
     cc_parts: list[np.ndarray] = []
     for n0, _, s_mat in _fast_blocks(ctx, dev, q_fast[torch.from_numpy(q0 + rows).to(q_fast.device)], block_rows,
                                      half, hdt, scale_c, unscale):
-        hit = torch.nonzero(s_mat >= thr_t[:, None], as_tuple=False).cpu().numpy().astype(np.int64)
+        m = s_mat >= thr_t[:, None]
+        # counted before listed: a row past the cap collects nothing more (memory stays within the cap)
+        size_t += m.sum(dim=1)
+        spill_t |= size_t > _STREAM_POOL_CAP
+        if bool(spill_t.all()):
+            break
+        m &= ~spill_t[:, None]
+        hit = torch.nonzero(m, as_tuple=False).cpu().numpy().astype(np.int64)
+        del m
         if hit.size:
             rr_parts.append(hit[:, 0])
             cc_parts.append(hit[:, 1] + n0)
-            size += np.bincount(hit[:, 0], minlength=r)
-    spill = size > _STREAM_POOL_CAP
+    spill = spill_t.cpu().numpy()
     rr = np.concatenate(rr_parts) if rr_parts else np.zeros(0, dtype=np.int64)
     cc = np.concatenate(cc_parts) if cc_parts else np.zeros(0, dtype=np.int64)
     keep = ~spill[rr]
