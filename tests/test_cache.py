@@ -269,6 +269,31 @@ def test_shard_changed_after_its_check_is_checked_again(tmp_path, caplog):
                                                         "its CRC-32 check); delete it to silence this"]
 
 
+def test_nan_written_within_a_timestamp_tick_is_caught(tmp_path, caplog):
+    """A shard rewritten in place without a visible change (same inode, size and modification time:
+    a write within one timestamp tick of the check) is not checked again, but the rows a lookup
+    gathers are: a NaN is one warning line and misses, never an embedding."""
+    import os
+
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = _keys(8)
+    emb = np.full((8, 4), 0.5, np.float32)
+    shard = c.put_many(keys, emb)
+    fresh = EmbeddingCache(tmp_path, "enc@r1")
+    assert fresh.get_many(keys)[0].all()
+    st = os.stat(shard)
+    bad = emb.copy()
+    bad[3, 1] = np.nan
+    data = shard.read_bytes().replace(emb.tobytes(), bad.tobytes())
+    with open(shard, "r+b") as f:  # in place: the same inode
+        f.write(data)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with caplog.at_level(logging.WARNING, logger="mrbench.encoders.cache"):
+        mask, got = fresh.get_many(keys)
+    assert not mask.any() and got is None and len(fresh) == 0
+    assert len(caplog.records) == 1 and "'emb' holds NaN/Inf" in caplog.records[0].getMessage()
+
+
 def test_dimension_conflict(tmp_path):
     c = EmbeddingCache(tmp_path, "enc@r1")
     c.put_many(_keys(2), np.ones((2, 4), np.float32))

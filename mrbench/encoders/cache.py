@@ -303,7 +303,9 @@ class EmbeddingCache:
                 for c0 in range(0, dst.size if rows is not None else 0, step):
                     part = dst[c0 : c0 + step]
                     got = rows[codes[part] & _ROW_MASK]
-                    if not np.isfinite(got).all():  # the file changed since it was checked
+                    # the file changed since it was checked (a sum is NaN/Inf when a value is, and needs no
+                    # temporary array: the exact test only when it is, e.g. after a float32 overflow)
+                    if not np.isfinite(got.sum()) and not np.isfinite(got).all():
                         self._drop_shard(s, "'emb' holds NaN/Inf")
                         rows = None
                         break
