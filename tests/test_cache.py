@@ -246,17 +246,23 @@ def test_lookup_over_many_shards_within_the_descriptor_limit(tmp_path, caplog):
     assert not caplog.records
 
 
+def _one_shard_read_once(tmp_path, n: int, d: int):
+    """``(keys, emb, shard, instance)``: one shard of ``n`` rows of 0.5 written, then read (so checked)
+    once through a second instance."""
+    keys = _keys(n)
+    emb = np.full((n, d), 0.5, np.float32)
+    shard = EmbeddingCache(tmp_path, "enc@r1").put_many(keys, emb)
+    fresh = EmbeddingCache(tmp_path, "enc@r1")
+    assert fresh.get_many(keys)[0].all()
+    return keys, emb, shard, fresh
+
+
 def test_shard_changed_after_its_check_is_checked_again(tmp_path, caplog):
     """A shard is checked in full once per instance, and again when its file changes: a flipped
     data byte written after the first lookup is caught by the CRC on the next one."""
     import os
 
-    c = EmbeddingCache(tmp_path, "enc@r1")
-    keys = _keys(64)
-    emb = np.full((64, 64), 0.5, np.float32)
-    shard = c.put_many(keys, emb)
-    fresh = EmbeddingCache(tmp_path, "enc@r1")
-    assert fresh.get_many(keys)[0].all()
+    keys, emb, shard, fresh = _one_shard_read_once(tmp_path, 64, 64)
     data = bytearray(shard.read_bytes())
     data[bytes(data).index(emb.tobytes()) + 4097] ^= 0x01  # still finite
     st = os.stat(shard)
@@ -275,12 +281,7 @@ def test_nan_written_within_a_timestamp_tick_is_caught(tmp_path, caplog):
     gathers are: a NaN is one warning line and misses, never an embedding."""
     import os
 
-    c = EmbeddingCache(tmp_path, "enc@r1")
-    keys = _keys(8)
-    emb = np.full((8, 4), 0.5, np.float32)
-    shard = c.put_many(keys, emb)
-    fresh = EmbeddingCache(tmp_path, "enc@r1")
-    assert fresh.get_many(keys)[0].all()
+    keys, emb, shard, fresh = _one_shard_read_once(tmp_path, 8, 4)
     st = os.stat(shard)
     bad = emb.copy()
     bad[3, 1] = np.nan
