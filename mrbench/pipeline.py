@@ -109,9 +109,9 @@ def judged_grades(task: Task) -> CsrMappings:
 
     from mrbench.retrieval.search import _flatten_judged
 
-    index = task.candidate_index()
     empty: dict[str, int] = {}
     per_q = [task.qrels.get(q.id, empty) for q in task.queries]
+    index = task.candidate_index(set(chain.from_iterable(per_q)))  # the judged ids only
     lens = np.fromiter(map(len, per_q), dtype=np.int64, count=len(per_q))
     total = int(lens.sum())
     rows = np.fromiter(chain.from_iterable(map(index.__getitem__, m) for m in per_q), dtype=np.int64, count=total)

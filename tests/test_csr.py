@@ -66,6 +66,18 @@ def test_judged_grades_matches_the_dict_definition():
         assert (np.diff(got.keys[a:b]) > 0).all()  # ascending within a query: exact_search's layout
 
 
+def test_candidate_index_of_some_ids_is_the_whole_map_restricted():
+    """``candidate_index(ids)`` (what judged_grades asks for: the judged ids only) equals the whole
+    map restricted to ``ids``: a repeated id maps to its last row, an id that is no candidate is absent."""
+    task = _task_like()
+    task.candidates.append(type(task.candidates[0])(id="c3", text="again"))  # c3 twice: its last row
+    full = task.candidate_index()
+    for ids in (["c3", "c7", "nope"], {"c0"}, frozenset(), (c.id for c in task.candidates[::7])):
+        ids = list(ids) if not isinstance(ids, (set, frozenset)) else ids
+        assert task.candidate_index(ids) == {k: full[k] for k in ids if k in full}
+    assert task.candidate_index(["c3"]) == {"c3": len(task.candidates) - 1}
+
+
 def _data(seed: int = 1, n: int = 400, q: int = 30, d: int = 8):
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((n, d)).astype(np.float32)

@@ -18,7 +18,7 @@ import functools
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 MODALITIES: tuple[str, ...] = ("text", "image", "image+text")
 """Allowed values of ``Task.query_modality`` / ``Task.candidate_modality``."""
@@ -143,9 +143,15 @@ class Task:
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def candidate_index(self) -> dict[str, int]:
-        """Map candidate id → row index in ``candidates`` (the order embeddings are stored in)."""
-        return {c.id: i for i, c in enumerate(self.candidates)}
+    def candidate_index(self, ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Map candidate id → row index in ``candidates`` (the order embeddings are stored in); a
+        repeated id maps to its last row. With ``ids``, only those of them that are candidates: one
+        scan with set lookups, no map of the whole pool (a task's few thousand judged ids in a
+        5.6M-candidate pool: 0.26 s instead of 3.3 s)."""
+        if ids is None:
+            return {c.id: i for i, c in enumerate(self.candidates)}
+        want = ids if isinstance(ids, (set, frozenset)) else set(ids)
+        return {c.id: i for i, c in enumerate(self.candidates) if c.id in want}
 
     def relevant(self, qid: str) -> dict[str, int]:
         """Candidates of ``qid`` with ``grade >= relevance_level``."""
