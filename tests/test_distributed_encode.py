@@ -572,6 +572,33 @@ def test_merge_shards_streams_rows(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got, want)
 
 
+def test_merge_of_many_shards_within_the_descriptor_limit(tmp_path, caplog):
+    """A merge maps one source shard at a time: merging more shards than the process may open files
+    (a rank of a large `mrbench encode` writes one per 4,096 rows) merges them all, with no warning."""
+    import logging
+    import os
+    import resource
+
+    from mrbench.encoders.cache import cache_key
+
+    c = EmbeddingCache(tmp_path, "enc@r1")
+    keys = [cache_key("ns", "query", None, str(i)) for i in range(600)]
+    emb = np.arange(600 * 3, dtype=np.float32).reshape(600, 3)
+    paths = [c.put_many(keys[i : i + 2], emb[i : i + 2]) for i in range(0, 600, 2)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 40, hard))  # far fewer than the 300 shards
+    try:
+        with caplog.at_level(logging.WARNING, logger="mrbench.encoders.cache"):
+            new = c.merge_shards(paths)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not caplog.records and len(new) == 1 and not any(p.exists() for p in paths)
+    mask, got = EmbeddingCache(tmp_path, "enc@r1").get_many(keys)
+    assert mask.all()
+    np.testing.assert_array_equal(got, emb)
+
+
 def test_context_reuses_an_existing_process_group(bench_dir, tmp_path):
     """Called from a script that already set up torch.distributed (accelerate, torchrun): that group
     is reused and left alone."""

@@ -388,7 +388,9 @@ class EmbeddingCache:
             return paths
         self._ensure_index()
         codes: dict[str, int] = {}  # key -> source number << _ROW_BITS | row, in order of last occurrence
-        sources: list[np.ndarray] = []  # the merged shards' embeddings, memory-mapped
+        # the merged shards' embeddings: where to map them (one at a time: a merge of thousands of
+        # shards must not hold a descriptor each), or the array of one that cannot be mapped
+        sources: list[tuple[Path, _Layout] | np.ndarray] = []
         merged: list[Path] = []
         for p in paths:
             keys = self._shard_keys(p)
@@ -402,7 +404,8 @@ class EmbeddingCache:
             for r, k in enumerate(keys.tolist()):
                 codes.pop(k, None)  # last occurrence wins, in order
                 codes[k] = m | r
-            sources.append(got[0])
+            sources.append(got[0] if got[1] is None else (p, got[1]))
+            del got
             merged.append(p)
         if len(merged) < 2:
             return paths
@@ -529,9 +532,11 @@ def _read_emb(path: Path, dim: int | None, check: bool, layout: Any = _PARSE) ->
     return (emb, lay) if problem is None else problem
 
 
-def _gathered(sources: Sequence[np.ndarray], codes: np.ndarray, dim: int) -> Iterator[np.ndarray]:
-    """The rows ``codes`` (``source number << _ROW_BITS | row``) of ``sources``, in order, in parts
-    of at most :data:`_CHECK_BYTES`."""
+def _gathered(sources: Sequence[tuple[Path, _Layout] | np.ndarray], codes: np.ndarray, dim: int
+              ) -> Iterator[np.ndarray]:
+    """The rows ``codes`` (``source number << _ROW_BITS | row``) of ``sources`` (arrays, or a file
+    and the layout to map it by, mapped only while its rows are copied), in order, in parts of at
+    most :data:`_CHECK_BYTES`."""
     step = max(1, _CHECK_BYTES // (4 * dim))
     for a in range(0, codes.size, step):
         part = codes[a : a + step]
@@ -540,7 +545,10 @@ def _gathered(sources: Sequence[np.ndarray], codes: np.ndarray, dim: int) -> Ite
         out = np.empty((part.size, dim), dtype=np.float32)
         for m in np.unique(src).tolist():
             sel = src == m
-            out[sel] = sources[m][rows[sel]]
+            got = sources[m]
+            arr = got if isinstance(got, np.ndarray) else got[1].map(got[0])
+            out[sel] = arr[rows[sel]]
+            del arr
         yield out
 
 
