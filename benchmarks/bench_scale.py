@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -113,6 +112,7 @@ def main() -> None:
         raise SystemExit(f"unknown run(s) {unknown}; choose from {[r[0] for r in RUNS]}")
 
     from bench_load import generated
+    from goals import machine_info
 
     tmp = None
     if args.data is None:
@@ -170,8 +170,7 @@ def main() -> None:
         print(f"{name:<44} wall {row['wall_s']:7.2f} s  anon peak {row['peak_anon_mib']:6,} MiB  "
               f"rss peak {row['peak_rss_mib']:6,} MiB  {stages}", flush=True)
     out = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "cpu": _cpu_name(), "mem_total_gib": _mem_total_gib()},
+        "machine": machine_info("cpu"),
         "benchmark": {"candidates": args.candidates, "queries": args.queries, "judged_per_query": 3},
         "encoder": args.encoder, "encoder_kwargs": json.loads(args.encoder_kwargs),
         "pool_mib": None,
@@ -187,26 +186,6 @@ def main() -> None:
         tmp.cleanup()
     if any("failed" in r for r in results):
         raise SystemExit(1)
-
-
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _mem_total_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
 
 
 if __name__ == "__main__":

@@ -294,12 +294,12 @@ class EmbeddingCache:
             hit = hit[np.argsort(shard[hit], kind="stable")]  # grouped by shard
             sh = shard[hit]
             starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
+            step = max(1, _CHECK_BYTES // (4 * self._dim))  # rows gathered at a time
             # one shard mapped at a time: a lookup over thousands of shards holds one descriptor
             for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(hit)]):
                 dst = hit[a:b]
                 s = int(sh[a])
                 rows = self._open_emb(s)
-                step = max(1, _CHECK_BYTES // (4 * self._dim))
                 for c0 in range(0, dst.size if rows is not None else 0, step):
                     part = dst[c0 : c0 + step]
                     got = rows[codes[part] & _ROW_MASK]
