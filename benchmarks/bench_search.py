@@ -12,7 +12,10 @@ lists, times
 * ``exact-torch``: ``exact_search(backend="torch")`` (on the GPU when there is one);
 * ``exact-stream``: ``exact_search(backend="torch", stream=True)``: the pool passed through the
   device in blocks, as ``mrbench evaluate --stream-pool`` runs pools larger than memory (here the
-  pool is in RAM, so no disk reads are timed).
+  pool is in RAM, so no disk reads are timed);
+* ``exact-auto``: ``exact_search(backend="auto")``, what ``mrbench evaluate`` runs (on the CPU: faiss,
+  or a faiss probe then the streamed pass when most judged candidates lie below the lists; the
+  backend that finished is noted).
 
 Ratios are throughput relative to a baseline (>1 = faster): ``vs faiss`` against ``faiss-raw``
 including ``add`` (the copy into the index), ``vs search`` against its ``search`` call alone,
@@ -45,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("faiss-raw", "torch-raw", "exact-faiss", "exact-torch", "exact-stream")
+METHODS = ("faiss-raw", "torch-raw", "exact-faiss", "exact-torch", "exact-stream", "exact-auto")
 
 
 def make_data(
@@ -207,6 +210,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
                 print(buf.getvalue(), file=sys.stderr)
             extra["device"] = res.device
+            extra["backend"] = res.backend
             ranks = np.array([r[next(iter(j))] for r, j in zip(res.judged_ranks, judged)])  # the targets
             extra["judged_in_top_depth"] = float((ranks <= args.depth).mean())
             extra["judged_rank1"] = float((ranks == 1).mean())
@@ -307,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"search only {r['search_only_best_s']:.3f}s")
         if "device" in r:
             notes.append(f"device {r['device']}")
+        if r.get("backend") and r["method"] == "exact-auto":
+            notes.append(f"finished on {r['backend']}")
         if "judged_in_top_depth" in r:
             notes.append(f"judged in top-{args.depth}: {r['judged_in_top_depth']:.0%}")
         rf, rt = r["throughput_ratio_vs_raw_faiss"], r["throughput_ratio_vs_raw_torch"]

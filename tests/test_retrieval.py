@@ -1162,3 +1162,52 @@ def test_chunk_plan_fits_the_budget():
         else:  # the chunk's own score rows (torch) or the rescanned rows (faiss)
             assert p.scan_rows == p.rows
     assert _plan_chunks(1, 5, n, d, kp, cpu, "torch", False, 2).rows == 1  # at least one row
+
+
+@pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
+@pytest.mark.parametrize("where", ["below", "inside", "many-judged"])
+def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, monkeypatch):
+    """``backend="auto"`` on the CPU searches a probe of the queries with faiss; when most of them
+    have a judged candidate below the fast list (and few judged candidates each), the rest take the
+    streamed pass over the pool in memory. Identical results either way, to faiss alone and to the
+    naive reference."""
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_POOL", 1000)
+    rng = np.random.default_rng(21)
+    n_q, n, depth = 300, 1500, 10
+    q, c = make_data("unit", rng, n_q, n, 16)
+    if where == "inside":  # the nearest candidate of each query, in its list
+        s = q @ c.T
+        judged = [{int(np.argmax(s[i])): 1} for i in range(n_q)]
+    else:  # low-scoring candidates: below the lists (all of them, or 1 in 4 queries)
+        per = 40 if where == "many-judged" else 3
+        s = q @ c.T
+        judged = [{int(j): int(rng.integers(1, 3)) for j in np.argsort(s[i])[: per]} for i in range(n_q)]
+    calls: list[int] = []
+    real = search_mod._run_streaming
+    monkeypatch.setattr(search_mod, "_run_streaming",
+                        lambda *a, **k: (calls.append(k.get("q_begin", 0)), real(*a, **k))[1])
+    done: list[int] = []
+    got = exact_search(q, c, judged, depth=depth, progress=done.append)
+    assert sum(done) == n_q  # progress adds up over the probe and the rest
+    assert search_mod._fused_probe_rows(n_q, n) == 64
+    if where == "below":
+        assert calls == [64] and got.backend == "torch"
+    else:
+        assert calls == [] and got.backend == "faiss"
+    assert_same_result(exact_search(q, c, judged, depth=depth, backend="faiss"), got)
+    ranks, tops, ties, _ = naive_search(q[::37], c, judged[::37], depth)
+    assert [got.judged_ranks[i] for i in range(0, n_q, 37)] == ranks
+    np.testing.assert_array_equal(got.n_ties[::37], ties)
+
+
+def test_fused_probe_rows():
+    from mrbench.retrieval.search import _FUSED_MIN_POOL, _fused_probe_rows
+
+    assert _fused_probe_rows(1000, _FUSED_MIN_POOL - 1) == 0  # small pools: faiss alone
+    assert _fused_probe_rows(255, _FUSED_MIN_POOL) == 0  # too few queries to probe
+    assert _fused_probe_rows(256, _FUSED_MIN_POOL) == 64
+    assert _fused_probe_rows(4000, _FUSED_MIN_POOL) == 250
+    assert _fused_probe_rows(10**6, _FUSED_MIN_POOL) == 1024

@@ -71,7 +71,11 @@ Backends
 ``"auto"``
     torch on a GPU if one is available; on the CPU, torch for small problems (at most
     ``_SMALL_SEARCH`` query x candidate pairs, where both take the same time and importing faiss
-    would cost more), else faiss if importable, else torch.
+    would cost more), else faiss if importable, else torch. On pools of at least
+    ``_FUSED_MIN_POOL`` candidates, faiss first searches a probe of the queries; when most of them
+    have a judged candidate below their fast list (a weak encoder), the rest go through the torch
+    backend's streamed pass over the pool in memory, which counts those candidates in its only
+    pass instead of a second one (:func:`_fused_probe_rows`; 25-30 % less time there).
 
 Both backends return identical :class:`RetrievalResult` objects (ranks, every score, top lists).
 
@@ -341,7 +345,8 @@ class RetrievalResult:
         it rank under the pessimistic policy (0 when the query has no relevant candidate; relevant
         candidates tied with each other do not count).
     backend
-        ``"torch"`` or ``"faiss"`` (``"auto"`` resolved).
+        ``"torch"`` or ``"faiss"`` (``"auto"`` resolved; ``"torch"`` when an ``"auto"`` search
+        finished on the streamed pass after a faiss probe, see "Backends").
     device
         Device the fast kernel ran on, e.g. ``"cpu"`` or ``"cuda:0"``.
     """
@@ -1591,8 +1596,9 @@ def _host_canon(ctx: _Ctx, dev: "torch.device", qglob: np.ndarray, crow: np.ndar
 
 def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: int,
                    progress: Callable[[int], None] | None, fast_dtype: str = "float32",
-                   scale_q: float = 1.0, scale_c: float = 1.0) -> None:
-    """The torch backend with the candidate matrix streamed through ``dev`` in blocks of ``block_rows``.
+                   scale_q: float = 1.0, scale_c: float = 1.0, q_begin: int = 0) -> None:
+    """The torch backend with the candidate matrix streamed through ``dev`` in blocks of ``block_rows``
+    (for the queries from ``q_begin`` on).
 
     Pass 1, per query chunk and candidate block: the fast product, a running top-``kp`` fast list per
     query (merged block by block), and for every judged candidate (its canonical score is computed
@@ -1614,7 +1620,7 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
     unscale = scale_q * scale_c if half else 1.0
     q_fast = (ctx.sq * (1.0 / scale_q)).to(hdt) if half else ctx.sq
     with torch.inference_mode(), _full_precision_reductions(torch):
-        for q0 in range(0, n_q, chunk_rows):
+        for q0 in range(q_begin, n_q, chunk_rows):
             q1 = min(n_q, q0 + chunk_rows)
             c = q1 - q0
             p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q1])
@@ -2049,6 +2055,7 @@ def exact_search(
         raise SearchError(f"fast_dtype {fast_dtype!r}: choose one of {', '.join(FAST_DTYPES)}")
     if stream and backend == "faiss":  # before the backend's own checks (a faiss-gpu fallback warning)
         raise SearchError("stream=True needs backend='torch' (the faiss backend holds the whole pool in memory)")
+    auto = backend == "auto"
     backend, dev_str = _resolve_backend(backend, device, n_q * n_c)
     if backend == "faiss" and fast_dtype not in ("auto", "float32"):
         raise SearchError(f"fast_dtype {fast_dtype!r} needs backend='torch'; the faiss backend filters in float32")
@@ -2127,14 +2134,24 @@ def exact_search(
         faiss_device=(dev.index or 0) if backend == "faiss" and dev.type == "cuda" else None,
     )
 
+    def streamed(q_begin: int = 0) -> None:
+        block = int(stream_block_rows or max(depth, (64 << 20) // (4 * max(1, dim))))
+        block = max(1, min(n_c, block))
+        rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block))))
+        _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c, q_begin=q_begin)
+
     if n_q:
         if stream:
-            block = int(stream_block_rows or max(depth, (64 << 20) // (4 * max(1, dim))))
-            block = max(1, min(n_c, block))
-            rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block))))
-            _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c)
+            streamed()
         elif backend == "torch":
             _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
+        elif auto and ctx.faiss_device is None and (probe := _fused_probe_rows(n_q, n_c)):
+            _run_faiss(ctx, chunk_rows, progress, 0, probe)
+            if _fused_pays(ctx, 0, probe):
+                streamed(probe)
+                backend = "torch"
+            else:
+                _run_faiss(ctx, chunk_rows, progress, probe, n_q)
         else:
             _run_faiss(ctx, chunk_rows, progress)
 
@@ -2297,11 +2314,61 @@ class faiss_blas_products:
         return cvar if hasattr(cvar, "distance_compute_blas_threshold") else None
 
 
-def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | None) -> None:
+_FUSED_MIN_POOL = 1 << 16
+"""Fewest candidates for which ``backend="auto"`` on the CPU probes whether to finish a search with
+the fused pass (see :func:`_fused_probe_rows`)."""
+_FUSED_BELOW_SHARE = 0.75
+"""Share of probed queries (those with judged candidates) with a judged candidate below the fast
+list from which the fused pass finishes the search."""
+_FUSED_MAX_JUDGED = 16
+"""Most judged candidates per probed query (on average) for which the fused pass may finish the
+search: it compares every judged candidate with every block, where the faiss backend sorts rows
+holding many."""
+
+
+def _fused_probe_rows(n_q: int, n_c: int) -> int:
+    """How many queries ``backend="auto"`` on the CPU runs through faiss first to decide how to run
+    the rest (0: no probe, faiss for all).
+
+    The faiss backend pays a second pass over the pool (fast scores recomputed, compared with each
+    judged candidate's score) for every query with a judged candidate below its fast list: a weak
+    encoder's usual case on a large pool. The streamed torch pass (:func:`_run_streaming`, run on
+    the pool in memory) counts those candidates during its only pass. So the first queries (1/16,
+    64 to 1,024) go through faiss; when most of them turn out to need that second pass
+    (:func:`_fused_pays`), the remaining queries take the fused pass. Both give identical results.
+    Measured on 2 AMD EPYC cores, 1,000 queries, 2-3 judged candidates each all below the lists:
+    100k x 256 0.91 -> 0.74 s, 300k x 256 2.50 -> 1.92 s, 1M x 512 15.8 -> 10.9 s (fused pass for
+    every query); with the judged candidates inside the lists faiss alone is faster (1M x 512:
+    3.7 s against 5.3 s), which the probe keeps.
+    """
+    if n_c < _FUSED_MIN_POOL:
+        return 0
+    probe = max(64, min(1024, n_q // 16))
+    return probe if 4 * probe <= n_q else 0
+
+
+def _fused_pays(ctx: _Ctx, q0: int, q1: int) -> bool:
+    """Whether the searched queries ``q0:q1`` call for the fused pass: at least
+    :data:`_FUSED_BELOW_SHARE` of those with judged candidates have one ranked past the fast list
+    (``kp``), with at most :data:`_FUSED_MAX_JUDGED` judged candidates per query on average."""
+    counts = np.diff(ctx.ptr[q0 : q1 + 1])
+    with_judged = int(np.count_nonzero(counts))
+    if with_judged == 0 or counts.sum() > _FUSED_MAX_JUDGED * with_judged:
+        return False
+    p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q1])
+    below = np.zeros(q1 - q0, dtype=bool)
+    below[np.repeat(np.arange(q1 - q0), counts)[ctx.pair_rank[p0:p1] > ctx.kp]] = True
+    return int(below.sum()) >= _FUSED_BELOW_SHARE * with_judged
+
+
+def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | None, q_begin: int = 0,
+               q_end: int | None = None) -> None:
+    """The faiss backend for the queries ``q_begin:q_end`` (default: all)."""
     import faiss
     import torch
 
     n_q, dim = ctx.qt.shape
+    q_end = n_q if q_end is None else q_end
     c_np = ctx.ct.numpy()
     q_np = ctx.qt.numpy()
     knn = getattr(faiss, "knn", None)
@@ -2330,8 +2397,8 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
     faiss_rows = max(4096, chunk_rows)
     scan_buf: "torch.Tensor | None" = None  # rescanned fast rows (at most ctx.scan_rows at a time)
     with torch.inference_mode(), faiss_blas_products(int(dim)):
-        for q0 in range(0, n_q, faiss_rows):
-            q1 = min(n_q, q0 + faiss_rows)
+        for q0 in range(q_begin, q_end, faiss_rows):
+            q1 = min(q_end, q0 + faiss_rows)
             lf, li = search(q_np[q0:q1], ctx.kp)
             li = li.astype(np.int64, copy=False)
 
