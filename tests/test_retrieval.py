@@ -1165,7 +1165,7 @@ def test_chunk_plan_fits_the_budget():
 
 
 @pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
-@pytest.mark.parametrize("where", ["below", "inside", "many-judged"])
+@pytest.mark.parametrize("where", ["below", "below-duplicates", "inside", "many-judged"])
 def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, monkeypatch):
     """``backend="auto"`` on the CPU searches a probe of the queries with faiss; when most of them
     have a judged candidate below the fast list (and few judged candidates each), the rest take the
@@ -1175,9 +1175,12 @@ def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, mon
 
     monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)
     monkeypatch.setattr(search_mod, "_FUSED_MIN_POOL", 1000)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 16)
     rng = np.random.default_rng(21)
     n_q, n, depth = 300, 1500, 10
     q, c = make_data("unit", rng, n_q, n, 16)
+    if where == "below-duplicates":  # every item twice (a pool's duplicates tie in pairs: still the fused pass)
+        c = np.repeat(c[: n // 2], 2, axis=0)
     if where == "inside":  # the nearest candidate of each query, in its list
         s = q @ c.T
         judged = [{int(np.argmax(s[i])): 1} for i in range(n_q)]
@@ -1192,8 +1195,8 @@ def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, mon
     done: list[int] = []
     got = exact_search(q, c, judged, depth=depth, progress=done.append)
     assert sum(done) == n_q  # progress adds up over the probe and the rest
-    assert search_mod._fused_probe_rows(n_q, n) == 64
-    if where == "below":
+    assert search_mod._fused_probe_rows(n_q, n, 16) == 64
+    if where.startswith("below"):
         assert calls == [64] and got.backend == "torch"
     else:
         assert calls == [] and got.backend == "faiss"
@@ -1204,10 +1207,31 @@ def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, mon
 
 
 def test_fused_probe_rows():
-    from mrbench.retrieval.search import _FUSED_MIN_POOL, _fused_probe_rows
+    from mrbench.retrieval.search import _FUSED_MIN_DIM, _FUSED_MIN_POOL, _fused_probe_rows
 
-    assert _fused_probe_rows(1000, _FUSED_MIN_POOL - 1) == 0  # small pools: faiss alone
-    assert _fused_probe_rows(255, _FUSED_MIN_POOL) == 0  # too few queries to probe
-    assert _fused_probe_rows(256, _FUSED_MIN_POOL) == 64
-    assert _fused_probe_rows(4000, _FUSED_MIN_POOL) == 250
-    assert _fused_probe_rows(10**6, _FUSED_MIN_POOL) == 1024
+    n, d = _FUSED_MIN_POOL, _FUSED_MIN_DIM
+    assert _fused_probe_rows(1000, n - 1, d) == 0  # small pools: faiss alone
+    assert _fused_probe_rows(1000, n, d - 1) == 0  # few dimensions: the product pass saved is cheap
+    assert _fused_probe_rows(255, n, d) == 0  # too few queries to probe
+    assert _fused_probe_rows(256, n, d) == 64
+    assert _fused_probe_rows(4000, n, d) == 250
+    assert _fused_probe_rows(10**6, n, d) == 1024
+
+
+@pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
+@pytest.mark.parametrize("kind", ["identical", "zero", "quantised"])
+def test_auto_backend_keeps_faiss_when_the_probe_finds_ties(kind, monkeypatch):
+    """Judged candidates ranked past the lists only through ties (a constant encoder, zero queries,
+    coarse scores) keep the search on faiss, which scores such rows densely: the fused pass would
+    send every such query to an exact pass over the whole pool."""
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_POOL", 1000)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 8)
+    rng = np.random.default_rng(5)
+    q, c = make_data(kind, rng, 300, 1200, 8)
+    judged = random_judged(rng, 300, 1200, max_judged=3)
+    got = exact_search(q, c, judged, depth=10)
+    assert got.backend == "faiss"
+    assert_same_result(exact_search(q, c, judged, depth=10, backend="torch", device="cpu"), got)

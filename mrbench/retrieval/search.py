@@ -72,10 +72,12 @@ Backends
     torch on a GPU if one is available; on the CPU, torch for small problems (at most
     ``_SMALL_SEARCH`` query x candidate pairs, where both take the same time and importing faiss
     would cost more), else faiss if importable, else torch. On pools of at least
-    ``_FUSED_MIN_POOL`` candidates, faiss first searches a probe of the queries; when most of them
-    have a judged candidate below their fast list (a weak encoder), the rest go through the torch
-    backend's streamed pass over the pool in memory, which counts those candidates in its only
-    pass instead of a second one (:func:`_fused_probe_rows`; 25-30 % less time there).
+    ``_FUSED_MIN_POOL`` candidates of at least ``_FUSED_MIN_DIM`` dimensions, with at least 256
+    queries, faiss first searches a probe of the queries; when most of them have a judged candidate
+    ranked past their fast list and no large ties (a weak encoder), the rest go through the torch
+    backend's streamed pass over the pool in memory (half of ``max_chunk_bytes`` for its score
+    block), which counts those candidates in its only pass instead of a second one
+    (:func:`_fused_probe_rows`; 16-24 % less time in the measurements there).
 
 Both backends return identical :class:`RetrievalResult` objects (ranks, every score, top lists).
 
@@ -861,6 +863,9 @@ class _Ctx:
     sort_rows: int = 1 << 30  # rows sorted at once by a row scan
     dense_rows: int = 1 << 30  # canonical rows at once (_finalise_dense)
     row_elements: int | None = None  # products per _canonical_rows block (None: its default)
+    # per query, set by _finalise_chunk: large ties shaped its results (a dense row, a pool reaching
+    # past the fast list, or a judged candidate in a large group of equal scores); see _fused_pays
+    tied: np.ndarray | None = None
 
     def grade_of(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Grades of candidates ``c`` for (global) queries ``q`` (broadcast), 0 when unjudged."""
@@ -1518,6 +1523,10 @@ def _finalise_chunk(
     # --- dense route: whole canonical rows --------------------------------------------------
     _finalise_dense(ctx, q0, np.flatnonzero(dense), pairs)
 
+    if ctx.tied is not None:
+        tied = dense | ~pool_ok
+        tied[jq[pairs.eq > _FUSED_TIE_GROUP]] = True
+        ctx.tied[q0 : q0 + c] = tied
     _assemble_ranks(ctx, q0, p0, p1, pairs)
 
 
@@ -2020,7 +2029,8 @@ def exact_search(
         with a memmap). ``None``: on a GPU, stream when the candidates would take more than 70 % of
         its free memory; on the CPU, never. Torch backend only; results are identical either way.
     stream_block_rows
-        Candidates per streamed block (default: 64 MiB of float32 rows, at least ``depth``).
+        Candidates per streamed block (default: 64 MiB of float32 rows, at least ``depth``); also
+        those of the streamed pass that an ``"auto"`` search on the CPU may finish with (see "Backends").
     progress
         Called with the number of queries finished after each chunk (an ``int``; the calls add up
         to ``Q``). With ``stream=True`` also after each candidate block, with the chunk's queries
@@ -2134,10 +2144,12 @@ def exact_search(
         faiss_device=(dev.index or 0) if backend == "faiss" and dev.type == "cuda" else None,
     )
 
-    def streamed(q_begin: int = 0) -> None:
+    def streamed(q_begin: int = 0, share: int = 1) -> None:
+        # ``share``: the score block's share of the chunk budget (the fused pass of "auto" leaves
+        # half of it to the temporaries, as the in-memory backends do)
         block = int(stream_block_rows or max(depth, (64 << 20) // (4 * max(1, dim))))
         block = max(1, min(n_c, block))
-        rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block))))
+        rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block * share))))
         _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c, q_begin=q_begin)
 
     if n_q:
@@ -2145,10 +2157,11 @@ def exact_search(
             streamed()
         elif backend == "torch":
             _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
-        elif auto and ctx.faiss_device is None and (probe := _fused_probe_rows(n_q, n_c)):
+        elif auto and ctx.faiss_device is None and (probe := _fused_probe_rows(n_q, n_c, dim)):
+            ctx.tied = np.zeros(n_q, dtype=bool)
             _run_faiss(ctx, chunk_rows, progress, 0, probe)
             if _fused_pays(ctx, 0, probe):
-                streamed(probe)
+                streamed(probe, share=2)
                 backend = "torch"
             else:
                 _run_faiss(ctx, chunk_rows, progress, probe, n_q)
@@ -2317,31 +2330,41 @@ class faiss_blas_products:
 _FUSED_MIN_POOL = 1 << 16
 """Fewest candidates for which ``backend="auto"`` on the CPU probes whether to finish a search with
 the fused pass (see :func:`_fused_probe_rows`)."""
+_FUSED_MIN_DIM = 256
+"""Fewest dimensions for that probe: the fused pass saves a product pass but selects its top lists
+from every block, which costs the same at any dimension (2 AMD EPYC cores, 1,000 queries, judged
+candidates below the lists: 262k x 128 1.45 -> 1.29 s, 262k x 256 2.26 -> 1.80 s, 65k x 512
+1.13 -> 0.81 s; slower than faiss at 64 dimensions and below)."""
 _FUSED_BELOW_SHARE = 0.75
 """Share of probed queries (those with judged candidates) with a judged candidate below the fast
-list from which the fused pass finishes the search."""
+list, and no large ties in their results, from which the fused pass finishes the search."""
+_FUSED_TIE_GROUP = 64
+"""A probed query whose judged candidate shares its exact score with more than this many candidates
+(itself included) counts as tied (duplicated items in a pool tie in pairs, which costs nothing)."""
 _FUSED_MAX_JUDGED = 16
 """Most judged candidates per probed query (on average) for which the fused pass may finish the
 search: it compares every judged candidate with every block, where the faiss backend sorts rows
 holding many."""
 
 
-def _fused_probe_rows(n_q: int, n_c: int) -> int:
+def _fused_probe_rows(n_q: int, n_c: int, dim: int) -> int:
     """How many queries ``backend="auto"`` on the CPU runs through faiss first to decide how to run
     the rest (0: no probe, faiss for all).
 
     The faiss backend pays a second pass over the pool (fast scores recomputed, compared with each
     judged candidate's score) for every query with a judged candidate below its fast list: a weak
     encoder's usual case on a large pool. The streamed torch pass (:func:`_run_streaming`, run on
-    the pool in memory) counts those candidates during its only pass. So the first queries (1/16,
-    64 to 1,024) go through faiss; when most of them turn out to need that second pass
-    (:func:`_fused_pays`), the remaining queries take the fused pass. Both give identical results.
-    Measured on 2 AMD EPYC cores, 1,000 queries, 2-3 judged candidates each all below the lists:
-    100k x 256 0.91 -> 0.74 s, 300k x 256 2.50 -> 1.92 s, 1M x 512 15.8 -> 10.9 s (fused pass for
-    every query); with the judged candidates inside the lists faiss alone is faster (1M x 512:
-    3.7 s against 5.3 s), which the probe keeps.
+    the pool in memory) counts those candidates during its only pass. So on pools of at least
+    :data:`_FUSED_MIN_POOL` candidates of at least :data:`_FUSED_MIN_DIM` dimensions, with at least
+    256 queries, the first queries (1/16, 64 to 1,024) go through faiss; when most of them turn out
+    to need that second pass (:func:`_fused_pays`), the remaining queries take the fused pass. Both
+    give identical results. Measured on 2 AMD EPYC cores, 1,000 queries, 2-3 judged candidates each
+    all below the lists: 100k x 256 0.91 -> 0.74 s, 300k x 256 2.50 -> 1.92 s, 1M x 512 15.8 ->
+    10.9 s (fused pass for every query); with the judged candidates inside the lists faiss alone is
+    faster (1M x 512: 3.7 s against 5.3 s), which the probe keeps, and so it is with ties (a
+    constant encoder: several times faster).
     """
-    if n_c < _FUSED_MIN_POOL:
+    if n_c < _FUSED_MIN_POOL or dim < _FUSED_MIN_DIM:
         return 0
     probe = max(64, min(1024, n_q // 16))
     return probe if 4 * probe <= n_q else 0
@@ -2350,7 +2373,9 @@ def _fused_probe_rows(n_q: int, n_c: int) -> int:
 def _fused_pays(ctx: _Ctx, q0: int, q1: int) -> bool:
     """Whether the searched queries ``q0:q1`` call for the fused pass: at least
     :data:`_FUSED_BELOW_SHARE` of those with judged candidates have one ranked past the fast list
-    (``kp``), with at most :data:`_FUSED_MAX_JUDGED` judged candidates per query on average."""
+    (``kp``) and no large ties in their results (``ctx.tied``: the fused pass sends such queries to
+    an exact pass over the whole pool, where faiss scores their rows densely), with at most
+    :data:`_FUSED_MAX_JUDGED` judged candidates per query on average."""
     counts = np.diff(ctx.ptr[q0 : q1 + 1])
     with_judged = int(np.count_nonzero(counts))
     if with_judged == 0 or counts.sum() > _FUSED_MAX_JUDGED * with_judged:
@@ -2358,6 +2383,8 @@ def _fused_pays(ctx: _Ctx, q0: int, q1: int) -> bool:
     p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q1])
     below = np.zeros(q1 - q0, dtype=bool)
     below[np.repeat(np.arange(q1 - q0), counts)[ctx.pair_rank[p0:p1] > ctx.kp]] = True
+    if ctx.tied is not None:
+        below &= ~ctx.tied[q0:q1]
     return int(below.sum()) >= _FUSED_BELOW_SHARE * with_judged
 
 
