@@ -77,7 +77,7 @@ Backends
     ranked past their fast list and no large ties (a weak encoder), the rest go through the torch
     backend's streamed pass over the pool in memory (half of ``max_chunk_bytes`` for its score
     block), which counts those candidates in its only pass instead of a second one
-    (:func:`_fused_probe_rows`; 16-24 % less time in the measurements there).
+    (:func:`_fused_probe_rows`; a quarter to a third less time in ``benchmarks/README.md``).
 
 Both backends return identical :class:`RetrievalResult` objects (ranks, every score, top lists).
 
