@@ -14,8 +14,8 @@ lists, times
   device in blocks, as ``mrbench evaluate --stream-pool`` runs pools larger than memory (here the
   pool is in RAM, so no disk reads are timed);
 * ``exact-auto``: ``exact_search(backend="auto")``, what ``mrbench evaluate`` runs (on the CPU: faiss,
-  or a faiss probe then the streamed pass when most judged candidates lie below the lists; the
-  backend that finished is noted).
+  or the streamed pass over the pool in memory when a sample shows most judged candidates below the
+  lists; the backend that ran is noted).
 
 Ratios are throughput relative to a baseline (>1 = faster): ``vs faiss`` against ``faiss-raw``
 including ``add`` (the copy into the index), ``vs search`` against its ``search`` call alone,
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if "device" in r:
             notes.append(f"device {r['device']}")
         if r.get("backend") and r["method"] == "exact-auto":
-            notes.append(f"finished on {r['backend']}")
+            notes.append(f"ran {r['backend']}")
         if "judged_in_top_depth" in r:
             notes.append(f"judged in top-{args.depth}: {r['judged_in_top_depth']:.0%}")
         rf, rt = r["throughput_ratio_vs_raw_faiss"], r["throughput_ratio_vs_raw_torch"]

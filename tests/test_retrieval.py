@@ -1166,11 +1166,11 @@ def test_chunk_plan_fits_the_budget():
 
 @pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
 @pytest.mark.parametrize("where", ["below", "below-duplicates", "inside", "many-judged"])
-def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, monkeypatch):
-    """``backend="auto"`` on the CPU searches a probe of the queries with faiss; when most of them
-    have a judged candidate below the fast list (and few judged candidates each), the rest take the
-    streamed pass over the pool in memory. Identical results either way, to faiss alone and to the
-    naive reference."""
+def test_auto_backend_runs_the_fused_pass_when_a_sample_says_so(where, monkeypatch):
+    """``backend="auto"`` on the CPU scores a sample of the queries against a sample of the pool;
+    when most queries have a judged candidate below the fast list (and few judged candidates each),
+    the search runs the streamed pass over the pool in memory instead of faiss. Identical results
+    either way, to faiss alone and to the naive reference."""
     import mrbench.retrieval.search as search_mod
 
     monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)
@@ -1181,23 +1181,20 @@ def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, mon
     q, c = make_data("unit", rng, n_q, n, 16)
     if where == "below-duplicates":  # every item twice (a pool's duplicates tie in pairs: still the fused pass)
         c = np.repeat(c[: n // 2], 2, axis=0)
+    s = q @ c.T
     if where == "inside":  # the nearest candidate of each query, in its list
-        s = q @ c.T
         judged = [{int(np.argmax(s[i])): 1} for i in range(n_q)]
-    else:  # low-scoring candidates: below the lists (all of them, or 1 in 4 queries)
+    else:  # low-scoring candidates: below the lists
         per = 40 if where == "many-judged" else 3
-        s = q @ c.T
-        judged = [{int(j): int(rng.integers(1, 3)) for j in np.argsort(s[i])[: per]} for i in range(n_q)]
+        judged = [{int(j): int(rng.integers(1, 3)) for j in np.argsort(s[i])[:per]} for i in range(n_q)]
     calls: list[int] = []
     real = search_mod._run_streaming
-    monkeypatch.setattr(search_mod, "_run_streaming",
-                        lambda *a, **k: (calls.append(k.get("q_begin", 0)), real(*a, **k))[1])
+    monkeypatch.setattr(search_mod, "_run_streaming", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     done: list[int] = []
     got = exact_search(q, c, judged, depth=depth, progress=done.append)
-    assert sum(done) == n_q  # progress adds up over the probe and the rest
-    assert search_mod._fused_probe_rows(n_q, n, 16) == 64
+    assert sum(done) == n_q
     if where.startswith("below"):
-        assert calls == [64] and got.backend == "torch"
+        assert calls == [1] and got.backend == "torch"
     else:
         assert calls == [] and got.backend == "faiss"
     assert_same_result(exact_search(q, c, judged, depth=depth, backend="faiss"), got)
@@ -1206,21 +1203,29 @@ def test_auto_backend_finishes_on_the_fused_pass_when_a_probe_says_so(where, mon
     np.testing.assert_array_equal(got.n_ties[::37], ties)
 
 
-def test_fused_probe_rows():
-    from mrbench.retrieval.search import _FUSED_MIN_DIM, _FUSED_MIN_POOL, _fused_probe_rows
+@pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
+def test_auto_backend_fused_pass_only_for_large_pools_of_many_dimensions(monkeypatch):
+    import mrbench.retrieval.search as search_mod
 
-    n, d = _FUSED_MIN_POOL, _FUSED_MIN_DIM
-    assert _fused_probe_rows(1000, n - 1, d) == 0  # small pools: faiss alone
-    assert _fused_probe_rows(1000, n, d - 1) == 0  # few dimensions: the product pass saved is cheap
-    assert _fused_probe_rows(255, n, d) == 0  # too few queries to probe
-    assert _fused_probe_rows(256, n, d) == 64
-    assert _fused_probe_rows(4000, n, d) == 250
-    assert _fused_probe_rows(10**6, n, d) == 1024
+    monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)
+    rng = np.random.default_rng(3)
+    q, c = make_data("unit", rng, 40, 1500, 16)
+    judged = [{int(np.argmin(row)): 1} for row in q @ c.T]  # below the lists
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 16)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_POOL", 1501)  # a smaller pool: faiss
+    assert exact_search(q, c, judged, depth=10).backend == "faiss"
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_POOL", 1500)
+    assert exact_search(q, c, judged, depth=10).backend == "torch"
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 17)  # fewer dimensions: faiss
+    assert exact_search(q, c, judged, depth=10).backend == "faiss"
+    # explicit backends are kept
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 16)
+    assert exact_search(q, c, judged, depth=10, backend="faiss").backend == "faiss"
 
 
 @pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
-@pytest.mark.parametrize("kind", ["identical", "zero", "quantised"])
-def test_auto_backend_keeps_faiss_when_the_probe_finds_ties(kind, monkeypatch):
+@pytest.mark.parametrize("kind", ["identical", "zero", "quantised", "duplicated"])
+def test_auto_backend_keeps_faiss_when_the_sample_finds_ties(kind, monkeypatch):
     """Judged candidates ranked past the lists only through ties (a constant encoder, zero queries,
     coarse scores) keep the search on faiss, which scores such rows densely: the fused pass would
     send every such query to an exact pass over the whole pool."""
@@ -1231,7 +1236,9 @@ def test_auto_backend_keeps_faiss_when_the_probe_finds_ties(kind, monkeypatch):
     monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 8)
     rng = np.random.default_rng(5)
     q, c = make_data(kind, rng, 300, 1200, 8)
-    judged = random_judged(rng, 300, 1200, max_judged=3)
+    # the lowest-scoring candidates: past the lists (for "duplicated", 4 rows repeated: only ties
+    # tell it from a weak encoder)
+    judged = [{int(j): 1 for j in np.argsort(row, kind="stable")[:3]} for row in q @ c.T]
     got = exact_search(q, c, judged, depth=10)
     assert got.backend == "faiss"
     assert_same_result(exact_search(q, c, judged, depth=10, backend="torch", device="cpu"), got)

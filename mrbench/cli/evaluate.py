@@ -38,7 +38,7 @@ def evaluate(
                                         "pixel_transform, e.g. openclip, hf, ret, vlm2vec), auto (processes from 4 workers) or gpu (JPEGs decoded "
                                         "on the encoder's CUDA device with torchvision; falls back to auto with one warning). "
                                         "Set MRBENCH_PIXEL_CACHE=1 to cache preprocessed pixels on disk.")] = "auto",
-    backend: Annotated[str, typer.Option(help="Exact search backend: torch, faiss, or auto (torch on a GPU and for small problems, else faiss when installed; on large pools a weak encoder's search may finish with the torch backend's one-pass streamed route, after a faiss probe). Results are identical on every backend.")] = "auto",
+    backend: Annotated[str, typer.Option(help="Exact search backend: torch, faiss, or auto (torch on a GPU and for small problems, else faiss when installed; on large pools, when a sample shows a weak encoder, the torch backend's one-pass streamed route instead). Results are identical on every backend.")] = "auto",
     approx: Annotated[
         Optional[str], typer.Option("--approx", metavar="JSON", help=(
             "Approximate search (FAISS) for the run files and metrics, as a JSON object. "

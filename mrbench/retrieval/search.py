@@ -72,12 +72,12 @@ Backends
     torch on a GPU if one is available; on the CPU, torch for small problems (at most
     ``_SMALL_SEARCH`` query x candidate pairs, where both take the same time and importing faiss
     would cost more), else faiss if importable, else torch. On pools of at least
-    ``_FUSED_MIN_POOL`` candidates of at least ``_FUSED_MIN_DIM`` dimensions, with at least 256
-    queries, faiss first searches a probe of the queries; when most of them have a judged candidate
-    ranked past their fast list and no large ties (a weak encoder), the rest go through the torch
-    backend's streamed pass over the pool in memory (half of ``max_chunk_bytes`` for its score
-    block), which counts those candidates in its only pass instead of a second one
-    (:func:`_fused_probe_rows`; a quarter to a third less time in ``benchmarks/README.md``).
+    ``_FUSED_MIN_POOL`` candidates of at least ``_FUSED_MIN_DIM`` dimensions, when a sample says
+    that most queries have a judged candidate below their fast list and no large ties (a weak
+    encoder), the search runs the torch backend's streamed pass over the pool in memory instead
+    (half of ``max_chunk_bytes`` for its score block), which counts those candidates in its only
+    pass where faiss needs a second one (:func:`_fused_pays`; a quarter to a third less time in
+    ``benchmarks/README.md``).
 
 Both backends return identical :class:`RetrievalResult` objects (ranks, every score, top lists).
 
@@ -348,7 +348,7 @@ class RetrievalResult:
         candidates tied with each other do not count).
     backend
         ``"torch"`` or ``"faiss"`` (``"auto"`` resolved; ``"torch"`` when an ``"auto"`` search
-        finished on the streamed pass after a faiss probe, see "Backends").
+        on the CPU ran the streamed pass, see "Backends").
     device
         Device the fast kernel ran on, e.g. ``"cpu"`` or ``"cuda:0"``.
     """
@@ -863,9 +863,6 @@ class _Ctx:
     sort_rows: int = 1 << 30  # rows sorted at once by a row scan
     dense_rows: int = 1 << 30  # canonical rows at once (_finalise_dense)
     row_elements: int | None = None  # products per _canonical_rows block (None: its default)
-    # per query, set by _finalise_chunk: large ties shaped its results (a dense row, a pool reaching
-    # past the fast list, or a judged candidate in a large group of equal scores); see _fused_pays
-    tied: np.ndarray | None = None
 
     def grade_of(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Grades of candidates ``c`` for (global) queries ``q`` (broadcast), 0 when unjudged."""
@@ -1523,10 +1520,6 @@ def _finalise_chunk(
     # --- dense route: whole canonical rows --------------------------------------------------
     _finalise_dense(ctx, q0, np.flatnonzero(dense), pairs)
 
-    if ctx.tied is not None:
-        tied = dense | ~pool_ok
-        tied[jq[pairs.eq > _FUSED_TIE_GROUP]] = True
-        ctx.tied[q0 : q0 + c] = tied
     _assemble_ranks(ctx, q0, p0, p1, pairs)
 
 
@@ -1605,9 +1598,8 @@ def _host_canon(ctx: _Ctx, dev: "torch.device", qglob: np.ndarray, crow: np.ndar
 
 def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: int,
                    progress: Callable[[int], None] | None, fast_dtype: str = "float32",
-                   scale_q: float = 1.0, scale_c: float = 1.0, q_begin: int = 0) -> None:
-    """The torch backend with the candidate matrix streamed through ``dev`` in blocks of ``block_rows``
-    (for the queries from ``q_begin`` on).
+                   scale_q: float = 1.0, scale_c: float = 1.0) -> None:
+    """The torch backend with the candidate matrix streamed through ``dev`` in blocks of ``block_rows``.
 
     Pass 1, per query chunk and candidate block: the fast product, a running top-``kp`` fast list per
     query (merged block by block), and for every judged candidate (its canonical score is computed
@@ -1629,7 +1621,7 @@ def _run_streaming(ctx: _Ctx, dev: "torch.device", chunk_rows: int, block_rows: 
     unscale = scale_q * scale_c if half else 1.0
     q_fast = (ctx.sq * (1.0 / scale_q)).to(hdt) if half else ctx.sq
     with torch.inference_mode(), _full_precision_reductions(torch):
-        for q0 in range(q_begin, n_q, chunk_rows):
+        for q0 in range(0, n_q, chunk_rows):
             q1 = min(n_q, q0 + chunk_rows)
             c = q1 - q0
             p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q1])
@@ -2030,7 +2022,7 @@ def exact_search(
         its free memory; on the CPU, never. Torch backend only; results are identical either way.
     stream_block_rows
         Candidates per streamed block (default: 64 MiB of float32 rows, at least ``depth``); also
-        those of the streamed pass that an ``"auto"`` search on the CPU may finish with (see "Backends").
+        those of the streamed pass that an ``"auto"`` search on the CPU may run (see "Backends").
     progress
         Called with the number of queries finished after each chunk (an ``int``; the calls add up
         to ``Q``). With ``stream=True`` also after each candidate block, with the chunk's queries
@@ -2144,27 +2136,22 @@ def exact_search(
         faiss_device=(dev.index or 0) if backend == "faiss" and dev.type == "cuda" else None,
     )
 
-    def streamed(q_begin: int = 0, share: int = 1) -> None:
+    def streamed(share: int = 1) -> None:
         # ``share``: the score block's share of the chunk budget (the fused pass of "auto" leaves
         # half of it to the temporaries, as the in-memory backends do)
         block = int(stream_block_rows or max(depth, (64 << 20) // (4 * max(1, dim))))
         block = max(1, min(n_c, block))
         rows_per_chunk = int(max(1, min(n_q, int(max_chunk_bytes) // (4 * block * share))))
-        _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c, q_begin=q_begin)
+        _run_streaming(ctx, dev, rows_per_chunk, block, progress, fdt, scale_q, scale_c)
 
     if n_q:
         if stream:
             streamed()
         elif backend == "torch":
             _run_torch(ctx, dev, chunk_rows, progress, fdt, scale_q, scale_c)
-        elif auto and ctx.faiss_device is None and (probe := _fused_probe_rows(n_q, n_c, dim)):
-            ctx.tied = np.zeros(n_q, dtype=bool)
-            _run_faiss(ctx, chunk_rows, progress, 0, probe)
-            if _fused_pays(ctx, 0, probe):
-                streamed(probe, share=2)
-                backend = "torch"
-            else:
-                _run_faiss(ctx, chunk_rows, progress, probe, n_q)
+        elif auto and ctx.faiss_device is None and _fused_pays(ctx):
+            streamed(share=2)
+            backend = "torch"
         else:
             _run_faiss(ctx, chunk_rows, progress)
 
@@ -2328,74 +2315,84 @@ class faiss_blas_products:
 
 
 _FUSED_MIN_POOL = 1 << 16
-"""Fewest candidates for which ``backend="auto"`` on the CPU probes whether to finish a search with
-the fused pass (see :func:`_fused_probe_rows`)."""
+"""Fewest candidates for which ``backend="auto"`` on the CPU considers the fused pass (see
+:func:`_fused_pays`)."""
 _FUSED_MIN_DIM = 256
-"""Fewest dimensions for that probe: the fused pass saves a product pass but selects its top lists
-from every block, which costs the same at any dimension (2 AMD EPYC cores, 1,000 queries, judged
-candidates below the lists: 262k x 128 1.45 -> 1.29 s, 262k x 256 2.26 -> 1.80 s, 65k x 512
-1.13 -> 0.81 s; slower than faiss at 64 dimensions and below)."""
+"""Fewest dimensions for the fused pass: it saves a product pass but selects its top lists from
+every block, which costs the same at any dimension (2 AMD EPYC cores, 1,000 queries, judged
+candidates below the lists, streamed pass vs faiss: 262k x 128 1.29 vs 1.45 s, 262k x 256 1.80 vs
+2.26 s, 65k x 512 0.81 vs 1.13 s; slower than faiss at 64 dimensions and below)."""
 _FUSED_BELOW_SHARE = 0.75
-"""Share of probed queries (those with judged candidates) with a judged candidate below the fast
-list, and no large ties in their results, from which the fused pass finishes the search."""
-_FUSED_TIE_GROUP = 64
-"""A probed query whose judged candidate shares its exact score with more than this many candidates
-(itself included) counts as tied (duplicated items in a pool tie in pairs, which costs nothing)."""
+"""Share of the sampled queries with a judged candidate ranked past the fast list, and no large
+ties, from which the fused pass runs the search (it costs the same for every query, where the
+faiss backend's second pass is only for those)."""
 _FUSED_MAX_JUDGED = 16
-"""Most judged candidates per probed query (on average) for which the fused pass may finish the
-search: it compares every judged candidate with every block, where the faiss backend sorts rows
-holding many."""
+"""Most judged candidates per query (on average) for the fused pass: it compares every judged
+candidate with every block, where the faiss backend sorts rows holding many."""
+_FUSED_SAMPLE = 4096
+"""Candidates sampled (evenly spaced rows) to place judged ones."""
+_FUSED_SAMPLE_QUERIES = 128
+"""Queries sampled (evenly spaced): with the sample of candidates, a product and a sort of 128 x
+4,096 scores, ~10 ms (1-3 % of a search at the smallest pools concerned)."""
+_FUSED_TIED_SHARE = 1 / 64
+"""A sampled query whose sorted sample scores hold runs of three or more equal values at more than
+this share of places counts as tied: large groups of equal scores, which the fused pass sends to
+an exact pass over the whole pool where faiss scores rows densely (a constant encoder: 1.5-2.5x
+slower)."""
 
 
-def _fused_probe_rows(n_q: int, n_c: int, dim: int) -> int:
-    """How many queries ``backend="auto"`` on the CPU runs through faiss first to decide how to run
-    the rest (0: no probe, faiss for all).
+def _fused_pays(ctx: _Ctx) -> bool:
+    """Whether a CPU search that ``backend="auto"`` resolved to faiss should run the torch backend's
+    streamed pass over the in-memory pool instead (the *fused* pass); results are identical.
 
-    The faiss backend pays a second pass over the pool (fast scores recomputed, compared with each
-    judged candidate's score) for every query with a judged candidate below its fast list: a weak
-    encoder's usual case on a large pool. The streamed torch pass (:func:`_run_streaming`, run on
-    the pool in memory) counts those candidates during its only pass. So on pools of at least
-    :data:`_FUSED_MIN_POOL` candidates of at least :data:`_FUSED_MIN_DIM` dimensions, with at least
-    256 queries, the first queries (1/16, 64 to 1,024) go through faiss; when most of them turn out
-    to need that second pass (:func:`_fused_pays`), the remaining queries take the fused pass. Both
-    give identical results. Measured on 2 AMD EPYC cores, 1,000 queries, 2-3 judged candidates each
-    all below the lists: 100k x 256 0.91 -> 0.74 s, 300k x 256 2.50 -> 1.92 s, 1M x 512 15.8 ->
-    10.9 s (fused pass for every query); with the judged candidates inside the lists faiss alone is
-    faster (1M x 512: 3.7 s against 5.3 s), which the probe keeps, and so it is with ties (a
-    constant encoder: several times faster).
+    The faiss backend needs a second pass over the pool (fast scores recomputed and compared with
+    each judged candidate's score) for every query with a judged candidate below its fast list: a
+    weak encoder's usual case on a large pool. The streamed pass counts those candidates during its
+    only pass. Judged from a sample, before anything is searched: on pools of at least
+    :data:`_FUSED_MIN_POOL` candidates of at least :data:`_FUSED_MIN_DIM` dimensions, with at most
+    :data:`_FUSED_MAX_JUDGED` judged candidates per query on average, up to
+    :data:`_FUSED_SAMPLE_QUERIES` queries are scored against :data:`_FUSED_SAMPLE` evenly spaced
+    candidates; a judged candidate whose estimated rank (sample scores above it, scaled to the
+    pool) exceeds twice the fast list's length lies below it. The fused pass runs when at least
+    :data:`_FUSED_BELOW_SHARE` of the sampled queries have one and no large ties
+    (:data:`_FUSED_TIED_SHARE`). The estimate only picks the route: a wrong guess costs time, never
+    exactness. Measured on 2 AMD EPYC cores, 1,000 queries with 2-3 judged candidates each, all
+    below the lists: 100k x 256 0.94 -> 0.77 s, 1M x 256 8.5 -> 6.4 s (``benchmarks/README.md``).
     """
-    if n_c < _FUSED_MIN_POOL or dim < _FUSED_MIN_DIM:
-        return 0
-    probe = max(64, min(1024, n_q // 16))
-    return probe if 4 * probe <= n_q else 0
+    import torch
 
-
-def _fused_pays(ctx: _Ctx, q0: int, q1: int) -> bool:
-    """Whether the searched queries ``q0:q1`` call for the fused pass: at least
-    :data:`_FUSED_BELOW_SHARE` of those with judged candidates have one ranked past the fast list
-    (``kp``) and no large ties in their results (``ctx.tied``: the fused pass sends such queries to
-    an exact pass over the whole pool, where faiss scores their rows densely), with at most
-    :data:`_FUSED_MAX_JUDGED` judged candidates per query on average."""
-    counts = np.diff(ctx.ptr[q0 : q1 + 1])
-    with_judged = int(np.count_nonzero(counts))
-    if with_judged == 0 or counts.sum() > _FUSED_MAX_JUDGED * with_judged:
+    n, d = ctx.n, int(ctx.ct.shape[1])
+    if n < _FUSED_MIN_POOL or d < _FUSED_MIN_DIM:
         return False
-    p0, p1 = int(ctx.ptr[q0]), int(ctx.ptr[q1])
-    below = np.zeros(q1 - q0, dtype=bool)
-    below[np.repeat(np.arange(q1 - q0), counts)[ctx.pair_rank[p0:p1] > ctx.kp]] = True
-    if ctx.tied is not None:
-        below &= ~ctx.tied[q0:q1]
-    return int(below.sum()) >= _FUSED_BELOW_SHARE * with_judged
+    counts = np.diff(ctx.ptr)
+    n_q = counts.size
+    n_judged = int(np.count_nonzero(counts))
+    if n_judged == 0 or int(counts.sum()) > _FUSED_MAX_JUDGED * n_judged:
+        return False
+    qs = np.unique(np.linspace(0, n_q - 1, min(n_q, _FUSED_SAMPLE_QUERIES)).astype(np.int64))
+    m = int(min(_FUSED_SAMPLE, n))
+    sample = (np.arange(m, dtype=np.int64) * n) // m
+    with torch.inference_mode():
+        qt = ctx.qt.index_select(0, torch.from_numpy(qs))
+        s = np.sort(torch.mm(qt, ctx.ct.index_select(0, torch.from_numpy(sample)).T).numpy(), axis=1)
+        # runs of 3+ equal scores (duplicated items tie in pairs, which costs the fused pass nothing)
+        tied = np.count_nonzero(s[:, 2:] == s[:, :-2], axis=1) > m * _FUSED_TIED_SHARE
+        below = np.zeros(qs.size, dtype=bool)
+        for k, qi in enumerate(qs.tolist()):
+            if counts[qi] == 0:
+                continue
+            jr = torch.from_numpy(ctx.rows[ctx.ptr[qi] : ctx.ptr[qi + 1]])
+            js = torch.mv(ctx.ct.index_select(0, jr), ctx.qt[qi]).numpy()
+            above = m - np.searchsorted(s[k], js, side="right")
+            below[k] = bool((above.astype(np.float64) * n > 2.0 * ctx.kp * m).any())
+    return int(np.count_nonzero(below & ~tied)) >= _FUSED_BELOW_SHARE * qs.size
 
 
-def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | None, q_begin: int = 0,
-               q_end: int | None = None) -> None:
-    """The faiss backend for the queries ``q_begin:q_end`` (default: all)."""
+def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | None) -> None:
     import faiss
     import torch
 
     n_q, dim = ctx.qt.shape
-    q_end = n_q if q_end is None else q_end
     c_np = ctx.ct.numpy()
     q_np = ctx.qt.numpy()
     knn = getattr(faiss, "knn", None)
@@ -2424,8 +2421,8 @@ def _run_faiss(ctx: _Ctx, chunk_rows: int, progress: Callable[[int], None] | Non
     faiss_rows = max(4096, chunk_rows)
     scan_buf: "torch.Tensor | None" = None  # rescanned fast rows (at most ctx.scan_rows at a time)
     with torch.inference_mode(), faiss_blas_products(int(dim)):
-        for q0 in range(q_begin, q_end, faiss_rows):
-            q1 = min(q_end, q0 + faiss_rows)
+        for q0 in range(0, n_q, faiss_rows):
+            q1 = min(n_q, q0 + faiss_rows)
             lf, li = search(q_np[q0:q1], ctx.kp)
             li = li.astype(np.int64, copy=False)
 
