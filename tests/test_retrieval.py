@@ -1224,6 +1224,28 @@ def test_auto_backend_fused_pass_only_for_large_pools_of_many_dimensions(monkeyp
 
 
 @pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
+def test_auto_backend_keeps_faiss_for_a_group_of_identical_rows(monkeypatch):
+    """A group of identical candidates too small a share of the pool to count by itself, but larger
+    than half of what the streamed pass collects before scoring a query's whole pool, keeps faiss
+    (1M x 256: 4,150 identical rows made the streamed pass 6-10x slower)."""
+    import mrbench.retrieval.search as search_mod
+
+    monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_POOL", 1000)
+    monkeypatch.setattr(search_mod, "_FUSED_MIN_DIM", 16)
+    rng = np.random.default_rng(8)
+    q, c = make_data("unit", rng, 300, 1500, 16)
+    c[100:120] = c[100]  # 20 identical rows: 18 places of 1,500 in runs of 3+, under 1/64
+    judged = [{100 + i % 20: 1} for i in range(300)]  # ranked about half way down: past the lists
+    monkeypatch.setattr(search_mod, "_STREAM_POOL_CAP", 64)  # a group of 20: not over 32
+    assert exact_search(q, c, judged, depth=10).backend == "torch"
+    monkeypatch.setattr(search_mod, "_STREAM_POOL_CAP", 32)  # over 16: faiss
+    got = exact_search(q, c, judged, depth=10)
+    assert got.backend == "faiss"
+    assert_same_result(exact_search(q, c, judged, depth=10, backend="torch", device="cpu"), got)
+
+
+@pytest.mark.skipif(HAS_CUDA or not HAS_FAISS, reason="the CPU's auto backend with faiss")
 @pytest.mark.parametrize("kind", ["identical", "zero", "quantised", "duplicated"])
 def test_auto_backend_keeps_faiss_when_the_sample_finds_ties(kind, monkeypatch):
     """Judged candidates ranked past the lists only through ties (a constant encoder, zero queries,

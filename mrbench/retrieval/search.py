@@ -2330,7 +2330,10 @@ _FUSED_MAX_JUDGED = 16
 """Most judged candidates per query (on average) for the fused pass: it compares every judged
 candidate with every block, where the faiss backend sorts rows holding many."""
 _FUSED_SAMPLE = 4096
-"""Candidates sampled (evenly spaced rows) to place judged ones."""
+"""Fewest candidates sampled (evenly spaced rows) to place judged ones; 1 in 256 of larger pools
+(at most :data:`_FUSED_SAMPLE_MAX`), so that a group of equal scores as large as the streamed
+pass's caps shows up about 16 times."""
+_FUSED_SAMPLE_MAX = 1 << 16
 _FUSED_SAMPLE_QUERIES = 128
 """Queries sampled (evenly spaced): with the sample of candidates, a product and a sort of 128 x
 4,096 scores, ~10 ms (1-3 % of a search at the smallest pools concerned)."""
@@ -2338,7 +2341,8 @@ _FUSED_TIED_SHARE = 1 / 64
 """A sampled query whose sorted sample scores hold runs of three or more equal values at more than
 this share of places counts as tied: large groups of equal scores, which the fused pass sends to
 an exact pass over the whole pool where faiss scores rows densely (a constant encoder: 1.5-2.5x
-slower)."""
+slower). So does one whose longest such run stands for a group of more than half of
+``_STREAM_POOL_CAP`` candidates (1M x 256: 4,150 identical rows made it 6-10x slower)."""
 
 
 def _fused_pays(ctx: _Ctx) -> bool:
@@ -2351,8 +2355,8 @@ def _fused_pays(ctx: _Ctx) -> bool:
     only pass. Judged from a sample, before anything is searched: on pools of at least
     :data:`_FUSED_MIN_POOL` candidates of at least :data:`_FUSED_MIN_DIM` dimensions, with at most
     :data:`_FUSED_MAX_JUDGED` judged candidates per query on average, up to
-    :data:`_FUSED_SAMPLE_QUERIES` queries are scored against :data:`_FUSED_SAMPLE` evenly spaced
-    candidates; a judged candidate whose estimated rank (sample scores above it, scaled to the
+    :data:`_FUSED_SAMPLE_QUERIES` queries are scored against :data:`_FUSED_SAMPLE` (or 1 in 256)
+    evenly spaced candidates; a judged candidate whose estimated rank (sample scores above it, scaled to the
     pool) exceeds twice the fast list's length lies below it. The fused pass runs when at least
     :data:`_FUSED_BELOW_SHARE` of the sampled queries have one and no large ties
     (:data:`_FUSED_TIED_SHARE`). The estimate only picks the route: a wrong guess costs time, never
@@ -2370,13 +2374,17 @@ def _fused_pays(ctx: _Ctx) -> bool:
     if n_judged == 0 or int(counts.sum()) > _FUSED_MAX_JUDGED * n_judged:
         return False
     qs = np.unique(np.linspace(0, n_q - 1, min(n_q, _FUSED_SAMPLE_QUERIES)).astype(np.int64))
-    m = int(min(_FUSED_SAMPLE, n))
+    m = int(min(n, max(_FUSED_SAMPLE, min(_FUSED_SAMPLE_MAX, n // 256))))
     sample = (np.arange(m, dtype=np.int64) * n) // m
     with torch.inference_mode():
         qt = ctx.qt.index_select(0, torch.from_numpy(qs))
         s = np.sort(torch.mm(qt, ctx.ct.index_select(0, torch.from_numpy(sample)).T).numpy(), axis=1)
-        # runs of 3+ equal scores (duplicated items tie in pairs, which costs the fused pass nothing)
+        # runs of 3+ equal scores (duplicated items tie in pairs, which costs the fused pass nothing):
+        # many of them, or one standing for a group the streamed pass would score exactly
         tied = np.count_nonzero(s[:, 2:] == s[:, :-2], axis=1) > m * _FUSED_TIED_SHARE
+        for k, row in enumerate(s):
+            run = int(np.diff(np.flatnonzero(np.r_[True, row[1:] != row[:-1], True])).max())
+            tied[k] |= run >= 3 and run * n > m * (_STREAM_POOL_CAP // 2)
         below = np.zeros(qs.size, dtype=bool)
         for k, qi in enumerate(qs.tolist()):
             if counts[qi] == 0:
