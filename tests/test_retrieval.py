@@ -1227,7 +1227,7 @@ def test_auto_backend_fused_pass_only_for_large_pools_of_many_dimensions(monkeyp
 def test_auto_backend_keeps_faiss_for_a_group_of_identical_rows(monkeypatch):
     """A group of identical candidates too small a share of the pool to count by itself, but larger
     than half of what the streamed pass collects before scoring a query's whole pool, keeps faiss
-    (1M x 256: 4,150 identical rows made the streamed pass 6-10x slower)."""
+    (262k x 256: 4,150 identical rows made the streamed pass 6-10x slower)."""
     import mrbench.retrieval.search as search_mod
 
     monkeypatch.setattr(search_mod, "_SMALL_SEARCH", 0)

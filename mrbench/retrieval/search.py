@@ -2334,6 +2334,7 @@ _FUSED_SAMPLE = 4096
 (at most :data:`_FUSED_SAMPLE_MAX`), so that a group of equal scores as large as the streamed
 pass's caps shows up about 16 times."""
 _FUSED_SAMPLE_MAX = 1 << 16
+"""Most candidates sampled (pools of 16.8M and more)."""
 _FUSED_SAMPLE_QUERIES = 128
 """Queries sampled (evenly spaced): with the sample of candidates, a product and a sort of 128 x
 4,096 scores, ~10 ms (1-3 % of a search at the smallest pools concerned)."""
@@ -2342,7 +2343,7 @@ _FUSED_TIED_SHARE = 1 / 64
 this share of places counts as tied: large groups of equal scores, which the fused pass sends to
 an exact pass over the whole pool where faiss scores rows densely (a constant encoder: 1.5-2.5x
 slower). So does one whose longest such run stands for a group of more than half of
-``_STREAM_POOL_CAP`` candidates (1M x 256: 4,150 identical rows made it 6-10x slower)."""
+``_STREAM_POOL_CAP`` candidates (262k x 256: 4,150 identical rows made it 6-10x slower)."""
 
 
 def _fused_pays(ctx: _Ctx) -> bool:
@@ -2356,8 +2357,8 @@ def _fused_pays(ctx: _Ctx) -> bool:
     :data:`_FUSED_MIN_POOL` candidates of at least :data:`_FUSED_MIN_DIM` dimensions, with at most
     :data:`_FUSED_MAX_JUDGED` judged candidates per query on average, up to
     :data:`_FUSED_SAMPLE_QUERIES` queries are scored against :data:`_FUSED_SAMPLE` (or 1 in 256)
-    evenly spaced candidates; a judged candidate whose estimated rank (sample scores above it, scaled to the
-    pool) exceeds twice the fast list's length lies below it. The fused pass runs when at least
+    evenly spaced candidates; a judged candidate whose estimated rank (sample scores above it,
+    scaled to the pool) exceeds twice the fast list's length lies below it. The fused pass runs when at least
     :data:`_FUSED_BELOW_SHARE` of the sampled queries have one and no large ties
     (:data:`_FUSED_TIED_SHARE`). The estimate only picks the route: a wrong guess costs time, never
     exactness. Measured on 2 AMD EPYC cores, 1,000 queries with 2-3 judged candidates each, all
