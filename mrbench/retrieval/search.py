@@ -2386,14 +2386,12 @@ def _fused_pays(ctx: _Ctx) -> bool:
         for k, row in enumerate(s):
             run = int(np.diff(np.flatnonzero(np.r_[True, row[1:] != row[:-1], True])).max())
             tied[k] |= run >= 3 and run * n > m * (_STREAM_POOL_CAP // 2)
-        below = np.zeros(qs.size, dtype=bool)
-        for k, qi in enumerate(qs.tolist()):
-            if counts[qi] == 0:
-                continue
-            jr = torch.from_numpy(ctx.rows[ctx.ptr[qi] : ctx.ptr[qi + 1]])
-            js = torch.mv(ctx.ct.index_select(0, jr), ctx.qt[qi]).numpy()
-            above = m - np.searchsorted(s[k], js, side="right")
-            below[k] = bool((above.astype(np.float64) * n > 2.0 * ctx.kp * m).any())
+    # the sampled queries' judged candidates, scored in one call; sample scores above each, per query
+    pair = np.concatenate([np.arange(ctx.ptr[qi], ctx.ptr[qi + 1]) for qi in qs.tolist()])
+    bounds = np.r_[0, np.cumsum(counts[qs])]
+    js = ctx.canon(np.repeat(qs, counts[qs]), ctx.rows[pair])
+    below = np.array([bool(((m - np.searchsorted(s[k], js[a:b], side="right")) * n > 2.0 * ctx.kp * m).any())
+                      for k, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist()))], dtype=bool)
     return int(np.count_nonzero(below & ~tied)) >= _FUSED_BELOW_SHARE * qs.size
 
 
