@@ -97,6 +97,7 @@ def main() -> None:
     from mrbench.encoders.harness import EncodeStats, encode_groups, encode_items, load_rgb
     from mrbench.encoders.pixel_cache import PixelCache
     from mrbench.encoders.registry import get_encoder
+    from bench_encode import pool_of_images
     from bench_util import bare_rate, device_setup
 
     device, _, sync, gpu = device_setup(args.device)
@@ -105,7 +106,7 @@ def main() -> None:
     variants = variants or [{}]
     bench = mrbench.load_benchmark("mrbench-synth")
     enc = get_encoder("openclip:ViT-B-32", random_init=True, device=device, batch_size=args.batch)
-    cands = [(t, c) for t in bench.tasks if t.candidate_modality == "image" for c in t.candidates][: args.n_images]
+    cands = pool_of_images(bench, args.n_images)
     by_task: dict[str, list] = {}
     for t, c in cands:
         by_task.setdefault(t.name, []).append(c)

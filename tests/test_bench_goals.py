@@ -141,28 +141,60 @@ def test_encode_row_steady_ratio_leaves_out_startup() -> None:
 
 def test_goals_encode_entry_judges_whole_wall(tmp_path: Path, monkeypatch) -> None:
     """On a GPU the encode entry judges the worst whole-wall ratio of the judged rows (the paths the
-    toolkit runs on a GPU: calls started ahead, one call, texts); the rate after start-up is shown
-    beside it, never judged; the cold-decode row and the calls one after the other are reported only."""
+    toolkit runs on a GPU: calls started ahead, one call, texts) of the large-pool run; the rate after
+    start-up is shown beside it, never judged; the cold-decode row, the calls one after the other and
+    every row of the run on MRBench-Synth's own pool are reported only."""
     import argparse
 
     goals = _load_script("goals")
-    rows = [{"items": "images (auto decode)", "ratio": 0.1, "steady_ratio": 0.2},
-            {"items": "images (warm pixel cache, ahead)", "ratio": 0.78, "steady_ratio": 0.9, "first_read": True},
+    rows = [{"items": "images (warm pixel cache, ahead)", "ratio": 0.78, "steady_ratio": 0.9},
             {"items": "images (warm pixel cache)", "ratio": 0.58, "steady_ratio": 0.9},
             {"items": "images (warm pixel cache, one call)", "ratio": 0.85, "steady_ratio": 0.95},
             {"items": "texts", "ratio": 1.1}]
-    monkeypatch.setattr(goals, "_run", lambda cmd, ctx, timeout, out: {"rows": rows, "machine": {"gpu": "G"}})
-    ctx = goals.Ctx(args=argparse.Namespace(quick=True), tmp=tmp_path, device="cuda")
+    small = [{"items": "images (auto decode)", "ratio": 0.1, "steady_ratio": 0.2},
+             {"items": "images (warm pixel cache, ahead)", "ratio": 0.48, "steady_ratio": 0.57, "first_read": True},
+             {"items": "texts", "ratio": 0.65}]
+    cmds: list[list[str]] = []
+
+    def run(cmd, ctx, timeout, out):
+        cmds.append(cmd)
+        return {"rows": small if "small" in out.name else rows, "machine": {"gpu": "G"}}
+
+    monkeypatch.setattr(goals, "_run", run)
+    ctx = goals.Ctx(args=argparse.Namespace(quick=False), tmp=tmp_path, device="cuda")
     e = goals.entry_encode(ctx)
-    assert e["value"] == 0.78 and e["met"] is False
-    assert "images (warm pixel cache, ahead) 0.78 [0.90 after start-up]" in e["measured"]
-    assert "images (warm pixel cache) 0.58 (not judged);" in e["measured"]
-    assert "images (auto) 0.10 (not judged);" in e["measured"]
-    assert "texts 1.10 (G)" in e["measured"]
+    assert e["value"] == 0.78 and e["met"] is False  # the small pool's 0.48 and 0.1 are not judged
+    big, little = e["measured"].split(" | ")
+    assert big.startswith("32,768 images: ")
+    assert "images (warm pixel cache, ahead) 0.78 [0.90 after start-up]" in big
+    assert "images (warm pixel cache) 0.58 (not judged);" in big
+    assert "texts 1.10" in big
+    assert little.startswith("4,096 images, reported: ")
+    assert "images (auto) 0.10 (not judged);" in little and "ahead) 0.48 (not judged)" in little
+    assert little.endswith("texts 0.65 (not judged) (G)")
     assert e["details"]["judged"] == ["images (warm pixel cache, ahead)", "images (warm pixel cache, one call)", "texts"]
+    assert e["details"]["small_pool_rows"] == small
+    sizes = {tuple(c[c.index("--n-images") + 1 : c.index("--n-images") + 2] + c[c.index("--n-texts") + 1 :
+                                                                             c.index("--n-texts") + 2]) for c in cmds}
+    assert sizes == {("4096", "16384"), ("32768", "65536")}
     # a judged row missing (renamed, not run) fails the goal and says so, whatever the others give
     rows[:] = [r for r in rows if r["items"] != "images (warm pixel cache, ahead)"]
     for r in rows:
         r["ratio"] = 0.95
     e = goals.entry_encode(ctx)
     assert e["met"] is False and "missing rows: images (warm pixel cache, ahead)" in e["measured"]
+
+def test_bench_encode_cycles_the_image_pool_past_its_size() -> None:
+    """bench_encode.pool_of_images: the image-candidate tasks' candidates in order, cut to ``n`` or
+    cycled past the pool's size (so a rate can be timed over more items than MRBench-Synth holds)."""
+    from types import SimpleNamespace
+
+    be = _load_script("bench_encode")
+    a = SimpleNamespace(candidate_modality="image", candidates=["a1", "a2"])
+    t = SimpleNamespace(candidate_modality="text", candidates=["t1"])
+    b = SimpleNamespace(candidate_modality="image", candidates=["b1"])
+    bench = SimpleNamespace(tasks=[a, t, b])
+    assert [c for _, c in be.pool_of_images(bench, 2)] == ["a1", "a2"]
+    got = be.pool_of_images(bench, 7)
+    assert [c for _, c in got] == ["a1", "a2", "b1", "a1", "a2", "b1", "a1"]
+    assert [task for task, _ in got][:3] == [a, a, b]
