@@ -55,7 +55,7 @@ def host_allocs() -> tuple[int, float]:
     return int(st.get("num_host_alloc", 0)), float(st.get("host_alloc_time.total", 0)) / 1e3
 
 
-TUNABLE = ("CACHE_READ_SLICE", "EARLY_BATCHES", "IN_FLIGHT")
+TUNABLE = ("CACHE_READ_SLICE", "EARLY_BATCHES", "IN_FLIGHT", "DEFER_FULL_COLLECTIONS")
 
 
 def parse_variant(text: str) -> dict[str, int]:

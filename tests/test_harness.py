@@ -899,6 +899,77 @@ def test_the_encode_loop_counts_the_collectors_passes():
     assert quiet.gc_seconds < stats.gc_seconds
 
 
+def _full_passes_during_a_call(monkeypatch, defer: int) -> tuple[int, int, tuple]:
+    """(full passes, young passes) the collector ran on its own while the encoder ran, and the
+    thresholds it saw, for an encoder that keeps what it allocates (as a call's bookkeeping lives)."""
+    import gc
+
+    from mrbench.encoders import harness
+
+    monkeypatch.setattr(harness, "DEFER_FULL_COLLECTIONS", defer)
+    passes = {0: 0, 1: 0, 2: 0}
+    seen: list[tuple] = []
+    kept: list = []
+
+    def count(phase, info):
+        if phase == "start":
+            passes[info["generation"]] += 1
+
+    def fn(items, role, k):
+        seen.append(gc.get_threshold())
+        kept.extend([i] for i in range(30_000))  # survivors: promoted to the oldest generation
+        return eb.hashed(items)
+
+    gc.callbacks.append(count)
+    try:
+        _run(_enc(fn, batch_size=4), 12)
+    finally:
+        gc.callbacks.remove(count)
+    return passes[2], passes[0], seen[0]
+
+
+def test_encode_loops_hold_the_collectors_full_passes_off(monkeypatch):
+    """During an encode loop the collector's young passes run and its full ones do not (by the third
+    threshold, restored after the call); with DEFER_FULL_COLLECTIONS = 0 the full passes happen."""
+    import gc
+
+    before = gc.get_threshold()
+    full, young, seen = _full_passes_during_a_call(monkeypatch, 1)
+    assert full == 0 and young > 0
+    assert seen[:2] == before[:2] and seen[2] >= 1 << 30
+    assert gc.get_threshold() == before
+    full, young, seen = _full_passes_during_a_call(monkeypatch, 0)
+    assert full > 0 and seen == before
+
+
+def test_full_passes_held_off_until_the_last_overlapping_loop_ends(monkeypatch):
+    """Overlapping loops (threads) share one hold: the thresholds come back when the last one ends,
+    also when it fails; thresholds someone set meanwhile, or automatic collection off, are left alone."""
+    import gc
+
+    from mrbench.encoders import harness
+
+    monkeypatch.setattr(harness, "DEFER_FULL_COLLECTIONS", 1)
+    before = gc.get_threshold()
+    try:
+        with harness._full_collections_deferred():
+            held = gc.get_threshold()
+            assert held[2] >= 1 << 30
+            with pytest.raises(RuntimeError):
+                with harness._full_collections_deferred():
+                    raise RuntimeError("an encoder failed")
+            assert gc.get_threshold() == held  # the outer loop still runs
+        assert gc.get_threshold() == before
+        with harness._full_collections_deferred():
+            gc.set_threshold(500, 5, 5)  # the user's own, mid-call
+        assert gc.get_threshold() == (500, 5, 5)
+        gc.set_threshold(0, before[1], before[2])  # automatic collection off: nothing to hold
+        with harness._full_collections_deferred():
+            assert gc.get_threshold() == (0, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
+
+
 class _AsyncPixels(eb.ScriptedEncoder):
     def encode_async(self, items, *, role, task):
         out = self.encode(items, role=role, task=task)

@@ -760,7 +760,8 @@ class EncodeStats:
     first batch reaching the encoder (hashing, cache lookups, the first batch's preparation).
     ``gc_seconds``: the cyclic garbage collector's passes during the calls' encode loops (any thread;
     they hold every thread up; ``evaluate`` keeps its long-lived objects out of them, see
-    :func:`mrbench.data.io.gc_frozen`).
+    :func:`mrbench.data.io.gc_frozen`, and the loops hold full passes off, see
+    :data:`DEFER_FULL_COLLECTIONS`).
     """
 
     items: int = 0
@@ -913,6 +914,10 @@ IN_FLIGHT = 2
 """Batches an asynchronous encoder (see :func:`async_encode_of`) has queued on its device before
 the harness waits for the oldest: the device keeps that many forwards of work while the host checks
 a batch and launches the next."""
+DEFER_FULL_COLLECTIONS = 1
+"""While encode loops run, hold off the cyclic collector's automatic passes over its oldest
+generation (young passes still run; see :func:`_full_collections_deferred`; 0: leave the collector
+as it is)."""
 TEXT_PROCESS_MIN = 512
 """Texts below which tokenisation stays in the preparing thread (a process pool would cost more)."""
 TEXT_PROCESSES = 4
@@ -1741,6 +1746,51 @@ def _gc_timed(stats: EncodeStats) -> Iterator[None]:
         gc.callbacks.remove(timer)
 
 
+_GC_HOLD_LOCK = threading.Lock()
+_gc_hold: list[Any] = [0, None, None]  # encode loops holding full passes off, thresholds saved, thresholds set
+
+
+@contextlib.contextmanager
+def _full_collections_deferred() -> Iterator[None]:
+    """Hold off the cyclic collector's automatic full passes (its oldest generation) while an encode
+    loop runs; the young generations are still collected, so short-lived cycles go as usual.
+
+    A full pass walks every tracked object that has lived through two young passes and is not frozen
+    (:func:`mrbench.data.io.gc_frozen`): during a call these are its own bookkeeping (item lists,
+    paths, futures), never garbage, and a pass holds every thread up — one was 154 ms of a 0.83 s
+    16k-text call on an H100 host, where a call without one took 0.69 s (``benchmarks/bench_calls.py``).
+    Cycles that reach the oldest generation during the loop wait for the next full pass after it.
+
+    Implemented by raising the third threshold of :func:`gc.set_threshold` (the count of young passes
+    between full ones) for as long as any encode loop runs (calls may overlap, in threads); the first
+    loop saves the thresholds and the last one restores them, unless they were changed meanwhile.
+    Nothing is changed while automatic collection is off (``gc.disable()``, threshold 0). On CPython
+    3.14, whose incremental collector ignores that threshold, this is a no-op.
+    """
+    import gc
+
+    if not DEFER_FULL_COLLECTIONS:
+        yield
+        return
+    with _GC_HOLD_LOCK:
+        if _gc_hold[0] == 0:
+            saved = gc.get_threshold()
+            held = (saved[0], saved[1], max(saved[2], 1 << 30)) if saved[0] > 0 else saved
+            gc.set_threshold(*held)
+            _gc_hold[1:] = [saved, held]
+        _gc_hold[0] += 1
+    try:
+        yield
+    finally:
+        with _GC_HOLD_LOCK:
+            _gc_hold[0] -= 1
+            if _gc_hold[0] == 0:
+                saved, held = _gc_hold[1], _gc_hold[2]
+                if gc.get_threshold() == held:  # (unless someone set their own meanwhile)
+                    gc.set_threshold(*saved)
+                _gc_hold[1:] = [None, None]
+
+
 @contextlib.contextmanager
 def _encoder_failure(name: str, role: str, task: str, ids: Sequence[str]) -> Iterator[None]:
     """Turn an exception raised by the encoder's own code (not an :class:`MrbenchError`, not Ctrl-C)
@@ -2053,7 +2103,7 @@ class _EncodeCall:
                 raise self.setup_error
             if not self.ready_ahead:
                 self.setup()
-            with _gc_timed(self.stats):
+            with _gc_timed(self.stats), _full_collections_deferred():
                 out = self._run(progress, t_from)
         finally:
             self.close()
