@@ -15,7 +15,8 @@ calls' start-up. ``--variant`` (repeatable) runs every pattern once per variant 
 interleaved, each a comma-separated list of settings of :mod:`mrbench.encoders.harness` constants
 (``CACHE_READ_SLICE``, the fewest cached images a reader task reads; ``EARLY_BATCHES``, the
 batches a call prepares before hashing the rest of its items; ``IN_FLIGHT``, the batches queued on
-the device before the oldest is waited for); ``--slices`` is short for variants of
+the device before the oldest is waited for; ``DEFER_FULL_COLLECTIONS``, 0 to let the collector's full
+passes run during encode loops); ``--n-images`` past the pool's 4,205 cycles it (a rate over seconds); ``--slices`` is short for variants of
 ``CACHE_READ_SLICE`` alone; ``--sync-after-fill`` writes the filled cache back to disk before the
 first read (is that read slow because of the fill's write-back?). A summary of each variant's median share per pattern ends the output.
 Meant for a GPU host (on a CPU the forward dominates).
@@ -23,6 +24,8 @@ Meant for a GPU host (on a CPU the forward dominates).
     PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --rounds 3 --out $OUT/calls.json
     PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --slices 64,32,16
     PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --variant EARLY_BATCHES=0 --variant EARLY_BATCHES=2
+    PYTHONPATH=. python benchmarks/bench_calls.py --device cuda --n-images 32768 --n-texts 65536 --modes onecall,texts \
+        --variant DEFER_FULL_COLLECTIONS=0 --variant DEFER_FULL_COLLECTIONS=1
 """
 
 from __future__ import annotations
