@@ -1764,8 +1764,9 @@ def _full_collections_deferred() -> Iterator[None]:
     Implemented by raising the third threshold of :func:`gc.set_threshold` (the count of young passes
     between full ones) for as long as any encode loop runs (calls may overlap, in threads); the first
     loop saves the thresholds and the last one restores them, unless they were changed meanwhile.
-    Nothing is changed while automatic collection is off (``gc.disable()``, threshold 0). On CPython
-    3.14, whose incremental collector ignores that threshold, this is a no-op.
+    Nothing is changed while automatic collection is off (``gc.disable()``, threshold 0). Where the
+    collector ignores that threshold (CPython's incremental collector, whose ``set_threshold`` reads
+    only the first two values), this is a no-op.
     """
     import gc
 
