@@ -223,8 +223,9 @@ share is bound by each call's fixed start-up (see entry_encode)."""
 def entry_encode(ctx: Ctx) -> dict[str, Any]:
     if not ctx.cuda:
         return _encode_feed_proxy(ctx)
-    runs = {}
-    for name, (n_img, n_txt), decode in (("small", SMALL_POOL, "auto,cache"), ("large", LARGE_POOL, "cache")):
+    runs: dict[str, tuple[dict[str, Any], list[str], int]] = {}
+    small_error = None
+    for name, (n_img, n_txt), decode in (("large", LARGE_POOL, "cache"), ("small", SMALL_POOL, "auto,cache")):
         if ctx.args.quick:
             n_img, n_txt = n_img // 8, n_txt // 8
         out = ctx.tmp / f"encode_{name}.json"
@@ -232,7 +233,13 @@ def entry_encode(ctx: Ctx) -> dict[str, Any]:
                "--decode", decode, "--one-call", "--n-images", str(n_img), "--n-texts", str(n_txt),
                "--batch", "128" if ctx.args.quick else "256", "--workers", str(min(16, os.cpu_count() or 1)),
                "--out", str(out)]
-        runs[name] = (_run(cmd, ctx, 540, out), cmd, n_img)
+        try:
+            runs[name] = (_run(cmd, ctx, 540, out), cmd, n_img)
+        except RuntimeError as e:
+            if name == "large":
+                raise
+            small_error = str(e)  # (reported only: its failure is shown, the judged run stands)
+            runs[name] = ({"rows": []}, cmd, n_img)
     (data, cmd, n_large), (small, small_cmd, n_small) = runs["large"], runs["small"]
     rows = data["rows"]
     shares = {r["items"]: r["ratio"] for r in rows}
@@ -258,16 +265,20 @@ def entry_encode(ctx: Ctx) -> dict[str, Any]:
     measured = f"{n_large:,} images: {listed(rows, True)}"
     if missing:
         measured += f"; missing rows: {', '.join(missing)}"
-    measured += f" | {n_small:,} images, reported: {listed(small['rows'], False)}"
+    measured += f" | {n_small:,} images, reported: " + (listed(small["rows"], False) if small_error is None
+                                                          else "failed (details.small_pool_error)")
     return {
         "value": worst,
         "measured": f"{measured} ({data['machine'].get('gpu')})",
         "met": worst >= 0.8 and not missing,
-        "details": {"rows": rows, "small_pool_rows": small["rows"], "machine": data.get("machine"),
+        "details": {"rows": rows, "small_pool_rows": small["rows"], "small_pool_error": small_error,
+                    "machine": data.get("machine"),
                     "judged": sorted(judged), "pools": {"judged": n_large, "reported": n_small},
                     "note_pools": "judged over MRBench-Synth's candidate images cycled to the larger pool (a rate "
-                                  "over seconds of forward); the same paths over its own pool are reported: "
-                                  "~0.2 s of forward, so each call's fixed start-up weighs in",
+                                  "over seconds of forward; the same 4,205 cached images re-read, 0.6 GB where "
+                                  "distinct ones would be 4.9 GB); the same paths over its own pool are reported: "
+                                  "~0.2 s of forward, so each call's fixed start-up and the process's first read "
+                                  "of the cache weigh in",
                     "note_cold_decode": "images decoded on this pass are bound by host decoding (Pillow about "
                                         "150 images/s per core); reported, not judged",
                     "note_sequential": f"{SEQUENTIAL_ROW}: the per-task calls one after the other, a pattern "

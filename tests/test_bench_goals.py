@@ -177,12 +177,30 @@ def test_goals_encode_entry_judges_whole_wall(tmp_path: Path, monkeypatch) -> No
     sizes = {tuple(c[c.index("--n-images") + 1 : c.index("--n-images") + 2] + c[c.index("--n-texts") + 1 :
                                                                              c.index("--n-texts") + 2]) for c in cmds}
     assert sizes == {("4096", "16384"), ("32768", "65536")}
+    assert "small" not in cmds[0][cmds[0].index("--out") + 1]  # the judged run first
+    # the reported run failing leaves the judged one standing, and says so; --quick: sizes / 8
+    cmds.clear()
+
+    def run_small_fails(cmd, ctx, timeout, out):
+        cmds.append(cmd)
+        if "small" in out.name:
+            raise RuntimeError("exit status 1 after 3 s: out of memory")
+        return {"rows": rows, "machine": {"gpu": "G"}}
+
+    monkeypatch.setattr(goals, "_run", run_small_fails)
+    e = goals.entry_encode(goals.Ctx(args=argparse.Namespace(quick=True), tmp=tmp_path, device="cuda"))
+    assert e["value"] == 0.78 and "4,096 images" in e["measured"] and "512 images, reported: failed" in e["measured"]
+    assert "out of memory" in e["details"]["small_pool_error"] and e["details"]["small_pool_rows"] == []
+    assert [c[c.index("--n-images") + 1] for c in cmds] == ["4096", "512"]
+    assert [c[c.index("--batch") + 1] for c in cmds] == ["128", "128"]
+    monkeypatch.setattr(goals, "_run", run)
     # a judged row missing (renamed, not run) fails the goal and says so, whatever the others give
     rows[:] = [r for r in rows if r["items"] != "images (warm pixel cache, ahead)"]
     for r in rows:
         r["ratio"] = 0.95
     e = goals.entry_encode(ctx)
     assert e["met"] is False and "missing rows: images (warm pixel cache, ahead)" in e["measured"]
+
 
 def test_bench_encode_cycles_the_image_pool_past_its_size() -> None:
     """bench_encode.pool_of_images: the image-candidate tasks' candidates in order, cut to ``n`` or

@@ -939,14 +939,21 @@ def _full_passes_during_a_call(monkeypatch, defer: int) -> tuple[int, int, tuple
     from mrbench.data.io import gc_frozen
 
     # as evaluate runs: what lives now frozen out of the passes, so the call's survivors soon weigh
-    # enough (a quarter of the oldest generation) for a full pass to be due
-    with gc_frozen():
-        gc.collect()
-        gc.callbacks.append(count)
-        try:
-            _run(_enc(fn, batch_size=2), 12)  # 6 batches: ~180k survivors, 250+ young passes
-        finally:
-            gc.callbacks.remove(count)
+    # enough (a quarter of the oldest generation) for a full pass to be due; CPython 3.10-3.12's
+    # thresholds set (3.13's first is 2000: too few young passes here for a full one)
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        with gc_frozen():
+            gc.collect()
+            gc.callbacks.append(count)
+            try:
+                _run(_enc(fn, batch_size=2), 12)  # 6 batches: ~180k survivors, 250+ young passes
+            finally:
+                gc.callbacks.remove(count)
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
     return passes[2], passes[0], seen[0]
 
 
@@ -954,15 +961,11 @@ def _full_passes_during_a_call(monkeypatch, defer: int) -> tuple[int, int, tuple
 def test_encode_loops_hold_the_collectors_full_passes_off(monkeypatch):
     """During an encode loop the collector's young passes run and its full ones do not (by the third
     threshold, restored after the call); with DEFER_FULL_COLLECTIONS = 0 the full passes happen."""
-    import gc
-
-    before = gc.get_threshold()
     full, young, seen = _full_passes_during_a_call(monkeypatch, 1)
     assert full == 0 and young > 0
-    assert seen[:2] == before[:2] and seen[2] >= 1 << 30
-    assert gc.get_threshold() == before
+    assert seen[:2] == (700, 10) and seen[2] >= 1 << 30
     full, young, seen = _full_passes_during_a_call(monkeypatch, 0)
-    assert full > 0 and seen == before
+    assert full > 0 and seen == (700, 10, 10)
 
 
 @needs_generational_gc
@@ -992,6 +995,51 @@ def test_full_passes_held_off_until_the_last_overlapping_loop_ends(monkeypatch):
             assert gc.get_threshold() == (0, before[1], before[2])
     finally:
         gc.set_threshold(*before)
+
+
+@needs_generational_gc
+def test_full_passes_held_off_across_threads_and_not_in_forked_children(monkeypatch):
+    """Two loops in two threads: the hold lasts until the later one ends, whichever started first;
+    a child forked during a hold (a decode or tokenising worker) gets the saved thresholds back."""
+    import gc
+    import threading
+
+    from mrbench.encoders import harness
+
+    monkeypatch.setattr(harness, "DEFER_FULL_COLLECTIONS", 1)
+    before = gc.get_threshold()
+    a_in, b_in, a_go, b_go = (threading.Event() for _ in range(4))
+    seen: dict[str, tuple] = {}
+
+    def loop(name, entered, go):
+        with harness._full_collections_deferred():
+            entered.set()
+            go.wait(10)
+        seen[name] = gc.get_threshold()
+
+    ta = threading.Thread(target=loop, args=("a", a_in, a_go))
+    tb = threading.Thread(target=loop, args=("b", b_in, b_go))
+    ta.start()
+    assert a_in.wait(10)
+    tb.start()
+    assert b_in.wait(10)
+    if hasattr(os, "fork"):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its thresholds, leave at once
+            os.write(w, repr(gc.get_threshold()).encode())
+            os._exit(0)
+        os.close(w)
+        child = os.read(r, 200).decode()
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert child == repr(before)
+    a_go.set()  # the first loop ends first: still held for the second
+    ta.join(10)
+    assert seen["a"][2] >= 1 << 30
+    b_go.set()
+    tb.join(10)
+    assert seen["b"] == before == gc.get_threshold()
 
 
 class _AsyncPixels(eb.ScriptedEncoder):

@@ -1750,6 +1750,22 @@ _GC_HOLD_LOCK = threading.Lock()
 _gc_hold: list[Any] = [0, None, None]  # encode loops holding full passes off, thresholds saved, thresholds set
 
 
+def _gc_hold_after_fork() -> None:
+    """In a forked child (decode and tokenising workers, forked while a loop may hold full passes
+    off): the parent's thresholds back, and no hold, since the loops holding it are not in the child."""
+    import gc
+
+    global _GC_HOLD_LOCK
+    _GC_HOLD_LOCK = threading.Lock()  # (another thread may have held it at the fork)
+    if _gc_hold[0] > 0 and gc.get_threshold() == _gc_hold[2]:
+        gc.set_threshold(*_gc_hold[1])
+    _gc_hold[:] = [0, None, None]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gc_hold_after_fork)
+
+
 @contextlib.contextmanager
 def _full_collections_deferred() -> Iterator[None]:
     """Hold off the cyclic collector's automatic full passes (its oldest generation) while an encode
@@ -1764,32 +1780,36 @@ def _full_collections_deferred() -> Iterator[None]:
     Implemented by raising the third threshold of :func:`gc.set_threshold` (the count of young passes
     between full ones) for as long as any encode loop runs (calls may overlap, in threads); the first
     loop saves the thresholds and the last one restores them, unless they were changed meanwhile.
-    Nothing is changed while automatic collection is off (``gc.disable()``, threshold 0). Where the
-    collector ignores that threshold (CPython's incremental collector, whose ``set_threshold`` reads
-    only the first two values), this is a no-op.
+    Forked children (the decode and tokenising workers) get the saved thresholds back at the fork.
+    Nothing is changed when the first threshold is 0 (automatic collection off that way; after
+    ``gc.disable()`` the threshold is raised, to no effect). A collector that ignores the third
+    threshold (CPython's incremental one) is not affected.
     """
     import gc
 
     if not DEFER_FULL_COLLECTIONS:
         yield
         return
-    with _GC_HOLD_LOCK:
-        if _gc_hold[0] == 0:
-            saved = gc.get_threshold()
-            held = (saved[0], saved[1], max(saved[2], 1 << 30)) if saved[0] > 0 else saved
-            gc.set_threshold(*held)
-            _gc_hold[1:] = [saved, held]
-        _gc_hold[0] += 1
+    entered = False
     try:
+        with _GC_HOLD_LOCK:
+            if _gc_hold[0] == 0:
+                saved = gc.get_threshold()
+                held = (saved[0], saved[1], max(saved[2], 1 << 30)) if saved[0] > 0 else saved
+                gc.set_threshold(*held)
+                _gc_hold[1:] = [saved, held]
+            entered = True
+            _gc_hold[0] += 1
         yield
     finally:
-        with _GC_HOLD_LOCK:
-            _gc_hold[0] -= 1
-            if _gc_hold[0] == 0:
-                saved, held = _gc_hold[1], _gc_hold[2]
-                if gc.get_threshold() == held:  # (unless someone set their own meanwhile)
-                    gc.set_threshold(*saved)
-                _gc_hold[1:] = [None, None]
+        if entered:
+            with _GC_HOLD_LOCK:
+                _gc_hold[0] = max(0, _gc_hold[0] - 1)
+                if _gc_hold[0] == 0 and _gc_hold[1] is not None:
+                    saved, held = _gc_hold[1], _gc_hold[2]
+                    if gc.get_threshold() == held:  # (unless someone set their own meanwhile)
+                        gc.set_threshold(*saved)
+                    _gc_hold[1:] = [None, None]
 
 
 @contextlib.contextmanager
