@@ -969,50 +969,48 @@ def test_encode_loops_hold_the_collectors_full_passes_off(monkeypatch):
 
 
 @needs_generational_gc
-def test_full_passes_held_off_until_the_last_overlapping_loop_ends(monkeypatch):
+def test_full_passes_held_off_until_the_last_overlapping_loop_ends():
     """Overlapping loops (threads) share one hold: the thresholds come back when the last one ends,
     also when it fails; thresholds someone set meanwhile, or automatic collection off, are left alone."""
     import gc
 
-    from mrbench.encoders import harness
+    from mrbench.data.io import gc_full_passes_held
 
-    monkeypatch.setattr(harness, "DEFER_FULL_COLLECTIONS", 1)
     before = gc.get_threshold()
     try:
-        with harness._full_collections_deferred():
+        with gc_full_passes_held():
             held = gc.get_threshold()
             assert held[2] >= 1 << 30
             with pytest.raises(RuntimeError):
-                with harness._full_collections_deferred():
+                with gc_full_passes_held():
                     raise RuntimeError("an encoder failed")
             assert gc.get_threshold() == held  # the outer loop still runs
         assert gc.get_threshold() == before
-        with harness._full_collections_deferred():
+        with gc_full_passes_held():
             gc.set_threshold(500, 5, 5)  # the user's own, mid-call
         assert gc.get_threshold() == (500, 5, 5)
         gc.set_threshold(0, before[1], before[2])  # automatic collection off: nothing to hold
-        with harness._full_collections_deferred():
+        with gc_full_passes_held():
             assert gc.get_threshold() == (0, before[1], before[2])
     finally:
         gc.set_threshold(*before)
 
 
 @needs_generational_gc
-def test_full_passes_held_off_across_threads_and_not_in_forked_children(monkeypatch):
+def test_full_passes_held_off_across_threads_and_not_in_forked_children():
     """Two loops in two threads: the hold lasts until the later one ends, whichever started first;
     a child forked during a hold (a decode or tokenising worker) gets the saved thresholds back."""
     import gc
     import threading
 
-    from mrbench.encoders import harness
+    from mrbench.data.io import gc_full_passes_held
 
-    monkeypatch.setattr(harness, "DEFER_FULL_COLLECTIONS", 1)
     before = gc.get_threshold()
     a_in, b_in, a_go, b_go = (threading.Event() for _ in range(4))
     seen: dict[str, tuple] = {}
 
     def loop(name, entered, go):
-        with harness._full_collections_deferred():
+        with gc_full_passes_held():
             entered.set()
             go.wait(10)
         seen[name] = gc.get_threshold()

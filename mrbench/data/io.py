@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
@@ -736,6 +737,69 @@ def objects_frozen() -> bool:
     import gc
 
     return _freezing or gc.get_freeze_count() > 0
+
+
+_GC_HOLD_LOCK = threading.Lock()
+_gc_hold: list[Any] = [0, None, None]  # blocks holding full passes off, thresholds saved, thresholds set
+
+
+def _gc_hold_after_fork() -> None:
+    """In a forked child (decode and tokenising workers, forked while a block may hold full passes
+    off): the parent's thresholds back, and no hold, since the blocks holding it are not in the child."""
+    import gc
+
+    global _GC_HOLD_LOCK
+    _GC_HOLD_LOCK = threading.Lock()  # (another thread may have held it at the fork)
+    if _gc_hold[0] > 0 and gc.get_threshold() == _gc_hold[2]:
+        gc.set_threshold(*_gc_hold[1])
+    _gc_hold[:] = [0, None, None]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gc_hold_after_fork)
+
+
+@contextlib.contextmanager
+def gc_full_passes_held() -> Iterator[None]:
+    """Hold off the cyclic collector's automatic full passes (its oldest generation) in the block;
+    the young generations are still collected, so short-lived cycles go as usual. Used around the
+    encoding harness's loops (:data:`mrbench.encoders.harness.DEFER_FULL_COLLECTIONS`).
+
+    A full pass walks every tracked object that has lived through two young passes and is not frozen
+    (:func:`gc_frozen`): during an encode loop these are its own bookkeeping (item lists, paths,
+    futures), never garbage, and a pass holds every thread up. Cycles that reach the oldest
+    generation in the block wait for the next full pass after it.
+
+    Implemented by raising the third threshold of :func:`gc.set_threshold` (the count of young passes
+    between full ones) for as long as any such block runs (blocks may overlap, in threads); the first
+    saves the thresholds and the last one restores them, unless they were changed meanwhile.
+    Forked children (the decode and tokenising workers) get the saved thresholds back at the fork.
+    Nothing is changed when the first threshold is 0 (automatic collection off that way; after
+    ``gc.disable()`` the threshold is raised, to no effect). A collector that ignores the third
+    threshold (CPython's incremental one) is not affected.
+    """
+    import gc
+
+    entered = False
+    try:
+        with _GC_HOLD_LOCK:
+            if _gc_hold[0] == 0:
+                saved = gc.get_threshold()
+                held = (saved[0], saved[1], max(saved[2], 1 << 30)) if saved[0] > 0 else saved
+                gc.set_threshold(*held)
+                _gc_hold[1:] = [saved, held]
+            entered = True
+            _gc_hold[0] += 1
+        yield
+    finally:
+        if entered:
+            with _GC_HOLD_LOCK:
+                _gc_hold[0] = max(0, _gc_hold[0] - 1)
+                if _gc_hold[0] == 0 and _gc_hold[1] is not None:
+                    saved, held = _gc_hold[1], _gc_hold[2]
+                    if gc.get_threshold() == held:  # (unless someone set their own meanwhile)
+                        gc.set_threshold(*saved)
+                    _gc_hold[1:] = [None, None]
 
 
 def load_benchmark_dir(root: Path, verify: bool = True, log: Callable[[str], None] | None = None,

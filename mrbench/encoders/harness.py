@@ -916,8 +916,9 @@ the harness waits for the oldest: the device keeps that many forwards of work wh
 a batch and launches the next."""
 DEFER_FULL_COLLECTIONS = 1
 """While encode loops run, hold off the cyclic collector's automatic passes over its oldest
-generation (young passes still run; see :func:`_full_collections_deferred`; 0: leave the collector
-as it is)."""
+generation (young passes still run; see :func:`mrbench.data.io.gc_full_passes_held`; 0: leave the
+collector as it is). A full pass was 154 ms of a 0.83 s 16k-text call on an H100 host, where a call
+without one took 0.69 s (``benchmarks/bench_calls.py``)."""
 TEXT_PROCESS_MIN = 512
 """Texts below which tokenisation stays in the preparing thread (a process pool would cost more)."""
 TEXT_PROCESSES = 4
@@ -1746,72 +1747,6 @@ def _gc_timed(stats: EncodeStats) -> Iterator[None]:
         gc.callbacks.remove(timer)
 
 
-_GC_HOLD_LOCK = threading.Lock()
-_gc_hold: list[Any] = [0, None, None]  # encode loops holding full passes off, thresholds saved, thresholds set
-
-
-def _gc_hold_after_fork() -> None:
-    """In a forked child (decode and tokenising workers, forked while a loop may hold full passes
-    off): the parent's thresholds back, and no hold, since the loops holding it are not in the child."""
-    import gc
-
-    global _GC_HOLD_LOCK
-    _GC_HOLD_LOCK = threading.Lock()  # (another thread may have held it at the fork)
-    if _gc_hold[0] > 0 and gc.get_threshold() == _gc_hold[2]:
-        gc.set_threshold(*_gc_hold[1])
-    _gc_hold[:] = [0, None, None]
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_gc_hold_after_fork)
-
-
-@contextlib.contextmanager
-def _full_collections_deferred() -> Iterator[None]:
-    """Hold off the cyclic collector's automatic full passes (its oldest generation) while an encode
-    loop runs; the young generations are still collected, so short-lived cycles go as usual.
-
-    A full pass walks every tracked object that has lived through two young passes and is not frozen
-    (:func:`mrbench.data.io.gc_frozen`): during a call these are its own bookkeeping (item lists,
-    paths, futures), never garbage, and a pass holds every thread up — one was 154 ms of a 0.83 s
-    16k-text call on an H100 host, where a call without one took 0.69 s (``benchmarks/bench_calls.py``).
-    Cycles that reach the oldest generation during the loop wait for the next full pass after it.
-
-    Implemented by raising the third threshold of :func:`gc.set_threshold` (the count of young passes
-    between full ones) for as long as any encode loop runs (calls may overlap, in threads); the first
-    loop saves the thresholds and the last one restores them, unless they were changed meanwhile.
-    Forked children (the decode and tokenising workers) get the saved thresholds back at the fork.
-    Nothing is changed when the first threshold is 0 (automatic collection off that way; after
-    ``gc.disable()`` the threshold is raised, to no effect). A collector that ignores the third
-    threshold (CPython's incremental one) is not affected.
-    """
-    import gc
-
-    if not DEFER_FULL_COLLECTIONS:
-        yield
-        return
-    entered = False
-    try:
-        with _GC_HOLD_LOCK:
-            if _gc_hold[0] == 0:
-                saved = gc.get_threshold()
-                held = (saved[0], saved[1], max(saved[2], 1 << 30)) if saved[0] > 0 else saved
-                gc.set_threshold(*held)
-                _gc_hold[1:] = [saved, held]
-            entered = True
-            _gc_hold[0] += 1
-        yield
-    finally:
-        if entered:
-            with _GC_HOLD_LOCK:
-                _gc_hold[0] = max(0, _gc_hold[0] - 1)
-                if _gc_hold[0] == 0 and _gc_hold[1] is not None:
-                    saved, held = _gc_hold[1], _gc_hold[2]
-                    if gc.get_threshold() == held:  # (unless someone set their own meanwhile)
-                        gc.set_threshold(*saved)
-                    _gc_hold[1:] = [None, None]
-
-
 @contextlib.contextmanager
 def _encoder_failure(name: str, role: str, task: str, ids: Sequence[str]) -> Iterator[None]:
     """Turn an exception raised by the encoder's own code (not an :class:`MrbenchError`, not Ctrl-C)
@@ -2124,7 +2059,10 @@ class _EncodeCall:
                 raise self.setup_error
             if not self.ready_ahead:
                 self.setup()
-            with _gc_timed(self.stats), _full_collections_deferred():
+            from mrbench.data.io import gc_full_passes_held
+
+            held = gc_full_passes_held() if DEFER_FULL_COLLECTIONS else contextlib.nullcontext()
+            with _gc_timed(self.stats), held:
                 out = self._run(progress, t_from)
         finally:
             self.close()
